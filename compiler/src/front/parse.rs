@@ -1,0 +1,647 @@
+//! Turns `.net` text into an AST with pest, and pest's errors into
+//! diagnostics. After a syntax error the parser resynchronises at the next
+//! top-level item (`import`, `block`, `model`, `train` at the start of a line)
+//! so that every item's first syntax error is reported in one run.
+
+use super::ast::*;
+use crate::diag::Diagnostic;
+use crate::source::{FileId, Span};
+use netc_runtime::DType;
+use pest::error::{ErrorVariant, InputLocation};
+use pest::iterators::Pair;
+use pest::Parser as _;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "front/grammar.pest"]
+struct NetParser;
+
+/// Parses one file. On syntax errors returns every item's first error.
+pub fn parse_file(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
+    match parse_chunk(file, text, 0) {
+        Ok(items) => Ok(File { items }),
+        Err(first) => {
+            let mut errors = Vec::new();
+            for (start, end) in item_chunks(text) {
+                if let Err(d) = parse_chunk(file, &text[start..end], start) {
+                    errors.push(d);
+                }
+            }
+            if errors.is_empty() {
+                errors.push(first);
+            }
+            Err(errors)
+        }
+    }
+}
+
+fn parse_chunk(file: FileId, text: &str, offset: usize) -> Result<Vec<Item>, Diagnostic> {
+    let mut pairs = NetParser::parse(Rule::file, text)
+        .map_err(|e| syntax_error(file, text, offset, e))?;
+    let b = Builder { file, offset };
+    let root = pairs.next().expect("the file rule always yields one pair");
+    Ok(root
+        .into_inner()
+        .filter(|p| p.as_rule() != Rule::EOI)
+        .map(|p| b.item(p))
+        .collect())
+}
+
+/// Byte ranges of the top-level items: each starts at a line that begins with
+/// an item keyword.
+fn item_chunks(text: &str) -> Vec<(usize, usize)> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let first = line.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
+        if matches!(first, "import" | "block" | "model" | "train") {
+            starts.push(at);
+        }
+        at += line.len();
+    }
+    if starts.first() != Some(&0) {
+        starts.insert(0, 0);
+    }
+    let mut chunks = Vec::new();
+    for (i, &s) in starts.iter().enumerate() {
+        let e = starts.get(i + 1).copied().unwrap_or(text.len());
+        chunks.push((s, e));
+    }
+    chunks
+}
+
+fn rule_name(rule: &Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "end of file",
+        Rule::item | Rule::import | Rule::block_def | Rule::model_def | Rule::train_def => {
+            "`import`, `block`, `model` or `train`"
+        }
+        Rule::ident | Rule::callee | Rule::targets => "a name",
+        Rule::expr
+        | Rule::or_expr
+        | Rule::and_expr
+        | Rule::not_expr
+        | Rule::cmp_expr
+        | Rule::range_expr
+        | Rule::add_expr
+        | Rule::mul_expr
+        | Rule::unary
+        | Rule::power
+        | Rule::postfix
+        | Rule::dim => "an expression",
+        Rule::stage => "a call after `|>`",
+        Rule::tensor_type => "a tensor type such as `f32[N, 3]`",
+        Rule::dtype => "an element type (`f32`, `f64`, `i32`, `i64`, `u8`, `bool`)",
+        Rule::body => "`{`",
+        Rule::params | Rule::param => "a parameter",
+        Rule::string | Rule::string_body => "a string",
+        Rule::label | Rule::label_seg | Rule::label_text => "a label",
+        Rule::arg | Rule::call_args => "an argument",
+        Rule::input_stmt
+        | Rule::output_stmt
+        | Rule::label_stmt
+        | Rule::return_stmt
+        | Rule::for_stmt
+        | Rule::if_stmt
+        | Rule::tensor_decl
+        | Rule::assign_stmt => "a statement",
+        Rule::pipe_op => "`|>`",
+        Rule::cmp_op | Rule::add_op | Rule::mul_op | Rule::pow_op | Rule::range_op => "an operator",
+        Rule::index => "`[`",
+        Rule::field => "`.`",
+        _ => return None,
+    })
+}
+
+fn syntax_error(file: FileId, text: &str, offset: usize, e: pest::error::Error<Rule>) -> Diagnostic {
+    let pos = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((s, _)) => s,
+    };
+    let found = found_token(text, pos);
+    let mut expected: Vec<&str> = match &e.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            positives.iter().filter_map(rule_name).collect()
+        }
+        ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    expected.sort();
+    expected.dedup();
+    let what = if expected.is_empty() {
+        "unexpected input".to_string()
+    } else {
+        format!("expected {}", join_or(&expected))
+    };
+    let end = (pos + found.len().max(1)).min(text.len()).max(pos);
+    let span = Span::new(file, offset + pos, offset + end);
+    let label = if found.is_empty() {
+        "the text ends here".to_string()
+    } else {
+        format!("found `{found}`")
+    };
+    Diagnostic::new(span, format!("syntax error: {what}"))
+        .label(label)
+        .hint(syntax_hint(text, pos, &found))
+}
+
+fn join_or(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    }
+}
+
+/// The token at `pos`: an identifier/number, or one character.
+fn found_token(text: &str, pos: usize) -> String {
+    let rest = &text[pos.min(text.len())..];
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    if !word.is_empty() {
+        return word;
+    }
+    rest.chars().next().map(String::from).unwrap_or_default()
+}
+
+fn syntax_hint(text: &str, pos: usize, found: &str) -> String {
+    let before = text[..pos.min(text.len())].trim_end();
+    if found.is_empty() {
+        return "the file ended early: look for a missing `}`, `)` or `]`".into();
+    }
+    if found == "=" && before.ends_with(['<', '>', '!']) {
+        return "comparison operators are `==`, `!=`, `<=`, `>=`".into();
+    }
+    if before.ends_with("|>") {
+        return "after `|>` comes a call such as `relu` or `conv1: conv2d(64, k = 3)`".into();
+    }
+    if found == ":" {
+        return "a label goes right before a call (`conv1: conv2d(64, k = 3)`); types follow `input` or a block parameter".into();
+    }
+    if found == "}" || found == ")" || found == "]" {
+        return format!("`{found}` closes nothing here, or the expression before it is incomplete");
+    }
+    if matches!(found, "def" | "let" | "var" | "fn" | "function") {
+        return "definitions start with `block`, `model` or `train`; variables need no keyword: `x = ...`".into();
+    }
+    "statements are `name = expr`, `input`, `output`, `return`, `for`, `if`, `param` or `buffer`; check the line for a missing operator, comma or bracket".into()
+}
+
+/// Builds AST nodes from pest pairs, shifting spans by `offset`.
+struct Builder {
+    file: FileId,
+    offset: usize,
+}
+
+impl Builder {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, self.offset + s.start(), self.offset + s.end())
+    }
+
+    fn item(&self, p: Pair<Rule>) -> Item {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::import => {
+                let s = p.into_inner().next().expect("import has a string");
+                Item::Import(Import {
+                    path: unescape(s.into_inner().next().map_or("", |b| b.as_str())),
+                    span,
+                })
+            }
+            Rule::block_def => Item::Block(self.def(p, span)),
+            Rule::model_def => Item::Model(self.def(p, span)),
+            Rule::train_def => Item::Train(self.def(p, span)),
+            r => unreachable!("unexpected top-level rule {r:?}"),
+        }
+    }
+
+    fn def(&self, p: Pair<Rule>, span: Span) -> Def {
+        let mut inner = p.into_inner();
+        let name = self.ident(inner.next().expect("definition has a name"));
+        let mut params = Vec::new();
+        let mut body = Vec::new();
+        for part in inner {
+            match part.as_rule() {
+                Rule::params => params = part.into_inner().map(|q| self.param(q)).collect(),
+                Rule::body => body = self.body(part),
+                r => unreachable!("unexpected rule in definition {r:?}"),
+            }
+        }
+        Def {
+            name,
+            params,
+            body,
+            span,
+        }
+    }
+
+    fn param(&self, p: Pair<Rule>) -> Param {
+        let mut name = None;
+        let mut ty = None;
+        let mut default = None;
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::ident if name.is_none() => name = Some(self.ident(part)),
+                Rule::ident => ty = Some(self.ident(part)),
+                Rule::expr => default = Some(self.expr(part)),
+                r => unreachable!("unexpected rule in parameter {r:?}"),
+            }
+        }
+        Param {
+            name: name.expect("parameter has a name"),
+            ty,
+            default,
+        }
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
+    }
+
+    fn body(&self, p: Pair<Rule>) -> Vec<Stmt> {
+        p.into_inner().map(|s| self.stmt(s)).collect()
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> Stmt {
+        let span = self.span(&p);
+        let rule = p.as_rule();
+        let mut inner = p.into_inner();
+        let kind = match rule {
+            Rule::input_stmt | Rule::label_stmt => {
+                let name = self.ident(inner.next().expect("name"));
+                let ty = self.tensor_type(inner.next().expect("type"));
+                if rule == Rule::input_stmt {
+                    StmtKind::Input { name, ty }
+                } else {
+                    StmtKind::Label { name, ty }
+                }
+            }
+            Rule::output_stmt => StmtKind::Output {
+                name: self.ident(inner.next().expect("name")),
+                value: inner.next().map(|e| self.expr(e)),
+            },
+            Rule::return_stmt => StmtKind::Return(inner.map(|e| self.expr(e)).collect()),
+            Rule::for_stmt => StmtKind::For {
+                var: self.ident(inner.next().expect("loop variable")),
+                iter: self.expr(inner.next().expect("iterable")),
+                body: self.body(inner.next().expect("body")),
+            },
+            Rule::if_stmt => {
+                let cond = self.expr(inner.next().expect("condition"));
+                let then = self.body(inner.next().expect("body"));
+                let otherwise = match inner.next() {
+                    None => Vec::new(),
+                    Some(e) if e.as_rule() == Rule::if_stmt => vec![self.stmt(e)],
+                    Some(e) => self.body(e),
+                };
+                StmtKind::If {
+                    cond,
+                    then,
+                    otherwise,
+                }
+            }
+            Rule::tensor_decl => {
+                let buffer = inner.next().expect("kind").as_str() == "buffer";
+                let label = self.label(inner.next().expect("label"));
+                let ty = self.tensor_type(inner.next().expect("type"));
+                StmtKind::Decl {
+                    buffer,
+                    label,
+                    ty,
+                    init: inner.next().map(|e| self.expr(e)),
+                }
+            }
+            Rule::assign_stmt => {
+                let targets = inner
+                    .next()
+                    .expect("targets")
+                    .into_inner()
+                    .map(|t| self.ident(t))
+                    .collect();
+                StmtKind::Assign {
+                    targets,
+                    value: self.expr(inner.next().expect("value")),
+                }
+            }
+            r => unreachable!("unexpected statement rule {r:?}"),
+        };
+        Stmt { kind, span }
+    }
+
+    fn tensor_type(&self, p: Pair<Rule>) -> TensorTypeExpr {
+        let span = self.span(&p);
+        let mut sparse = false;
+        let mut dtype = DType::F32;
+        let mut dims = Vec::new();
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::sparse_kw => sparse = true,
+                Rule::dtype => {
+                    dtype = DType::from_name(part.as_str()).expect("grammar lists only dtypes")
+                }
+                Rule::dim => {
+                    let mut d = part.into_inner();
+                    dims.push(DimExpr {
+                        size: self.expr(d.next().expect("dim size")),
+                        bound: d.next().map(|b| self.expr(b)),
+                    });
+                }
+                r => unreachable!("unexpected rule in tensor type {r:?}"),
+            }
+        }
+        TensorTypeExpr {
+            sparse,
+            dtype,
+            dims,
+            span,
+        }
+    }
+
+    fn label(&self, p: Pair<Rule>) -> Label {
+        let span = self.span(&p);
+        let segments = p
+            .into_inner()
+            .map(|seg| {
+                seg.into_inner()
+                    .map(|part| match part.as_rule() {
+                        Rule::label_text => LabelPart::Text(part.as_str().to_string()),
+                        Rule::label_interp => LabelPart::Interp(
+                            self.expr(part.into_inner().next().expect("interpolated expr")),
+                        ),
+                        r => unreachable!("unexpected rule in label {r:?}"),
+                    })
+                    .collect()
+            })
+            .collect();
+        Label { segments, span }
+    }
+
+    fn expr(&self, p: Pair<Rule>) -> Expr {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::expr => {
+                let mut inner = p.into_inner();
+                let mut acc = self.expr(inner.next().expect("pipe head"));
+                while let Some(op) = inner.next() {
+                    debug_assert_eq!(op.as_rule(), Rule::pipe_op);
+                    let stage = inner.next().expect("pipe stage");
+                    let stage_span = self.span(&stage);
+                    let mut call = self.call(stage);
+                    let whole = acc.span.to(stage_span);
+                    call.piped = Some(Box::new(acc));
+                    acc = Expr {
+                        kind: ExprKind::Call(call),
+                        span: whole,
+                    };
+                }
+                acc
+            }
+            Rule::or_expr
+            | Rule::and_expr
+            | Rule::cmp_expr
+            | Rule::add_expr
+            | Rule::mul_expr => self.left_assoc(p),
+            Rule::range_expr => {
+                let mut inner = p.into_inner();
+                let lo = self.expr(inner.next().expect("operand"));
+                match inner.next() {
+                    None => lo,
+                    Some(_op) => {
+                        let hi = self.expr(inner.next().expect("range end"));
+                        Expr {
+                            kind: ExprKind::Range {
+                                lo: Box::new(lo),
+                                hi: Box::new(hi),
+                            },
+                            span,
+                        }
+                    }
+                }
+            }
+            Rule::not_expr | Rule::unary => {
+                let parts: Vec<_> = p.into_inner().collect();
+                let (ops, operand) = parts.split_at(parts.len() - 1);
+                let mut acc = self.expr(operand[0].clone());
+                for op in ops.iter().rev() {
+                    let s = self.span(op).to(acc.span);
+                    acc = Expr {
+                        kind: ExprKind::Unary {
+                            negate: op.as_rule() == Rule::neg_op,
+                            operand: Box::new(acc),
+                        },
+                        span: s,
+                    };
+                }
+                acc
+            }
+            Rule::power => {
+                let mut inner = p.into_inner();
+                let base = self.expr(inner.next().expect("base"));
+                match inner.next() {
+                    None => base,
+                    Some(_op) => Expr {
+                        kind: ExprKind::Binary {
+                            op: BinOp::Pow,
+                            lhs: Box::new(base),
+                            rhs: Box::new(self.expr(inner.next().expect("exponent"))),
+                        },
+                        span,
+                    },
+                }
+            }
+            Rule::postfix => {
+                let mut inner = p.into_inner();
+                let mut acc = self.expr(inner.next().expect("primary"));
+                for post in inner {
+                    let s = acc.span.to(self.span(&post));
+                    let kind = match post.as_rule() {
+                        Rule::call_args => match acc.kind {
+                            ExprKind::Name(name) => ExprKind::Call(Call {
+                                callee: Ident {
+                                    name,
+                                    span: acc.span,
+                                },
+                                args: self.args(post),
+                                label: None,
+                                shared: false,
+                                piped: None,
+                            }),
+                            _ => ExprKind::Call(Call {
+                                callee: Ident {
+                                    name: String::new(),
+                                    span: acc.span,
+                                },
+                                args: self.args(post),
+                                label: None,
+                                shared: false,
+                                piped: None,
+                            }),
+                        },
+                        Rule::index => ExprKind::Index {
+                            base: Box::new(acc),
+                            index: Box::new(self.expr(post.into_inner().next().expect("index"))),
+                        },
+                        Rule::field => ExprKind::Field {
+                            base: Box::new(acc),
+                            name: self.ident(post.into_inner().next().expect("field name")),
+                        },
+                        r => unreachable!("unexpected postfix rule {r:?}"),
+                    };
+                    acc = Expr { kind, span: s };
+                }
+                acc
+            }
+            Rule::labeled_call => Expr {
+                kind: ExprKind::Call(self.call(p)),
+                span,
+            },
+            Rule::int => Expr {
+                kind: match p.as_str().parse() {
+                    Ok(v) => ExprKind::Int(v),
+                    // Too large for i64: keep it as a float so the elaborator
+                    // can report it.
+                    Err(_) => ExprKind::Float(p.as_str().parse().unwrap_or(f64::INFINITY)),
+                },
+                span,
+            },
+            Rule::float => Expr {
+                kind: ExprKind::Float(p.as_str().parse().unwrap_or(f64::NAN)),
+                span,
+            },
+            Rule::string => Expr {
+                kind: ExprKind::Str(unescape(p.into_inner().next().map_or("", |b| b.as_str()))),
+                span,
+            },
+            Rule::bool_lit => Expr {
+                kind: ExprKind::Bool(p.as_str() == "true"),
+                span,
+            },
+            Rule::none_lit => Expr {
+                kind: ExprKind::None,
+                span,
+            },
+            Rule::ident => Expr {
+                kind: ExprKind::Name(p.as_str().to_string()),
+                span,
+            },
+            Rule::paren => self.expr(p.into_inner().next().expect("parenthesised expr")),
+            Rule::list => Expr {
+                kind: ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
+                span,
+            },
+            Rule::list_comp => {
+                let mut inner = p.into_inner();
+                Expr {
+                    kind: ExprKind::ListComp {
+                        elem: Box::new(self.expr(inner.next().expect("element"))),
+                        var: self.ident(inner.next().expect("variable")),
+                        iter: Box::new(self.expr(inner.next().expect("iterable"))),
+                    },
+                    span,
+                }
+            }
+            r => unreachable!("unexpected expression rule {r:?}"),
+        }
+    }
+
+    fn left_assoc(&self, p: Pair<Rule>) -> Expr {
+        let mut inner = p.into_inner();
+        let mut acc = self.expr(inner.next().expect("operand"));
+        while let Some(op) = inner.next() {
+            let rhs = self.expr(inner.next().expect("right operand"));
+            let op = match op.as_str() {
+                "+" => BinOp::Add,
+                "-" => BinOp::Sub,
+                "*" => BinOp::Mul,
+                "/" => BinOp::Div,
+                "//" => BinOp::FloorDiv,
+                "%" => BinOp::Rem,
+                "==" => BinOp::Eq,
+                "!=" => BinOp::Ne,
+                "<" => BinOp::Lt,
+                "<=" => BinOp::Le,
+                ">" => BinOp::Gt,
+                ">=" => BinOp::Ge,
+                s if s.starts_with("and") => BinOp::And,
+                s if s.starts_with("or") => BinOp::Or,
+                s => unreachable!("unexpected operator {s}"),
+            };
+            let span = acc.span.to(rhs.span);
+            acc = Expr {
+                kind: ExprKind::Binary {
+                    op,
+                    lhs: Box::new(acc),
+                    rhs: Box::new(rhs),
+                },
+                span,
+            };
+        }
+        acc
+    }
+
+    fn call(&self, p: Pair<Rule>) -> Call {
+        let mut shared = false;
+        let mut label = None;
+        let mut callee = None;
+        let mut args = Vec::new();
+        for part in p.into_inner() {
+            match part.as_rule() {
+                Rule::shared_kw => shared = true,
+                Rule::label => label = Some(self.label(part)),
+                Rule::callee => {
+                    callee = Some(self.ident(part.into_inner().next().expect("callee name")))
+                }
+                Rule::call_args => args = self.args(part),
+                r => unreachable!("unexpected rule in call {r:?}"),
+            }
+        }
+        Call {
+            callee: callee.expect("call has a callee"),
+            args,
+            label,
+            shared,
+            piped: None,
+        }
+    }
+
+    fn args(&self, p: Pair<Rule>) -> Vec<Arg> {
+        p.into_inner()
+            .map(|a| {
+                let mut inner = a.into_inner();
+                let first = inner.next().expect("argument");
+                match inner.next() {
+                    Some(value) => Arg {
+                        name: Some(self.ident(first)),
+                        value: self.expr(value),
+                    },
+                    None => Arg {
+                        name: None,
+                        value: self.expr(first),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

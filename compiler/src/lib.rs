@@ -1,0 +1,16 @@
+//! netc: a compiler for neural-network model files (`.net`).
+//!
+//! The pipeline: [`front`] parses text into an AST, [`program`] loads a file
+//! and its imports, [`elab`] evaluates a model into the typed graph [`ir`],
+//! and [`summary`] reports layers, parameters and FLOPs. See
+//! `docs/architecture.md`.
+#![deny(missing_docs)]
+
+pub mod diag;
+pub mod elab;
+pub mod front;
+pub mod ir;
+pub mod ops;
+pub mod program;
+pub mod source;
+pub mod summary;

@@ -1,0 +1,40 @@
+//! Built-in ops: each module holds one family, with the shape rule, the
+//! parameters it creates (with PyTorch's default initialisation) and the FLOP
+//! count of every op in it. `docs/language.md` documents them all.
+
+mod elementwise;
+mod funcs;
+mod linear;
+mod conv;
+mod shape;
+mod train;
+pub(crate) mod util;
+
+use crate::elab::{CallCtx, OpResult};
+
+/// A built-in op or compile-time function.
+pub struct Builtin {
+    /// The name it is called by.
+    pub name: &'static str,
+    /// Builds the op for one call: reads arguments, checks shapes, emits nodes.
+    pub build: fn(&mut CallCtx) -> OpResult,
+}
+
+const FAMILIES: &[&[Builtin]] = &[
+    elementwise::BUILTINS,
+    funcs::BUILTINS,
+    linear::BUILTINS,
+    conv::BUILTINS,
+    shape::BUILTINS,
+    train::BUILTINS,
+];
+
+/// The built-in called `name`.
+pub fn lookup(name: &str) -> Option<&'static Builtin> {
+    FAMILIES.iter().flat_map(|f| f.iter()).find(|b| b.name == name)
+}
+
+/// Every built-in name.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().flat_map(|f| f.iter()).map(|b| b.name)
+}

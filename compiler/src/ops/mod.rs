@@ -7,6 +7,7 @@ mod funcs;
 mod linear;
 mod conv;
 mod shape;
+mod signal;
 mod train;
 pub(crate) mod util;
 
@@ -26,6 +27,7 @@ const FAMILIES: &[&[Builtin]] = &[
     linear::BUILTINS,
     conv::BUILTINS,
     shape::BUILTINS,
+    signal::BUILTINS,
     train::BUILTINS,
 ];
 

@@ -2,10 +2,14 @@
 //! parameters it creates (with PyTorch's default initialisation) and the FLOP
 //! count of every op in it. `docs/language.md` documents them all.
 
+mod conv;
 mod elementwise;
 mod funcs;
 mod linear;
-mod conv;
+mod loss;
+mod norm;
+mod pool;
+mod reduce;
 mod shape;
 mod signal;
 mod train;
@@ -29,11 +33,18 @@ const FAMILIES: &[&[Builtin]] = &[
     shape::BUILTINS,
     signal::BUILTINS,
     train::BUILTINS,
+    norm::BUILTINS,
+    pool::BUILTINS,
+    reduce::BUILTINS,
+    loss::BUILTINS,
 ];
 
 /// The built-in called `name`.
 pub fn lookup(name: &str) -> Option<&'static Builtin> {
-    FAMILIES.iter().flat_map(|f| f.iter()).find(|b| b.name == name)
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.iter())
+        .find(|b| b.name == name)
 }
 
 /// Every built-in name.

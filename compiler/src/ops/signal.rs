@@ -1130,4 +1130,68 @@ mod tests {
         );
         assert!(e.contains("not a valid `rounding`"), "{e}");
     }
+
+    fn load_model(file: &str, name: &str) -> Graph {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models")
+            .join(file);
+        let (program, diags) = Program::load(&path);
+        assert!(
+            diags.is_empty(),
+            "{file}: {:?}",
+            diags.iter().map(|d| &d.message).collect::<Vec<_>>()
+        );
+        let def = program.model(Some(name)).expect("model");
+        elaborate(&program, def, &[]).unwrap_or_else(|e| {
+            panic!(
+                "{name}: {:?}",
+                e.iter().map(|d| &d.message).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    fn outputs(g: &Graph) -> Vec<String> {
+        g.outputs
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", g.type_text(g.ty(*v))))
+            .collect()
+    }
+
+    #[test]
+    fn vggish_models() {
+        let g = load_model("vggish.net", "vggish");
+        let count: i64 = g
+            .params
+            .iter()
+            .filter(|p| !p.buffer)
+            .map(|p| p.ty.known_shape().unwrap().iter().product::<i64>())
+            .sum();
+        assert_eq!(count, 72_141_184);
+        assert_eq!(outputs(&g), ["embedding: f32[N, 128]"]);
+        let g = load_model("vggish.net", "vggish_frontend");
+        assert_eq!(outputs(&g), ["examples: f32[10, 96, 64]"]);
+        let g = load_model("vggish.net", "vggish_postprocess");
+        assert_eq!(outputs(&g), ["quantized: u8[N, 128]"]);
+        let bufs: Vec<String> = g
+            .params
+            .iter()
+            .map(|p| format!("{} {}", p.path, g.type_text(&p.ty)))
+            .collect();
+        assert_eq!(
+            bufs,
+            ["pca_eigen_vectors f32[128, 128]", "pca_means f32[128]"]
+        );
+    }
+
+    #[test]
+    fn eeg_de_features_model() {
+        let g = load_model("eeg_de_features.net", "eeg_de_features");
+        assert_eq!(outputs(&g), ["features: f32[60*N, 4, 9, 9]"]);
+        let node = g.nodes.iter().find(|n| n.op.name == "grid_map").unwrap();
+        let want: Vec<i64> = record(DEAP, "deap_positions")
+            .chunks(2)
+            .map(|rc| rc[0] as i64 * 9 + rc[1] as i64)
+            .collect();
+        assert_eq!(node.op.attr("cells"), Some(&Attr::Ints(want)));
+    }
 }

@@ -554,6 +554,7 @@ fn grid_map(c: &mut CallCtx) -> OpResult {
         _ => return Err(bad(c)),
     };
     let mut cells = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let (r, col) = match item {
             Value::List(p) if p.len() == 2 => match (&p[0], &p[1]) {
@@ -573,7 +574,7 @@ fn grid_map(c: &mut CallCtx) -> OpResult {
             ));
         }
         let cell = r * grid + col;
-        if let Some(j) = cells.iter().position(|&k| k == cell) {
+        if let Some(&j) = seen.get(&cell) {
             return Err(c.arg_error(
                 Some(1),
                 "positions",
@@ -581,6 +582,7 @@ fn grid_map(c: &mut CallCtx) -> OpResult {
                 "every channel needs its own cell",
             ));
         }
+        seen.insert(cell, i);
         cells.push(cell);
     }
     if cells.len() as i64 != channels {
@@ -654,7 +656,7 @@ fn frame(c: &mut CallCtx) -> OpResult {
 /// `periodic_hann(length)`: the constant window `f32[length]`.
 fn periodic_hann(c: &mut CallCtx) -> OpResult {
     let n = c.int(Some(0), "length", None)?;
-    let n = size_in(c, Some(0), "length", n, 1, MAX_CONST)?;
+    let n = size_in(c, Some(0), "length", n, 1, 1 << 20)?;
     let w = periodic_hann_window(n);
     Ok(Value::Tensor(c.constant(
         format!("periodic_hann({n})"),

@@ -11,6 +11,7 @@ mod norm;
 mod pool;
 mod reduce;
 mod shape;
+mod signal;
 mod train;
 pub(crate) mod util;
 
@@ -30,6 +31,7 @@ const FAMILIES: &[&[Builtin]] = &[
     linear::BUILTINS,
     conv::BUILTINS,
     shape::BUILTINS,
+    signal::BUILTINS,
     train::BUILTINS,
     norm::BUILTINS,
     pool::BUILTINS,

@@ -9,6 +9,7 @@
 pub mod diag;
 pub mod elab;
 pub mod front;
+pub mod interp;
 pub mod ir;
 pub mod ops;
 pub mod program;

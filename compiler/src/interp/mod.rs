@@ -1,0 +1,359 @@
+//! The reference interpreter: runs a graph on f64 arrays with slow,
+//! obviously-right semantics for each op (DESIGN.md: "every op has a
+//! reference semantics"). It is the oracle that generated kernels are tested
+//! against, and it checks the shape rules: every result's shape must equal
+//! the type elaboration inferred.
+
+mod array;
+mod dense;
+
+pub use array::Array;
+
+use crate::ir::{Dim, Graph, SymId, ValueId};
+use dense::Attrs;
+use std::collections::HashMap;
+
+/// Runs the forward pass of `g` (inference semantics: dropout is identity,
+/// batch norm uses running statistics) and returns every output by name.
+/// `params` maps parameter and buffer paths to values.
+pub fn run(
+    g: &Graph,
+    inputs: &[(&str, Array)],
+    params: &HashMap<String, Array>,
+) -> Result<Vec<(String, Array)>, String> {
+    let mut env: Vec<Option<Array>> = vec![None; g.values.len()];
+    let mut syms: HashMap<SymId, i64> = HashMap::new();
+    for (name, v) in &g.inputs {
+        let a = inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| format!("input `{name}` not given"))?;
+        bind_shape(g, *v, &a, &mut syms)?;
+        env[v.0 as usize] = Some(a);
+    }
+    for p in &g.params {
+        let a = params
+            .get(&p.path)
+            .ok_or_else(|| format!("parameter `{}` not given", p.path))?;
+        bind_shape(g, p.value, a, &mut syms)?;
+        env[p.value.0 as usize] = Some(a.clone());
+    }
+    for c in &g.consts {
+        let shape = concrete(g, c.value, &syms)?;
+        env[c.value.0 as usize] = Some(Array::new(&shape, c.data.clone()));
+    }
+    for node in g.nodes.iter().filter(|n| !n.train_only) {
+        let args: Vec<&Array> = node
+            .inputs
+            .iter()
+            .map(|v| {
+                env[v.0 as usize]
+                    .as_ref()
+                    .ok_or_else(|| format!("value %{} used before it is computed", v.0))
+            })
+            .collect::<Result<_, _>>()?;
+        let shapes: Vec<Vec<usize>> = node
+            .outputs
+            .iter()
+            .map(|v| concrete(g, *v, &syms))
+            .collect::<Result<_, _>>()?;
+        let results = eval(node.op.name, &Attrs(&node.op.attrs), &args, &shapes)
+            .map_err(|e| format!("{} at {}: {e}", node.op.name, node.path))?;
+        for ((v, r), want) in node.outputs.iter().zip(results).zip(&shapes) {
+            if &r.shape != want {
+                return Err(format!(
+                    "{} at {}: computed shape {:?}, shape rule says {:?}",
+                    node.op.name, node.path, r.shape, want
+                ));
+            }
+            env[v.0 as usize] = Some(r);
+        }
+    }
+    g.outputs
+        .iter()
+        .map(|(name, v)| {
+            env[v.0 as usize]
+                .clone()
+                .map(|a| (name.clone(), a))
+                .ok_or_else(|| format!("output `{name}` not computed"))
+        })
+        .collect()
+}
+
+/// Binds the symbols of `v`'s type from an actual array's shape.
+fn bind_shape(
+    g: &Graph,
+    v: ValueId,
+    a: &Array,
+    syms: &mut HashMap<SymId, i64>,
+) -> Result<(), String> {
+    let ty = g.ty(v);
+    if ty.shape.len() != a.shape.len() {
+        return Err(format!(
+            "value %{} has rank {}, expected {}",
+            v.0,
+            a.shape.len(),
+            g.type_text(ty)
+        ));
+    }
+    for (d, &n) in ty.shape.iter().zip(&a.shape) {
+        if let [(s, 1)] = d.terms() {
+            if d.constant() == 0 {
+                let prev = *syms.entry(*s).or_insert(n as i64);
+                if prev != n as i64 {
+                    return Err(format!(
+                        "size {} is {prev} elsewhere but {n} here",
+                        g.sym_name(*s)
+                    ));
+                }
+            }
+        }
+    }
+    let want = concrete(g, v, syms)?;
+    if want != a.shape {
+        return Err(format!(
+            "value %{} has shape {:?}, expected {}",
+            v.0,
+            a.shape,
+            g.type_text(ty)
+        ));
+    }
+    Ok(())
+}
+
+fn concrete(g: &Graph, v: ValueId, syms: &HashMap<SymId, i64>) -> Result<Vec<usize>, String> {
+    g.ty(v)
+        .shape
+        .iter()
+        .map(|d: &Dim| {
+            d.eval(&|s| syms.get(&s).copied())
+                .as_known()
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("size {} is not bound by the inputs", g.dim_text(d)))
+        })
+        .collect()
+}
+
+fn reduce_result(r: f64, reduction: &str, per: Array) -> Array {
+    match reduction {
+        "none" => per,
+        "sum" => Array::new(&[], vec![per.data.iter().sum()]),
+        _ => Array::new(&[], vec![r]),
+    }
+}
+
+/// Evaluates one op.
+fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<Array>, String> {
+    use dense::*;
+    let o = &out[0];
+    let one = |arr: Array| Ok(vec![arr]);
+    match name {
+        "add" => one(binary(x[0], x[1], o, |p, q| p + q)),
+        "sub" => one(binary(x[0], x[1], o, |p, q| p - q)),
+        "mul" => one(binary(x[0], x[1], o, |p, q| p * q)),
+        "div" => one(binary(x[0], x[1], o, |p, q| p / q)),
+        "pow" => one(binary(x[0], x[1], o, f64::powf)),
+        "maximum" => one(binary(x[0], x[1], o, f64::max)),
+        "minimum" => one(binary(x[0], x[1], o, f64::min)),
+        "less" => one(binary(x[0], x[1], o, |p, q| f64::from(u8::from(p < q)))),
+        "greater" => one(binary(x[0], x[1], o, |p, q| f64::from(u8::from(p > q)))),
+        "neg" => one(unary(x[0], |v| -v)),
+        "relu" => one(unary(x[0], |v| v.max(0.0))),
+        "tanh" => one(unary(x[0], f64::tanh)),
+        "sigmoid" => one(unary(x[0], |v| 1.0 / (1.0 + (-v).exp()))),
+        "silu" => one(unary(x[0], |v| v / (1.0 + (-v).exp()))),
+        "exp" => one(unary(x[0], f64::exp)),
+        "log" => one(unary(x[0], f64::ln)),
+        "sqrt" => one(unary(x[0], f64::sqrt)),
+        "abs" => one(unary(x[0], f64::abs)),
+        "square" => one(unary(x[0], |v| v * v)),
+        "gelu" if a.str("approximate") == "tanh" => one(unary(x[0], |v| {
+            0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+        })),
+        "gelu" => one(unary(x[0], |v| {
+            0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2))
+        })),
+        "leaky_relu" => {
+            let s = a.float("negative_slope", 0.01);
+            one(unary(x[0], move |v| if v >= 0.0 { v } else { s * v }))
+        }
+        "clamp" => {
+            let (lo, hi) = (
+                a.float("min", f64::NEG_INFINITY),
+                a.float("max", f64::INFINITY),
+            );
+            one(unary(x[0], move |v| v.clamp(lo, hi)))
+        }
+        "dropout" => one(x[0].clone()),
+        "reshape" => one(Array::new(o, x[0].data.clone())),
+        "permute" => one(permute(x[0], &a.ints("dims"), o)),
+        "slice" => one(slice(
+            x[0],
+            a.int("dim") as usize,
+            a.int("start") as usize,
+            a.int("step") as usize,
+            o,
+        )),
+        "select" => {
+            let d = a.int("dim") as usize;
+            let mut keep = x[0].shape.clone();
+            keep[d] = 1;
+            one(Array::new(
+                o,
+                slice(x[0], d, a.int("index") as usize, 1, &keep).data,
+            ))
+        }
+        "concat" => one(concat(x, a.int("dim") as usize, o)),
+        "split" => {
+            let d = a.int("dim") as usize;
+            let mut start = 0;
+            Ok(out
+                .iter()
+                .map(|shape| {
+                    let r = slice(x[0], d, start, 1, shape);
+                    start += shape[d];
+                    r
+                })
+                .collect())
+        }
+        "conv1d" | "conv2d" | "conv3d" => one(conv(x[0], x[1], x.get(2).copied(), a, o)),
+        "linear" => one(linear(x[0], x[1], x.get(2).copied())),
+        "matmul" => one(matmul(x[0], x[1], o)),
+        "batch_norm" | "frozen_batch_norm" => {
+            let eps = a.float("eps", 1e-5);
+            let affine = name == "frozen_batch_norm" || a.bool("affine", true);
+            let (w, b, mean, var) = if affine {
+                (Some(x[1]), Some(x[2]), x[3], x[4])
+            } else {
+                (None, None, x[1], x[2])
+            };
+            let c = x[0].shape[1];
+            let inner: usize = x[0].shape[2..].iter().product();
+            let mut r = x[0].clone();
+            for (i, v) in r.data.iter_mut().enumerate() {
+                let ch = (i / inner) % c;
+                let norm = (*v - mean.data[ch]) / (var.data[ch] + eps).sqrt();
+                *v = norm * w.map_or(1.0, |w| w.data[ch]) + b.map_or(0.0, |b| b.data[ch]);
+            }
+            one(r)
+        }
+        "group_norm" | "layer_norm" => {
+            let eps = a.float("eps", 1e-5);
+            let (chunk, per_channel) = if name == "group_norm" {
+                let g = a.int("groups") as usize;
+                let c = x[0].shape[1];
+                (
+                    x[0].data.len() / x[0].shape[0] / g,
+                    x[0].data.len() / x[0].shape[0] / c,
+                )
+            } else {
+                let n: usize = a.ints("shape").iter().product::<i64>() as usize;
+                (n, 1)
+            };
+            let mut data = Vec::with_capacity(x[0].data.len());
+            for part in x[0].data.chunks(chunk) {
+                data.extend(normalize(part, eps));
+            }
+            if x.len() > 1 {
+                let (w, b) = (x[1], x[2]);
+                for (i, v) in data.iter_mut().enumerate() {
+                    let k = if name == "group_norm" {
+                        (i / per_channel) % w.data.len()
+                    } else {
+                        i % w.data.len()
+                    };
+                    *v = *v * w.data[k] + b.data[k];
+                }
+            }
+            one(Array::new(o, data))
+        }
+        "max_pool1d" | "max_pool2d" | "max_pool3d" => one(pool(x[0], a, o, true)),
+        "avg_pool1d" | "avg_pool2d" | "avg_pool3d" => one(pool(x[0], a, o, false)),
+        "adaptive_avg_pool2d" => one(adaptive_pool(x[0], o, false)),
+        "adaptive_max_pool2d" => one(adaptive_pool(x[0], o, true)),
+        "global_avg_pool" => {
+            let inner: usize = x[0].shape[2..].iter().product();
+            one(Array::new(
+                o,
+                x[0].data
+                    .chunks(inner)
+                    .map(|c| c.iter().sum::<f64>() / inner as f64)
+                    .collect(),
+            ))
+        }
+        "softmax" => one(along(x[0], a.int("dim") as usize, |l| {
+            log_softmax(l).into_iter().map(f64::exp).collect()
+        })),
+        "log_softmax" => one(along(x[0], a.int("dim") as usize, log_softmax)),
+        "sum" | "mean" | "amax" | "amin" => {
+            let dims: Vec<usize> = a.ints("dims").iter().map(|&d| d as usize).collect();
+            let (init, f): (f64, fn(f64, f64) -> f64) = match name {
+                "amax" => (f64::NEG_INFINITY, f64::max),
+                "amin" => (f64::INFINITY, f64::min),
+                _ => (0.0, |p, q| p + q),
+            };
+            let mut r = reduce(x[0], &dims, o, init, f);
+            if name == "mean" {
+                let count: usize = dims.iter().map(|&d| x[0].shape[d]).product();
+                r.data.iter_mut().for_each(|v| *v /= count as f64);
+            }
+            one(r)
+        }
+        "cross_entropy" => {
+            let (logits, target) = (x[0], x[1]);
+            let classes = logits.shape[1];
+            let smoothing = a.float("label_smoothing", 0.0);
+            let weight = x
+                .get(2)
+                .map(|w| w.data.clone())
+                .unwrap_or_else(|| vec![1.0; classes]);
+            let ls = along(logits, 1, log_softmax);
+            let inner: usize = logits.shape[2..].iter().product();
+            let mut per = Array::zeros(&target.shape);
+            let mut weight_sum = 0.0;
+            for (i, &t) in target.data.iter().enumerate() {
+                let (n, s) = (i / inner, i % inner);
+                let lp = |c: usize| ls.data[(n * classes + c) * inner + s];
+                let t = t as usize;
+                let nll = -weight[t] * lp(t);
+                let smooth: f64 =
+                    (0..classes).map(|c| -weight[c] * lp(c)).sum::<f64>() / classes as f64;
+                per.data[i] = (1.0 - smoothing) * nll + smoothing * smooth;
+                weight_sum += weight[t];
+            }
+            let mean = per.data.iter().sum::<f64>() / weight_sum;
+            one(reduce_result(mean, a.str("reduction"), per))
+        }
+        "multi_margin" => {
+            let (s, target) = (x[0], x[1]);
+            let c = s.shape[1];
+            let margin = a.float("margin", 1.0);
+            let p = a.int("p");
+            let mut per = Array::zeros(&target.shape);
+            for (n, &t) in target.data.iter().enumerate() {
+                let t = t as usize;
+                let row = &s.data[n * c..(n + 1) * c];
+                per.data[n] = (0..c)
+                    .filter(|&i| i != t)
+                    .map(|i| (margin - row[t] + row[i]).max(0.0).powi(p as i32))
+                    .sum::<f64>()
+                    / c as f64;
+            }
+            let mean = per.data.iter().sum::<f64>() / per.data.len() as f64;
+            one(reduce_result(mean, a.str("reduction"), per))
+        }
+        "mse" => {
+            let per = binary(x[0], x[1], &x[0].shape, |p, q| (p - q) * (p - q));
+            let mean = per.data.iter().sum::<f64>() / per.data.len() as f64;
+            one(reduce_result(mean, a.str("reduction"), per))
+        }
+        other => Err(format!(
+            "the reference interpreter has no semantics for `{other}` yet"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+//! The reference interpreter against PyTorch (float64 fixtures written by
+//! tests/fixtures/make_reference.py).
+
+use super::{run, Array};
+use crate::elab::elaborate;
+use crate::program::Program;
+use netc_runtime::weights::read_safetensors;
+use netc_runtime::{Storage, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn to_array(t: &Tensor) -> Array {
+    let data: Vec<f64> = match t.storage() {
+        Storage::F64(v) => v.clone(),
+        Storage::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        Storage::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        Storage::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        Storage::U8(v) | Storage::Bool(v) => v.iter().map(|&x| f64::from(x)).collect(),
+    };
+    Array::new(t.shape(), data)
+}
+
+#[test]
+fn mixed_model_matches_pytorch_in_float64() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference");
+    let (program, diags) = Program::load(&root.join("mixed.net"));
+    assert!(diags.is_empty(), "{diags:?}");
+    let g = elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
+    let tensors: HashMap<String, Array> = read_safetensors(&root.join("mixed.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, to_array(&t)))
+        .collect();
+    let inputs = [
+        ("x", tensors["input.x"].clone()),
+        ("y", tensors["input.y"].clone()),
+    ];
+    let outputs = run(&g, &inputs, &tensors).unwrap();
+    assert_eq!(outputs.len(), 5);
+    for (name, got) in outputs {
+        let want = &tensors[&format!("expected.{name}")];
+        assert_eq!(got.shape, want.shape, "{name}");
+        let err = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let scale = want.data.iter().map(|v| v.abs()).fold(1e-12, f64::max);
+        assert!(
+            err / scale < 1e-10,
+            "{name}: max error {err} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn missing_parameters_and_unknown_ops_are_errors_not_panics() {
+    let (program, _) = Program::from_text(
+        Path::new("t.net"),
+        "model m() { input x: f32[N, 2]  output y = x |> fc: linear(3) }",
+    );
+    let g = elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
+    let err = run(&g, &[("x", Array::zeros(&[4, 2]))], &HashMap::new()).unwrap_err();
+    assert!(err.contains("parameter `fc.weight` not given"), "{err}");
+    let err = run(&g, &[("x", Array::zeros(&[4, 3]))], &HashMap::new()).unwrap_err();
+    assert!(err.contains("expected f32[N, 2]"), "{err}");
+}

@@ -29,7 +29,11 @@ fn check(model: &str, count: i64) {
     assert_eq!(ours, want);
     let out = &g.outputs[0];
     assert_eq!(out.0, "out");
-    assert_eq!(g.ty(out.1), g.ty(g.inputs[0].1), "output shape = sample shape");
+    assert_eq!(
+        g.ty(out.1),
+        g.ty(g.inputs[0].1),
+        "output shape = sample shape"
+    );
 }
 
 #[test]

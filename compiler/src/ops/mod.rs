@@ -2,6 +2,7 @@
 //! parameters it creates (with PyTorch's default initialisation) and the FLOP
 //! count of every op in it. `docs/language.md` documents them all.
 
+mod attention;
 mod conv;
 mod elementwise;
 mod funcs;
@@ -10,6 +11,7 @@ mod loss;
 mod norm;
 mod pool;
 mod reduce;
+mod resize;
 mod shape;
 mod signal;
 mod train;
@@ -37,6 +39,8 @@ const FAMILIES: &[&[Builtin]] = &[
     pool::BUILTINS,
     reduce::BUILTINS,
     loss::BUILTINS,
+    attention::BUILTINS,
+    resize::BUILTINS,
 ];
 
 /// The built-in called `name`.

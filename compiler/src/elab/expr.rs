@@ -27,7 +27,11 @@ impl<'a> Elaborator<'a> {
             ExprKind::Int(n) => Value::Int(*n),
             ExprKind::Float(f) => {
                 if !f.is_finite() {
-                    return Err(Diagnostic::new(e.span, "number out of range").label("too large"));
+                    return Err(Diagnostic::new(e.span, "number out of range")
+                        .label("too large")
+                        .hint(
+                            "integers are 64-bit and sizes at most 2^40; floats must be finite",
+                        ));
                 }
                 Value::Float(*f)
             }

@@ -627,6 +627,11 @@ impl<'a> Elaborator<'a> {
                 }
                 _ => {
                     let v = self.eval(&d.size);
+                    if let Value::Poison = v {
+                        // Already reported; any size keeps the type well-formed.
+                        shape.push(Dim::known(1));
+                        continue;
+                    }
                     match v.as_dim() {
                         Some(dim) => {
                             if let Some(n) = dim.as_known() {

@@ -508,9 +508,9 @@ impl Builder {
             Rule::int => Expr {
                 kind: match p.as_str().parse() {
                     Ok(v) => ExprKind::Int(v),
-                    // Too large for i64: keep it as a float so the elaborator
-                    // can report it.
-                    Err(_) => ExprKind::Float(p.as_str().parse().unwrap_or(f64::INFINITY)),
+                    // Too large for i64: an infinite float, which the
+                    // elaborator reports as out of range.
+                    Err(_) => ExprKind::Float(f64::INFINITY),
                 },
                 span,
             },

@@ -229,7 +229,7 @@ fn sum(c: &mut CallCtx) -> OpResult {
             other => {
                 return Err(c.error(
                     format!("`sum` adds numbers, got {}", other.kind_name()),
-                    "for tensors use `add` or `reduce_sum`",
+                    "to sum a tensor write `sum(x, dim)`; to add tensors use `+`",
                 ))
             }
         }

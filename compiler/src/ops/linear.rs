@@ -50,7 +50,7 @@ fn linear(c: &mut CallCtx) -> OpResult {
 }
 
 /// `matmul(a, b)`: `[..., m, k] x [..., k, n] -> [..., m, n]`, batch dims
-/// broadcast; a rank-1 operand is treated as a row/column vector.
+/// broadcast; both operands need rank >= 2 (`unsqueeze` a vector first).
 fn matmul(c: &mut CallCtx) -> OpResult {
     let a = c.tensor(Some(0), "a")?;
     let b = c.tensor(Some(1), "b")?;

@@ -6,6 +6,9 @@ mod elementwise;
 mod funcs;
 mod linear;
 mod conv;
+mod embed;
+mod rnn;
+mod sparse;
 mod shape;
 mod train;
 pub(crate) mod util;
@@ -27,6 +30,9 @@ const FAMILIES: &[&[Builtin]] = &[
     conv::BUILTINS,
     shape::BUILTINS,
     train::BUILTINS,
+    embed::BUILTINS,
+    rnn::BUILTINS,
+    sparse::BUILTINS,
 ];
 
 /// The built-in called `name`.

@@ -61,7 +61,10 @@ impl Diagnostic {
         let mut elsewhere = Vec::new();
         for (span, text) in &self.related {
             if span.file == self.span.file {
-                labels.push(LabeledSpan::new_with_span(Some(text.clone()), to_range(*span)));
+                labels.push(LabeledSpan::new_with_span(
+                    Some(text.clone()),
+                    to_range(*span),
+                ));
             } else {
                 elsewhere.push(format!("{}: {}", sources.location(*span), text));
             }

@@ -29,7 +29,9 @@ impl Program {
         let mut loader = Loader::default();
         match std::fs::read_to_string(path) {
             Ok(text) => loader.load_text(path.to_path_buf(), text, &mut Vec::new()),
-            Err(e) => loader.io_errors.push(format!("cannot read {}: {e}", path.display())),
+            Err(e) => loader
+                .io_errors
+                .push(format!("cannot read {}: {e}", path.display())),
         }
         loader.finish()
     }
@@ -49,7 +51,9 @@ impl Program {
                 .models
                 .iter()
                 .find(|m| m.name.name == n)
-                .ok_or_else(|| format!("no model `{n}` in this file; models: {}", names.join(", "))),
+                .ok_or_else(|| {
+                    format!("no model `{n}` in this file; models: {}", names.join(", "))
+                }),
             None => match self.models.as_slice() {
                 [only] => Ok(only),
                 [] => Err("the file defines no model".into()),
@@ -120,10 +124,13 @@ impl Loader {
                     let key = format!("train {}", def.name.name);
                     if let Some(first) = self.defined.get(&key) {
                         self.diags.push(
-                            Diagnostic::new(def.name.span, format!("second train section for `{}`", def.name.name))
-                                .label("defined again here")
-                                .related(*first, "first defined here")
-                                .hint("merge the two train sections into one"),
+                            Diagnostic::new(
+                                def.name.span,
+                                format!("second train section for `{}`", def.name.name),
+                            )
+                            .label("defined again here")
+                            .related(*first, "first defined here")
+                            .hint("merge the two train sections into one"),
                         );
                     } else {
                         self.defined.insert(key, def.name.span);
@@ -141,15 +148,20 @@ impl Loader {
                 Diagnostic::new(def.name.span, format!("`{name}` is defined twice"))
                     .label(format!("this {what} reuses the name"))
                     .related(*first, "first defined here")
-                    .hint("blocks and models share one namespace across imported files; rename one"),
+                    .hint(
+                        "blocks and models share one namespace across imported files; rename one",
+                    ),
             );
             return false;
         }
         if crate::ops::lookup(name).is_some() {
             self.diags.push(
-                Diagnostic::new(def.name.span, format!("`{name}` is the name of a built-in op"))
-                    .label(format!("this {what} would hide it"))
-                    .hint("choose another name"),
+                Diagnostic::new(
+                    def.name.span,
+                    format!("`{name}` is the name of a built-in op"),
+                )
+                .label(format!("this {what} would hide it"))
+                .hint("choose another name"),
             );
             return false;
         }

@@ -33,9 +33,9 @@ impl<'g> SymbolValues<'g> {
     }
 
     fn eval_at(&self, d: &Dim, depth: usize) -> i64 {
-        d.terms()
-            .iter()
-            .fold(d.constant(), |acc, &(s, k)| acc.saturating_add(k.saturating_mul(self.value(s, depth))))
+        d.terms().iter().fold(d.constant(), |acc, &(s, k)| {
+            acc.saturating_add(k.saturating_mul(self.value(s, depth)))
+        })
     }
 
     /// The value of a dim.
@@ -73,10 +73,18 @@ pub fn summary(g: &Graph, syms: &SymbolValues) -> String {
         total_flops = total_flops.saturating_add(flops);
         let shapes: Vec<String> = n.outputs.iter().map(|v| g.type_text(g.ty(*v))).collect();
         rows.push([
-            if n.path.is_empty() { "(model)".into() } else { n.path.clone() },
+            if n.path.is_empty() {
+                "(model)".into()
+            } else {
+                n.path.clone()
+            },
             n.op.name.to_string(),
             shapes.join(", "),
-            if params == 0 { "-".into() } else { group(params) },
+            if params == 0 {
+                "-".into()
+            } else {
+                group(params)
+            },
             group(flops),
         ]);
     }
@@ -92,8 +100,16 @@ pub fn summary(g: &Graph, syms: &SymbolValues) -> String {
         let _ = writeln!(
             out,
             "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
-            cells[0], cells[1], cells[2], cells[3], cells[4],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3], w4 = widths[4]
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
         );
     };
     let args: Vec<String> = g.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -122,15 +138,32 @@ pub fn summary(g: &Graph, syms: &SymbolValues) -> String {
     let bytes: i64 = g
         .params
         .iter()
-        .map(|p| p.ty.known_shape().map_or(0, |s| s.iter().product::<i64>()) * p.ty.dtype.size_bytes() as i64)
+        .map(|p| {
+            p.ty.known_shape().map_or(0, |s| s.iter().product::<i64>())
+                * p.ty.dtype.size_bytes() as i64
+        })
         .sum();
     let _ = writeln!(out, "parameters:      {}", group(trainable));
     let _ = writeln!(out, "buffer elements: {}", group(buffers));
     let _ = writeln!(out, "weights size:    {:.2} MB", bytes as f64 / 1e6);
-    let _ = writeln!(out, "FLOPs:           {} ({:.3} GFLOPs) at {}", group(total_flops), total_flops as f64 / 1e9, syms.describe());
+    let _ = writeln!(
+        out,
+        "FLOPs:           {} ({:.3} GFLOPs) at {}",
+        group(total_flops),
+        total_flops as f64 / 1e9,
+        syms.describe()
+    );
     if let Some(t) = &g.train {
-        let _ = writeln!(out, "train:           loss {} · optimizer {}{}", g.type_text(g.ty(t.loss)), t.optimizer.kind,
-            t.schedule.as_ref().map(|s| format!(" · schedule {}", s.kind)).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "train:           loss {} · optimizer {}{}",
+            g.type_text(g.ty(t.loss)),
+            t.optimizer.kind,
+            t.schedule
+                .as_ref()
+                .map(|s| format!(" · schedule {}", s.kind))
+                .unwrap_or_default()
+        );
     }
     out
 }
@@ -140,7 +173,7 @@ pub fn group(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -6,7 +6,9 @@
 use super::value::Value;
 use super::Elaborator;
 use crate::diag::Diagnostic;
-use crate::ir::{ConstTensor, Dim, Init, Node, Op, Param, SymId, SymKind, TensorType, ValueDef, ValueId};
+use crate::ir::{
+    ConstTensor, Dim, Init, Node, Op, Param, SymId, SymKind, TensorType, ValueDef, ValueId,
+};
 use crate::source::Span;
 use netc_runtime::DType;
 
@@ -94,12 +96,15 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     fn missing(&self, name: &str) -> Diagnostic {
-        Diagnostic::new(self.span, format!("`{}` needs the argument `{name}`", self.op_name))
-            .label(format!("`{name}` is missing"))
-            .hint(format!(
-                "pass it by position or as `{name} = ...`; see docs/language.md for `{}`",
-                self.op_name
-            ))
+        Diagnostic::new(
+            self.span,
+            format!("`{}` needs the argument `{name}`", self.op_name),
+        )
+        .label(format!("`{name}` is missing"))
+        .hint(format!(
+            "pass it by position or as `{name} = ...`; see docs/language.md for `{}`",
+            self.op_name
+        ))
     }
 
     fn wrong_kind(&self, i: usize, name: &str, want: &str) -> Diagnostic {
@@ -116,12 +121,21 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A required tensor argument.
-    pub fn tensor(&mut self, pos: Option<usize>, name: &'static str) -> Result<ValueId, Diagnostic> {
-        self.opt_tensor(pos, name)?.ok_or_else(|| self.missing(name))
+    pub fn tensor(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+    ) -> Result<ValueId, Diagnostic> {
+        self.opt_tensor(pos, name)?
+            .ok_or_else(|| self.missing(name))
     }
 
     /// An optional tensor argument (`none` counts as absent).
-    pub fn opt_tensor(&mut self, pos: Option<usize>, name: &'static str) -> Result<Option<ValueId>, Diagnostic> {
+    pub fn opt_tensor(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+    ) -> Result<Option<ValueId>, Diagnostic> {
         match self.find(pos, name) {
             None => Ok(None),
             Some(i) => match &self.args[i].value {
@@ -133,7 +147,11 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A list of tensors.
-    pub fn tensors(&mut self, pos: Option<usize>, name: &'static str) -> Result<Vec<ValueId>, Diagnostic> {
+    pub fn tensors(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+    ) -> Result<Vec<ValueId>, Diagnostic> {
         let i = self.find(pos, name).ok_or_else(|| self.missing(name))?;
         match &self.args[i].value {
             Value::List(items) => items
@@ -148,7 +166,12 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// An integer argument, with a default when absent.
-    pub fn int(&mut self, pos: Option<usize>, name: &'static str, default: Option<i64>) -> Result<i64, Diagnostic> {
+    pub fn int(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<i64>,
+    ) -> Result<i64, Diagnostic> {
         match self.find(pos, name) {
             None => default.ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
@@ -159,7 +182,11 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// An optional integer (`none` counts as absent).
-    pub fn opt_int(&mut self, pos: Option<usize>, name: &'static str) -> Result<Option<i64>, Diagnostic> {
+    pub fn opt_int(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+    ) -> Result<Option<i64>, Diagnostic> {
         match self.find(pos, name) {
             None => Ok(None),
             Some(i) => match &self.args[i].value {
@@ -171,7 +198,12 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A float argument (integers accepted), with a default when absent.
-    pub fn float(&mut self, pos: Option<usize>, name: &'static str, default: Option<f64>) -> Result<f64, Diagnostic> {
+    pub fn float(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<f64>,
+    ) -> Result<f64, Diagnostic> {
         match self.find(pos, name) {
             None => default.ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
@@ -183,7 +215,12 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A boolean argument, with a default when absent.
-    pub fn bool(&mut self, pos: Option<usize>, name: &'static str, default: Option<bool>) -> Result<bool, Diagnostic> {
+    pub fn bool(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<bool>,
+    ) -> Result<bool, Diagnostic> {
         match self.find(pos, name) {
             None => default.ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
@@ -194,9 +231,16 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A string argument, with a default when absent.
-    pub fn str(&mut self, pos: Option<usize>, name: &'static str, default: Option<&str>) -> Result<String, Diagnostic> {
+    pub fn str(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<&str>,
+    ) -> Result<String, Diagnostic> {
         match self.find(pos, name) {
-            None => default.map(str::to_string).ok_or_else(|| self.missing(name)),
+            None => default
+                .map(str::to_string)
+                .ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
                 Value::Str(s) => Ok(s.to_string()),
                 _ => Err(self.wrong_kind(i, name, "a string")),
@@ -205,7 +249,13 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A string argument restricted to `choices`.
-    pub fn choice(&mut self, pos: Option<usize>, name: &'static str, choices: &[&'static str], default: &'static str) -> Result<&'static str, Diagnostic> {
+    pub fn choice(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        choices: &[&'static str],
+        default: &'static str,
+    ) -> Result<&'static str, Diagnostic> {
         let s = self.str(pos, name, Some(default))?;
         match choices.iter().find(|c| **c == s) {
             Some(c) => Ok(c),
@@ -220,9 +270,17 @@ impl<'e, 'a> CallCtx<'e, 'a> {
 
     /// `n` integers: a single integer is repeated `n` times (as PyTorch's
     /// `kernel_size=3` means `(3, 3)`).
-    pub fn ints(&mut self, pos: Option<usize>, name: &'static str, n: usize, default: Option<i64>) -> Result<Vec<i64>, Diagnostic> {
+    pub fn ints(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        n: usize,
+        default: Option<i64>,
+    ) -> Result<Vec<i64>, Diagnostic> {
         match self.find(pos, name) {
-            None => default.map(|d| vec![d; n]).ok_or_else(|| self.missing(name)),
+            None => default
+                .map(|d| vec![d; n])
+                .ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
                 Value::Int(v) => Ok(vec![*v; n]),
                 Value::List(items) => {
@@ -237,10 +295,16 @@ impl<'e, 'a> CallCtx<'e, 'a> {
                         Some(v) if v.len() == n => Ok(v),
                         Some(v) => Err(Diagnostic::new(
                             self.args[i].span,
-                            format!("`{name}` of `{}` needs {n} values, got {}", self.op_name, v.len()),
+                            format!(
+                                "`{name}` of `{}` needs {n} values, got {}",
+                                self.op_name,
+                                v.len()
+                            ),
                         )
                         .label(format!("{} values", v.len()))
-                        .hint(format!("give one integer for all {n} dims, or a list of {n}"))),
+                        .hint(format!(
+                            "give one integer for all {n} dims, or a list of {n}"
+                        ))),
                         None => Err(self.wrong_kind(i, name, "an integer or a list of integers")),
                     }
                 }
@@ -250,7 +314,12 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A list of integers of any length.
-    pub fn int_list(&mut self, pos: Option<usize>, name: &'static str, default: Option<Vec<i64>>) -> Result<Vec<i64>, Diagnostic> {
+    pub fn int_list(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<Vec<i64>>,
+    ) -> Result<Vec<i64>, Diagnostic> {
         match self.find(pos, name) {
             None => default.ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
@@ -268,7 +337,12 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// A list of floats of any length (integers accepted).
-    pub fn float_list(&mut self, pos: Option<usize>, name: &'static str, default: Option<Vec<f64>>) -> Result<Vec<f64>, Diagnostic> {
+    pub fn float_list(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<Vec<f64>>,
+    ) -> Result<Vec<f64>, Diagnostic> {
         match self.find(pos, name) {
             None => default.ok_or_else(|| self.missing(name)),
             Some(i) => match &self.args[i].value {
@@ -296,17 +370,30 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         };
         items
             .iter()
-            .map(|v| v.as_dim().ok_or_else(|| self.wrong_kind(i, name, "a list of sizes")))
+            .map(|v| {
+                v.as_dim()
+                    .ok_or_else(|| self.wrong_kind(i, name, "a list of sizes"))
+            })
             .collect()
     }
 
     /// Fails if `value` is outside `lo..=hi`, pointing at the argument.
-    pub fn check_range(&mut self, pos: Option<usize>, name: &'static str, value: f64, lo: f64, hi: f64) -> Result<(), Diagnostic> {
+    pub fn check_range(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        value: f64,
+        lo: f64,
+        hi: f64,
+    ) -> Result<(), Diagnostic> {
         if value < lo || value > hi || value.is_nan() {
             return Err(self.arg_error(
                 pos,
                 name,
-                format!("`{name}` of `{}` is {value}, outside {lo}..={hi}", self.op_name),
+                format!(
+                    "`{name}` of `{}` is {value}, outside {lo}..={hi}",
+                    self.op_name
+                ),
                 format!("use a value between {lo} and {hi}"),
             ));
         }
@@ -314,9 +401,17 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// An error pointing at an argument (or at the call when it was not given).
-    pub fn arg_error(&mut self, pos: Option<usize>, name: &'static str, msg: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
+    pub fn arg_error(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        msg: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Diagnostic {
         let span = self.arg_span(pos, name);
-        Diagnostic::new(span, msg).label(format!("`{name}`")).hint(hint)
+        Diagnostic::new(span, msg)
+            .label(format!("`{name}`"))
+            .hint(hint)
     }
 
     /// An error at the call.
@@ -328,7 +423,12 @@ impl<'e, 'a> CallCtx<'e, 'a> {
 
     /// A shape error at the call that also shows, for each listed value, its
     /// type and the source that produced it.
-    pub fn shape_error(&self, msg: impl Into<String>, values: &[(&str, ValueId)], hint: impl Into<String>) -> Diagnostic {
+    pub fn shape_error(
+        &self,
+        msg: impl Into<String>,
+        values: &[(&str, ValueId)],
+        hint: impl Into<String>,
+    ) -> Diagnostic {
         let mut d = Diagnostic::new(self.span, msg)
             .label(format!("in this `{}`", self.op_name))
             .hint(hint);
@@ -377,11 +477,22 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// Creates a buffer `<path>.<name>` (state that is not trained).
-    pub fn buffer(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, Diagnostic> {
+    pub fn buffer(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        init: Init,
+    ) -> Result<ValueId, Diagnostic> {
         self.declare(name, ty, true, init)
     }
 
-    fn declare(&mut self, name: &str, ty: TensorType, buffer: bool, init: Init) -> Result<ValueId, Diagnostic> {
+    fn declare(
+        &mut self,
+        name: &str,
+        ty: TensorType,
+        buffer: bool,
+        init: Init,
+    ) -> Result<ValueId, Diagnostic> {
         let Some(prefix) = self.label.clone() else {
             return Err(Diagnostic::new(
                 self.span,
@@ -424,13 +535,23 @@ impl<'e, 'a> CallCtx<'e, 'a> {
             k += 1;
             name = format!("{hint}{k}");
         }
-        let origin = format!("{} at {}", self.op_name, self.el.program.sources.location(self.span));
+        let origin = format!(
+            "{} at {}",
+            self.op_name,
+            self.el.program.sources.location(self.span)
+        );
         g.add_symbol(name, SymKind::DataDependent { bound, origin })
     }
 
     /// Adds a node computing `op` of `inputs` with results of `outputs` types,
     /// costing `flops`; returns the result values.
-    pub fn emit(&mut self, op: Op, inputs: &[ValueId], outputs: Vec<TensorType>, flops: Dim) -> Result<Vec<ValueId>, Diagnostic> {
+    pub fn emit(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        outputs: Vec<TensorType>,
+        flops: Dim,
+    ) -> Result<Vec<ValueId>, Diagnostic> {
         for t in &outputs {
             for d in &t.shape {
                 if let Some(n) = d.as_known() {
@@ -447,10 +568,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
                 }
             }
         }
-        let path = self
-            .label
-            .clone()
-            .unwrap_or_else(|| self.el.scope_path());
+        let path = self.label.clone().unwrap_or_else(|| self.el.scope_path());
         let g = &mut self.el.g;
         let node_id = crate::ir::NodeId(g.nodes.len() as u32);
         let outs: Vec<ValueId> = outputs
@@ -472,8 +590,16 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// [`CallCtx::emit`] for a single result, returned as a tensor value.
-    pub fn emit1(&mut self, op: Op, inputs: &[ValueId], output: TensorType, flops: Dim) -> OpResult {
-        Ok(Value::Tensor(self.emit(op, inputs, vec![output], flops)?[0]))
+    pub fn emit1(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        output: TensorType,
+        flops: Dim,
+    ) -> OpResult {
+        Ok(Value::Tensor(
+            self.emit(op, inputs, vec![output], flops)?[0],
+        ))
     }
 
     /// Calls another built-in op with these arguments, at the same source
@@ -487,11 +613,17 @@ impl<'e, 'a> CallCtx<'e, 'a> {
                 span: self.span,
             })
             .collect();
-        self.el.call_builtin(op, args, self.span, self.label.clone())
+        self.el
+            .call_builtin(op, args, self.span, self.label.clone())
     }
 
     /// Calls another op with a sub-label appended to this call's path.
-    pub fn call_labelled(&mut self, sub: &str, op: &str, args: Vec<(Option<&str>, Value)>) -> OpResult {
+    pub fn call_labelled(
+        &mut self,
+        sub: &str,
+        op: &str,
+        args: Vec<(Option<&str>, Value)>,
+    ) -> OpResult {
         let args = args
             .into_iter()
             .map(|(name, value)| CallArg {

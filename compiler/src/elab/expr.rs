@@ -40,9 +40,12 @@ impl<'a> Elaborator<'a> {
                 None if crate::ops::lookup(n).is_some() => {
                     // A bare op name used as a value: call it with no arguments
                     // would be surprising; explain instead.
-                    return Err(Diagnostic::new(e.span, format!("`{n}` is an op; call it with arguments"))
-                        .label("used as a value")
-                        .hint(format!("write `x |> {n}` or `{n}(x, ...)`")));
+                    return Err(Diagnostic::new(
+                        e.span,
+                        format!("`{n}` is an op; call it with arguments"),
+                    )
+                    .label("used as a value")
+                    .hint(format!("write `x |> {n}` or `{n}(x, ...)`")));
                 }
                 None => return Err(self.unknown_name(n, e.span)),
             },
@@ -58,9 +61,12 @@ impl<'a> Elaborator<'a> {
                     Value::List(items) => items,
                     Value::Poison => return Ok(Value::Poison),
                     other => {
-                        return Err(Diagnostic::new(iter.span, format!("cannot iterate over {}", other.kind_name()))
-                            .label("not a list")
-                            .hint("iterate over a list or a range `0..n`"))
+                        return Err(Diagnostic::new(
+                            iter.span,
+                            format!("cannot iterate over {}", other.kind_name()),
+                        )
+                        .label("not a list")
+                        .hint("iterate over a list or a range `0..n`"))
                     }
                 };
                 let saved = self.lookup_var(&var.name).cloned();
@@ -82,16 +88,28 @@ impl<'a> Elaborator<'a> {
                 let v = self.eval(operand);
                 match (negate, v) {
                     (_, Value::Poison) => Value::Poison,
-                    (true, Value::Int(n)) => Value::Int(n.checked_neg().ok_or_else(|| overflow(e.span))?),
+                    (true, Value::Int(n)) => {
+                        Value::Int(n.checked_neg().ok_or_else(|| overflow(e.span))?)
+                    }
                     (true, Value::Float(f)) => Value::Float(-f),
                     (true, Value::Dim(d)) => Value::Dim(d.scale(-1)),
-                    (true, Value::Tensor(t)) => {
-                        self.call_builtin("neg", vec![arg(Value::Tensor(t), operand.span)], e.span, None)?
-                    }
+                    (true, Value::Tensor(t)) => self.call_builtin(
+                        "neg",
+                        vec![arg(Value::Tensor(t), operand.span)],
+                        e.span,
+                        None,
+                    )?,
                     (false, Value::Bool(b)) => Value::Bool(!b),
                     (negate, other) => {
-                        return Err(Diagnostic::new(e.span, format!("cannot apply `{}` to {}", if *negate { "-" } else { "not" }, other.kind_name()))
-                            .label(format!("operand is `{}`", other.display(&self.g))))
+                        return Err(Diagnostic::new(
+                            e.span,
+                            format!(
+                                "cannot apply `{}` to {}",
+                                if *negate { "-" } else { "not" },
+                                other.kind_name()
+                            ),
+                        )
+                        .label(format!("operand is `{}`", other.display(&self.g))))
                     }
                 }
             }
@@ -109,15 +127,26 @@ impl<'a> Elaborator<'a> {
                     (Value::Int(a), Value::Int(b)) => {
                         let n = (b - a).max(0) as u64;
                         if n > super::MAX_STEPS {
-                            return Err(Diagnostic::new(e.span, format!("range of {n} elements is too long")).label("this range"));
+                            return Err(Diagnostic::new(
+                                e.span,
+                                format!("range of {n} elements is too long"),
+                            )
+                            .label("this range"));
                         }
                         Value::list((a..b).map(Value::Int).collect())
                     }
                     (Value::Poison, _) | (_, Value::Poison) => Value::Poison,
                     (a, b) => {
-                        return Err(Diagnostic::new(e.span, format!("a range needs two integers, not {} and {}", a.kind_name(), b.kind_name()))
-                            .label("this range")
-                            .hint("ranges are compile-time: `0..n` with known `n`"))
+                        return Err(Diagnostic::new(
+                            e.span,
+                            format!(
+                                "a range needs two integers, not {} and {}",
+                                a.kind_name(),
+                                b.kind_name()
+                            ),
+                        )
+                        .label("this range")
+                        .hint("ranges are compile-time: `0..n` with known `n`"))
                     }
                 }
             }
@@ -138,11 +167,20 @@ impl<'a> Elaborator<'a> {
         let as_bool = |el: &Elaborator, v: Value, span: Span| match v {
             Value::Bool(b) => Ok(Some(b)),
             Value::Poison => Ok(None),
-            other => Err(Diagnostic::new(span, format!("`{}` needs `true` or `false`, not {}", op.symbol(), other.kind_name()))
-                .label(format!("this is `{}`", other.display(&el.g)))),
+            other => Err(Diagnostic::new(
+                span,
+                format!(
+                    "`{}` needs `true` or `false`, not {}",
+                    op.symbol(),
+                    other.kind_name()
+                ),
+            )
+            .label(format!("this is `{}`", other.display(&el.g)))),
         };
         let l = self.eval(lhs);
-        let Some(l) = as_bool(self, l, lhs.span)? else { return Ok(Value::Poison) };
+        let Some(l) = as_bool(self, l, lhs.span)? else {
+            return Ok(Value::Poison);
+        };
         // Short-circuit like Python.
         if (op == BinOp::And && !l) || (op == BinOp::Or && l) {
             return Ok(Value::Bool(l));
@@ -151,7 +189,15 @@ impl<'a> Elaborator<'a> {
         Ok(as_bool(self, r, rhs.span)?.map_or(Value::Poison, Value::Bool))
     }
 
-    fn binary(&mut self, op: BinOp, l: Value, r: Value, ls: Span, rs: Span, span: Span) -> Result<Value, Diagnostic> {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        l: Value,
+        r: Value,
+        ls: Span,
+        rs: Span,
+        span: Span,
+    ) -> Result<Value, Diagnostic> {
         use Value as V;
         Ok(match (&l, &r) {
             (V::Poison, _) | (_, V::Poison) => V::Poison,
@@ -169,9 +215,12 @@ impl<'a> Elaborator<'a> {
                     BinOp::Eq => "equal",
                     BinOp::Ne => "not_equal",
                     _ => {
-                        return Err(Diagnostic::new(span, format!("`{}` is not defined on tensors", op.symbol()))
-                            .label("tensor operand")
-                            .hint("tensor arithmetic supports + - * / ** and comparisons"))
+                        return Err(Diagnostic::new(
+                            span,
+                            format!("`{}` is not defined on tensors", op.symbol()),
+                        )
+                        .label("tensor operand")
+                        .hint("tensor arithmetic supports + - * / ** and comparisons"))
                     }
                 };
                 self.call_builtin(name, vec![arg(l, ls), arg(r, rs)], span, None)?
@@ -226,31 +275,60 @@ impl<'a> Elaborator<'a> {
                 V::list((0..(*n).max(0)).flat_map(|_| a.iter().cloned()).collect())
             }
             (V::None, V::None) if matches!(op, BinOp::Eq | BinOp::Ne) => V::Bool(op == BinOp::Eq),
-            (V::None, _) | (_, V::None) if matches!(op, BinOp::Eq | BinOp::Ne) => V::Bool(op == BinOp::Ne),
+            (V::None, _) | (_, V::None) if matches!(op, BinOp::Eq | BinOp::Ne) => {
+                V::Bool(op == BinOp::Ne)
+            }
             _ => return Err(type_error(op, &l, &r, span)),
         })
     }
 
-    fn index(&mut self, b: Value, i: Value, bs: Span, is: Span, span: Span) -> Result<Value, Diagnostic> {
+    fn index(
+        &mut self,
+        b: Value,
+        i: Value,
+        bs: Span,
+        is: Span,
+        span: Span,
+    ) -> Result<Value, Diagnostic> {
         match (&b, &i) {
             (Value::Poison, _) | (_, Value::Poison) => Ok(Value::Poison),
             (Value::List(items), Value::Int(k)) => {
                 let n = items.len() as i64;
                 let idx = if *k < 0 { k + n } else { *k };
                 if idx < 0 || idx >= n {
-                    return Err(Diagnostic::new(is, format!("index {k} is out of range for a list of {n}"))
-                        .label("this index")
-                        .hint(format!("valid indices are 0..{n} (or -{n}..-1 from the end)")));
+                    return Err(Diagnostic::new(
+                        is,
+                        format!("index {k} is out of range for a list of {n}"),
+                    )
+                    .label("this index")
+                    .hint(format!(
+                        "valid indices are 0..{n} (or -{n}..-1 from the end)"
+                    )));
                 }
                 Ok(items[idx as usize].clone())
             }
-            (Value::Tensor(_), Value::Int(_)) => self.call_builtin("select", vec![arg(b, bs), CallArg { name: Some("index".into()), value: i, span: is }], span, None),
+            (Value::Tensor(_), Value::Int(_)) => self.call_builtin(
+                "select",
+                vec![
+                    arg(b, bs),
+                    CallArg {
+                        name: Some("index".into()),
+                        value: i,
+                        span: is,
+                    },
+                ],
+                span,
+                None,
+            ),
             (Value::Record(_), Value::Str(k)) => b.field(k).cloned().ok_or_else(|| {
                 Diagnostic::new(is, format!("no field `{k}`")).label("unknown field")
             }),
-            _ => Err(Diagnostic::new(span, format!("cannot index {} with {}", b.kind_name(), i.kind_name()))
-                .label("this index")
-                .hint("lists and tensors are indexed with integers")),
+            _ => Err(Diagnostic::new(
+                span,
+                format!("cannot index {} with {}", b.kind_name(), i.kind_name()),
+            )
+            .label("this index")
+            .hint("lists and tensors are indexed with integers")),
         }
     }
 
@@ -261,12 +339,16 @@ impl<'a> Elaborator<'a> {
             Value::Tensor(t) => {
                 let ty = self.g.ty(*t).clone();
                 match n {
-                    "shape" => Ok(Value::list(ty.shape.into_iter().map(Value::from_dim).collect())),
+                    "shape" => Ok(Value::list(
+                        ty.shape.into_iter().map(Value::from_dim).collect(),
+                    )),
                     "rank" => Ok(Value::Int(ty.rank() as i64)),
                     "dtype" => Ok(Value::Str(Rc::from(ty.dtype.name()))),
-                    _ => Err(Diagnostic::new(name.span, format!("tensors have no field `{n}`"))
-                        .label("unknown field")
-                        .hint("tensor fields are `shape`, `rank` and `dtype`")),
+                    _ => Err(
+                        Diagnostic::new(name.span, format!("tensors have no field `{n}`"))
+                            .label("unknown field")
+                            .hint("tensor fields are `shape`, `rank` and `dtype`"),
+                    ),
                 }
             }
             Value::Record(fields) => b.field(n).cloned().ok_or_else(|| {
@@ -276,8 +358,11 @@ impl<'a> Elaborator<'a> {
                     .hint(format!("the fields are: {}", names.join(", ")))
             }),
             Value::List(items) if n == "len" => Ok(Value::Int(items.len() as i64)),
-            other => Err(Diagnostic::new(name.span, format!("{} has no field `{n}`", other.kind_name()))
-                .label("unknown field")),
+            other => Err(Diagnostic::new(
+                name.span,
+                format!("{} has no field `{n}`", other.kind_name()),
+            )
+            .label("unknown field")),
         }
     }
 
@@ -288,7 +373,11 @@ impl<'a> Elaborator<'a> {
         }
         for a in &call.args {
             let v = self.eval(&a.value);
-            args.push(CallArg { name: a.name.as_ref().map(|n| n.name.clone()), value: v, span: a.value.span });
+            args.push(CallArg {
+                name: a.name.as_ref().map(|n| n.name.clone()),
+                value: v,
+                span: a.value.span,
+            });
         }
         let label = match &call.label {
             Some(l) => {
@@ -298,13 +387,17 @@ impl<'a> Elaborator<'a> {
             None => None,
         };
         if call.shared && label.is_none() {
-            return Err(Diagnostic::new(span, "`shared` needs a label").label("shared what?").hint("write `shared head: block(...)`"));
+            return Err(Diagnostic::new(span, "`shared` needs a label")
+                .label("shared what?")
+                .hint("write `shared head: block(...)`"));
         }
         let name = call.callee.name.as_str();
         if name.is_empty() {
-            return Err(Diagnostic::new(call.callee.span, "only blocks and ops can be called")
-                .label("not a name")
-                .hint("call a block or op by its name: `conv2d(...)`"));
+            return Err(
+                Diagnostic::new(call.callee.span, "only blocks and ops can be called")
+                    .label("not a name")
+                    .hint("call a block or op by its name: `conv2d(...)`"),
+            );
         }
         if let Some(def) = self.program.blocks.get(name) {
             if args.iter().any(|a| matches!(a.value, Value::Poison)) {
@@ -329,12 +422,20 @@ impl<'a> Elaborator<'a> {
             Some(c) => format!("did you mean `{c}`?"),
             None => "see docs/language.md for the ops; blocks must be defined in this file or an imported one".into(),
         };
-        Err(Diagnostic::new(call.callee.span, format!("unknown op or block `{name}`")).label("not defined").hint(hint))
+        Err(
+            Diagnostic::new(call.callee.span, format!("unknown op or block `{name}`"))
+                .label("not defined")
+                .hint(hint),
+        )
     }
 }
 
 fn arg(value: Value, span: Span) -> CallArg {
-    CallArg { name: None, value, span }
+    CallArg {
+        name: None,
+        value,
+        span,
+    }
 }
 
 fn to_f(v: &Value) -> f64 {
@@ -346,7 +447,9 @@ fn to_f(v: &Value) -> f64 {
 }
 
 fn overflow(span: Span) -> Diagnostic {
-    Diagnostic::new(span, "integer overflow").label("this computation").hint("compile-time integers are 64-bit")
+    Diagnostic::new(span, "integer overflow")
+        .label("this computation")
+        .hint("compile-time integers are 64-bit")
 }
 
 fn int_op(op: BinOp, a: i64, b: i64, span: Span) -> Result<Value, Diagnostic> {
@@ -421,7 +524,15 @@ fn float_op(op: BinOp, a: f64, b: f64, span: Span) -> Result<Value, Diagnostic> 
 }
 
 fn type_error(op: BinOp, l: &Value, r: &Value, span: Span) -> Diagnostic {
-    Diagnostic::new(span, format!("`{}` is not defined for {} and {}", op.symbol(), l.kind_name(), r.kind_name()))
-        .label("in this expression")
-        .hint("compile-time arithmetic works on numbers, sizes, strings (+) and lists (+, *)")
+    Diagnostic::new(
+        span,
+        format!(
+            "`{}` is not defined for {} and {}",
+            op.symbol(),
+            l.kind_name(),
+            r.kind_name()
+        ),
+    )
+    .label("in this expression")
+    .hint("compile-time arithmetic works on numbers, sizes, strings (+) and lists (+, *)")
 }

@@ -14,7 +14,9 @@ pub use value::Value;
 
 use crate::diag::Diagnostic;
 use crate::front::ast;
-use crate::ir::{Dim, Graph, Init, Param, ParamId, Region, RegionId, SymKind, TensorType, ValueDef, ValueId};
+use crate::ir::{
+    Dim, Graph, Init, Param, ParamId, Region, RegionId, SymKind, TensorType, ValueDef, ValueId,
+};
 use crate::program::Program;
 use crate::source::Span;
 use std::collections::HashMap;
@@ -27,7 +29,11 @@ const MAX_STEPS: u64 = 2_000_000;
 /// Elaborates model `model` of `program` with argument overrides `sets`
 /// (name → value) into a graph, together with its train section when the
 /// program has one. Returns every error found.
-pub fn elaborate(program: &Program, model: &ast::Def, sets: &[(String, Value)]) -> Result<Graph, Vec<Diagnostic>> {
+pub fn elaborate(
+    program: &Program,
+    model: &ast::Def,
+    sets: &[(String, Value)],
+) -> Result<Graph, Vec<Diagnostic>> {
     let mut el = Elaborator::new(program);
     el.g.name = model.name.name.clone();
     el.model(model, sets);
@@ -90,12 +96,17 @@ impl<'a> Elaborator<'a> {
     }
 
     fn frame(&mut self) -> &mut Frame {
-        self.frames.last_mut().expect("elaboration always has a frame")
+        self.frames
+            .last_mut()
+            .expect("elaboration always has a frame")
     }
 
     /// The label path of the current block call (`features.denseblock1`).
     pub(crate) fn scope_path(&self) -> String {
-        self.frames.last().map(|f| f.path.join(".")).unwrap_or_default()
+        self.frames
+            .last()
+            .map(|f| f.path.join("."))
+            .unwrap_or_default()
     }
 
     fn lookup_var(&self, name: &str) -> Option<&Value> {
@@ -111,7 +122,9 @@ impl<'a> Elaborator<'a> {
         if self.steps > MAX_STEPS {
             return Err(Diagnostic::new(span, "elaboration takes too many steps")
                 .label("while evaluating this")
-                .hint(format!("loops and lists may produce at most {MAX_STEPS} items in one model")));
+                .hint(format!(
+                    "loops and lists may produce at most {MAX_STEPS} items in one model"
+                )));
         }
         Ok(())
     }
@@ -126,9 +139,22 @@ impl<'a> Elaborator<'a> {
             if !def.params.iter().any(|p| &p.name.name == name) && !is_symbol_name(def, name) {
                 let known: Vec<&str> = def.params.iter().map(|p| p.name.name.as_str()).collect();
                 self.diags.push(
-                    Diagnostic::new(def.name.span, format!("`--set {name}=...`: model `{}` has no parameter `{name}`", def.name.name))
-                        .label("this model")
-                        .hint(format!("its parameters are: {}", if known.is_empty() { "(none)".into() } else { known.join(", ") })),
+                    Diagnostic::new(
+                        def.name.span,
+                        format!(
+                            "`--set {name}=...`: model `{}` has no parameter `{name}`",
+                            def.name.name
+                        ),
+                    )
+                    .label("this model")
+                    .hint(format!(
+                        "its parameters are: {}",
+                        if known.is_empty() {
+                            "(none)".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    )),
                 );
             }
         }
@@ -139,9 +165,15 @@ impl<'a> Elaborator<'a> {
                     Some(e) => self.eval(e),
                     None => {
                         self.diags.push(
-                            Diagnostic::new(p.name.span, format!("model parameter `{}` has no default", p.name.name))
-                                .label("no value")
-                                .hint(format!("give it a default (`{} = ...`) or pass `--set {}=...`", p.name.name, p.name.name)),
+                            Diagnostic::new(
+                                p.name.span,
+                                format!("model parameter `{}` has no default", p.name.name),
+                            )
+                            .label("no value")
+                            .hint(format!(
+                                "give it a default (`{} = ...`) or pass `--set {}=...`",
+                                p.name.name, p.name.name
+                            )),
                         );
                         Value::Poison
                     }
@@ -162,9 +194,12 @@ impl<'a> Elaborator<'a> {
         }
         if self.g.outputs.is_empty() && self.diags.is_empty() {
             self.diags.push(
-                Diagnostic::new(def.name.span, format!("model `{}` has no outputs", def.name.name))
-                    .label("this model")
-                    .hint("declare its results with `output name = expr`"),
+                Diagnostic::new(
+                    def.name.span,
+                    format!("model `{}` has no outputs", def.name.name),
+                )
+                .label("this model")
+                .hint("declare its results with `output name = expr`"),
             );
         }
     }
@@ -187,7 +222,9 @@ impl<'a> Elaborator<'a> {
                 self.diags.push(
                     Diagnostic::new(ty.span, format!("unknown parameter type `{other}`"))
                         .label("not a type")
-                        .hint("parameter types are int, float, bool, str, list, tensor, size and any"),
+                        .hint(
+                            "parameter types are int, float, bool, str, list, tensor, size and any",
+                        ),
                 );
                 return Value::Poison;
             }
@@ -196,9 +233,18 @@ impl<'a> Elaborator<'a> {
             v
         } else {
             self.diags.push(
-                Diagnostic::new(p.name.span, format!("parameter `{}` is declared `{}` but got {} `{}`", p.name.name, ty.name, v.kind_name(), v.display(&self.g)))
-                    .label(format!("declared `{}`", ty.name))
-                    .hint("pass a value of the declared type"),
+                Diagnostic::new(
+                    p.name.span,
+                    format!(
+                        "parameter `{}` is declared `{}` but got {} `{}`",
+                        p.name.name,
+                        ty.name,
+                        v.kind_name(),
+                        v.display(&self.g)
+                    ),
+                )
+                .label(format!("declared `{}`", ty.name))
+                .hint("pass a value of the declared type"),
             );
             Value::Poison
         }
@@ -231,9 +277,17 @@ impl<'a> Elaborator<'a> {
                 }
                 let v = match self.tensor_type(ty) {
                     Ok(t) => {
-                        let id = self.g.add_value(t, ValueDef::Input(name.name.clone()), name.span);
+                        let id = self
+                            .g
+                            .add_value(t, ValueDef::Input(name.name.clone()), name.span);
                         if self.g.inputs.iter().any(|(n, _)| n == &name.name) {
-                            self.diags.push(Diagnostic::new(name.span, format!("input `{}` declared twice", name.name)).label("second declaration"));
+                            self.diags.push(
+                                Diagnostic::new(
+                                    name.span,
+                                    format!("input `{}` declared twice", name.name),
+                                )
+                                .label("second declaration"),
+                            );
                         }
                         self.g.inputs.push((name.name.clone(), id));
                         Value::Tensor(id)
@@ -256,7 +310,9 @@ impl<'a> Elaborator<'a> {
                 }
                 let v = match self.tensor_type(ty) {
                     Ok(t) => {
-                        let id = self.g.add_value(t, ValueDef::Label(name.name.clone()), name.span);
+                        let id = self
+                            .g
+                            .add_value(t, ValueDef::Label(name.name.clone()), name.span);
                         self.train_labels.push((name.name.clone(), id));
                         Value::Tensor(id)
                     }
@@ -289,22 +345,39 @@ impl<'a> Elaborator<'a> {
                 match &v {
                     Value::Tensor(id) => {
                         if self.g.outputs.iter().any(|(n, _)| n == &name.name) {
-                            self.diags.push(Diagnostic::new(name.span, format!("output `{}` declared twice", name.name)).label("second declaration"));
+                            self.diags.push(
+                                Diagnostic::new(
+                                    name.span,
+                                    format!("output `{}` declared twice", name.name),
+                                )
+                                .label("second declaration"),
+                            );
                         }
                         self.g.outputs.push((name.name.clone(), *id));
                     }
                     Value::Poison => {}
                     other => self.diags.push(
-                        Diagnostic::new(s.span, format!("output `{}` must be a tensor, not {}", name.name, other.kind_name()))
-                            .label(format!("this is `{}`", other.display(&self.g)))
-                            .hint("outputs are tensors computed by the model"),
+                        Diagnostic::new(
+                            s.span,
+                            format!(
+                                "output `{}` must be a tensor, not {}",
+                                name.name,
+                                other.kind_name()
+                            ),
+                        )
+                        .label(format!("this is `{}`", other.display(&self.g)))
+                        .hint("outputs are tensors computed by the model"),
                     ),
                 }
                 self.set_var(&name.name, v);
             }
             K::Return(exprs) => {
                 let mut vals: Vec<Value> = exprs.iter().map(|e| self.eval(e)).collect();
-                let v = if vals.len() == 1 { vals.remove(0) } else { Value::list(vals) };
+                let v = if vals.len() == 1 {
+                    vals.remove(0)
+                } else {
+                    Value::list(vals)
+                };
                 return Flow::Return(v, s.span);
             }
             K::For { var, iter, body } => {
@@ -313,9 +386,12 @@ impl<'a> Elaborator<'a> {
                     Value::Poison => return Flow::Normal,
                     other => {
                         self.diags.push(
-                            Diagnostic::new(iter.span, format!("cannot loop over {}", other.kind_name()))
-                                .label(format!("this is `{}`", other.display(&self.g)))
-                                .hint("loop over a list or a range: `for i in 0..n`"),
+                            Diagnostic::new(
+                                iter.span,
+                                format!("cannot loop over {}", other.kind_name()),
+                            )
+                            .label(format!("this is `{}`", other.display(&self.g)))
+                            .hint("loop over a list or a range: `for i in 0..n`"),
                         );
                         return Flow::Normal;
                     }
@@ -330,21 +406,38 @@ impl<'a> Elaborator<'a> {
                     }
                 }
             }
-            K::If { cond, then, otherwise } => match self.eval(cond) {
+            K::If {
+                cond,
+                then,
+                otherwise,
+            } => match self.eval(cond) {
                 Value::Bool(true) => return self.stmts(then),
                 Value::Bool(false) => return self.stmts(otherwise),
                 Value::Poison => {}
                 other => self.diags.push(
-                    Diagnostic::new(cond.span, format!("condition must be `true` or `false`, not {}", other.kind_name()))
-                        .label(format!("this is `{}`", other.display(&self.g)))
-                        .hint("conditions are decided at compile time; compare with `==`, `<`, ..."),
+                    Diagnostic::new(
+                        cond.span,
+                        format!(
+                            "condition must be `true` or `false`, not {}",
+                            other.kind_name()
+                        ),
+                    )
+                    .label(format!("this is `{}`", other.display(&self.g)))
+                    .hint("conditions are decided at compile time; compare with `==`, `<`, ..."),
                 ),
             },
-            K::Decl { buffer, label, ty, init } => {
-                let v = self.decl(*buffer, label, ty, init.as_ref(), s.span).unwrap_or_else(|d| {
-                    self.diags.push(d);
-                    Value::Poison
-                });
+            K::Decl {
+                buffer,
+                label,
+                ty,
+                init,
+            } => {
+                let v = self
+                    .decl(*buffer, label, ty, init.as_ref(), s.span)
+                    .unwrap_or_else(|d| {
+                        self.diags.push(d);
+                        Value::Poison
+                    });
                 if let Some(name) = plain_last_segment(label) {
                     self.set_var(&name, v);
                 }
@@ -371,9 +464,12 @@ impl<'a> Elaborator<'a> {
                                 o => o.kind_name().to_string(),
                             };
                             self.diags.push(
-                                Diagnostic::new(value.span, format!("cannot unpack {n} into {} names", targets.len()))
-                                    .label("this value")
-                                    .hint("the number of names must equal the number of values"),
+                                Diagnostic::new(
+                                    value.span,
+                                    format!("cannot unpack {n} into {} names", targets.len()),
+                                )
+                                .label("this value")
+                                .hint("the number of names must equal the number of values"),
                             );
                             for t in targets {
                                 self.set_var(&t.name, Value::Poison);
@@ -387,7 +483,14 @@ impl<'a> Elaborator<'a> {
     }
 
     /// `param path: f32[...] = init` / `buffer ...`.
-    fn decl(&mut self, buffer: bool, label: &ast::Label, ty: &ast::TensorTypeExpr, init: Option<&ast::Expr>, span: Span) -> Result<Value, Diagnostic> {
+    fn decl(
+        &mut self,
+        buffer: bool,
+        label: &ast::Label,
+        ty: &ast::TensorTypeExpr,
+        init: Option<&ast::Expr>,
+        span: Span,
+    ) -> Result<Value, Diagnostic> {
         let t = self.tensor_type(ty)?;
         if t.known_shape().is_none() {
             return Err(Diagnostic::new(ty.span, "parameters need known sizes")
@@ -399,12 +502,18 @@ impl<'a> Elaborator<'a> {
             Some(e) => match self.eval(e) {
                 Value::Int(n) => Init::Const(n as f64),
                 Value::Float(f) => Init::Const(f),
-                Value::Record(r) if r.iter().any(|(k, _)| k == "init") => init_from_record(&Value::Record(r.clone())).ok_or_else(|| Diagnostic::new(e.span, "bad initialiser").label("here"))?,
+                Value::Record(r) if r.iter().any(|(k, _)| k == "init") => {
+                    init_from_record(&Value::Record(r.clone()))
+                        .ok_or_else(|| Diagnostic::new(e.span, "bad initialiser").label("here"))?
+                }
                 Value::Poison => return Ok(Value::Poison),
                 other => {
-                    return Err(Diagnostic::new(e.span, format!("cannot initialise a parameter with {}", other.kind_name()))
-                        .label("this initialiser")
-                        .hint("use a number, `uniform(low, high)` or `normal(mean, std)`"))
+                    return Err(Diagnostic::new(
+                        e.span,
+                        format!("cannot initialise a parameter with {}", other.kind_name()),
+                    )
+                    .label("this initialiser")
+                    .hint("use a number, `uniform(low, high)` or `normal(mean, std)`"))
                 }
             },
         };
@@ -424,7 +533,14 @@ impl<'a> Elaborator<'a> {
     }
 
     /// Creates (or, inside `shared` calls, reuses) the parameter at `path`.
-    pub(crate) fn declare_param(&mut self, path: String, ty: TensorType, buffer: bool, init: Init, span: Span) -> Result<ValueId, Diagnostic> {
+    pub(crate) fn declare_param(
+        &mut self,
+        path: String,
+        ty: TensorType,
+        buffer: bool,
+        init: Init,
+        span: Span,
+    ) -> Result<ValueId, Diagnostic> {
         if let Some(existing) = self.g.params.iter().find(|p| p.path == path) {
             let reusable = self.shared_depth > 0 && self.shared_paths.contains_key(&path);
             if !reusable {
@@ -435,24 +551,44 @@ impl<'a> Elaborator<'a> {
             }
             if existing.ty != ty {
                 let (a, b) = (self.g.type_text(&existing.ty), self.g.type_text(&ty));
-                return Err(Diagnostic::new(span, format!("shared parameter `{path}` is {b} here but {a} where it was created"))
-                    .label(format!("needs {b}"))
-                    .related(existing.span, format!("created as {a}"))
-                    .hint("a shared layer must be called with inputs of the same channel count"));
+                return Err(Diagnostic::new(
+                    span,
+                    format!("shared parameter `{path}` is {b} here but {a} where it was created"),
+                )
+                .label(format!("needs {b}"))
+                .related(existing.span, format!("created as {a}"))
+                .hint("a shared layer must be called with inputs of the same channel count"));
             }
             return Ok(existing.value);
         }
-        if ty.shape.iter().any(|d| d.as_known().is_none_or(|n| n <= 0 || n > MAX_DIM)) {
-            return Err(Diagnostic::new(span, format!("parameter `{path}` has an invalid shape {}", self.g.type_text(&ty)))
-                .label("here")
-                .hint("parameter sizes must be known and between 1 and 2^40"));
+        if ty
+            .shape
+            .iter()
+            .any(|d| d.as_known().is_none_or(|n| n <= 0 || n > MAX_DIM))
+        {
+            return Err(Diagnostic::new(
+                span,
+                format!(
+                    "parameter `{path}` has an invalid shape {}",
+                    self.g.type_text(&ty)
+                ),
+            )
+            .label("here")
+            .hint("parameter sizes must be known and between 1 and 2^40"));
         }
         let id = ParamId(self.g.params.len() as u32);
         let v = self.g.add_value(ty.clone(), ValueDef::Param(id), span);
         if self.shared_depth > 0 {
             self.shared_paths.insert(path.clone(), id);
         }
-        self.g.params.push(Param { path, ty, buffer, init, value: v, span });
+        self.g.params.push(Param {
+            path,
+            ty,
+            buffer,
+            init,
+            value: v,
+            span,
+        });
         Ok(v)
     }
 
@@ -470,10 +606,16 @@ impl<'a> Elaborator<'a> {
                                 Some(b) => {
                                     let bv = self.eval(b);
                                     let bd = bv.as_dim().ok_or_else(|| {
-                                        Diagnostic::new(b.span, "the bound of a data-dependent size must be a size")
-                                            .label(format!("this is {}", bv.kind_name()))
+                                        Diagnostic::new(
+                                            b.span,
+                                            "the bound of a data-dependent size must be a size",
+                                        )
+                                        .label(format!("this is {}", bv.kind_name()))
                                     })?;
-                                    SymKind::DataDependent { bound: bd, origin: "declared input size".into() }
+                                    SymKind::DataDependent {
+                                        bound: bd,
+                                        origin: "declared input size".into(),
+                                    }
                                 }
                             };
                             self.g.add_symbol(n.clone(), kind)
@@ -489,24 +631,34 @@ impl<'a> Elaborator<'a> {
                         Some(dim) => {
                             if let Some(n) = dim.as_known() {
                                 if n <= 0 || n > MAX_DIM {
-                                    return Err(Diagnostic::new(d.size.span, format!("size {n} is out of range"))
-                                        .label("this size")
-                                        .hint("sizes must be between 1 and 2^40"));
+                                    return Err(Diagnostic::new(
+                                        d.size.span,
+                                        format!("size {n} is out of range"),
+                                    )
+                                    .label("this size")
+                                    .hint("sizes must be between 1 and 2^40"));
                                 }
                             }
                             dim
                         }
                         None => {
-                            return Err(Diagnostic::new(d.size.span, format!("a dimension must be a size, not {}", v.kind_name()))
-                                .label(format!("this is `{}`", v.display(&self.g)))
-                                .hint("write a number, a parameter name, or a new symbol such as `N`"))
+                            return Err(Diagnostic::new(
+                                d.size.span,
+                                format!("a dimension must be a size, not {}", v.kind_name()),
+                            )
+                            .label(format!("this is `{}`", v.display(&self.g)))
+                            .hint("write a number, a parameter name, or a new symbol such as `N`"))
                         }
                     }
                 }
             };
             shape.push(dim);
         }
-        Ok(TensorType { dtype: t.dtype, shape, sparse: t.sparse })
+        Ok(TensorType {
+            dtype: t.dtype,
+            shape,
+            sparse: t.sparse,
+        })
     }
 
     /// Renders a label with its interpolations.
@@ -520,19 +672,30 @@ impl<'a> Elaborator<'a> {
                     ast::LabelPart::Interp(e) => match self.eval(e) {
                         Value::Int(n) => s.push_str(&n.to_string()),
                         Value::Str(t) => s.push_str(&t),
-                        Value::Poison => return Err(Diagnostic::new(e.span, "bad label").label("here")),
+                        Value::Poison => {
+                            return Err(Diagnostic::new(e.span, "bad label").label("here"))
+                        }
                         other => {
-                            return Err(Diagnostic::new(e.span, format!("a label can interpolate an int or a string, not {}", other.kind_name()))
-                                .label("in this label")
-                                .hint("write e.g. `denselayer{i + 1}`"))
+                            return Err(Diagnostic::new(
+                                e.span,
+                                format!(
+                                    "a label can interpolate an int or a string, not {}",
+                                    other.kind_name()
+                                ),
+                            )
+                            .label("in this label")
+                            .hint("write e.g. `denselayer{i + 1}`"))
                         }
                     },
                 }
             }
             if s.is_empty() || s.contains(|c: char| !(c.is_alphanumeric() || c == '_')) {
-                return Err(Diagnostic::new(label.span, format!("label segment `{s}` is not a valid path segment"))
-                    .label("in this label")
-                    .hint("segments are letters, digits and `_`"));
+                return Err(Diagnostic::new(
+                    label.span,
+                    format!("label segment `{s}` is not a valid path segment"),
+                )
+                .label("in this label")
+                .hint("segments are letters, digits and `_`"));
             }
             segs.push(s);
         }
@@ -550,16 +713,28 @@ impl<'a> Elaborator<'a> {
             Some(c) => format!("did you mean `{c}`?"),
             None => "names must be assigned before use (`x = ...`), or be a parameter of the enclosing block".into(),
         };
-        Diagnostic::new(span, format!("unknown name `{name}`")).label("not defined here").hint(hint)
+        Diagnostic::new(span, format!("unknown name `{name}`"))
+            .label("not defined here")
+            .hint(hint)
     }
 
     /// Calls block `def` with evaluated arguments.
-    fn call_block(&mut self, def: &'a ast::Def, args: Vec<CallArg>, span: Span, label: Option<String>, shared: bool) -> Value {
+    fn call_block(
+        &mut self,
+        def: &'a ast::Def,
+        args: Vec<CallArg>,
+        span: Span,
+        label: Option<String>,
+        shared: bool,
+    ) -> Value {
         if self.frames.len() > MAX_CALL_DEPTH {
             self.diags.push(
-                Diagnostic::new(span, format!("block calls nested more than {MAX_CALL_DEPTH} deep"))
-                    .label(format!("calling `{}`", def.name.name))
-                    .hint("a block probably calls itself without a stopping condition"),
+                Diagnostic::new(
+                    span,
+                    format!("block calls nested more than {MAX_CALL_DEPTH} deep"),
+                )
+                .label(format!("calling `{}`", def.name.name))
+                .hint("a block probably calls itself without a stopping condition"),
             );
             return Value::Poison;
         }
@@ -568,7 +743,10 @@ impl<'a> Elaborator<'a> {
         let mut bound = vec![false; def.params.len()];
         let mut ok = true;
         for (i, p) in def.params.iter().enumerate() {
-            if let Some(a) = args.iter().find(|a| a.name.as_deref() == Some(p.name.name.as_str())) {
+            if let Some(a) = args
+                .iter()
+                .find(|a| a.name.as_deref() == Some(p.name.name.as_str()))
+            {
                 vars.insert(p.name.name.clone(), a.value.clone());
                 bound[i] = true;
             } else if let Some(a) = positional.next() {
@@ -578,21 +756,31 @@ impl<'a> Elaborator<'a> {
         }
         if let Some(extra) = positional.next() {
             self.diags.push(
-                Diagnostic::new(extra.span, format!("too many arguments for block `{}`", def.name.name))
-                    .label("extra argument")
-                    .related(def.name.span, format!("`{}` takes {} parameters", def.name.name, def.params.len())),
+                Diagnostic::new(
+                    extra.span,
+                    format!("too many arguments for block `{}`", def.name.name),
+                )
+                .label("extra argument")
+                .related(
+                    def.name.span,
+                    format!("`{}` takes {} parameters", def.name.name, def.params.len()),
+                ),
             );
             ok = false;
         }
         for a in &args {
             if let Some(n) = &a.name {
                 if !def.params.iter().any(|p| &p.name.name == n) {
-                    let names: Vec<&str> = def.params.iter().map(|p| p.name.name.as_str()).collect();
+                    let names: Vec<&str> =
+                        def.params.iter().map(|p| p.name.name.as_str()).collect();
                     self.diags.push(
-                        Diagnostic::new(a.span, format!("block `{}` has no parameter `{n}`", def.name.name))
-                            .label("unknown keyword")
-                            .hint(format!("its parameters are: {}", names.join(", ")))
-                            .related(def.name.span, "block defined here"),
+                        Diagnostic::new(
+                            a.span,
+                            format!("block `{}` has no parameter `{n}`", def.name.name),
+                        )
+                        .label("unknown keyword")
+                        .hint(format!("its parameters are: {}", names.join(", ")))
+                        .related(def.name.span, "block defined here"),
                     );
                     ok = false;
                 }
@@ -600,9 +788,17 @@ impl<'a> Elaborator<'a> {
         }
         let path_prefix = match &label {
             Some(l) => l.split('.').map(str::to_string).collect(),
-            None => self.frames.last().map(|f| f.path.clone()).unwrap_or_default(),
+            None => self
+                .frames
+                .last()
+                .map(|f| f.path.clone())
+                .unwrap_or_default(),
         };
-        self.frames.push(Frame { vars, path: path_prefix, in_model: false });
+        self.frames.push(Frame {
+            vars,
+            path: path_prefix,
+            in_model: false,
+        });
         // Defaults are evaluated inside the block, so they may use earlier
         // parameters (`bn_size * growth`).
         for (i, p) in def.params.iter().enumerate() {
@@ -614,15 +810,24 @@ impl<'a> Elaborator<'a> {
                     }
                     None => {
                         self.diags.push(
-                            Diagnostic::new(span, format!("block `{}` needs the argument `{}`", def.name.name, p.name.name))
-                                .label("missing argument")
-                                .related(p.name.span, "parameter declared here"),
+                            Diagnostic::new(
+                                span,
+                                format!(
+                                    "block `{}` needs the argument `{}`",
+                                    def.name.name, p.name.name
+                                ),
+                            )
+                            .label("missing argument")
+                            .related(p.name.span, "parameter declared here"),
                         );
                         ok = false;
                     }
                 }
             }
-            let v = self.lookup_var(&p.name.name).cloned().unwrap_or(Value::Poison);
+            let v = self
+                .lookup_var(&p.name.name)
+                .cloned()
+                .unwrap_or(Value::Poison);
             let v = self.check_param_type(p, v);
             self.set_var(&p.name.name, v);
         }
@@ -631,7 +836,11 @@ impl<'a> Elaborator<'a> {
             return Value::Poison;
         }
         let parent = self.region;
-        self.g.regions.push(Region { block: def.name.name.clone(), path: label.clone().unwrap_or_default(), parent });
+        self.g.regions.push(Region {
+            block: def.name.name.clone(),
+            path: label.clone().unwrap_or_default(),
+            parent,
+        });
         self.region = Some(RegionId(self.g.regions.len() as u32 - 1));
         if shared {
             self.shared_depth += 1;
@@ -649,7 +858,13 @@ impl<'a> Elaborator<'a> {
     }
 
     /// Calls a built-in op. Poisoned arguments short-circuit silently.
-    pub(crate) fn call_builtin(&mut self, name: &str, args: Vec<CallArg>, span: Span, label: Option<String>) -> Result<Value, Diagnostic> {
+    pub(crate) fn call_builtin(
+        &mut self,
+        name: &str,
+        args: Vec<CallArg>,
+        span: Span,
+        label: Option<String>,
+    ) -> Result<Value, Diagnostic> {
         let Some(b) = crate::ops::lookup(name) else {
             return Err(Diagnostic::new(span, format!("unknown op `{name}`")).label("not an op"));
         };
@@ -657,7 +872,15 @@ impl<'a> Elaborator<'a> {
             return Ok(Value::Poison);
         }
         let n = args.len();
-        let mut ctx = CallCtx { el: self, op_name: b.name, args, used: vec![false; n], known_names: Vec::new(), span, label };
+        let mut ctx = CallCtx {
+            el: self,
+            op_name: b.name,
+            args,
+            used: vec![false; n],
+            known_names: Vec::new(),
+            span,
+            label,
+        };
         let out = (b.build)(&mut ctx)?;
         if let Some(i) = ctx.used.iter().position(|u| !u) {
             let a = &ctx.args[i];
@@ -669,9 +892,14 @@ impl<'a> Elaborator<'a> {
                         Some(c) => format!("did you mean `{c}`? its arguments are: {known}"),
                         None => format!("its arguments are: {known}"),
                     }),
-                None => Diagnostic::new(a.span, format!("too many positional arguments for `{}`", b.name))
-                    .label("extra argument")
-                    .hint(format!("its arguments are: {known}; pass optional ones by name")),
+                None => Diagnostic::new(
+                    a.span,
+                    format!("too many positional arguments for `{}`", b.name),
+                )
+                .label("extra argument")
+                .hint(format!(
+                    "its arguments are: {known}; pass optional ones by name"
+                )),
             });
         }
         Ok(out)
@@ -689,7 +917,10 @@ fn contains_poison(v: &Value) -> bool {
 
 fn is_symbol_name(def: &ast::Def, name: &str) -> bool {
     def.body.iter().any(|s| match &s.kind {
-        ast::StmtKind::Input { ty, .. } => ty.dims.iter().any(|d| matches!(&d.size.kind, ast::ExprKind::Name(n) if n == name)),
+        ast::StmtKind::Input { ty, .. } => ty
+            .dims
+            .iter()
+            .any(|d| matches!(&d.size.kind, ast::ExprKind::Name(n) if n == name)),
         _ => false,
     })
 }
@@ -708,14 +939,23 @@ fn init_from_record(v: &Value) -> Option<Init> {
         _ => None,
     };
     match v.field("init")? {
-        Value::Str(s) if &**s == "uniform" => Some(Init::Uniform { low: num("low")?, high: num("high")? }),
-        Value::Str(s) if &**s == "normal" => Some(Init::Normal { mean: num("mean")?, std: num("std")? }),
+        Value::Str(s) if &**s == "uniform" => Some(Init::Uniform {
+            low: num("low")?,
+            high: num("high")?,
+        }),
+        Value::Str(s) if &**s == "normal" => Some(Init::Normal {
+            mean: num("mean")?,
+            std: num("std")?,
+        }),
         _ => None,
     }
 }
 
 /// The candidate closest to `name` by edit distance, if reasonably close.
-pub(crate) fn closest<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
+pub(crate) fn closest<'c>(
+    name: &str,
+    candidates: impl Iterator<Item = &'c str>,
+) -> Option<&'c str> {
     candidates
         .map(|c| (edit_distance(name, c), c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < name.len().max(1))
@@ -729,9 +969,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
     prev[b.len()]
 }
+
+#[cfg(test)]
+mod tests;

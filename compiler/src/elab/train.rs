@@ -13,7 +13,11 @@ impl<'a> Elaborator<'a> {
         self.train_mode = true;
         // The train section sees the model's variables (inputs, outputs).
         let _ = self.stmts(&def.body);
-        let vars = self.frames.last().map(|f| f.vars.clone()).unwrap_or_default();
+        let vars = self
+            .frames
+            .last()
+            .map(|f| f.vars.clone())
+            .unwrap_or_default();
         let labels = std::mem::take(&mut self.train_labels);
         let loss = match vars.get("loss") {
             Some(Value::Tensor(t)) => {
@@ -31,9 +35,12 @@ impl<'a> Elaborator<'a> {
             Some(Value::Poison) => None,
             Some(other) => {
                 self.diags.push(
-                    Diagnostic::new(def.name.span, format!("`loss` must be a tensor, not {}", other.kind_name()))
-                        .label("in this train section")
-                        .hint("write `loss = cross_entropy(logits, y)`"),
+                    Diagnostic::new(
+                        def.name.span,
+                        format!("`loss` must be a tensor, not {}", other.kind_name()),
+                    )
+                    .label("in this train section")
+                    .hint("write `loss = cross_entropy(logits, y)`"),
                 );
                 None
             }
@@ -57,7 +64,9 @@ impl<'a> Elaborator<'a> {
                 None
             }
         };
-        let schedule = vars.get("schedule").and_then(|v| self.hyper(v, "schedule", def));
+        let schedule = vars
+            .get("schedule")
+            .and_then(|v| self.hyper(v, "schedule", def));
         let recompute = match vars.get("recompute") {
             None => Vec::new(),
             Some(Value::List(items)) => items
@@ -67,9 +76,15 @@ impl<'a> Elaborator<'a> {
                     Value::Str(s) if self.program.blocks.contains_key(&**s) => Some(s.to_string()),
                     other => {
                         self.diags.push(
-                            Diagnostic::new(def.name.span, format!("`recompute` lists blocks; `{}` is not a block", other.display(&self.g)))
-                                .label("in this train section")
-                                .hint("write `recompute = [dense_bottleneck]` with block names"),
+                            Diagnostic::new(
+                                def.name.span,
+                                format!(
+                                    "`recompute` lists blocks; `{}` is not a block",
+                                    other.display(&self.g)
+                                ),
+                            )
+                            .label("in this train section")
+                            .hint("write `recompute = [dense_bottleneck]` with block names"),
                         );
                         None
                     }
@@ -77,15 +92,27 @@ impl<'a> Elaborator<'a> {
                 .collect(),
             Some(other) => {
                 self.diags.push(
-                    Diagnostic::new(def.name.span, format!("`recompute` must be a list of blocks, not {}", other.kind_name()))
-                        .label("in this train section"),
+                    Diagnostic::new(
+                        def.name.span,
+                        format!(
+                            "`recompute` must be a list of blocks, not {}",
+                            other.kind_name()
+                        ),
+                    )
+                    .label("in this train section"),
                 );
                 Vec::new()
             }
         };
         self.train_mode = false;
         if let (Some(loss), Some(optimizer)) = (loss, optimizer) {
-            self.g.train = Some(TrainSpec { labels, loss, optimizer, schedule, recompute });
+            self.g.train = Some(TrainSpec {
+                labels,
+                loss,
+                optimizer,
+                schedule,
+                recompute,
+            });
         }
     }
 
@@ -114,9 +141,20 @@ impl<'a> Elaborator<'a> {
             Value::Poison => None,
             other => {
                 self.diags.push(
-                    Diagnostic::new(def.name.span, format!("`{what}` must be made by a {what} constructor, not {} `{}`", other.kind_name(), other.display(&self.g)))
-                        .label("in this train section")
-                        .hint(if what == "optimizer" { "use sgd(...), adam(...) or adamw(...)" } else { "use step_lr(...), cosine(...) or warmup(...)" }),
+                    Diagnostic::new(
+                        def.name.span,
+                        format!(
+                            "`{what}` must be made by a {what} constructor, not {} `{}`",
+                            other.kind_name(),
+                            other.display(&self.g)
+                        ),
+                    )
+                    .label("in this train section")
+                    .hint(if what == "optimizer" {
+                        "use sgd(...), adam(...) or adamw(...)"
+                    } else {
+                        "use step_lr(...), cosine(...) or warmup(...)"
+                    }),
                 );
                 None
             }

@@ -58,7 +58,10 @@ impl Value {
     /// A record value.
     pub fn record(fields: Vec<(&str, Value)>) -> Value {
         Value::Record(Rc::new(
-            fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         ))
     }
 

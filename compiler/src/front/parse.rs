@@ -35,8 +35,8 @@ pub fn parse_file(file: FileId, text: &str) -> Result<File, Vec<Diagnostic>> {
 }
 
 fn parse_chunk(file: FileId, text: &str, offset: usize) -> Result<Vec<Item>, Diagnostic> {
-    let mut pairs = NetParser::parse(Rule::file, text)
-        .map_err(|e| syntax_error(file, text, offset, e))?;
+    let mut pairs =
+        NetParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, offset, e))?;
     let b = Builder { file, offset };
     let root = pairs.next().expect("the file rule always yields one pair");
     Ok(root
@@ -52,7 +52,10 @@ fn item_chunks(text: &str) -> Vec<(usize, usize)> {
     let mut starts = Vec::new();
     let mut at = 0;
     for line in text.split_inclusive('\n') {
-        let first = line.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
+        let first = line
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or("");
         if matches!(first, "import" | "block" | "model" | "train") {
             starts.push(at);
         }
@@ -112,7 +115,12 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
     })
 }
 
-fn syntax_error(file: FileId, text: &str, offset: usize, e: pest::error::Error<Rule>) -> Diagnostic {
+fn syntax_error(
+    file: FileId,
+    text: &str,
+    offset: usize,
+    e: pest::error::Error<Rule>,
+) -> Diagnostic {
     let pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
@@ -400,11 +408,9 @@ impl Builder {
                 }
                 acc
             }
-            Rule::or_expr
-            | Rule::and_expr
-            | Rule::cmp_expr
-            | Rule::add_expr
-            | Rule::mul_expr => self.left_assoc(p),
+            Rule::or_expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr => {
+                self.left_assoc(p)
+            }
             Rule::range_expr => {
                 let mut inner = p.into_inner();
                 let lo = self.expr(inner.next().expect("operand"));

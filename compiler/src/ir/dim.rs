@@ -95,10 +95,7 @@ impl Dim {
 
     /// `self / k` when every coefficient is divisible by `k`.
     pub fn div_exact(&self, k: i64) -> Option<Dim> {
-        if k == 0
-            || self.constant % k != 0
-            || self.terms.iter().any(|&(_, c)| c % k != 0)
-        {
+        if k == 0 || self.constant % k != 0 || self.terms.iter().any(|&(_, c)| c % k != 0) {
             return None;
         }
         Some(Dim {

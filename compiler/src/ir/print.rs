@@ -83,14 +83,19 @@ fn print_node(out: &mut String, g: &Graph, n: &Node) {
         .map(|v| format!("%{}: {}", v.0, g.type_text(g.ty(*v))))
         .collect();
     let operands: Vec<String> = n.inputs.iter().map(|v| format!("%{}", v.0)).collect();
-    let _ = write!(out, "  {} = {}({})", results.join(", "), n.op.name, operands.join(", "));
+    let _ = write!(
+        out,
+        "  {} = {}({})",
+        results.join(", "),
+        n.op.name,
+        operands.join(", ")
+    );
     if !n.op.attrs.is_empty() {
-        let attrs: Vec<String> = n
-            .op
-            .attrs
-            .iter()
-            .map(|(k, a)| format!("{k}={}", attr_text(g, a)))
-            .collect();
+        let attrs: Vec<String> =
+            n.op.attrs
+                .iter()
+                .map(|(k, a)| format!("{k}={}", attr_text(g, a)))
+                .collect();
         let _ = write!(out, " {{{}}}", attrs.join(", "));
     }
     if !n.path.is_empty() {

@@ -8,9 +8,18 @@ use crate::ir::{Attr, Dim, Op, TensorType};
 
 /// The family's built-ins.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "conv1d", build: |c| conv(c, 1) },
-    Builtin { name: "conv2d", build: |c| conv(c, 2) },
-    Builtin { name: "conv3d", build: |c| conv(c, 3) },
+    Builtin {
+        name: "conv1d",
+        build: |c| conv(c, 1),
+    },
+    Builtin {
+        name: "conv2d",
+        build: |c| conv(c, 2),
+    },
+    Builtin {
+        name: "conv3d",
+        build: |c| conv(c, 3),
+    },
 ];
 
 /// `convNd(x, out_channels, k, stride = 1, pad = 0, dilation = 1, groups = 1,
@@ -34,9 +43,16 @@ fn conv(c: &mut CallCtx, nd: usize) -> OpResult {
     if t.rank() != nd + 2 {
         let layout = ["NCL", "NCHW", "NCDHW"][nd - 1];
         return Err(c.shape_error(
-            format!("`conv{nd}d` expects a rank-{} input ({layout}), got {}", nd + 2, c.type_text(&t)),
+            format!(
+                "`conv{nd}d` expects a rank-{} input ({layout}), got {}",
+                nd + 2,
+                c.type_text(&t)
+            ),
             &[("the input", x)],
-            format!("the input must be [batch, channels, {}]", ["length", "height, width", "depth, height, width"][nd - 1]),
+            format!(
+                "the input must be [batch, channels, {}]",
+                ["length", "height, width", "depth, height, width"][nd - 1]
+            ),
         ));
     }
     let in_ch = c.known(x, 1, "channel count")?;

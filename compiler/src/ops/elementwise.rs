@@ -10,46 +10,147 @@ use netc_runtime::DType;
 
 /// The family's built-ins.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "add", build: |c| binary(c, "add", false) },
-    Builtin { name: "sub", build: |c| binary(c, "sub", false) },
-    Builtin { name: "mul", build: |c| binary(c, "mul", false) },
-    Builtin { name: "div", build: |c| binary(c, "div", false) },
-    Builtin { name: "pow", build: |c| binary(c, "pow", false) },
-    Builtin { name: "maximum", build: |c| binary(c, "maximum", false) },
-    Builtin { name: "minimum", build: |c| binary(c, "minimum", false) },
-    Builtin { name: "less", build: |c| binary(c, "less", true) },
-    Builtin { name: "less_equal", build: |c| binary(c, "less_equal", true) },
-    Builtin { name: "greater", build: |c| binary(c, "greater", true) },
-    Builtin { name: "greater_equal", build: |c| binary(c, "greater_equal", true) },
-    Builtin { name: "equal", build: |c| binary(c, "equal", true) },
-    Builtin { name: "not_equal", build: |c| binary(c, "not_equal", true) },
-    Builtin { name: "where", build: where_op },
-    Builtin { name: "neg", build: |c| unary(c, "neg") },
-    Builtin { name: "relu", build: |c| unary(c, "relu") },
-    Builtin { name: "tanh", build: |c| unary(c, "tanh") },
-    Builtin { name: "sigmoid", build: |c| unary(c, "sigmoid") },
-    Builtin { name: "silu", build: |c| unary(c, "silu") },
-    Builtin { name: "exp", build: |c| unary(c, "exp") },
-    Builtin { name: "log", build: |c| unary(c, "log") },
-    Builtin { name: "sqrt", build: |c| unary(c, "sqrt") },
-    Builtin { name: "abs", build: |c| unary(c, "abs") },
-    Builtin { name: "square", build: |c| unary(c, "square") },
-    Builtin { name: "gelu", build: gelu },
-    Builtin { name: "leaky_relu", build: leaky_relu },
-    Builtin { name: "clamp", build: clamp },
-    Builtin { name: "cast", build: cast },
+    Builtin {
+        name: "add",
+        build: |c| binary(c, "add", false),
+    },
+    Builtin {
+        name: "sub",
+        build: |c| binary(c, "sub", false),
+    },
+    Builtin {
+        name: "mul",
+        build: |c| binary(c, "mul", false),
+    },
+    Builtin {
+        name: "div",
+        build: |c| binary(c, "div", false),
+    },
+    Builtin {
+        name: "pow",
+        build: |c| binary(c, "pow", false),
+    },
+    Builtin {
+        name: "maximum",
+        build: |c| binary(c, "maximum", false),
+    },
+    Builtin {
+        name: "minimum",
+        build: |c| binary(c, "minimum", false),
+    },
+    Builtin {
+        name: "less",
+        build: |c| binary(c, "less", true),
+    },
+    Builtin {
+        name: "less_equal",
+        build: |c| binary(c, "less_equal", true),
+    },
+    Builtin {
+        name: "greater",
+        build: |c| binary(c, "greater", true),
+    },
+    Builtin {
+        name: "greater_equal",
+        build: |c| binary(c, "greater_equal", true),
+    },
+    Builtin {
+        name: "equal",
+        build: |c| binary(c, "equal", true),
+    },
+    Builtin {
+        name: "not_equal",
+        build: |c| binary(c, "not_equal", true),
+    },
+    Builtin {
+        name: "where",
+        build: where_op,
+    },
+    Builtin {
+        name: "neg",
+        build: |c| unary(c, "neg"),
+    },
+    Builtin {
+        name: "relu",
+        build: |c| unary(c, "relu"),
+    },
+    Builtin {
+        name: "tanh",
+        build: |c| unary(c, "tanh"),
+    },
+    Builtin {
+        name: "sigmoid",
+        build: |c| unary(c, "sigmoid"),
+    },
+    Builtin {
+        name: "silu",
+        build: |c| unary(c, "silu"),
+    },
+    Builtin {
+        name: "exp",
+        build: |c| unary(c, "exp"),
+    },
+    Builtin {
+        name: "log",
+        build: |c| unary(c, "log"),
+    },
+    Builtin {
+        name: "sqrt",
+        build: |c| unary(c, "sqrt"),
+    },
+    Builtin {
+        name: "abs",
+        build: |c| unary(c, "abs"),
+    },
+    Builtin {
+        name: "square",
+        build: |c| unary(c, "square"),
+    },
+    Builtin {
+        name: "gelu",
+        build: gelu,
+    },
+    Builtin {
+        name: "leaky_relu",
+        build: leaky_relu,
+    },
+    Builtin {
+        name: "clamp",
+        build: clamp,
+    },
+    Builtin {
+        name: "cast",
+        build: cast,
+    },
 ];
 
 /// A tensor operand, or a number turned into a scalar constant.
-fn operand(c: &mut CallCtx, pos: usize, name: &'static str, dtype: DType) -> Result<ValueId, crate::diag::Diagnostic> {
+fn operand(
+    c: &mut CallCtx,
+    pos: usize,
+    name: &'static str,
+    dtype: DType,
+) -> Result<ValueId, crate::diag::Diagnostic> {
     match c.value(Some(pos), name) {
         Some(Value::Tensor(t)) => Ok(t),
-        Some(Value::Int(n)) => Ok(c.constant(format!("scalar({n})"), TensorType::new(dtype, vec![]), vec![n as f64])),
-        Some(Value::Float(f)) => Ok(c.constant(format!("scalar({f:?})"), TensorType::new(dtype, vec![]), vec![f])),
+        Some(Value::Int(n)) => Ok(c.constant(
+            format!("scalar({n})"),
+            TensorType::new(dtype, vec![]),
+            vec![n as f64],
+        )),
+        Some(Value::Float(f)) => Ok(c.constant(
+            format!("scalar({f:?})"),
+            TensorType::new(dtype, vec![]),
+            vec![f],
+        )),
         Some(other) => Err(c.arg_error(
             Some(pos),
             name,
-            format!("`{}` needs a tensor or a number, not {}", c.op_name(), other.kind_name()),
+            format!(
+                "`{}` needs a tensor or a number, not {}",
+                c.op_name(),
+                other.kind_name()
+            ),
             "compile-time values must be numbers to combine with tensors",
         )),
         None => c.tensor(Some(pos), name),
@@ -69,11 +170,18 @@ fn binary(c: &mut CallCtx, name: &'static str, compare: bool) -> OpResult {
     let y = operand(c, 1, "y", dtype)?;
     let (tx, ty) = (c.ty(x), c.ty(y));
     if tx.sparse || ty.sparse {
-        return Err(c.error(format!("`{name}` does not take sparse tensors"), "use `embedding_bag` to consume a sparse input"));
+        return Err(c.error(
+            format!("`{name}` does not take sparse tensors"),
+            "use `embedding_bag` to consume a sparse input",
+        ));
     }
     if tx.dtype != ty.dtype {
         return Err(c.shape_error(
-            format!("`{name}` of {} and {}: element types differ", c.type_text(&tx), c.type_text(&ty)),
+            format!(
+                "`{name}` of {} and {}: element types differ",
+                c.type_text(&tx),
+                c.type_text(&ty)
+            ),
             &[("the left operand", x), ("the right operand", y)],
             "convert one side with `cast(x, \"f32\")`",
         ));
@@ -97,11 +205,21 @@ fn where_op(c: &mut CallCtx) -> OpResult {
     let y = operand(c, 2, "y", dtype)?;
     let (tc, tx, ty) = (c.ty(cond), c.ty(x), c.ty(y));
     if tc.dtype != DType::Bool {
-        return Err(c.shape_error("`where` needs a bool condition", &[("the condition", cond)], "compare tensors to get a bool tensor"));
+        return Err(c.shape_error(
+            "`where` needs a bool condition",
+            &[("the condition", cond)],
+            "compare tensors to get a bool tensor",
+        ));
     }
-    let shape = broadcast(&tc.shape, &tx.shape).and_then(|s| broadcast(&s, &ty.shape)).ok_or_else(|| {
-        c.shape_error("`where`: shapes do not broadcast", &[("the condition", cond), ("x", x), ("y", y)], "align the shapes")
-    })?;
+    let shape = broadcast(&tc.shape, &tx.shape)
+        .and_then(|s| broadcast(&s, &ty.shape))
+        .ok_or_else(|| {
+            c.shape_error(
+                "`where`: shapes do not broadcast",
+                &[("the condition", cond), ("x", x), ("y", y)],
+                "align the shapes",
+            )
+        })?;
     let out = TensorType::new(tx.dtype, shape);
     let flops = numel(&out);
     c.emit1(Op::new("where"), &[cond, x, y], out, flops)
@@ -109,7 +227,11 @@ fn where_op(c: &mut CallCtx) -> OpResult {
 
 fn unary(c: &mut CallCtx, name: &'static str) -> OpResult {
     let x = c.tensor(Some(0), "x")?;
-    let t = if name == "neg" || name == "abs" { c.ty(x) } else { expect_float(c, x)? };
+    let t = if name == "neg" || name == "abs" {
+        c.ty(x)
+    } else {
+        expect_float(c, x)?
+    };
     let flops = numel(&t);
     c.emit1(Op::new(name), &[x], t, flops)
 }
@@ -119,7 +241,12 @@ fn gelu(c: &mut CallCtx) -> OpResult {
     let approximate = c.choice(None, "approximate", &["none", "tanh"], "none")?;
     let t = expect_float(c, x)?;
     let flops = numel(&t);
-    c.emit1(Op::new("gelu").with("approximate", Attr::Str(approximate.into())), &[x], t, flops)
+    c.emit1(
+        Op::new("gelu").with("approximate", Attr::Str(approximate.into())),
+        &[x],
+        t,
+        flops,
+    )
 }
 
 fn leaky_relu(c: &mut CallCtx) -> OpResult {
@@ -127,7 +254,12 @@ fn leaky_relu(c: &mut CallCtx) -> OpResult {
     let slope = c.float(Some(1), "negative_slope", Some(0.01))?;
     let t = expect_float(c, x)?;
     let flops = numel(&t);
-    c.emit1(Op::new("leaky_relu").with("negative_slope", Attr::Float(slope)), &[x], t, flops)
+    c.emit1(
+        Op::new("leaky_relu").with("negative_slope", Attr::Float(slope)),
+        &[x],
+        t,
+        flops,
+    )
 }
 
 fn clamp(c: &mut CallCtx) -> OpResult {
@@ -141,7 +273,10 @@ fn clamp(c: &mut CallCtx) -> OpResult {
     };
     let (lo, hi) = (num(&lo), num(&hi));
     if lo.is_none() && hi.is_none() {
-        return Err(c.error("`clamp` needs `min`, `max` or both", "write `clamp(x, min = 0.0)`"));
+        return Err(c.error(
+            "`clamp` needs `min`, `max` or both",
+            "write `clamp(x, min = 0.0)`",
+        ));
     }
     if let (Some(a), Some(b)) = (lo, hi) {
         if a > b {
@@ -164,9 +299,19 @@ fn cast(c: &mut CallCtx) -> OpResult {
     let x = c.tensor(Some(0), "x")?;
     let name = c.str(Some(1), "dtype", None)?;
     let Some(dtype) = DType::from_name(&name) else {
-        return Err(c.arg_error(Some(1), "dtype", format!("unknown element type `{name}`"), "use f32, f64, i32, i64, u8 or bool"));
+        return Err(c.arg_error(
+            Some(1),
+            "dtype",
+            format!("unknown element type `{name}`"),
+            "use f32, f64, i32, i64, u8 or bool",
+        ));
     };
     let mut t = c.ty(x);
     t.dtype = dtype;
-    c.emit1(Op::new("cast").with("dtype", Attr::Str(name)), &[x], t, Dim::known(0))
+    c.emit1(
+        Op::new("cast").with("dtype", Attr::Str(name)),
+        &[x],
+        t,
+        Dim::known(0),
+    )
 }

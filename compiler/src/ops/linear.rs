@@ -8,8 +8,14 @@ use crate::ir::{Dim, Op, TensorType};
 
 /// The family's built-ins.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "linear", build: linear },
-    Builtin { name: "matmul", build: matmul },
+    Builtin {
+        name: "linear",
+        build: linear,
+    },
+    Builtin {
+        name: "matmul",
+        build: matmul,
+    },
 ];
 
 /// `linear(x, out_features, bias = true)` over the last dim of `x`:
@@ -21,7 +27,11 @@ fn linear(c: &mut CallCtx) -> OpResult {
     super::util::at_least(c, Some(1), "out_features", &[out_f], 1)?;
     let t = expect_float(c, x)?;
     if t.rank() == 0 {
-        return Err(c.shape_error("`linear` needs at least one dimension", &[("the input", x)], "reshape the scalar to [1]"));
+        return Err(c.shape_error(
+            "`linear` needs at least one dimension",
+            &[("the input", x)],
+            "reshape the scalar to [1]",
+        ));
     }
     let in_f = c.known(x, t.rank() - 1, "feature count")?;
     let w = c.param("weight", &[out_f, in_f], fan_in_uniform(in_f))?;
@@ -32,7 +42,10 @@ fn linear(c: &mut CallCtx) -> OpResult {
     let mut shape = t.shape.clone();
     *shape.last_mut().expect("rank >= 1") = Dim::known(out_f);
     let out = TensorType::new(t.dtype, shape);
-    let flops = out.numel().unwrap_or_default().scale(2 * in_f + i64::from(bias));
+    let flops = out
+        .numel()
+        .unwrap_or_default()
+        .scale(2 * in_f + i64::from(bias));
     c.emit1(Op::new("linear"), &inputs, out, flops)
 }
 
@@ -44,7 +57,11 @@ fn matmul(c: &mut CallCtx) -> OpResult {
     let (ta, tb) = (expect_float(c, a)?, expect_float(c, b)?);
     if ta.rank() < 2 || tb.rank() < 2 {
         return Err(c.shape_error(
-            format!("`matmul` needs operands of rank >= 2, got {} and {}", c.type_text(&ta), c.type_text(&tb)),
+            format!(
+                "`matmul` needs operands of rank >= 2, got {} and {}",
+                c.type_text(&ta),
+                c.type_text(&tb)
+            ),
             &[("the left operand", a), ("the right operand", b)],
             "add a dim with `unsqueeze`",
         ));

@@ -2,14 +2,18 @@
 //! parameters it creates (with PyTorch's default initialisation) and the FLOP
 //! count of every op in it. `docs/language.md` documents them all.
 
+mod conv;
 mod elementwise;
+mod embed;
 mod funcs;
 mod linear;
-mod conv;
-mod embed;
+mod loss;
+mod norm;
+mod pool;
+mod reduce;
 mod rnn;
-mod sparse;
 mod shape;
+mod sparse;
 mod train;
 pub(crate) mod util;
 
@@ -30,6 +34,10 @@ const FAMILIES: &[&[Builtin]] = &[
     conv::BUILTINS,
     shape::BUILTINS,
     train::BUILTINS,
+    norm::BUILTINS,
+    pool::BUILTINS,
+    reduce::BUILTINS,
+    loss::BUILTINS,
     embed::BUILTINS,
     rnn::BUILTINS,
     sparse::BUILTINS,
@@ -37,7 +45,10 @@ const FAMILIES: &[&[Builtin]] = &[
 
 /// The built-in called `name`.
 pub fn lookup(name: &str) -> Option<&'static Builtin> {
-    FAMILIES.iter().flat_map(|f| f.iter()).find(|b| b.name == name)
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.iter())
+        .find(|b| b.name == name)
 }
 
 /// Every built-in name.

@@ -9,18 +9,54 @@ use crate::ir::{Attr, Dim, Op, TensorType, ValueId};
 
 /// The family's built-ins.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "reshape", build: reshape },
-    Builtin { name: "flatten", build: flatten },
-    Builtin { name: "permute", build: permute },
-    Builtin { name: "transpose", build: transpose },
-    Builtin { name: "unsqueeze", build: unsqueeze },
-    Builtin { name: "squeeze", build: squeeze },
-    Builtin { name: "concat", build: concat },
-    Builtin { name: "stack", build: stack },
-    Builtin { name: "split", build: split },
-    Builtin { name: "chunk", build: chunk },
-    Builtin { name: "slice", build: slice },
-    Builtin { name: "select", build: select },
+    Builtin {
+        name: "reshape",
+        build: reshape,
+    },
+    Builtin {
+        name: "flatten",
+        build: flatten,
+    },
+    Builtin {
+        name: "permute",
+        build: permute,
+    },
+    Builtin {
+        name: "transpose",
+        build: transpose,
+    },
+    Builtin {
+        name: "unsqueeze",
+        build: unsqueeze,
+    },
+    Builtin {
+        name: "squeeze",
+        build: squeeze,
+    },
+    Builtin {
+        name: "concat",
+        build: concat,
+    },
+    Builtin {
+        name: "stack",
+        build: stack,
+    },
+    Builtin {
+        name: "split",
+        build: split,
+    },
+    Builtin {
+        name: "chunk",
+        build: chunk,
+    },
+    Builtin {
+        name: "slice",
+        build: slice,
+    },
+    Builtin {
+        name: "select",
+        build: select,
+    },
 ];
 
 /// `a / b` for sizes when the quotient is a known integer or `b` is known.
@@ -30,7 +66,9 @@ fn div_dims(a: &Dim, b: &Dim) -> Option<Dim> {
     }
     // c1*S / c2*S with the same single symbol and no constants.
     match (a.terms(), b.terms()) {
-        ([(s1, k1)], [(s2, k2)]) if s1 == s2 && a.constant() == 0 && b.constant() == 0 && k1 % k2 == 0 => {
+        ([(s1, k1)], [(s2, k2)])
+            if s1 == s2 && a.constant() == 0 && b.constant() == 0 && k1 % k2 == 0 =>
+        {
             Some(Dim::known(k1 / k2))
         }
         _ => None,
@@ -40,32 +78,57 @@ fn div_dims(a: &Dim, b: &Dim) -> Option<Dim> {
 fn reshaped(c: &mut CallCtx, x: ValueId, t: &TensorType, dims: Vec<Dim>) -> OpResult {
     let minus_one = Dim::known(-1);
     let holes = dims.iter().filter(|d| **d == minus_one).count();
-    let total = t.numel().ok_or_else(|| c.error("`reshape` of a tensor whose size is not linear in its symbols", "reshape before combining symbolic dims"))?;
+    let total = t.numel().ok_or_else(|| {
+        c.error(
+            "`reshape` of a tensor whose size is not linear in its symbols",
+            "reshape before combining symbolic dims",
+        )
+    })?;
     let mut product = Dim::known(1);
     for d in dims.iter().filter(|d| **d != minus_one) {
         if d.as_known().is_some_and(|n| n <= 0) {
-            return Err(c.error(format!("`reshape` size {} is not positive", c.dim_text(d)), "sizes are positive; use -1 once to infer one"));
+            return Err(c.error(
+                format!("`reshape` size {} is not positive", c.dim_text(d)),
+                "sizes are positive; use -1 once to infer one",
+            ));
         }
-        product = product.mul(d).ok_or_else(|| c.error("`reshape`: product of two symbolic sizes", "keep at most one symbolic size"))?;
+        product = product.mul(d).ok_or_else(|| {
+            c.error(
+                "`reshape`: product of two symbolic sizes",
+                "keep at most one symbolic size",
+            )
+        })?;
     }
     let shape = match holes {
         0 => dims,
         1 => {
-            let Some(fill) = div_dims(&total, &product).filter(|d| d.as_known().is_none_or(|n| n > 0)) else {
+            let Some(fill) =
+                div_dims(&total, &product).filter(|d| d.as_known().is_none_or(|n| n > 0))
+            else {
                 return Err(c.shape_error(
-                    format!("`reshape`: cannot infer -1: {} elements do not divide into {}", c.dim_text(&total), c.dim_text(&product)),
+                    format!(
+                        "`reshape`: cannot infer -1: {} elements do not divide into {}",
+                        c.dim_text(&total),
+                        c.dim_text(&product)
+                    ),
                     &[("the input", x)],
                     "the other sizes must divide the element count",
                 ));
             };
-            dims.into_iter().map(|d| if d == minus_one { fill.clone() } else { d }).collect()
+            dims.into_iter()
+                .map(|d| if d == minus_one { fill.clone() } else { d })
+                .collect()
         }
         _ => return Err(c.error("`reshape` with more than one -1", "infer at most one size")),
     };
     let out = TensorType::new(t.dtype, shape);
     if out.numel() != Some(total.clone()) {
         return Err(c.shape_error(
-            format!("`reshape` from {} to {}: element counts differ", c.type_text(t), c.type_text(&out)),
+            format!(
+                "`reshape` from {} to {}: element counts differ",
+                c.type_text(t),
+                c.type_text(&out)
+            ),
             &[("the input", x)],
             "the new shape must hold exactly as many elements",
         ));
@@ -77,7 +140,11 @@ fn reshaped(c: &mut CallCtx, x: ValueId, t: &TensorType, dims: Vec<Dim>) -> OpRe
 fn dense(c: &mut CallCtx, x: ValueId) -> Result<TensorType, Diagnostic> {
     let t = c.ty(x);
     if t.sparse {
-        return Err(c.shape_error(format!("`{}` does not take sparse tensors", c.op_name()), &[("the input", x)], "consume sparse inputs with `embedding_bag`"));
+        return Err(c.shape_error(
+            format!("`{}` does not take sparse tensors", c.op_name()),
+            &[("the input", x)],
+            "consume sparse inputs with `embedding_bag`",
+        ));
     }
     Ok(t)
 }
@@ -105,7 +172,12 @@ fn flatten(c: &mut CallCtx) -> OpResult {
     let mut dims: Vec<Dim> = t.shape[..s].to_vec();
     let mut prod = Dim::known(1);
     for d in &t.shape[s..=e.min(t.rank().saturating_sub(1))] {
-        prod = prod.mul(d).ok_or_else(|| c.error("`flatten` of two symbolic dims", "keep symbolic dims out of the flattened range"))?;
+        prod = prod.mul(d).ok_or_else(|| {
+            c.error(
+                "`flatten` of two symbolic dims",
+                "keep symbolic dims out of the flattened range",
+            )
+        })?;
     }
     dims.push(prod);
     dims.extend_from_slice(&t.shape[(e + 1).min(t.rank())..]);
@@ -122,13 +194,28 @@ fn permute(c: &mut CallCtx) -> OpResult {
     for p in &perm {
         let a = axis(c, Some(1), "dims", *p, t.rank())?;
         if seen[a] {
-            return Err(c.arg_error(Some(1), "dims", format!("`permute`: dim {p} repeated"), "list every dim exactly once"));
+            return Err(c.arg_error(
+                Some(1),
+                "dims",
+                format!("`permute`: dim {p} repeated"),
+                "list every dim exactly once",
+            ));
         }
         seen[a] = true;
         norm.push(a);
     }
     if norm.len() != t.rank() {
-        return Err(c.arg_error(Some(1), "dims", format!("`permute` of a rank-{} tensor needs {} dims, got {}", t.rank(), t.rank(), norm.len()), "list every dim exactly once"));
+        return Err(c.arg_error(
+            Some(1),
+            "dims",
+            format!(
+                "`permute` of a rank-{} tensor needs {} dims, got {}",
+                t.rank(),
+                t.rank(),
+                norm.len()
+            ),
+            "list every dim exactly once",
+        ));
     }
     let shape = norm.iter().map(|&a| t.shape[a].clone()).collect();
     let op = Op::new("permute").with("dims", Attr::Ints(norm.iter().map(|&a| a as i64).collect()));
@@ -147,7 +234,12 @@ fn transpose(c: &mut CallCtx) -> OpResult {
     perm.swap(a, b);
     let mut shape = t.shape.clone();
     shape.swap(a, b);
-    c.emit1(Op::new("permute").with("dims", Attr::Ints(perm)), &[x], TensorType::new(t.dtype, shape), Dim::known(0))
+    c.emit1(
+        Op::new("permute").with("dims", Attr::Ints(perm)),
+        &[x],
+        TensorType::new(t.dtype, shape),
+        Dim::known(0),
+    )
 }
 
 /// `unsqueeze(x, dim)`: inserts a dim of size 1.
@@ -168,7 +260,11 @@ fn squeeze(c: &mut CallCtx) -> OpResult {
     let d = c.int(Some(1), "dim", None)?;
     let a = axis(c, Some(1), "dim", d, t.rank())?;
     if t.shape[a] != Dim::known(1) {
-        return Err(c.shape_error(format!("`squeeze`: dim {d} of {} is not 1", c.type_text(&t)), &[("the input", x)], "only size-1 dims can be squeezed"));
+        return Err(c.shape_error(
+            format!("`squeeze`: dim {d} of {} is not 1", c.type_text(&t)),
+            &[("the input", x)],
+            "only size-1 dims can be squeezed",
+        ));
     }
     let mut shape = t.shape.clone();
     shape.remove(a);
@@ -191,7 +287,10 @@ fn stack(c: &mut CallCtx) -> OpResult {
 
 fn join(c: &mut CallCtx, xs: Vec<ValueId>, d: i64, new_dim: bool) -> OpResult {
     let Some(&first) = xs.first() else {
-        return Err(c.error(format!("`{}` of an empty list", c.op_name()), "pass at least one tensor"));
+        return Err(c.error(
+            format!("`{}` of an empty list", c.op_name()),
+            "pass at least one tensor",
+        ));
     };
     let t0 = dense(c, first)?;
     let rank = t0.rank() + usize::from(new_dim);
@@ -201,7 +300,11 @@ fn join(c: &mut CallCtx, xs: Vec<ValueId>, d: i64, new_dim: bool) -> OpResult {
         let t = dense(c, x)?;
         let same = t.dtype == t0.dtype
             && t.rank() == t0.rank()
-            && t.shape.iter().zip(&t0.shape).enumerate().all(|(j, (p, q))| (!new_dim && j == a) || p == q);
+            && t.shape
+                .iter()
+                .zip(&t0.shape)
+                .enumerate()
+                .all(|(j, (p, q))| (!new_dim && j == a) || p == q);
         if !same {
             return Err(c.shape_error(
                 format!(
@@ -211,7 +314,11 @@ fn join(c: &mut CallCtx, xs: Vec<ValueId>, d: i64, new_dim: bool) -> OpResult {
                     c.type_text(&t0)
                 ),
                 &[("tensor 0", first), ("this tensor", x)],
-                if new_dim { "stacked tensors must have equal shapes" } else { "all dims except the joined one must agree" },
+                if new_dim {
+                    "stacked tensors must have equal shapes"
+                } else {
+                    "all dims except the joined one must agree"
+                },
             ));
         }
         if !new_dim {
@@ -225,7 +332,12 @@ fn join(c: &mut CallCtx, xs: Vec<ValueId>, d: i64, new_dim: bool) -> OpResult {
         shape[a] = total;
     }
     let name = if new_dim { "stack" } else { "concat" };
-    c.emit1(Op::new(name).with("dim", Attr::Int(a as i64)), &xs, TensorType::new(t0.dtype, shape), Dim::known(0))
+    c.emit1(
+        Op::new(name).with("dim", Attr::Int(a as i64)),
+        &xs,
+        TensorType::new(t0.dtype, shape),
+        Dim::known(0),
+    )
 }
 
 /// `split(x, sizes, dim)`: sizes is a list (or one size for equal parts);
@@ -238,20 +350,52 @@ fn split(c: &mut CallCtx) -> OpResult {
     let a = axis(c, Some(2), "dim", d, t.rank())?;
     let len = c.known(x, a, "split dim size")?;
     let sizes: Vec<i64> = match sizes_v {
-        Some(Value::Int(s)) if s > 0 => (0..len).step_by(s as usize).map(|o| s.min(len - o)).collect(),
-        Some(Value::List(items)) => items.iter().map(|v| match v { Value::Int(n) if *n > 0 => Ok(*n), _ => Err(()) }).collect::<Result<_, _>>()
-            .map_err(|_| c.arg_error(Some(1), "sizes", "`split` sizes must be positive integers", "e.g. `split(x, [64, 64], dim = 1)`"))?,
-        _ => return Err(c.arg_error(Some(1), "sizes", "`split` needs a positive size or a list of sizes", "e.g. `split(x, [64, 64], dim = 1)`")),
+        Some(Value::Int(s)) if s > 0 => (0..len)
+            .step_by(s as usize)
+            .map(|o| s.min(len - o))
+            .collect(),
+        Some(Value::List(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::Int(n) if *n > 0 => Ok(*n),
+                _ => Err(()),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                c.arg_error(
+                    Some(1),
+                    "sizes",
+                    "`split` sizes must be positive integers",
+                    "e.g. `split(x, [64, 64], dim = 1)`",
+                )
+            })?,
+        _ => {
+            return Err(c.arg_error(
+                Some(1),
+                "sizes",
+                "`split` needs a positive size or a list of sizes",
+                "e.g. `split(x, [64, 64], dim = 1)`",
+            ))
+        }
     };
     if sizes.iter().sum::<i64>() != len {
-        return Err(c.shape_error(format!("`split`: sizes {sizes:?} do not add up to {len}, the size of dim {a}"), &[("the input", x)], "the sizes must cover the dim exactly"));
+        return Err(c.shape_error(
+            format!("`split`: sizes {sizes:?} do not add up to {len}, the size of dim {a}"),
+            &[("the input", x)],
+            "the sizes must cover the dim exactly",
+        ));
     }
-    let outs = sizes.iter().map(|&s| {
-        let mut shape = t.shape.clone();
-        shape[a] = Dim::known(s);
-        TensorType::new(t.dtype, shape)
-    }).collect();
-    let op = Op::new("split").with("dim", Attr::Int(a as i64)).with("sizes", Attr::Ints(sizes));
+    let outs = sizes
+        .iter()
+        .map(|&s| {
+            let mut shape = t.shape.clone();
+            shape[a] = Dim::known(s);
+            TensorType::new(t.dtype, shape)
+        })
+        .collect();
+    let op = Op::new("split")
+        .with("dim", Attr::Int(a as i64))
+        .with("sizes", Attr::Ints(sizes));
     let vals = c.emit(op, &[x], outs, Dim::known(0))?;
     Ok(Value::list(vals.into_iter().map(Value::Tensor).collect()))
 }
@@ -265,9 +409,20 @@ fn chunk(c: &mut CallCtx) -> OpResult {
     let a = axis(c, Some(2), "dim", d, t.rank())?;
     let len = c.known(x, a, "chunked dim size")?;
     if n <= 0 || len % n != 0 {
-        return Err(c.shape_error(format!("`chunk`: {n} does not divide the size {len} of dim {a}"), &[("the input", x)], "choose a divisor of the dim size"));
+        return Err(c.shape_error(
+            format!("`chunk`: {n} does not divide the size {len} of dim {a}"),
+            &[("the input", x)],
+            "choose a divisor of the dim size",
+        ));
     }
-    c.call("split", vec![(None, Value::Tensor(x)), (None, Value::Int(len / n)), (Some("dim"), Value::Int(a as i64))])
+    c.call(
+        "split",
+        vec![
+            (None, Value::Tensor(x)),
+            (None, Value::Int(len / n)),
+            (Some("dim"), Value::Int(a as i64)),
+        ],
+    )
 }
 
 /// `slice(x, dim, start, end, step = 1)`, end exclusive, negative from the end.
@@ -283,11 +438,19 @@ fn slice(c: &mut CallCtx) -> OpResult {
     let norm = |v: i64| if v < 0 { (v + len).max(0) } else { v.min(len) };
     let (s, e) = (norm(start), norm(end));
     if step <= 0 || s >= e {
-        return Err(c.shape_error(format!("`slice` {start}..{end} (step {step}) of dim {a} (size {len}) is empty"), &[("the input", x)], "slices must select at least one element"));
+        return Err(c.shape_error(
+            format!("`slice` {start}..{end} (step {step}) of dim {a} (size {len}) is empty"),
+            &[("the input", x)],
+            "slices must select at least one element",
+        ));
     }
     let mut shape = t.shape.clone();
     shape[a] = Dim::known((e - s + step - 1) / step);
-    let op = Op::new("slice").with("dim", Attr::Int(a as i64)).with("start", Attr::Int(s)).with("end", Attr::Int(e)).with("step", Attr::Int(step));
+    let op = Op::new("slice")
+        .with("dim", Attr::Int(a as i64))
+        .with("start", Attr::Int(s))
+        .with("end", Attr::Int(e))
+        .with("step", Attr::Int(step));
     c.emit1(op, &[x], TensorType::new(t.dtype, shape), Dim::known(0))
 }
 
@@ -298,16 +461,26 @@ fn select(c: &mut CallCtx) -> OpResult {
     let index = c.int(Some(1), "index", None)?;
     let d = c.int(Some(2), "dim", Some(0))?;
     if t.rank() == 0 {
-        return Err(c.shape_error("cannot index a scalar tensor", &[("the input", x)], "only tensors of rank >= 1 can be indexed"));
+        return Err(c.shape_error(
+            "cannot index a scalar tensor",
+            &[("the input", x)],
+            "only tensors of rank >= 1 can be indexed",
+        ));
     }
     let a = axis(c, Some(2), "dim", d, t.rank())?;
     let len = c.known(x, a, "indexed dim size")?;
     let i = if index < 0 { index + len } else { index };
     if i < 0 || i >= len {
-        return Err(c.shape_error(format!("index {index} is out of range for dim {a} of size {len}"), &[("the input", x)], format!("use 0..{len}")));
+        return Err(c.shape_error(
+            format!("index {index} is out of range for dim {a} of size {len}"),
+            &[("the input", x)],
+            format!("use 0..{len}"),
+        ));
     }
     let mut shape = t.shape.clone();
     shape.remove(a);
-    let op = Op::new("select").with("dim", Attr::Int(a as i64)).with("index", Attr::Int(i));
+    let op = Op::new("select")
+        .with("dim", Attr::Int(a as i64))
+        .with("index", Attr::Int(i));
     c.emit1(op, &[x], TensorType::new(t.dtype, shape), Dim::known(0))
 }

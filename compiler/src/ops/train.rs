@@ -9,12 +9,30 @@ use std::rc::Rc;
 
 /// The family's built-ins.
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "sgd", build: sgd },
-    Builtin { name: "adam", build: |c| adam(c, "adam", 0.0) },
-    Builtin { name: "adamw", build: |c| adam(c, "adamw", 1e-2) },
-    Builtin { name: "step_lr", build: step_lr },
-    Builtin { name: "cosine", build: cosine },
-    Builtin { name: "warmup", build: warmup },
+    Builtin {
+        name: "sgd",
+        build: sgd,
+    },
+    Builtin {
+        name: "adam",
+        build: |c| adam(c, "adam", 0.0),
+    },
+    Builtin {
+        name: "adamw",
+        build: |c| adam(c, "adamw", 1e-2),
+    },
+    Builtin {
+        name: "step_lr",
+        build: step_lr,
+    },
+    Builtin {
+        name: "cosine",
+        build: cosine,
+    },
+    Builtin {
+        name: "warmup",
+        build: warmup,
+    },
 ];
 
 fn record<'k>(kind_key: &'k str, kind: &str, mut fields: Vec<(&'k str, Value)>) -> Value {
@@ -34,16 +52,23 @@ fn sgd(c: &mut CallCtx) -> OpResult {
     c.check_range(None, "momentum", momentum, 0.0, 1.0)?;
     c.check_range(None, "weight_decay", wd, 0.0, f64::MAX)?;
     if nesterov && (momentum == 0.0 || dampening != 0.0) {
-        return Err(c.error("Nesterov momentum needs momentum > 0 and dampening = 0", "set `momentum = 0.9`"));
+        return Err(c.error(
+            "Nesterov momentum needs momentum > 0 and dampening = 0",
+            "set `momentum = 0.9`",
+        ));
     }
-    Ok(record("optimizer_kind", "sgd", vec![
-        ("lr", Value::Float(lr)),
-        ("momentum", Value::Float(momentum)),
-        ("dampening", Value::Float(dampening)),
-        ("nesterov", Value::Bool(nesterov)),
-        ("weight_decay", Value::Float(wd)),
-        ("lazy", Value::Bool(lazy)),
-    ]))
+    Ok(record(
+        "optimizer_kind",
+        "sgd",
+        vec![
+            ("lr", Value::Float(lr)),
+            ("momentum", Value::Float(momentum)),
+            ("dampening", Value::Float(dampening)),
+            ("nesterov", Value::Bool(nesterov)),
+            ("weight_decay", Value::Float(wd)),
+            ("lazy", Value::Bool(lazy)),
+        ],
+    ))
 }
 
 /// `adam(lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0, lazy = false)`;
@@ -60,14 +85,18 @@ fn adam(c: &mut CallCtx, kind: &str, default_wd: f64) -> OpResult {
     c.check_range(None, "beta2", b2, 0.0, 0.999_999_999)?;
     c.check_range(None, "eps", eps, 0.0, 1.0)?;
     c.check_range(None, "weight_decay", wd, 0.0, f64::MAX)?;
-    Ok(record("optimizer_kind", kind, vec![
-        ("lr", Value::Float(lr)),
-        ("beta1", Value::Float(b1)),
-        ("beta2", Value::Float(b2)),
-        ("eps", Value::Float(eps)),
-        ("weight_decay", Value::Float(wd)),
-        ("lazy", Value::Bool(lazy)),
-    ]))
+    Ok(record(
+        "optimizer_kind",
+        kind,
+        vec![
+            ("lr", Value::Float(lr)),
+            ("beta1", Value::Float(b1)),
+            ("beta2", Value::Float(b2)),
+            ("eps", Value::Float(eps)),
+            ("weight_decay", Value::Float(wd)),
+            ("lazy", Value::Bool(lazy)),
+        ],
+    ))
 }
 
 /// `step_lr(step_size, gamma = 0.1, warmup = 0)`: multiply the rate by
@@ -78,7 +107,15 @@ fn step_lr(c: &mut CallCtx) -> OpResult {
     let warm = c.int(None, "warmup", Some(0))?;
     super::util::at_least(c, Some(0), "step_size", &[step], 1)?;
     super::util::at_least(c, None, "warmup", &[warm], 0)?;
-    Ok(record("schedule_kind", "step_lr", vec![("step_size", Value::Int(step)), ("gamma", Value::Float(gamma)), ("warmup", Value::Int(warm))]))
+    Ok(record(
+        "schedule_kind",
+        "step_lr",
+        vec![
+            ("step_size", Value::Int(step)),
+            ("gamma", Value::Float(gamma)),
+            ("warmup", Value::Int(warm)),
+        ],
+    ))
 }
 
 /// `cosine(t_max, eta_min = 0, warmup = 0)`: cosine annealing over `t_max` epochs.
@@ -88,12 +125,24 @@ fn cosine(c: &mut CallCtx) -> OpResult {
     let warm = c.int(None, "warmup", Some(0))?;
     super::util::at_least(c, Some(0), "t_max", &[t_max], 1)?;
     super::util::at_least(c, None, "warmup", &[warm], 0)?;
-    Ok(record("schedule_kind", "cosine", vec![("t_max", Value::Int(t_max)), ("eta_min", Value::Float(eta_min)), ("warmup", Value::Int(warm))]))
+    Ok(record(
+        "schedule_kind",
+        "cosine",
+        vec![
+            ("t_max", Value::Int(t_max)),
+            ("eta_min", Value::Float(eta_min)),
+            ("warmup", Value::Int(warm)),
+        ],
+    ))
 }
 
 /// `warmup(epochs)`: linear warm-up, then the optimizer's rate.
 fn warmup(c: &mut CallCtx) -> OpResult {
     let n = c.int(Some(0), "epochs", None)?;
     super::util::at_least(c, Some(0), "epochs", &[n], 1)?;
-    Ok(record("schedule_kind", "warmup", vec![("epochs", Value::Int(n))]))
+    Ok(record(
+        "schedule_kind",
+        "warmup",
+        vec![("epochs", Value::Int(n))],
+    ))
 }

@@ -11,8 +11,16 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
     let one = Dim::known(1);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let x = if i + a.len() >= n { &a[i + a.len() - n] } else { &one };
-        let y = if i + b.len() >= n { &b[i + b.len() - n] } else { &one };
+        let x = if i + a.len() >= n {
+            &a[i + a.len() - n]
+        } else {
+            &one
+        };
+        let y = if i + b.len() >= n {
+            &b[i + b.len() - n]
+        } else {
+            &one
+        };
         out.push(if x == y || *y == one {
             x.clone()
         } else if *x == one {
@@ -33,19 +41,33 @@ pub fn numel(t: &TensorType) -> Dim {
 /// `kaiming_uniform_(a = sqrt(5))`, i.e. uniform in ±1/sqrt(fan_in).
 pub fn fan_in_uniform(fan_in: i64) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform { low: -bound, high: bound }
+    Init::Uniform {
+        low: -bound,
+        high: bound,
+    }
 }
 
 /// Output size of a sliding window (convolution, pooling), PyTorch's formula
 /// `floor((in + 2*pad - dilation*(k-1) - 1) / stride) + 1` (or `ceil` with
 /// `ceil_mode`). `None` if the window does not fit.
-pub fn window_out(input: i64, k: i64, stride: i64, pad: i64, dilation: i64, ceil_mode: bool) -> Option<i64> {
+pub fn window_out(
+    input: i64,
+    k: i64,
+    stride: i64,
+    pad: i64,
+    dilation: i64,
+    ceil_mode: bool,
+) -> Option<i64> {
     let span = dilation * (k - 1) + 1;
     let room = input + 2 * pad - span;
     if room < 0 || stride <= 0 {
         return None;
     }
-    let mut out = if ceil_mode { (room + stride - 1) / stride + 1 } else { room / stride + 1 };
+    let mut out = if ceil_mode {
+        (room + stride - 1) / stride + 1
+    } else {
+        room / stride + 1
+    };
     // PyTorch: the last window must start inside the input or left padding.
     if ceil_mode && (out - 1) * stride >= input + pad {
         out -= 1;
@@ -58,7 +80,11 @@ pub fn expect_float(ctx: &CallCtx, v: ValueId) -> Result<TensorType, Diagnostic>
     let t = ctx.ty(v);
     if !t.dtype.is_float() || t.sparse {
         return Err(ctx.shape_error(
-            format!("`{}` expects a dense float tensor, got {}", ctx.op_name(), ctx.type_text(&t)),
+            format!(
+                "`{}` expects a dense float tensor, got {}",
+                ctx.op_name(),
+                ctx.type_text(&t)
+            ),
             &[("the input", v)],
             "convert integer tensors with `cast(x, \"f32\")`",
         ));
@@ -67,12 +93,21 @@ pub fn expect_float(ctx: &CallCtx, v: ValueId) -> Result<TensorType, Diagnostic>
 }
 
 /// Checks an integer argument is at least `min`.
-pub fn at_least(ctx: &mut CallCtx, pos: Option<usize>, name: &'static str, values: &[i64], min: i64) -> Result<(), Diagnostic> {
+pub fn at_least(
+    ctx: &mut CallCtx,
+    pos: Option<usize>,
+    name: &'static str,
+    values: &[i64],
+    min: i64,
+) -> Result<(), Diagnostic> {
     if let Some(bad) = values.iter().find(|v| **v < min) {
         return Err(ctx.arg_error(
             pos,
             name,
-            format!("`{name}` of `{}` must be at least {min}, got {bad}", ctx.op_name()),
+            format!(
+                "`{name}` of `{}` must be at least {min}, got {bad}",
+                ctx.op_name()
+            ),
             format!("use a value >= {min}"),
         ));
     }
@@ -80,7 +115,13 @@ pub fn at_least(ctx: &mut CallCtx, pos: Option<usize>, name: &'static str, value
 }
 
 /// Normalises a possibly negative axis against `rank`.
-pub fn axis(ctx: &mut CallCtx, pos: Option<usize>, name: &'static str, value: i64, rank: usize) -> Result<usize, Diagnostic> {
+pub fn axis(
+    ctx: &mut CallCtx,
+    pos: Option<usize>,
+    name: &'static str,
+    value: i64,
+    rank: usize,
+) -> Result<usize, Diagnostic> {
     let r = rank as i64;
     let a = if value < 0 { value + r } else { value };
     if a < 0 || a >= r {

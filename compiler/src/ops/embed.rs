@@ -502,3 +502,83 @@ mod tests {
         assert!(e.contains("negative"), "{e}");
     }
 }
+
+/// `models/dssm.net` against the reference key lists dumped by
+/// `tests/fixtures/dump_keys_sparse.py`.
+#[cfg(test)]
+pub(crate) mod model_tests {
+    use crate::elab::{elaborate, Value};
+    use crate::program::Program;
+    use std::path::PathBuf;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// `--params`-style lines of a model of a file.
+    pub(crate) fn param_lines(
+        file: &str,
+        model: &str,
+        sets: &[(String, Value)],
+    ) -> (Vec<String>, i64) {
+        let (p, diags) = Program::load(&root().join("models").join(file));
+        assert!(diags.is_empty(), "{diags:?}");
+        let m = p.model(Some(model)).expect("model");
+        let g = elaborate(&p, m, sets)
+            .unwrap_or_else(|d| panic!("{}", crate::diag::render_all(&d, &p.sources)));
+        let lines = g
+            .params
+            .iter()
+            .map(|p| {
+                let dims: Vec<String> = p.ty.shape.iter().map(|d| g.dim_text(d)).collect();
+                let kind = if p.buffer { "buffer" } else { "param" };
+                format!("{} {} [{}] {kind}", p.path, p.ty.dtype, dims.join(", "))
+            })
+            .collect();
+        (lines, g.param_count())
+    }
+
+    pub(crate) fn reference(model: &str) -> (Vec<String>, i64) {
+        let dir = root().join("tests/fixtures/keys");
+        let keys = std::fs::read_to_string(dir.join(format!("{model}.txt"))).expect("key list");
+        let counts = std::fs::read_to_string(dir.join("param_counts_sparse.txt")).expect("counts");
+        let count = counts
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{model} "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .expect("count");
+        (keys.lines().map(str::to_string).collect(), count)
+    }
+
+    #[test]
+    fn dssm_family_matches_pytorch_keys() {
+        for model in ["dssm", "cnn_dssm", "lstm_dssm"] {
+            // PyTorch's nn.LSTM has no peepholes.
+            let sets = if model == "lstm_dssm" {
+                vec![("peephole".to_string(), Value::Bool(false))]
+            } else {
+                vec![]
+            };
+            let (ours, count) = param_lines("dssm.net", model, &sets);
+            let (theirs, their_count) = reference(model);
+            assert_eq!(ours, theirs, "{model}");
+            assert_eq!(count, their_count, "{model}");
+        }
+        // With peepholes: three [128] vectors per tower more.
+        let (_, count) = param_lines("dssm.net", "lstm_dssm", &[]);
+        assert_eq!(count, 7_944_192 + 2 * 3 * 128);
+        // Shared towers: one set of weights.
+        let (lines, count) = param_lines(
+            "dssm.net",
+            "dssm",
+            &[("shared_towers".to_string(), Value::Bool(true))],
+        );
+        assert_eq!(count, 18_258_256 / 2);
+        assert!(
+            lines[0].starts_with("tower.net.0.weight f32 [300, 30000]"),
+            "{lines:?}"
+        );
+    }
+}

@@ -538,3 +538,18 @@ mod tests {
         assert_eq!(out_type(&g, "y"), "f32[M, 8]");
     }
 }
+
+/// `models/spconv.net` against spconv 2.3.8's key list
+/// (`tests/fixtures/dump_keys_sparse.py`).
+#[cfg(test)]
+mod model_tests {
+    use crate::ops::embed::model_tests::{param_lines, reference};
+
+    #[test]
+    fn spconv_encoder_matches_spconv_keys() {
+        let (ours, count) = param_lines("spconv.net", "spconv_encoder", &[]);
+        let (theirs, their_count) = reference("spconv_encoder");
+        assert_eq!(ours, theirs);
+        assert_eq!(count, their_count);
+    }
+}

@@ -12,7 +12,7 @@
 use super::util::{at_least, axis, broadcast, expect_float, fan_in_uniform, numel, window_out};
 use super::Builtin;
 use crate::diag::Diagnostic;
-use crate::elab::{CallCtx, OpResult};
+use crate::elab::{CallCtx, OpResult, MAX_DIM};
 use crate::ir::{Attr, Dim, Init, Op, TensorType, ValueId};
 use netc_runtime::DType;
 
@@ -51,6 +51,30 @@ pub(crate) fn flops_scale(d: &Dim, k: i64) -> Dim {
         out = out.add(&Dim::sym(s).scale(coef.saturating_mul(k)));
     }
     out
+}
+
+/// Checks integer size arguments are between `min` and 2^40 (so products
+/// of two never overflow).
+pub(crate) fn sizes(
+    c: &mut CallCtx,
+    pos: Option<usize>,
+    name: &'static str,
+    values: &[i64],
+    min: i64,
+) -> Result<(), Diagnostic> {
+    at_least(c, pos, name, values, min)?;
+    if let Some(bad) = values.iter().find(|v| **v > MAX_DIM) {
+        return Err(c.arg_error(
+            pos,
+            name,
+            format!(
+                "`{name}` of `{}` is {bad}, larger than the largest size 2^40",
+                c.op_name()
+            ),
+            "use a realistic size",
+        ));
+    }
+    Ok(())
 }
 
 /// Saturating product of FLOP factors.
@@ -138,8 +162,8 @@ fn embedding(c: &mut CallCtx) -> OpResult {
     let num = c.int(Some(1), "num", None)?;
     let dim = c.int(Some(2), "dim", None)?;
     let padding_idx = c.opt_int(None, "padding_idx")?;
-    at_least(c, Some(1), "num", &[num], 1)?;
-    at_least(c, Some(2), "dim", &[dim], 1)?;
+    sizes(c, Some(1), "num", &[num], 1)?;
+    sizes(c, Some(2), "dim", &[dim], 1)?;
     let t = c.ty(ids);
     if t.sparse || !matches!(t.dtype, DType::I64 | DType::I32) {
         return Err(c.shape_error(
@@ -186,7 +210,7 @@ fn embedding_bag(c: &mut CallCtx) -> OpResult {
     let x = c.tensor(Some(0), "bags")?;
     let dim = c.int(Some(1), "dim", None)?;
     let mode = c.choice(None, "mode", &["sum", "mean"], "sum")?;
-    at_least(c, Some(1), "dim", &[dim], 1)?;
+    sizes(c, Some(1), "dim", &[dim], 1)?;
     let b = sparse_bags(c, x, 2, "N, V", "linear")?;
     let nnz = nnz(c, b.vocab)?;
     let w = c.param(
@@ -217,7 +241,7 @@ fn sparse_linear(c: &mut CallCtx) -> OpResult {
     let x = c.tensor(Some(0), "bags")?;
     let out_f = c.int(Some(1), "out_features", None)?;
     let bias = c.bool(None, "bias", Some(true))?;
-    at_least(c, Some(1), "out_features", &[out_f], 1)?;
+    sizes(c, Some(1), "out_features", &[out_f], 1)?;
     let b = sparse_bags(c, x, 2, "N, V", "linear")?;
     let nnz = nnz(c, b.vocab)?;
     let w = c.param("weight", &[out_f, b.vocab], fan_in_uniform(b.vocab))?;
@@ -248,9 +272,9 @@ fn bag_conv1d(c: &mut CallCtx) -> OpResult {
     let k = c.int(Some(2), "k", None)?;
     let pad = c.int(None, "pad", Some(0))?;
     let bias = c.bool(None, "bias", Some(true))?;
-    at_least(c, Some(1), "out_channels", &[out_ch], 1)?;
-    at_least(c, Some(2), "k", &[k], 1)?;
-    at_least(c, None, "pad", &[pad], 0)?;
+    sizes(c, Some(1), "out_channels", &[out_ch], 1)?;
+    sizes(c, Some(2), "k", &[k], 1)?;
+    sizes(c, None, "pad", &[pad], 0)?;
     let b = sparse_bags(c, x, 3, "N, T, V", "conv1d")?;
     let nnz = nnz(c, b.vocab)?;
     let r = b.ty.rank();

@@ -16,8 +16,8 @@
 //!
 //! with `h_0 = c_0 = 0`.
 
-use super::embed::{flops_scale, sat_product};
-use super::util::{at_least, expect_float, fan_in_uniform};
+use super::embed::{flops_scale, sat_product, sizes};
+use super::util::{expect_float, fan_in_uniform};
 use super::Builtin;
 use crate::elab::{CallCtx, OpResult, Value};
 use crate::ir::{Attr, Dim, Op, TensorType};
@@ -39,7 +39,7 @@ fn lstm(c: &mut CallCtx) -> OpResult {
     let peephole = c.bool(None, "peephole", Some(false))?;
     let batch_first = c.bool(None, "batch_first", Some(true))?;
     let ret = c.choice(None, "returns", &["last", "sequence", "both"], "last")?;
-    at_least(c, Some(1), "hidden", &[hidden], 1)?;
+    sizes(c, Some(1), "hidden", &[hidden], 1)?;
     let t = expect_float(c, x)?;
     let r = t.rank();
     let rank_ok = if batch_first { r >= 3 } else { r == 3 };

@@ -16,8 +16,8 @@
 //! padding, dilation and kind), so later stages build the gather/scatter
 //! rule book once per key, as spconv's `indice_key` does.
 
-use super::embed::{flops_scale, sat_product};
-use super::util::{at_least, expect_float, fan_in_uniform, window_out};
+use super::embed::{flops_scale, sat_product, sizes};
+use super::util::{expect_float, fan_in_uniform, window_out};
 use super::Builtin;
 use crate::diag::Diagnostic;
 use crate::elab::{CallCtx, OpResult, Value};
@@ -156,7 +156,7 @@ fn sparse_tensor(c: &mut CallCtx) -> OpResult {
             "give the spatial grid, e.g. `shape = [40, 200, 200]` (z, y, x)",
         ));
     }
-    at_least(c, None, "shape", &shape, 1)?;
+    sizes(c, None, "shape", &shape, 1)?;
     match &batch {
         Value::Int(n) if *n >= 1 => {}
         Value::Dim(_) => {}
@@ -238,6 +238,10 @@ fn conv3d(c: &mut CallCtx, subm: bool) -> OpResult {
         c.ints(None, "stride", 3, Some(2))?
     };
     let dilation = c.ints(None, "dilation", 3, Some(1))?;
+    sizes(c, Some(1), "out_channels", &[out_ch], 1)?;
+    sizes(c, Some(2), "k", &k, 1)?;
+    sizes(c, None, "stride", &stride, 1)?;
+    sizes(c, None, "dilation", &dilation, 1)?;
     let same: Vec<i64> = k
         .iter()
         .zip(&dilation)
@@ -248,13 +252,9 @@ fn conv3d(c: &mut CallCtx, subm: bool) -> OpResult {
         None => vec![1; 3],
         Some(_) => c.ints(None, "pad", 3, None)?,
     };
+    sizes(c, None, "pad", &pad, 0)?;
     let bias = c.bool(None, "bias", Some(false))?;
     let name = c.op_name();
-    at_least(c, Some(1), "out_channels", &[out_ch], 1)?;
-    at_least(c, Some(2), "k", &k, 1)?;
-    at_least(c, None, "stride", &stride, 1)?;
-    at_least(c, None, "pad", &pad, 0)?;
-    at_least(c, None, "dilation", &dilation, 1)?;
     if s.shape.len() != 3 {
         return Err(c.shape_error(
             format!(
@@ -284,8 +284,15 @@ fn conv3d(c: &mut CallCtx, subm: bool) -> OpResult {
         out_shape.clone_from(&s.shape);
     } else {
         for i in 0..3 {
-            let Some(o) = window_out(s.shape[i], k[i], stride[i], pad[i], dilation[i], false)
-            else {
+            // The window's extent, checked before `window_out` multiplies.
+            let extent = dilation[i].saturating_mul(k[i] - 1).saturating_add(1);
+            let fits = extent <= s.shape[i].saturating_add(pad[i].saturating_mul(2));
+            let out = if fits {
+                window_out(s.shape[i], k[i], stride[i], pad[i], dilation[i], false)
+            } else {
+                None
+            };
+            let Some(o) = out else {
                 return Err(c.shape_error(
                     format!(
                         "`sparse_conv3d`: a kernel of {} (dilation {}) does not fit spatial dim {i} of the grid {} padded by {}",
@@ -518,6 +525,21 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("does not fit"), "{e}");
+        let e = run(&format!(
+            "{INPUTS}y = s |> c: sparse_conv3d(8, k = 1099511627777)"
+        ))
+        .unwrap_err();
+        assert!(e.contains("2^40"), "{e}");
+        let big = "k = 1099511627776, dilation = 1099511627776";
+        let e = run(&format!("{INPUTS}y = s |> c: sparse_conv3d(8, {big})")).unwrap_err();
+        assert!(e.contains("does not fit"), "{e}");
+        let e = run(&format!(
+            "{INPUTS}y = s |> c: sparse_conv3d(8, k = 1000000, dilation = 1000000)"
+        ))
+        .unwrap_err();
+        assert!(e.contains("does not fit"), "{e}");
+        let e = run(&format!("{INPUTS}y = s |> c: subm_conv3d(8, stride = 2)")).unwrap_err();
+        assert!(e.contains("stride"), "{e}");
         let e = run(&format!("{INPUTS}y = s |> sparse_conv3d(8)")).unwrap_err();
         assert!(e.contains("needs a label"), "{e}");
         let e = run(&format!(

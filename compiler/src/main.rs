@@ -47,6 +47,10 @@ struct CheckArgs {
     /// What to print.
     #[arg(long, value_enum, default_value = "summary")]
     emit: Emit,
+    /// Also check that this safetensors file holds exactly the model's
+    /// parameters and buffers, with the right types and shapes.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,24 @@ fn parse_set_value(text: &str) -> Value {
         return Value::list(items);
     }
     Value::Str(Rc::from(t.trim_matches('"')))
+}
+
+/// The tensors a weight file for `g` must hold.
+fn weight_specs(g: &netc::ir::Graph) -> Vec<netc_runtime::weights::TensorSpec> {
+    g.params
+        .iter()
+        .map(|p| netc_runtime::weights::TensorSpec {
+            name: p.path.clone(),
+            dtype: p.ty.dtype,
+            shape: p
+                .ty
+                .known_shape()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d as usize)
+                .collect(),
+        })
+        .collect()
 }
 
 fn check(args: CheckArgs) -> ExitCode {
@@ -126,7 +148,11 @@ fn check(args: CheckArgs) -> ExitCode {
         println!(
             "{}: no models; blocks: {}",
             args.file.display(),
-            if blocks.is_empty() { "(none)".to_string() } else { blocks.join(", ") }
+            if blocks.is_empty() {
+                "(none)".to_string()
+            } else {
+                blocks.join(", ")
+            }
         );
         return ExitCode::SUCCESS;
     }
@@ -140,6 +166,21 @@ fn check(args: CheckArgs) -> ExitCode {
         });
         match elaborate(&program, m, &model_sets) {
             Ok(g) => {
+                if let Some(w) = &args.weights {
+                    match netc_runtime::weights::load_checked(w, &weight_specs(&g)) {
+                        Ok(tensors) => eprintln!(
+                            "{}: all {} tensors match {}",
+                            w.display(),
+                            tensors.len(),
+                            g.name
+                        ),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            failed = true;
+                            continue;
+                        }
+                    }
+                }
                 if !first {
                     println!();
                 }

@@ -146,12 +146,15 @@ pub fn summary(g: &Graph, syms: &SymbolValues) -> String {
     let _ = writeln!(out, "parameters:      {}", group(trainable));
     let _ = writeln!(out, "buffer elements: {}", group(buffers));
     let _ = writeln!(out, "weights size:    {:.2} MB", bytes as f64 / 1e6);
+    let at = match syms.describe() {
+        d if d.is_empty() => String::new(),
+        d => format!(" at {d}"),
+    };
     let _ = writeln!(
         out,
-        "FLOPs:           {} ({:.3} GFLOPs) at {}",
+        "FLOPs:           {} ({:.3} GFLOPs){at}",
         group(total_flops),
-        total_flops as f64 / 1e9,
-        syms.describe()
+        total_flops as f64 / 1e9
     );
     if let Some(t) = &g.train {
         let _ = writeln!(

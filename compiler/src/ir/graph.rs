@@ -8,6 +8,7 @@
 use super::dim::{Dim, SymId};
 use crate::source::Span;
 use netc_runtime::DType;
+pub use netc_runtime::Init;
 
 /// The type of a value: element type, shape, and whether it is a sparse
 /// (CSR) matrix whose rows are the first dimension.
@@ -170,27 +171,6 @@ pub struct Node {
     pub region: Option<RegionId>,
     /// Part of the loss computation (only run when training).
     pub train_only: bool,
-}
-
-/// How a parameter is initialised when no weights are loaded.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Init {
-    /// Every element equal to a constant.
-    Const(f64),
-    /// Uniform in `[low, high)`.
-    Uniform {
-        /// Lower bound.
-        low: f64,
-        /// Upper bound.
-        high: f64,
-    },
-    /// Normal with mean and standard deviation.
-    Normal {
-        /// Mean.
-        mean: f64,
-        /// Standard deviation.
-        std: f64,
-    },
 }
 
 /// A parameter (trained) or buffer (state that is not trained, e.g. running

@@ -13,6 +13,7 @@ mod pool;
 mod reduce;
 mod rnn;
 mod shape;
+mod signal;
 mod sparse;
 mod train;
 pub(crate) mod util;
@@ -33,6 +34,7 @@ const FAMILIES: &[&[Builtin]] = &[
     linear::BUILTINS,
     conv::BUILTINS,
     shape::BUILTINS,
+    signal::BUILTINS,
     train::BUILTINS,
     norm::BUILTINS,
     pool::BUILTINS,

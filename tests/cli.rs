@@ -1,0 +1,87 @@
+//! End-to-end tests of the `netc` binary: exit codes and what it prints.
+
+use std::process::Command;
+
+fn netc(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("netc runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_summary_with_totals() {
+    let (ok, out, err) = netc(&["check", "models/eeg_ccnn.net", "--set", "N=8"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("conv1    conv2d   f32[N, 64, 9, 9]"), "{out}");
+    assert!(out.contains("parameters:      5,830,402"), "{out}");
+    // 8 samples: conv1 alone is 8 * 64*81 * (2*36 + 1) FLOPs.
+    assert!(out.contains("3,027,456"), "{out}");
+}
+
+#[test]
+fn set_overrides_model_parameters() {
+    let (ok, out, err) = netc(&[
+        "check",
+        "models/eeg_ccnn.net",
+        "--set",
+        "classes=3",
+        "--set",
+        "bands=5",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("input  x: f32[N, 5, 9, 9]") && out.contains("output logits: f32[N, 3]"),
+        "{out}"
+    );
+    let (ok, _, err) = netc(&["check", "models/eeg_ccnn.net", "--set", "clases=3"]);
+    assert!(!ok);
+    assert!(err.contains("has no parameter `clases`"), "{err}");
+}
+
+#[test]
+fn weights_from_pytorch_match_and_wrong_files_name_every_problem() {
+    let (ok, _, err) = netc(&[
+        "check",
+        "models/eeg_svm.net",
+        "--weights",
+        "tests/fixtures/weights/eeg_svm.safetensors",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("all 2 tensors match eeg_svm"), "{err}");
+    let (ok, _, err) = netc(&[
+        "check",
+        "models/eeg_svm.net",
+        "--weights",
+        "tests/fixtures/weights/eeg_svm_bad.safetensors",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("missing:    linear.bias f32[2]"), "{err}");
+    assert!(err.contains("unexpected: linear.scale f32[1]"), "{err}");
+    assert!(
+        err.contains("mis-shaped: linear.weight f32[2, 324] expected, file has f32[3, 324]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_errors_exit_nonzero_with_location() {
+    let dir = std::env::temp_dir().join(format!("netc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.net");
+    std::fs::write(
+        &f,
+        "model m() {\n    input x: f32[N, 3]\n    output y = x |> \n}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = netc(&["check", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("bad.net:4:1"), "{err}");
+    assert!(err.contains("after `|>` comes a call"), "{err}");
+}

@@ -5,6 +5,7 @@
 mod attention;
 mod conv;
 mod elementwise;
+mod embed;
 mod funcs;
 mod linear;
 mod loss;
@@ -12,8 +13,10 @@ mod norm;
 mod pool;
 mod reduce;
 mod resize;
+mod rnn;
 mod shape;
 mod signal;
+mod sparse;
 mod train;
 pub(crate) mod util;
 
@@ -41,6 +44,9 @@ const FAMILIES: &[&[Builtin]] = &[
     loss::BUILTINS,
     attention::BUILTINS,
     resize::BUILTINS,
+    embed::BUILTINS,
+    rnn::BUILTINS,
+    sparse::BUILTINS,
 ];
 
 /// The built-in called `name`.

@@ -3,6 +3,8 @@
 //! count of every op in it. `docs/language.md` documents them all.
 
 mod conv;
+mod detect;
+mod detect_loss;
 mod elementwise;
 mod funcs;
 mod linear;
@@ -10,6 +12,7 @@ mod loss;
 mod norm;
 mod pool;
 mod reduce;
+mod resize;
 mod shape;
 mod train;
 pub(crate) mod util;
@@ -35,6 +38,9 @@ const FAMILIES: &[&[Builtin]] = &[
     pool::BUILTINS,
     reduce::BUILTINS,
     loss::BUILTINS,
+    resize::BUILTINS,
+    detect::BUILTINS,
+    detect_loss::BUILTINS,
 ];
 
 /// The built-in called `name`.

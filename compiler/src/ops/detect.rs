@@ -790,4 +790,39 @@ mod tests {
         let e = err("model m { input s: f32[10]\n output k = nonzero(s) }");
         assert!(e.contains("bool mask"), "{e}");
     }
+
+    #[test]
+    fn fcos_model_matches_torchvision_keys() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let (p, diags) = Program::load(&root.join("models/fcos.net"));
+        assert!(diags.is_empty(), "{diags:?}");
+        let g = elaborate(&p, p.model(Some("fcos_resnet50_fpn")).unwrap(), &[]).unwrap();
+        assert_eq!(g.param_count(), 32_269_600);
+        let listed = crate::summary::param_list(&g);
+        let want = std::fs::read_to_string(
+            root.join("tests/fixtures/keys/fcos_resnet50_fpn_frozenbn.txt"),
+        )
+        .unwrap();
+        assert_eq!(listed.trim_end(), want.trim_end());
+        let outs: Vec<String> = g
+            .outputs
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", g.type_text(g.ty(*v))))
+            .collect();
+        assert_eq!(
+            outs,
+            vec![
+                "cls_logits: f32[N, 5456, 91]",
+                "bbox_regression: f32[N, 5456, 4]",
+                "bbox_ctrness: f32[N, 5456, 1]"
+            ]
+        );
+        let post = elaborate(&p, p.model(Some("fcos_postprocess")).unwrap(), &[]).unwrap();
+        let outs: Vec<String> = post
+            .outputs
+            .iter()
+            .map(|(_, v)| post.type_text(post.ty(*v)))
+            .collect();
+        assert_eq!(outs, vec!["f32[K11, 4]", "f32[K11]", "i64[K11]"]);
+    }
 }

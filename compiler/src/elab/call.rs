@@ -543,6 +543,36 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         g.add_symbol(name, SymKind::DataDependent { bound, origin })
     }
 
+    /// An upper bound of a size: every data-dependent symbol is replaced by
+    /// its declared bound (repeatedly, as bounds may mention other
+    /// data-dependent symbols); input symbols such as the batch `N` stay.
+    /// `None` when a data-dependent symbol appears with a negative
+    /// coefficient (no upper bound follows).
+    pub fn upper_bound(&self, d: &Dim) -> Option<Dim> {
+        let mut cur = d.clone();
+        for _ in 0..64 {
+            let mut next = Dim::known(cur.constant());
+            let mut changed = false;
+            for &(s, k) in cur.terms() {
+                match &self.el.g.symbols.get(s.0 as usize)?.kind {
+                    SymKind::DataDependent { bound, .. } => {
+                        if k < 0 {
+                            return None;
+                        }
+                        next = next.add(&bound.scale(k));
+                        changed = true;
+                    }
+                    SymKind::Input => next = next.add(&Dim::sym(s).scale(k)),
+                }
+            }
+            cur = next;
+            if !changed {
+                return Some(cur);
+            }
+        }
+        None
+    }
+
     /// Adds a node computing `op` of `inputs` with results of `outputs` types,
     /// costing `flops`; returns the result values.
     pub fn emit(

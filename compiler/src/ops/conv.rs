@@ -1,7 +1,7 @@
 //! Dense convolutions over 1, 2 or 3 spatial dims (NC[D]HW layout, PyTorch
 //! semantics: stride, zero padding, dilation, groups, optional bias).
 
-use super::util::{at_least, expect_float, fan_in_uniform, window_out};
+use super::util::{at_least, expect_float, fan_in_uniform, init_arg, window_out};
 use super::Builtin;
 use crate::elab::{CallCtx, OpResult};
 use crate::ir::{Attr, Dim, Op, TensorType};
@@ -23,7 +23,11 @@ pub const BUILTINS: &[Builtin] = &[
 ];
 
 /// `convNd(x, out_channels, k, stride = 1, pad = 0, dilation = 1, groups = 1,
-/// bias = true)`: weight `[out, in/groups, k...]`, bias `[out]`.
+/// bias = true, weight_init = none, bias_init = none)`: weight
+/// `[out, in/groups, k...]`, bias `[out]`, both PyTorch's default uniform
+/// ±1/sqrt(fan_in) unless `weight_init` / `bias_init` (a number,
+/// `uniform(low, high)` or `normal(mean, std)`) override it, as a model's own
+/// `nn.init` calls do (e.g. torchvision's detection heads).
 fn conv(c: &mut CallCtx, nd: usize) -> OpResult {
     let x = c.tensor(Some(0), "x")?;
     let out_ch = c.int(Some(1), "out_channels", None)?;
@@ -33,6 +37,16 @@ fn conv(c: &mut CallCtx, nd: usize) -> OpResult {
     let dilation = c.ints(None, "dilation", nd, Some(1))?;
     let groups = c.int(None, "groups", Some(1))?;
     let bias = c.bool(None, "bias", Some(true))?;
+    let weight_init = init_arg(c, "weight_init")?;
+    let bias_init = init_arg(c, "bias_init")?;
+    if !bias && bias_init.is_some() {
+        return Err(c.arg_error(
+            None,
+            "bias_init",
+            format!("`conv{nd}d` has `bias = false` but a `bias_init`"),
+            "drop `bias_init` or set `bias = true`",
+        ));
+    }
     at_least(c, Some(1), "out_channels", &[out_ch], 1)?;
     at_least(c, Some(2), "k", &k, 1)?;
     at_least(c, None, "stride", &stride, 1)?;
@@ -83,10 +97,15 @@ fn conv(c: &mut CallCtx, nd: usize) -> OpResult {
     let fan_in = in_ch / groups * window;
     let mut w_shape = vec![out_ch, in_ch / groups];
     w_shape.extend(&k);
-    let w = c.param("weight", &w_shape, fan_in_uniform(fan_in))?;
+    let w = c.param(
+        "weight",
+        &w_shape,
+        weight_init.unwrap_or_else(|| fan_in_uniform(fan_in)),
+    )?;
     let mut inputs = vec![x, w];
     if bias {
-        inputs.push(c.param("bias", &[out_ch], fan_in_uniform(fan_in))?);
+        let init = bias_init.unwrap_or_else(|| fan_in_uniform(fan_in));
+        inputs.push(c.param("bias", &[out_ch], init)?);
     }
     let out = TensorType::new(t.dtype, out_shape);
     let outputs = out.numel().unwrap_or_default();

@@ -4,6 +4,8 @@
 
 mod attention;
 mod conv;
+mod detect;
+mod detect_loss;
 mod elementwise;
 mod embed;
 mod funcs;
@@ -47,6 +49,8 @@ const FAMILIES: &[&[Builtin]] = &[
     embed::BUILTINS,
     rnn::BUILTINS,
     sparse::BUILTINS,
+    detect::BUILTINS,
+    detect_loss::BUILTINS,
 ];
 
 /// The built-in called `name`.

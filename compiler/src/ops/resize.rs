@@ -1,55 +1,81 @@
-//! Resizing feature maps: nearest-neighbour upsampling by an integer factor
-//! (`F.interpolate(x, scale_factor = s, mode = "nearest")`). Data movement
-//! only: 0 FLOPs.
+//! Nearest-neighbour resizing of `[N, C, *spatial]` tensors (1, 2 or 3
+//! spatial dims), as `F.interpolate(mode = "nearest")`: `upsample_nearest`
+//! by an integer factor (`nn.Upsample(scale_factor = 2)`, the UNet's
+//! upsampler) and `resize_nearest` to an explicit size (torchvision's FPN
+//! top-down path, `F.interpolate(x, size = feat_shape, mode = "nearest")`).
+//! Output element `o` along a dim reads input element `floor(o * in / out)`.
 
-use super::util::{at_least, expect_float};
+use super::util::at_least;
 use super::Builtin;
+use crate::diag::Diagnostic;
 use crate::elab::{CallCtx, OpResult};
-use crate::ir::{Attr, Dim, Op, TensorType};
+use crate::ir::{Attr, Dim, Op, TensorType, ValueId};
 
 /// The family's built-ins.
-pub const BUILTINS: &[Builtin] = &[Builtin {
-    name: "upsample_nearest",
-    build: upsample_nearest,
-}];
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "upsample_nearest",
+        build: upsample_nearest,
+    },
+    Builtin {
+        name: "resize_nearest",
+        build: resize_nearest,
+    },
+];
 
-/// `upsample_nearest(x, scale = 2)`: `[N, C, H, W] → [N, C, s·H, s·W]`
-/// (also `[N, C, L]` and `[N, C, D, H, W]`: every dim after the channels is
-/// scaled); each input element is repeated `s` times along each spatial dim.
-fn upsample_nearest(c: &mut CallCtx) -> OpResult {
-    let x = c.tensor(Some(0), "x")?;
-    let scale = c.int(Some(1), "scale", Some(2))?;
-    at_least(c, Some(1), "scale", &[scale], 1)?;
-    let t = expect_float(c, x)?;
-    if !(3..=5).contains(&t.rank()) {
+/// Checks `x` is a dense `[N, C, *spatial]` tensor with 1..=3 known spatial
+/// dims; returns its type and the spatial sizes.
+fn spatial(c: &mut CallCtx, x: ValueId) -> Result<(TensorType, Vec<i64>), Diagnostic> {
+    let t = c.ty(x);
+    if t.sparse || !(3..=5).contains(&t.rank()) {
         return Err(c.shape_error(
             format!(
-                "`upsample_nearest` expects [N, C, H, W] (or [N, C, L] / [N, C, D, H, W]), got {}",
+                "`{}` expects a dense [N, C, spatial...] tensor with 1 to 3 spatial dims, got {}",
+                c.op_name(),
                 c.type_text(&t)
             ),
             &[("the input", x)],
-            "spatial dims follow the batch and channel dims",
+            "resize images as [N, C, H, W] (or [N, C, L] / [N, C, D, H, W])",
         ));
     }
-    let mut shape = t.shape[..2].to_vec();
-    for d in &t.shape[2..] {
-        match d.as_known() {
-            Some(n) if n.saturating_mul(scale) > crate::elab::MAX_DIM => {
-                return Err(c.shape_error(
-                    format!(
-                        "`upsample_nearest` by {scale} of {} exceeds the largest size 2^40",
-                        c.type_text(&t)
-                    ),
-                    &[("the input", x)],
-                    "use a smaller scale",
-                ));
-            }
-            _ => shape.push(d.scale(scale)),
-        }
+    let mut sizes = Vec::new();
+    for a in 2..t.rank() {
+        sizes.push(c.known(x, a, "spatial size")?);
     }
-    let out = TensorType::new(t.dtype, shape);
-    let op = Op::new("upsample_nearest").with("scale", Attr::Int(scale));
-    c.emit1(op, &[x], out, Dim::known(0))
+    Ok((t, sizes))
+}
+
+fn emit_resize(c: &mut CallCtx, x: ValueId, t: TensorType, out_sizes: Vec<i64>) -> OpResult {
+    let mut shape = t.shape[..2].to_vec();
+    shape.extend(out_sizes.iter().map(|&s| Dim::known(s)));
+    let op = Op::new(c.op_name()).with("size", Attr::Ints(out_sizes));
+    // Data movement only.
+    c.emit1(op, &[x], TensorType::new(t.dtype, shape), Dim::known(0))
+}
+
+/// `upsample_nearest(x, scale = 2)`: every spatial dim times `scale` (an
+/// integer, or one integer per spatial dim); each input element is repeated.
+fn upsample_nearest(c: &mut CallCtx) -> OpResult {
+    let x = c.tensor(Some(0), "x")?;
+    let (t, sizes) = spatial(c, x)?;
+    let scale = c.ints(Some(1), "scale", sizes.len(), Some(2))?;
+    at_least(c, Some(1), "scale", &scale, 1)?;
+    let out: Vec<i64> = sizes
+        .iter()
+        .zip(&scale)
+        .map(|(s, k)| s.saturating_mul(*k))
+        .collect();
+    emit_resize(c, x, t, out)
+}
+
+/// `resize_nearest(x, size = [h, w])`: resizes the spatial dims to `size`
+/// (one integer per spatial dim; a single integer means all of them).
+fn resize_nearest(c: &mut CallCtx) -> OpResult {
+    let x = c.tensor(Some(0), "x")?;
+    let (t, sizes) = spatial(c, x)?;
+    let size = c.ints(Some(1), "size", sizes.len(), None)?;
+    at_least(c, Some(1), "size", &size, 1)?;
+    emit_resize(c, x, t, size)
 }
 
 #[cfg(test)]
@@ -58,45 +84,61 @@ mod tests {
     use crate::program::Program;
     use std::path::Path;
 
-    fn run(text: &str) -> Result<Vec<String>, String> {
+    /// Elaborates `text` (one model `m`) and returns the output types, or the
+    /// error messages.
+    fn outputs(text: &str) -> Result<Vec<String>, String> {
         let (p, diags) = Program::from_text(Path::new("t.net"), text);
-        assert!(diags.is_empty(), "{diags:?}");
-        match elaborate(&p, p.model(None).expect("one model"), &[]) {
-            Ok(g) => Ok(g
-                .outputs
-                .iter()
-                .map(|(_, v)| g.type_text(g.ty(*v)))
-                .collect()),
-            Err(ds) => Err(ds
-                .into_iter()
-                .map(|d| format!("{} | {}", d.message, d.hint.unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join("\n")),
+        if !diags.is_empty() {
+            return Err(format!("{diags:?}"));
         }
+        let def = p.model(Some("m")).map_err(|e| e.to_string())?;
+        let g = elaborate(&p, def, &[]).map_err(|ds| {
+            ds.iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        Ok(g.outputs
+            .iter()
+            .map(|(_, v)| g.type_text(g.ty(*v)))
+            .collect())
     }
 
     #[test]
-    fn upsample_shapes() {
-        let out = run("model m { input x: f32[N, 8, 5, 7]  input y: f32[N, 3, 4]
-            output a = upsample_nearest(x)
-            output b = x |> upsample_nearest(scale = 3)
-            output c = upsample_nearest(y, 4) }")
-        .unwrap();
+    fn upsample_doubles_spatial_dims() {
+        let r = outputs(
+            "model m { input x: f32[N, 8, 5, 7]\n output y = upsample_nearest(x)\n output z = upsample_nearest(x, scale = [1, 3]) }",
+        );
         assert_eq!(
-            out,
-            ["f32[N, 8, 10, 14]", "f32[N, 8, 15, 21]", "f32[N, 3, 16]"]
+            r.unwrap(),
+            vec![
+                "f32[N, 8, 10, 14]".to_string(),
+                "f32[N, 8, 5, 21]".to_string()
+            ]
         );
     }
 
     #[test]
-    fn upsample_errors() {
-        let e = run("model m { input x: f32[N, 8]  output a = upsample_nearest(x) }").unwrap_err();
-        assert!(e.contains("expects [N, C, H, W]"), "{e}");
-        let e = run("model m { input x: f32[N, 8, 4, 4]  output a = upsample_nearest(x, 0) }")
+    fn resize_to_size() {
+        let r = outputs(
+            "model m { input x: f32[2, 8, 4, 4]\n input f: f32[2, 16, 7, 9]\n output y = resize_nearest(x, size = [f.shape[2], f.shape[3]]) }",
+        );
+        assert_eq!(r.unwrap(), vec!["f32[2, 8, 7, 9]".to_string()]);
+    }
+
+    #[test]
+    fn errors() {
+        let e = outputs("model m { input x: f32[N, 8] \n output y = upsample_nearest(x) }")
             .unwrap_err();
+        assert!(e.contains("expects a dense [N, C, spatial...]"), "{e}");
+        let e = outputs(
+            "model m { input x: f32[N, 8, 4, 4] \n output y = resize_nearest(x, size = [2, 2, 2]) }",
+        )
+        .unwrap_err();
+        assert!(e.contains("needs 2 values"), "{e}");
+        let e =
+            outputs("model m { input x: f32[N, 8, 4, 4] \n output y = upsample_nearest(x, 0) }")
+                .unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
-        let e = run("model m { input x: i64[N, 8, 4, 4]  output a = upsample_nearest(x) }")
-            .unwrap_err();
-        assert!(e.contains("dense float tensor"), "{e}");
     }
 }

@@ -134,3 +134,45 @@ pub fn axis(
     }
     Ok(a as usize)
 }
+
+/// An optional initialiser argument (`weight_init = normal(0, 0.01)`,
+/// `bias_init = 0.0`, `uniform(-b, b)`) overriding an op's PyTorch default;
+/// `None` when not given.
+pub fn init_arg(ctx: &mut CallCtx, name: &'static str) -> Result<Option<Init>, Diagnostic> {
+    use crate::elab::Value;
+    let Some(v) = ctx.value(None, name) else {
+        return Ok(None);
+    };
+    let num = |v: Option<&Value>| match v {
+        Some(Value::Float(f)) => Some(*f),
+        Some(Value::Int(n)) => Some(*n as f64),
+        _ => None,
+    };
+    let init = match &v {
+        Value::None => return Ok(None),
+        Value::Int(n) => Some(Init::Const(*n as f64)),
+        Value::Float(f) => Some(Init::Const(*f)),
+        Value::Record(_) => match v.field("init") {
+            Some(Value::Str(s)) if &**s == "uniform" => num(v.field("low"))
+                .zip(num(v.field("high")))
+                .map(|(low, high)| Init::Uniform { low, high }),
+            Some(Value::Str(s)) if &**s == "normal" => num(v.field("mean"))
+                .zip(num(v.field("std")))
+                .map(|(mean, std)| Init::Normal { mean, std }),
+            _ => None,
+        },
+        _ => None,
+    };
+    match init {
+        Some(i) => Ok(Some(i)),
+        None => Err(ctx.arg_error(
+            None,
+            name,
+            format!(
+                "`{name}` of `{}` must be a number, `uniform(low, high)` or `normal(mean, std)`",
+                ctx.op_name()
+            ),
+            format!("e.g. `{name} = normal(0.0, 0.01)`"),
+        )),
+    }
+}

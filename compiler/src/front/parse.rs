@@ -399,11 +399,13 @@ impl Builder {
                     let stage = inner.next().expect("pipe stage");
                     let stage_span = self.span(&stage);
                     let mut call = self.call(stage);
-                    let whole = acc.span.to(stage_span);
+                    // A stage's span is the stage alone (`conv2d(64, k = 3)`),
+                    // so errors and value origins point at the op, not at
+                    // the start of the chain.
                     call.piped = Some(Box::new(acc));
                     acc = Expr {
                         kind: ExprKind::Call(call),
-                        span: whole,
+                        span: stage_span,
                     };
                 }
                 acc

@@ -58,8 +58,9 @@ pub fn window_out(
     dilation: i64,
     ceil_mode: bool,
 ) -> Option<i64> {
-    let span = dilation * (k - 1) + 1;
-    let room = input + 2 * pad - span;
+    // Checked: kernel, dilation and padding are user values.
+    let span = dilation.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+    let room = input.checked_add(pad.checked_mul(2)?)?.checked_sub(span)?;
     if room < 0 || stride <= 0 {
         return None;
     }

@@ -15,3 +15,5 @@ pub mod ops;
 pub mod program;
 pub mod source;
 pub mod summary;
+#[cfg(test)]
+mod testing;

@@ -120,14 +120,47 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         .label(format!("this is {}", describe(self, got)))
     }
 
+    /// An optional argument converted by `get`; `none` counts as absent.
+    fn opt_arg<T>(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        want: &str,
+        get: fn(&Value) -> Option<T>,
+    ) -> Result<Option<T>, Diagnostic> {
+        match self.find(pos, name) {
+            None => Ok(None),
+            Some(i) => match &self.args[i].value {
+                Value::None => Ok(None),
+                v => get(v)
+                    .map(Some)
+                    .ok_or_else(|| self.wrong_kind(i, name, want)),
+            },
+        }
+    }
+
+    /// An argument converted by `get`, with a default when absent.
+    fn arg<T>(
+        &mut self,
+        pos: Option<usize>,
+        name: &'static str,
+        default: Option<T>,
+        want: &str,
+        get: fn(&Value) -> Option<T>,
+    ) -> Result<T, Diagnostic> {
+        match self.opt_arg(pos, name, want, get)? {
+            Some(v) => Ok(v),
+            None => default.ok_or_else(|| self.missing(name)),
+        }
+    }
+
     /// A required tensor argument.
     pub fn tensor(
         &mut self,
         pos: Option<usize>,
         name: &'static str,
     ) -> Result<ValueId, Diagnostic> {
-        self.opt_tensor(pos, name)?
-            .ok_or_else(|| self.missing(name))
+        self.arg(pos, name, None, "a tensor", as_tensor)
     }
 
     /// An optional tensor argument (`none` counts as absent).
@@ -136,14 +169,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         pos: Option<usize>,
         name: &'static str,
     ) -> Result<Option<ValueId>, Diagnostic> {
-        match self.find(pos, name) {
-            None => Ok(None),
-            Some(i) => match &self.args[i].value {
-                Value::Tensor(v) => Ok(Some(*v)),
-                Value::None => Ok(None),
-                _ => Err(self.wrong_kind(i, name, "a tensor")),
-            },
-        }
+        self.opt_arg(pos, name, "a tensor", as_tensor)
     }
 
     /// A list of tensors.
@@ -156,10 +182,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         match &self.args[i].value {
             Value::List(items) => items
                 .iter()
-                .map(|v| match v {
-                    Value::Tensor(t) => Ok(*t),
-                    _ => Err(self.wrong_kind(i, name, "a list of tensors")),
-                })
+                .map(|v| as_tensor(v).ok_or_else(|| self.wrong_kind(i, name, "a list of tensors")))
                 .collect(),
             _ => Err(self.wrong_kind(i, name, "a list of tensors")),
         }
@@ -172,13 +195,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         name: &'static str,
         default: Option<i64>,
     ) -> Result<i64, Diagnostic> {
-        match self.find(pos, name) {
-            None => default.ok_or_else(|| self.missing(name)),
-            Some(i) => match &self.args[i].value {
-                Value::Int(n) => Ok(*n),
-                _ => Err(self.wrong_kind(i, name, "an integer")),
-            },
-        }
+        self.arg(pos, name, default, "an integer", as_int)
     }
 
     /// An optional integer (`none` counts as absent).
@@ -187,14 +204,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         pos: Option<usize>,
         name: &'static str,
     ) -> Result<Option<i64>, Diagnostic> {
-        match self.find(pos, name) {
-            None => Ok(None),
-            Some(i) => match &self.args[i].value {
-                Value::Int(n) => Ok(Some(*n)),
-                Value::None => Ok(None),
-                _ => Err(self.wrong_kind(i, name, "an integer")),
-            },
-        }
+        self.opt_arg(pos, name, "an integer", as_int)
     }
 
     /// A float argument (integers accepted), with a default when absent.
@@ -204,14 +214,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         name: &'static str,
         default: Option<f64>,
     ) -> Result<f64, Diagnostic> {
-        match self.find(pos, name) {
-            None => default.ok_or_else(|| self.missing(name)),
-            Some(i) => match &self.args[i].value {
-                Value::Float(f) => Ok(*f),
-                Value::Int(n) => Ok(*n as f64),
-                _ => Err(self.wrong_kind(i, name, "a number")),
-            },
-        }
+        self.arg(pos, name, default, "a number", as_number)
     }
 
     /// A boolean argument, with a default when absent.
@@ -221,13 +224,10 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         name: &'static str,
         default: Option<bool>,
     ) -> Result<bool, Diagnostic> {
-        match self.find(pos, name) {
-            None => default.ok_or_else(|| self.missing(name)),
-            Some(i) => match &self.args[i].value {
-                Value::Bool(b) => Ok(*b),
-                _ => Err(self.wrong_kind(i, name, "`true` or `false`")),
-            },
-        }
+        self.arg(pos, name, default, "`true` or `false`", |v| match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        })
     }
 
     /// A string argument, with a default when absent.
@@ -237,15 +237,16 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         name: &'static str,
         default: Option<&str>,
     ) -> Result<String, Diagnostic> {
-        match self.find(pos, name) {
-            None => default
-                .map(str::to_string)
-                .ok_or_else(|| self.missing(name)),
-            Some(i) => match &self.args[i].value {
-                Value::Str(s) => Ok(s.to_string()),
-                _ => Err(self.wrong_kind(i, name, "a string")),
+        self.arg(
+            pos,
+            name,
+            default.map(str::to_string),
+            "a string",
+            |v| match v {
+                Value::Str(s) => Some(s.to_string()),
+                _ => None,
             },
-        }
+        )
     }
 
     /// A string argument restricted to `choices`.
@@ -680,5 +681,27 @@ fn describe(ctx: &CallCtx, v: &Value) -> String {
     match v {
         Value::Tensor(t) => format!("a tensor {}", ctx.el.g.type_text(ctx.el.g.ty(*t))),
         other => format!("{} `{}`", other.kind_name(), other.display(&ctx.el.g)),
+    }
+}
+
+fn as_tensor(v: &Value) -> Option<ValueId> {
+    match v {
+        Value::Tensor(t) => Some(*t),
+        _ => None,
+    }
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn as_number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(n) => Some(*n as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
     }
 }

@@ -5,6 +5,7 @@ use crate::diag::render_all;
 use crate::elab::elaborate;
 use crate::ir::Graph;
 use crate::program::Program;
+use crate::testing::out_type;
 use std::path::Path;
 
 fn build(src: &str) -> Result<Graph, String> {
@@ -14,16 +15,6 @@ fn build(src: &str) -> Result<Graph, String> {
     }
     let model = program.model(None).map_err(|e| e.to_string())?;
     elaborate(&program, model, &[]).map_err(|d| render_all(&d, &program.sources))
-}
-
-fn output_type(g: &Graph, name: &str) -> String {
-    let v = g
-        .outputs
-        .iter()
-        .find(|(n, _)| n == name)
-        .expect("output exists")
-        .1;
-    g.type_text(g.ty(v))
 }
 
 #[test]
@@ -44,7 +35,7 @@ fn labelled_block_calls_prefix_parameter_paths() {
             "enc.layer2.fc2.bias"
         ]
     );
-    assert_eq!(output_type(&g, "y"), "f32[N, 4]");
+    assert_eq!(out_type(&g, "y"), "f32[N, 4]");
 }
 
 #[test]
@@ -82,8 +73,8 @@ fn symbolic_sizes_stay_linear() {
                                   output z = x |> flatten }",
     )
     .unwrap();
-    assert_eq!(output_type(&g, "y"), "f32[60*N, 4, 9, 9]");
-    assert_eq!(output_type(&g, "z"), "f32[N, 19440]");
+    assert_eq!(out_type(&g, "y"), "f32[60*N, 4, 9, 9]");
+    assert_eq!(out_type(&g, "z"), "f32[N, 19440]");
 }
 
 #[test]
@@ -142,5 +133,5 @@ fn data_dependent_input_sizes_keep_their_bound() {
     let g = build("model m() { input boxes: f32[K <= 1000, 4]  output b = boxes * 2.0 }").unwrap();
     let text = crate::ir::print_graph(&g);
     assert!(text.contains("symbol K <= 1000"), "{text}");
-    assert_eq!(output_type(&g, "b"), "f32[K, 4]");
+    assert_eq!(out_type(&g, "b"), "f32[K, 4]");
 }

@@ -403,25 +403,9 @@ fn dssm_loss(c: &mut CallCtx) -> OpResult {
 
 #[cfg(test)]
 mod tests {
-    use crate::elab::elaborate;
     use crate::ir::Graph;
-    use crate::program::Program;
-    use std::path::Path;
 
-    /// Elaborates `body` as the body of a model `m`; returns the graph or the
-    /// first error message.
-    fn run(body: &str) -> Result<Graph, String> {
-        let text = format!("model m {{\n{body}\n}}\n");
-        let (p, diags) = Program::from_text(Path::new("t.net"), &text);
-        assert!(diags.is_empty(), "{diags:?}");
-        let m = p.model(None).expect("one model");
-        elaborate(&p, m, &[]).map_err(|d| d[0].message.clone())
-    }
-
-    fn out_type(g: &Graph, name: &str) -> String {
-        let v = g.outputs.iter().find(|(n, _)| n == name).expect("output").1;
-        g.type_text(g.ty(v))
-    }
+    use crate::testing::{model as run, out_type};
 
     fn param(g: &Graph, path: &str) -> String {
         let p = g

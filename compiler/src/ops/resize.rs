@@ -80,28 +80,9 @@ fn resize_nearest(c: &mut CallCtx) -> OpResult {
 
 #[cfg(test)]
 mod tests {
-    use crate::elab::elaborate;
-    use crate::program::Program;
-    use std::path::Path;
 
-    /// Elaborates `text` (one model `m`) and returns the output types, or the
-    /// error messages.
     fn outputs(text: &str) -> Result<Vec<String>, String> {
-        let (p, diags) = Program::from_text(Path::new("t.net"), text);
-        if !diags.is_empty() {
-            return Err(format!("{diags:?}"));
-        }
-        let def = p.model(Some("m")).map_err(|e| e.to_string())?;
-        let g = elaborate(&p, def, &[]).map_err(|ds| {
-            ds.iter()
-                .map(|d| d.message.clone())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        Ok(g.outputs
-            .iter()
-            .map(|(_, v)| g.type_text(g.ty(*v)))
-            .collect())
+        crate::testing::program(text).map(|g| crate::testing::output_types(&g))
     }
 
     #[test]

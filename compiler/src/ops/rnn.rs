@@ -115,23 +115,8 @@ fn lstm(c: &mut CallCtx) -> OpResult {
 
 #[cfg(test)]
 mod tests {
-    use crate::elab::elaborate;
-    use crate::ir::Graph;
-    use crate::program::Program;
-    use std::path::Path;
 
-    fn run(body: &str) -> Result<Graph, String> {
-        let text = format!("model m {{\n{body}\n}}\n");
-        let (p, diags) = Program::from_text(Path::new("t.net"), &text);
-        assert!(diags.is_empty(), "{diags:?}");
-        let m = p.model(None).expect("one model");
-        elaborate(&p, m, &[]).map_err(|d| d[0].message.clone())
-    }
-
-    fn out_type(g: &Graph, name: &str) -> String {
-        let v = g.outputs.iter().find(|(n, _)| n == name).expect("output").1;
-        g.type_text(g.ty(v))
-    }
+    use crate::testing::{model as run, out_type};
 
     #[test]
     fn lstm_params_match_torch() {

@@ -413,23 +413,9 @@ fn with_features(c: &mut CallCtx) -> OpResult {
 
 #[cfg(test)]
 mod tests {
-    use crate::elab::elaborate;
-    use crate::ir::{Attr, Graph, SymKind};
-    use crate::program::Program;
-    use std::path::Path;
+    use crate::ir::{Attr, SymKind};
 
-    fn run(body: &str) -> Result<Graph, String> {
-        let text = format!("model m {{\n{body}\n}}\n");
-        let (p, diags) = Program::from_text(Path::new("t.net"), &text);
-        assert!(diags.is_empty(), "{diags:?}");
-        let m = p.model(None).expect("one model");
-        elaborate(&p, m, &[]).map_err(|d| d[0].message.clone())
-    }
-
-    fn out_type(g: &Graph, name: &str) -> String {
-        let v = g.outputs.iter().find(|(n, _)| n == name).expect("output").1;
-        g.type_text(g.ty(v))
-    }
+    use crate::testing::{model as run, out_type};
 
     const INPUTS: &str = "input features: f32[M, 4]\ninput coords: i32[M, 4]\ns = sparse_tensor(features, coords, shape = [40, 200, 200])\n";
 

@@ -126,7 +126,11 @@ fn check(args: CheckArgs) -> ExitCode {
         println!(
             "{}: no models; blocks: {}",
             args.file.display(),
-            if blocks.is_empty() { "(none)".to_string() } else { blocks.join(", ") }
+            if blocks.is_empty() {
+                "(none)".to_string()
+            } else {
+                blocks.join(", ")
+            }
         );
         return ExitCode::SUCCESS;
     }

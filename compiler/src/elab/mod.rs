@@ -273,6 +273,7 @@ impl<'a> Elaborator<'a> {
                             .label("inputs belong to models")
                             .hint("blocks take tensors as parameters; train sections declare `label`s"),
                     );
+                    self.set_var(&name.name, Value::Poison);
                     return Flow::Normal;
                 }
                 let v = match self.tensor_type(ty) {
@@ -544,10 +545,15 @@ impl<'a> Elaborator<'a> {
         if let Some(existing) = self.g.params.iter().find(|p| p.path == path) {
             let reusable = self.shared_depth > 0 && self.shared_paths.contains_key(&path);
             if !reusable {
-                return Err(Diagnostic::new(span, format!("parameter path `{path}` is defined twice"))
-                    .label("defined again here")
-                    .related(existing.span, "first defined here")
-                    .hint("give each layer its own label, or write `shared` before the label to reuse the same weights on purpose"));
+                let d = Diagnostic::new(span, format!("parameter path `{path}` is defined twice"));
+                return Err(if existing.span == span {
+                    d.label("this layer runs more than once with the same label")
+                        .hint("it is in a loop or in a block called more than once: put the loop variable into the label (`conv{i}: ...`) or label the block call; write `shared` before the label to reuse the same weights on purpose")
+                } else {
+                    d.label("defined again here")
+                        .related(existing.span, "first defined here")
+                        .hint("give each layer its own label, or write `shared` before the label to reuse the same weights on purpose")
+                });
             }
             if existing.ty != ty {
                 let (a, b) = (self.g.type_text(&existing.ty), self.g.type_text(&ty));
@@ -764,7 +770,15 @@ impl<'a> Elaborator<'a> {
                 .related(
                     def.name.span,
                     format!("`{}` takes {} parameters", def.name.name, def.params.len()),
-                ),
+                )
+                .hint({
+                    let names: Vec<&str> = def.params.iter().map(|p| p.name.name.as_str()).collect();
+                    format!(
+                        "its parameters are: {}; a piped value (`x |> {}(...)`) fills the first one",
+                        names.join(", "),
+                        def.name.name
+                    )
+                }),
             );
             ok = false;
         }
@@ -818,7 +832,11 @@ impl<'a> Elaborator<'a> {
                                 ),
                             )
                             .label("missing argument")
-                            .related(p.name.span, "parameter declared here"),
+                            .related(p.name.span, "parameter declared here")
+                            .hint(format!(
+                                "pass it, e.g. `{}(..., {} = ...)`, or give the parameter a default",
+                                def.name.name, p.name.name
+                            )),
                         );
                         ok = false;
                     }
@@ -845,8 +863,12 @@ impl<'a> Elaborator<'a> {
         if shared {
             self.shared_depth += 1;
         }
+        let errors_before = self.diags.len();
         let result = match self.stmts(&def.body) {
             Flow::Return(v, _) => v,
+            // A body that failed without `return` would cause follow-up
+            // errors about `none`: silence them.
+            Flow::Normal if self.diags.len() > errors_before => Value::Poison,
             Flow::Normal => Value::None,
         };
         if shared {
@@ -888,10 +910,15 @@ impl<'a> Elaborator<'a> {
             return Err(match &a.name {
                 Some(k) => Diagnostic::new(a.span, format!("`{}` has no argument `{k}`", b.name))
                     .label("unknown argument")
-                    .hint(match closest(k, ctx.known_names.iter().copied()) {
-                        Some(c) => format!("did you mean `{c}`? its arguments are: {known}"),
-                        None => format!("its arguments are: {known}"),
-                    }),
+                    .hint(
+                        match pytorch_alias(k)
+                            .filter(|a| ctx.known_names.contains(a))
+                            .or_else(|| closest(k, ctx.known_names.iter().copied()))
+                        {
+                            Some(c) => format!("did you mean `{c}`? its arguments are: {known}"),
+                            None => format!("its arguments are: {known}"),
+                        },
+                    ),
                 None => Diagnostic::new(
                     a.span,
                     format!("too many positional arguments for `{}`", b.name),
@@ -951,32 +978,67 @@ fn init_from_record(v: &Value) -> Option<Init> {
     }
 }
 
-/// The candidate closest to `name` by edit distance, if reasonably close.
+/// netc's name for a PyTorch argument name that netc spells differently
+/// (`kernel_size` → `k`), to turn a wrong keyword into a precise hint.
+pub(crate) fn pytorch_alias(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "kernel_size" | "kernel" => "k",
+        "padding" => "pad",
+        "num_groups" => "groups",
+        "normalized_shape" => "shape",
+        "output_size" => "out",
+        "axis" => "dim",
+        _ => return None,
+    })
+}
+
+/// The candidate closest to `name` by edit distance (a swap of two
+/// neighbouring letters counts as one edit), if reasonably close; failing
+/// that, a candidate that contains `name` or is contained in it
+/// (`classes` → `num_classes`).
 pub(crate) fn closest<'c>(
     name: &str,
     candidates: impl Iterator<Item = &'c str>,
 ) -> Option<&'c str> {
-    candidates
-        .map(|c| (edit_distance(name, c), c))
+    let candidates: Vec<&str> = candidates.collect();
+    let by_distance = candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), *c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < name.len().max(1))
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c);
+    by_distance.or_else(|| {
+        candidates
+            .iter()
+            .filter(|c| name.len() >= 4 && c.len() >= 4 && (c.contains(name) || name.contains(**c)))
+            .min_by_key(|c| c.len().abs_diff(name.len()))
+            .copied()
+    })
 }
 
+/// Optimal-string-alignment distance: insertions, deletions, substitutions
+/// and transpositions of neighbours each cost 1.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
-
-#[cfg(test)]
-mod tests;

@@ -179,7 +179,7 @@ impl<'a> Elaborator<'a> {
                     }
                 },
             };
-            let v = self.check_param_type(p, v);
+            let v = self.check_param_type(p, v, None);
             self.g.args.push((p.name.name.clone(), v.display(&self.g)));
             self.set_var(&p.name.name, v);
         }
@@ -204,7 +204,9 @@ impl<'a> Elaborator<'a> {
         }
     }
 
-    fn check_param_type(&mut self, p: &ast::Param, v: Value) -> Value {
+    /// Checks `v` against the declared type of `p`; `at` is where the
+    /// argument was written (for block calls).
+    fn check_param_type(&mut self, p: &ast::Param, v: Value, at: Option<Span>) -> Value {
         let Some(ty) = &p.ty else { return v };
         let ok = match (ty.name.as_str(), &v) {
             (_, Value::Poison) => true,
@@ -232,20 +234,34 @@ impl<'a> Elaborator<'a> {
         if ok {
             v
         } else {
-            self.diags.push(
-                Diagnostic::new(
-                    p.name.span,
-                    format!(
-                        "parameter `{}` is declared `{}` but got {} `{}`",
-                        p.name.name,
-                        ty.name,
-                        v.kind_name(),
-                        v.display(&self.g)
-                    ),
-                )
-                .label(format!("declared `{}`", ty.name))
-                .hint("pass a value of the declared type"),
-            );
+            self.diags.push({
+                let msg = format!(
+                    "parameter `{}` is declared `{}` but got {} `{}`",
+                    p.name.name,
+                    ty.name,
+                    v.kind_name(),
+                    v.display(&self.g)
+                );
+                let hint = match (ty.name.as_str(), &v) {
+                    ("int", Value::Float(f)) if f.fract() == 0.0 => {
+                        format!(
+                            "write `{}` without the decimal point, or convert with `int(...)`",
+                            *f as i64
+                        )
+                    }
+                    ("bool", _) => "pass `true` or `false`".to_string(),
+                    _ => format!("pass a value of type `{}`", ty.name),
+                };
+                match at {
+                    Some(at) => Diagnostic::new(at, msg)
+                        .label(format!("this is {}", v.kind_name()))
+                        .related(p.name.span, format!("declared `{}` here", ty.name))
+                        .hint(hint),
+                    None => Diagnostic::new(p.name.span, msg)
+                        .label(format!("declared `{}`", ty.name))
+                        .hint(hint),
+                }
+            });
             Value::Poison
         }
     }
@@ -747,6 +763,7 @@ impl<'a> Elaborator<'a> {
         let mut vars = HashMap::new();
         let mut positional = args.iter().filter(|a| a.name.is_none());
         let mut bound = vec![false; def.params.len()];
+        let mut arg_spans = vec![None; def.params.len()];
         let mut ok = true;
         for (i, p) in def.params.iter().enumerate() {
             if let Some(a) = args
@@ -755,9 +772,11 @@ impl<'a> Elaborator<'a> {
             {
                 vars.insert(p.name.name.clone(), a.value.clone());
                 bound[i] = true;
+                arg_spans[i] = Some(a.span);
             } else if let Some(a) = positional.next() {
                 vars.insert(p.name.name.clone(), a.value.clone());
                 bound[i] = true;
+                arg_spans[i] = Some(a.span);
             }
         }
         if let Some(extra) = positional.next() {
@@ -846,7 +865,7 @@ impl<'a> Elaborator<'a> {
                 .lookup_var(&p.name.name)
                 .cloned()
                 .unwrap_or(Value::Poison);
-            let v = self.check_param_type(p, v);
+            let v = self.check_param_type(p, v, arg_spans[i]);
             self.set_var(&p.name.name, v);
         }
         if !ok {

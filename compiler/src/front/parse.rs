@@ -533,6 +533,27 @@ fn syntax_hint(text: &str, pos: usize, found: &str) -> String {
     "statements are `name = expr`, `input`, `output`, `return`, `for`, `if`, `param` or `buffer`; check the line for a missing operator, comma or bracket".into()
 }
 
+/// The length of `text` without trailing whitespace and `#` comments.
+fn trimmed_len(text: &str) -> usize {
+    let mut t = text.trim_end();
+    loop {
+        let line_start = t.rfind('\n').map_or(0, |i| i + 1);
+        let line = &t[line_start..];
+        // A comment on the last line (only when the line has no string, so
+        // that `"#"` is never mistaken for one).
+        match line.find('#') {
+            Some(h) if !line.contains('"') => {
+                let cut = t[..line_start + h].trim_end();
+                if cut.len() == t.len() {
+                    return t.len();
+                }
+                t = cut;
+            }
+            _ => return t.len(),
+        }
+    }
+}
+
 /// Builds AST nodes from pest pairs, shifting spans by `offset`.
 struct Builder {
     file: FileId,
@@ -542,7 +563,15 @@ struct Builder {
 impl Builder {
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, self.offset + s.start(), self.offset + s.end())
+        // A rule ending in an optional part (`relu` without `(...)`) keeps
+        // the whitespace and comments pest skipped while trying it: cut them
+        // so that carets stay on the code.
+        let len = trimmed_len(s.as_str());
+        Span::new(
+            self.file,
+            self.offset + s.start(),
+            self.offset + s.start() + len,
+        )
     }
 
     fn item(&self, p: Pair<Rule>) -> Item {

@@ -43,15 +43,104 @@ fn fake_path() -> PathBuf {
 // ---- random token sequences ----------------------------------------------
 
 const TOKENS: &[&str] = &[
-    "block", "model", "train", "import", "input", "output", "label", "return", "for", "in", "if",
-    "else", "param", "buffer", "shared", "and", "or", "not", "true", "false", "none", "sparse",
-    "x", "y", "h", "N", "m", "b", "conv2d", "linear", "relu", "concat", "reshape", "flatten",
-    "batch_norm", "max_pool2d", "cross_entropy", "adam", "len", "range", "channels", "0", "1",
-    "3", "64", "-1", "0.5", "1e-3", "99999999999999999999", "1e999", "(", ")", "[", "]", "{",
-    "}", ",", ":", ".", "..", "=", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "//",
-    "%", "**", "|>", "conv1:", "features.0:", "layer{i}:", "\"a.net\"", "\"\"", "\"x", "\n",
-    "\n", "#c\n", "f32", "i64", "f32[N, 3, 8, 8]", "f32[]", "k", "=", "stride", "pad", "dim",
-    "é", "\t", "\\", ";", "@",
+    "block",
+    "model",
+    "train",
+    "import",
+    "input",
+    "output",
+    "label",
+    "return",
+    "for",
+    "in",
+    "if",
+    "else",
+    "param",
+    "buffer",
+    "shared",
+    "and",
+    "or",
+    "not",
+    "true",
+    "false",
+    "none",
+    "sparse",
+    "x",
+    "y",
+    "h",
+    "N",
+    "m",
+    "b",
+    "conv2d",
+    "linear",
+    "relu",
+    "concat",
+    "reshape",
+    "flatten",
+    "batch_norm",
+    "max_pool2d",
+    "cross_entropy",
+    "adam",
+    "len",
+    "range",
+    "channels",
+    "0",
+    "1",
+    "3",
+    "64",
+    "-1",
+    "0.5",
+    "1e-3",
+    "99999999999999999999",
+    "1e999",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    ".",
+    "..",
+    "=",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "//",
+    "%",
+    "**",
+    "|>",
+    "conv1:",
+    "features.0:",
+    "layer{i}:",
+    "\"a.net\"",
+    "\"\"",
+    "\"x",
+    "\n",
+    "\n",
+    "#c\n",
+    "f32",
+    "i64",
+    "f32[N, 3, 8, 8]",
+    "f32[]",
+    "k",
+    "=",
+    "stride",
+    "pad",
+    "dim",
+    "é",
+    "\t",
+    "\\",
+    ";",
+    "@",
 ];
 
 fn token_soup() -> impl Strategy<Value = String> {
@@ -80,11 +169,26 @@ fn arg_value() -> impl Strategy<Value = String> {
 
 fn call_expr() -> impl Strategy<Value = String> {
     let names: Vec<&'static str> = netc::ops::names().collect();
-    let keywords = ["k", "stride", "pad", "dim", "groups", "bias", "eps", "p", "out", "shape", "reduction"];
+    let keywords = [
+        "k",
+        "stride",
+        "pad",
+        "dim",
+        "groups",
+        "bias",
+        "eps",
+        "p",
+        "out",
+        "shape",
+        "reduction",
+    ];
     (
         prop::sample::select(names),
         prop::collection::vec(
-            (prop::option::of(prop::sample::select(keywords.to_vec())), arg_value()),
+            (
+                prop::option::of(prop::sample::select(keywords.to_vec())),
+                arg_value(),
+            ),
             0..4,
         ),
         any::<bool>(),
@@ -178,10 +282,14 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     let idx = any::<prop::sample::Index>();
     prop_oneof![
-        idx.clone().prop_map(|i| Mutation::Delete(i.index(usize::MAX))),
-        idx.clone().prop_map(|i| Mutation::Duplicate(i.index(usize::MAX))),
-        (idx.clone(), idx.clone()).prop_map(|(a, b)| Mutation::Swap(a.index(usize::MAX), b.index(usize::MAX))),
-        (idx.clone(), prop::sample::select(TOKENS)).prop_map(|(i, t)| Mutation::Replace(i.index(usize::MAX), t)),
+        idx.clone()
+            .prop_map(|i| Mutation::Delete(i.index(usize::MAX))),
+        idx.clone()
+            .prop_map(|i| Mutation::Duplicate(i.index(usize::MAX))),
+        (idx.clone(), idx.clone())
+            .prop_map(|(a, b)| Mutation::Swap(a.index(usize::MAX), b.index(usize::MAX))),
+        (idx.clone(), prop::sample::select(TOKENS))
+            .prop_map(|(i, t)| Mutation::Replace(i.index(usize::MAX), t)),
         idx.prop_map(|i| Mutation::Truncate(i.index(usize::MAX))),
     ]
 }
@@ -248,8 +356,14 @@ fn output_shape(text: &str) -> Result<Vec<i64>, String> {
     let model = program.model(None)?;
     match netc::elab::elaborate(&program, model, &[]) {
         Ok(g) => {
-            let (_, v) = g.outputs.iter().find(|(n, _)| n == "y").ok_or("no output y")?;
-            g.ty(*v).known_shape().ok_or_else(|| "symbolic output".to_string())
+            let (_, v) = g
+                .outputs
+                .iter()
+                .find(|(n, _)| n == "y")
+                .ok_or("no output y")?;
+            g.ty(*v)
+                .known_shape()
+                .ok_or_else(|| "symbolic output".to_string())
         }
         Err(d) => Err(netc::diag::render_all(&d, &program.sources)),
     }
@@ -265,8 +379,16 @@ fn broadcast_ref(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i < n - a.len() { 1 } else { a[i - (n - a.len())] };
-        let db = if i < n - b.len() { 1 } else { b[i - (n - b.len())] };
+        let da = if i < n - a.len() {
+            1
+        } else {
+            a[i - (n - a.len())]
+        };
+        let db = if i < n - b.len() {
+            1
+        } else {
+            b[i - (n - b.len())]
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,

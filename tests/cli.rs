@@ -82,6 +82,6 @@ fn syntax_errors_exit_nonzero_with_location() {
     .unwrap();
     let (ok, _, err) = netc(&["check", f.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("bad.net:4:1"), "{err}");
+    assert!(err.contains("bad.net:3:18"), "{err}");
     assert!(err.contains("after `|>` comes a call"), "{err}");
 }

@@ -96,15 +96,26 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     fn missing(&self, name: &str) -> Diagnostic {
-        Diagnostic::new(
+        // A keyword the op does not know is often the missing argument under
+        // another name (PyTorch's `kernel_size` for `k`): say so.
+        let renamed = self.args.iter().find_map(|a| {
+            let k = a.name.as_deref()?;
+            (super::pytorch_alias(k) == Some(name)).then_some((k, a.span))
+        });
+        let d = Diagnostic::new(
             self.span,
             format!("`{}` needs the argument `{name}`", self.op_name),
         )
-        .label(format!("`{name}` is missing"))
-        .hint(format!(
-            "pass it by position or as `{name} = ...`; see docs/language.md for `{}`",
-            self.op_name
-        ))
+        .label(format!("`{name}` is missing"));
+        match renamed {
+            Some((k, span)) => d
+                .related(span, format!("`{k}` is PyTorch's name for `{name}`"))
+                .hint(format!("write `{name} = ...` instead of `{k} = ...`")),
+            None => d.hint(format!(
+                "pass it by position or as `{name} = ...`; see docs/language.md for `{}`",
+                self.op_name
+            )),
+        }
     }
 
     fn wrong_kind(&self, i: usize, name: &str, want: &str) -> Diagnostic {
@@ -118,6 +129,15 @@ impl<'e, 'a> CallCtx<'e, 'a> {
             ),
         )
         .label(format!("this is {}", describe(self, got)))
+        .hint(match got {
+            Value::Str(text) if text.trim().parse::<f64>().is_ok() => {
+                format!("remove the quotes: `{name} = {}`", text.trim())
+            }
+            _ => format!(
+                "`{name}` takes {want}; see docs/language.md for `{}`",
+                self.op_name
+            ),
+        })
     }
 
     /// An optional argument converted by `get`; `none` counts as absent.
@@ -388,14 +408,23 @@ impl<'e, 'a> CallCtx<'e, 'a> {
         hi: f64,
     ) -> Result<(), Diagnostic> {
         if value < lo || value > hi || value.is_nan() {
+            // An open upper end (f64::MAX) reads as "at least lo".
+            let (range, hint) = if hi >= f64::MAX {
+                (
+                    format!("must be at least {lo}"),
+                    format!("use a value >= {lo}"),
+                )
+            } else {
+                (
+                    format!("outside {lo}..={hi}"),
+                    format!("use a value between {lo} and {hi}"),
+                )
+            };
             return Err(self.arg_error(
                 pos,
                 name,
-                format!(
-                    "`{name}` of `{}` is {value}, outside {lo}..={hi}",
-                    self.op_name
-                ),
-                format!("use a value between {lo} and {hi}"),
+                format!("`{name}` of `{}` is {value}, {range}", self.op_name),
+                hint,
             ));
         }
         Ok(())

@@ -29,9 +29,7 @@ impl<'a> Elaborator<'a> {
                 if !f.is_finite() {
                     return Err(Diagnostic::new(e.span, "number out of range")
                         .label("too large")
-                        .hint(
-                            "integers are 64-bit and sizes at most 2^40; floats must be finite",
-                        ));
+                        .hint("integers must fit in 64 bits (at most 9223372036854775807) and floats in f64"));
                 }
                 Value::Float(*f)
             }
@@ -249,7 +247,7 @@ impl<'a> Elaborator<'a> {
                     None => {
                         return Err(Diagnostic::new(span, format!("`{}` of `{}` and `{}` is not a linear size", op.symbol(), l.display(&self.g), r.display(&self.g)))
                             .label("symbolic size arithmetic")
-                            .hint("symbolic sizes support +, -, multiplication by a constant and exact division by a constant"))
+                            .hint("symbolic sizes support +, -, multiplication by a constant and exact division by a constant; in `reshape`, write -1 for the one size to infer"))
                     }
                 }
             }
@@ -371,6 +369,19 @@ impl<'a> Elaborator<'a> {
     }
 
     fn call(&mut self, call: &ast::Call, span: Span) -> Result<Value, Diagnostic> {
+        // A piped call's expression spans the whole chain before it; errors
+        // and value origins point at this stage only (`conv1: conv2d(...)`).
+        let span = if call.piped.is_some() {
+            let start = call.label.as_ref().map_or(call.callee.span.start, |l| {
+                l.span.start.min(call.callee.span.start)
+            });
+            Span {
+                start: start.max(span.start),
+                ..span
+            }
+        } else {
+            span
+        };
         let mut args = Vec::new();
         if let Some(p) = &call.piped {
             args.push(arg(self.eval(p), p.span));
@@ -457,7 +468,11 @@ fn overflow(span: Span) -> Diagnostic {
 }
 
 fn int_op(op: BinOp, a: i64, b: i64, span: Span) -> Result<Value, Diagnostic> {
-    let div0 = || Diagnostic::new(span, "division by zero").label("the divisor is 0");
+    let div0 = || {
+        Diagnostic::new(span, "division by zero")
+            .label("the divisor is 0")
+            .hint("check the value of the divisor (a model argument or a `--set`)")
+    };
     Ok(match op {
         BinOp::Add => Value::Int(a.checked_add(b).ok_or_else(|| overflow(span))?),
         BinOp::Sub => Value::Int(a.checked_sub(b).ok_or_else(|| overflow(span))?),
@@ -505,13 +520,13 @@ fn float_op(op: BinOp, a: f64, b: f64, span: Span) -> Result<Value, Diagnostic> 
         BinOp::Mul => Value::Float(a * b),
         BinOp::Div => {
             if b == 0.0 {
-                return Err(Diagnostic::new(span, "division by zero").label("the divisor is 0"));
+                return Err(float_div0(span));
             }
             Value::Float(a / b)
         }
         BinOp::FloorDiv => {
             if b == 0.0 {
-                return Err(Diagnostic::new(span, "division by zero").label("the divisor is 0"));
+                return Err(float_div0(span));
             }
             Value::Float((a / b).floor())
         }
@@ -525,6 +540,12 @@ fn float_op(op: BinOp, a: f64, b: f64, span: Span) -> Result<Value, Diagnostic> 
         BinOp::Ge => Value::Bool(a >= b),
         BinOp::And | BinOp::Or => unreachable!("logic is handled before"),
     })
+}
+
+fn float_div0(span: Span) -> Diagnostic {
+    Diagnostic::new(span, "division by zero")
+        .label("the divisor is 0")
+        .hint("check the value of the divisor (a model argument or a `--set`)")
 }
 
 fn type_error(op: BinOp, l: &Value, r: &Value, span: Span) -> Diagnostic {

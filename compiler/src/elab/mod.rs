@@ -179,7 +179,7 @@ impl<'a> Elaborator<'a> {
                     }
                 },
             };
-            let v = self.check_param_type(p, v);
+            let v = self.check_param_type(p, v, None);
             self.g.args.push((p.name.name.clone(), v.display(&self.g)));
             self.set_var(&p.name.name, v);
         }
@@ -204,7 +204,9 @@ impl<'a> Elaborator<'a> {
         }
     }
 
-    fn check_param_type(&mut self, p: &ast::Param, v: Value) -> Value {
+    /// Checks `v` against the declared type of `p`; `at` is where the
+    /// argument was written (for block calls).
+    fn check_param_type(&mut self, p: &ast::Param, v: Value, at: Option<Span>) -> Value {
         let Some(ty) = &p.ty else { return v };
         let ok = match (ty.name.as_str(), &v) {
             (_, Value::Poison) => true,
@@ -232,20 +234,34 @@ impl<'a> Elaborator<'a> {
         if ok {
             v
         } else {
-            self.diags.push(
-                Diagnostic::new(
-                    p.name.span,
-                    format!(
-                        "parameter `{}` is declared `{}` but got {} `{}`",
-                        p.name.name,
-                        ty.name,
-                        v.kind_name(),
-                        v.display(&self.g)
-                    ),
-                )
-                .label(format!("declared `{}`", ty.name))
-                .hint("pass a value of the declared type"),
-            );
+            self.diags.push({
+                let msg = format!(
+                    "parameter `{}` is declared `{}` but got {} `{}`",
+                    p.name.name,
+                    ty.name,
+                    v.kind_name(),
+                    v.display(&self.g)
+                );
+                let hint = match (ty.name.as_str(), &v) {
+                    ("int", Value::Float(f)) if f.fract() == 0.0 => {
+                        format!(
+                            "write `{}` without the decimal point, or convert with `int(...)`",
+                            *f as i64
+                        )
+                    }
+                    ("bool", _) => "pass `true` or `false`".to_string(),
+                    _ => format!("pass a value of type `{}`", ty.name),
+                };
+                match at {
+                    Some(at) => Diagnostic::new(at, msg)
+                        .label(format!("this is {}", v.kind_name()))
+                        .related(p.name.span, format!("declared `{}` here", ty.name))
+                        .hint(hint),
+                    None => Diagnostic::new(p.name.span, msg)
+                        .label(format!("declared `{}`", ty.name))
+                        .hint(hint),
+                }
+            });
             Value::Poison
         }
     }
@@ -273,6 +289,7 @@ impl<'a> Elaborator<'a> {
                             .label("inputs belong to models")
                             .hint("blocks take tensors as parameters; train sections declare `label`s"),
                     );
+                    self.set_var(&name.name, Value::Poison);
                     return Flow::Normal;
                 }
                 let v = match self.tensor_type(ty) {
@@ -544,10 +561,15 @@ impl<'a> Elaborator<'a> {
         if let Some(existing) = self.g.params.iter().find(|p| p.path == path) {
             let reusable = self.shared_depth > 0 && self.shared_paths.contains_key(&path);
             if !reusable {
-                return Err(Diagnostic::new(span, format!("parameter path `{path}` is defined twice"))
-                    .label("defined again here")
-                    .related(existing.span, "first defined here")
-                    .hint("give each layer its own label, or write `shared` before the label to reuse the same weights on purpose"));
+                let d = Diagnostic::new(span, format!("parameter path `{path}` is defined twice"));
+                return Err(if existing.span == span {
+                    d.label("this layer runs more than once with the same label")
+                        .hint("it is in a loop or in a block called more than once: put the loop variable into the label (`conv{i}: ...`) or label the block call; write `shared` before the label to reuse the same weights on purpose")
+                } else {
+                    d.label("defined again here")
+                        .related(existing.span, "first defined here")
+                        .hint("give each layer its own label, or write `shared` before the label to reuse the same weights on purpose")
+                });
             }
             if existing.ty != ty {
                 let (a, b) = (self.g.type_text(&existing.ty), self.g.type_text(&ty));
@@ -746,6 +768,7 @@ impl<'a> Elaborator<'a> {
         let mut vars = HashMap::new();
         let mut positional = args.iter().filter(|a| a.name.is_none());
         let mut bound = vec![false; def.params.len()];
+        let mut arg_spans = vec![None; def.params.len()];
         let mut ok = true;
         for (i, p) in def.params.iter().enumerate() {
             if let Some(a) = args
@@ -754,9 +777,11 @@ impl<'a> Elaborator<'a> {
             {
                 vars.insert(p.name.name.clone(), a.value.clone());
                 bound[i] = true;
+                arg_spans[i] = Some(a.span);
             } else if let Some(a) = positional.next() {
                 vars.insert(p.name.name.clone(), a.value.clone());
                 bound[i] = true;
+                arg_spans[i] = Some(a.span);
             }
         }
         if let Some(extra) = positional.next() {
@@ -769,7 +794,15 @@ impl<'a> Elaborator<'a> {
                 .related(
                     def.name.span,
                     format!("`{}` takes {} parameters", def.name.name, def.params.len()),
-                ),
+                )
+                .hint({
+                    let names: Vec<&str> = def.params.iter().map(|p| p.name.name.as_str()).collect();
+                    format!(
+                        "its parameters are: {}; a piped value (`x |> {}(...)`) fills the first one",
+                        names.join(", "),
+                        def.name.name
+                    )
+                }),
             );
             ok = false;
         }
@@ -823,7 +856,11 @@ impl<'a> Elaborator<'a> {
                                 ),
                             )
                             .label("missing argument")
-                            .related(p.name.span, "parameter declared here"),
+                            .related(p.name.span, "parameter declared here")
+                            .hint(format!(
+                                "pass it, e.g. `{}(..., {} = ...)`, or give the parameter a default",
+                                def.name.name, p.name.name
+                            )),
                         );
                         ok = false;
                     }
@@ -833,7 +870,7 @@ impl<'a> Elaborator<'a> {
                 .lookup_var(&p.name.name)
                 .cloned()
                 .unwrap_or(Value::Poison);
-            let v = self.check_param_type(p, v);
+            let v = self.check_param_type(p, v, arg_spans[i]);
             self.set_var(&p.name.name, v);
         }
         if !ok {
@@ -850,8 +887,12 @@ impl<'a> Elaborator<'a> {
         if shared {
             self.shared_depth += 1;
         }
+        let errors_before = self.diags.len();
         let result = match self.stmts(&def.body) {
             Flow::Return(v, _) => v,
+            // A body that failed without `return` would cause follow-up
+            // errors about `none`: silence them.
+            Flow::Normal if self.diags.len() > errors_before => Value::Poison,
             Flow::Normal => Value::None,
         };
         if shared {
@@ -893,10 +934,15 @@ impl<'a> Elaborator<'a> {
             return Err(match &a.name {
                 Some(k) => Diagnostic::new(a.span, format!("`{}` has no argument `{k}`", b.name))
                     .label("unknown argument")
-                    .hint(match closest(k, ctx.known_names.iter().copied()) {
-                        Some(c) => format!("did you mean `{c}`? its arguments are: {known}"),
-                        None => format!("its arguments are: {known}"),
-                    }),
+                    .hint(
+                        match pytorch_alias(k)
+                            .filter(|a| ctx.known_names.contains(a))
+                            .or_else(|| closest(k, ctx.known_names.iter().copied()))
+                        {
+                            Some(c) => format!("did you mean `{c}`? its arguments are: {known}"),
+                            None => format!("its arguments are: {known}"),
+                        },
+                    ),
                 None => Diagnostic::new(
                     a.span,
                     format!("too many positional arguments for `{}`", b.name),
@@ -956,32 +1002,67 @@ fn init_from_record(v: &Value) -> Option<Init> {
     }
 }
 
-/// The candidate closest to `name` by edit distance, if reasonably close.
+/// netc's name for a PyTorch argument name that netc spells differently
+/// (`kernel_size` → `k`), to turn a wrong keyword into a precise hint.
+pub(crate) fn pytorch_alias(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "kernel_size" | "kernel" => "k",
+        "padding" => "pad",
+        "num_groups" => "groups",
+        "normalized_shape" => "shape",
+        "output_size" => "out",
+        "axis" => "dim",
+        _ => return None,
+    })
+}
+
+/// The candidate closest to `name` by edit distance (a swap of two
+/// neighbouring letters counts as one edit), if reasonably close; failing
+/// that, a candidate that contains `name` or is contained in it
+/// (`classes` → `num_classes`).
 pub(crate) fn closest<'c>(
     name: &str,
     candidates: impl Iterator<Item = &'c str>,
 ) -> Option<&'c str> {
-    candidates
-        .map(|c| (edit_distance(name, c), c))
+    let candidates: Vec<&str> = candidates.collect();
+    let by_distance = candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), *c))
         .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < name.len().max(1))
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c);
+    by_distance.or_else(|| {
+        candidates
+            .iter()
+            .filter(|c| name.len() >= 4 && c.len() >= 4 && (c.contains(name) || name.contains(**c)))
+            .min_by_key(|c| c.len().abs_diff(name.len()))
+            .copied()
+    })
 }
 
+/// Optimal-string-alignment distance: insertions, deletions, substitutions
+/// and transpositions of neighbours each cost 1.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
-
-#[cfg(test)]
-mod tests;

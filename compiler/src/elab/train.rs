@@ -77,13 +77,13 @@ impl<'a> Elaborator<'a> {
                     other => {
                         self.diags.push(
                             Diagnostic::new(
-                                def.name.span,
+                                assigned_at(def, "recompute"),
                                 format!(
                                     "`recompute` lists blocks; `{}` is not a block",
                                     other.display(&self.g)
                                 ),
                             )
-                            .label("in this train section")
+                            .label("in this list")
                             .hint("write `recompute = [dense_bottleneck]` with block names"),
                         );
                         None
@@ -160,4 +160,20 @@ impl<'a> Elaborator<'a> {
             }
         }
     }
+}
+
+/// The span of the value assigned to `name` in a train section (the section's
+/// name when there is no such assignment at its top level).
+fn assigned_at(def: &ast::Def, name: &str) -> crate::source::Span {
+    def.body
+        .iter()
+        .find_map(|s| match &s.kind {
+            ast::StmtKind::Assign { targets, value }
+                if targets.len() == 1 && targets[0].name == name =>
+            {
+                Some(value.span)
+            }
+            _ => None,
+        })
+        .unwrap_or(def.name.span)
 }

@@ -124,7 +124,10 @@ fn syntax_error(
     let pos = match e.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
-    };
+    }
+    .min(text.len());
+    // Point at the next token, not at the whitespace before it.
+    let pos = pos + (text[pos..].len() - text[pos..].trim_start_matches([' ', '\t']).len());
     let found = found_token(text, pos);
     let mut expected: Vec<&str> = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
@@ -134,21 +137,356 @@ fn syntax_error(
     };
     expected.sort();
     expected.dedup();
+    let ctx = SyntaxCtx {
+        file,
+        text,
+        offset,
+        pos,
+        found: &found,
+        expected: &expected,
+    };
+    if let Some(d) = ctx.specific() {
+        return d;
+    }
     let what = if expected.is_empty() {
         "unexpected input".to_string()
     } else {
         format!("expected {}", join_or(&expected))
     };
-    let end = (pos + found.len().max(1)).min(text.len()).max(pos);
-    let span = Span::new(file, offset + pos, offset + end);
     let label = if found.is_empty() {
         "the text ends here".to_string()
     } else {
         format!("found `{found}`")
     };
-    Diagnostic::new(span, format!("syntax error: {what}"))
+    Diagnostic::new(
+        ctx.span_at(pos, found.len()),
+        format!("syntax error: {what}"),
+    )
+    .label(label)
+    .hint(syntax_hint(text, pos, &found))
+}
+
+/// What a syntax error knows about its surroundings, to explain the usual
+/// mistakes precisely (unclosed brackets, `=` for `==`, a dangling `|>`, ...).
+struct SyntaxCtx<'t> {
+    file: FileId,
+    text: &'t str,
+    offset: usize,
+    pos: usize,
+    found: &'t str,
+    expected: &'t [&'t str],
+}
+
+const KEYWORDS: &[&str] = &[
+    "block", "model", "train", "import", "input", "output", "label", "return", "for", "in", "if",
+    "else", "param", "buffer", "shared", "and", "or", "not", "true", "false", "none", "sparse",
+];
+
+fn closer_of(open: char) -> char {
+    match open {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    }
+}
+
+impl SyntaxCtx<'_> {
+    fn span_at(&self, at: usize, len: usize) -> Span {
+        let end = (at + len.max(1)).min(self.text.len()).max(at);
+        Span::new(self.file, self.offset + at, self.offset + end)
+    }
+
+    fn line_of(&self, at: usize) -> usize {
+        self.text[..at].matches('\n').count() + 1
+    }
+
+    /// Brackets still open at `pos` (outside strings and comments), with
+    /// their offsets.
+    fn open_brackets(&self) -> Vec<(char, usize)> {
+        let mut stack = Vec::new();
+        let (mut in_str, mut in_comment, mut escaped) = (false, false, false);
+        for (i, c) in self.text[..self.pos].char_indices() {
+            if in_comment {
+                in_comment = c != '\n';
+            } else if in_str {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' || c == '\n' {
+                    in_str = false;
+                }
+            } else {
+                match c {
+                    '#' => in_comment = true,
+                    '"' => in_str = true,
+                    '(' | '[' | '{' => stack.push((c, i)),
+                    ')' | ']' | '}' if stack.last().is_some_and(|&(o, _)| closer_of(o) == c) => {
+                        stack.pop();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        stack
+    }
+
+    /// The word (letters, digits, `_`, `.`) that ends right before `at`.
+    fn word_before(&self, at: usize) -> &str {
+        let before = self.text[..at].trim_end();
+        let start = before
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_alphanumeric() || *c == '_' || *c == '.')
+            .last()
+            .map_or(before.len(), |(i, _)| i);
+        &before[start..]
+    }
+
+    fn err(
+        &self,
+        at: usize,
+        len: usize,
+        msg: impl Into<String>,
+        label: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic::new(
+            self.span_at(at, len),
+            format!("syntax error: {}", msg.into()),
+        )
         .label(label)
-        .hint(syntax_hint(text, pos, &found))
+        .hint(hint)
+    }
+
+    fn specific(&self) -> Option<Diagnostic> {
+        let (text, pos, found) = (self.text, self.pos, self.found);
+        let before = text[..pos].trim_end();
+        let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+        let first_on_line = text[line_start..pos].trim().is_empty();
+        let prev_line_end = text[..line_start].trim_end();
+        let stack = self.open_brackets();
+        let closing = matches!(found, ")" | "]" | "}");
+
+        // A closing bracket that does not match the innermost open one.
+        if closing {
+            let c = found.chars().next().unwrap_or(')');
+            match stack.last() {
+                Some(&(o, at)) if closer_of(o) != c => {
+                    if stack.iter().any(|&(o2, _)| closer_of(o2) == c) {
+                        return Some(
+                            self.err(
+                                pos,
+                                1,
+                                format!("`{o}` is not closed"),
+                                format!("expected `{}` before this `{c}`", closer_of(o)),
+                                format!("add the missing `{}`", closer_of(o)),
+                            )
+                            .related(self.span_at(at, 1), format!("this `{o}` is still open")),
+                        );
+                    }
+                    return Some(self.err(
+                        pos,
+                        1,
+                        format!("unmatched `{c}`"),
+                        "this closes nothing",
+                        format!(
+                            "remove it, or add the `{}` it should close",
+                            match c {
+                                ')' => '(',
+                                ']' => '[',
+                                _ => '{',
+                            }
+                        ),
+                    ));
+                }
+                None => {
+                    return Some(self.err(
+                        pos,
+                        1,
+                        format!("unmatched `{c}`"),
+                        "this closes nothing",
+                        "remove it, or add the bracket it should close",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        // The text ends (or the next item starts) inside brackets.
+        if found.is_empty() {
+            if let Some(&(o, at)) = stack.last() {
+                let mut d = self.err(
+                    at,
+                    1,
+                    format!("`{o}` is never closed"),
+                    format!("this `{o}` has no matching `{}`", closer_of(o)),
+                    format!("add the missing `{}`", closer_of(o)),
+                );
+                if pos > 0 {
+                    d = d.related(
+                        self.span_at(pos.saturating_sub(1), 0),
+                        format!("expected `{}` by here", closer_of(o)),
+                    );
+                }
+                return Some(d);
+            }
+        }
+        // A new line starts while a bracket of an earlier line is open.
+        if let Some(&(o, at)) = stack.last() {
+            let continues =
+                prev_line_end.ends_with([',', '(', '[', '{']) || prev_line_end.ends_with("|>");
+            if o != '{'
+                && first_on_line
+                && !closing
+                && !continues
+                && self.line_of(at) < self.line_of(pos)
+            {
+                let c = closer_of(o);
+                return Some(
+                    self.err(
+                        pos,
+                        found.len(),
+                        format!("`{o}` is not closed"),
+                        format!("expected `{c}` before this"),
+                        format!("add the missing `{c}`, probably at the end of the previous line"),
+                    )
+                    .related(self.span_at(at, 1), format!("this `{o}` is still open")),
+                );
+            }
+        }
+        // An unterminated string.
+        if found.starts_with('"')
+            && !text[pos + 1..]
+                .split('\n')
+                .next()
+                .unwrap_or("")
+                .contains('"')
+        {
+            return Some(self.err(
+                pos,
+                1,
+                "unterminated string",
+                "this string is not closed",
+                "close it with `\"` on the same line; strings cannot span lines",
+            ));
+        }
+        // `float32[...]` for a tensor type.
+        if self
+            .expected
+            .iter()
+            .any(|e| e.starts_with("a tensor type") || e.starts_with("an element type"))
+            && found.starts_with(|c: char| c.is_alphabetic())
+        {
+            return Some(self.err(
+                pos,
+                found.len(),
+                format!("`{found}` is not an element type"),
+                "expected a tensor type",
+                "element types are f32, f64, i32, i64, u8 and bool, e.g. `x: f32[N, 3, 224, 224]`",
+            ));
+        }
+        // A keyword where a name belongs.
+        if KEYWORDS.contains(&found) && self.expected.contains(&"a name") {
+            return Some(self.err(
+                pos,
+                found.len(),
+                format!("`{found}` is a keyword and cannot be a name"),
+                "keyword used as a name",
+                format!("choose another name, e.g. `{found}_`"),
+            ));
+        }
+        let prev_word = self.word_before(pos);
+        if found == "=" && matches!(prev_word, "output" | "input" | "label" | "param" | "buffer") {
+            return Some(self.err(pos, 1, format!("`{prev_word}` needs a name"), format!("expected a name after `{prev_word}`"), format!("`{prev_word}` is a keyword: write e.g. `{prev_word} logits = ...`, or pick another variable name")));
+        }
+        // `=` where a comparison was meant.
+        if found == "="
+            && !before.ends_with(['<', '>', '!', '='])
+            && (text[line_start..].trim_start().starts_with("if ")
+                || self.expected.contains(&"an operator"))
+        {
+            return Some(self.err(pos, 1, "`=` inside an expression", "assignment is not a comparison", "to compare, write `==`; `=` only assigns (`name = expr`) or passes a keyword argument (`k = 3`)"));
+        }
+        // `|>` followed by nothing (or by the next statement).
+        if let Some(p) = text[..pos].rfind("|>") {
+            let between = text[p + 2..pos].trim();
+            if between.is_empty() || KEYWORDS.contains(&between) {
+                return Some(self.err(p, 2, "`|>` is not followed by a call", "nothing to pipe into", "after `|>` comes a call such as `relu` or `conv1: conv2d(64, k = 3)`; remove the `|>` if the chain is complete"));
+            }
+        }
+        // A label with no call after it.
+        if before.ends_with(':') && !self.expected.iter().any(|e| e.starts_with("a tensor type")) {
+            let label = self.word_before(before.len() - 1);
+            return Some(self.err(pos, found.len(), format!("the label `{label}:` is not followed by a call"), "expected a call here", format!("a label names the layer made by the call after it: `{label}: conv2d(16, k = 3)`")));
+        }
+        if before.ends_with('-') && found.starts_with('>') {
+            return Some(self.err(
+                before.len() - 1,
+                2,
+                "`->` is not an operator",
+                "not the pipe operator",
+                "the pipe operator is `|>`: `x |> conv1: conv2d(16, k = 3)`",
+            ));
+        }
+        if found == ";" {
+            return Some(self.err(
+                pos,
+                1,
+                "unexpected `;`",
+                "not needed",
+                "statements end at the end of a line; remove the `;`",
+            ));
+        }
+        // A malformed number such as `0.5.1` or `3x3`.
+        for (word, at) in [(found, pos), (prev_word, before.len() - prev_word.len())] {
+            if word.starts_with(|c: char| c.is_ascii_digit())
+                && word.parse::<f64>().is_err()
+                && (word.matches('.').count() > 1
+                    || word.trim_end_matches(|c: char| c.is_alphabetic()).len() < word.len())
+            {
+                return Some(self.err(
+                    at,
+                    word.len(),
+                    format!("`{word}` is not a number"),
+                    "malformed number",
+                    "numbers look like `3`, `0.5` or `1e-4`",
+                ));
+            }
+        }
+        // Two arguments or list elements without a comma between them.
+        if let Some(&(o, _)) = stack.last() {
+            let ends_value = before.ends_with(|c: char| {
+                c.is_alphanumeric() || c == '_' || c == ')' || c == ']' || c == '"'
+            });
+            let starts_value = found.starts_with(|c: char| {
+                c.is_alphanumeric() || c == '_' || c == '"' || c == '(' || c == '['
+            });
+            if o != '{' && ends_value && starts_value && !KEYWORDS.contains(&found) {
+                let what = if o == '(' {
+                    "arguments"
+                } else {
+                    "list elements"
+                };
+                return Some(self.err(
+                    pos,
+                    found.len(),
+                    format!("missing `,` between {what}"),
+                    "expected `,` before this",
+                    format!("separate {what} with commas, e.g. `conv2d(16, k = 3, pad = 1)`"),
+                ));
+            }
+        }
+        if stack.is_empty() && self.expected.is_empty() {
+            return Some(self.err(
+                pos,
+                found.len(),
+                "expected `import`, `block`, `model` or `train`",
+                format!("found `{found}`"),
+                syntax_hint(text, pos, found),
+            ));
+        }
+        None
+    }
 }
 
 fn join_or(items: &[&str]) -> String {
@@ -187,12 +525,33 @@ fn syntax_hint(text: &str, pos: usize, found: &str) -> String {
         return "a label goes right before a call (`conv1: conv2d(64, k = 3)`); types follow `input` or a block parameter".into();
     }
     if found == "}" || found == ")" || found == "]" {
-        return format!("`{found}` closes nothing here, or the expression before it is incomplete");
+        return format!("the expression before `{found}` is incomplete");
     }
-    if matches!(found, "def" | "let" | "var" | "fn" | "function") {
+    if matches!(found, "def" | "let" | "var" | "fn" | "function" | "class") {
         return "definitions start with `block`, `model` or `train`; variables need no keyword: `x = ...`".into();
     }
     "statements are `name = expr`, `input`, `output`, `return`, `for`, `if`, `param` or `buffer`; check the line for a missing operator, comma or bracket".into()
+}
+
+/// The length of `text` without trailing whitespace and `#` comments.
+fn trimmed_len(text: &str) -> usize {
+    let mut t = text.trim_end();
+    loop {
+        let line_start = t.rfind('\n').map_or(0, |i| i + 1);
+        let line = &t[line_start..];
+        // A comment on the last line (only when the line has no string, so
+        // that `"#"` is never mistaken for one).
+        match line.find('#') {
+            Some(h) if !line.contains('"') => {
+                let cut = t[..line_start + h].trim_end();
+                if cut.len() == t.len() {
+                    return t.len();
+                }
+                t = cut;
+            }
+            _ => return t.len(),
+        }
+    }
 }
 
 /// Builds AST nodes from pest pairs, shifting spans by `offset`.
@@ -204,7 +563,15 @@ struct Builder {
 impl Builder {
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, self.offset + s.start(), self.offset + s.end())
+        // A rule ending in an optional part (`relu` without `(...)`) keeps
+        // the whitespace and comments pest skipped while trying it: cut them
+        // so that carets stay on the code.
+        let len = trimmed_len(s.as_str());
+        Span::new(
+            self.file,
+            self.offset + s.start(),
+            self.offset + s.start() + len,
+        )
     }
 
     fn item(&self, p: Pair<Rule>) -> Item {

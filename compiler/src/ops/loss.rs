@@ -75,7 +75,17 @@ fn class_targets(
                 c.type_text(&tt)
             ),
             &[("the logits", logits), ("the targets", target)],
-            "declare the label as `label y: i64[N]`",
+            if lt.rank() > 2 && tt.rank() == 1 {
+                format!(
+                    "the logits still have {} spatial dim(s): flatten (or pool) the features before the classifier, e.g. `|> flatten |> fc: linear(classes)`",
+                    lt.rank() - 2
+                )
+            } else {
+                format!(
+                    "declare the label as `label y: {}` (class indices)",
+                    c.type_text(&TensorType::new(DType::I64, want.clone()))
+                )
+            },
         ));
     }
     Ok((TensorType::new(lt.dtype, want), classes))

@@ -12,6 +12,7 @@ pub mod front;
 pub mod interp;
 pub mod ir;
 pub mod ops;
+pub mod passes;
 pub mod program;
 pub mod source;
 pub mod summary;

@@ -43,6 +43,11 @@ impl<'g> SymbolValues<'g> {
         self.eval_at(d, 0)
     }
 
+    /// The symbol values given by name (`--set N=8`).
+    pub fn given(&self) -> &[(String, i64)] {
+        &self.values
+    }
+
     /// The symbol assignments used, as text (`N=1`).
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
@@ -146,6 +151,13 @@ pub fn summary(g: &Graph, syms: &SymbolValues) -> String {
     let _ = writeln!(out, "parameters:      {}", group(trainable));
     let _ = writeln!(out, "buffer elements: {}", group(buffers));
     let _ = writeln!(out, "weights size:    {:.2} MB", bytes as f64 / 1e6);
+    let plan = crate::passes::memplan::plan(g, syms.given());
+    let _ = writeln!(
+        out,
+        "activations:     {:.2} MB planned arena ({:.2} MB without reuse)",
+        plan.arena_bytes as f64 / 1e6,
+        plan.naive_bytes as f64 / 1e6
+    );
     let at = match syms.describe() {
         d if d.is_empty() => String::new(),
         d => format!(" at {d}"),

@@ -1,0 +1,260 @@
+//! Memory planning: assigns every intermediate tensor an offset in one arena
+//! so that tensors whose lifetimes overlap never share bytes, and tensors
+//! whose lifetimes do not can reuse the same bytes.
+//!
+//! Lifetimes are measured in node positions: a value is live from the node
+//! that produces it to the last node that reads it (model outputs stay live
+//! to the end). Views (`reshape`) share their input's storage, which extends
+//! the input's lifetime. Offsets are chosen greedily, largest tensor first,
+//! at the lowest address that does not collide with an already placed
+//! tensor of overlapping lifetime (the "greedy by size" heuristic of TFLite's
+//! arena planner), which is near-optimal for feed-forward networks and
+//! deterministic.
+//!
+//! Sizes come from the symbol values given (the batch), and data-dependent
+//! sizes from their upper bounds, so the plan holds for every run.
+
+use crate::ir::{Dim, Graph, SymId, SymKind, ValueId};
+use std::collections::HashMap;
+
+/// Offsets are multiples of this (cache-line and AVX-512 alignment).
+pub const ALIGN: u64 = 64;
+
+/// Where one intermediate value lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The value.
+    pub value: ValueId,
+    /// Byte offset in the arena (for views: the offset of the storage they share).
+    pub offset: u64,
+    /// Bytes reserved (rounded up to [`ALIGN`]).
+    pub size: u64,
+    /// First node position at which it is live.
+    pub first: usize,
+    /// Last node position at which it is live.
+    pub last: usize,
+}
+
+/// The arena layout of one graph.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    /// One placement per intermediate value (views included, sharing offsets).
+    pub placements: Vec<Placement>,
+    /// Arena size in bytes.
+    pub arena_bytes: u64,
+    /// What the intermediates would take without reuse.
+    pub naive_bytes: u64,
+}
+
+/// Size in bytes of a value with symbols evaluated by `sym`.
+fn value_bytes(g: &Graph, v: ValueId, sym: &dyn Fn(SymId) -> i64) -> u64 {
+    let ty = g.ty(v);
+    let elems = ty.shape.iter().fold(1u64, |acc, d| {
+        acc.saturating_mul(eval_dim(d, sym).max(0) as u64)
+    });
+    elems.saturating_mul(ty.dtype.size_bytes() as u64)
+}
+
+fn eval_dim(d: &Dim, sym: &dyn Fn(SymId) -> i64) -> i64 {
+    d.terms().iter().fold(d.constant(), |acc, &(s, k)| {
+        acc.saturating_add(k.saturating_mul(sym(s)))
+    })
+}
+
+/// Values that are views of another value's storage: op name and input index.
+fn view_source(op: &str) -> Option<usize> {
+    matches!(op, "reshape").then_some(0)
+}
+
+/// Plans the forward pass of `g` (train-only nodes excluded) for symbol
+/// values `symbols` (by name); unnamed input symbols count 1 and
+/// data-dependent symbols their upper bound.
+pub fn plan(g: &Graph, symbols: &[(String, i64)]) -> MemoryPlan {
+    let sym = |s: SymId| -> i64 { symbol_value(g, s, symbols, 0) };
+    let nodes: Vec<_> = g.nodes.iter().filter(|n| !n.train_only).collect();
+    // Storage root of each value (views resolve to what they view).
+    let mut root: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut first: HashMap<ValueId, usize> = HashMap::new();
+    let mut last: HashMap<ValueId, usize> = HashMap::new();
+    for (pos, n) in nodes.iter().enumerate() {
+        for v in &n.inputs {
+            let r = *root.get(v).unwrap_or(v);
+            if let Some(l) = last.get_mut(&r) {
+                *l = (*l).max(pos);
+            }
+        }
+        for (i, v) in n.outputs.iter().enumerate() {
+            match view_source(n.op.name).filter(|_| i == 0) {
+                Some(src) => {
+                    let src = n.inputs[src];
+                    let r = *root.get(&src).unwrap_or(&src);
+                    root.insert(*v, r);
+                }
+                None => {
+                    root.insert(*v, *v);
+                    first.insert(*v, pos);
+                    last.insert(*v, pos);
+                }
+            }
+        }
+    }
+    let end = nodes.len().saturating_sub(1);
+    for (_, v) in &g.outputs {
+        let r = *root.get(v).unwrap_or(v);
+        if let Some(l) = last.get_mut(&r) {
+            *l = end;
+        }
+    }
+    // Only values produced by nodes are planned; inputs, parameters and
+    // constants live elsewhere. A view of an input has no storage of its own.
+    let mut roots: Vec<ValueId> = first.keys().copied().collect();
+    let size = |v: ValueId| value_bytes(g, v, &sym).div_ceil(ALIGN) * ALIGN;
+    roots.sort_by_key(|v| (std::cmp::Reverse(size(*v)), first[v], v.0));
+    let mut placed: Vec<Placement> = Vec::new();
+    for v in roots {
+        let (f, l, s) = (first[&v], last[&v], size(v));
+        let mut conflicts: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|p| p.first <= l && f <= p.last)
+            .map(|p| (p.offset, p.offset + p.size))
+            .collect();
+        conflicts.sort_unstable();
+        let mut offset = 0;
+        for (start, stop) in conflicts {
+            if offset + s <= start {
+                break;
+            }
+            offset = offset.max(stop);
+        }
+        placed.push(Placement {
+            value: v,
+            offset,
+            size: s,
+            first: f,
+            last: l,
+        });
+    }
+    let arena_bytes = placed.iter().map(|p| p.offset + p.size).max().unwrap_or(0);
+    let naive_bytes = placed.iter().map(|p| p.size).sum();
+    // Views share their root's placement.
+    let by_root: HashMap<ValueId, Placement> =
+        placed.iter().map(|p| (p.value, p.clone())).collect();
+    for (v, r) in &root {
+        if v != r {
+            if let Some(p) = by_root.get(r) {
+                placed.push(Placement {
+                    value: *v,
+                    ..p.clone()
+                });
+            }
+        }
+    }
+    placed.sort_by_key(|p| p.value);
+    MemoryPlan {
+        placements: placed,
+        arena_bytes,
+        naive_bytes,
+    }
+}
+
+fn symbol_value(g: &Graph, s: SymId, given: &[(String, i64)], depth: usize) -> i64 {
+    let symbol = &g.symbols[s.0 as usize];
+    if let Some((_, v)) = given.iter().find(|(n, _)| *n == symbol.name) {
+        return *v;
+    }
+    match &symbol.kind {
+        SymKind::Input => 1,
+        SymKind::DataDependent { bound, .. } if depth < 16 => {
+            bound.terms().iter().fold(bound.constant(), |acc, &(t, k)| {
+                acc.saturating_add(k.saturating_mul(symbol_value(g, t, given, depth + 1)))
+            })
+        }
+        SymKind::DataDependent { .. } => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::program;
+
+    /// No two placements of different storage with overlapping lifetimes overlap in bytes.
+    fn assert_valid(plan: &MemoryPlan) {
+        for (i, a) in plan.placements.iter().enumerate() {
+            for b in &plan.placements[i + 1..] {
+                let same_storage = a.offset == b.offset
+                    && a.first == b.first
+                    && a.last == b.last
+                    && a.size == b.size;
+                let live_together = a.first <= b.last && b.first <= a.last;
+                let bytes_overlap = a.offset < b.offset + b.size && b.offset < a.offset + a.size;
+                assert!(
+                    same_storage || !(live_together && bytes_overlap),
+                    "{a:?} collides with {b:?}"
+                );
+            }
+            assert_eq!(a.offset % ALIGN, 0);
+        }
+    }
+
+    #[test]
+    fn a_chain_reuses_memory_and_views_share_storage() {
+        let g = program(
+            "model m() { input x: f32[N, 1024]
+                         h = x |> a: linear(1024) |> relu |> b: linear(1024) |> relu
+                         output y = h |> reshape([-1, 32, 32]) }",
+        )
+        .unwrap();
+        let p = plan(&g, &[("N".into(), 4)]);
+        assert_valid(&p);
+        // Four 16 KiB intermediates, at most two live at a time.
+        assert_eq!(p.naive_bytes, 4 * 16384);
+        assert_eq!(p.arena_bytes, 2 * 16384);
+        let out = g.outputs[0].1;
+        let relu = g
+            .nodes
+            .iter()
+            .rev()
+            .find(|n| n.op.name == "relu")
+            .unwrap()
+            .outputs[0];
+        let (po, pr) = (
+            p.placements.iter().find(|q| q.value == out).unwrap(),
+            p.placements.iter().find(|q| q.value == relu).unwrap(),
+        );
+        assert_eq!(po.offset, pr.offset, "the reshape is a view of the relu");
+    }
+
+    #[test]
+    fn skip_connections_stay_live_and_plans_are_valid_on_real_models() {
+        let g = program(
+            "model m() { input x: f32[N, 8, 16, 16]
+                         a = x |> c1: conv2d(8, k = 3, pad = 1)
+                         b = a |> relu |> c2: conv2d(8, k = 3, pad = 1) |> relu
+                         output y = a + b }",
+        )
+        .unwrap();
+        let p = plan(&g, &[]);
+        assert_valid(&p);
+        let a = g.nodes[0].outputs[0];
+        let add_pos = g.nodes.iter().position(|n| n.op.name == "add").unwrap();
+        assert_eq!(
+            p.placements.iter().find(|q| q.value == a).unwrap().last,
+            add_pos
+        );
+
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/densenet.net");
+        let (prog, diags) = crate::program::Program::load(&root);
+        assert!(diags.is_empty());
+        let g =
+            crate::elab::elaborate(&prog, prog.model(Some("densenet121")).unwrap(), &[]).unwrap();
+        let p = plan(&g, &[("N".into(), 2)]);
+        assert_valid(&p);
+        assert!(
+            p.arena_bytes * 3 < p.naive_bytes,
+            "{} vs {}",
+            p.arena_bytes,
+            p.naive_bytes
+        );
+    }
+}

@@ -63,6 +63,22 @@ pub fn binary(a: &Array, b: &Array, out_shape: &[usize], f: impl Fn(f64, f64) ->
     Array::new(out_shape, data)
 }
 
+/// `where(cond, x, y)` with broadcasting of all three to `out_shape`.
+pub fn where_(cond: &Array, x: &Array, y: &Array, out_shape: &[usize]) -> Array {
+    let n: usize = out_shape.iter().product();
+    let data = (0..n)
+        .map(|i| {
+            let idx = unravel(i, out_shape);
+            if cond.data[broadcast_index(&idx, &cond.shape)] != 0.0 {
+                x.data[broadcast_index(&idx, &x.shape)]
+            } else {
+                y.data[broadcast_index(&idx, &y.shape)]
+            }
+        })
+        .collect();
+    Array::new(out_shape, data)
+}
+
 /// Elementwise unary op.
 pub fn unary(a: &Array, f: impl Fn(f64) -> f64) -> Array {
     Array::new(&a.shape, a.data.iter().map(|&x| f(x)).collect())

@@ -6,16 +6,28 @@
 
 mod array;
 mod dense;
+mod detect;
+mod nn;
+mod signal;
+mod sparse;
+mod text;
 
 pub use array::Array;
 
-use crate::ir::{Dim, Graph, SymId, ValueId};
+use crate::ir::{Dim, Graph, SymId, SymKind, ValueId};
 use dense::Attrs;
 use std::collections::HashMap;
 
 /// Runs the forward pass of `g` (inference semantics: dropout is identity,
 /// batch norm uses running statistics) and returns every output by name.
 /// `params` maps parameter and buffer paths to values.
+///
+/// A sparse input (`sparse f32[..., V]`) is passed as a dense [`Array`] of
+/// its logical shape (zeros where nothing is stored): the reference
+/// semantics of the ops that consume it only read the non-zeros.
+///
+/// Data-dependent sizes (`K <= bound`) are bound from the first computed
+/// result that has them, and checked against their bound.
 pub fn run(
     g: &Graph,
     inputs: &[(&str, Array)],
@@ -53,15 +65,29 @@ pub fn run(
                     .ok_or_else(|| format!("value %{} used before it is computed", v.0))
             })
             .collect::<Result<_, _>>()?;
+        // Outputs with a not-yet-bound data-dependent size get an empty
+        // placeholder shape: their ops compute the size themselves.
         let shapes: Vec<Vec<usize>> = node
             .outputs
             .iter()
-            .map(|v| concrete(g, *v, &syms))
-            .collect::<Result<_, _>>()?;
+            .map(|v| concrete(g, *v, &syms).unwrap_or_default())
+            .collect();
         let results = eval(node.op.name, &Attrs(&node.op.attrs), &args, &shapes)
             .map_err(|e| format!("{} at {}: {e}", node.op.name, node.path))?;
-        for ((v, r), want) in node.outputs.iter().zip(results).zip(&shapes) {
-            if &r.shape != want {
+        if results.len() != node.outputs.len() {
+            return Err(format!(
+                "{} at {}: computed {} results for {} outputs",
+                node.op.name,
+                node.path,
+                results.len(),
+                node.outputs.len()
+            ));
+        }
+        for (v, r) in node.outputs.iter().zip(results) {
+            bind_data_dependent(g, *v, &r, &mut syms)
+                .map_err(|e| format!("{} at {}: {e}", node.op.name, node.path))?;
+            let want = concrete(g, *v, &syms)?;
+            if r.shape != want {
                 return Err(format!(
                     "{} at {}: computed shape {:?}, shape rule says {:?}",
                     node.op.name, node.path, r.shape, want
@@ -79,6 +105,52 @@ pub fn run(
                 .ok_or_else(|| format!("output `{name}` not computed"))
         })
         .collect()
+}
+
+/// Binds the data-dependent symbols of `v`'s type that are still unbound
+/// from the computed result `a`, and checks each against its bound.
+fn bind_data_dependent(
+    g: &Graph,
+    v: ValueId,
+    a: &Array,
+    syms: &mut HashMap<SymId, i64>,
+) -> Result<(), String> {
+    let ty = g.ty(v);
+    if ty.shape.len() != a.shape.len() {
+        return Err(format!(
+            "computed rank {}, shape rule says {}",
+            a.shape.len(),
+            g.type_text(ty)
+        ));
+    }
+    for (d, &n) in ty.shape.iter().zip(&a.shape) {
+        let [(s, 1)] = d.terms() else { continue };
+        if d.constant() != 0 || syms.contains_key(s) {
+            continue;
+        }
+        let SymKind::DataDependent { bound, .. } = &g.symbols[s.0 as usize].kind else {
+            continue;
+        };
+        let limit = bound.eval(&|x| syms.get(&x).copied()).as_known();
+        match limit {
+            Some(b) if n as i64 > b => {
+                return Err(format!(
+                    "run-time size {} = {n} exceeds its bound {b}",
+                    g.sym_name(*s)
+                ))
+            }
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "the bound {} of {} is not bound by the inputs",
+                    g.dim_text(bound),
+                    g.sym_name(*s)
+                ))
+            }
+        }
+        syms.insert(*s, n as i64);
+    }
+    Ok(())
 }
 
 /// Binds the symbols of `v`'s type from an actual array's shape.
@@ -146,8 +218,21 @@ fn reduce_result(r: f64, reduction: &str, per: Array) -> Array {
 /// Evaluates one op.
 fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<Array>, String> {
     use dense::*;
+    for family in [
+        nn::eval,
+        text::eval,
+        signal::eval,
+        detect::eval,
+        sparse::eval,
+    ] {
+        if let Some(r) = family(name, a, x, out) {
+            return r;
+        }
+    }
     let o = &out[0];
     let one = |arr: Array| Ok(vec![arr]);
+    let cmp =
+        |f: fn(f64, f64) -> bool| binary(x[0], x[1], o, move |p, q| f64::from(u8::from(f(p, q))));
     match name {
         "add" => one(binary(x[0], x[1], o, |p, q| p + q)),
         "sub" => one(binary(x[0], x[1], o, |p, q| p - q)),
@@ -158,6 +243,59 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         "minimum" => one(binary(x[0], x[1], o, f64::min)),
         "less" => one(binary(x[0], x[1], o, |p, q| f64::from(u8::from(p < q)))),
         "greater" => one(binary(x[0], x[1], o, |p, q| f64::from(u8::from(p > q)))),
+        "less_equal" => one(cmp(|p, q| p <= q)),
+        "greater_equal" => one(cmp(|p, q| p >= q)),
+        "equal" => one(cmp(|p, q| p == q)),
+        "not_equal" => one(cmp(|p, q| p != q)),
+        "where" => one(where_(x[0], x[1], x[2], o)),
+        "cast" => {
+            let f: fn(f64) -> f64 = match a.str("dtype") {
+                "f32" => |v| f64::from(v as f32),
+                "i32" | "i64" => f64::trunc,
+                "u8" => |v| v.trunc().rem_euclid(256.0),
+                "bool" => |v| f64::from(u8::from(v != 0.0)),
+                _ => |v| v,
+            };
+            one(unary(x[0], f))
+        }
+        "stack" => {
+            let d = a.int("dim") as usize;
+            let parts: Vec<Array> = x
+                .iter()
+                .map(|p| {
+                    let mut s = p.shape.clone();
+                    s.insert(d, 1);
+                    Array::new(&s, p.data.clone())
+                })
+                .collect();
+            one(concat(&parts.iter().collect::<Vec<_>>(), d, o))
+        }
+        "argmax" => {
+            let d = a.int("dim") as usize;
+            let lanes = along(x[0], d, |l| {
+                let best = (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b });
+                vec![best as f64; l.len()]
+            });
+            let mut keep = x[0].shape.clone();
+            keep[d] = 1;
+            one(Array::new(o, slice(&lanes, d, 0, 1, &keep).data))
+        }
+        "bce_with_logits" => {
+            let (z, t) = (x[0], x[1]);
+            let pw = x.get(2).copied();
+            let mut per = Array::zeros(&z.shape);
+            for (i, v) in per.data.iter_mut().enumerate() {
+                let (xv, tv) = (z.data[i], t.data[i]);
+                let lw = pw.map_or(1.0, |p| {
+                    let idx = array::unravel(i, &z.shape);
+                    1.0 + (p.data[array::broadcast_index(&idx, &p.shape)] - 1.0) * tv
+                });
+                // (1 - t) x + lw log(1 + e^-x), written stably.
+                *v = (1.0 - tv) * xv + lw * ((-xv.abs()).exp().ln_1p() + (-xv).max(0.0));
+            }
+            let mean = per.data.iter().sum::<f64>() / per.data.len().max(1) as f64;
+            one(reduce_result(mean, a.str("reduction"), per))
+        }
         "neg" => one(unary(x[0], |v| -v)),
         "relu" => one(unary(x[0], |v| v.max(0.0))),
         "tanh" => one(unary(x[0], f64::tanh)),
@@ -313,7 +451,14 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
             let inner: usize = logits.shape[2..].iter().product();
             let mut per = Array::zeros(&target.shape);
             let mut weight_sum = 0.0;
+            let ignore = a.int("ignore_index") as f64;
             for (i, &t) in target.data.iter().enumerate() {
+                if t == ignore {
+                    continue;
+                }
+                if t < 0.0 || t >= classes as f64 {
+                    return Err(format!("target {t} is not a class index in 0..{classes}"));
+                }
                 let (n, s) = (i / inner, i % inner);
                 let lp = |c: usize| ls.data[(n * classes + c) * inner + s];
                 let t = t as usize;

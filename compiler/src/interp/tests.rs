@@ -54,6 +54,78 @@ fn mixed_model_matches_pytorch_in_float64() {
     }
 }
 
+/// Runs `tests/fixtures/reference/<stem>.net` on the inputs stored in
+/// `<stem>.safetensors` (`input.<name>`, parameters under their paths) and
+/// compares every output with `expected.<name>`: equal shapes and a max
+/// error below 1e-10 relative to the largest expected magnitude (exact for
+/// integer results, which are small whole numbers).
+fn check_fixture(stem: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference");
+    let (program, diags) = Program::load(&root.join(format!("{stem}.net")));
+    assert!(diags.is_empty(), "{diags:?}");
+    let g = elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
+    let tensors: HashMap<String, Array> =
+        read_safetensors(&root.join(format!("{stem}.safetensors")))
+            .unwrap()
+            .into_iter()
+            .map(|(k, t)| (k, to_array(&t)))
+            .collect();
+    let inputs: Vec<(&str, Array)> = g
+        .inputs
+        .iter()
+        .map(|(name, _)| (name.as_str(), tensors[&format!("input.{name}")].clone()))
+        .collect();
+    let outputs = run(&g, &inputs, &tensors).unwrap_or_else(|e| panic!("{stem}: {e}"));
+    assert_eq!(outputs.len(), g.outputs.len());
+    for (name, got) in outputs {
+        let want = &tensors[&format!("expected.{name}")];
+        assert_eq!(got.shape, want.shape, "{stem}.{name}");
+        let err = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        let scale = want.data.iter().map(|v| v.abs()).fold(1e-12, f64::max);
+        assert!(
+            err / scale < 1e-10,
+            "{stem}.{name}: max error {err} (scale {scale})\n got {:?}\nwant {:?}",
+            got.data,
+            want.data
+        );
+    }
+}
+
+#[test]
+fn comparisons_casts_stack_argmax_and_losses_match_pytorch() {
+    check_fixture("misc");
+}
+
+#[test]
+fn attention_timestep_embedding_and_resizing_match_pytorch() {
+    check_fixture("attention");
+}
+
+#[test]
+fn embeddings_sparse_bags_cosine_dssm_and_lstms_match_pytorch() {
+    check_fixture("text");
+}
+
+#[test]
+fn signal_ops_match_scipy_and_pytorch() {
+    check_fixture("signal");
+}
+
+#[test]
+fn detection_ops_and_losses_match_torchvision() {
+    check_fixture("detect");
+}
+
+#[test]
+fn sparse_convs_match_dense_conv3d_on_the_active_sites() {
+    check_fixture("sparse");
+}
+
 #[test]
 fn missing_parameters_and_unknown_ops_are_errors_not_panics() {
     let (program, _) = Program::from_text(

@@ -1,0 +1,196 @@
+//! Reference semantics of the sequence and image-model ops without a dense
+//! core counterpart: multi-head attention, diffusers' timestep embedding,
+//! nearest-neighbour resizing and the (peephole) LSTM.
+
+use super::array::{unravel, Array};
+use super::dense::{log_softmax, Attrs};
+
+/// The result of one family op, or `None` if `name` is not in the family.
+type Eval = Option<Result<Vec<Array>, String>>;
+
+/// Evaluates `name` if it is one of this module's ops.
+pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
+    let r = match name {
+        "attention" => attention(
+            x[0],
+            x[1],
+            x[2],
+            a.int("heads") as usize,
+            a.float("scale", 1.0),
+        ),
+        "timestep_embedding" => timestep_embedding(x[0], a),
+        "upsample_nearest" | "resize_nearest" => resize_nearest(x[0], &out[0]),
+        "lstm" => return Some(lstm(x, a)),
+        _ => return None,
+    };
+    Some(Ok(vec![r]))
+}
+
+/// Multi-head scaled dot-product attention: `q [.., L, C]`, `k [.., S, C]`,
+/// `v [.., S, Cv]` (equal leading dims) -> `[.., L, Cv]`; head `h` uses
+/// channels `h*C/heads ..` of `q`, `k` and `h*Cv/heads ..` of `v`, as
+/// `F.scaled_dot_product_attention` on the split heads.
+fn attention(q: &Array, k: &Array, v: &Array, heads: usize, scale: f64) -> Array {
+    let r = q.shape.len();
+    let (l, c) = (q.shape[r - 2], q.shape[r - 1]);
+    let (s, cv) = (k.shape[r - 2], v.shape[r - 1]);
+    let batch: usize = q.shape[..r - 2].iter().product();
+    let heads = heads.max(1);
+    let (dh, dv) = (c / heads, cv / heads);
+    let mut shape = q.shape.clone();
+    shape[r - 1] = cv;
+    let mut out = Array::zeros(&shape);
+    for n in 0..batch {
+        for h in 0..heads {
+            for i in 0..l {
+                let logits: Vec<f64> = (0..s)
+                    .map(|j| {
+                        (0..dh)
+                            .map(|d| {
+                                q.data[(n * l + i) * c + h * dh + d]
+                                    * k.data[(n * s + j) * c + h * dh + d]
+                            })
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let p: Vec<f64> = log_softmax(&logits).into_iter().map(f64::exp).collect();
+                for e in 0..dv {
+                    out.data[(n * l + i) * cv + h * dv + e] = (0..s)
+                        .map(|j| p[j] * v.data[(n * s + j) * cv + h * dv + e])
+                        .sum();
+                }
+            }
+        }
+    }
+    out
+}
+
+/// diffusers' `get_timestep_embedding`: `t [N]` -> `[N, dim]`.
+fn timestep_embedding(t: &Array, a: &Attrs) -> Array {
+    let dim = a.int("dim") as usize;
+    let half = dim / 2;
+    let shift = a.float("shift", 0.0);
+    let max_period = a.float("max_period", 10000.0);
+    let scale = a.float("scale", 1.0);
+    let flip = a.bool("flip_sin_to_cos", true);
+    let n = t.data.len();
+    let mut out = Array::zeros(&[n, dim]);
+    for (row, &tv) in t.data.iter().enumerate() {
+        for j in 0..half {
+            let freq = (-max_period.ln() * j as f64 / (half as f64 - shift)).exp();
+            let arg = scale * tv * freq;
+            let (first, second) = if flip {
+                (arg.cos(), arg.sin())
+            } else {
+                (arg.sin(), arg.cos())
+            };
+            out.data[row * dim + j] = first;
+            out.data[row * dim + half + j] = second;
+        }
+    }
+    out
+}
+
+/// `F.interpolate(mode = "nearest")` to the spatial sizes of `out_shape`:
+/// output index `o` reads `min(floor(o * scale), in - 1)` with `scale =
+/// in / out` computed in f32, exactly as PyTorch's CPU kernel.
+fn resize_nearest(x: &Array, out_shape: &[usize]) -> Array {
+    let nd = x.shape.len() - 2;
+    let xs = x.strides();
+    let mut out = Array::zeros(out_shape);
+    let src = |o: usize, d: usize| -> usize {
+        let (inn, outn) = (x.shape[2 + d], out_shape[2 + d]);
+        let scale = inn as f32 / outn as f32;
+        ((o as f32 * scale).floor() as usize).min(inn - 1)
+    };
+    for (i, v) in out.data.iter_mut().enumerate() {
+        let idx = unravel(i, out_shape);
+        let mut off = idx[0] * xs[0] + idx[1] * xs[1];
+        for d in 0..nd {
+            off += src(idx[2 + d], d) * xs[2 + d];
+        }
+        *v = x.data[off];
+    }
+    out
+}
+
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// The LSTM of ops/rnn.rs (gate order i, f, g, o; optional peepholes),
+/// from zero state. Returns the sequence and/or last hidden state as the
+/// `returns` attribute asks.
+fn lstm(x: &[&Array], a: &Attrs) -> Result<Vec<Array>, String> {
+    let (input, w_ih, w_hh, b_ih, b_hh) = (x[0], x[1], x[2], x[3], x[4]);
+    let peep = if a.bool("peephole", false) {
+        Some((x[5], x[6], x[7]))
+    } else {
+        None
+    };
+    let h = a.int("hidden") as usize;
+    let batch_first = a.bool("batch_first", true);
+    let r = input.shape.len();
+    let feat = input.shape[r - 1];
+    // Sequences as (offset of step 0, stride between steps).
+    let (steps, seqs, step_stride, seq_stride) = if batch_first {
+        let t = input.shape[r - 2];
+        (t, input.data.len() / feat / t.max(1), feat, t * feat)
+    } else {
+        (input.shape[0], input.shape[1], input.shape[1] * feat, feat)
+    };
+    let mut seq_shape = input.shape.clone();
+    seq_shape[r - 1] = h;
+    let mut seq = Array::zeros(&seq_shape);
+    let mut last = Vec::with_capacity(seqs * h);
+    // Output offsets mirror the input layout with H features.
+    let (out_step, out_seq) = if batch_first {
+        (h, steps * h)
+    } else {
+        (seqs * h, h)
+    };
+    for sq in 0..seqs {
+        let mut hs = vec![0.0; h];
+        let mut cs = vec![0.0; h];
+        for t in 0..steps {
+            let xo = sq * seq_stride + t * step_stride;
+            let xt = &input.data[xo..xo + feat];
+            let gate = |g: usize, j: usize, hs: &[f64]| -> f64 {
+                let row = g * h + j;
+                let mut acc = b_ih.data[row] + b_hh.data[row];
+                acc += (0..feat)
+                    .map(|i| w_ih.data[row * feat + i] * xt[i])
+                    .sum::<f64>();
+                acc += (0..h).map(|i| w_hh.data[row * h + i] * hs[i]).sum::<f64>();
+                acc
+            };
+            let mut new_c = vec![0.0; h];
+            let mut new_h = vec![0.0; h];
+            for j in 0..h {
+                let (ci, cf, co) = peep.map_or((0.0, 0.0, 0.0), |(wi, wf, wo)| {
+                    (wi.data[j], wf.data[j], wo.data[j])
+                });
+                let i_g = sigmoid(gate(0, j, &hs) + ci * cs[j]);
+                let f_g = sigmoid(gate(1, j, &hs) + cf * cs[j]);
+                let g_g = gate(2, j, &hs).tanh();
+                new_c[j] = f_g * cs[j] + i_g * g_g;
+                let o_g = sigmoid(gate(3, j, &hs) + co * new_c[j]);
+                new_h[j] = o_g * new_c[j].tanh();
+            }
+            hs = new_h;
+            cs = new_c;
+            let oo = sq * out_seq + t * out_step;
+            seq.data[oo..oo + h].copy_from_slice(&hs);
+        }
+        last.extend(hs);
+    }
+    let mut last_shape = seq_shape.clone();
+    last_shape.remove(if batch_first { r - 2 } else { 0 });
+    let last = Array::new(&last_shape, last);
+    Ok(match a.str("returns") {
+        "sequence" => vec![seq],
+        "both" => vec![seq, last],
+        _ => vec![last],
+    })
+}

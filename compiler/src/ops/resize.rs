@@ -3,7 +3,10 @@
 //! by an integer factor (`nn.Upsample(scale_factor = 2)`, the UNet's
 //! upsampler) and `resize_nearest` to an explicit size (torchvision's FPN
 //! top-down path, `F.interpolate(x, size = feat_shape, mode = "nearest")`).
-//! Output element `o` along a dim reads input element `floor(o * in / out)`.
+//! Output element `o` along a dim reads input element
+//! `min(floor(o * float32(in / out)), in - 1)`, as PyTorch computes it (the
+//! scale is rounded to f32 first, which differs from exact `o * in / out`
+//! for some sizes).
 
 use super::util::at_least;
 use super::Builtin;

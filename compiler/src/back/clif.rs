@@ -1,0 +1,1 @@
+//! `netc compile --emit clif`: placeholder replaced below.

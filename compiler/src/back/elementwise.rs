@@ -19,8 +19,8 @@
 //!   `inner = C`).
 //!
 //! Every op is a single correctly rounded IEEE operation (no FMA
-//! contraction), so results equal a scalar Rust evaluation bit for bit,
-//! except for the sign of zero in `leaky_relu(-0.0)`. `maximum`, `minimum`,
+//! contraction), so results equal a scalar Rust evaluation bit for bit.
+//! `maximum`, `minimum`,
 //! `relu` and `clamp` propagate NaN, as PyTorch does.
 
 use super::jit::{Jit, KernelFn, KernelId, KernelSource};

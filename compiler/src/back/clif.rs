@@ -53,14 +53,13 @@ pub fn node_chain(g: &Graph, node: &Node) -> Option<Chain> {
     let out = &g.ty(node.outputs[0]).shape;
     // The running value must have the output's shape; if only the right
     // operand does, swap.
-    let (x, y, swap) = if &g.ty(x).shape == out {
-        (x, y, false)
+    let (y, swap) = if &g.ty(x).shape == out {
+        (y, false)
     } else if &g.ty(y).shape == out {
-        (y, x, true)
+        (x, true)
     } else {
         return None;
     };
-    let _ = x;
     let (rhs, bcast, domain) = classify(g, y, out)?;
     let mut inputs = vec![Bcast::Full];
     let rhs = match rhs {

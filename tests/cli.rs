@@ -85,3 +85,28 @@ fn syntax_errors_exit_nonzero_with_location() {
     assert!(err.contains("bad.net:3:18"), "{err}");
     assert!(err.contains("after `|>` comes a call"), "{err}");
 }
+
+#[test]
+fn compile_emits_clif_of_elementwise_kernels() {
+    let (ok, out, err) = netc(&[
+        "compile",
+        "models/vggish.net",
+        "--model",
+        "vggish_postprocess",
+        "--emit",
+        "clif",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("; model vggish_postprocess: 2 elementwise kernels"),
+        "{out}"
+    );
+    assert!(out.contains("; kernel ew.f32(Full;flat) clamp("), "{out}");
+    assert!(out.contains("load.f32x4"), "{out}");
+    assert!(
+        out.contains("nodes not covered by the back end yet"),
+        "{out}"
+    );
+    let (ok, _, err) = netc(&["compile", "models/vggish.net", "--emit", "clif"]);
+    assert!(!ok && err.contains("choose one with --model"), "{err}");
+}

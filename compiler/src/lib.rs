@@ -6,6 +6,7 @@
 //! `docs/architecture.md`.
 #![deny(missing_docs)]
 
+pub mod back;
 pub mod diag;
 pub mod elab;
 pub mod front;

@@ -21,6 +21,32 @@ struct Cli {
 enum Command {
     /// Parse, elaborate and shape-check a file; print a per-layer summary.
     Check(CheckArgs),
+    /// Compile a model and print what a stage produced (`--emit`).
+    Compile(CompileArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompileEmit {
+    /// The typed graph IR.
+    Ir,
+    /// The Cranelift IR of the elementwise kernels the model needs (each
+    /// distinct kernel once).
+    Clif,
+}
+
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// The `.net` file.
+    file: PathBuf,
+    /// The model to compile (default: the only model in the file).
+    #[arg(long)]
+    model: Option<String>,
+    /// Override a model parameter: `--set classes=10`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
+    /// What to print.
+    #[arg(long, value_enum)]
+    emit: CompileEmit,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,7 +83,60 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(args),
+        Command::Compile(args) => compile(args),
     }
+}
+
+/// Parses `--set NAME=VALUE` arguments.
+fn parse_sets(sets: &[String]) -> Result<Vec<(String, Value)>, String> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), parse_set_value(v))),
+            _ => Err(format!(
+                "`--set {s}`: expected NAME=VALUE, e.g. `--set classes=10`"
+            )),
+        })
+        .collect()
+}
+
+fn compile(args: CompileArgs) -> ExitCode {
+    let sets = match parse_sets(&args.sets) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (program, diags) = Program::load(&args.file);
+    if !diags.is_empty() {
+        eprint!("{}", render_all(&diags, &program.sources));
+        return ExitCode::FAILURE;
+    }
+    let m = match program.model(args.model.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let g = match elaborate(&program, m, &sets) {
+        Ok(g) => g,
+        Err(diags) => {
+            eprint!("{}", render_all(&diags, &program.sources));
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.emit {
+        CompileEmit::Ir => print!("{}", netc::ir::print_graph(&g)),
+        CompileEmit::Clif => match netc::back::clif::emit_clif(&g) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::SUCCESS
 }
 
 /// Parses `--set` values: integers, floats, booleans, lists of those, or strings.

@@ -1,0 +1,557 @@
+//! Every generated kernel against a plain Rust reference, on odd sizes and
+//! ragged work ranges; the kernel cache; validation errors.
+
+use super::*;
+use crate::back::jit::Jit;
+
+const SIZES: &[u64] = &[0, 1, 3, 4, 5, 17, 1000];
+
+/// Deterministic values in [-4, 4) with exact zeros sprinkled in.
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            if i % 11 == 3 {
+                0.0
+            } else {
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+            }
+        })
+        .collect()
+}
+
+fn nan_max(x: f32, y: f32) -> f32 {
+    if x.is_nan() || y.is_nan() {
+        f32::NAN
+    } else {
+        x.max(y)
+    }
+}
+
+fn nan_min(x: f32, y: f32) -> f32 {
+    if x.is_nan() || y.is_nan() {
+        f32::NAN
+    } else {
+        x.min(y)
+    }
+}
+
+/// The scalar reference for element `e` of `chain`.
+fn reference(chain: &Chain, ins: &[&[f32]], e: usize) -> f32 {
+    let (row, col) = match chain.domain {
+        Domain::Flat => (0, e),
+        Domain::Rows { inner, .. } => (e / inner as usize, e % inner as usize),
+    };
+    let channel = match chain.domain {
+        Domain::Rows { channels, .. } => row % channels as usize,
+        Domain::Flat => 0,
+    };
+    let mut x = ins[0][e];
+    for s in &chain.steps {
+        x = match *s {
+            Step::Unary(u) => match u {
+                Unary::Relu => nan_max(x, 0.0),
+                Unary::Neg => -x,
+                Unary::Abs => x.abs(),
+                Unary::Square => x * x,
+                Unary::Sqrt => x.sqrt(),
+                Unary::Clamp { lo, hi } => nan_min(nan_max(x, lo), hi),
+                Unary::LeakyRelu { slope } => {
+                    if x > 0.0 {
+                        x
+                    } else {
+                        slope * x
+                    }
+                }
+            },
+            Step::Binary { op, rhs, swap } => {
+                let y = match rhs {
+                    Operand::Const(c) => c,
+                    Operand::Input(k) => match chain.inputs[k] {
+                        Bcast::Full => ins[k][e],
+                        Bcast::Scalar => ins[k][0],
+                        Bcast::PerChannel => ins[k][channel],
+                        Bcast::PerColumn => ins[k][col],
+                    },
+                };
+                let (l, r) = if swap { (y, x) } else { (x, y) };
+                match op {
+                    Binary::Add => l + r,
+                    Binary::Sub => l - r,
+                    Binary::Mul => l * r,
+                    Binary::Div => l / r,
+                    Binary::Maximum => nan_max(l, r),
+                    Binary::Minimum => nan_min(l, r),
+                }
+            }
+        };
+    }
+    x
+}
+
+fn same(a: f32, b: f32) -> bool {
+    a == b || (a.is_nan() && b.is_nan())
+}
+
+/// Input buffers sized for `units` work units of `chain`.
+fn inputs_for(chain: &Chain, units: u64) -> Vec<Vec<f32>> {
+    (0..chain.inputs.len())
+        .map(|k| {
+            let n = chain.input_len(k, units) as usize;
+            let mut v = data(n, 7 + k as u64 * 1000 + units);
+            if k > 0
+                && chain.steps.iter().any(|s| {
+                    matches!(
+                        s,
+                        Step::Binary {
+                            op: Binary::Div,
+                            ..
+                        }
+                    )
+                })
+            {
+                // Keep divisors away from zero so the check compares numbers.
+                for y in &mut v {
+                    if *y == 0.0 {
+                        *y = 0.5;
+                    }
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+/// Runs `chain` on `units` work units, split into `ranges`, and compares
+/// every output element with the reference.
+fn check_split(jit: &mut Jit, chain: &Chain, units: u64, ranges: &[(u64, u64)]) {
+    chain.compile(jit).unwrap();
+    let k = chain.kernel(jit).unwrap();
+    let ins = inputs_for(chain, units);
+    let refs: Vec<&[f32]> = ins.iter().map(|v| v.as_slice()).collect();
+    let n = chain.elements(units) as usize;
+    // One spare element after the end must stay untouched.
+    let mut out = vec![-777.0f32; n + 1];
+    for &(s, e) in ranges {
+        k.run(s, e, &refs, &mut out).unwrap();
+    }
+    for (e, &got) in out.iter().enumerate().take(n) {
+        let want = reference(chain, &refs, e);
+        assert!(
+            same(got, want),
+            "{}: units {units}, element {e}: got {got}, want {want}",
+            chain.key()
+        );
+    }
+    assert_eq!(out[n], -777.0, "{}: wrote past the end", chain.key());
+}
+
+fn check(jit: &mut Jit, chain: &Chain, units: u64) {
+    check_split(jit, chain, units, &[(0, units)]);
+}
+
+/// Ragged ranges covering [0, units): chunk sizes 1, 2, 3, 5, 7, 1, 2, ...
+fn ragged(units: u64) -> Vec<(u64, u64)> {
+    let mut v = Vec::new();
+    let (mut s, mut i) = (0, 0);
+    while s < units {
+        let e = (s + [1, 2, 3, 5, 7, 13][i % 6]).min(units);
+        v.push((s, e));
+        s = e;
+        i += 1;
+    }
+    v
+}
+
+const UNARY: &[Unary] = &[
+    Unary::Relu,
+    Unary::Neg,
+    Unary::Abs,
+    Unary::Square,
+    Unary::Sqrt,
+    Unary::Clamp { lo: -1.5, hi: 2.25 },
+    Unary::LeakyRelu { slope: 0.01 },
+    Unary::LeakyRelu { slope: 0.2 },
+];
+
+const BINARY: &[Binary] = &[
+    Binary::Add,
+    Binary::Sub,
+    Binary::Mul,
+    Binary::Div,
+    Binary::Maximum,
+    Binary::Minimum,
+];
+
+#[test]
+fn unary_ops_match_reference() {
+    let mut jit = Jit::new().unwrap();
+    for &u in UNARY {
+        for &n in SIZES {
+            check(&mut jit, &Chain::unary(u), n);
+        }
+    }
+    // One kernel per op, whatever the size.
+    assert_eq!(jit.stats().compilations, UNARY.len());
+}
+
+#[test]
+fn binary_same_shape_and_scalar_match_reference() {
+    let mut jit = Jit::new().unwrap();
+    for &op in BINARY {
+        for bc in [Bcast::Full, Bcast::Scalar] {
+            for &n in SIZES {
+                check(&mut jit, &Chain::binary(op, bc, Domain::Flat), n);
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_per_channel_and_per_column_match_reference() {
+    let mut jit = Jit::new().unwrap();
+    for &op in BINARY {
+        for (channels, inner) in [(1, 1), (3, 1), (3, 5), (4, 4), (2, 17), (5, 3), (1, 1000)] {
+            let domain = Domain::Rows { channels, inner };
+            for bc in [
+                Bcast::PerChannel,
+                Bcast::PerColumn,
+                Bcast::Full,
+                Bcast::Scalar,
+            ] {
+                // rows = 0, 1, one batch, a few batches plus a partial one.
+                for rows in [0, 1, channels, 2 * channels + 1] {
+                    check(&mut jit, &Chain::binary(op, bc, domain), rows);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ragged_work_ranges_match_reference() {
+    let mut jit = Jit::new().unwrap();
+    for &n in SIZES {
+        let chain = Chain::binary(Binary::Add, Bcast::Full, Domain::Flat);
+        check_split(&mut jit, &chain, n, &ragged(n));
+        check_split(
+            &mut jit,
+            &Chain::unary(Unary::LeakyRelu { slope: 0.1 }),
+            n,
+            &ragged(n),
+        );
+    }
+    // Row ranges that start mid-batch exercise the channel counter's start.
+    for (channels, inner) in [(3, 5), (7, 4), (2, 17), (5, 1)] {
+        let domain = Domain::Rows { channels, inner };
+        let chain = Chain::binary(Binary::Mul, Bcast::PerChannel, domain);
+        for rows in [1, 5, 3 * channels + 2, 40] {
+            check_split(&mut jit, &chain, rows, &ragged(rows));
+        }
+    }
+}
+
+/// conv epilogue: `relu(x + bias[c])`.
+fn bias_relu(channels: u64, inner: u64) -> Chain {
+    Chain {
+        inputs: vec![Bcast::Full, Bcast::PerChannel],
+        domain: Domain::Rows { channels, inner },
+        steps: vec![
+            Step::Binary {
+                op: Binary::Add,
+                rhs: Operand::Input(1),
+                swap: false,
+            },
+            Step::Unary(Unary::Relu),
+        ],
+    }
+}
+
+#[test]
+fn fused_chains_match_reference() {
+    let mut jit = Jit::new().unwrap();
+    let chains = vec![
+        bias_relu(3, 17),
+        bias_relu(16, 49),
+        // Residual epilogue: relu(x + bias[c] + skip).
+        Chain {
+            inputs: vec![Bcast::Full, Bcast::PerChannel, Bcast::Full],
+            domain: Domain::Rows {
+                channels: 6,
+                inner: 9,
+            },
+            steps: vec![
+                Step::Binary {
+                    op: Binary::Add,
+                    rhs: Operand::Input(1),
+                    swap: false,
+                },
+                Step::Binary {
+                    op: Binary::Add,
+                    rhs: Operand::Input(2),
+                    swap: false,
+                },
+                Step::Unary(Unary::Relu),
+            ],
+        },
+        // Folded batch norm + relu6: clamp(x * scale[c] + shift[c], 0, 6).
+        Chain {
+            inputs: vec![Bcast::Full, Bcast::PerChannel, Bcast::PerChannel],
+            domain: Domain::Rows {
+                channels: 4,
+                inner: 13,
+            },
+            steps: vec![
+                Step::Binary {
+                    op: Binary::Mul,
+                    rhs: Operand::Input(1),
+                    swap: false,
+                },
+                Step::Binary {
+                    op: Binary::Add,
+                    rhs: Operand::Input(2),
+                    swap: false,
+                },
+                Step::Unary(Unary::Clamp { lo: 0.0, hi: 6.0 }),
+            ],
+        },
+        // Linear epilogue: leaky_relu(x + bias[j]) over [N, 10].
+        Chain {
+            inputs: vec![Bcast::Full, Bcast::PerColumn],
+            domain: Domain::Rows {
+                channels: 1,
+                inner: 10,
+            },
+            steps: vec![
+                Step::Binary {
+                    op: Binary::Add,
+                    rhs: Operand::Input(1),
+                    swap: false,
+                },
+                Step::Unary(Unary::LeakyRelu { slope: 0.01 }),
+            ],
+        },
+        // Constants on either side: sqrt(|2 - x|) / 3, then max with a scalar input.
+        Chain {
+            inputs: vec![Bcast::Full, Bcast::Scalar],
+            domain: Domain::Flat,
+            steps: vec![
+                Step::Binary {
+                    op: Binary::Sub,
+                    rhs: Operand::Const(2.0),
+                    swap: true,
+                },
+                Step::Unary(Unary::Abs),
+                Step::Unary(Unary::Sqrt),
+                Step::Binary {
+                    op: Binary::Div,
+                    rhs: Operand::Const(3.0),
+                    swap: false,
+                },
+                Step::Binary {
+                    op: Binary::Maximum,
+                    rhs: Operand::Input(1),
+                    swap: false,
+                },
+                Step::Unary(Unary::Square),
+                Step::Unary(Unary::Neg),
+            ],
+        },
+    ];
+    for chain in &chains {
+        for units in [0, 1, 3, 4, 5, 17, 100] {
+            check(&mut jit, chain, units);
+            check_split(&mut jit, chain, units, &ragged(units));
+        }
+    }
+    assert_eq!(jit.stats().compilations, chains.len());
+}
+
+#[test]
+fn nan_propagates_like_pytorch() {
+    let mut jit = Jit::new().unwrap();
+    let x = [f32::NAN, 1.0, -1.0, f32::NAN, 2.0];
+    let mut out = [0.0f32; 5];
+    for chain in [
+        Chain::unary(Unary::Relu),
+        Chain::unary(Unary::Clamp { lo: 0.0, hi: 1.0 }),
+        Chain::binary(Binary::Maximum, Bcast::Scalar, Domain::Flat),
+    ] {
+        chain.compile(&mut jit).unwrap();
+        let k = chain.kernel(&jit).unwrap();
+        let zero: &[f32] = &[0.0];
+        let ins: [&[f32]; 2] = [&x, zero];
+        k.run(0, 5, &ins[..chain.inputs.len()], &mut out).unwrap();
+        assert!(
+            out[0].is_nan() && out[3].is_nan(),
+            "{}: {out:?}",
+            chain.key()
+        );
+        assert!(!out[1].is_nan());
+    }
+}
+
+#[test]
+fn in_place_through_call_raw() {
+    let mut jit = Jit::new().unwrap();
+    let chain = bias_relu(3, 5);
+    chain.compile(&mut jit).unwrap();
+    let k = chain.kernel(&jit).unwrap();
+    let mut buf = data(45, 3);
+    let bias = data(3, 4);
+    let want: Vec<f32> = (0..45)
+        .map(|e| reference(&chain, &[&buf, &bias], e))
+        .collect();
+    let ptrs = [buf.as_ptr(), bias.as_ptr()];
+    // SAFETY: 9 rows of 5 = 45 elements fit `buf`; the per-channel input has
+    // 3 elements; `out` is input 0 (allowed) and `bias` is separate.
+    unsafe { k.call_raw(0, 9, ptrs.as_ptr(), buf.as_mut_ptr()) };
+    assert_eq!(buf, want);
+}
+
+#[test]
+fn each_distinct_kernel_compiles_once() {
+    let mut jit = Jit::new().unwrap();
+    let a = bias_relu(64, 3136);
+    let a_again = bias_relu(64, 3136);
+    a.compile(&mut jit).unwrap();
+    assert_eq!(jit.stats().compilations, 1);
+    // The same signature again, built separately: nothing is compiled.
+    let id = a_again.compile(&mut jit).unwrap();
+    assert_eq!(id, a.compile(&mut jit).unwrap());
+    assert_eq!(jit.stats().compilations, 1);
+    assert_eq!(jit.stats().cache_hits, 2);
+    // A different size or constant is a different kernel.
+    bias_relu(64, 784).compile(&mut jit).unwrap();
+    Chain::unary(Unary::LeakyRelu { slope: 0.01 })
+        .compile(&mut jit)
+        .unwrap();
+    Chain::unary(Unary::LeakyRelu { slope: 0.02 })
+        .compile(&mut jit)
+        .unwrap();
+    assert_eq!(jit.stats().compilations, 4);
+    // Running a cached kernel many times compiles nothing more.
+    let k = a.kernel(&jit).unwrap();
+    let x = data(64 * 3136, 1);
+    let b = data(64, 2);
+    let mut out = vec![0.0; x.len()];
+    for _ in 0..3 {
+        k.run(0, 64, &[&x, &b], &mut out).unwrap();
+    }
+    assert_eq!(jit.stats().compilations, 4);
+    assert!(jit.code_size(k.id()) > 0);
+}
+
+#[test]
+fn bad_descriptions_and_buffers_are_errors() {
+    let mut jit = Jit::new().unwrap();
+    let e = Chain::binary(Binary::Add, Bcast::PerChannel, Domain::Flat)
+        .compile(&mut jit)
+        .unwrap_err();
+    assert!(e.0.contains("rows domain"), "{e}");
+    let mut c = Chain::unary(Unary::Relu);
+    c.steps.push(Step::Binary {
+        op: Binary::Add,
+        rhs: Operand::Input(3),
+        swap: false,
+    });
+    assert!(c.compile(&mut jit).unwrap_err().0.contains("reads input 3"));
+    let e = Chain::binary(
+        Binary::Add,
+        Bcast::Full,
+        Domain::Rows {
+            channels: 0,
+            inner: 4,
+        },
+    )
+    .compile(&mut jit)
+    .unwrap_err();
+    assert!(e.0.contains("channels"), "{e}");
+    let e = Chain::unary(Unary::Abs).kernel(&jit).err().unwrap();
+    assert!(e.0.contains("not compiled"), "{e}");
+    assert_eq!(jit.stats().compilations, 0);
+
+    let chain = bias_relu(4, 8);
+    chain.compile(&mut jit).unwrap();
+    let k = chain.kernel(&jit).unwrap();
+    let x = vec![0.0; 32];
+    let mut out = vec![0.0; 32];
+    assert!(k
+        .run(0, 5, &[&x, &[0.0; 4]], &mut out)
+        .unwrap_err()
+        .0
+        .contains("input 0 has 32"));
+    assert!(k
+        .run(0, 4, &[&x, &[0.0; 3]], &mut out)
+        .unwrap_err()
+        .0
+        .contains("input 1 has 3"));
+    assert!(k
+        .run(0, 4, &[&x], &mut out)
+        .unwrap_err()
+        .0
+        .contains("1 inputs given"));
+    assert!(k
+        .run(3, 2, &[&x, &[0.0; 4]], &mut out)
+        .unwrap_err()
+        .0
+        .contains("reversed"));
+    assert!(k
+        .run(0, 4, &[&x, &[0.0; 4]], &mut out[..31])
+        .unwrap_err()
+        .0
+        .contains("output has 31"));
+    assert!(k.run(0, 4, &[&x, &[0.0; 4]], &mut out).is_ok());
+}
+
+#[test]
+fn clif_is_an_f32x4_loop_with_scalar_tail() {
+    let mut jit = Jit::new().unwrap();
+    let text = jit.clif(&bias_relu(8, 49)).unwrap();
+    assert!(text.contains("f32x4"), "{text}");
+    assert!(text.contains("fmax"), "{text}");
+    assert!(text.contains("urem"), "{text}");
+    assert_eq!(jit.stats().compilations, 0);
+}
+
+/// Prints the JIT time per kernel (`cargo test compile_time -- --nocapture`)
+/// and bounds it loosely so a pathological regression fails.
+#[test]
+fn compile_time_per_kernel() {
+    let mut jit = Jit::new().unwrap();
+    let mut n = 0;
+    for &u in UNARY {
+        Chain::unary(u).compile(&mut jit).unwrap();
+        n += 1;
+    }
+    for &op in BINARY {
+        for c in 1..=4 {
+            Chain::binary(
+                op,
+                Bcast::PerChannel,
+                Domain::Rows {
+                    channels: c,
+                    inner: 49,
+                },
+            )
+            .compile(&mut jit)
+            .unwrap();
+            n += 1;
+        }
+    }
+    for c in 1..=8 {
+        bias_relu(c, 3136).compile(&mut jit).unwrap();
+        n += 1;
+    }
+    let s = jit.stats();
+    assert_eq!(s.compilations, n);
+    let per = s.compile_time / n as u32;
+    eprintln!(
+        "compiled {n} elementwise kernels in {:?}: {per:?} per kernel",
+        s.compile_time
+    );
+    assert!(per.as_millis() < 50, "{per:?} per kernel");
+}

@@ -1,0 +1,34 @@
+//! The back end: kernels generated as Cranelift IR and JIT-compiled.
+//!
+//! Division of labour (see `docs/backend.md` and DESIGN.md "Kernels"):
+//! Cranelift generates the memory-bound kernels (elementwise chains and the
+//! fused epilogues of contractions) on f32x4; contractions will call a tuned
+//! GEMM in the runtime.
+//!
+//! - [`jit`]: the JIT module, the kernel cache keyed by signature, and the
+//!   compile counters.
+//! - [`elementwise`]: the f32 elementwise / fused-chain kernel generator.
+//! - [`clif`]: `netc compile --emit clif`: the elementwise kernels a graph
+//!   needs, printed as CLIF.
+
+pub mod clif;
+pub mod elementwise;
+pub mod jit;
+
+use std::fmt;
+
+/// An error from kernel generation or JIT compilation.
+///
+/// These are internal errors (an unsupported kernel description or a
+/// Cranelift failure), never caused by a user's numbers alone; the message
+/// names the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackError(pub String);
+
+impl fmt::Display for BackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BackError {}

@@ -20,40 +20,6 @@ fn to_array(t: &Tensor) -> Array {
     Array::new(t.shape(), data)
 }
 
-#[test]
-fn mixed_model_matches_pytorch_in_float64() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference");
-    let (program, diags) = Program::load(&root.join("mixed.net"));
-    assert!(diags.is_empty(), "{diags:?}");
-    let g = elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
-    let tensors: HashMap<String, Array> = read_safetensors(&root.join("mixed.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, to_array(&t)))
-        .collect();
-    let inputs = [
-        ("x", tensors["input.x"].clone()),
-        ("y", tensors["input.y"].clone()),
-    ];
-    let outputs = run(&g, &inputs, &tensors).unwrap();
-    assert_eq!(outputs.len(), 5);
-    for (name, got) in outputs {
-        let want = &tensors[&format!("expected.{name}")];
-        assert_eq!(got.shape, want.shape, "{name}");
-        let err = got
-            .data
-            .iter()
-            .zip(&want.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        let scale = want.data.iter().map(|v| v.abs()).fold(1e-12, f64::max);
-        assert!(
-            err / scale < 1e-10,
-            "{name}: max error {err} (scale {scale})"
-        );
-    }
-}
-
 /// Runs `tests/fixtures/reference/<stem>.net` on the inputs stored in
 /// `<stem>.safetensors` (`input.<name>`, parameters under their paths) and
 /// compares every output with `expected.<name>`: equal shapes and a max
@@ -94,6 +60,14 @@ fn check_fixture(stem: &str) {
             want.data
         );
     }
+}
+
+/// Strided, dilated and grouped conv, batch/group/layer norm, max pool with
+/// `ceil_mode`, average pool without padding counts, adaptive pool, GELU,
+/// softmax, cross-entropy with label smoothing, multi-margin.
+#[test]
+fn mixed_dense_model_matches_pytorch_in_float64() {
+    check_fixture("mixed");
 }
 
 #[test]

@@ -37,8 +37,9 @@ pub trait KernelSource {
     ) -> Result<(), BackError>;
 }
 
-/// The machine function type of every kernel (see [`KernelSource`]).
-pub type KernelFn = unsafe extern "C" fn(i64, i64, *const *const f32, *mut f32);
+/// The machine function type of every kernel (see [`KernelSource`]); the
+/// runtime's plan executor calls kernels through it.
+pub use netc_runtime::plan::KernelFn;
 
 /// Index of a compiled kernel inside a [`Jit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

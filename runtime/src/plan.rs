@@ -1,0 +1,379 @@
+//! The plan executor: runs an ordered list of kernel calls over one memory
+//! arena. The arena is allocated when the executor is built and reused by
+//! every run; a run allocates nothing. Each step's work range `[0, units)`
+//! is split over a rayon pool of the requested size; kernels write disjoint
+//! parts of their output for disjoint ranges, so the pieces run in parallel.
+//!
+//! Every kernel has the kernel ABI
+//! `extern "C" fn(start: i64, end: i64, inputs: *const *const f32, out: *mut f32)`:
+//! `inputs` points to the base pointers of its input buffers, indices are
+//! absolute, and `[start, end)` is the range of work units to compute.
+
+use rayon::prelude::*;
+
+/// The machine signature of every kernel (see the module docs).
+pub type KernelFn = unsafe extern "C" fn(i64, i64, *const *const f32, *mut f32);
+
+/// A buffer a step reads or writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buf {
+    /// `len` elements of the arena starting at element `offset`.
+    Arena {
+        /// First element.
+        offset: usize,
+        /// Element count.
+        len: usize,
+    },
+    /// Model input `i`.
+    Input(usize),
+    /// Parameter `i`.
+    Param(usize),
+    /// Model output `i` (written by the plan).
+    Output(usize),
+}
+
+/// One kernel call.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The kernel.
+    pub kernel: KernelFn,
+    /// Its input buffers, in the order the kernel expects.
+    pub inputs: Vec<Buf>,
+    /// Its output buffer.
+    pub output: Buf,
+    /// Work units (`end` of the full range).
+    pub units: usize,
+    /// The fewest units worth giving one thread.
+    pub grain: usize,
+    /// Elements the kernel reads from each input and writes to the output
+    /// for the full range (checked against the buffers before running).
+    pub extents: Vec<usize>,
+}
+
+/// A compiled model's schedule: the arena size and the steps in order.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Arena size in f32 elements.
+    pub arena_len: usize,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+}
+
+/// Why a plan cannot run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A buffer is smaller than a step needs.
+    #[error("step {step}: {what} has {have} elements, the kernel needs {need}")]
+    TooSmall {
+        /// The step index.
+        step: usize,
+        /// Which buffer.
+        what: String,
+        /// Its length.
+        have: usize,
+        /// What the kernel touches.
+        need: usize,
+    },
+    /// A step names a buffer that was not given.
+    #[error("step {step}: {what} is not given")]
+    Missing {
+        /// The step index.
+        step: usize,
+        /// Which buffer.
+        what: String,
+    },
+    /// A step's extents do not list one per buffer.
+    #[error("step {step}: {extents} extents for {buffers} buffers")]
+    Malformed {
+        /// The step index.
+        step: usize,
+        /// Extents given.
+        extents: usize,
+        /// Buffers (inputs + output).
+        buffers: usize,
+    },
+    /// The thread pool could not be built.
+    #[error("cannot start {0} threads")]
+    Threads(usize),
+}
+
+/// Raw pointers handed to kernels on several threads.
+#[derive(Clone, Copy)]
+struct Shared(*const *const f32, *mut f32);
+
+// SAFETY: the pointers are only dereferenced by kernels, which write the
+// disjoint output ranges they are given and only read inputs; the buffers
+// outlive the `run` call that shares them.
+unsafe impl Send for Shared {}
+// SAFETY: as above; concurrent kernel calls never write the same element.
+unsafe impl Sync for Shared {}
+
+/// Runs a [`Plan`] repeatedly over one arena.
+pub struct Executor {
+    plan: Plan,
+    arena: Vec<f32>,
+    pool: rayon::ThreadPool,
+    /// Per step, the input base pointers (refilled each run, never reallocated).
+    pointers: Vec<Vec<*const f32>>,
+}
+
+impl Executor {
+    /// An executor for `plan` with `threads` worker threads (at least 1).
+    pub fn new(plan: Plan, threads: usize) -> Result<Executor, PlanError> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|_| PlanError::Threads(threads))?;
+        for (i, s) in plan.steps.iter().enumerate() {
+            if s.extents.len() != s.inputs.len() + 1 {
+                return Err(PlanError::Malformed {
+                    step: i,
+                    extents: s.extents.len(),
+                    buffers: s.inputs.len() + 1,
+                });
+            }
+        }
+        let pointers = plan
+            .steps
+            .iter()
+            .map(|s| vec![std::ptr::null(); s.inputs.len()])
+            .collect();
+        Ok(Executor {
+            arena: vec![0.0; plan.arena_len],
+            plan,
+            pool,
+            pointers,
+        })
+    }
+
+    /// The arena's base address (stable across runs: the arena never moves).
+    pub fn arena_ptr(&self) -> *const f32 {
+        self.arena.as_ptr()
+    }
+
+    /// Runs every step. Buffers are checked against each step's extents
+    /// before anything runs, so a short buffer is an error, not a stray write.
+    pub fn run(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), PlanError> {
+        self.check(inputs, params, outputs)?;
+        let arena = self.arena.as_mut_ptr();
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let read = |b: &Buf| -> *const f32 {
+                match *b {
+                    // SAFETY: `check` verified offset + extent <= arena length.
+                    Buf::Arena { offset, .. } => unsafe { arena.add(offset) as *const f32 },
+                    Buf::Input(k) => inputs[k].as_ptr(),
+                    Buf::Param(k) => params[k].as_ptr(),
+                    Buf::Output(k) => outputs[k].as_ptr(),
+                }
+            };
+            for (slot, b) in self.pointers[i].iter_mut().zip(&step.inputs) {
+                *slot = read(b);
+            }
+            let out = match step.output {
+                // SAFETY: checked like every arena buffer.
+                Buf::Arena { offset, .. } => unsafe { arena.add(offset) },
+                Buf::Output(k) => outputs[k].as_mut_ptr(),
+                // `check` rejects inputs and parameters as outputs.
+                Buf::Input(_) | Buf::Param(_) => {
+                    unreachable!("checked: outputs are arena or model outputs")
+                }
+            };
+            let shared = Shared(self.pointers[i].as_ptr(), out);
+            let kernel = step.kernel;
+            let units = step.units;
+            let tasks = (units / step.grain.max(1)).clamp(1, self.pool.current_num_threads());
+            let run_range = move |t: usize| {
+                let s = shared;
+                let (start, end) = (units * t / tasks, units * (t + 1) / tasks);
+                // SAFETY: the kernel ABI; buffers were checked to cover the
+                // full range and ranges of different tasks are disjoint.
+                unsafe { kernel(start as i64, end as i64, s.0, s.1) }
+            };
+            if tasks == 1 {
+                run_range(0);
+            } else {
+                self.pool
+                    .install(|| (0..tasks).into_par_iter().for_each(run_range));
+            }
+        }
+        Ok(())
+    }
+
+    fn check(
+        &self,
+        inputs: &[&[f32]],
+        params: &[&[f32]],
+        outputs: &[&mut [f32]],
+    ) -> Result<(), PlanError> {
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            let buffers = step.inputs.iter().chain(std::iter::once(&step.output));
+            for (n, (b, &need)) in buffers.zip(&step.extents).enumerate() {
+                let is_output = n == step.inputs.len();
+                let (what, have) = match *b {
+                    Buf::Arena { offset, len } => {
+                        let end = offset.saturating_add(len);
+                        let have = if end <= self.arena.len() {
+                            len
+                        } else {
+                            self.arena.len().saturating_sub(offset)
+                        };
+                        (format!("arena[{offset}..{end}]"), have)
+                    }
+                    Buf::Input(k) if !is_output => (
+                        format!("input {k}"),
+                        inputs.get(k).map(|s| s.len()).ok_or(PlanError::Missing {
+                            step: i,
+                            what: format!("input {k}"),
+                        })?,
+                    ),
+                    Buf::Param(k) if !is_output => (
+                        format!("parameter {k}"),
+                        params.get(k).map(|s| s.len()).ok_or(PlanError::Missing {
+                            step: i,
+                            what: format!("parameter {k}"),
+                        })?,
+                    ),
+                    Buf::Output(k) => (
+                        format!("output {k}"),
+                        outputs.get(k).map(|s| s.len()).ok_or(PlanError::Missing {
+                            step: i,
+                            what: format!("output {k}"),
+                        })?,
+                    ),
+                    Buf::Input(k) | Buf::Param(k) => {
+                        return Err(PlanError::Missing {
+                            step: i,
+                            what: format!("a writable output (got read-only buffer {k})"),
+                        })
+                    }
+                };
+                if have < need {
+                    return Err(PlanError::TooSmall {
+                        step: i,
+                        what,
+                        have,
+                        need,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// out[i] = in0[i] + in1[i]
+    unsafe extern "C" fn add(start: i64, end: i64, inputs: *const *const f32, out: *mut f32) {
+        for i in start as usize..end as usize {
+            // SAFETY: the executor checked both inputs and the output cover the range.
+            unsafe {
+                let (a, b) = (*inputs, *inputs.add(1));
+                *out.add(i) = *a.add(i) + *b.add(i);
+            }
+        }
+    }
+
+    /// out[i] = 2 * in0[i]
+    unsafe extern "C" fn double(start: i64, end: i64, inputs: *const *const f32, out: *mut f32) {
+        for i in start as usize..end as usize {
+            // SAFETY: as in `add`.
+            unsafe { *out.add(i) = 2.0 * *(*inputs).add(i) }
+        }
+    }
+
+    fn plan(n: usize) -> Plan {
+        // t = x + w (arena[0..n]); u = 2t (arena[n..2n]); y = t + u (output 0).
+        let t = Buf::Arena { offset: 0, len: n };
+        let u = Buf::Arena { offset: n, len: n };
+        Plan {
+            arena_len: 2 * n,
+            steps: vec![
+                Step {
+                    kernel: add,
+                    inputs: vec![Buf::Input(0), Buf::Param(0)],
+                    output: t,
+                    units: n,
+                    grain: 16,
+                    extents: vec![n; 3],
+                },
+                Step {
+                    kernel: double,
+                    inputs: vec![t],
+                    output: u,
+                    units: n,
+                    grain: 16,
+                    extents: vec![n; 2],
+                },
+                Step {
+                    kernel: add,
+                    inputs: vec![t, u],
+                    output: Buf::Output(0),
+                    units: n,
+                    grain: 16,
+                    extents: vec![n; 3],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn runs_steps_in_order_on_one_and_two_threads_without_moving_the_arena() {
+        for threads in [1, 2] {
+            let n = 1001;
+            let mut ex = Executor::new(plan(n), threads).unwrap();
+            let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let w = vec![0.5f32; n];
+            let mut y = vec![0.0f32; n];
+            let base = ex.arena_ptr();
+            for _ in 0..3 {
+                ex.run(&[&x], &[&w], &mut [&mut y]).unwrap();
+                assert_eq!(ex.arena_ptr(), base);
+            }
+            for (i, v) in y.iter().enumerate() {
+                assert_eq!(*v, 3.0 * (i as f32 + 0.5), "threads {threads}, element {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_or_missing_buffers_are_errors_before_anything_runs() {
+        let mut ex = Executor::new(plan(8), 2).unwrap();
+        let mut y = vec![0.0f32; 8];
+        let err = ex
+            .run(&[&[0.0; 7]], &[&[0.0; 8]], &mut [&mut y])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::TooSmall {
+                step: 0,
+                what: "input 0".into(),
+                have: 7,
+                need: 8
+            }
+        );
+        assert!(y.iter().all(|v| *v == 0.0), "nothing ran");
+        let err = ex.run(&[&[0.0; 8]], &[], &mut [&mut y]).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::Missing {
+                step: 0,
+                what: "parameter 0".into()
+            }
+        );
+        let mut bad = plan(8);
+        bad.steps[1].extents.pop();
+        assert!(matches!(
+            Executor::new(bad, 1),
+            Err(PlanError::Malformed { step: 1, .. })
+        ));
+    }
+}

@@ -17,6 +17,12 @@ use std::fmt::Write as _;
 
 /// The kernel chain for one graph node, if this back end supports it.
 pub fn node_chain(g: &Graph, node: &Node) -> Option<Chain> {
+    node_kernel(g, node).map(|(chain, _)| chain)
+}
+
+/// The kernel chain for one graph node and the values its kernel inputs
+/// read, in kernel-input order.
+pub fn node_kernel(g: &Graph, node: &Node) -> Option<(Chain, Vec<ValueId>)> {
     if node.outputs.len() != 1 || g.ty(node.outputs[0]).dtype != DType::F32 {
         return None;
     }
@@ -36,7 +42,7 @@ pub fn node_chain(g: &Graph, node: &Node) -> Option<Chain> {
         _ => None,
     };
     if let Some(u) = unary {
-        return (node.inputs.len() == 1).then(|| Chain::unary(u));
+        return (node.inputs.len() == 1).then(|| (Chain::unary(u), node.inputs.clone()));
     }
     let op = match node.op.name {
         "add" => Binary::Add,
@@ -53,27 +59,30 @@ pub fn node_chain(g: &Graph, node: &Node) -> Option<Chain> {
     let out = &g.ty(node.outputs[0]).shape;
     // The running value must have the output's shape; if only the right
     // operand does, swap.
-    let (y, swap) = if &g.ty(x).shape == out {
-        (y, false)
+    let (x, y, swap) = if &g.ty(x).shape == out {
+        (x, y, false)
     } else if &g.ty(y).shape == out {
-        (x, true)
+        (y, x, true)
     } else {
         return None;
     };
     let (rhs, bcast, domain) = classify(g, y, out)?;
     let mut inputs = vec![Bcast::Full];
+    let mut values = vec![x];
     let rhs = match rhs {
         Some(c) => Operand::Const(c),
         None => {
             inputs.push(bcast);
+            values.push(y);
             Operand::Input(1)
         }
     };
-    Some(Chain {
+    let chain = Chain {
         inputs,
         domain,
         steps: vec![Step::Binary { op, rhs, swap }],
-    })
+    };
+    Some((chain, values))
 }
 
 fn float_attr(node: &Node, key: &str) -> Option<f32> {

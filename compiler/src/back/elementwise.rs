@@ -220,7 +220,7 @@ impl Chain {
     }
 
     /// Minimum length of input `k` for work units `[0, end)`.
-    fn input_len(&self, k: usize, end: u64) -> u64 {
+    pub fn input_len(&self, k: usize, end: u64) -> u64 {
         match (self.inputs[k], self.domain) {
             (Bcast::Full, _) => self.elements(end),
             (Bcast::Scalar, _) => 1,

@@ -10,10 +10,12 @@
 //! - [`elementwise`]: the f32 elementwise / fused-chain kernel generator.
 //! - [`clif`]: `netc compile --emit clif`: the elementwise kernels a graph
 //!   needs, printed as CLIF.
+//! - [`lower`]: a graph to a runtime plan (kernel calls over one arena).
 
 pub mod clif;
 pub mod elementwise;
 pub mod jit;
+pub mod lower;
 
 use std::fmt;
 

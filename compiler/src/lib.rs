@@ -15,6 +15,7 @@ pub mod ir;
 pub mod ops;
 pub mod passes;
 pub mod program;
+pub mod session;
 pub mod source;
 pub mod summary;
 #[cfg(test)]

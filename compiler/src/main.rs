@@ -23,6 +23,38 @@ enum Command {
     Check(CheckArgs),
     /// Compile a model and print what a stage produced (`--emit`).
     Compile(CompileArgs),
+    /// Compile and run a model on inputs from files.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The `.net` file.
+    file: PathBuf,
+    /// The model to run (default: the only model in the file).
+    #[arg(long)]
+    model: Option<String>,
+    /// Override a model parameter: `--set classes=10`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
+    /// Weights (safetensors, names = parameter paths). Without it,
+    /// parameters get PyTorch's default initialisation from `--seed`.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Seed of the default initialisation (without `--weights`).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// An input: `NAME=PATH` with a `.safetensors` (the tensor called NAME,
+    /// or the only one) or `.npy` file. Repeat for each input.
+    #[arg(long = "input", value_name = "NAME=PATH", required = true)]
+    inputs: Vec<String>,
+    /// Write every output, under its name, to this safetensors file
+    /// (atomically). Without it, print each output's shape and first values.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,6 +116,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Compile(args) => compile(args),
+        Command::Run(args) => run(args),
     }
 }
 
@@ -99,32 +132,35 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, Value)>, String> {
         .collect()
 }
 
-fn compile(args: CompileArgs) -> ExitCode {
-    let sets = match parse_sets(&args.sets) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let (program, diags) = Program::load(&args.file);
+/// Loads `file`, picks the model and elaborates it; errors are printed.
+fn load_graph(
+    file: &std::path::Path,
+    model: Option<&str>,
+    sets: &[String],
+) -> Result<netc::ir::Graph, ExitCode> {
+    let sets = parse_sets(sets).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    let (program, diags) = Program::load(file);
     if !diags.is_empty() {
         eprint!("{}", render_all(&diags, &program.sources));
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     }
-    let m = match program.model(args.model.as_deref()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let g = match elaborate(&program, m, &sets) {
+    let m = program.model(model).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    elaborate(&program, m, &sets).map_err(|diags| {
+        eprint!("{}", render_all(&diags, &program.sources));
+        ExitCode::FAILURE
+    })
+}
+
+fn compile(args: CompileArgs) -> ExitCode {
+    let g = match load_graph(&args.file, args.model.as_deref(), &args.sets) {
         Ok(g) => g,
-        Err(diags) => {
-            eprint!("{}", render_all(&diags, &program.sources));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match args.emit {
         CompileEmit::Ir => print!("{}", netc::ir::print_graph(&g)),
@@ -293,4 +329,119 @@ fn check(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Reads input `name` from a `.npy` or `.safetensors` file.
+fn read_input(name: &str, path: &std::path::Path) -> Result<netc_runtime::Tensor, String> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        return netc_runtime::npy::read_npy(path).map_err(|e| e.to_string());
+    }
+    let tensors = netc_runtime::weights::read_safetensors(path).map_err(|e| e.to_string())?;
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let pick = match tensors.iter().position(|(n, _)| n == name) {
+        Some(i) => i,
+        None if tensors.len() == 1 => 0,
+        None => {
+            return Err(format!(
+                "{} has no tensor `{name}` (it holds: {})",
+                path.display(),
+                names.join(", ")
+            ))
+        }
+    };
+    Ok(tensors
+        .into_iter()
+        .nth(pick)
+        .map(|(_, t)| t)
+        .expect("index in range"))
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let g = match load_graph(&args.file, args.model.as_deref(), &args.sets) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let mut inputs = Vec::new();
+    for spec in &args.inputs {
+        let Some((name, path)) = spec.split_once('=') else {
+            eprintln!("error: `--input {spec}`: expected NAME=PATH");
+            return ExitCode::from(2);
+        };
+        if !g.inputs.iter().any(|(n, _)| n == name) {
+            let known: Vec<&str> = g.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            eprintln!(
+                "error: model `{}` has no input `{name}`; its inputs: {}",
+                g.name,
+                known.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+        match read_input(name, std::path::Path::new(path)) {
+            Ok(t) => inputs.push((name.to_string(), t)),
+            Err(e) => {
+                eprintln!("error: input `{name}`: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let shapes: Vec<(&str, &[usize])> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.shape()))
+        .collect();
+    let mut model = match netc::session::CompiledModel::new(g, &shapes, threads) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &args.weights {
+        Some(w) => {
+            if let Err(e) = model.load_weights(w) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        None => model.init_weights(args.seed),
+    }
+    let refs: Vec<(&str, &netc_runtime::Tensor)> =
+        inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let outputs = match model.run(&refs) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &args.output {
+        Some(path) => {
+            let named: Vec<(&str, &netc_runtime::Tensor)> =
+                outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            if let Err(e) = netc_runtime::weights::write_safetensors_atomic(path, &named, None) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        None => {
+            for (name, t) in &outputs {
+                let head: Vec<String> = t
+                    .as_f32()
+                    .unwrap_or(&[])
+                    .iter()
+                    .take(8)
+                    .map(|v| format!("{v:.6}"))
+                    .collect();
+                println!(
+                    "{name}: f32{:?} [{}{}]",
+                    t.shape(),
+                    head.join(", "),
+                    if t.numel() > 8 { ", ..." } else { "" }
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -10,6 +10,7 @@
 
 mod dtype;
 mod init;
+pub mod npy;
 pub mod plan;
 mod tensor;
 pub mod weights;

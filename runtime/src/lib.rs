@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod dtype;
+pub mod gemm;
 mod init;
 mod tensor;
 pub mod weights;

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 mod dtype;
+pub mod gemm;
 mod init;
 pub mod npy;
 pub mod plan;

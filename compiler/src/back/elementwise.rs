@@ -247,7 +247,7 @@ impl Chain {
         Ok(ElementwiseKernel {
             chain: self.clone(),
             id,
-            code: jit.code(id),
+            code: jit.code(id)?,
             _jit: PhantomData,
         })
     }

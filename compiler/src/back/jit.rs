@@ -27,6 +27,10 @@ pub trait KernelSource {
     /// The cache key: equal keys must describe identical machine code
     /// (op, dtype, sizes and attributes).
     fn key(&self) -> String;
+    /// The machine signature; the kernel ABI unless overridden.
+    fn abi(&self) -> Abi {
+        Abi::Range
+    }
     /// Emits the function body. The entry block is created by the caller
     /// with the ABI parameters appended; `ptr` is the pointer type.
     fn build(
@@ -41,12 +45,26 @@ pub trait KernelSource {
 /// runtime's plan executor calls kernels through it.
 pub use netc_runtime::plan::KernelFn;
 
+/// The GEMM micro-kernel signature `fn(k, a, b, c, ldc_bytes)`, all `i64`
+/// (see [`super::gemm_tile`]).
+pub type TileFn = unsafe extern "C" fn(i64, i64, i64, i64, i64);
+
+/// The machine signature of a compiled function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Abi {
+    /// The kernel ABI ([`KernelFn`]): a work range, input pointers, output.
+    Range,
+    /// The GEMM micro-kernel ABI ([`TileFn`]): five `i64` parameters.
+    Tile,
+}
+
 /// Index of a compiled kernel inside a [`Jit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelId(usize);
 
 struct Compiled {
-    code: KernelFn,
+    code: *const u8,
+    abi: Abi,
     code_size: u32,
 }
 
@@ -129,15 +147,13 @@ impl Jit {
             .unwrap_or(0);
         self.module.clear_context(&mut ctx);
         self.module.finalize_definitions().map_err(|e| fail(&e))?;
-        let ptr = self.module.get_finalized_function(id);
-        // SAFETY: `ptr` is the finalized code of a function declared with the
-        // kernel ABI signature built by `fill` (i64, i64, ptr, ptr) -> ()
-        // in the module's default (SysV/C) calling convention, which is what
-        // `KernelFn` denotes. The code stays mapped while `self.module` lives,
-        // and `Jit::code` ties uses to that lifetime.
-        let code = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+        let code = self.module.get_finalized_function(id);
         let kid = KernelId(self.kernels.len());
-        self.kernels.push(Compiled { code, code_size });
+        self.kernels.push(Compiled {
+            code,
+            abi: src.abi(),
+            code_size,
+        });
         self.by_key.insert(key, kid);
         self.stats.compilations += 1;
         self.stats.compile_time += t0.elapsed();
@@ -154,16 +170,43 @@ impl Jit {
         Ok(ctx.func.display().to_string())
     }
 
-    /// Builds `src`'s function with the kernel ABI into `ctx`.
+    /// The x64 vcode (machine instructions before emission, AT&T syntax;
+    /// spill slots show as `…(%rsp)`) of `src`'s function. Compiles a
+    /// separate copy that is not cached.
+    pub fn vcode(&mut self, src: &dyn KernelSource) -> Result<String, BackError> {
+        let mut ctx = self.module.make_context();
+        self.fill(&mut ctx, src)?;
+        ctx.set_disasm(true);
+        let fail =
+            |e: &dyn std::fmt::Display| BackError(format!("compiling kernel `{}`: {e}", src.key()));
+        let id = self
+            .module
+            .declare_anonymous_function(&ctx.func.signature)
+            .map_err(|e| fail(&e))?;
+        self.module
+            .define_function(id, &mut ctx)
+            .map_err(|e| fail(&e))?;
+        let text = ctx
+            .compiled_code()
+            .and_then(|c| c.vcode.clone())
+            .unwrap_or_default();
+        self.module.clear_context(&mut ctx);
+        Ok(text)
+    }
+
+    /// Builds `src`'s function with its [`Abi`] signature into `ctx`.
     fn fill(&mut self, ctx: &mut Context, src: &dyn KernelSource) -> Result<(), BackError> {
         let ptr = self.module.target_config().pointer_type();
         let sig: &mut Signature = &mut ctx.func.signature;
-        sig.params.extend([
-            AbiParam::new(types::I64),
-            AbiParam::new(types::I64),
-            AbiParam::new(ptr),
-            AbiParam::new(ptr),
-        ]);
+        match src.abi() {
+            Abi::Range => sig.params.extend([
+                AbiParam::new(types::I64),
+                AbiParam::new(types::I64),
+                AbiParam::new(ptr),
+                AbiParam::new(ptr),
+            ]),
+            Abi::Tile => sig.params.extend([AbiParam::new(types::I64); 5]),
+        }
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut self.fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -184,8 +227,51 @@ impl Jit {
     /// The pointer is valid while `self` is alive; the borrow checker does
     /// not track that for a bare function pointer, so typed wrappers (for
     /// example [`super::elementwise::ElementwiseKernel`]) carry the lifetime.
-    pub fn code(&self, id: KernelId) -> KernelFn {
-        self.kernels[id.0].code
+    ///
+    /// Errors if the kernel was compiled with another [`Abi`].
+    pub fn code(&self, id: KernelId) -> Result<KernelFn, BackError> {
+        let k = &self.kernels[id.0];
+        if k.abi != Abi::Range {
+            return Err(BackError(format!(
+                "kernel {id:?} has ABI {:?}, not Range",
+                k.abi
+            )));
+        }
+        // SAFETY: `k.code` is the finalized code of a function that `fill`
+        // declared with the kernel ABI signature (i64, i64, ptr, ptr) -> ()
+        // in the module's default (SysV/C) calling convention, which is what
+        // `KernelFn` denotes (checked above). The code stays mapped while
+        // `self.module` lives; callers tie uses to that lifetime.
+        Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(k.code) })
+    }
+
+    /// The machine code of a compiled GEMM micro-kernel ([`Abi::Tile`]);
+    /// valid while `self` is alive, like [`Jit::code`].
+    ///
+    /// Errors if the kernel was compiled with another [`Abi`].
+    pub fn tile_code(&self, id: KernelId) -> Result<TileFn, BackError> {
+        let k = &self.kernels[id.0];
+        if k.abi != Abi::Tile {
+            return Err(BackError(format!(
+                "kernel {id:?} has ABI {:?}, not Tile",
+                k.abi
+            )));
+        }
+        // SAFETY: `k.code` is the finalized code of a function that `fill`
+        // declared with five i64 parameters and no result in the default
+        // (SysV/C) calling convention, which is what `TileFn` denotes
+        // (checked above). The code stays mapped while `self.module` lives.
+        Ok(unsafe { std::mem::transmute::<*const u8, TileFn>(k.code) })
+    }
+
+    /// Whether the host ISA flags enable FMA instructions (`has_fma`).
+    /// Without it, a vector `fma` becomes libcalls, so kernels use mul + add.
+    pub fn has_fma(&self) -> bool {
+        self.module
+            .isa()
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == "has_fma" && f.as_bool() == Some(true))
     }
 
     /// The size in bytes of a compiled kernel's machine code.

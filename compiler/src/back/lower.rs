@@ -154,7 +154,7 @@ fn step(
         .collect();
     extents.push(chain.elements(units) as usize);
     Ok(Step {
-        kernel: jit.code(id),
+        kernel: jit.code(id)?,
         inputs,
         output,
         units: units as usize,

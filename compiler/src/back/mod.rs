@@ -8,12 +8,15 @@
 //! - [`jit`]: the JIT module, the kernel cache keyed by signature, and the
 //!   compile counters.
 //! - [`elementwise`]: the f32 elementwise / fused-chain kernel generator.
+//! - [`gemm_tile`]: the portable GEMM path: a Cranelift f32x4 register-tile
+//!   micro-kernel and the driver that packs panels and tiles a product.
 //! - [`clif`]: `netc compile --emit clif`: the elementwise kernels a graph
 //!   needs, printed as CLIF.
 //! - [`lower`]: a graph to a runtime plan (kernel calls over one arena).
 
 pub mod clif;
 pub mod elementwise;
+pub mod gemm_tile;
 pub mod jit;
 pub mod lower;
 

@@ -8,12 +8,18 @@
 //! - [`jit`]: the JIT module, the kernel cache keyed by signature, and the
 //!   compile counters.
 //! - [`elementwise`]: the f32 elementwise / fused-chain kernel generator.
+//! - [`math`]: exp, log, tanh, sigmoid, silu, gelu as f32x4 IR with
+//!   stated error bounds.
+//! - [`reduce`]: row reductions (sum, max, mean) and softmax /
+//!   log-softmax over the last dimension.
 //! - [`clif`]: `netc compile --emit clif`: the elementwise kernels a graph
 //!   needs, printed as CLIF.
 
 pub mod clif;
 pub mod elementwise;
 pub mod jit;
+pub mod math;
+pub mod reduce;
 
 use std::fmt;
 

@@ -707,9 +707,6 @@ fn errors(jit: &mut Jit, u: Unary, xs: &[f32]) -> (f64, f64, f32) {
         // outputs exceed 1e-6).
         if e / want.abs().max(1.0) > abs {
             abs = e / want.abs().max(1.0);
-            if std::env::var_os("NETC_DEBUG_ERR").is_some() {
-                eprintln!("  {u:?} abs worst so far at {x:e}: got {got:e} want {want:e}");
-            }
         }
         if want.abs() >= f64::from(f32::MIN_POSITIVE) {
             let r = e / want.abs();
@@ -754,9 +751,16 @@ fn transcendental_errors_are_bounded() {
             // (Their relative error in the far left tail, |gelu| < 1e-30,
             // is up to 1.6e-5: the exponent argument's rounding.)
             Unary::Gelu | Unary::GeluTanh => {
-                assert!(abs <= 1e-6 && rel.is_finite(), "{u:?}: abs {abs:e}")
+                // Measured 1.4e-7 (erf form), 1.3e-7 (tanh form); target 1e-6.
+                assert!(abs <= 2.5e-7 && rel.is_finite(), "{u:?}: abs {abs:e}")
             }
-            _ => assert!(rel <= 1e-6, "{u:?}: rel {rel:e} at {worst:e}"),
+            // Target <= 1e-6; enforced at about 1.5x the measured maxima
+            // (exp 7.8e-8, log 8.0e-8, tanh 1.4e-7, sigmoid 1.5e-7,
+            // silu 1.8e-7) so a regression shows.
+            Unary::Exp | Unary::Log => {
+                assert!(rel <= 1.2e-7, "{u:?}: rel {rel:e} at {worst:e}")
+            }
+            _ => assert!(rel <= 2.5e-7, "{u:?}: rel {rel:e} at {worst:e}"),
         }
     }
 }

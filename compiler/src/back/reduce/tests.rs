@@ -97,8 +97,10 @@ fn row_kernels_match_f64_reference() {
         eprintln!("{op:?}: max error {worst:.3e}");
         let bound = match op {
             RowOp::Max => 0.0,
-            RowOp::Sum | RowOp::Mean => 1e-6,
-            RowOp::Softmax => 2e-6,
+            // Measured: sum 7.6e-8, mean 7.9e-8 (relative to Σ|x|),
+            // softmax 3.8e-7 (relative), log_softmax 1.25e-6 (absolute).
+            RowOp::Sum | RowOp::Mean => 2e-7,
+            RowOp::Softmax => 6e-7,
             RowOp::LogSoftmax => 2e-6,
         };
         assert!(worst <= bound, "{op:?}: error {worst:e} > {bound:e}");

@@ -10,6 +10,7 @@
 
 use super::elementwise::{Bcast, Binary, Chain, Domain, Operand, Step, Unary};
 use super::jit::Jit;
+use super::reduce::{emit_clif_rows as node_rows_clif, node_row_kernel};
 use super::BackError;
 use crate::ir::{Attr, Dim, Graph, Node, ValueDef, ValueId};
 use netc_runtime::DType;
@@ -32,6 +33,15 @@ pub fn node_kernel(g: &Graph, node: &Node) -> Option<(Chain, Vec<ValueId>)> {
         "abs" => Some(Unary::Abs),
         "square" => Some(Unary::Square),
         "sqrt" => Some(Unary::Sqrt),
+        "exp" => Some(Unary::Exp),
+        "log" => Some(Unary::Log),
+        "tanh" => Some(Unary::Tanh),
+        "sigmoid" => Some(Unary::Sigmoid),
+        "silu" => Some(Unary::Silu),
+        "gelu" if matches!(node.op.attr("approximate"), Some(Attr::Str(a)) if a == "tanh") => {
+            Some(Unary::GeluTanh)
+        }
+        "gelu" => Some(Unary::Gelu),
         "leaky_relu" => Some(Unary::LeakyRelu {
             slope: float_attr(node, "negative_slope").unwrap_or(0.01),
         }),
@@ -160,7 +170,7 @@ pub fn emit_clif(g: &Graph) -> Result<String, BackError> {
     let mut uncovered: Vec<&str> = Vec::new();
     for node in &g.nodes {
         let Some(chain) = node_chain(g, node) else {
-            uncovered.push(node.op.name);
+            (node_row_kernel(g, node).is_none()).then(|| uncovered.push(node.op.name));
             continue;
         };
         let key = super::jit::KernelSource::key(&chain);
@@ -190,12 +200,13 @@ pub fn emit_clif(g: &Graph) -> Result<String, BackError> {
         let _ = writeln!(s, "; used by {}", users.join(", "));
         s.push_str(&jit.clif(chain)?);
     }
+    s.push_str(&node_rows_clif(g, &mut jit)?);
     uncovered.sort_unstable();
     uncovered.dedup();
     let n_uncovered = g
         .nodes
         .iter()
-        .filter(|n| node_chain(g, n).is_none())
+        .filter(|n| node_chain(g, n).is_none() && node_row_kernel(g, n).is_none())
         .count();
     let _ = writeln!(
         s,

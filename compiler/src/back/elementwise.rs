@@ -18,12 +18,17 @@
 //!   (an `[inner]` vector, e.g. a linear bias over `[N, C]`: `channels = 1`,
 //!   `inner = C`).
 //!
-//! Every op is a single correctly rounded IEEE operation (no FMA
-//! contraction), so results equal a scalar Rust evaluation bit for bit.
+//! Every arithmetic op is a single correctly rounded IEEE operation (no FMA
+//! contraction), so results equal a scalar Rust evaluation bit for bit. The
+//! transcendental steps (`Exp Log Tanh Sigmoid Silu Gelu GeluTanh`) are
+//! polynomial/rational approximations from [`super::math`] with the error
+//! bounds stated there; the vector body and the scalar tail run the same
+//! code, so results do not depend on how a range is split.
 //! `maximum`, `minimum`,
 //! `relu` and `clamp` propagate NaN, as PyTorch does.
 
 use super::jit::{Jit, KernelFn, KernelId, KernelSource};
+use super::math::{self, Math};
 use super::BackError;
 use cranelift_codegen::ir::{
     condcodes::{FloatCC, IntCC},
@@ -58,6 +63,20 @@ pub enum Unary {
         /// The negative slope (PyTorch default 0.01).
         slope: f32,
     },
+    /// `e^x` (approximation, see [`super::math`] for the error bound).
+    Exp,
+    /// Natural log (approximation, see [`super::math`]).
+    Log,
+    /// `tanh(x)` (approximation, see [`super::math`]).
+    Tanh,
+    /// `1 / (1 + e^{-x})` (approximation, see [`super::math`]).
+    Sigmoid,
+    /// `x · sigmoid(x)` (approximation, see [`super::math`]).
+    Silu,
+    /// GELU, erf form `x·Φ(x)` (approximation, see [`super::math`]).
+    Gelu,
+    /// GELU, tanh form (`approximate = "tanh"`; see [`super::math`]).
+    GeluTanh,
 }
 
 /// A binary elementwise op between the running value and an operand.
@@ -493,6 +512,24 @@ impl<'c> Gen<'c> {
                     b.ins().bitselect(m, x, sx)
                 } else {
                     b.ins().select(gt, x, sx)
+                }
+            }
+            Unary::Exp
+            | Unary::Log
+            | Unary::Tanh
+            | Unary::Sigmoid
+            | Unary::Silu
+            | Unary::Gelu
+            | Unary::GeluTanh => {
+                let mut m = Math { b, ty: lane.ty };
+                match u {
+                    Unary::Exp => math::exp(&mut m, x),
+                    Unary::Log => math::log(&mut m, x),
+                    Unary::Tanh => math::tanh(&mut m, x),
+                    Unary::Sigmoid => math::sigmoid(&mut m, x),
+                    Unary::Silu => math::silu(&mut m, x),
+                    Unary::Gelu => math::gelu_erf(&mut m, x),
+                    _ => math::gelu_tanh(&mut m, x),
                 }
             }
         }

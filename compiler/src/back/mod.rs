@@ -10,6 +10,10 @@
 //! - [`elementwise`]: the f32 elementwise / fused-chain kernel generator.
 //! - [`gemm_tile`]: the portable GEMM path: a Cranelift f32x4 register-tile
 //!   micro-kernel and the driver that packs panels and tiles a product.
+//! - [`math`]: exp, log, tanh, sigmoid, silu, gelu as f32x4 IR with
+//!   stated error bounds.
+//! - [`reduce`]: row reductions (sum, max, mean) and softmax /
+//!   log-softmax over the last dimension.
 //! - [`clif`]: `netc compile --emit clif`: the elementwise kernels a graph
 //!   needs, printed as CLIF.
 //! - [`lower`]: a graph to a runtime plan (kernel calls over one arena).
@@ -19,6 +23,8 @@ pub mod elementwise;
 pub mod gemm_tile;
 pub mod jit;
 pub mod lower;
+pub mod math;
+pub mod reduce;
 
 use std::fmt;
 

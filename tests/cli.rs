@@ -110,3 +110,68 @@ fn compile_emits_clif_of_elementwise_kernels() {
     let (ok, _, err) = netc(&["compile", "models/vggish.net", "--emit", "clif"]);
     assert!(!ok && err.contains("choose one with --model"), "{err}");
 }
+
+#[test]
+fn run_reproduces_pytorch_on_the_svm() {
+    let out = std::env::temp_dir().join(format!("netc-run-{}.safetensors", std::process::id()));
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_svm.net",
+        "--weights",
+        "tests/fixtures/weights/eeg_svm.safetensors",
+        "--input",
+        "x=tests/fixtures/weights/eeg_svm_input.safetensors",
+        "--output",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let got = netc_runtime::weights::read_safetensors(&out).unwrap();
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/weights/eeg_svm_expected.safetensors"
+    );
+    let want = netc_runtime::weights::read_safetensors(std::path::Path::new(root)).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(got[0].0, "scores");
+    assert_eq!(got[0].1.shape(), want[0].1.shape());
+    for (a, b) in got[0]
+        .1
+        .as_f32()
+        .unwrap()
+        .iter()
+        .zip(want[0].1.as_f32().unwrap())
+    {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{a} vs PyTorch {b}"
+        );
+    }
+}
+
+#[test]
+fn run_names_unknown_inputs_and_unsupported_ops() {
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_svm.net",
+        "--input",
+        "z=tests/fixtures/weights/eeg_svm_input.safetensors",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("model `eeg_svm` has no input `z`; its inputs: x"),
+        "{err}"
+    );
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_ccnn.net",
+        "--input",
+        "x=tests/fixtures/weights/eeg_svm_input.safetensors",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("`conv2d` at conv1 is not lowered by this back end yet"),
+        "{err}"
+    );
+}

@@ -64,9 +64,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor, String> {
         "<i8" => DType::I64,
         "|u1" => DType::U8,
         "|b1" => DType::Bool,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "element type {other} is not supported (use little-endian f4, f8, i4, i8, u1 or b1)"
-        )),
+        ))
+        }
     };
     if dict_value(header, "fortran_order").map(str::trim) != Some("False") {
         return Err(

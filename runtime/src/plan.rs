@@ -9,6 +9,7 @@
 //! `inputs` points to the base pointers of its input buffers, indices are
 //! absolute, and `[start, end)` is the range of work units to compute.
 
+use crate::gemm::{sgemm_unchecked, Strides};
 use rayon::prelude::*;
 
 /// The machine signature of every kernel (see the module docs).
@@ -32,21 +33,49 @@ pub enum Buf {
     Output(usize),
 }
 
-/// One kernel call.
+/// What a step computes.
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    /// A generated kernel over the work range `[0, units)`, split over
+    /// threads in pieces of at least `grain` units.
+    Kernel {
+        /// The kernel.
+        kernel: KernelFn,
+        /// Work units (`end` of the full range).
+        units: usize,
+        /// The fewest units worth giving one thread.
+        grain: usize,
+    },
+    /// `C[m×n] = A[m×k]·B[k×n]` with the runtime GEMM: A is input 0, B is
+    /// input 1 (each read through its strides), C the output (row-major,
+    /// leading dimension `ldc`). The GEMM splits itself over the pool.
+    Gemm {
+        /// Rows of A and C.
+        m: usize,
+        /// Columns of B and C.
+        n: usize,
+        /// The contracted size.
+        k: usize,
+        /// Strides of A.
+        sa: Strides,
+        /// Strides of B.
+        sb: Strides,
+        /// Leading dimension of C.
+        ldc: usize,
+    },
+}
+
+/// One step of a plan.
 #[derive(Clone, Debug)]
 pub struct Step {
-    /// The kernel.
-    pub kernel: KernelFn,
-    /// Its input buffers, in the order the kernel expects.
+    /// What it computes.
+    pub work: Work,
+    /// Its input buffers, in the order the work expects.
     pub inputs: Vec<Buf>,
     /// Its output buffer.
     pub output: Buf,
-    /// Work units (`end` of the full range).
-    pub units: usize,
-    /// The fewest units worth giving one thread.
-    pub grain: usize,
-    /// Elements the kernel reads from each input and writes to the output
-    /// for the full range (checked against the buffers before running).
+    /// Elements the step reads from each input and writes to the output
+    /// (checked against the buffers before running).
     pub extents: Vec<usize>,
 }
 
@@ -107,6 +136,39 @@ struct Shared(*const *const f32, *mut f32);
 unsafe impl Send for Shared {}
 // SAFETY: as above; concurrent kernel calls never write the same element.
 unsafe impl Sync for Shared {}
+
+/// The A, B and C pointers of a GEMM step, moved onto the pool.
+#[derive(Clone, Copy)]
+struct GemmOperands(*const f32, *const f32, *mut f32);
+
+// SAFETY: the GEMM reads A and B and writes C, which no other step touches
+// while it runs; the buffers outlive the `run` call.
+unsafe impl Send for GemmOperands {}
+
+impl GemmOperands {
+    /// `C = A·B`.
+    ///
+    /// # Safety
+    /// As [`sgemm_unchecked`] for these sizes and strides.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn multiply(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        sa: Strides,
+        sb: Strides,
+        ldc: usize,
+        threads: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            sgemm_unchecked(
+                m, n, k, 1.0, self.0, sa, self.1, sb, 0.0, self.2, ldc, threads,
+            )
+        }
+    }
+}
 
 /// Runs a [`Plan`] repeatedly over one arena.
 pub struct Executor {
@@ -184,10 +246,33 @@ impl Executor {
                     unreachable!("checked: outputs are arena or model outputs")
                 }
             };
+            let (kernel, units, grain) = match step.work {
+                Work::Kernel {
+                    kernel,
+                    units,
+                    grain,
+                } => (kernel, units, grain),
+                Work::Gemm {
+                    m,
+                    n,
+                    k,
+                    sa,
+                    sb,
+                    ldc,
+                } => {
+                    let operands = GemmOperands(self.pointers[i][0], self.pointers[i][1], out);
+                    let threads = self.pool.current_num_threads();
+                    // SAFETY: `check` verified that A, B and C cover the
+                    // extents the plan builder computed from these sizes and
+                    // strides; the plan never lets C alias A or B.
+                    self.pool.install(move || unsafe {
+                        operands.multiply(m, n, k, sa, sb, ldc, threads)
+                    });
+                    continue;
+                }
+            };
             let shared = Shared(self.pointers[i].as_ptr(), out);
-            let kernel = step.kernel;
-            let units = step.units;
-            let tasks = (units / step.grain.max(1)).clamp(1, self.pool.current_num_threads());
+            let tasks = (units / grain.max(1)).clamp(1, self.pool.current_num_threads());
             let run_range = move |t: usize| {
                 let s = shared;
                 let (start, end) = (units * t / tasks, units * (t + 1) / tasks);
@@ -298,27 +383,33 @@ mod tests {
             arena_len: 2 * n,
             steps: vec![
                 Step {
-                    kernel: add,
+                    work: Work::Kernel {
+                        kernel: add,
+                        units: n,
+                        grain: 16,
+                    },
                     inputs: vec![Buf::Input(0), Buf::Param(0)],
                     output: t,
-                    units: n,
-                    grain: 16,
                     extents: vec![n; 3],
                 },
                 Step {
-                    kernel: double,
+                    work: Work::Kernel {
+                        kernel: double,
+                        units: n,
+                        grain: 16,
+                    },
                     inputs: vec![t],
                     output: u,
-                    units: n,
-                    grain: 16,
                     extents: vec![n; 2],
                 },
                 Step {
-                    kernel: add,
+                    work: Work::Kernel {
+                        kernel: add,
+                        units: n,
+                        grain: 16,
+                    },
                     inputs: vec![t, u],
                     output: Buf::Output(0),
-                    units: n,
-                    grain: 16,
                     extents: vec![n; 3],
                 },
             ],
@@ -340,6 +431,42 @@ mod tests {
             }
             for (i, v) in y.iter().enumerate() {
                 assert_eq!(*v, 3.0 * (i as f32 + 0.5), "threads {threads}, element {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_steps_multiply_through_strides() {
+        // y[2x3] = x[2x4] · w[3x4]^T, w read transposed through strides.
+        let plan = Plan {
+            arena_len: 0,
+            steps: vec![Step {
+                work: Work::Gemm {
+                    m: 2,
+                    n: 3,
+                    k: 4,
+                    sa: Strides::row_major(4),
+                    sb: Strides::transposed(4),
+                    ldc: 3,
+                },
+                inputs: vec![Buf::Input(0), Buf::Param(0)],
+                output: Buf::Output(0),
+                extents: vec![8, 12, 6],
+            }],
+        };
+        let x: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let w: Vec<f32> = (0..12).map(|v| (v % 5) as f32 - 2.0).collect();
+        let mut y = vec![0.0f32; 6];
+        for threads in [1, 2] {
+            Executor::new(plan.clone(), threads)
+                .unwrap()
+                .run(&[&x], &[&w], &mut [&mut y])
+                .unwrap();
+            for i in 0..2 {
+                for j in 0..3 {
+                    let want: f32 = (0..4).map(|p| x[i * 4 + p] * w[j * 4 + p]).sum();
+                    assert_eq!(y[i * 3 + j], want);
+                }
             }
         }
     }

@@ -9,12 +9,13 @@
 //! normalisation join as their kernels land.
 
 use super::clif::node_kernel;
-use super::elementwise::{Chain, Domain};
+use super::elementwise::{Bcast, Binary, Chain, Domain};
 use super::jit::Jit;
 use super::BackError;
 use crate::ir::{Graph, SymId, ValueId};
 use crate::passes::memplan;
-use netc_runtime::plan::{Buf, Plan, Step};
+use netc_runtime::gemm::Strides;
+use netc_runtime::plan::{Buf, Plan, Step, Work};
 use netc_runtime::DType;
 use std::collections::HashMap;
 
@@ -74,11 +75,36 @@ pub fn lower(g: &Graph, symbols: &[(String, i64)], jit: &mut Jit) -> Result<Lowe
     }
     let mut steps = Vec::new();
     for node in g.nodes.iter().filter(|n| !n.train_only) {
-        if node.op.name == "reshape" {
+        // Views: `reshape` reinterprets, and `dropout` is the identity at
+        // inference; both share their input's buffer.
+        if matches!(node.op.name, "reshape" | "dropout") {
             let src = *bufs
                 .get(&node.inputs[0])
                 .ok_or_else(|| missing(node.inputs[0]))?;
             bufs.insert(node.outputs[0], src);
+            continue;
+        }
+        if node.op.name == "linear" {
+            let out = node.outputs[0];
+            let place = offsets.get(&out).ok_or_else(|| missing(out))?;
+            let out_buf = Buf::Arena {
+                offset: (place.offset / 4) as usize,
+                len: numel(out)?,
+            };
+            bufs.insert(out, out_buf);
+            let reads = node
+                .inputs
+                .iter()
+                .map(|v| bufs.get(v).copied().ok_or_else(|| missing(*v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            steps.extend(linear_steps(
+                g,
+                node,
+                &reads,
+                out_buf,
+                numel(node.inputs[0])?,
+                jit,
+            )?);
             continue;
         }
         let Some((chain, reads)) = node_kernel(g, node) else {
@@ -107,7 +133,7 @@ pub fn lower(g: &Graph, symbols: &[(String, i64)], jit: &mut Jit) -> Result<Lowe
         steps.push(step(&chain, jit, inputs, out_buf, elems)?);
     }
     let identity = Chain {
-        inputs: vec![super::elementwise::Bcast::Full],
+        inputs: vec![Bcast::Full],
         domain: Domain::Flat,
         steps: Vec::new(),
     };
@@ -127,6 +153,49 @@ pub fn lower(g: &Graph, symbols: &[(String, i64)], jit: &mut Jit) -> Result<Lowe
         params: g.params.iter().map(|p| p.path.clone()).collect(),
         outputs,
     })
+}
+
+/// `y = x·Wᵀ (+ b)`: one GEMM reading W transposed through its strides,
+/// then the bias as an in-place per-column elementwise kernel.
+fn linear_steps(
+    g: &Graph,
+    node: &crate::ir::Node,
+    reads: &[Buf],
+    out: Buf,
+    x_len: usize,
+    jit: &mut Jit,
+) -> Result<Vec<Step>, BackError> {
+    let w_shape = g
+        .ty(node.inputs[1])
+        .known_shape()
+        .ok_or_else(|| BackError("linear weight with unknown shape".into()))?;
+    let (n, k) = (w_shape[0] as usize, w_shape[1] as usize);
+    let m = x_len / k.max(1);
+    let mut steps = vec![Step {
+        work: Work::Gemm {
+            m,
+            n,
+            k,
+            sa: Strides::row_major(k),
+            sb: Strides::transposed(k),
+            ldc: n,
+        },
+        inputs: vec![reads[0], reads[1]],
+        output: out,
+        extents: vec![m * k, n * k, m * n],
+    }];
+    if let Some(&bias) = reads.get(2) {
+        let chain = Chain::binary(
+            Binary::Add,
+            Bcast::PerColumn,
+            Domain::Rows {
+                channels: 1,
+                inner: n as u64,
+            },
+        );
+        steps.push(step(&chain, jit, vec![out, bias], out, m * n)?);
+    }
+    Ok(steps)
 }
 
 fn missing(v: ValueId) -> BackError {
@@ -154,11 +223,13 @@ fn step(
         .collect();
     extents.push(chain.elements(units) as usize);
     Ok(Step {
-        kernel: jit.code(id)?,
+        work: Work::Kernel {
+            kernel: jit.code(id)?,
+            units: units as usize,
+            grain: 4096,
+        },
         inputs,
         output,
-        units: units as usize,
-        grain: 4096,
         extents,
     })
 }
@@ -225,12 +296,69 @@ mod tests {
         assert_eq!(jit.stats().compilations, compiled);
     }
 
+    /// The EEG MLP (flatten, linear through the GEMM plus a bias kernel,
+    /// ReLU) equals the reference interpreter.
+    #[test]
+    fn mlp_runs_through_gemm_and_bias_kernels() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/eeg_mlp.net");
+        let (prog, diags) = crate::program::Program::load(&root);
+        assert!(diags.is_empty());
+        let g = crate::elab::elaborate(&prog, prog.model(None).unwrap(), &[]).unwrap();
+        let n = 5;
+        let mut init = netc_runtime::Initializer::new(3);
+        let params: Vec<netc_runtime::Tensor> = g
+            .params
+            .iter()
+            .map(|p| {
+                let shape: Vec<usize> =
+                    p.ty.known_shape()
+                        .unwrap()
+                        .iter()
+                        .map(|&d| d as usize)
+                        .collect();
+                init.tensor(p.ty.dtype, &shape, &p.init)
+            })
+            .collect();
+        let x: Vec<f32> = (0..n * 324).map(|i| (i as f32 * 0.013).sin()).collect();
+        let mut jit = Jit::new().unwrap();
+        let lowered = lower(&g, &[("N".into(), n as i64)], &mut jit).unwrap();
+        let mut y = vec![0.0f32; n * 2];
+        let slices: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
+        Executor::new(lowered.plan, 2)
+            .unwrap()
+            .run(&[&x], &slices, &mut [&mut y])
+            .unwrap();
+        let to64 = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
+        let named: HashMap<String, Array> = g
+            .params
+            .iter()
+            .zip(&params)
+            .map(|(p, t)| {
+                (
+                    p.path.clone(),
+                    Array::new(t.shape(), to64(t.as_f32().unwrap())),
+                )
+            })
+            .collect();
+        let want = interp::run(&g, &[("x", Array::new(&[n, 4, 9, 9], to64(&x)))], &named).unwrap();
+        for (a, e) in y.iter().zip(&want[0].1.data) {
+            assert!(
+                (f64::from(*a) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{a} vs {e}"
+            );
+        }
+    }
+
     #[test]
     fn unsupported_nodes_and_missing_sizes_are_named() {
-        let g = program("model m() { input x: f32[N, 4]  output y = x |> fc: linear(2) }").unwrap();
+        let g =
+            program("model m() { input x: f32[N, 4, 4]  output y = x |> max_pool1d(2) }").unwrap();
         let mut jit = Jit::new().unwrap();
         let err = lower(&g, &[("N".into(), 2)], &mut jit).err().unwrap();
-        assert!(err.0.contains("`linear` at fc is not lowered"), "{err}");
+        assert!(
+            err.0.contains("`max_pool1d` at the model is not lowered"),
+            "{err}"
+        );
         let g = program("model m() { input x: f32[N, 4]  output y = relu(x) }").unwrap();
         let err = lower(&g, &[], &mut jit).err().unwrap();
         assert!(err.0.contains("size N of"), "{err}");

@@ -18,7 +18,7 @@
 use crate::back::jit::Jit;
 use crate::back::lower::{lower, Lowered};
 use crate::back::BackError;
-use crate::ir::{Graph, SymId};
+use crate::ir::{Graph, SymId, ValueId};
 use netc_runtime::plan::{Executor, PlanError};
 use netc_runtime::weights::{load_checked, TensorSpec, WeightError};
 use netc_runtime::{DType, Initializer, Tensor};
@@ -51,6 +51,10 @@ pub struct CompiledModel {
     executor: Executor,
     jit: Jit,
     params: Vec<Tensor>,
+    /// The input shapes the plan was compiled for, in executor order.
+    input_shapes: Vec<Vec<usize>>,
+    /// The output shapes those inputs give, in executor order.
+    output_shapes: Vec<Vec<usize>>,
 }
 
 impl CompiledModel {
@@ -62,7 +66,21 @@ impl CompiledModel {
         input_shapes: &[(&str, &[usize])],
         threads: usize,
     ) -> Result<CompiledModel, RunError> {
-        let symbols = bind_symbols(&graph, input_shapes)?;
+        let bound = bind_symbols(&graph, input_shapes)?;
+        let symbols: Vec<(String, i64)> = bound
+            .iter()
+            .map(|(s, v)| (graph.sym_name(*s), *v))
+            .collect();
+        let shape_of = |v: ValueId| -> Vec<usize> {
+            graph
+                .ty(v)
+                .shape
+                .iter()
+                .map(|d| d.eval(&|s| bound.get(&s).copied()).as_known().unwrap_or(0) as usize)
+                .collect()
+        };
+        let input_shapes = graph.inputs.iter().map(|(_, v)| shape_of(*v)).collect();
+        let output_shapes = graph.outputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let mut jit = Jit::new()?;
         let lowered = lower(&graph, &symbols, &mut jit)?;
         let executor = Executor::new(lowered.plan.clone(), threads)?;
@@ -82,6 +100,8 @@ impl CompiledModel {
             executor,
             jit,
             params,
+            input_shapes,
+            output_shapes,
         })
     }
 
@@ -133,7 +153,7 @@ impl CompiledModel {
     /// for) and returns every output by name.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, RunError> {
         let mut slices: Vec<&[f32]> = Vec::with_capacity(self.lowered.inputs.len());
-        for name in &self.lowered.inputs {
+        for (name, want) in self.lowered.inputs.iter().zip(&self.input_shapes) {
             let t = inputs
                 .iter()
                 .find(|(n, _)| n == name)
@@ -142,6 +162,12 @@ impl CompiledModel {
             let data = t.as_f32().ok_or_else(|| {
                 RunError::Inputs(format!("input `{name}` is {}, expected f32", t.dtype()))
             })?;
+            if t.shape() != want.as_slice() {
+                return Err(RunError::Inputs(format!(
+                    "input `{name}` has shape {:?}, but the model was compiled for {want:?}",
+                    t.shape()
+                )));
+            }
             slices.push(data);
         }
         let params: Vec<&[f32]> = self
@@ -157,35 +183,16 @@ impl CompiledModel {
             .collect();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
         self.executor.run(&slices, &params, &mut out_refs)?;
-        let symbols = self.symbols_from(inputs)?;
-        let mut result = Vec::new();
-        for ((name, v), data) in self.graph.outputs.iter().zip(outs) {
-            let shape: Vec<usize> = self
-                .graph
-                .ty(*v)
-                .shape
-                .iter()
-                .map(|d| {
-                    d.eval(&|s| symbols.get(&s).copied())
-                        .as_known()
-                        .unwrap_or(0) as usize
-                })
-                .collect();
-            let t = Tensor::from_f32(&shape, data).ok_or_else(|| {
+        let mut result = Vec::with_capacity(outs.len());
+        for (((name, _), shape), data) in
+            self.graph.outputs.iter().zip(&self.output_shapes).zip(outs)
+        {
+            let t = Tensor::from_f32(shape, data).ok_or_else(|| {
                 RunError::Inputs(format!("output `{name}` has an unexpected size"))
             })?;
             result.push((name.clone(), t));
         }
         Ok(result)
-    }
-
-    fn symbols_from(&self, inputs: &[(&str, &Tensor)]) -> Result<HashMap<SymId, i64>, RunError> {
-        let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, t)| (*n, t.shape())).collect();
-        let named = bind_symbols(&self.graph, &shapes)?;
-        Ok(named
-            .into_iter()
-            .filter_map(|(n, v)| self.graph.find_symbol(&n).map(|s| (s, v)))
-            .collect())
     }
 }
 
@@ -198,7 +205,7 @@ fn known_shape(dims: &[i64]) -> Vec<usize> {
 pub fn bind_symbols(
     g: &Graph,
     shapes: &[(&str, &[usize])],
-) -> Result<Vec<(String, i64)>, RunError> {
+) -> Result<HashMap<SymId, i64>, RunError> {
     let mut values: HashMap<SymId, i64> = HashMap::new();
     for (name, v) in &g.inputs {
         let ty = g.ty(*v);
@@ -207,47 +214,16 @@ pub fn bind_symbols(
             .find(|(n, _)| n == name)
             .map(|(_, s)| *s)
             .ok_or_else(|| RunError::Inputs(format!("input `{name}` is not given")))?;
-        let declared = g.type_text(ty);
         if ty.dtype != DType::F32 || ty.sparse {
             return Err(RunError::Inputs(format!(
-                "input `{name}` is {declared}; this back end runs dense f32 inputs only"
+                "input `{name}` is {}; this back end runs dense f32 inputs only",
+                g.type_text(ty)
             )));
         }
-        if shape.len() != ty.rank() {
-            return Err(RunError::Inputs(format!(
-                "input `{name}` has shape {shape:?}, but the model declares {declared}"
-            )));
-        }
-        for (d, &n) in ty.shape.iter().zip(shape) {
-            if let ([(s, 1)], 0) = (d.terms(), d.constant()) {
-                let prev = *values.entry(*s).or_insert(n as i64);
-                if prev != n as i64 {
-                    return Err(RunError::Inputs(format!(
-                        "size {} is {prev} in one input but {n} in `{name}`",
-                        g.sym_name(*s)
-                    )));
-                }
-            }
-        }
-        let concrete: Option<Vec<i64>> = ty
-            .shape
-            .iter()
-            .map(|d| d.eval(&|s| values.get(&s).copied()).as_known())
-            .collect();
-        if concrete
-            .as_deref()
-            .map(|c| c.iter().map(|&x| x as usize).collect::<Vec<_>>())
-            != Some(shape.to_vec())
-        {
-            return Err(RunError::Inputs(format!(
-                "input `{name}` has shape {shape:?}, but the model declares {declared}"
-            )));
-        }
+        g.bind_shape(*v, shape, &mut values)
+            .map_err(|e| RunError::Inputs(format!("input `{name}` {e}")))?;
     }
-    Ok(values
-        .into_iter()
-        .map(|(s, v)| (g.sym_name(s), v))
-        .collect())
+    Ok(values)
 }
 
 #[cfg(test)]
@@ -278,6 +254,18 @@ mod tests {
     }
 
     #[test]
+    fn inputs_of_another_shape_than_compiled_are_refused() {
+        let g = program("model m() { input x: f32[N, 3]  output y = relu(x) }").unwrap();
+        let mut m = CompiledModel::new(g, &[("x", &[2, 3])], 1).unwrap();
+        let x = Tensor::from_f32(&[4, 3], vec![1.0; 12]).unwrap();
+        let err = m.run(&[("x", &x)]).err().unwrap().to_string();
+        assert!(
+            err.contains("input `x` has shape [4, 3], but the model was compiled for [2, 3]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn wrong_inputs_are_named() {
         let g = program("model m() { input x: f32[N, 3]  output y = relu(x) }").unwrap();
         let err = CompiledModel::new(g.clone(), &[("x", &[2, 4])], 1)
@@ -285,7 +273,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            err.contains("input `x` has shape [2, 4], but the model declares f32[N, 3]"),
+            err.contains("input `x` has shape [2, 4], expected f32[N, 3]"),
             "{err}"
         );
         let err = CompiledModel::new(g, &[], 1).err().unwrap().to_string();

@@ -41,14 +41,16 @@ pub fn run(
             .find(|(n, _)| n == name)
             .map(|(_, a)| a.clone())
             .ok_or_else(|| format!("input `{name}` not given"))?;
-        bind_shape(g, *v, &a, &mut syms)?;
+        g.bind_shape(*v, &a.shape, &mut syms)
+            .map_err(|e| format!("input `{name}` {e}"))?;
         env[v.0 as usize] = Some(a);
     }
     for p in &g.params {
         let a = params
             .get(&p.path)
             .ok_or_else(|| format!("parameter `{}` not given", p.path))?;
-        bind_shape(g, p.value, a, &mut syms)?;
+        g.bind_shape(p.value, &a.shape, &mut syms)
+            .map_err(|e| format!("parameter `{}` {e}", p.path))?;
         env[p.value.0 as usize] = Some(a.clone());
     }
     for c in &g.consts {
@@ -149,47 +151,6 @@ fn bind_data_dependent(
             }
         }
         syms.insert(*s, n as i64);
-    }
-    Ok(())
-}
-
-/// Binds the symbols of `v`'s type from an actual array's shape.
-fn bind_shape(
-    g: &Graph,
-    v: ValueId,
-    a: &Array,
-    syms: &mut HashMap<SymId, i64>,
-) -> Result<(), String> {
-    let ty = g.ty(v);
-    if ty.shape.len() != a.shape.len() {
-        return Err(format!(
-            "value %{} has rank {}, expected {}",
-            v.0,
-            a.shape.len(),
-            g.type_text(ty)
-        ));
-    }
-    for (d, &n) in ty.shape.iter().zip(&a.shape) {
-        if let [(s, 1)] = d.terms() {
-            if d.constant() == 0 {
-                let prev = *syms.entry(*s).or_insert(n as i64);
-                if prev != n as i64 {
-                    return Err(format!(
-                        "size {} is {prev} elsewhere but {n} here",
-                        g.sym_name(*s)
-                    ));
-                }
-            }
-        }
-    }
-    let want = concrete(g, v, syms)?;
-    if want != a.shape {
-        return Err(format!(
-            "value %{} has shape {:?}, expected {}",
-            v.0,
-            a.shape,
-            g.type_text(ty)
-        ));
     }
     Ok(())
 }

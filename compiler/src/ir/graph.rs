@@ -9,6 +9,7 @@ use super::dim::{Dim, SymId};
 use crate::source::Span;
 use netc_runtime::DType;
 pub use netc_runtime::Init;
+use std::collections::HashMap;
 
 /// The type of a value: element type, shape, and whether it is a sparse
 /// (CSR) matrix whose rows are the first dimension.
@@ -289,6 +290,44 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// Binds the still-unbound symbols of `v`'s type from an actual shape
+    /// (a dim that is exactly one symbol takes the actual size), then checks
+    /// the whole shape against the type. The error says what differs and is
+    /// meant to follow the value's name (`input `x` has shape ...`).
+    pub fn bind_shape(
+        &self,
+        v: ValueId,
+        shape: &[usize],
+        syms: &mut HashMap<SymId, i64>,
+    ) -> Result<(), String> {
+        let ty = self.ty(v);
+        let mismatch = || format!("has shape {shape:?}, expected {}", self.type_text(ty));
+        if ty.rank() != shape.len() {
+            return Err(mismatch());
+        }
+        for (d, &n) in ty.shape.iter().zip(shape) {
+            if let ([(s, 1)], 0) = (d.terms(), d.constant()) {
+                let prev = *syms.entry(*s).or_insert(n as i64);
+                if prev != n as i64 {
+                    return Err(format!(
+                        "has size {n} for {}, which is {prev} elsewhere",
+                        self.sym_name(*s)
+                    ));
+                }
+            }
+        }
+        let fits = ty
+            .shape
+            .iter()
+            .zip(shape)
+            .all(|(d, &n)| d.eval(&|s| syms.get(&s).copied()).as_known() == Some(n as i64));
+        if fits {
+            Ok(())
+        } else {
+            Err(mismatch())
+        }
+    }
+
     /// The type of a value.
     pub fn ty(&self, v: ValueId) -> &TensorType {
         &self.values[v.0 as usize].ty

@@ -12,7 +12,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Module};
+use cranelift_module::{default_libcall_names, FuncId, Module};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -132,21 +132,15 @@ impl Jit {
         }
         let t0 = Instant::now();
         let mut ctx = self.module.make_context();
-        self.fill(&mut ctx, src)?;
-        let fail = |e: &dyn std::fmt::Display| BackError(format!("compiling kernel `{key}`: {e}"));
-        let id = self
-            .module
-            .declare_anonymous_function(&ctx.func.signature)
-            .map_err(|e| fail(&e))?;
-        self.module
-            .define_function(id, &mut ctx)
-            .map_err(|e| fail(&e))?;
+        let id = self.define(&mut ctx, src)?;
         let code_size = ctx
             .compiled_code()
             .map(|c| c.code_info().total_size)
             .unwrap_or(0);
         self.module.clear_context(&mut ctx);
-        self.module.finalize_definitions().map_err(|e| fail(&e))?;
+        self.module
+            .finalize_definitions()
+            .map_err(|e| BackError(format!("compiling kernel `{key}`: {e}")))?;
         let code = self.module.get_finalized_function(id);
         let kid = KernelId(self.kernels.len());
         self.kernels.push(Compiled {
@@ -175,23 +169,28 @@ impl Jit {
     /// separate copy that is not cached.
     pub fn vcode(&mut self, src: &dyn KernelSource) -> Result<String, BackError> {
         let mut ctx = self.module.make_context();
-        self.fill(&mut ctx, src)?;
         ctx.set_disasm(true);
-        let fail =
-            |e: &dyn std::fmt::Display| BackError(format!("compiling kernel `{}`: {e}", src.key()));
-        let id = self
-            .module
-            .declare_anonymous_function(&ctx.func.signature)
-            .map_err(|e| fail(&e))?;
-        self.module
-            .define_function(id, &mut ctx)
-            .map_err(|e| fail(&e))?;
+        self.define(&mut ctx, src)?;
         let text = ctx
             .compiled_code()
             .and_then(|c| c.vcode.clone())
             .unwrap_or_default();
         self.module.clear_context(&mut ctx);
         Ok(text)
+    }
+
+    /// Builds `src`'s function into `ctx` and compiles it into the module
+    /// (not finalized yet).
+    fn define(&mut self, ctx: &mut Context, src: &dyn KernelSource) -> Result<FuncId, BackError> {
+        self.fill(ctx, src)?;
+        let fail =
+            |e: &dyn std::fmt::Display| BackError(format!("compiling kernel `{}`: {e}", src.key()));
+        let id = self
+            .module
+            .declare_anonymous_function(&ctx.func.signature)
+            .map_err(|e| fail(&e))?;
+        self.module.define_function(id, ctx).map_err(|e| fail(&e))?;
+        Ok(id)
     }
 
     /// Builds `src`'s function with its [`Abi`] signature into `ctx`.
@@ -230,13 +229,7 @@ impl Jit {
     ///
     /// Errors if the kernel was compiled with another [`Abi`].
     pub fn code(&self, id: KernelId) -> Result<KernelFn, BackError> {
-        let k = &self.kernels[id.0];
-        if k.abi != Abi::Range {
-            return Err(BackError(format!(
-                "kernel {id:?} has ABI {:?}, not Range",
-                k.abi
-            )));
-        }
+        let k = self.compiled(id, Abi::Range)?;
         // SAFETY: `k.code` is the finalized code of a function that `fill`
         // declared with the kernel ABI signature (i64, i64, ptr, ptr) -> ()
         // in the module's default (SysV/C) calling convention, which is what
@@ -250,18 +243,24 @@ impl Jit {
     ///
     /// Errors if the kernel was compiled with another [`Abi`].
     pub fn tile_code(&self, id: KernelId) -> Result<TileFn, BackError> {
-        let k = &self.kernels[id.0];
-        if k.abi != Abi::Tile {
-            return Err(BackError(format!(
-                "kernel {id:?} has ABI {:?}, not Tile",
-                k.abi
-            )));
-        }
+        let k = self.compiled(id, Abi::Tile)?;
         // SAFETY: `k.code` is the finalized code of a function that `fill`
         // declared with five i64 parameters and no result in the default
         // (SysV/C) calling convention, which is what `TileFn` denotes
         // (checked above). The code stays mapped while `self.module` lives.
         Ok(unsafe { std::mem::transmute::<*const u8, TileFn>(k.code) })
+    }
+
+    /// The compiled kernel `id`, if it has the ABI `abi`.
+    fn compiled(&self, id: KernelId, abi: Abi) -> Result<&Compiled, BackError> {
+        let k = &self.kernels[id.0];
+        if k.abi != abi {
+            return Err(BackError(format!(
+                "kernel {id:?} has ABI {:?}, not {abi:?}",
+                k.abi
+            )));
+        }
+        Ok(k)
     }
 
     /// Whether the host ISA flags enable FMA instructions (`has_fma`).

@@ -13,6 +13,7 @@ pub mod front;
 pub mod interp;
 pub mod ir;
 pub mod ops;
+pub mod options;
 pub mod passes;
 pub mod program;
 pub mod session;

@@ -391,21 +391,24 @@ fn run(args: RunArgs) -> ExitCode {
         .iter()
         .map(|(n, t)| (n.as_str(), t.shape()))
         .collect();
-    let mut model = match netc::session::CompiledModel::new(g, &shapes, threads) {
+    let options = netc::options::CompileOptions {
+        threads,
+        ..Default::default()
+    };
+    let mut model = match netc::session::CompiledModel::new(g, &shapes, options) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match &args.weights {
-        Some(w) => {
-            if let Err(e) = model.load_weights(w) {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let loaded = match &args.weights {
+        Some(w) => model.load_weights(w),
         None => model.init_weights(args.seed),
+    };
+    if let Err(e) = loaded {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     let refs: Vec<(&str, &netc_runtime::Tensor)> =
         inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();

@@ -10,8 +10,9 @@
 //! let (program, _) = Program::load(std::path::Path::new("models/eeg_svm.net"));
 //! let graph = netc::elab::elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
 //! let x = Tensor::from_f32(&[8, 4, 9, 9], vec![0.0; 8 * 324]).unwrap();
-//! let mut model = CompiledModel::new(graph, &[("x", x.shape())], 2).unwrap();
-//! model.init_weights(0);
+//! let options = netc::options::CompileOptions { threads: 2, ..Default::default() };
+//! let mut model = CompiledModel::new(graph, &[("x", x.shape())], options).unwrap();
+//! model.init_weights(0).unwrap();
 //! let outputs = model.run(&[("x", &x)]).unwrap();
 //! ```
 
@@ -19,6 +20,7 @@ use crate::back::jit::Jit;
 use crate::back::lower::{lower, Lowered};
 use crate::back::BackError;
 use crate::ir::{Graph, SymId, ValueId};
+use crate::options::CompileOptions;
 use netc_runtime::plan::{Executor, PlanError};
 use netc_runtime::weights::{load_checked, TensorSpec, WeightError};
 use netc_runtime::{DType, Initializer, Tensor};
@@ -58,13 +60,13 @@ pub struct CompiledModel {
 }
 
 impl CompiledModel {
-    /// Compiles `graph` for inputs of the given shapes (by input name),
-    /// running on `threads` threads. Weights start at zero; call
+    /// Compiles `graph` for inputs of the given shapes (by input name)
+    /// with `options`. Weights start at zero; call
     /// [`CompiledModel::load_weights`] or [`CompiledModel::init_weights`].
     pub fn new(
         graph: Graph,
         input_shapes: &[(&str, &[usize])],
-        threads: usize,
+        options: CompileOptions,
     ) -> Result<CompiledModel, RunError> {
         let bound = bind_symbols(&graph, input_shapes)?;
         let symbols: Vec<(String, i64)> = bound
@@ -82,8 +84,8 @@ impl CompiledModel {
         let input_shapes = graph.inputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let output_shapes = graph.outputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let mut jit = Jit::new()?;
-        let lowered = lower(&graph, &symbols, &mut jit)?;
-        let executor = Executor::new(lowered.plan.clone(), threads)?;
+        let lowered = lower(&graph, &symbols, options, &mut jit)?;
+        let executor = Executor::new(lowered.plan.clone(), options.threads)?;
         let params = graph
             .params
             .iter()
@@ -94,7 +96,7 @@ impl CompiledModel {
                 )
             })
             .collect();
-        Ok(CompiledModel {
+        let mut model = CompiledModel {
             graph,
             lowered,
             executor,
@@ -102,7 +104,20 @@ impl CompiledModel {
             params,
             input_shapes,
             output_shapes,
-        })
+        };
+        model.prepare()?;
+        Ok(model)
+    }
+
+    /// Recomputes the parameter-derived tensors after the weights changed.
+    fn prepare(&mut self) -> Result<(), RunError> {
+        let params: Vec<&[f32]> = self
+            .params
+            .iter()
+            .map(|t| t.as_f32().unwrap_or(&[]))
+            .collect();
+        self.executor.prepare(&params)?;
+        Ok(())
     }
 
     /// The graph this model runs.
@@ -133,12 +148,12 @@ impl CompiledModel {
     /// missing, unexpected or mis-shaped tensor fails the whole load.
     pub fn load_weights(&mut self, path: &Path) -> Result<(), RunError> {
         self.params = load_checked(path, &self.weight_specs())?;
-        Ok(())
+        self.prepare()
     }
 
     /// Initialises parameters as PyTorch does by default for each layer
     /// (the schemes recorded in the IR), from a seed.
-    pub fn init_weights(&mut self, seed: u64) {
+    pub fn init_weights(&mut self, seed: u64) -> Result<(), RunError> {
         let mut init = Initializer::new(seed);
         self.params = self
             .graph
@@ -147,6 +162,7 @@ impl CompiledModel {
             .zip(&self.params)
             .map(|(p, t)| init.tensor(p.ty.dtype, t.shape(), &p.init))
             .collect();
+        self.prepare()
     }
 
     /// Runs the model on named inputs (f32, of the shapes it was compiled
@@ -238,8 +254,12 @@ mod tests {
         )
         .unwrap();
         let x = Tensor::from_f32(&[2, 3], vec![-1.0, 0.5, 2.0, 3.0, -0.25, 0.0]).unwrap();
-        let mut m = CompiledModel::new(g, &[("x", x.shape())], 2).unwrap();
-        m.init_weights(0);
+        let options = CompileOptions {
+            threads: 2,
+            ..Default::default()
+        };
+        let mut m = CompiledModel::new(g, &[("x", x.shape())], options).unwrap();
+        m.init_weights(0).unwrap();
         let kernels = m.kernels_compiled();
         for _ in 0..3 {
             let out = m.run(&[("x", &x)]).unwrap();
@@ -256,7 +276,7 @@ mod tests {
     #[test]
     fn inputs_of_another_shape_than_compiled_are_refused() {
         let g = program("model m() { input x: f32[N, 3]  output y = relu(x) }").unwrap();
-        let mut m = CompiledModel::new(g, &[("x", &[2, 3])], 1).unwrap();
+        let mut m = CompiledModel::new(g, &[("x", &[2, 3])], CompileOptions::default()).unwrap();
         let x = Tensor::from_f32(&[4, 3], vec![1.0; 12]).unwrap();
         let err = m.run(&[("x", &x)]).err().unwrap().to_string();
         assert!(
@@ -268,7 +288,7 @@ mod tests {
     #[test]
     fn wrong_inputs_are_named() {
         let g = program("model m() { input x: f32[N, 3]  output y = relu(x) }").unwrap();
-        let err = CompiledModel::new(g.clone(), &[("x", &[2, 4])], 1)
+        let err = CompiledModel::new(g.clone(), &[("x", &[2, 4])], CompileOptions::default())
             .err()
             .unwrap()
             .to_string();
@@ -276,7 +296,10 @@ mod tests {
             err.contains("input `x` has shape [2, 4], expected f32[N, 3]"),
             "{err}"
         );
-        let err = CompiledModel::new(g, &[], 1).err().unwrap().to_string();
+        let err = CompiledModel::new(g, &[], CompileOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("input `x` is not given"), "{err}");
     }
 }

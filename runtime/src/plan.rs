@@ -31,6 +31,8 @@ pub enum Buf {
     Param(usize),
     /// Model output `i` (written by the plan).
     Output(usize),
+    /// Compile-time constant `i` of the plan ([`Plan::constants`]).
+    Const(usize),
 }
 
 /// What a step computes.
@@ -80,12 +82,21 @@ pub struct Step {
 }
 
 /// A compiled model's schedule: the arena size and the steps in order.
+///
+/// `prepare` steps compute what depends on the parameters only (folded
+/// batch norms, re-laid-out weights); they run once per weight change
+/// ([`Executor::prepare`]) and write a region of the arena that `steps`
+/// read but never overwrite.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     /// Arena size in f32 elements.
     pub arena_len: usize,
-    /// The steps, in execution order.
+    /// The steps that depend on parameters only, in execution order.
+    pub prepare: Vec<Step>,
+    /// The steps of one run, in execution order.
     pub steps: Vec<Step>,
+    /// Compile-time constant tensors, read through [`Buf::Const`].
+    pub constants: Vec<Vec<f32>>,
 }
 
 /// Why a plan cannot run.
@@ -124,6 +135,10 @@ pub enum PlanError {
     /// The thread pool could not be built.
     #[error("cannot start {0} threads")]
     Threads(usize),
+    /// `run` was called before `prepare` (the parameter-derived tensors
+    /// would be stale or missing).
+    #[error("the plan's parameter-derived tensors are not prepared (call prepare after loading weights)")]
+    NotPrepared,
 }
 
 /// Raw pointers handed to kernels on several threads.
@@ -175,8 +190,19 @@ pub struct Executor {
     plan: Plan,
     arena: Vec<f32>,
     pool: rayon::ThreadPool,
-    /// Per step, the input base pointers (refilled each run, never reallocated).
+    /// Per prepare step, the input base pointers (refilled each call).
+    prepare_pointers: Vec<Vec<*const f32>>,
+    /// Per run step, the input base pointers (refilled each run, never reallocated).
     pointers: Vec<Vec<*const f32>>,
+    /// Whether the prepare steps ran since the executor was built.
+    prepared: bool,
+}
+
+/// Which of a plan's step lists to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Prepare,
+    Run,
 }
 
 impl Executor {
@@ -187,7 +213,7 @@ impl Executor {
             .num_threads(threads)
             .build()
             .map_err(|_| PlanError::Threads(threads))?;
-        for (i, s) in plan.steps.iter().enumerate() {
+        for (i, s) in plan.prepare.iter().chain(&plan.steps).enumerate() {
             if s.extents.len() != s.inputs.len() + 1 {
                 return Err(PlanError::Malformed {
                     step: i,
@@ -196,22 +222,39 @@ impl Executor {
                 });
             }
         }
-        let pointers = plan
-            .steps
-            .iter()
-            .map(|s| vec![std::ptr::null(); s.inputs.len()])
-            .collect();
+        let slots = |steps: &[Step]| -> Vec<Vec<*const f32>> {
+            steps
+                .iter()
+                .map(|s| vec![std::ptr::null(); s.inputs.len()])
+                .collect()
+        };
         Ok(Executor {
             arena: vec![0.0; plan.arena_len],
+            prepare_pointers: slots(&plan.prepare),
+            pointers: slots(&plan.steps),
+            prepared: plan.prepare.is_empty(),
             plan,
             pool,
-            pointers,
         })
     }
 
     /// The arena's base address (stable across runs: the arena never moves).
     pub fn arena_ptr(&self) -> *const f32 {
         self.arena.as_ptr()
+    }
+
+    /// The worker threads in the pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs the prepare steps: recomputes every parameter-derived tensor.
+    /// Call it after the parameters change and before [`Executor::run`].
+    pub fn prepare(&mut self, params: &[&[f32]]) -> Result<(), PlanError> {
+        self.check(Phase::Prepare, &[], params, &[])?;
+        self.execute(Phase::Prepare, &[], params, &mut []);
+        self.prepared = true;
+        Ok(())
     }
 
     /// Runs every step. Buffers are checked against each step's extents
@@ -222,9 +265,29 @@ impl Executor {
         params: &[&[f32]],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), PlanError> {
-        self.check(inputs, params, outputs)?;
+        if !self.prepared {
+            return Err(PlanError::NotPrepared);
+        }
+        self.check(Phase::Run, inputs, params, outputs)?;
+        self.execute(Phase::Run, inputs, params, outputs);
+        Ok(())
+    }
+
+    /// Runs one phase's steps on checked buffers.
+    fn execute(
+        &mut self,
+        phase: Phase,
+        inputs: &[&[f32]],
+        params: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) {
         let arena = self.arena.as_mut_ptr();
-        for (i, step) in self.plan.steps.iter().enumerate() {
+        let (steps, pointers) = match phase {
+            Phase::Prepare => (&self.plan.prepare, &mut self.prepare_pointers),
+            Phase::Run => (&self.plan.steps, &mut self.pointers),
+        };
+        let constants = &self.plan.constants;
+        for (step, slots) in steps.iter().zip(pointers.iter_mut()) {
             let read = |b: &Buf| -> *const f32 {
                 match *b {
                     // SAFETY: `check` verified offset + extent <= arena length.
@@ -232,17 +295,18 @@ impl Executor {
                     Buf::Input(k) => inputs[k].as_ptr(),
                     Buf::Param(k) => params[k].as_ptr(),
                     Buf::Output(k) => outputs[k].as_ptr(),
+                    Buf::Const(k) => constants[k].as_ptr(),
                 }
             };
-            for (slot, b) in self.pointers[i].iter_mut().zip(&step.inputs) {
+            for (slot, b) in slots.iter_mut().zip(&step.inputs) {
                 *slot = read(b);
             }
             let out = match step.output {
                 // SAFETY: checked like every arena buffer.
                 Buf::Arena { offset, .. } => unsafe { arena.add(offset) },
                 Buf::Output(k) => outputs[k].as_mut_ptr(),
-                // `check` rejects inputs and parameters as outputs.
-                Buf::Input(_) | Buf::Param(_) => {
+                // `check` rejects read-only buffers as outputs.
+                Buf::Input(_) | Buf::Param(_) | Buf::Const(_) => {
                     unreachable!("checked: outputs are arena or model outputs")
                 }
             };
@@ -260,7 +324,7 @@ impl Executor {
                     sb,
                     ldc,
                 } => {
-                    let operands = GemmOperands(self.pointers[i][0], self.pointers[i][1], out);
+                    let operands = GemmOperands(slots[0], slots[1], out);
                     let threads = self.pool.current_num_threads();
                     // SAFETY: `check` verified that A, B and C cover the
                     // extents the plan builder computed from these sizes and
@@ -271,7 +335,7 @@ impl Executor {
                     continue;
                 }
             };
-            let shared = Shared(self.pointers[i].as_ptr(), out);
+            let shared = Shared(slots.as_ptr(), out);
             let tasks = (units / grain.max(1)).clamp(1, self.pool.current_num_threads());
             let run_range = move |t: usize| {
                 let s = shared;
@@ -287,19 +351,24 @@ impl Executor {
                     .install(|| (0..tasks).into_par_iter().for_each(run_range));
             }
         }
-        Ok(())
     }
 
     fn check(
         &self,
+        phase: Phase,
         inputs: &[&[f32]],
         params: &[&[f32]],
         outputs: &[&mut [f32]],
     ) -> Result<(), PlanError> {
-        for (i, step) in self.plan.steps.iter().enumerate() {
+        let steps = match phase {
+            Phase::Prepare => &self.plan.prepare,
+            Phase::Run => &self.plan.steps,
+        };
+        for (i, step) in steps.iter().enumerate() {
             let buffers = step.inputs.iter().chain(std::iter::once(&step.output));
             for (n, (b, &need)) in buffers.zip(&step.extents).enumerate() {
                 let is_output = n == step.inputs.len();
+                let missing = |what: String| PlanError::Missing { step: i, what };
                 let (what, have) = match *b {
                     Buf::Arena { offset, len } => {
                         let end = offset.saturating_add(len);
@@ -312,30 +381,37 @@ impl Executor {
                     }
                     Buf::Input(k) if !is_output => (
                         format!("input {k}"),
-                        inputs.get(k).map(|s| s.len()).ok_or(PlanError::Missing {
-                            step: i,
-                            what: format!("input {k}"),
-                        })?,
+                        inputs
+                            .get(k)
+                            .map(|s| s.len())
+                            .ok_or_else(|| missing(format!("input {k}")))?,
                     ),
                     Buf::Param(k) if !is_output => (
                         format!("parameter {k}"),
-                        params.get(k).map(|s| s.len()).ok_or(PlanError::Missing {
-                            step: i,
-                            what: format!("parameter {k}"),
-                        })?,
+                        params
+                            .get(k)
+                            .map(|s| s.len())
+                            .ok_or_else(|| missing(format!("parameter {k}")))?,
+                    ),
+                    Buf::Const(k) if !is_output => (
+                        format!("constant {k}"),
+                        self.plan
+                            .constants
+                            .get(k)
+                            .map(|s| s.len())
+                            .ok_or_else(|| missing(format!("constant {k}")))?,
                     ),
                     Buf::Output(k) => (
                         format!("output {k}"),
-                        outputs.get(k).map(|s| s.len()).ok_or(PlanError::Missing {
-                            step: i,
-                            what: format!("output {k}"),
-                        })?,
+                        outputs
+                            .get(k)
+                            .map(|s| s.len())
+                            .ok_or_else(|| missing(format!("output {k}")))?,
                     ),
-                    Buf::Input(k) | Buf::Param(k) => {
-                        return Err(PlanError::Missing {
-                            step: i,
-                            what: format!("a writable output (got read-only buffer {k})"),
-                        })
+                    Buf::Input(k) | Buf::Param(k) | Buf::Const(k) => {
+                        return Err(missing(format!(
+                            "a writable output (got read-only buffer {k})"
+                        )))
                     }
                 };
                 if have < need {
@@ -381,6 +457,8 @@ mod tests {
         let u = Buf::Arena { offset: n, len: n };
         Plan {
             arena_len: 2 * n,
+            prepare: Vec::new(),
+            constants: Vec::new(),
             steps: vec![
                 Step {
                     work: Work::Kernel {
@@ -440,6 +518,8 @@ mod tests {
         // y[2x3] = x[2x4] · w[3x4]^T, w read transposed through strides.
         let plan = Plan {
             arena_len: 0,
+            prepare: Vec::new(),
+            constants: Vec::new(),
             steps: vec![Step {
                 work: Work::Gemm {
                     m: 2,

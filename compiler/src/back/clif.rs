@@ -27,41 +27,12 @@ pub fn node_kernel(g: &Graph, node: &Node) -> Option<(Chain, Vec<ValueId>)> {
     if node.outputs.len() != 1 || g.ty(node.outputs[0]).dtype != DType::F32 {
         return None;
     }
-    let unary = match node.op.name {
-        "relu" => Some(Unary::Relu),
-        "neg" => Some(Unary::Neg),
-        "abs" => Some(Unary::Abs),
-        "square" => Some(Unary::Square),
-        "sqrt" => Some(Unary::Sqrt),
-        "exp" => Some(Unary::Exp),
-        "log" => Some(Unary::Log),
-        "tanh" => Some(Unary::Tanh),
-        "sigmoid" => Some(Unary::Sigmoid),
-        "silu" => Some(Unary::Silu),
-        "gelu" if matches!(node.op.attr("approximate"), Some(Attr::Str(a)) if a == "tanh") => {
-            Some(Unary::GeluTanh)
-        }
-        "gelu" => Some(Unary::Gelu),
-        "leaky_relu" => Some(Unary::LeakyRelu {
-            slope: float_attr(node, "negative_slope").unwrap_or(0.01),
-        }),
-        "clamp" => Some(Unary::Clamp {
-            lo: float_attr(node, "min").unwrap_or(f32::NEG_INFINITY),
-            hi: float_attr(node, "max").unwrap_or(f32::INFINITY),
-        }),
-        _ => None,
-    };
+    let unary = unary_of(node);
     if let Some(u) = unary {
         return (node.inputs.len() == 1).then(|| (Chain::unary(u), node.inputs.clone()));
     }
-    let op = match node.op.name {
-        "add" => Binary::Add,
-        "sub" => Binary::Sub,
-        "mul" => Binary::Mul,
-        "div" => Binary::Div,
-        "maximum" => Binary::Maximum,
-        "minimum" => Binary::Minimum,
-        _ => return None,
+    let Some(op) = binary_of(node.op.name) else {
+        return None;
     };
     let [x, y] = node.inputs[..] else {
         return None;
@@ -95,7 +66,48 @@ pub fn node_kernel(g: &Graph, node: &Node) -> Option<(Chain, Vec<ValueId>)> {
     Some((chain, values))
 }
 
-fn float_attr(node: &Node, key: &str) -> Option<f32> {
+/// The unary kernel op of an elementwise node, if it is one.
+pub(crate) fn unary_of(node: &Node) -> Option<Unary> {
+    match node.op.name {
+        "relu" => Some(Unary::Relu),
+        "neg" => Some(Unary::Neg),
+        "abs" => Some(Unary::Abs),
+        "square" => Some(Unary::Square),
+        "sqrt" => Some(Unary::Sqrt),
+        "exp" => Some(Unary::Exp),
+        "log" => Some(Unary::Log),
+        "tanh" => Some(Unary::Tanh),
+        "sigmoid" => Some(Unary::Sigmoid),
+        "silu" => Some(Unary::Silu),
+        "gelu" if matches!(node.op.attr("approximate"), Some(Attr::Str(a)) if a == "tanh") => {
+            Some(Unary::GeluTanh)
+        }
+        "gelu" => Some(Unary::Gelu),
+        "leaky_relu" => Some(Unary::LeakyRelu {
+            slope: float_attr(node, "negative_slope").unwrap_or(0.01),
+        }),
+        "clamp" => Some(Unary::Clamp {
+            lo: float_attr(node, "min").unwrap_or(f32::NEG_INFINITY),
+            hi: float_attr(node, "max").unwrap_or(f32::INFINITY),
+        }),
+        _ => None,
+    }
+}
+
+/// The binary kernel op of an elementwise op name, if it is one.
+pub(crate) fn binary_of(name: &str) -> Option<Binary> {
+    Some(match name {
+        "add" => Binary::Add,
+        "sub" => Binary::Sub,
+        "mul" => Binary::Mul,
+        "div" => Binary::Div,
+        "maximum" => Binary::Maximum,
+        "minimum" => Binary::Minimum,
+        _ => return None,
+    })
+}
+
+pub(crate) fn float_attr(node: &Node, key: &str) -> Option<f32> {
     match node.op.attr(key)? {
         Attr::Float(f) => Some(*f as f32),
         Attr::Int(i) => Some(*i as f32),
@@ -105,7 +117,7 @@ fn float_attr(node: &Node, key: &str) -> Option<f32> {
 
 /// How operand `y` broadcasts against the output shape: a constant value
 /// (scalar constants), its indexing, and the domain.
-fn classify(g: &Graph, y: ValueId, out: &[Dim]) -> Option<(Option<f32>, Bcast, Domain)> {
+pub(crate) fn classify(g: &Graph, y: ValueId, out: &[Dim]) -> Option<(Option<f32>, Bcast, Domain)> {
     let ys = &g.ty(y).shape;
     let one = Dim::known(1);
     if ys == out {

@@ -645,6 +645,7 @@ impl<'e, 'a> CallCtx<'e, 'a> {
             flops,
             region: self.el.region,
             train_only: self.el.train_mode,
+            fused_into: None,
         });
         Ok(outs)
     }

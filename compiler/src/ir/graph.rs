@@ -172,6 +172,10 @@ pub struct Node {
     pub region: Option<RegionId>,
     /// Part of the loss computation (only run when training).
     pub train_only: bool,
+    /// Set by the fusion pass: this node is computed inside the kernel of
+    /// the node whose first output is this value (its epilogue, or the next
+    /// link of an elementwise chain) and its own output is never stored.
+    pub fused_into: Option<ValueId>,
 }
 
 /// A parameter (trained) or buffer (state that is not trained, e.g. running

@@ -101,6 +101,9 @@ fn print_node(out: &mut String, g: &Graph, n: &Node) {
     if !n.path.is_empty() {
         let _ = write!(out, "  @{}", n.path);
     }
+    if let Some(head) = n.fused_into {
+        let _ = write!(out, "  [fused into %{}]", head.0);
+    }
     out.push('\n');
 }
 

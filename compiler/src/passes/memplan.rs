@@ -15,7 +15,7 @@
 //! sizes from their upper bounds, so the plan holds for every run.
 
 use crate::ir::{Dim, Graph, SymId, SymKind, ValueId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Offsets are multiples of this (cache-line and AVX-512 alignment).
 pub const ALIGN: u64 = 64;
@@ -63,15 +63,28 @@ fn eval_dim(d: &Dim, sym: &dyn Fn(SymId) -> i64) -> i64 {
 
 /// Values that are views of another value's storage: op name and input index.
 fn view_source(op: &str) -> Option<usize> {
-    matches!(op, "reshape").then_some(0)
+    matches!(op, "reshape" | "dropout").then_some(0)
 }
 
 /// Plans the forward pass of `g` (train-only nodes excluded) for symbol
 /// values `symbols` (by name); unnamed input symbols count 1 and
 /// data-dependent symbols their upper bound.
 pub fn plan(g: &Graph, symbols: &[(String, i64)]) -> MemoryPlan {
+    plan_skipping(g, symbols, &HashSet::new())
+}
+
+/// [`plan`], leaving out the values in `skip` (they are never stored: the
+/// inner links of fused kernels, or tensors kept outside the transient
+/// arena). A node fused into another (`fused_into`) is computed by its
+/// head's kernel, so its results are live from the head's position on.
+pub fn plan_skipping(g: &Graph, symbols: &[(String, i64)], skip: &HashSet<ValueId>) -> MemoryPlan {
     let sym = |s: SymId| -> i64 { symbol_value(g, s, symbols, 0) };
     let nodes: Vec<_> = g.nodes.iter().filter(|n| !n.train_only).collect();
+    let produced_at: HashMap<ValueId, usize> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(pos, n)| n.outputs.iter().map(move |v| (*v, pos)))
+        .collect();
     // Storage root of each value (views resolve to what they view).
     let mut root: HashMap<ValueId, ValueId> = HashMap::new();
     let mut first: HashMap<ValueId, usize> = HashMap::new();
@@ -90,9 +103,14 @@ pub fn plan(g: &Graph, symbols: &[(String, i64)]) -> MemoryPlan {
                     let r = *root.get(&src).unwrap_or(&src);
                     root.insert(*v, r);
                 }
+                None if skip.contains(v) => {}
                 None => {
+                    let start = n
+                        .fused_into
+                        .and_then(|h| produced_at.get(&h).copied())
+                        .unwrap_or(pos);
                     root.insert(*v, *v);
-                    first.insert(*v, pos);
+                    first.insert(*v, start);
                     last.insert(*v, pos);
                 }
             }

@@ -1,0 +1,542 @@
+//! Lowering a graph to a runtime [`Plan`]: every node becomes kernel calls
+//! (or nothing, for views), every stored value gets a buffer, and model
+//! outputs are copied out of the arena by an identity kernel at the end.
+//!
+//! The arena has three regions, in this order:
+//! - **transient**: intermediate values, placed by the memory planner with
+//!   lifetime-based reuse;
+//! - **persistent**: values that depend on parameters and constants only
+//!   (folded batch norms, re-laid-out weights). Their nodes are lowered
+//!   into the plan's `prepare` steps, which run once per weight change;
+//! - **scratch**: per-step working space (im2col panels), shared by all
+//!   steps since steps run one after another.
+//!
+//! Each op family lowers in its own module through [`LowerCx`]; a module's
+//! `try_lower` returns `None` for ops it does not own:
+//! - [`pointwise`]: elementwise nodes and fused elementwise chains;
+//! - [`contract`]: linear (and the other contractions as they land).
+
+pub mod contract;
+pub mod pointwise;
+
+use super::elementwise::{Bcast, Chain, Domain};
+use super::jit::Jit;
+use super::BackError;
+use crate::ir::{Graph, Node, SymId, ValueDef, ValueId};
+use crate::options::CompileOptions;
+use crate::passes::memplan;
+use netc_runtime::plan::{Buf, Plan, Step, Work};
+use netc_runtime::DType;
+use std::collections::{HashMap, HashSet};
+
+/// A graph lowered for fixed symbol values: the plan, and the order in
+/// which the executor expects inputs, parameters and outputs.
+pub struct Lowered {
+    /// The schedule over one arena.
+    pub plan: Plan,
+    /// Input names, in the executor's input order.
+    pub inputs: Vec<String>,
+    /// Parameter and buffer paths, in the executor's parameter order.
+    pub params: Vec<String>,
+    /// Output names with their element counts, in the executor's output order.
+    pub outputs: Vec<(String, usize)>,
+}
+
+/// The state of one lowering: buffers of lowered values, the steps so far,
+/// and the arena regions. Op modules read their operands' buffers and
+/// shapes and push steps through it.
+pub struct LowerCx<'a> {
+    /// The graph being lowered.
+    pub g: &'a Graph,
+    /// The JIT that compiles (and deduplicates) kernels.
+    pub jit: &'a mut Jit,
+    /// The compile options.
+    pub options: CompileOptions,
+    symbols: &'a [(String, i64)],
+    transient: HashMap<ValueId, usize>,
+    bufs: HashMap<ValueId, Buf>,
+    /// Values computed from parameters and constants only.
+    derived: HashSet<ValueId>,
+    /// Next free element of the persistent region.
+    persistent_next: usize,
+    /// Start of the scratch region and the largest scratch any step needs.
+    scratch_base: usize,
+    scratch_len: usize,
+    constants: Vec<Vec<f32>>,
+    prepare: Vec<Step>,
+    steps: Vec<Step>,
+    /// Whether the node being lowered is parameter-derived.
+    in_prepare: bool,
+}
+
+/// Lowers the forward pass of `g` with the symbol values `symbols` (every
+/// input symbol must be given), compiling kernels into `jit`.
+pub fn lower(
+    g: &Graph,
+    symbols: &[(String, i64)],
+    options: CompileOptions,
+    jit: &mut Jit,
+) -> Result<Lowered, BackError> {
+    let nodes: Vec<&Node> = g.nodes.iter().filter(|n| !n.train_only).collect();
+    let derived = derived_values(g, &nodes);
+    let unstored = pointwise::unstored_links(&nodes);
+    let skip: HashSet<ValueId> = derived.union(&unstored).copied().collect();
+    let mem = memplan::plan_skipping(g, symbols, &skip);
+    let transient: HashMap<ValueId, usize> = mem
+        .placements
+        .iter()
+        .map(|p| (p.value, (p.offset / 4) as usize))
+        .collect();
+    let persistent_base = (mem.arena_bytes / 4) as usize;
+    let mut cx = LowerCx {
+        g,
+        jit,
+        options,
+        symbols,
+        transient,
+        bufs: HashMap::new(),
+        derived,
+        persistent_next: persistent_base,
+        scratch_base: 0,
+        scratch_len: 0,
+        constants: Vec::new(),
+        prepare: Vec::new(),
+        steps: Vec::new(),
+        in_prepare: false,
+    };
+    // The persistent region's size is known before any node is lowered,
+    // so scratch offsets can be handed out as nodes are lowered.
+    let persistent_len: usize = cx
+        .derived
+        .iter()
+        .filter(|v| matches!(g.value(**v).def, ValueDef::Node(..)))
+        .map(|v| cx.numel(*v).map(align))
+        .sum::<Result<usize, _>>()?;
+    cx.scratch_base = persistent_base + persistent_len;
+    for (i, (_, v)) in g.inputs.iter().enumerate() {
+        cx.bufs.insert(*v, Buf::Input(i));
+    }
+    for (i, p) in g.params.iter().enumerate() {
+        cx.bufs.insert(p.value, Buf::Param(i));
+    }
+    for c in &g.consts {
+        let k = cx.constants.len();
+        cx.constants
+            .push(c.data.iter().map(|&x| x as f32).collect());
+        cx.bufs.insert(c.value, Buf::Const(k));
+    }
+    for node in nodes {
+        if node.fused_into.is_some() {
+            continue;
+        }
+        cx.in_prepare = node.outputs.iter().all(|v| cx.derived.contains(v));
+        let lowered = pointwise::try_lower(&mut cx, node)
+            .or_else(|| contract::try_lower(&mut cx, node))
+            .unwrap_or_else(|| Err(cx.unsupported(node)));
+        lowered?;
+    }
+    cx.in_prepare = false;
+    let identity = Chain {
+        inputs: vec![Bcast::Full],
+        domain: Domain::Flat,
+        steps: Vec::new(),
+    };
+    let mut outputs = Vec::new();
+    for (k, (name, v)) in g.outputs.iter().enumerate() {
+        let src = cx.buf(*v)?;
+        let n = cx.numel(*v)?;
+        cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
+        outputs.push((name.clone(), n));
+    }
+    Ok(Lowered {
+        plan: Plan {
+            arena_len: cx.scratch_base + cx.scratch_len,
+            prepare: cx.prepare,
+            steps: cx.steps,
+            constants: cx.constants,
+        },
+        inputs: g.inputs.iter().map(|(n, _)| n.clone()).collect(),
+        params: g.params.iter().map(|p| p.path.clone()).collect(),
+        outputs,
+    })
+}
+
+/// Rounds an element count up to 16 f32 (64 bytes, the arena alignment).
+fn align(elems: usize) -> usize {
+    elems.div_ceil(16) * 16
+}
+
+/// Values computed from parameters and constants only (never from an
+/// input): their nodes go to the prepare steps.
+fn derived_values(g: &Graph, nodes: &[&Node]) -> HashSet<ValueId> {
+    let mut derived: HashSet<ValueId> = g
+        .params
+        .iter()
+        .map(|p| p.value)
+        .chain(g.consts.iter().map(|c| c.value))
+        .collect();
+    for n in nodes {
+        if !n.inputs.is_empty() && n.inputs.iter().all(|v| derived.contains(v)) {
+            derived.extend(n.outputs.iter().copied());
+        }
+    }
+    derived
+}
+
+impl LowerCx<'_> {
+    /// The buffer holding an already lowered value.
+    pub fn buf(&self, v: ValueId) -> Result<Buf, BackError> {
+        self.bufs.get(&v).copied().ok_or_else(|| {
+            BackError(format!(
+                "value %{} has no buffer (its producer was not lowered)",
+                v.0
+            ))
+        })
+    }
+
+    /// Allocates the buffer a node writes for its result `v`: the memory
+    /// planner's slot, or a slot of the persistent region for
+    /// parameter-derived values.
+    pub fn output(&mut self, v: ValueId) -> Result<Buf, BackError> {
+        let len = self.numel(v)?;
+        let offset = if self.derived.contains(&v) {
+            let at = self.persistent_next;
+            self.persistent_next += align(len);
+            debug_assert!(self.persistent_next <= self.scratch_base);
+            at
+        } else {
+            *self.transient.get(&v).ok_or_else(|| {
+                BackError(format!("value %{} has no place in the arena plan", v.0))
+            })?
+        };
+        let buf = Buf::Arena { offset, len };
+        self.bufs.insert(v, buf);
+        Ok(buf)
+    }
+
+    /// Makes `v` share the storage of `src` (a view: reshape, dropout at
+    /// inference).
+    pub fn alias(&mut self, v: ValueId, src: ValueId) -> Result<(), BackError> {
+        let b = self.buf(src)?;
+        self.bufs.insert(v, b);
+        Ok(())
+    }
+
+    /// A scratch buffer of `len` elements, valid during one step (every
+    /// step may reuse the same scratch).
+    pub fn scratch(&mut self, len: usize) -> Buf {
+        self.scratch_len = self.scratch_len.max(align(len));
+        Buf::Arena {
+            offset: self.scratch_base,
+            len,
+        }
+    }
+
+    /// The concrete shape of `v` (f32 dense values only).
+    pub fn shape(&self, v: ValueId) -> Result<Vec<usize>, BackError> {
+        let ty = self.g.ty(v);
+        if ty.dtype != DType::F32 || ty.sparse {
+            return Err(BackError(format!(
+                "value %{} is {}; this back end runs dense f32 only",
+                v.0,
+                self.g.type_text(ty)
+            )));
+        }
+        let value_of = |s: SymId| {
+            self.symbols
+                .iter()
+                .find(|(n, _)| *n == self.g.sym_name(s))
+                .map(|(_, v)| *v)
+        };
+        ty.shape
+            .iter()
+            .map(|d| {
+                let n = d.eval(&value_of).as_known().ok_or_else(|| {
+                    BackError(format!(
+                        "size {} of %{} is not given (pass it with the inputs)",
+                        self.g.dim_text(d),
+                        v.0
+                    ))
+                })?;
+                usize::try_from(n).map_err(|_| BackError(format!("negative size of %{}", v.0)))
+            })
+            .collect()
+    }
+
+    /// The element count of `v`.
+    pub fn numel(&self, v: ValueId) -> Result<usize, BackError> {
+        Ok(self.shape(v)?.iter().product())
+    }
+
+    /// Appends a step (to the prepare steps when the node being lowered is
+    /// parameter-derived).
+    pub fn push(&mut self, step: Step) {
+        if self.in_prepare {
+            self.prepare.push(step);
+        } else {
+            self.steps.push(step);
+        }
+    }
+
+    /// Compiles `chain` and appends one call of it over `elems` output
+    /// elements.
+    pub fn kernel(
+        &mut self,
+        chain: &Chain,
+        inputs: Vec<Buf>,
+        output: Buf,
+        elems: usize,
+    ) -> Result<(), BackError> {
+        let id = chain.compile(self.jit)?;
+        let units = match chain.domain {
+            Domain::Flat => elems as u64,
+            Domain::Rows { inner, .. } => elems as u64 / inner,
+        };
+        let mut extents: Vec<usize> = (0..chain.inputs.len())
+            .map(|k| chain.input_len(k, units) as usize)
+            .collect();
+        extents.push(chain.elements(units) as usize);
+        let grain = match chain.domain {
+            Domain::Flat => 4096,
+            Domain::Rows { inner, .. } => (4096 / inner.max(1)).max(1) as usize,
+        };
+        self.push(Step {
+            work: Work::Kernel {
+                kernel: self.jit.code(id)?,
+                units: units as usize,
+                grain,
+            },
+            inputs,
+            output,
+            extents,
+        });
+        Ok(())
+    }
+
+    /// The error for a node no module lowers.
+    pub fn unsupported(&self, node: &Node) -> BackError {
+        BackError(format!(
+            "`{}` at {} is not lowered by this back end yet",
+            node.op.name,
+            if node.path.is_empty() {
+                "the model"
+            } else {
+                &node.path
+            }
+        ))
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interp::{self, Array};
+    use crate::testing::program;
+    use netc_runtime::plan::Executor;
+
+    /// The JIT-compiled plan of an elementwise graph equals the reference
+    /// interpreter (itself checked against PyTorch) on 1 and 2 threads.
+    #[test]
+    fn elementwise_graph_runs_through_jit_kernels_and_the_executor() {
+        let g = program(
+            "model m() { input x: f32[N, 3, 5]  input r: f32[N, 3, 5]
+                         param b: f32[3, 1] = 0.0
+                         h = (x * 2.0 + b) |> relu
+                         z = maximum(h - r, 0.25) |> leaky_relu(0.1)
+                         output y = reshape(z, [-1, 15])
+                         output w = abs(-h) }",
+        )
+        .unwrap();
+        let n = 4;
+        let x: Vec<f32> = (0..n * 15).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let r: Vec<f32> = (0..n * 15).map(|i| (i as f32 * 0.11).cos()).collect();
+        let b = vec![0.5f32, -1.0, 0.25];
+        let mut jit = Jit::new().unwrap();
+        let lowered = lower(
+            &g,
+            &[("N".into(), n as i64)],
+            CompileOptions::default(),
+            &mut jit,
+        )
+        .unwrap();
+        let compiled = jit.stats().compilations;
+        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
+        let params = HashMap::from([("b".to_string(), Array::new(&[3, 1], f64s(&b)))]);
+        let want = interp::run(
+            &g,
+            &[
+                ("x", Array::new(&[n, 3, 5], f64s(&x))),
+                ("r", Array::new(&[n, 3, 5], f64s(&r))),
+            ],
+            &params,
+        )
+        .unwrap();
+        for threads in [1, 2] {
+            let mut ex = Executor::new(lowered.plan.clone(), threads).unwrap();
+            let mut outs: Vec<Vec<f32>> = lowered
+                .outputs
+                .iter()
+                .map(|(_, len)| vec![0.0; *len])
+                .collect();
+            let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            ex.run(&[&x, &r], &[&b], &mut out_refs).unwrap();
+            for ((name, got), (wname, w)) in lowered.outputs.iter().zip(&outs).zip(&want) {
+                assert_eq!(&name.0, wname);
+                for (a, e) in got.iter().zip(&w.data) {
+                    assert!(
+                        (f64::from(*a) - e).abs() <= 1e-6 * e.abs().max(1.0),
+                        "{wname}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+        // The second lowering of the same graph compiles nothing new.
+        lower(
+            &g,
+            &[("N".into(), n as i64)],
+            CompileOptions::default(),
+            &mut jit,
+        )
+        .unwrap();
+        assert_eq!(jit.stats().compilations, compiled);
+    }
+
+    /// The EEG MLP (flatten, linear through the GEMM plus a bias kernel,
+    /// ReLU) equals the reference interpreter.
+    #[test]
+    fn mlp_runs_through_gemm_and_bias_kernels() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/eeg_mlp.net");
+        let (prog, diags) = crate::program::Program::load(&root);
+        assert!(diags.is_empty());
+        let g = crate::elab::elaborate(&prog, prog.model(None).unwrap(), &[]).unwrap();
+        let n = 5;
+        let mut init = netc_runtime::Initializer::new(3);
+        let params: Vec<netc_runtime::Tensor> = g
+            .params
+            .iter()
+            .map(|p| {
+                let shape: Vec<usize> =
+                    p.ty.known_shape()
+                        .unwrap()
+                        .iter()
+                        .map(|&d| d as usize)
+                        .collect();
+                init.tensor(p.ty.dtype, &shape, &p.init)
+            })
+            .collect();
+        let x: Vec<f32> = (0..n * 324).map(|i| (i as f32 * 0.013).sin()).collect();
+        let mut jit = Jit::new().unwrap();
+        let lowered = lower(
+            &g,
+            &[("N".into(), n as i64)],
+            CompileOptions::default(),
+            &mut jit,
+        )
+        .unwrap();
+        let mut y = vec![0.0f32; n * 2];
+        let slices: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
+        Executor::new(lowered.plan, 2)
+            .unwrap()
+            .run(&[&x], &slices, &mut [&mut y])
+            .unwrap();
+        let to64 = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
+        let named: HashMap<String, Array> = g
+            .params
+            .iter()
+            .zip(&params)
+            .map(|(p, t)| {
+                (
+                    p.path.clone(),
+                    Array::new(t.shape(), to64(t.as_f32().unwrap())),
+                )
+            })
+            .collect();
+        let want = interp::run(&g, &[("x", Array::new(&[n, 4, 9, 9], to64(&x)))], &named).unwrap();
+        for (a, e) in y.iter().zip(&want[0].1.data) {
+            assert!(
+                (f64::from(*a) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{a} vs {e}"
+            );
+        }
+    }
+
+    /// Parameter-only nodes run in the prepare steps (into the persistent
+    /// region), and a group marked `fused_into` runs as one kernel whose
+    /// inner links are never stored; results equal the interpreter.
+    #[test]
+    fn derived_values_are_prepared_and_fused_groups_run_as_one_kernel() {
+        let mut g = program(
+            "model m() { input x: f32[N, 3, 4]
+                         param w: f32[3, 1] = 0.0
+                         s = w * 2.0 + 1.0
+                         output y = (x * s - x) |> relu |> clamp(0.0, 5.0) }",
+        )
+        .unwrap();
+        // Fuse the chain after `x * s`: sub, relu and clamp into the mul.
+        let mul = g
+            .nodes
+            .iter()
+            .position(|n| n.op.name == "mul" && n.inputs[0] == g.inputs[0].1)
+            .unwrap();
+        let head = g.nodes[mul].outputs[0];
+        for n in &mut g.nodes[mul + 1..] {
+            n.fused_into = Some(head);
+        }
+        let n = 2;
+        let x: Vec<f32> = (0..n * 12).map(|i| (i as f32 * 0.7).sin() * 4.0).collect();
+        let w = vec![0.5f32, -1.5, 2.0];
+        let mut jit = Jit::new().unwrap();
+        let lowered = lower(
+            &g,
+            &[("N".into(), n as i64)],
+            CompileOptions::default(),
+            &mut jit,
+        )
+        .unwrap();
+        assert_eq!(
+            lowered.plan.prepare.len(),
+            2,
+            "w * 2.0 and + 1.0 are prepared"
+        );
+        assert_eq!(
+            lowered.plan.steps.len(),
+            2,
+            "one fused kernel and the output copy"
+        );
+        let mut ex = Executor::new(lowered.plan, 2).unwrap();
+        let mut y = vec![0.0f32; n * 12];
+        assert!(
+            ex.run(&[&x], &[&w], &mut [&mut y]).is_err(),
+            "run before prepare"
+        );
+        ex.prepare(&[&w]).unwrap();
+        ex.run(&[&x], &[&w], &mut [&mut y]).unwrap();
+        let f64s = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
+        let params = HashMap::from([("w".to_string(), Array::new(&[3, 1], f64s(&w)))]);
+        let want = interp::run(&g, &[("x", Array::new(&[n, 3, 4], f64s(&x)))], &params).unwrap();
+        for (a, e) in y.iter().zip(&want[0].1.data) {
+            assert!(
+                (f64::from(*a) - e).abs() <= 1e-6 * e.abs().max(1.0),
+                "{a} vs {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_nodes_and_missing_sizes_are_named() {
+        let g =
+            program("model m() { input x: f32[N, 4, 4]  output y = x |> max_pool1d(2) }").unwrap();
+        let mut jit = Jit::new().unwrap();
+        let err = lower(&g, &[("N".into(), 2)], CompileOptions::default(), &mut jit)
+            .err()
+            .unwrap();
+        assert!(
+            err.0.contains("`max_pool1d` at the model is not lowered"),
+            "{err}"
+        );
+        let g = program("model m() { input x: f32[N, 4]  output y = relu(x) }").unwrap();
+        let err = lower(&g, &[], CompileOptions::default(), &mut jit)
+            .err()
+            .unwrap();
+        assert!(err.0.contains("size N of"), "{err}");
+    }
+}

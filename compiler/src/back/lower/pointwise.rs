@@ -1,0 +1,157 @@
+//! Lowering of elementwise nodes, views, and fused elementwise chains.
+//!
+//! The fusion pass marks a node `fused_into` the head of its group. A
+//! group is a head (an elementwise node or a contraction) and followers;
+//! each follower reads the previous link's result as its running value
+//! and at most one other operand. One kernel computes the whole group in
+//! registers and stores only the last link; the inner links are never
+//! stored ([`unstored_links`]).
+
+use super::LowerCx;
+use crate::back::clif::{binary_of, classify, node_kernel, unary_of};
+use crate::back::elementwise::{Bcast, Chain, Domain, Operand, Step};
+use crate::back::BackError;
+use crate::ir::{Graph, Node, ValueId};
+use netc_runtime::plan::Buf;
+use std::collections::HashSet;
+
+/// Lowers views and elementwise heads; `None` for other ops.
+pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    if matches!(node.op.name, "reshape" | "dropout") {
+        return Some(cx.alias(node.outputs[0], node.inputs[0]));
+    }
+    let (chain, reads) = node_kernel(cx.g, node)?;
+    Some(lower_chain(cx, node, chain, reads))
+}
+
+fn lower_chain(
+    cx: &mut LowerCx,
+    head: &Node,
+    mut chain: Chain,
+    reads: Vec<ValueId>,
+) -> Result<(), BackError> {
+    let followers = followers(cx.g, head);
+    let mut values = reads;
+    let domain = (chain.domain != Domain::Flat).then_some(chain.domain);
+    let extra = extend(cx.g, head, &followers, domain, &mut chain, &mut values)?;
+    chain.domain = extra.unwrap_or(chain.domain);
+    let last = followers.last().map_or(head.outputs[0], |n| n.outputs[0]);
+    let out = cx.output(last)?;
+    let inputs = values
+        .iter()
+        .map(|v| cx.buf(*v))
+        .collect::<Result<Vec<Buf>, _>>()?;
+    let elems = cx.numel(last)?;
+    cx.kernel(&chain, inputs, out, elems)
+}
+
+/// The nodes fused into `head`, in execution order.
+pub fn followers<'g>(g: &'g Graph, head: &Node) -> Vec<&'g Node> {
+    let key = head.outputs[0];
+    g.nodes
+        .iter()
+        .filter(|n| !n.train_only && n.fused_into == Some(key))
+        .collect()
+}
+
+/// Values that fused kernels never store: the results of heads that have
+/// followers and of every follower but the last.
+pub fn unstored_links(nodes: &[&Node]) -> HashSet<ValueId> {
+    let mut last_of: std::collections::HashMap<ValueId, ValueId> = Default::default();
+    let mut links: HashSet<ValueId> = HashSet::new();
+    for n in nodes {
+        if let Some(h) = n.fused_into {
+            links.insert(h);
+            if let Some(prev) = last_of.insert(h, n.outputs[0]) {
+                links.insert(prev);
+            }
+        }
+    }
+    links
+}
+
+/// Appends the followers of a group to `chain` as steps; their extra
+/// operands are appended to `values` (kernel inputs). `domain` is the
+/// iteration space the head fixes (`None`: flat so far, may become rows).
+/// Returns the domain the chain needs.
+pub fn extend(
+    g: &Graph,
+    head: &Node,
+    followers: &[&Node],
+    mut domain: Option<Domain>,
+    chain: &mut Chain,
+    values: &mut Vec<ValueId>,
+) -> Result<Option<Domain>, BackError> {
+    let mut running = head.outputs[0];
+    for f in followers {
+        let step = link_step(g, f, running, &mut domain, chain, values)?;
+        chain.steps.push(step);
+        running = f.outputs[0];
+    }
+    Ok(domain)
+}
+
+/// Whether `node` can follow a group whose running value is `running` and
+/// whose iteration space is `domain` (`None`: flat so far).
+pub fn can_follow(g: &Graph, node: &Node, running: ValueId, domain: Option<Domain>) -> bool {
+    let mut d = domain;
+    let mut chain = Chain {
+        inputs: vec![Bcast::Full],
+        domain: Domain::Flat,
+        steps: Vec::new(),
+    };
+    link_step(g, node, running, &mut d, &mut chain, &mut Vec::new()).is_ok()
+}
+
+fn link_step(
+    g: &Graph,
+    node: &Node,
+    running: ValueId,
+    domain: &mut Option<Domain>,
+    chain: &mut Chain,
+    values: &mut Vec<ValueId>,
+) -> Result<Step, BackError> {
+    let bad = |why: &str| {
+        BackError(format!(
+            "`{}` at {} cannot be fused: {why}",
+            node.op.name, node.path
+        ))
+    };
+    if node.outputs.len() != 1 || g.ty(node.outputs[0]).shape != g.ty(running).shape {
+        return Err(bad("its result is not the running value's shape"));
+    }
+    if let Some(u) = unary_of(node) {
+        return match node.inputs[..] {
+            [x] if x == running => Ok(Step::Unary(u)),
+            _ => Err(bad("it does not read the running value")),
+        };
+    }
+    let op = binary_of(node.op.name).ok_or_else(|| bad("not an elementwise op"))?;
+    let (y, swap) = match node.inputs[..] {
+        [x, y] if x == running && y != running => (y, false),
+        [y, x] if x == running && y != running => (y, true),
+        _ => return Err(bad("it does not read the running value once")),
+    };
+    let (constant, bcast, want) = classify(g, y, &g.ty(running).shape)
+        .ok_or_else(|| bad("its operand does not broadcast to the running value"))?;
+    match (want, *domain) {
+        (Domain::Flat, _) => {}
+        (rows, None) => *domain = Some(rows),
+        (rows, Some(d)) if rows == d => {}
+        (rows, Some(Domain::Flat)) => *domain = Some(rows),
+        _ => {
+            return Err(bad(
+                "its operand needs another iteration space than the group",
+            ))
+        }
+    }
+    let rhs = match constant {
+        Some(c) => Operand::Const(c),
+        None => {
+            chain.inputs.push(bcast);
+            values.push(y);
+            Operand::Input(chain.inputs.len() - 1)
+        }
+    };
+    Ok(Step::Binary { op, rhs, swap })
+}

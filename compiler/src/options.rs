@@ -1,0 +1,50 @@
+//! Compile options shared by the CLI, the host API and the back end: how
+//! many threads, which GEMM, and which passes run. Every option exists so
+//! that the effect of one technique can be measured by switching it off.
+
+/// Which GEMM computes contractions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GemmChoice {
+    /// Chosen at plan time from the CPU's features: the native GEMM where
+    /// AVX2 or AVX-512 is present, else the Cranelift tile.
+    #[default]
+    Auto,
+    /// The tuned runtime GEMM (the `gemm` crate).
+    Native,
+    /// The Cranelift-generated f32x4 register tile.
+    Cranelift,
+}
+
+/// The memory layout of convolution activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LayoutChoice {
+    /// The layout pass picks per convolution chain.
+    #[default]
+    Auto,
+    /// Everything stays NCHW (the layout pass does nothing).
+    Nchw,
+}
+
+/// Options for compiling one model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Worker threads of the executor (at least 1).
+    pub threads: usize,
+    /// The GEMM for contractions.
+    pub gemm: GemmChoice,
+    /// Run the fusion passes (epilogues, elementwise chains, batch-norm folding).
+    pub fuse: bool,
+    /// The layout of convolution activations.
+    pub layout: LayoutChoice,
+}
+
+impl Default for CompileOptions {
+    fn default() -> CompileOptions {
+        CompileOptions {
+            threads: 1,
+            gemm: GemmChoice::Auto,
+            fuse: true,
+            layout: LayoutChoice::Auto,
+        }
+    }
+}

@@ -31,9 +31,7 @@ pub fn node_kernel(g: &Graph, node: &Node) -> Option<(Chain, Vec<ValueId>)> {
     if let Some(u) = unary {
         return (node.inputs.len() == 1).then(|| (Chain::unary(u), node.inputs.clone()));
     }
-    let Some(op) = binary_of(node.op.name) else {
-        return None;
-    };
+    let op = binary_of(node.op.name)?;
     let [x, y] = node.inputs[..] else {
         return None;
     };

@@ -68,6 +68,8 @@ impl CompiledModel {
         input_shapes: &[(&str, &[usize])],
         options: CompileOptions,
     ) -> Result<CompiledModel, RunError> {
+        let graph =
+            crate::passes::pipeline::optimize(graph, &options, None).map_err(RunError::Inputs)?;
         let bound = bind_symbols(&graph, input_shapes)?;
         let symbols: Vec<(String, i64)> = bound
             .iter()

@@ -2,3 +2,4 @@
 //! its effect can be inspected and tested.
 
 pub mod memplan;
+pub mod pipeline;

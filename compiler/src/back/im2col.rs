@@ -211,7 +211,7 @@ impl KernelSource for Im2col {
         }
         let ok = self.c > 0
             && self.groups > 0
-            && self.c % self.groups == 0
+            && self.c.is_multiple_of(self.groups)
             && self.stride.iter().all(|&s| s > 0)
             && self.dilation.iter().all(|&d| d > 0);
         if !ok {

@@ -56,16 +56,10 @@ fn reference(p: &Im2col, x: &[f32], img: usize) -> Vec<f32> {
     col
 }
 
-fn case(
-    layout: Layout,
-    c: usize,
-    groups: usize,
-    hw: [usize; 2],
-    k: [usize; 2],
-    s: usize,
-    pad: usize,
-    d: usize,
-) -> Im2col {
+/// (channels, groups, [h, w], [kh, kw], stride, pad, dilation)
+type Shape = (usize, usize, [usize; 2], [usize; 2], usize, usize, usize);
+
+fn case(layout: Layout, (c, groups, hw, k, s, pad, d): Shape) -> Im2col {
     let out = |a: usize| (hw[a] + 2 * pad - d * (k[a] - 1) - 1) / s + 1;
     Im2col {
         layout,
@@ -98,7 +92,7 @@ fn panels_match_the_layout_definition() {
             (6, 3, [4, 4], [1, 1], 1, 0, 1),
             (2, 1, [3, 3], [3, 3], 3, 2, 2),
         ] {
-            cases.push(case(layout, c, groups, hw, k, s, pad, d));
+            cases.push(case(layout, (c, groups, hw, k, s, pad, d)));
         }
     }
     for p in cases {

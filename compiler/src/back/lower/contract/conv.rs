@@ -91,7 +91,9 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             xs[0], xs[3], xs[1], xs[2], ws[0], ws[1], ws[2], ws[3], os[1], os[2],
         ),
     };
-    if c != cg * groups || oc % groups != 0 || os[if layout == Layout::Nchw { 1 } else { 3 }] != oc
+    if c != cg * groups
+        || !oc.is_multiple_of(groups)
+        || os[if layout == Layout::Nchw { 1 } else { 3 }] != oc
     {
         return Err(bad(format!(
             "input {xs:?}, weight {ws:?}, output {os:?} do not fit groups = {groups} in the {layout:?} layout"

@@ -263,6 +263,236 @@ pub unsafe fn sgemm_unchecked(
     };
 }
 
+/// The machine signature of a GEMM micro-kernel, `fn(k, a, b, c, ldc_bytes)`
+/// (all `i64`): `C[mr×nr] += A·B` with A packed `[k][mr]`, B packed
+/// `[k][nr]` and C rows `ldc_bytes` apart. The compiler JIT-compiles it
+/// (Cranelift f32x4 register tile); [`tile_sgemm_unchecked`] drives it.
+pub type TileFn = unsafe extern "C" fn(i64, i64, i64, i64, i64);
+
+/// A compiled GEMM micro-kernel and its tile shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Tile {
+    /// The micro-kernel.
+    pub code: TileFn,
+    /// Rows of its C tile.
+    pub mr: usize,
+    /// Columns of its C tile.
+    pub nr: usize,
+}
+
+/// Which GEMM a contraction runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Gemm {
+    /// [`sgemm_unchecked`] (the `gemm` crate).
+    Native,
+    /// [`tile_sgemm_unchecked`] over a JIT-compiled micro-kernel.
+    Tile(Tile),
+}
+
+/// K block of the tile driver: a packed B micro-panel (`KC·nr` floats)
+/// stays in L1.
+const KC: usize = 256;
+/// M block (rows of A packed at once), rounded down to a multiple of `mr`.
+const MC: usize = 120;
+/// N block (columns of B packed at once), rounded down to a multiple of `nr`.
+const NC: usize = 256;
+
+/// The packing buffers of the tile driver for one thread, allocated once
+/// and reused by every call.
+#[derive(Debug, Clone, Default)]
+pub struct TileWork {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl TileWork {
+    /// Buffers for tiles up to `mr×nr`.
+    pub fn new(mr: usize, nr: usize) -> TileWork {
+        TileWork {
+            a: vec![0.0; KC * MC.max(mr)],
+            b: vec![0.0; KC * NC.max(nr)],
+            c: vec![0.0; mr * nr],
+        }
+    }
+
+    /// Whether these buffers fit `tile`.
+    pub fn fits(&self, tile: &Tile) -> bool {
+        let (mc, nc) = (
+            (MC / tile.mr).max(1) * tile.mr,
+            (NC / tile.nr).max(1) * tile.nr,
+        );
+        self.a.len() >= KC * mc && self.b.len() >= KC * nc && self.c.len() >= tile.mr * tile.nr
+    }
+}
+
+/// `C = alpha·A·B + beta·C` (the contract of [`sgemm_unchecked`]) on one
+/// thread, driving the micro-kernel of `tile`.
+///
+/// Blocking: for each `NC`-column block and `KC`-deep slice, B is packed
+/// into `[panel][k][nr]` (zero-padded to a multiple of `nr`); for each
+/// `MC`-row block A is packed, scaled by `alpha`, into `[panel][k][mr]`
+/// (zero-padded). Full tiles accumulate straight into C; partial tiles at
+/// the right and bottom edges go through a zeroed `mr×nr` scratch tile, and
+/// only the valid part is copied back.
+///
+/// # Safety
+/// As [`sgemm_unchecked`]; in addition `tile.code` must be a micro-kernel of
+/// shape `tile.mr×tile.nr` and `work` must fit it ([`TileWork::fits`]).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile_sgemm_unchecked(
+    tile: &Tile,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    sa: Strides,
+    b: *const f32,
+    sb: Strides,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    work: &mut TileWork,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // C = beta·C first; the kernel then only accumulates.
+    for i in 0..m {
+        // SAFETY: row i of C spans `n` elements at i·ldc (caller's guarantee).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) };
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
+    if k == 0 || alpha == 0.0 {
+        return;
+    }
+    let (mr, nr) = (tile.mr, tile.nr);
+    let mc = (MC / mr).max(1) * mr;
+    let nc = (NC / nr).max(1) * nr;
+    let TileWork {
+        a: ap,
+        b: bp,
+        c: scratch,
+    } = work;
+    // SAFETY (reads below): every (i, p) with i < m, p < k is inside A and
+    // every (p, j) with p < k, j < n inside B (caller's guarantee).
+    let at = |i: usize, p: usize| unsafe { *a.add(i * sa.row + p * sa.col) };
+    let bt = |p: usize, j: usize| unsafe { *b.add(p * sb.row + j * sb.col) };
+    for jc in (0..n).step_by(nc) {
+        let nb = nc.min(n - jc);
+        let npan = nb.div_ceil(nr);
+        for pc in (0..k).step_by(KC) {
+            let kb = KC.min(k - pc);
+            for jp in 0..npan {
+                let panel = &mut bp[jp * kb * nr..(jp + 1) * kb * nr];
+                for p in 0..kb {
+                    for jj in 0..nr {
+                        let j = jp * nr + jj;
+                        panel[p * nr + jj] = if j < nb { bt(pc + p, jc + j) } else { 0.0 };
+                    }
+                }
+            }
+            for ic in (0..m).step_by(mc) {
+                let mb = mc.min(m - ic);
+                let mpan = mb.div_ceil(mr);
+                for ip in 0..mpan {
+                    let panel = &mut ap[ip * kb * mr..(ip + 1) * kb * mr];
+                    for p in 0..kb {
+                        for ii in 0..mr {
+                            let i = ip * mr + ii;
+                            panel[p * mr + ii] = if i < mb {
+                                alpha * at(ic + i, pc + p)
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+                for jp in 0..npan {
+                    let bpan = bp[jp * kb * nr..].as_ptr();
+                    let j0 = jc + jp * nr;
+                    let nv = nr.min(n - j0);
+                    for ip in 0..mpan {
+                        let apan = ap[ip * kb * mr..].as_ptr();
+                        let i0 = ic + ip * mr;
+                        let mv = mr.min(m - i0);
+                        if mv == mr && nv == nr {
+                            // SAFETY: the kernel reads kb·mr floats of the A
+                            // panel and kb·nr of the B panel (inside the
+                            // packed buffers) and mr rows of nr floats of C
+                            // at rows i0.. < m, columns j0..j0+nr ≤ n.
+                            unsafe {
+                                (tile.code)(
+                                    kb as i64,
+                                    apan as i64,
+                                    bpan as i64,
+                                    c.add(i0 * ldc + j0) as i64,
+                                    (ldc * 4) as i64,
+                                )
+                            };
+                        } else {
+                            scratch[..mr * nr].fill(0.0);
+                            for i in 0..mv {
+                                // SAFETY: row i0+i < m, columns j0..j0+nv ≤ n.
+                                let row = unsafe {
+                                    std::slice::from_raw_parts(c.add((i0 + i) * ldc + j0), nv)
+                                };
+                                scratch[i * nr..i * nr + nv].copy_from_slice(row);
+                            }
+                            // SAFETY: as above for the panels; the C tile is
+                            // `scratch`, mr·nr floats with row stride nr.
+                            unsafe {
+                                (tile.code)(
+                                    kb as i64,
+                                    apan as i64,
+                                    bpan as i64,
+                                    scratch.as_mut_ptr() as i64,
+                                    (nr * 4) as i64,
+                                )
+                            };
+                            for i in 0..mv {
+                                // SAFETY: as for the copy in.
+                                let row = unsafe {
+                                    std::slice::from_raw_parts_mut(c.add((i0 + i) * ldc + j0), nv)
+                                };
+                                row.copy_from_slice(&scratch[i * nr..i * nr + nv]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a product is split over `parts` threads: by blocks of columns (a
+/// multiple of `nr`) when `n` is wide enough, else by blocks of rows (a
+/// multiple of `mr`). Returns the `(rows, cols)` ranges of part `t`.
+pub fn split_product(
+    m: usize,
+    n: usize,
+    mr: usize,
+    nr: usize,
+    parts: usize,
+    t: usize,
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let cut = |len: usize, unit: usize| {
+        let units = len.div_ceil(unit);
+        let (lo, hi) = (units * t / parts, units * (t + 1) / parts);
+        (lo * unit).min(len)..(hi * unit).min(len)
+    };
+    if n.div_ceil(nr) >= parts || n >= m {
+        (0..m, cut(n, nr))
+    } else {
+        (cut(m, mr), 0..n)
+    }
+}
+
 /// Reference `C = alpha·A·B + beta·C` (a plain triple loop, f64
 /// accumulation); the oracle every GEMM path is tested against.
 /// Panics if a buffer is too short (it is for tests).

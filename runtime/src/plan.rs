@@ -9,7 +9,7 @@
 //! `inputs` points to the base pointers of its input buffers, indices are
 //! absolute, and `[start, end)` is the range of work units to compute.
 
-use crate::gemm::{sgemm_unchecked, Strides};
+use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
 
 /// The machine signature of every kernel (see the module docs).
@@ -65,6 +65,103 @@ pub enum Work {
         /// Leading dimension of C.
         ldc: usize,
     },
+    /// A batch of GEMMs with an optional packing kernel before and an
+    /// optional epilogue kernel after each item (see [`Contraction`]).
+    Contraction(Contraction),
+}
+
+/// Where one GEMM operand of a [`Contraction`] lives: element
+/// `offset + item·item_stride + group·group_stride` of a buffer, read
+/// through `strides`.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    /// The buffer: an index into the step's inputs. For a packed operand
+    /// it is the scratch buffer and the item's panel is the thread's slice.
+    pub input: usize,
+    /// Whether it is the panel the packing kernel writes (then
+    /// `item_stride` is unused: every item's panel starts at its slice).
+    pub packed: bool,
+    /// First element.
+    pub offset: usize,
+    /// Distance between items.
+    pub item_stride: usize,
+    /// Distance between groups.
+    pub group_stride: usize,
+    /// Row and column strides of the matrix.
+    pub strides: Strides,
+}
+
+/// The packing kernel of a [`Contraction`] (im2col): writes one item's
+/// panel into the thread's slice of the scratch buffer.
+///
+/// Its work units are global: item `i` is units `[i·units, (i+1)·units)`.
+/// It reads its inputs through the step's input pointers starting at
+/// `input`, and writes relative to the slice it is given as `out` (unit
+/// `i·units + r` writes the panel's part `r`).
+#[derive(Clone, Copy, Debug)]
+pub struct Pack {
+    /// The kernel.
+    pub kernel: KernelFn,
+    /// Its first input pointer: an index into the step's inputs.
+    pub input: usize,
+    /// The scratch buffer: an index into the step's inputs.
+    pub scratch: usize,
+    /// Work units per item.
+    pub units: usize,
+    /// Panel elements per item (the size of one thread's slice).
+    pub len: usize,
+}
+
+/// The epilogue of a [`Contraction`]: a kernel over the output, run in
+/// place after each item's GEMMs. Its work units are global (item `i` is
+/// `[i·units, (i+1)·units)`); its input pointers start at `input`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue {
+    /// The kernel (its input 0 is the output).
+    pub kernel: KernelFn,
+    /// Its first input pointer: an index into the step's inputs.
+    pub input: usize,
+    /// Work units per item.
+    pub units: usize,
+}
+
+/// `items` independent items (images, batch entries), each:
+/// pack (optional) → `groups` GEMMs `C_g[m×n] = A_g[m×k]·B_g[k×n]` →
+/// epilogue (optional). C is the step's output, item `i` group `g` at
+/// `i·c_item + g·c_group` with leading dimension `ldc`.
+///
+/// The executor picks the parallelism: with at least as many items as
+/// threads (and a scratch slice per thread), items run in parallel, each
+/// with a one-thread GEMM and its own slice; otherwise items run one at a
+/// time with a multi-threaded GEMM and pack/epilogue split over threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Contraction {
+    /// Items.
+    pub items: usize,
+    /// GEMMs per item.
+    pub groups: usize,
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// The contracted size.
+    pub k: usize,
+    /// The left operand.
+    pub a: Operand,
+    /// The right operand.
+    pub b: Operand,
+    /// Distance between items in C.
+    pub c_item: usize,
+    /// Distance between groups in C.
+    pub c_group: usize,
+    /// Leading dimension of C.
+    pub ldc: usize,
+    /// The packing kernel, if an operand is packed.
+    pub pack: Option<Pack>,
+    /// The epilogue kernel, if any.
+    pub epilogue: Option<Epilogue>,
+    /// The GEMM.
+    pub gemm: Gemm,
 }
 
 /// One step of a plan.
@@ -135,6 +232,20 @@ pub enum PlanError {
     /// The thread pool could not be built.
     #[error("cannot start {0} threads")]
     Threads(usize),
+    /// A contraction's operands reach past the extents its step declares.
+    #[error(
+        "step {step}: contraction operand {what} needs {need} elements, the step declares {have}"
+    )]
+    Contraction {
+        /// The step index.
+        step: usize,
+        /// Which operand.
+        what: &'static str,
+        /// Elements it reaches.
+        need: usize,
+        /// The declared extent.
+        have: usize,
+    },
     /// `run` was called before `prepare` (the parameter-derived tensors
     /// would be stale or missing).
     #[error("the plan's parameter-derived tensors are not prepared (call prepare after loading weights)")]
@@ -185,6 +296,278 @@ impl GemmOperands {
     }
 }
 
+impl Contraction {
+    /// Checks that every operand stays inside the extent the step declares
+    /// for its buffer (`extents[i]` for input `i`, the last for the output).
+    fn validate(&self, step: usize, extents: &[usize]) -> Result<(), PlanError> {
+        let bad = |what: &'static str, need: usize, have: usize| PlanError::Contraction {
+            step,
+            what,
+            need,
+            have,
+        };
+        let over = |what| bad(what, usize::MAX, 0);
+        let last = |count: usize, stride: usize| count.saturating_sub(1).checked_mul(stride);
+        let reach = |o: &Operand, rows, cols, what| -> Result<(usize, usize), PlanError> {
+            let items = if o.packed { 1 } else { self.items };
+            let need = o
+                .strides
+                .span(rows, cols)
+                .and_then(|s| s.checked_add(o.offset))
+                .and_then(|s| s.checked_add(last(items, o.item_stride)?))
+                .and_then(|s| s.checked_add(last(self.groups, o.group_stride)?))
+                .ok_or_else(|| over(what))?;
+            let have = match (o.packed, self.pack) {
+                (true, Some(p)) => p.len,
+                (true, None) => return Err(bad(what, need, 0)),
+                (false, _) => *extents.get(o.input).ok_or_else(|| over(what))?,
+            };
+            Ok((need, have))
+        };
+        let c = Operand {
+            input: 0,
+            packed: false,
+            offset: 0,
+            item_stride: self.c_item,
+            group_stride: self.c_group,
+            strides: Strides::row_major(self.ldc),
+        };
+        let checks = [
+            ("A", reach(&self.a, self.m, self.k, "A")?),
+            ("B", reach(&self.b, self.k, self.n, "B")?),
+            (
+                "C",
+                (
+                    reach(&c, self.m, self.n, "C")?.0,
+                    *extents.last().unwrap_or(&0),
+                ),
+            ),
+        ];
+        for (what, (need, have)) in checks {
+            if need > have || (self.ldc < self.n && self.m > 1) {
+                return Err(bad(what, need, have));
+            }
+        }
+        if let Some(p) = self.pack {
+            let have = *extents.get(p.scratch).ok_or_else(|| over("scratch"))?;
+            if p.len > have {
+                return Err(bad("scratch", p.len, have));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One contraction step being run: its pointers and the tile GEMM's
+/// per-thread buffers.
+#[derive(Clone, Copy)]
+struct Contracting<'c> {
+    c: &'c Contraction,
+    slots: *const *const f32,
+    out: *mut f32,
+    work: *mut TileWork,
+}
+
+// SAFETY: items write disjoint parts of C and of the scratch (one slice per
+// task) and task `t` alone uses `work[t]`; inputs are only read.
+unsafe impl Send for Contracting<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Contracting<'_> {}
+
+impl Contracting<'_> {
+    /// Runs all items; `scratch_len` is the declared scratch extent.
+    ///
+    /// # Safety
+    /// The buffers cover the step's extents, the contraction was validated
+    /// against them, and `work` has an entry per pool thread if the GEMM is
+    /// a tile GEMM.
+    unsafe fn run(self, pool: &rayon::ThreadPool, scratch_len: usize) {
+        let c = self.c;
+        let threads = pool.current_num_threads();
+        let slices = match c.pack {
+            Some(p) => scratch_len / p.len.max(1),
+            None => usize::MAX,
+        };
+        let tasks = threads.min(c.items).min(slices);
+        if threads > 1 && c.items >= threads && tasks == threads {
+            pool.install(|| {
+                (0..tasks).into_par_iter().for_each(|t| {
+                    for item in c.items * t / tasks..c.items * (t + 1) / tasks {
+                        // SAFETY: task t owns slice t and work[t].
+                        unsafe { self.item(item, t, None) };
+                    }
+                })
+            });
+        } else if threads > 1 {
+            pool.install(|| {
+                for item in 0..c.items {
+                    // SAFETY: one item at a time, slice 0.
+                    unsafe { self.item(item, 0, Some(pool)) };
+                }
+            });
+        } else {
+            for item in 0..c.items {
+                // SAFETY: one thread, slice 0.
+                unsafe { self.item(item, 0, None) };
+            }
+        }
+    }
+
+    /// One item: pack, GEMMs, epilogue; split over `pool` if given, else
+    /// on the calling thread with scratch slice and tile buffers `slice`.
+    unsafe fn item(self, item: usize, slice: usize, pool: Option<&rayon::ThreadPool>) {
+        let c = self.c;
+        // SAFETY: `slots` has an entry per step input (indices validated).
+        let slot = |i: usize| unsafe { *self.slots.add(i) };
+        let mut panel: *const f32 = std::ptr::null();
+        if let Some(p) = c.pack {
+            // SAFETY: the scratch extent holds at least `slice + 1` panels
+            // (tasks ≤ extent / len).
+            let base = unsafe { (slot(p.scratch) as *mut f32).add(slice * p.len) };
+            // SAFETY: the pack kernel writes its item's panel into `base`.
+            unsafe {
+                ranges(
+                    p.kernel,
+                    item * p.units,
+                    (item + 1) * p.units,
+                    self.slots.add(p.input),
+                    base,
+                    pool,
+                )
+            };
+            panel = base;
+        }
+        let at = |o: &Operand, g: usize| -> *const f32 {
+            let (base, item_off) = if o.packed {
+                (panel, 0)
+            } else {
+                (slot(o.input), item * o.item_stride)
+            };
+            // SAFETY: validated to stay inside the operand's buffer.
+            unsafe { base.add(o.offset + item_off + g * o.group_stride) }
+        };
+        for g in 0..c.groups {
+            let (a, b) = (at(&c.a, g), at(&c.b, g));
+            // SAFETY: validated to stay inside the output.
+            let out = unsafe { self.out.add(item * c.c_item + g * c.c_group) };
+            // SAFETY: operands validated; C never overlaps A or B.
+            unsafe { self.gemm(a, b, out, slice, pool) };
+        }
+        if let Some(e) = c.epilogue {
+            // SAFETY: the epilogue kernel rewrites the item's rows of C in place.
+            unsafe {
+                ranges(
+                    e.kernel,
+                    item * e.units,
+                    (item + 1) * e.units,
+                    self.slots.add(e.input),
+                    self.out,
+                    pool,
+                )
+            };
+        }
+    }
+
+    /// One GEMM `C = A·B`, on the calling thread (tile buffers `slice`) or
+    /// split over `pool`.
+    unsafe fn gemm(
+        self,
+        a: *const f32,
+        b: *const f32,
+        out: *mut f32,
+        slice: usize,
+        pool: Option<&rayon::ThreadPool>,
+    ) {
+        let c = self.c;
+        let (sa, sb) = (c.a.strides, c.b.strides);
+        let threads = pool.map_or(1, |p| p.current_num_threads());
+        match c.gemm {
+            // SAFETY: forwarded; inside `pool.install` the crate splits
+            // over the executor's pool.
+            Gemm::Native => unsafe {
+                sgemm_unchecked(c.m, c.n, c.k, 1.0, a, sa, b, sb, 0.0, out, c.ldc, threads)
+            },
+            Gemm::Tile(tile) if threads <= 1 => {
+                // SAFETY: `work[slice]` belongs to this task alone.
+                let w = unsafe { &mut *self.work.add(slice) };
+                // SAFETY: forwarded.
+                unsafe {
+                    tile_sgemm_unchecked(
+                        &tile, c.m, c.n, c.k, 1.0, a, sa, b, sb, 0.0, out, c.ldc, w,
+                    )
+                }
+            }
+            Gemm::Tile(tile) => {
+                let parts = Contracting {
+                    out,
+                    slots: std::ptr::null(),
+                    ..self
+                };
+                let (a, b) = (a as usize, b as usize);
+                (0..threads).into_par_iter().for_each(move |t| {
+                    let p = parts;
+                    let (rows, cols) = split_product(c.m, c.n, tile.mr, tile.nr, threads, t);
+                    if rows.is_empty() || cols.is_empty() {
+                        return;
+                    }
+                    // SAFETY: part t of the product: disjoint rows/columns
+                    // of C, and `work[t]` is this task's alone.
+                    unsafe {
+                        let w = &mut *p.work.add(t);
+                        tile_sgemm_unchecked(
+                            &tile,
+                            rows.len(),
+                            cols.len(),
+                            c.k,
+                            1.0,
+                            (a as *const f32).add(rows.start * sa.row),
+                            sa,
+                            (b as *const f32).add(cols.start * sb.col),
+                            sb,
+                            0.0,
+                            p.out.add(rows.start * c.ldc + cols.start),
+                            c.ldc,
+                            w,
+                        )
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Runs `kernel` over units `[lo, hi)`: on the calling thread, or split
+/// over `pool` (when given) in one piece per thread.
+///
+/// # Safety
+/// The kernel ABI: `inputs` and `out` cover the range; pieces write
+/// disjoint parts of `out`.
+unsafe fn ranges(
+    kernel: KernelFn,
+    lo: usize,
+    hi: usize,
+    inputs: *const *const f32,
+    out: *mut f32,
+    pool: Option<&rayon::ThreadPool>,
+) {
+    let tasks = pool
+        .map_or(1, |p| p.current_num_threads())
+        .min(hi - lo)
+        .max(1);
+    if tasks == 1 {
+        // SAFETY: forwarded.
+        unsafe { kernel(lo as i64, hi as i64, inputs, out) };
+        return;
+    }
+    let shared = Shared(inputs, out);
+    (0..tasks).into_par_iter().for_each(move |t| {
+        let s = shared;
+        let (start, end) = (lo + (hi - lo) * t / tasks, lo + (hi - lo) * (t + 1) / tasks);
+        // SAFETY: forwarded; the pieces are disjoint.
+        unsafe { kernel(start as i64, end as i64, s.0, s.1) }
+    });
+}
+
 /// Runs a [`Plan`] repeatedly over one arena.
 pub struct Executor {
     plan: Plan,
@@ -196,6 +579,9 @@ pub struct Executor {
     pointers: Vec<Vec<*const f32>>,
     /// Whether the prepare steps ran since the executor was built.
     prepared: bool,
+    /// Per thread, the packing buffers of the tile GEMM (empty when no
+    /// step uses it).
+    tile_work: Vec<TileWork>,
 }
 
 /// Which of a plan's step lists to run.
@@ -222,6 +608,22 @@ impl Executor {
                 });
             }
         }
+        let mut tile = (0, 0);
+        for (i, s) in plan.prepare.iter().chain(&plan.steps).enumerate() {
+            if let Work::Contraction(c) = &s.work {
+                c.validate(i, &s.extents)?;
+                if let Gemm::Tile(t) = c.gemm {
+                    tile = (tile.0.max(t.mr), tile.1.max(t.nr));
+                }
+            }
+        }
+        let tile_work = if tile.0 > 0 {
+            (0..threads)
+                .map(|_| TileWork::new(tile.0, tile.1))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let slots = |steps: &[Step]| -> Vec<Vec<*const f32>> {
             steps
                 .iter()
@@ -233,6 +635,7 @@ impl Executor {
             prepare_pointers: slots(&plan.prepare),
             pointers: slots(&plan.steps),
             prepared: plan.prepare.is_empty(),
+            tile_work,
             plan,
             pool,
         })
@@ -287,6 +690,8 @@ impl Executor {
             Phase::Run => (&self.plan.steps, &mut self.pointers),
         };
         let constants = &self.plan.constants;
+        let pool = &self.pool;
+        let work = self.tile_work.as_mut_ptr();
         for (step, slots) in steps.iter().zip(pointers.iter_mut()) {
             let read = |b: &Buf| -> *const f32 {
                 match *b {
@@ -332,6 +737,20 @@ impl Executor {
                     self.pool.install(move || unsafe {
                         operands.multiply(m, n, k, sa, sb, ldc, threads)
                     });
+                    continue;
+                }
+                Work::Contraction(ref c) => {
+                    let at = Contracting {
+                        c,
+                        slots: slots.as_ptr(),
+                        out,
+                        work,
+                    };
+                    // SAFETY: `check` verified every buffer covers its
+                    // declared extent and `Executor::new` that the
+                    // contraction stays inside those extents; `work` has
+                    // one entry per pool thread when a tile GEMM is used.
+                    unsafe { at.run(pool, step.extents[c.pack.map_or(0, |p| p.scratch)]) };
                     continue;
                 }
             };

@@ -32,7 +32,7 @@ use cranelift_codegen::ir::{
     condcodes::IntCC, types, Block, BlockArg, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
-use netc_runtime::gemm::{check_operands, Strides};
+use netc_runtime::gemm::{check_operands, tile_sgemm_unchecked, Strides, Tile, TileWork};
 use std::marker::PhantomData;
 
 /// A GEMM micro-kernel shape: `mr` rows × `nr` columns of C, K unrolled by
@@ -248,18 +248,10 @@ impl KernelSource for TileKernel {
     }
 }
 
-/// K block: a packed B micro-panel (`KC·nr` floats) stays in L1.
-const KC: usize = 256;
-/// M block (rows of A packed at once), rounded down to a multiple of `mr`.
-const MC: usize = 120;
-/// N block (columns of B packed at once), rounded down to a multiple of `nr`.
-const NC: usize = 256;
-
 /// A whole-matrix SGEMM built on a compiled [`TileKernel`]; borrows the
-/// [`Jit`] that owns the kernel's code.
-///
-/// Single-threaded for now (the plan executor will split M or N blocks over
-/// its pool).
+/// [`Jit`] that owns the kernel's code. The blocking driver itself is the
+/// runtime's [`tile_sgemm_unchecked`], which the plan executor also runs
+/// (see [`TileGemm::runtime_tile`]).
 pub struct TileGemm<'j> {
     tile: TileKernel,
     code: TileFn,
@@ -272,17 +264,21 @@ impl TileGemm<'_> {
         self.tile
     }
 
+    /// The micro-kernel as the runtime's [`Tile`], for plan steps. The
+    /// code pointer is valid while the [`Jit`] lives.
+    pub fn runtime_tile(&self) -> Tile {
+        Tile {
+            code: self.code,
+            mr: self.tile.mr,
+            nr: self.tile.nr,
+        }
+    }
+
     /// `C = alpha·A·B + beta·C`, the contract of
     /// [`netc_runtime::gemm::sgemm`]: `A` `m×k` and `B` `k×n` through
     /// strides, `C` row-major with leading dimension `ldc`; `beta == 0`
     /// does not read C. Errors (never panics) when a buffer is too short.
-    ///
-    /// Blocking: for each `NC`-column block and `KC`-deep slice, B is packed
-    /// into `[panel][k][nr]` (zero-padded to a multiple of `nr`); for each
-    /// `MC`-row block A is packed, scaled by `alpha`, into `[panel][k][mr]`
-    /// (zero-padded). Full tiles accumulate straight into C; partial tiles
-    /// at the right and bottom edges go through a zeroed `mr×nr` scratch
-    /// tile, and only the valid part is copied back.
+    /// Single-threaded; allocates its packing buffers per call.
     #[allow(clippy::too_many_arguments)]
     pub fn sgemm(
         &self,
@@ -300,118 +296,29 @@ impl TileGemm<'_> {
     ) -> Result<(), BackError> {
         check_operands(m, n, k, a.len(), sa, b.len(), sb, c.len(), ldc)
             .map_err(|e| BackError(format!("Cranelift GEMM tile: {e}")))?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        // C = beta·C first; the kernel then only accumulates.
-        for i in 0..m {
-            let row = &mut c[i * ldc..i * ldc + n];
-            if beta == 0.0 {
-                row.fill(0.0);
-            } else if beta != 1.0 {
-                row.iter_mut().for_each(|x| *x *= beta);
-            }
-        }
-        if k == 0 || alpha == 0.0 {
-            return Ok(());
-        }
-        let (mr, nr) = (self.tile.mr, self.tile.nr);
-        let mc = (MC / mr).max(1) * mr;
-        let nc = (NC / nr).max(1) * nr;
-        let mut bp = vec![0.0f32; KC * nc];
-        let mut ap = vec![0.0f32; KC * mc];
-        let mut scratch = vec![0.0f32; mr * nr];
-        for jc in (0..n).step_by(nc) {
-            let nb = nc.min(n - jc);
-            let npan = nb.div_ceil(nr);
-            for pc in (0..k).step_by(KC) {
-                let kb = KC.min(k - pc);
-                // Pack B[pc.., jc..] into [panel][p][nr], zero-padded.
-                for jp in 0..npan {
-                    let panel = &mut bp[jp * kb * nr..(jp + 1) * kb * nr];
-                    for p in 0..kb {
-                        for jj in 0..nr {
-                            let j = jp * nr + jj;
-                            panel[p * nr + jj] = if j < nb {
-                                b[(pc + p) * sb.row + (jc + j) * sb.col]
-                            } else {
-                                0.0
-                            };
-                        }
-                    }
-                }
-                for ic in (0..m).step_by(mc) {
-                    let mb = mc.min(m - ic);
-                    let mpan = mb.div_ceil(mr);
-                    // Pack alpha·A[ic.., pc..] into [panel][p][mr], zero-padded.
-                    for ip in 0..mpan {
-                        let panel = &mut ap[ip * kb * mr..(ip + 1) * kb * mr];
-                        for p in 0..kb {
-                            for ii in 0..mr {
-                                let i = ip * mr + ii;
-                                panel[p * mr + ii] = if i < mb {
-                                    alpha * a[(ic + i) * sa.row + (pc + p) * sa.col]
-                                } else {
-                                    0.0
-                                };
-                            }
-                        }
-                    }
-                    for jp in 0..npan {
-                        let bpan = bp[jp * kb * nr..].as_ptr();
-                        let j0 = jc + jp * nr;
-                        let nv = nr.min(n - j0);
-                        for ip in 0..mpan {
-                            let apan = ap[ip * kb * mr..].as_ptr();
-                            let i0 = ic + ip * mr;
-                            let mv = mr.min(m - i0);
-                            if mv == mr && nv == nr {
-                                let ctile = c[i0 * ldc + j0..].as_mut_ptr();
-                                // SAFETY: the kernel reads kb·mr floats from
-                                // `apan` and kb·nr from `bpan` (inside the
-                                // packed panels, sized KC·mc and KC·nc) and
-                                // reads/writes mr rows of nr floats at
-                                // `ctile` with row stride ldc: rows i0..i0+mr
-                                // < m, columns j0..j0+nr ≤ n ≤ ldc, inside
-                                // `c` by `check_operands`.
-                                unsafe {
-                                    (self.code)(
-                                        kb as i64,
-                                        apan as i64,
-                                        bpan as i64,
-                                        ctile as i64,
-                                        (ldc * 4) as i64,
-                                    )
-                                };
-                            } else {
-                                scratch.fill(0.0);
-                                for i in 0..mv {
-                                    scratch[i * nr..i * nr + nv].copy_from_slice(
-                                        &c[(i0 + i) * ldc + j0..(i0 + i) * ldc + j0 + nv],
-                                    );
-                                }
-                                // SAFETY: as above for the panels; the C tile
-                                // is `scratch`, exactly mr·nr floats with row
-                                // stride nr.
-                                unsafe {
-                                    (self.code)(
-                                        kb as i64,
-                                        apan as i64,
-                                        bpan as i64,
-                                        scratch.as_mut_ptr() as i64,
-                                        (nr * 4) as i64,
-                                    )
-                                };
-                                for i in 0..mv {
-                                    c[(i0 + i) * ldc + j0..(i0 + i) * ldc + j0 + nv]
-                                        .copy_from_slice(&scratch[i * nr..i * nr + nv]);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let tile = self.runtime_tile();
+        let mut work = TileWork::new(tile.mr, tile.nr);
+        // SAFETY: `check_operands` proved every element the strides reach
+        // lies inside its slice; `c` is a unique borrow (no overlap); the
+        // code is this tile's micro-kernel, alive while the borrowed JIT is,
+        // and `work` was made for its shape.
+        unsafe {
+            tile_sgemm_unchecked(
+                &tile,
+                m,
+                n,
+                k,
+                alpha,
+                a.as_ptr(),
+                sa,
+                b.as_ptr(),
+                sb,
+                beta,
+                c.as_mut_ptr(),
+                ldc,
+                &mut work,
+            )
+        };
         Ok(())
     }
 }

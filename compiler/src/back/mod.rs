@@ -10,6 +10,8 @@
 //! - [`elementwise`]: the f32 elementwise / fused-chain kernel generator.
 //! - [`gemm_tile`]: the portable GEMM path: a Cranelift f32x4 register-tile
 //!   micro-kernel and the driver that packs panels and tiles a product.
+//! - [`im2col`]: packing kernels that unfold convolution inputs into
+//!   GEMM panels (NCHW and NHWC).
 //! - [`math`]: exp, log, tanh, sigmoid, silu, gelu as f32x4 IR with
 //!   stated error bounds.
 //! - [`reduce`]: row reductions (sum, max, mean) and softmax /
@@ -21,6 +23,7 @@
 pub mod clif;
 pub mod elementwise;
 pub mod gemm_tile;
+pub mod im2col;
 pub mod jit;
 pub mod lower;
 pub mod math;

@@ -1,75 +1,401 @@
-//! Lowering of contractions: one GEMM step, then the epilogue (bias and
-//! the nodes fused into the contraction) as one in-place row kernel over
-//! the GEMM's result.
+//! Lowering of contractions — `linear`, `matmul`, `conv1d`, `conv2d` — to
+//! one runtime [`Work::Contraction`] step each: per item (an image, a batch
+//! entry), an optional packing kernel (im2col into per-thread scratch),
+//! one GEMM per group, and the epilogue (bias and the nodes fused into the
+//! contraction) as one in-place row kernel over the item's rows of the
+//! result, right after its GEMMs.
+//!
+//! The GEMM is the runtime's native one or the Cranelift register tile
+//! ([`gemm_choice`]). The epilogue's iteration space is
+//! [`epilogue_domain`], which the fusion pass also asks before fusing a
+//! follower.
+
+mod conv;
 
 use super::{pointwise, LowerCx};
-use crate::back::elementwise::{Bcast, Binary, Chain, Domain, Operand, Step as ChainStep};
+use crate::back::elementwise::{
+    Bcast, Binary, Chain, Domain, Operand as ChainOperand, Step as ChainStep,
+};
+use crate::back::gemm_tile::TileKernel;
+use crate::back::im2col::Im2col;
 use crate::back::BackError;
-use crate::ir::Node;
-use netc_runtime::gemm::Strides;
-use netc_runtime::plan::{Step, Work};
+use crate::ir::{Attr, Graph, Node, ValueId};
+use crate::options::GemmChoice;
+use netc_runtime::gemm::{Gemm, Strides};
+use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Step, Work};
 
-/// Lowers `linear`; `None` for other ops.
+/// Lowers `linear`, `matmul`, `conv1d` and `conv2d`; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
-    (node.op.name == "linear").then(|| linear(cx, node))
+    match node.op.name {
+        "linear" => Some(linear(cx, node)),
+        "matmul" => Some(matmul(cx, node)),
+        "conv1d" | "conv2d" => Some(conv::lower(cx, node)),
+        _ => None,
+    }
 }
 
-/// `y = x·Wᵀ (+ b)`: one GEMM reading W transposed through its strides,
-/// then the bias and any fused followers as one per-row kernel.
-fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
-    let w_shape = cx.shape(node.inputs[1])?;
-    let (n, k) = (w_shape[0], w_shape[1]);
-    let m = cx.numel(node.inputs[0])? / k.max(1);
+/// The iteration space of the epilogue of contraction `node` (`None` if
+/// `node` is not a contraction this module lowers or its sizes are not
+/// known): rows of the output's channel-minor matrix —
+/// `Rows { channels: OC, inner: spatial }` for an NCHW convolution,
+/// `Rows { channels: 1, inner: last dim }` for NHWC convolutions, `linear`
+/// and `matmul`. A follower can join the epilogue iff
+/// `pointwise::can_follow(g, f, running, epilogue_domain(g, node))`.
+pub fn epilogue_domain(g: &Graph, node: &Node) -> Option<Domain> {
+    let shape = &g.ty(*node.outputs.first()?).shape;
+    let known = |ds: &[crate::ir::Dim]| {
+        ds.iter().try_fold(1u64, |acc, d| {
+            acc.checked_mul(u64::try_from(d.as_known()?).ok()?)
+        })
+    };
+    let last = |shape: &[crate::ir::Dim]| {
+        Some(Domain::Rows {
+            channels: 1,
+            inner: known(shape.get(shape.len().checked_sub(1)?..)?)?,
+        })
+    };
+    match node.op.name {
+        "linear" | "matmul" => last(shape),
+        "conv1d" | "conv2d" if conv::is_nhwc(node) => last(shape),
+        "conv1d" | "conv2d" => Some(Domain::Rows {
+            channels: known(shape.get(1..2)?)?,
+            inner: known(shape.get(2..)?)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The GEMM contractions run: [`GemmChoice::Auto`] is the native GEMM when
+/// the CPU has AVX2 or AVX-512 (checked now, at plan time), else the
+/// Cranelift tile, which is compiled into the JIT (its code lives as long
+/// as the JIT, like every kernel of the plan).
+pub fn gemm_choice(cx: &mut LowerCx) -> Result<Gemm, BackError> {
+    let native = match cx.options.gemm {
+        GemmChoice::Native => true,
+        GemmChoice::Cranelift => false,
+        GemmChoice::Auto => host_has_wide_simd(),
+    };
+    if native {
+        return Ok(Gemm::Native);
+    }
+    let tile = TileKernel::best(cx.jit);
+    Ok(Gemm::Tile(tile.gemm(cx.jit)?.runtime_tile()))
+}
+
+/// Whether the host has AVX2 or AVX-512F (the native GEMM's fast paths).
+fn host_has_wide_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            || std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Where a GEMM operand comes from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Src {
+    /// A lowered value.
+    Value(ValueId),
+    /// The panel the packing kernel writes.
+    Packed,
+}
+
+/// One GEMM operand: its source, first element, per-item and per-group
+/// distances, and matrix strides.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Side {
+    pub src: Src,
+    pub offset: usize,
+    pub item: usize,
+    pub group: usize,
+    pub strides: Strides,
+}
+
+impl Side {
+    /// A value read from its start with the given strides.
+    fn value(v: ValueId, item: usize, group: usize, strides: Strides) -> Side {
+        Side {
+            src: Src::Value(v),
+            offset: 0,
+            item,
+            group,
+            strides,
+        }
+    }
+}
+
+/// A contraction ready to emit: `items` × `groups` GEMMs
+/// `C[m×n] = A[m×k]·B[k×n]`, an optional packing kernel over input `x`,
+/// and the epilogue (over `domain`, with an optional bias).
+pub(super) struct Spec {
+    pub items: usize,
+    pub groups: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Side,
+    pub b: Side,
+    pub c_item: usize,
+    pub c_group: usize,
+    pub ldc: usize,
+    pub pack: Option<(Im2col, ValueId)>,
+    pub domain: Domain,
+    pub bias: Option<(ValueId, Bcast)>,
+}
+
+/// Emits `spec` as one contraction step of `node`, with the node's fused
+/// followers in the epilogue.
+pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), BackError> {
     let followers = pointwise::followers(cx.g, node);
     let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
     let out = cx.output(last)?;
-    let (x, w) = (cx.buf(node.inputs[0])?, cx.buf(node.inputs[1])?);
-    cx.push(Step {
-        work: Work::Gemm {
-            m,
-            n,
-            k,
-            sa: Strides::row_major(k),
-            sb: Strides::transposed(k),
-            ldc: n,
-        },
-        inputs: vec![x, w],
-        output: out,
-        extents: vec![m * k, n * k, m * n],
-    });
-    let domain = Domain::Rows {
-        channels: 1,
-        inner: n as u64,
+    let out_len = cx.numel(last)?;
+    let gemm = gemm_choice(cx)?;
+    let mut inputs: Vec<Buf> = Vec::new();
+    let mut extents: Vec<usize> = Vec::new();
+    let mut add = |buf: Buf, len: usize| {
+        inputs.push(buf);
+        extents.push(len);
+        inputs.len() - 1
     };
+    let pack = match spec.pack {
+        Some((im2col, x)) => {
+            let id = cx.jit.kernel(&im2col)?;
+            let kernel = cx.jit.code(id)?;
+            let input = add(cx.buf(x)?, cx.numel(x)?);
+            let slices = cx.options.threads.clamp(1, spec.items.max(1));
+            let len = im2col.panel_len();
+            let scratch = add(cx.scratch(len * slices), len * slices);
+            Some(Pack {
+                kernel,
+                input,
+                scratch,
+                units: im2col.units(),
+                len,
+            })
+        }
+        None => None,
+    };
+    let mut side = |s: &Side| -> Result<Operand, BackError> {
+        let (input, packed) = match (s.src, pack) {
+            (Src::Packed, Some(p)) => (p.scratch, true),
+            (Src::Packed, None) => {
+                return Err(BackError(format!(
+                    "`{}` at {}: a packed operand without a packing kernel",
+                    node.op.name, node.path
+                )))
+            }
+            (Src::Value(v), _) => (add(cx.buf(v)?, cx.numel(v)?), false),
+        };
+        Ok(Operand {
+            input,
+            packed,
+            offset: s.offset,
+            item_stride: s.item,
+            group_stride: s.group,
+            strides: s.strides,
+        })
+    };
+    let (a, b) = (side(&spec.a)?, side(&spec.b)?);
+    let epilogue = epilogue_chain(cx.g, node, &followers, spec.domain, spec.bias)?;
+    let epilogue = match epilogue {
+        Some((chain, values)) => {
+            let id = chain.compile(cx.jit)?;
+            let kernel = cx.jit.code(id)?;
+            let input = add(out, out_len);
+            for v in values {
+                add(cx.buf(v)?, cx.numel(v)?);
+            }
+            let rows = chain.elements(1);
+            Some(Epilogue {
+                kernel,
+                input,
+                units: out_len / rows as usize / spec.items.max(1),
+            })
+        }
+        None => None,
+    };
+    extents.push(out_len);
+    cx.push(Step {
+        work: Work::Contraction(Contraction {
+            items: spec.items,
+            groups: spec.groups,
+            m: spec.m,
+            n: spec.n,
+            k: spec.k,
+            a,
+            b,
+            c_item: spec.c_item,
+            c_group: spec.c_group,
+            ldc: spec.ldc,
+            pack,
+            epilogue,
+            gemm,
+        }),
+        inputs,
+        output: out,
+        extents,
+    });
+    Ok(())
+}
+
+/// The epilogue kernel: the bias (if any) then the followers, over
+/// `domain`; `None` when there is nothing to apply. Also returns the
+/// values its inputs 1.. read.
+fn epilogue_chain(
+    g: &Graph,
+    node: &Node,
+    followers: &[&Node],
+    domain: Domain,
+    bias: Option<(ValueId, Bcast)>,
+) -> Result<Option<(Chain, Vec<ValueId>)>, BackError> {
     let mut chain = Chain {
         inputs: vec![Bcast::Full],
         domain,
         steps: Vec::new(),
     };
     let mut values = Vec::new();
-    if let Some(&b) = node.inputs.get(2) {
-        chain.inputs.push(Bcast::PerColumn);
+    if let Some((b, bcast)) = bias {
+        chain.inputs.push(bcast);
         values.push(b);
         chain.steps.push(ChainStep::Binary {
             op: Binary::Add,
-            rhs: Operand::Input(1),
+            rhs: ChainOperand::Input(1),
             swap: false,
         });
     }
-    pointwise::extend(
-        cx.g,
-        node,
-        &followers,
-        Some(domain),
-        &mut chain,
-        &mut values,
-    )?;
-    if chain.steps.is_empty() {
-        return Ok(());
-    }
-    let mut inputs = vec![out];
-    for v in values {
-        inputs.push(cx.buf(v)?);
-    }
-    cx.kernel(&chain, inputs, out, m * n)
+    pointwise::extend(g, node, followers, Some(domain), &mut chain, &mut values)?;
+    Ok((!chain.steps.is_empty()).then_some((chain, values)))
 }
+
+/// `y = x·Wᵀ (+ b)` over the last dim of x: one GEMM reading W transposed
+/// through its strides, then the bias (per column) and the followers.
+fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let w_shape = cx.shape(node.inputs[1])?;
+    let (n, k) = (w_shape[0], w_shape[1]);
+    let m = cx.numel(node.inputs[0])? / k.max(1);
+    emit(
+        cx,
+        node,
+        Spec {
+            items: 1,
+            groups: 1,
+            m,
+            n,
+            k,
+            a: Side::value(node.inputs[0], 0, 0, Strides::row_major(k)),
+            b: Side::value(node.inputs[1], 0, 0, Strides::transposed(k)),
+            c_item: 0,
+            c_group: 0,
+            ldc: n,
+            pack: None,
+            domain: Domain::Rows {
+                channels: 1,
+                inner: n as u64,
+            },
+            bias: node.inputs.get(2).map(|&b| (b, Bcast::PerColumn)),
+        },
+    )
+}
+
+/// `matmul(a, b)`: `[..., m, k] x [..., k, n]` with broadcast batch dims.
+/// The batch dims collapse to at most two levels (items and groups) of
+/// constant strides; a batch of `a` over a shared `b` folds into the rows
+/// of one GEMM.
+fn matmul(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let (sa, sb) = (cx.shape(node.inputs[0])?, cx.shape(node.inputs[1])?);
+    let so = cx.shape(node.outputs[0])?;
+    let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
+    let batch = &so[..so.len() - 2];
+    // Per output batch dim: (size, stride in a, stride in b, stride in c).
+    let strides_of = |shape: &[usize], mat: usize| -> Vec<usize> {
+        let own = &shape[..shape.len() - 2];
+        let mut st = vec![0; batch.len()];
+        let mut acc = mat;
+        for (i, &d) in own.iter().enumerate().rev() {
+            let at = batch.len() - own.len() + i;
+            st[at] = if d == 1 { 0 } else { acc };
+            acc *= d;
+        }
+        st
+    };
+    let (st_a, st_b) = (strides_of(&sa, m * k), strides_of(&sb, k * n));
+    let mut st_c = vec![0; batch.len()];
+    let mut acc = m * n;
+    for i in (0..batch.len()).rev() {
+        st_c[i] = acc;
+        acc *= batch[i];
+    }
+    // Collapse: drop size-1 dims, merge neighbours whose strides chain.
+    let mut dims: Vec<[usize; 4]> = Vec::new();
+    for i in 0..batch.len() {
+        if batch[i] == 1 {
+            continue;
+        }
+        let d = [batch[i], st_a[i], st_b[i], st_c[i]];
+        match dims.last_mut() {
+            Some(p) if (1..4).all(|j| p[j] == d[j] * d[0]) => {
+                p[0] *= d[0];
+                p[1..].copy_from_slice(&d[1..]);
+            }
+            _ => dims.push(d),
+        }
+    }
+    let strides = |(a, b): (usize, usize)| (Strides::row_major(a), Strides::row_major(b));
+    let (ra, rb) = strides((k, n));
+    let (a, b) = (node.inputs[0], node.inputs[1]);
+    let domain = Domain::Rows {
+        channels: 1,
+        inner: n as u64,
+    };
+    let spec = |items, groups, m, ia: usize, ib, ic, ga, gb, gc| Spec {
+        items,
+        groups,
+        m,
+        n,
+        k,
+        a: Side::value(a, ia, ga, ra),
+        b: Side::value(b, ib, gb, rb),
+        c_item: ic,
+        c_group: gc,
+        ldc: n,
+        pack: None,
+        domain,
+        bias: None,
+    };
+    let spec = match dims[..] {
+        [] => spec(1, 1, m, 0, 0, 0, 0, 0, 0),
+        // A contiguous batch of `a` times one `b`: one tall GEMM.
+        [[size, sa, 0, sc]] if sa == m * k && sc == m * n => spec(1, 1, size * m, 0, 0, 0, 0, 0, 0),
+        [[size, sa, sb, sc]] => spec(size, 1, m, sa, sb, sc, 0, 0, 0),
+        [[items, ia, ib, ic], [groups, ga, gb, gc]] => {
+            spec(items, groups, m, ia, ib, ic, ga, gb, gc)
+        }
+        _ => {
+            return Err(BackError(format!(
+                "`matmul` at {}: batch dims {:?} x {:?} broadcast in more than two strided levels; \
+                 this back end runs at most two",
+                node.path, sa, sb
+            )))
+        }
+    };
+    emit(cx, node, spec)
+}
+
+/// An integer-list attribute of `node` (`what` names it in errors).
+pub(super) fn ints(node: &Node, what: &str) -> Result<Vec<i64>, BackError> {
+    match node.op.attr(what) {
+        Some(Attr::Ints(v)) => Ok(v.clone()),
+        other => Err(BackError(format!(
+            "`{}` at {}: attribute `{what}` is {other:?}, expected a list of integers",
+            node.op.name, node.path
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -438,7 +438,11 @@ fn compile_emits_the_machine_code_of_the_same_kernels() {
             .collect()
     };
     assert_eq!(headers(&asm), headers(&clif), "{asm}");
-    assert!(asm.contains("; kernel ew.f32(Full;flat) Relu\n"), "{asm}");
+    // The fusion pass puts each ReLU into its linear layer's bias epilogue.
+    assert!(
+        asm.contains("; kernel ew.f32(Full,PerColumn;rows c=1 inner=512) Add(in1) Relu\n"),
+        "{asm}"
+    );
     // x64 instructions, no CLIF.
     assert!(asm.contains("retq") && asm.contains("vmovups"), "{asm}");
     assert!(!asm.contains("load.f32x4"), "{asm}");

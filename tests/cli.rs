@@ -465,3 +465,61 @@ fn compile_emits_ir_and_names_the_known_passes_for_an_unknown_one() {
         "{err}"
     );
 }
+
+/// `netc bench` smoke test (one warm-up, one timed call per batch): one
+/// JSON object per batch with ordered statistics and the FLOPs the model
+/// has at that batch; bad batch sizes are refused.
+#[test]
+fn bench_reports_one_json_object_per_batch() {
+    let (ok, out, err) = netc(&[
+        "bench",
+        "models/eeg_mlp.net",
+        "--batch",
+        "1,4",
+        "--warmup",
+        "1",
+        "--reps",
+        "1",
+        "--min-time",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, batch) in lines.iter().zip([1, 4]) {
+        assert!(
+            line.starts_with(&format!(
+                "{{\"model\": \"eeg_mlp\", \"batch\": {batch}, \"threads\": 1, \"train\": false, "
+            )),
+            "{line}"
+        );
+        let field = |k: &str| -> f64 {
+            let at = line
+                .find(&format!("\"{k}\": "))
+                .unwrap_or_else(|| panic!("{k} in {line}"))
+                + k.len()
+                + 4;
+            line[at..]
+                .split([',', '}'])
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            field("min_ms") <= field("median_ms") && field("median_ms") <= field("max_ms"),
+            "{line}"
+        );
+        assert!(
+            field("samples_per_s") > 0.0 && field("gflops") > 0.0,
+            "{line}"
+        );
+    }
+    let (ok, _, err) = netc(&["bench", "models/eeg_mlp.net", "--batch", "0"]);
+    assert!(!ok);
+    assert!(err.contains("`--batch 0`"), "{err}");
+}

@@ -40,6 +40,8 @@ pub struct Timing {
     pub min_ms: f64,
     /// Slowest call in milliseconds.
     pub max_ms: f64,
+    /// Every timed call in milliseconds, in call order.
+    pub times_ms: Vec<f64>,
 }
 
 impl Timing {
@@ -65,6 +67,7 @@ pub fn measure(
         model.run(inputs)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let in_order = times.clone();
     times.sort_by(f64::total_cmp);
     let mid = times.len() / 2;
     let median_ms = if times.len() % 2 == 1 {
@@ -77,6 +80,7 @@ pub fn measure(
         median_ms,
         min_ms: times[0],
         max_ms: times[times.len() - 1],
+        times_ms: in_order,
     })
 }
 

@@ -21,6 +21,8 @@ enum Command {
     Compile(cli::compile::CompileArgs),
     /// Compile and run a model on inputs from files.
     Run(cli::run::RunArgs),
+    /// Time a compiled model at one or more batch sizes.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::check(&args),
         Command::Compile(args) => cli::compile::compile(&args),
         Command::Run(args) => cli::run::run(&args),
+        Command::Bench(args) => cli::bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,8 +3,10 @@
 //!   flags (`--threads --gemm --no-fuse --layout`) of several subcommands;
 //! - [`check`]: `netc check`, summaries, parameter lists, weight checks;
 //! - [`compile`]: `netc compile --emit`, what a compile stage produced;
-//! - [`run`]: `netc run`, a model on inputs from files.
+//! - [`run`]: `netc run`, a model on inputs from files;
+//! - [`bench`]: `netc bench`, latency at given batch sizes.
 
+pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod options;

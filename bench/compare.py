@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Side-by-side latency of netc and its peers on the same machine, in one run.
+
+For each model and batch size, netc (`netc bench --json`, a subprocess) and the
+peers (PyTorch eager; with --compile also torch.compile default mode; with --ort
+also ONNX Runtime with all graph optimisations) are timed in interleaved rounds,
+2 threads everywhere. Each round gives every configuration a warm-up and then
+timed calls for at least --seconds; the reported figure is the median of the
+per-call latencies pooled over rounds. Ratios are peer/netc latency (> 1 means
+netc is faster). Also reports netc's cold compile time (parse -> ready to run).
+
+Peers are built from ../shared/peers/models.py (the PyTorch definitions of the
+seed models). Run from the repository root after `cargo build --release`:
+
+    /path/to/venv/bin/python bench/compare.py --models eeg_ccnn,densenet121 --rounds 3
+
+Prints a markdown table (docs/performance.md carries one run's table).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+NETC = ROOT / "target" / "release" / "netc"
+
+# model -> (netc file, netc model name, peers builder name, input name, big batch)
+MODELS = {
+    "eeg_ccnn": ("models/eeg_ccnn.net", None, "eeg_ccnn", "x", 256),
+    "eeg_mlp": ("models/eeg_mlp.net", None, "mlp", "x", 256),
+    "eeg_svm": ("models/eeg_svm.net", None, "svm", "x", 256),
+    "densenet121": ("models/densenet.net", "densenet121", "densenet121", "image", 8),
+    "vggish": ("models/vggish.net", "vggish", "vggish", "x", 32),
+}
+
+
+def set_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def netc_bench(name: str, batch: int, threads: int, seconds: float, extra: list[str]) -> dict:
+    path, model, _, _, _ = MODELS[name]
+    cmd = [str(NETC), "bench", path, "--batch", str(batch), "--threads", str(threads),
+           "--json", "--min-time", str(seconds)] + extra
+    if model:
+        cmd += ["--model", model]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_calls(fn, seconds: float, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def peer_runners(name: str, batch: int, with_compile: bool, with_ort: bool):
+    import torch
+    sys.path.insert(0, str(PEERS))
+    import models as peer_models  # noqa: E402  (the shared PyTorch definitions)
+
+    model, make_inputs = getattr(peer_models, MODELS[name][2])()
+    model.eval()
+    inputs = make_inputs(batch)
+    runners = {}
+
+    def eager():
+        with torch.inference_mode():
+            model(*inputs)
+
+    runners["eager"] = eager
+    compile_s = None
+    if with_compile:
+        compiled = torch.compile(model, dynamic=False)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            compiled(*inputs)
+        compile_s = time.perf_counter() - t
+
+        def comp():
+            with torch.inference_mode():
+                compiled(*inputs)
+
+        runners["torch.compile"] = comp
+    if with_ort:
+        import onnxruntime as ort
+        import tempfile
+        onnx_path = Path(tempfile.mkdtemp()) / f"{name}_{batch}.onnx"
+        torch.onnx.export(model, inputs, str(onnx_path), dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
+        runners["ORT"] = lambda: sess.run(None, feeds)
+    return runners, compile_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--batches", default="", help="comma list; default: 1 and the model's big batch")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument("--ort", action="store_true", help="also time ONNX Runtime")
+    ap.add_argument("--netc-args", default="", help="extra netc bench flags, e.g. '--no-fuse'")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    import torch
+    torch.set_num_threads(args.threads)
+    extra = args.netc_args.split()
+    rows = []
+    for name in args.models.split(","):
+        batches = [int(b) for b in args.batches.split(",") if b] or [1, MODELS[name][4]]
+        for batch in batches:
+            runners, compile_s = peer_runners(name, batch, args.compile, args.ort)
+            pooled = {k: [] for k in ["netc", *runners]}
+            netc_compile_ms = None
+            for r in range(args.rounds):
+                order = ["netc", *runners]
+                order = order[r % len(order):] + order[: r % len(order)]
+                for who in order:
+                    if who == "netc":
+                        res = netc_bench(name, batch, args.threads, args.seconds, extra)
+                        pooled["netc"] += res["times_ms"]
+                        netc_compile_ms = res.get("compile_ms")
+                    else:
+                        pooled[who] += time_calls(runners[who], args.seconds)
+            med = {k: statistics.median(v) for k, v in pooled.items()}
+            rows.append((name, batch, med, netc_compile_ms, compile_s))
+            print(f"{name} b{batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()), file=sys.stderr)
+    peers = [p for p in ["eager", "torch.compile", "ORT"] if any(p in r[2] for r in rows)]
+    print(f"Run {datetime.date.today()} on {platform.node()} ({os.cpu_count()} CPUs), "
+          f"{args.threads} threads, {args.rounds} interleaved rounds of >= {args.seconds} s; "
+          f"command: `python bench/compare.py {' '.join(sys.argv[1:])}`\n")
+    head = "| model | batch | netc ms | " + " | ".join(f"{p} ms | {p}/netc" for p in peers) + " | netc compile ms |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name, batch, med, cms, _ in rows:
+        cells = [name, str(batch), f"{med['netc']:.3f}"]
+        for p in peers:
+            cells += [f"{med[p]:.3f}", f"{med[p] / med['netc']:.2f}x"] if p in med else ["—", "—"]
+        cells.append(f"{cms:.0f}" if cms is not None else "—")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+//! `netc bench`: latency of a compiled model at one or more batch sizes on
+//! seeded random inputs and default-initialised weights: warm-up, then
+//! timed calls; median, min, max, samples/s and achieved GFLOP/s, as a
+//! table or (`--json`) one JSON object per batch size. Also reports the
+//! cold compile time (parse → ready to run) of each batch size.
+
+use super::options::{input_sizes, CompileFlags, ModelArgs};
+use super::Failure;
+use netc::bench::{forward_flops, measure, BenchConfig};
+use netc::ir::Graph;
+use netc::session::CompiledModel;
+use netc_runtime::Tensor;
+use std::time::{Duration, Instant};
+
+/// The arguments of `netc bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch sizes (the input symbol `N`), comma-separated: `--batch 1,8`.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    /// Untimed calls before measuring.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// At least this many timed calls.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Keep timing until this many seconds have passed.
+    #[arg(long, default_value_t = 2.0)]
+    min_time: f64,
+    /// One JSON object per batch size instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    flags: CompileFlags,
+}
+
+/// Runs `netc bench`.
+pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
+    let options = args.flags.options()?;
+    if !(args.min_time >= 0.0 && args.min_time <= 3600.0) {
+        return Err(Failure::Usage(format!(
+            "`--min-time {}`: expected seconds between 0 and 3600",
+            args.min_time
+        )));
+    }
+    let config = BenchConfig {
+        warmup: args.warmup,
+        min_reps: args.reps.max(1),
+        min_time: Duration::from_secs_f64(args.min_time),
+    };
+    if !args.json {
+        println!(
+            "{:>6} {:>11} {:>11} {:>11} {:>13} {:>9} {:>11}",
+            "batch", "median ms", "min ms", "max ms", "samples/s", "GFLOP/s", "compile ms"
+        );
+    }
+    for &batch in &args.batch {
+        if batch == 0 {
+            return Err(Failure::Usage("`--batch 0`: batches are at least 1".into()));
+        }
+        let start = Instant::now();
+        let loaded = super::options::load(&args.model)?;
+        let mut sizes = loaded.sizes.clone();
+        sizes.push(("N".into(), batch as i64));
+        let shapes = input_shapes(&loaded.graph, &sizes)?;
+        let name = loaded.graph.name.clone();
+        let flops = forward_flops(&loaded.graph, &shape_refs(&shapes)).map_err(Failure::error)?;
+        let mut model = CompiledModel::new(loaded.graph, &shape_refs(&shapes), options)
+            .map_err(Failure::error)?;
+        model.init_weights(0).map_err(Failure::error)?;
+        let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+        let inputs = random_inputs(&shapes);
+        let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let t = measure(&mut model, &refs, config).map_err(Failure::error)?;
+        let gflops = flops / (t.median_ms / 1e3) / 1e9;
+        if args.json {
+            println!(
+                "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": false, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"gflops\": {:.3}, \"compile_ms\": {compile_ms:.3}, \"times_ms\": [{}]}}",
+                options.threads,
+                t.median_ms,
+                t.min_ms,
+                t.max_ms,
+                t.samples_per_s(batch),
+                gflops,
+                t.times_ms.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(", ")
+            );
+        } else {
+            println!(
+                "{batch:>6} {:>11.3} {:>11.3} {:>11.3} {:>13.1} {:>9.1} {:>11.1}",
+                t.median_ms,
+                t.min_ms,
+                t.max_ms,
+                t.samples_per_s(batch),
+                gflops,
+                compile_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The concrete shape of every input for the given sizes.
+fn input_shapes(g: &Graph, sizes: &[(String, i64)]) -> Result<Vec<(String, Vec<usize>)>, Failure> {
+    let known = input_sizes(g, sizes)?;
+    g.inputs
+        .iter()
+        .map(|(name, v)| {
+            let dims = g
+                .ty(*v)
+                .shape
+                .iter()
+                .map(|d| {
+                    let value = d.eval(&|s| {
+                        let n = g.sym_name(s);
+                        known.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
+                    });
+                    value
+                        .as_known()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| {
+                            Failure::Usage(format!(
+                                "input `{name}`: size {} is not given (use --set)",
+                                g.dim_text(d)
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<usize>, _>>()?;
+            Ok((name.clone(), dims))
+        })
+        .collect()
+}
+
+fn shape_refs(shapes: &[(String, Vec<usize>)]) -> Vec<(&str, &[usize])> {
+    shapes
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect()
+}
+
+/// Seeded inputs in [-1, 1) (a fixed linear congruential sequence: the
+/// values only need to be ordinary numbers, not statistically good).
+fn random_inputs(shapes: &[(String, Vec<usize>)]) -> Vec<(String, Tensor)> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    shapes
+        .iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let data = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((state >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+                })
+                .collect();
+            let t = Tensor::from_f32(shape, data).expect("the data has the shape's element count");
+            (name.clone(), t)
+        })
+        .collect()
+}

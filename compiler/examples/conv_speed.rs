@@ -16,9 +16,13 @@ use netc_runtime::plan::Executor;
 use std::path::Path;
 use std::time::Instant;
 
-/// Median seconds of `reps` runs of `f` after one warm-up run.
-fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Median wall seconds and mean CPU seconds (all threads) per run of `f`,
+/// over enough runs (at least 9) to take half a second, after a warm-up.
+fn measure(mut f: impl FnMut()) -> (f64, f64) {
+    let t0 = Instant::now();
     f();
+    let reps = ((0.5 / t0.elapsed().as_secs_f64()).ceil() as usize).clamp(9, 500);
+    let cpu0 = cpu_secs();
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
             let t0 = Instant::now();
@@ -26,21 +30,27 @@ fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
             t0.elapsed().as_secs_f64()
         })
         .collect();
+    let cpu = (cpu_secs() - cpu0) / reps as f64;
     t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
+    (t[t.len() / 2], cpu)
 }
 
-/// Nanoseconds this process's threads have run on a CPU (from
-/// `/proc/self/task/*/schedstat`; 0 where that is not available).
-fn cpu_ns() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
+/// CPU seconds this process has used, all threads (user + system, from
+/// `/proc/self/stat` in 1/100 s ticks; 0 where that is not available).
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
     };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
 }
 
 /// A conv + ReLU model, the ReLU fused into the conv's epilogue.
@@ -90,8 +100,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = 2;
     let filter = std::env::args().nth(1).unwrap_or_default();
     println!(
-        "conv + fused relu, {threads} threads, median of 9 runs (wall);\n\
-         cpu = mean CPU time of all threads over the 10 runs (GFLOP per CPU-second: \
+        "conv + fused relu, {threads} threads: median wall time of >= 9 runs;\n\
+         cpu = mean CPU time of all threads per run (GFLOP per CPU-second: \
          a machine-load-independent view; spinning pool threads count too)"
     );
     println!(
@@ -130,8 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut y = vec![0.0f32; lowered.outputs[0].1];
                     ex.prepare(&[&w])?;
                     let mut failed = None;
-                    let cpu0 = cpu_ns();
-                    let secs = median_secs(9, || {
+                    let (secs, cpu) = measure(|| {
                         if let Err(e) = ex.run(&[&x], &[&w], &mut [&mut y]) {
                             failed = Some(e);
                         }
@@ -139,7 +148,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if let Some(e) = failed {
                         return Err(e.into());
                     }
-                    let cpu = (cpu_ns() - cpu0) as f64 / 1e9 / 10.0;
                     println!(
                         "{:<28} {:>5} {:>9} {:>5} {:>9.3} {:>8.1} {:>9.3} {:>8.1}",
                         name,

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod back;
+pub mod bench;
 pub mod diag;
 pub mod elab;
 pub mod front;

@@ -7,6 +7,7 @@
 mod array;
 mod dense;
 mod detect;
+mod layout;
 mod nn;
 mod signal;
 mod sparse;
@@ -179,6 +180,9 @@ fn reduce_result(r: f64, reduction: &str, per: Array) -> Array {
 /// Evaluates one op.
 fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<Array>, String> {
     use dense::*;
+    if let Some(r) = layout::eval(name, a, x, out, eval) {
+        return r;
+    }
     for family in [
         nn::eval,
         text::eval,

@@ -1,17 +1,47 @@
 //! The optimisation pipeline: the passes that run between elaboration and
 //! lowering, in order, each switchable through [`CompileOptions`] so that
 //! its effect can be measured, and each inspectable with
-//! `netc compile --emit ir-after=PASS`.
+//! `netc compile --emit ir-after=PASS`:
+//!
+//! 1. `fold_bn` (with `fuse`): batch norms folded into the convolutions
+//!    before them ([`fold_bn`](super::fold_bn));
+//! 2. `layout` (with `layout = auto`): convolution chains in NHWC
+//!    ([`layout`](super::layout));
+//! 3. `fuse` (with `fuse`): elementwise followers marked `fused_into` their
+//!    head ([`fuse`](super::fuse)).
+//!
+//! The result is an inference graph: training nodes are left as they are.
 
+use super::{fold_bn, fuse, layout, rewrite};
 use crate::ir::Graph;
-use crate::options::CompileOptions;
+use crate::options::{CompileOptions, LayoutChoice};
 
 /// The names of the passes, in the order they run.
-pub const PASS_NAMES: &[&str] = &[];
+pub const PASS_NAMES: &[&str] = &["fold_bn", "layout", "fuse"];
+
+/// What the passes did to one graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Batch norms folded into convolutions.
+    pub folded: usize,
+    /// What the layout pass did.
+    pub layout: layout::LayoutStats,
+    /// What the fusion pass did.
+    pub fuse: fuse::FuseStats,
+}
 
 /// Runs every enabled pass on `g`, stopping after the pass named `stop`
 /// when given (an unknown name is an error listing the known ones).
 pub fn optimize(g: Graph, options: &CompileOptions, stop: Option<&str>) -> Result<Graph, String> {
+    optimize_with_report(g, options, stop).map(|(g, _)| g)
+}
+
+/// [`optimize`], also returning what each pass did.
+pub fn optimize_with_report(
+    mut g: Graph,
+    options: &CompileOptions,
+    stop: Option<&str>,
+) -> Result<(Graph, Report), String> {
     if let Some(name) = stop {
         if !PASS_NAMES.contains(&name) {
             return Err(format!(
@@ -20,6 +50,18 @@ pub fn optimize(g: Graph, options: &CompileOptions, stop: Option<&str>) -> Resul
             ));
         }
     }
-    let _ = options;
-    Ok(g)
+    let mut report = Report::default();
+    for &pass in PASS_NAMES {
+        match pass {
+            "fold_bn" if options.fuse => report.folded = fold_bn::run(&mut g),
+            "layout" if options.layout == LayoutChoice::Auto => report.layout = layout::run(&mut g),
+            "fuse" if options.fuse => report.fuse = fuse::run(&mut g),
+            _ => {}
+        }
+        rewrite::verify(&g).map_err(|e| format!("after pass `{pass}`: {e}"))?;
+        if stop == Some(pass) {
+            break;
+        }
+    }
+    Ok((g, report))
 }

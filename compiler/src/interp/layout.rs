@@ -1,0 +1,62 @@
+//! Reference semantics of the NHWC forms the layout pass produces
+//! (`layout = "nhwc"` on `conv2d`, `batch_norm`, `frozen_batch_norm`,
+//! `max_pool2d`, `avg_pool2d`): the activation `[N, H, W, C]` (and a conv
+//! weight `[OC, KH, KW, C/g]`) is permuted to NCHW, the NCHW semantics
+//! run, and the result is permuted back to `[N, OH, OW, OC]`.
+
+use super::array::Array;
+use super::dense::{permute, Attrs};
+
+const TO_NCHW: [i64; 4] = [0, 3, 1, 2];
+const TO_NHWC: [i64; 4] = [0, 2, 3, 1];
+
+/// The NCHW semantics of one op (the interpreter's dispatcher).
+type Nchw = fn(&str, &Attrs, &[&Array], &[Vec<usize>]) -> Result<Vec<Array>, String>;
+
+/// Evaluates `name` if it carries `layout = "nhwc"`, through `nchw`.
+pub fn eval(
+    name: &str,
+    a: &Attrs,
+    x: &[&Array],
+    out: &[Vec<usize>],
+    nchw: Nchw,
+) -> Option<Result<Vec<Array>, String>> {
+    if a.str("layout") != "nhwc" {
+        return None;
+    }
+    let rank4 = |s: &[usize]| s.len() == 4;
+    if !matches!(
+        name,
+        "conv2d" | "batch_norm" | "frozen_batch_norm" | "max_pool2d" | "avg_pool2d"
+    ) || !x.first().is_some_and(|v| rank4(&v.shape))
+        || !out.first().is_some_and(|s| rank4(s))
+    {
+        return Some(Err(format!(
+            "layout \"nhwc\" is defined for 4-D conv2d, batch norms and 2-D pools, not this `{name}`"
+        )));
+    }
+    let to = |s: &[usize], dims: &[i64; 4]| -> Vec<usize> {
+        dims.iter().map(|&d| s[d as usize]).collect()
+    };
+    let mut args: Vec<Array> = x.iter().map(|v| (*v).clone()).collect();
+    let permute_arg = |v: &Array| permute(v, &TO_NCHW, &to(&v.shape, &TO_NCHW));
+    args[0] = permute_arg(x[0]);
+    if name == "conv2d" {
+        match x.get(1) {
+            Some(w) if rank4(&w.shape) => args[1] = permute_arg(w),
+            _ => return Some(Err("conv2d in NHWC needs a 4-D weight".into())),
+        }
+    }
+    let attrs: Vec<_> =
+        a.0.iter()
+            .filter(|(k, _)| *k != "layout")
+            .cloned()
+            .collect();
+    let refs: Vec<&Array> = args.iter().collect();
+    let shape = to(&out[0], &TO_NCHW);
+    Some(nchw(name, &Attrs(&attrs), &refs, &[shape]).map(|rs| {
+        rs.iter()
+            .map(|r| permute(r, &TO_NHWC, &to(&r.shape, &TO_NHWC)))
+            .collect()
+    }))
+}

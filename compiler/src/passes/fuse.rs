@@ -1,0 +1,175 @@
+//! Fusion: marks elementwise followers `fused_into` the head whose kernel
+//! computes them, so that the lowering runs a head and its followers as one
+//! kernel (a contraction's epilogue, or one elementwise chain) and never
+//! stores the links in between.
+//!
+//! Heads are contractions (`conv1d`, `conv2d`, `linear`, `matmul`: bias,
+//! activation, residual add and scalar ops become their epilogue), batch
+//! norms (DenseNet's norm → relu) and elementwise nodes (chains). Walking
+//! the nodes in order, a head takes the reader of its running value as the
+//! next follower while
+//!
+//! - the running value has exactly that one reader and is not an output,
+//! - the lowering can append it to the group's kernel
+//!   ([`pointwise::can_follow`] in the group's iteration space),
+//! - its other operand is computed before the head (the group runs at the
+//!   head's position, so node order stays valid).
+//!
+//! Parameter-only nodes are not fused: they run once, at weight load.
+
+use super::rewrite;
+use crate::back::clif::node_kernel;
+use crate::back::elementwise::{Bcast, Chain, Domain};
+use crate::back::lower::pointwise;
+use crate::ir::{Attr, Dim, Graph, Node, ValueDef, ValueId};
+use std::collections::{HashMap, HashSet};
+
+/// What the fusion pass did to a graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseStats {
+    /// Heads that took at least one follower.
+    pub groups: usize,
+    /// Nodes marked `fused_into` a head.
+    pub fused: usize,
+}
+
+/// Runs the fusion pass on `g`.
+pub fn run(g: &mut Graph) -> FuseStats {
+    let mut stats = FuseStats::default();
+    let readers = rewrite::readers(g);
+    let derived = rewrite::param_derived(g);
+    let position: HashMap<ValueId, usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.outputs.iter().map(move |v| (*v, i)))
+        .collect();
+    let mut taken: HashSet<usize> = HashSet::new();
+    for h in 0..g.nodes.len() {
+        let head = &g.nodes[h];
+        if taken.contains(&h) || head.train_only || head.outputs.len() != 1 {
+            continue;
+        }
+        if derived.contains(&head.outputs[0]) {
+            continue;
+        }
+        let Some(initial) = head_domain(g, head) else {
+            continue;
+        };
+        let mut domain = initial;
+        let mut running = head.outputs[0];
+        let mut followers: Vec<usize> = Vec::new();
+        while let Some([f]) = readers.get(&running).map(Vec::as_slice) {
+            let node = &g.nodes[*f];
+            let early = |v: &ValueId| {
+                *v == running
+                    || !matches!(g.value(*v).def, ValueDef::Node(..))
+                    || position.get(v).is_some_and(|p| *p < h)
+            };
+            let ok = !node.train_only
+                && !taken.contains(f)
+                && !rewrite::is_output(g, running)
+                && node.inputs.iter().all(early)
+                && pointwise::can_follow(g, node, running, domain);
+            if !ok {
+                break;
+            }
+            followers.push(*f);
+            let Some(d) = group_domain(g, head, &followers, initial) else {
+                followers.pop();
+                break;
+            };
+            domain = d;
+            running = node.outputs[0];
+        }
+        if followers.is_empty() {
+            continue;
+        }
+        let key = g.nodes[h].outputs[0];
+        for f in &followers {
+            g.nodes[*f].fused_into = Some(key);
+            taken.insert(*f);
+        }
+        stats.groups += 1;
+        stats.fused += followers.len();
+    }
+    stats
+}
+
+/// The iteration space a head fixes for its group (`Some(None)`: flat so
+/// far), or `None` if the node cannot head a group.
+fn head_domain(g: &Graph, head: &Node) -> Option<Option<Domain>> {
+    match head.op.name {
+        "conv1d" | "conv2d" | "linear" | "matmul" => epilogue_domain(g, head).map(Some),
+        "batch_norm" | "frozen_batch_norm" => norm_domain(g, head).map(Some),
+        _ => {
+            let (chain, _) = node_kernel(g, head)?;
+            Some((chain.domain != Domain::Flat).then_some(chain.domain))
+        }
+    }
+}
+
+/// The iteration space of `head`'s group once `followers` are appended
+/// (`Some(None)`: still flat), or `None` if they cannot be appended.
+fn group_domain(
+    g: &Graph,
+    head: &Node,
+    followers: &[usize],
+    initial: Option<Domain>,
+) -> Option<Option<Domain>> {
+    let nodes: Vec<&Node> = followers.iter().map(|f| &g.nodes[*f]).collect();
+    let mut chain = Chain {
+        inputs: vec![Bcast::Full],
+        domain: Domain::Flat,
+        steps: Vec::new(),
+    };
+    pointwise::extend(g, head, &nodes, initial, &mut chain, &mut Vec::new()).ok()
+}
+
+fn known(dims: &[Dim]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |acc, d| {
+        acc.checked_mul(u64::try_from(d.as_known()?).ok()?)
+    })
+}
+
+fn is_nhwc(node: &Node) -> bool {
+    matches!(node.op.attr("layout"), Some(Attr::Str(s)) if s == "nhwc")
+}
+
+/// The iteration space of a contraction's epilogue: rows of the result's
+/// channel-minor matrix, as the contraction lowering runs it —
+/// `Rows { OC, spatial }` for an NCHW convolution, `Rows { 1, last dim }`
+/// for NHWC convolutions, `linear` and `matmul`.
+fn epilogue_domain(g: &Graph, node: &Node) -> Option<Domain> {
+    let shape = &g.ty(node.outputs[0]).shape;
+    let last = || {
+        Some(Domain::Rows {
+            channels: 1,
+            inner: known(shape.get(shape.len().checked_sub(1)?..)?)?,
+        })
+    };
+    match node.op.name {
+        "linear" | "matmul" => last(),
+        _ if is_nhwc(node) => last(),
+        _ => Some(Domain::Rows {
+            channels: known(shape.get(1..2)?)?,
+            inner: known(shape.get(2..)?)?,
+        }),
+    }
+}
+
+/// The iteration space of a batch norm's kernel: `Rows { C, spatial }` in
+/// NCHW, `Rows { 1, C }` in NHWC.
+fn norm_domain(g: &Graph, node: &Node) -> Option<Domain> {
+    let shape = &g.ty(node.outputs[0]).shape;
+    if is_nhwc(node) {
+        return Some(Domain::Rows {
+            channels: 1,
+            inner: known(shape.last().map(std::slice::from_ref)?)?,
+        });
+    }
+    Some(Domain::Rows {
+        channels: known(shape.get(1..2)?)?,
+        inner: known(shape.get(2..)?)?.max(1),
+    })
+}

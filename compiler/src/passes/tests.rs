@@ -1,0 +1,398 @@
+//! Tests of the optimisation passes: golden snapshots of the printed IR
+//! before and after each pass on small programs, the reference interpreter
+//! giving the same outputs before and after every pass (random weights,
+//! batch-norm statistics included), the pass switches, and what the passes
+//! do to DenseNet-121 and VGGish.
+
+use super::pipeline::{optimize, optimize_with_report, PASS_NAMES};
+use crate::interp::{self, Array};
+use crate::ir::{print_graph, Attr, Graph};
+use crate::options::{CompileOptions, LayoutChoice};
+use crate::testing::program;
+use std::collections::HashMap;
+
+/// Deterministic values in [-1, 1) (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+
+    fn array(&mut self, shape: &[usize]) -> Array {
+        let n = shape.iter().product();
+        Array::new(shape, (0..n).map(|_| self.next()).collect())
+    }
+}
+
+/// Random parameters for every path of `g` (variances in [0.5, 1.5)).
+fn random_params(g: &Graph, seed: u64) -> HashMap<String, Array> {
+    let mut rng = Rng(seed);
+    g.params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            let mut a = rng.array(&shape);
+            if p.path.ends_with("running_var") {
+                a.data.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);
+            }
+            if p.path.ends_with("num_batches_tracked") {
+                a.data.iter_mut().for_each(|v| *v = 0.0);
+            }
+            (p.path.clone(), a)
+        })
+        .collect()
+}
+
+/// Random inputs of `g` with every symbol (the batch) equal to 2.
+fn random_inputs(g: &Graph, seed: u64) -> Vec<(String, Array)> {
+    let mut rng = Rng(seed);
+    g.inputs
+        .iter()
+        .map(|(name, v)| {
+            let shape: Vec<usize> = g
+                .ty(*v)
+                .shape
+                .iter()
+                .map(|d| d.eval(&|_| Some(2)).as_known().unwrap() as usize)
+                .collect();
+            (name.clone(), rng.array(&shape))
+        })
+        .collect()
+}
+
+fn run(g: &Graph, inputs: &[(String, Array)], params: &HashMap<String, Array>) -> Vec<Array> {
+    let named: Vec<(&str, Array)> = inputs
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.clone()))
+        .collect();
+    interp::run(g, &named, params)
+        .unwrap_or_else(|e| panic!("{e}\n{}", print_graph(g)))
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+fn assert_close(got: &[Array], want: &[Array], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.shape, w.shape, "{what}");
+        for (a, b) in g.data.iter().zip(&w.data) {
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                "{what}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// The printed IR before the passes, then after each one (without the
+/// declarations of inputs and parameters, which passes do not change).
+fn stages(g: &Graph) -> String {
+    let mut text = format!("== before\n{}", print_graph(g));
+    for pass in PASS_NAMES {
+        let after = optimize(g.clone(), &CompileOptions::default(), Some(pass)).unwrap();
+        text += &format!("== after {pass}\n");
+        for line in print_graph(&after).lines() {
+            let declaration = ["model ", "  symbol ", "  input ", "  param ", "  buffer "]
+                .iter()
+                .any(|p| line.starts_with(p));
+            if !declaration {
+                text += line;
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+/// The interpreter gives the same outputs before the passes and after
+/// each one, with random weights and statistics.
+fn check_numerics(g: &Graph) {
+    let params = random_params(g, 7);
+    let inputs = random_inputs(g, 11);
+    let want = run(g, &inputs, &params);
+    for pass in PASS_NAMES {
+        let after = optimize(g.clone(), &CompileOptions::default(), Some(pass)).unwrap();
+        assert_close(&run(&after, &inputs, &params), &want, pass);
+    }
+}
+
+const CONV_BN_RELU: &str = "model m() {
+    input x: f32[N, 3, 8, 8]
+    output y = x |> c1: conv2d(16, k = 3, pad = 1) |> bn1: batch_norm |> relu
+                 |> c2: conv2d(16, k = 3, pad = 1, bias = false) |> bn2: batch_norm |> relu
+}";
+
+const DENSE_LAYER: &str = "model m() {
+    input x: f32[N, 16, 6, 6]
+    a = x |> norm1: batch_norm |> relu |> conv1: conv2d(32, k = 1, bias = false)
+          |> norm2: batch_norm |> relu |> conv2: conv2d(8, k = 3, pad = 1, bias = false)
+    h = concat([x, a], dim = 1)
+    output y = h |> norm5: batch_norm |> relu |> adaptive_avg_pool2d(1) |> flatten
+                 |> classifier: linear(10)
+}";
+
+const VGG_CHAIN: &str = "model m() {
+    input e: f32[N, 12, 8]
+    h = e |> unsqueeze(1) |> c0: conv2d(16, k = 3, pad = 1) |> relu |> max_pool2d(k = 2, stride = 2)
+          |> c1: conv2d(32, k = 3, pad = 1) |> relu |> max_pool2d(k = 2, stride = 2)
+    output y = h |> permute([0, 2, 3, 1]) |> flatten |> fc: linear(8) |> relu
+}";
+
+const ELEMENTWISE: &str = "model m() {
+    input x: f32[N, 4, 5]
+    input u: f32[N, 5]
+    param b: f32[4, 1] = 0.0
+    param s: f32[5] = 1.0
+    h = (x * 2.0 + b) |> relu
+    z = (h * s - 1.0) |> tanh
+    output y = z + x
+    output w = abs(-h)
+    l = u |> fc: linear(5)
+    output r = relu(l + u) * 0.5
+}";
+
+#[test]
+fn conv_bn_relu_stages() {
+    let g = program(CONV_BN_RELU).unwrap();
+    insta::assert_snapshot!("conv_bn_relu", stages(&g));
+    check_numerics(&g);
+}
+
+#[test]
+fn dense_layer_stages() {
+    let g = program(DENSE_LAYER).unwrap();
+    insta::assert_snapshot!("dense_layer", stages(&g));
+    check_numerics(&g);
+}
+
+#[test]
+fn vgg_chain_stages() {
+    let g = program(VGG_CHAIN).unwrap();
+    insta::assert_snapshot!("vgg_chain", stages(&g));
+    check_numerics(&g);
+}
+
+#[test]
+fn elementwise_stages() {
+    let g = program(ELEMENTWISE).unwrap();
+    insta::assert_snapshot!("elementwise", stages(&g));
+    check_numerics(&g);
+}
+
+/// Batch norms without affine terms and frozen ones fold too; a
+/// convolution whose result is also read elsewhere, or is an output, does
+/// not.
+#[test]
+fn fold_variants_and_refusals() {
+    let g = program(
+        "model m() {
+            input x: f32[N, 4, 5, 5]
+            a = x |> ca: conv2d(6, k = 3) |> na: batch_norm(affine = false, eps = 1e-3)
+            b = x |> cb: conv2d(6, k = 3, bias = false) |> nb: frozen_batch_norm
+            c = x |> cc: conv2d(6, k = 3)
+            output y = a + b + (c |> nc: batch_norm) + c
+            output p = x |> cd: conv2d(6, k = 3)
+            output q = p |> nq: batch_norm
+        }",
+    )
+    .unwrap();
+    let options = CompileOptions {
+        layout: LayoutChoice::Nchw,
+        ..Default::default()
+    };
+    let (after, report) = optimize_with_report(g.clone(), &options, Some("fold_bn")).unwrap();
+    assert_eq!(report.folded, 2, "{}", print_graph(&after));
+    let norms = after
+        .nodes
+        .iter()
+        .filter(|n| n.op.name.contains("batch_norm"))
+        .count();
+    assert_eq!(norms, 2);
+    let params = random_params(&g, 3);
+    let inputs = random_inputs(&g, 5);
+    assert_close(
+        &run(&after, &inputs, &params),
+        &run(&g, &inputs, &params),
+        "fold",
+    );
+}
+
+#[test]
+fn switches_and_stops() {
+    let g = program(CONV_BN_RELU).unwrap();
+    let off = CompileOptions {
+        fuse: false,
+        layout: LayoutChoice::Nchw,
+        ..Default::default()
+    };
+    let same = optimize(g.clone(), &off, None).unwrap();
+    assert_eq!(
+        print_graph(&same),
+        print_graph(&g),
+        "every pass switched off"
+    );
+    let no_fuse = CompileOptions {
+        fuse: false,
+        ..Default::default()
+    };
+    let (laid, report) = optimize_with_report(g.clone(), &no_fuse, None).unwrap();
+    assert_eq!(report.folded, 0);
+    assert_eq!(report.fuse.fused, 0);
+    assert!(laid.nodes.iter().all(|n| n.fused_into.is_none()));
+    assert!(report.layout.nhwc_nodes > 0);
+    let nchw = CompileOptions {
+        layout: LayoutChoice::Nchw,
+        ..Default::default()
+    };
+    let (fused, report) = optimize_with_report(g.clone(), &nchw, None).unwrap();
+    assert_eq!(report.layout.nhwc_nodes, 0);
+    assert!(fused.nodes.iter().all(|n| n.op.attr("layout").is_none()));
+    assert_eq!((report.folded, report.fuse.fused), (2, 2));
+    let full = optimize(g.clone(), &CompileOptions::default(), Some("fuse")).unwrap();
+    assert_eq!(
+        print_graph(&full),
+        print_graph(&optimize(g.clone(), &CompileOptions::default(), None).unwrap())
+    );
+    let err = optimize(g, &CompileOptions::default(), Some("inline"))
+        .err()
+        .unwrap();
+    assert_eq!(
+        err,
+        "unknown pass `inline`; the passes are: fold_bn, layout, fuse"
+    );
+}
+
+/// A follower whose other operand is computed after the head is not fused
+/// into it (the group runs at the head's position); it joins the later
+/// head instead.
+#[test]
+fn followers_never_read_values_computed_after_their_head() {
+    let g = program(
+        "model m() {
+            input x: f32[N, 8]
+            a = x |> fa: linear(8)
+            b = x |> fb: linear(8)
+            output y = relu(a + b)
+        }",
+    )
+    .unwrap();
+    let after = optimize(g, &CompileOptions::default(), None).unwrap();
+    let fb = after.nodes.iter().find(|n| n.path == "fb").unwrap();
+    let add = after.nodes.iter().find(|n| n.op.name == "add").unwrap();
+    assert_eq!(add.fused_into, Some(fb.outputs[0]));
+    let relu = after.nodes.iter().find(|n| n.op.name == "relu").unwrap();
+    assert_eq!(relu.fused_into, Some(fb.outputs[0]));
+}
+
+fn model(file: &str, name: &str) -> Graph {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(file);
+    let (prog, diags) = crate::program::Program::load(&path);
+    assert!(diags.is_empty());
+    crate::elab::elaborate(&prog, prog.model(Some(name)).unwrap(), &[]).unwrap()
+}
+
+/// Inference nodes, and those that run per call as steps of their own
+/// (neither parameter-only nor fused into another node).
+fn inference_nodes(g: &Graph) -> (usize, usize) {
+    let derived = super::rewrite::param_derived(g);
+    let nodes: Vec<_> = g.nodes.iter().filter(|n| !n.train_only).collect();
+    let steps = nodes
+        .iter()
+        .filter(|n| n.fused_into.is_none() && !n.outputs.iter().all(|v| derived.contains(v)))
+        .count();
+    (nodes.len(), steps)
+}
+
+/// DenseNet-121: conv0→norm0 and every dense layer's conv1→norm2 fold
+/// (1 + 58), the whole network runs NHWC from the first convolution to the
+/// global pool, and every norm→relu and conv epilogue fuses.
+#[test]
+fn densenet121_passes() {
+    let g = model("densenet.net", "densenet121");
+    let (after, r) = optimize_with_report(g.clone(), &CompileOptions::default(), None).unwrap();
+    assert_eq!(r.folded, 59);
+    assert_eq!(r.layout.nhwc_chains, 1);
+    let transforms = |op: &str| {
+        after
+            .nodes
+            .iter()
+            .filter(|n| n.op.name == op && n.path.contains("conv") && !n.train_only)
+            .count()
+    };
+    // 120 conv weights: 59 with 3x3 or 7x7 kernels are permuted, for the
+    // 61 1x1 ones a reshape does; plus the image in and the last map out.
+    assert_eq!(transforms("permute"), 59 + 1, "{}", print_graph(&after));
+    assert_eq!(transforms("reshape"), 61);
+    let exit = after
+        .nodes
+        .iter()
+        .filter(|n| n.op.name == "permute" && !n.path.contains("conv"));
+    assert_eq!(exit.count(), 1);
+    assert!(after
+        .nodes
+        .iter()
+        .filter(|n| n.op.name == "conv2d")
+        .all(|n| n.op.attr("layout") == Some(&Attr::Str("nhwc".into()))));
+    eprintln!(
+        "densenet121: (nodes, run-time nodes) {:?} -> {:?}; {r:?}",
+        inference_nodes(&g),
+        inference_nodes(&after)
+    );
+}
+
+/// VGGish: the conv stack runs NHWC and its channels-last flatten permute
+/// cancels against the chain's exit transform.
+#[test]
+fn vggish_passes() {
+    let g = model("vggish.net", "vggish");
+    let (after, r) = optimize_with_report(g.clone(), &CompileOptions::default(), None).unwrap();
+    assert_eq!(r.folded, 0);
+    assert_eq!(r.layout.nhwc_chains, 1);
+    assert_eq!(r.layout.cancelled, 2);
+    let activation_permutes = after
+        .nodes
+        .iter()
+        .filter(|n| n.op.name == "permute" && !g.params.iter().any(|p| p.value == n.inputs[0]))
+        .count();
+    assert_eq!(activation_permutes, 0, "{}", print_graph(&after));
+    eprintln!(
+        "vggish: (nodes, run-time nodes) {:?} -> {:?}; {r:?}",
+        inference_nodes(&g),
+        inference_nodes(&after)
+    );
+}
+
+/// eeg_ccnn: no batch norm to fold; its convolutions decide its layout by
+/// the channel rule.
+#[test]
+fn eeg_ccnn_passes() {
+    let g = model("eeg_ccnn.net", "eeg_ccnn");
+    let (after, r) = optimize_with_report(g.clone(), &CompileOptions::default(), None).unwrap();
+    assert_eq!(r.folded, 0);
+    eprintln!(
+        "eeg_ccnn: (nodes, run-time nodes) {:?} -> {:?}; {r:?}",
+        inference_nodes(&g),
+        inference_nodes(&after)
+    );
+    let params = random_params(&g, 7);
+    let inputs = random_inputs(&g, 11);
+    assert_close(
+        &run(&after, &inputs, &params),
+        &run(&g, &inputs, &params),
+        "eeg_ccnn",
+    );
+}

@@ -390,6 +390,22 @@ pub unsafe fn tile_sgemm_unchecked(
             let kb = KC.min(k - pc);
             for jp in 0..npan {
                 let panel = &mut bp[jp * kb * nr..(jp + 1) * kb * nr];
+                let j0 = jc + jp * nr;
+                if sb.col == 1 && jp * nr + nr <= nb {
+                    // A full panel of contiguous rows: copy nr at a time.
+                    for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
+                        // SAFETY: row pc+p, columns j0..j0+nr ≤ n of B.
+                        let src = unsafe {
+                            std::slice::from_raw_parts(b.add((pc + p) * sb.row + j0), nr)
+                        };
+                        // (An element loop: LLVM vectorizes it; a short
+                        // `copy_from_slice` becomes a memmove call.)
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v;
+                        }
+                    }
+                    continue;
+                }
                 for p in 0..kb {
                     for jj in 0..nr {
                         let j = jp * nr + jj;
@@ -402,6 +418,19 @@ pub unsafe fn tile_sgemm_unchecked(
                 let mpan = mb.div_ceil(mr);
                 for ip in 0..mpan {
                     let panel = &mut ap[ip * kb * mr..(ip + 1) * kb * mr];
+                    if sa.col == 1 && ip * mr + mr <= mb {
+                        // A full panel of contiguous rows: read along k.
+                        for ii in 0..mr {
+                            let i = ic + ip * mr + ii;
+                            // SAFETY: row i < m, columns pc..pc+kb ≤ k of A.
+                            let src =
+                                unsafe { std::slice::from_raw_parts(a.add(i * sa.row + pc), kb) };
+                            for (p, &v) in src.iter().enumerate() {
+                                panel[p * mr + ii] = alpha * v;
+                            }
+                        }
+                        continue;
+                    }
                     for p in 0..kb {
                         for ii in 0..mr {
                             let i = ip * mr + ii;
@@ -470,9 +499,10 @@ pub unsafe fn tile_sgemm_unchecked(
     }
 }
 
-/// How a product is split over `parts` threads: by blocks of columns (a
-/// multiple of `nr`) when `n` is wide enough, else by blocks of rows (a
-/// multiple of `mr`). Returns the `(rows, cols)` ranges of part `t`.
+/// How a product is split over `parts` threads: along its longer side, by
+/// blocks of rows (a multiple of `mr`) or of columns (a multiple of `nr`),
+/// so each part packs only its share of the larger operand. Returns the
+/// `(rows, cols)` ranges of part `t`.
 pub fn split_product(
     m: usize,
     n: usize,
@@ -486,10 +516,10 @@ pub fn split_product(
         let (lo, hi) = (units * t / parts, units * (t + 1) / parts);
         (lo * unit).min(len)..(hi * unit).min(len)
     };
-    if n.div_ceil(nr) >= parts || n >= m {
-        (0..m, cut(n, nr))
-    } else {
+    if m >= n {
         (cut(m, mr), 0..n)
+    } else {
+        (0..m, cut(n, nr))
     }
 }
 

@@ -8,6 +8,11 @@
 //! `extern "C" fn(start: i64, end: i64, inputs: *const *const f32, out: *mut f32)`:
 //! `inputs` points to the base pointers of its input buffers, indices are
 //! absolute, and `[start, end)` is the range of work units to compute.
+//!
+//! Contractions (convolutions, linear, matmul) are [`Work::Contraction`]
+//! steps: per item, a packing kernel, GEMMs (the native one or a
+//! JIT-compiled tile) and an epilogue kernel, with the parallelism chosen
+//! here from the item count and the pool size.
 
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
@@ -36,7 +41,7 @@ pub enum Buf {
 }
 
 /// What a step computes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Work {
     /// A generated kernel over the work range `[0, units)`, split over
     /// threads in pieces of at least `grain` units.
@@ -48,26 +53,9 @@ pub enum Work {
         /// The fewest units worth giving one thread.
         grain: usize,
     },
-    /// `C[m×n] = A[m×k]·B[k×n]` with the runtime GEMM: A is input 0, B is
-    /// input 1 (each read through its strides), C the output (row-major,
-    /// leading dimension `ldc`). The GEMM splits itself over the pool.
-    Gemm {
-        /// Rows of A and C.
-        m: usize,
-        /// Columns of B and C.
-        n: usize,
-        /// The contracted size.
-        k: usize,
-        /// Strides of A.
-        sa: Strides,
-        /// Strides of B.
-        sb: Strides,
-        /// Leading dimension of C.
-        ldc: usize,
-    },
     /// A batch of GEMMs with an optional packing kernel before and an
     /// optional epilogue kernel after each item (see [`Contraction`]).
-    Contraction(Contraction),
+    Contraction(Box<Contraction>),
 }
 
 /// Where one GEMM operand of a [`Contraction`] lives: element
@@ -262,39 +250,6 @@ struct Shared(*const *const f32, *mut f32);
 unsafe impl Send for Shared {}
 // SAFETY: as above; concurrent kernel calls never write the same element.
 unsafe impl Sync for Shared {}
-
-/// The A, B and C pointers of a GEMM step, moved onto the pool.
-#[derive(Clone, Copy)]
-struct GemmOperands(*const f32, *const f32, *mut f32);
-
-// SAFETY: the GEMM reads A and B and writes C, which no other step touches
-// while it runs; the buffers outlive the `run` call.
-unsafe impl Send for GemmOperands {}
-
-impl GemmOperands {
-    /// `C = A·B`.
-    ///
-    /// # Safety
-    /// As [`sgemm_unchecked`] for these sizes and strides.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn multiply(
-        self,
-        m: usize,
-        n: usize,
-        k: usize,
-        sa: Strides,
-        sb: Strides,
-        ldc: usize,
-        threads: usize,
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            sgemm_unchecked(
-                m, n, k, 1.0, self.0, sa, self.1, sb, 0.0, self.2, ldc, threads,
-            )
-        }
-    }
-}
 
 impl Contraction {
     /// Checks that every operand stays inside the extent the step declares
@@ -498,14 +453,9 @@ impl Contracting<'_> {
                 }
             }
             Gemm::Tile(tile) => {
-                let parts = Contracting {
-                    out,
-                    slots: std::ptr::null(),
-                    ..self
-                };
-                let (a, b) = (a as usize, b as usize);
+                // Addresses cross to the pool's threads as integers.
+                let (a, b, out, work) = (a as usize, b as usize, out as usize, self.work as usize);
                 (0..threads).into_par_iter().for_each(move |t| {
-                    let p = parts;
                     let (rows, cols) = split_product(c.m, c.n, tile.mr, tile.nr, threads, t);
                     if rows.is_empty() || cols.is_empty() {
                         return;
@@ -513,7 +463,7 @@ impl Contracting<'_> {
                     // SAFETY: part t of the product: disjoint rows/columns
                     // of C, and `work[t]` is this task's alone.
                     unsafe {
-                        let w = &mut *p.work.add(t);
+                        let w = &mut *(work as *mut TileWork).add(t);
                         tile_sgemm_unchecked(
                             &tile,
                             rows.len(),
@@ -525,7 +475,7 @@ impl Contracting<'_> {
                             (b as *const f32).add(cols.start * sb.col),
                             sb,
                             0.0,
-                            p.out.add(rows.start * c.ldc + cols.start),
+                            (out as *mut f32).add(rows.start * c.ldc + cols.start),
                             c.ldc,
                             w,
                         )
@@ -721,24 +671,6 @@ impl Executor {
                     units,
                     grain,
                 } => (kernel, units, grain),
-                Work::Gemm {
-                    m,
-                    n,
-                    k,
-                    sa,
-                    sb,
-                    ldc,
-                } => {
-                    let operands = GemmOperands(slots[0], slots[1], out);
-                    let threads = self.pool.current_num_threads();
-                    // SAFETY: `check` verified that A, B and C cover the
-                    // extents the plan builder computed from these sizes and
-                    // strides; the plan never lets C alias A or B.
-                    self.pool.install(move || unsafe {
-                        operands.multiply(m, n, k, sa, sb, ldc, threads)
-                    });
-                    continue;
-                }
                 Work::Contraction(ref c) => {
                     let at = Contracting {
                         c,
@@ -932,42 +864,69 @@ mod tests {
         }
     }
 
+    /// A batch of two 2x3x4 products through a contraction step (A shared,
+    /// B per item), on the native GEMM; and a step whose B would reach past
+    /// its declared extent is rejected when the executor is built.
     #[test]
-    fn gemm_steps_multiply_through_strides() {
-        // y[2x3] = x[2x4] · w[3x4]^T, w read transposed through strides.
-        let plan = Plan {
+    fn contraction_steps_run_items_and_are_validated() {
+        let (m, n, k, items) = (2, 3, 4, 2);
+        let op = |input, item_stride, strides| Operand {
+            input,
+            packed: false,
+            offset: 0,
+            item_stride,
+            group_stride: 0,
+            strides,
+        };
+        let step = |b_extent| Step {
+            work: Work::Contraction(Box::new(Contraction {
+                items,
+                groups: 1,
+                m,
+                n,
+                k,
+                a: op(0, 0, Strides::row_major(k)),
+                b: op(1, k * n, Strides::row_major(n)),
+                c_item: m * n,
+                c_group: 0,
+                ldc: n,
+                pack: None,
+                epilogue: None,
+                gemm: Gemm::Native,
+            })),
+            inputs: vec![Buf::Param(0), Buf::Input(0)],
+            output: Buf::Output(0),
+            extents: vec![m * k, b_extent, items * m * n],
+        };
+        let plan = |b_extent| Plan {
             arena_len: 0,
             prepare: Vec::new(),
             constants: Vec::new(),
-            steps: vec![Step {
-                work: Work::Gemm {
-                    m: 2,
-                    n: 3,
-                    k: 4,
-                    sa: Strides::row_major(4),
-                    sb: Strides::transposed(4),
-                    ldc: 3,
-                },
-                inputs: vec![Buf::Input(0), Buf::Param(0)],
-                output: Buf::Output(0),
-                extents: vec![8, 12, 6],
-            }],
+            steps: vec![step(b_extent)],
         };
-        let x: Vec<f32> = (0..8).map(|v| v as f32).collect();
-        let w: Vec<f32> = (0..12).map(|v| (v % 5) as f32 - 2.0).collect();
-        let mut y = vec![0.0f32; 6];
+        let a: Vec<f32> = (0..m * k).map(|v| v as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..items * k * n).map(|v| (v % 7) as f32).collect();
         for threads in [1, 2] {
-            Executor::new(plan.clone(), threads)
+            let mut y = vec![0.0f32; items * m * n];
+            Executor::new(plan(items * k * n), threads)
                 .unwrap()
-                .run(&[&x], &[&w], &mut [&mut y])
+                .run(&[&b], &[&a], &mut [&mut y])
                 .unwrap();
-            for i in 0..2 {
-                for j in 0..3 {
-                    let want: f32 = (0..4).map(|p| x[i * 4 + p] * w[j * 4 + p]).sum();
-                    assert_eq!(y[i * 3 + j], want);
+            for it in 0..items {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k)
+                            .map(|p| a[i * k + p] * b[it * k * n + p * n + j])
+                            .sum();
+                        assert_eq!(y[it * m * n + i * n + j], want);
+                    }
                 }
             }
         }
+        assert!(matches!(
+            Executor::new(plan(items * k * n - 1), 1),
+            Err(PlanError::Contraction { what: "B", .. })
+        ));
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
     };
     extents.push(out_len);
     cx.push(Step {
-        work: Work::Contraction(Contraction {
+        work: Work::Contraction(Box::new(Contraction {
             items: spec.items,
             groups: spec.groups,
             m: spec.m,
@@ -235,7 +235,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
             pack,
             epilogue,
             gemm,
-        }),
+        })),
         inputs,
         output: out,
         extents,

@@ -14,7 +14,7 @@
 //! Each op family lowers in its own module through [`LowerCx`]; a module's
 //! `try_lower` returns `None` for ops it does not own:
 //! - [`pointwise`]: elementwise nodes and fused elementwise chains;
-//! - [`contract`]: linear (and the other contractions as they land).
+//! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue).
 
 pub mod contract;
 pub mod pointwise;

@@ -1,5 +1,11 @@
 //! End-to-end tests of the `netc` binary: exit codes and what it prints.
+//! Numbers are checked against PyTorch fixtures or the f64 reference
+//! interpreter (`netc::interp`), itself checked against PyTorch.
 
+use netc::interp::{self, Array};
+use netc_runtime::{Initializer, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn netc(args: &[&str]) -> (bool, String, String) {
@@ -13,6 +19,86 @@ fn netc(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A fresh temporary directory for one test.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netc-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A repository path.
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// Writes a little-endian f32 `.npy` file (format 1.0), as NumPy does.
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let shape_text = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Magic, version, header length, header padded with spaces and a
+    // newline so that the data starts at a multiple of 64 bytes.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The outputs of `model` in `file` by the reference interpreter, with the
+/// parameters `netc run --seed SEED` initialises.
+fn reference(file: &str, x: &Array, seed: u64) -> Vec<(String, Array)> {
+    let (program, diags) = netc::program::Program::load(&repo(file));
+    assert!(diags.is_empty());
+    let g = netc::elab::elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
+    let mut init = Initializer::new(seed);
+    let params: HashMap<String, Array> = g
+        .params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            let t = init.tensor(p.ty.dtype, &shape, &p.init);
+            let data = t.as_f32().unwrap().iter().map(|&v| f64::from(v)).collect();
+            (p.path.clone(), Array::new(&shape, data))
+        })
+        .collect();
+    interp::run(&g, &[("x", x.clone())], &params).unwrap()
+}
+
+/// Asserts `got` equals the f64 reference `want` to a relative L2 error of 1e-5.
+fn assert_close(got: &Tensor, want: &Array) {
+    assert_eq!(got.shape(), want.shape.as_slice());
+    let got = got.as_f32().unwrap();
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for (&a, &e) in got.iter().zip(&want.data) {
+        err += (f64::from(a) - e).powi(2);
+        norm += e * e;
+    }
+    let rel = (err / norm.max(1e-30)).sqrt();
+    assert!(rel <= 1e-5, "relative L2 error {rel:e}");
+}
+
+/// A deterministic EEG batch `[n, 4, 9, 9]`.
+fn eeg_batch(n: usize) -> Vec<f32> {
+    (0..n * 324)
+        .map(|i| ((i as f32) * 0.137).sin() * 2.0)
+        .collect()
 }
 
 #[test]
@@ -87,31 +173,6 @@ fn syntax_errors_exit_nonzero_with_location() {
 }
 
 #[test]
-fn compile_emits_clif_of_elementwise_kernels() {
-    let (ok, out, err) = netc(&[
-        "compile",
-        "models/vggish.net",
-        "--model",
-        "vggish_postprocess",
-        "--emit",
-        "clif",
-    ]);
-    assert!(ok, "{err}");
-    assert!(
-        out.contains("; model vggish_postprocess: 2 elementwise kernels"),
-        "{out}"
-    );
-    assert!(out.contains("; kernel ew.f32(Full;flat) clamp("), "{out}");
-    assert!(out.contains("load.f32x4"), "{out}");
-    assert!(
-        out.contains("nodes not covered by the back end yet"),
-        "{out}"
-    );
-    let (ok, _, err) = netc(&["compile", "models/vggish.net", "--emit", "clif"]);
-    assert!(!ok && err.contains("choose one with --model"), "{err}");
-}
-
-#[test]
 fn run_reproduces_pytorch_on_the_svm() {
     let out = std::env::temp_dir().join(format!("netc-run-{}.safetensors", std::process::id()));
     let (ok, _, err) = netc(&[
@@ -171,4 +232,236 @@ fn run_names_unknown_inputs_and_unsupported_ops() {
     ]);
     // Convolutions are lowered now: the CNN runs on the same input shape.
     assert!(ok, "{err}");
+}
+
+#[test]
+fn run_reads_npy_writes_every_output_and_matches_the_interpreter() {
+    let dir = temp_dir("npy");
+    let x = eeg_batch(3);
+    let input = dir.join("x.npy");
+    write_npy(&input, &[3, 4, 9, 9], &x);
+    let want = reference(
+        "models/eeg_mlp.net",
+        &Array::new(&[3, 4, 9, 9], x.iter().map(|&v| f64::from(v)).collect()),
+        7,
+    );
+    for gemm in ["native", "cranelift"] {
+        for extra in [&[][..], &["--no-fuse", "--layout", "nchw"][..]] {
+            let out = dir.join(format!("out-{gemm}-{}.safetensors", extra.len()));
+            let input_arg = format!("x={}", input.display());
+            let mut args = vec![
+                "run",
+                "models/eeg_mlp.net",
+                "--seed",
+                "7",
+                "--input",
+                &input_arg,
+                "--output",
+                out.to_str().unwrap(),
+                "--threads",
+                "2",
+                "--gemm",
+                gemm,
+            ];
+            args.extend_from_slice(extra);
+            let (ok, stdout, err) = netc(&args);
+            assert!(ok, "{args:?}: {err}");
+            assert!(stdout.is_empty(), "{stdout}");
+            let got = netc_runtime::weights::read_safetensors(&out).unwrap();
+            assert_eq!(got.len(), want.len());
+            for ((name, t), (wname, w)) in got.iter().zip(&want) {
+                assert_eq!(name, wname);
+                assert_close(t, w);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_without_output_prints_shape_and_first_values() {
+    let dir = temp_dir("print");
+    let x = eeg_batch(2);
+    let input = dir.join("batch.safetensors");
+    let t = Tensor::from_f32(&[2, 4, 9, 9], x.clone()).unwrap();
+    // The only tensor of a file is taken whatever its name.
+    netc_runtime::weights::write_safetensors_atomic(&input, &[("eeg", &t)], None).unwrap();
+    let (ok, out, err) = netc(&[
+        "run",
+        "models/eeg_svm.net",
+        "--input",
+        &format!("x={}", input.display()),
+    ]);
+    assert!(ok, "{err}");
+    let want = reference(
+        "models/eeg_svm.net",
+        &Array::new(&[2, 4, 9, 9], x.iter().map(|&v| f64::from(v)).collect()),
+        0,
+    );
+    let line = out.trim();
+    let values = line
+        .strip_prefix("scores: f32[2, 2] [")
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{out}"));
+    let values: Vec<f64> = values.split(", ").map(|v| v.parse().unwrap()).collect();
+    assert_eq!(values.len(), 4, "{out}");
+    for (a, e) in values.iter().zip(&want[0].1.data) {
+        // Printed with 6 decimals.
+        assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{a} vs {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_names_the_input_and_both_shapes_when_they_differ() {
+    let dir = temp_dir("shape");
+    let input = dir.join("x.npy");
+    write_npy(&input, &[2, 4, 9, 8], &vec![0.5; 2 * 4 * 72]);
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_mlp.net",
+        "--input",
+        &format!("x={}", input.display()),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("input `x` has shape [2, 4, 9, 8], expected f32[N, 4, 9, 9]"),
+        "{err}"
+    );
+    // A file of several tensors, none called like the input.
+    let two = dir.join("two.safetensors");
+    let t = Tensor::from_f32(&[1, 4, 9, 9], vec![0.0; 324]).unwrap();
+    netc_runtime::weights::write_safetensors_atomic(&two, &[("a", &t), ("b", &t)], None).unwrap();
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_mlp.net",
+        "--input",
+        &format!("x={}", two.display()),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("input `x`: ") && err.contains("has no tensor `x`"),
+        "{err}"
+    );
+    assert!(err.contains("(it holds: a, b)"), "{err}");
+    // Sizes come from the inputs; zero threads is refused.
+    let input_arg = format!("x={}", input.display());
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_mlp.net",
+        "--input",
+        &input_arg,
+        "--set",
+        "N=3",
+    ]);
+    assert!(
+        !ok && err.contains("takes sizes from the input shapes"),
+        "{err}"
+    );
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_mlp.net",
+        "--input",
+        &input_arg,
+        "--threads",
+        "0",
+    ]);
+    assert!(!ok && err.contains("at least 1 thread"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn compile_emits_the_clif_of_each_distinct_kernel_of_the_plan() {
+    let (ok, out, err) = netc(&[
+        "compile",
+        "models/eeg_mlp.net",
+        "--set",
+        "N=4",
+        "--emit",
+        "clif",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("; model eeg_mlp (N=4): "), "{out}");
+    assert!(out.contains("distinct kernels\n; plan: "), "{out}");
+    // The bias of fc1 is an epilogue kernel over rows of 512 columns.
+    assert!(
+        out.contains("; kernel ew.f32(Full,PerColumn;rows c=1 inner=512) Add(in1)"),
+        "{out}"
+    );
+    assert!(out.contains("; used by fc1 (linear)"), "{out}");
+    assert!(out.contains("; used by logits (output)"), "{out}");
+    assert!(out.contains("function u0:0(i64, i64, i64, i64)"), "{out}");
+    assert!(out.contains("load.f32x4"), "{out}");
+    // Each key once.
+    let keys: Vec<&str> = out.lines().filter(|l| l.starts_with("; kernel ")).collect();
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(keys.len(), unique.len(), "{out}");
+    let (ok, _, err) = netc(&["compile", "models/vggish.net", "--emit", "clif"]);
+    assert!(!ok && err.contains("choose one with --model"), "{err}");
+    let (ok, _, err) = netc(&[
+        "compile",
+        "models/eeg_mlp.net",
+        "--set",
+        "M=2",
+        "--emit",
+        "clif",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("has no parameter or size `M`; its sizes: N"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compile_emits_the_machine_code_of_the_same_kernels() {
+    let args = |emit| {
+        [
+            "compile",
+            "models/eeg_mlp.net",
+            "--emit",
+            emit,
+            "--gemm",
+            "native",
+        ]
+    };
+    let (ok, asm, err) = netc(&args("asm"));
+    assert!(ok, "{err}");
+    let (ok, clif, err) = netc(&args("clif"));
+    assert!(ok, "{err}");
+    let headers = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(';'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(headers(&asm), headers(&clif), "{asm}");
+    // The fusion pass puts each ReLU into its linear layer's bias epilogue.
+    assert!(
+        asm.contains("; kernel ew.f32(Full,PerColumn;rows c=1 inner=512) Add(in1) Relu\n"),
+        "{asm}"
+    );
+    // x64 instructions, no CLIF.
+    assert!(asm.contains("retq") && asm.contains("vmovups"), "{asm}");
+    assert!(!asm.contains("load.f32x4"), "{asm}");
+}
+
+#[test]
+fn compile_emits_ir_and_names_the_known_passes_for_an_unknown_one() {
+    let (ok, out, err) = netc(&["compile", "models/eeg_svm.net", "--emit", "ir"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("linear"), "{out}");
+    let (ok, _, err) = netc(&["compile", "models/eeg_svm.net", "--emit", "ir-after=bogus"]);
+    assert!(!ok);
+    assert!(
+        err.contains("unknown pass `bogus`; the passes are:"),
+        "{err}"
+    );
+    let (ok, _, err) = netc(&["compile", "models/eeg_svm.net", "--emit", "llvm"]);
+    assert!(
+        !ok && err.contains("expected ir, ir-after=PASS, clif or asm"),
+        "{err}"
+    );
 }

@@ -4,32 +4,43 @@
 //! executes the plan over the same arena.
 //!
 //! ```no_run
-//! use netc::program::Program;
-//! use netc::session::CompiledModel;
+//! use netc::options::CompileOptions;
+//! use netc::session::{load_model, CompiledModel};
 //! use netc_runtime::Tensor;
-//! let (program, _) = Program::load(std::path::Path::new("models/eeg_svm.net"));
-//! let graph = netc::elab::elaborate(&program, program.model(None).unwrap(), &[]).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let graph = load_model(std::path::Path::new("models/eeg_svm.net"), None, &[])?;
 //! let x = Tensor::from_f32(&[8, 4, 9, 9], vec![0.0; 8 * 324]).unwrap();
-//! let options = netc::options::CompileOptions { threads: 2, ..Default::default() };
-//! let mut model = CompiledModel::new(graph, &[("x", x.shape())], options).unwrap();
-//! model.init_weights(0).unwrap();
-//! let outputs = model.run(&[("x", &x)]).unwrap();
+//! let options = CompileOptions { threads: 2, ..Default::default() };
+//! let mut model = CompiledModel::new(graph, &[("x", x.shape())], options)?;
+//! model.init_weights(0)?;
+//! let outputs = model.run(&[("x", &x)])?;
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! `compiler/examples/run_model.rs` is a complete program.
 
 use crate::back::jit::Jit;
 use crate::back::lower::{lower, Lowered};
 use crate::back::BackError;
+use crate::diag::render_all;
+use crate::elab::{elaborate, Value};
 use crate::ir::{Graph, SymId, ValueId};
 use crate::options::CompileOptions;
+use crate::program::Program;
 use netc_runtime::plan::{Executor, PlanError};
 use netc_runtime::weights::{load_checked, TensorSpec, WeightError};
 use netc_runtime::{DType, Initializer, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Why a model cannot be compiled or run.
+/// Why a model cannot be loaded, compiled or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The model file does not parse or elaborate: the rendered
+    /// diagnostics (file, line, column, message), or why no model fits.
+    #[error("{0}")]
+    Source(String),
     /// Inputs do not fit the model's input types.
     #[error("{0}")]
     Inputs(String),
@@ -212,6 +223,26 @@ impl CompiledModel {
         }
         Ok(result)
     }
+}
+
+/// Parses the `.net` file at `path` (and the files it imports), picks
+/// `model` (`None`: the file's only model) and elaborates it with the
+/// compile-time arguments `args` (`("classes", Value::Int(10))`).
+///
+/// Errors carry rendered diagnostics, ready to print.
+pub fn load_model(
+    path: &Path,
+    model: Option<&str>,
+    args: &[(String, Value)],
+) -> Result<Graph, RunError> {
+    let (program, diags) = Program::load(path);
+    if !diags.is_empty() {
+        return Err(RunError::Source(render_all(&diags, &program.sources)));
+    }
+    let m = program
+        .model(model)
+        .map_err(|e| RunError::Source(format!("{}: {e}", path.display())))?;
+    elaborate(&program, m, args).map_err(|d| RunError::Source(render_all(&d, &program.sources)))
 }
 
 fn known_shape(dims: &[i64]) -> Vec<usize> {

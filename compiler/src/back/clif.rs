@@ -1,25 +1,25 @@
-//! `netc compile --emit clif`: the elementwise kernels a graph needs,
-//! described as [`Chain`]s, deduplicated by kernel key and printed as CLIF.
+//! Elementwise graph nodes as kernel [`Chain`]s, and `netc compile --emit
+//! clif|asm`: the kernels a lowered plan needs, each printed once.
 //!
-//! This first slice maps single f32 elementwise nodes only (no fusion yet):
-//! `relu neg abs square sqrt clamp leaky_relu` and
-//! `add sub mul div maximum minimum` whose second operand has the output's
-//! shape, is a scalar (a compile-time number becomes a constant), or is a
-//! per-channel (`[C, 1, .., 1]`) or trailing (`[.., W]`) broadcast. Other
-//! nodes are counted as not yet covered.
+//! [`node_kernel`] maps single f32 elementwise nodes:
+//! `relu neg abs square sqrt clamp leaky_relu exp log tanh sigmoid silu gelu`
+//! and `add sub mul div maximum minimum` whose second operand has the
+//! output's shape, is a scalar (a compile-time number becomes a constant),
+//! or is a per-channel (`[C, 1, .., 1]`) or trailing (`[.., W]`) broadcast.
+//!
+//! [`emit_kernels`] lowers the whole graph with a logging [`Jit`] and prints
+//! what it compiled, so the listing is exactly the plan's kernels (fused
+//! groups, epilogues, GEMM tiles, output copies), not a per-node guess.
 
 use super::elementwise::{Bcast, Binary, Chain, Domain, Operand, Step, Unary};
 use super::jit::Jit;
-use super::reduce::{emit_clif_rows as node_rows_clif, node_row_kernel};
+use super::lower::lower;
 use super::BackError;
 use crate::ir::{Attr, Dim, Graph, Node, ValueDef, ValueId};
+use crate::options::CompileOptions;
+use netc_runtime::plan::{Step as PlanStep, Work};
 use netc_runtime::DType;
 use std::fmt::Write as _;
-
-/// The kernel chain for one graph node, if this back end supports it.
-pub fn node_chain(g: &Graph, node: &Node) -> Option<Chain> {
-    node_kernel(g, node).map(|(chain, _)| chain)
-}
 
 /// The kernel chain for one graph node and the values its kernel inputs
 /// read, in kernel-input order.
@@ -171,62 +171,65 @@ pub(crate) fn classify(g: &Graph, y: ValueId, out: &[Dim]) -> Option<(Option<f32
     }
 }
 
-/// The `--emit clif` text for a graph: each distinct elementwise kernel
-/// once, headed by the nodes that use it, then a count of the nodes this
-/// back end does not cover yet.
-pub fn emit_clif(g: &Graph) -> Result<String, BackError> {
+/// What `netc compile --emit` prints of each kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// The Cranelift IR as built.
+    Clif,
+    /// The machine code (Cranelift's x64 vcode text, AT&T syntax).
+    Asm,
+}
+
+/// The `--emit clif|asm` text for a graph: lowers `g` for the symbol values
+/// `symbols` with `options` (as a run would, after the pass pipeline) and
+/// prints every distinct kernel the plan needs once, headed by its key,
+/// its code size and the layers that use it.
+pub fn emit_kernels(
+    g: &Graph,
+    symbols: &[(String, i64)],
+    options: CompileOptions,
+    listing: Listing,
+) -> Result<String, BackError> {
     let mut jit = Jit::new()?;
-    let mut kernels: Vec<(Chain, String, Vec<String>)> = Vec::new();
-    let mut uncovered: Vec<&str> = Vec::new();
-    for node in &g.nodes {
-        let Some(chain) = node_chain(g, node) else {
-            (node_row_kernel(g, node).is_none()).then(|| uncovered.push(node.op.name));
-            continue;
-        };
-        let key = super::jit::KernelSource::key(&chain);
-        let who = format!(
-            "{} ({})",
-            if node.path.is_empty() {
-                "-"
-            } else {
-                &node.path
-            },
-            node.op.name
-        );
-        match kernels.iter_mut().find(|k| k.1 == key) {
-            Some(k) => k.2.push(who),
-            None => kernels.push((chain, key, vec![who])),
-        }
-    }
+    jit.enable_log();
+    let lowered = lower(g, symbols, options, &mut jit)?;
+    let plan = &lowered.plan;
+    let calls = |steps: &[PlanStep]| {
+        steps
+            .iter()
+            .filter(|s| matches!(s.work, Work::Kernel { .. }))
+            .count()
+    };
+    let sizes: Vec<String> = symbols.iter().map(|(n, v)| format!("{n}={v}")).collect();
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "; model {}: {} elementwise kernels",
+        "; model {}{}: {} distinct kernels",
         g.name,
-        kernels.len()
+        if sizes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", sizes.join(", "))
+        },
+        jit.log().len()
     );
-    for (chain, key, users) in &kernels {
-        let _ = writeln!(s, "\n; kernel {key}");
-        let _ = writeln!(s, "; used by {}", users.join(", "));
-        s.push_str(&jit.clif(chain)?);
-    }
-    s.push_str(&node_rows_clif(g, &mut jit)?);
-    uncovered.sort_unstable();
-    uncovered.dedup();
-    let n_uncovered = g
-        .nodes
-        .iter()
-        .filter(|n| node_chain(g, n).is_none() && node_row_kernel(g, n).is_none())
-        .count();
     let _ = writeln!(
         s,
-        "\n; {n_uncovered} nodes not covered by the back end yet: {}",
-        if uncovered.is_empty() {
-            "(none)".to_string()
-        } else {
-            uncovered.join(" ")
-        }
+        "; plan: {} steps ({} kernel calls), {} prepare steps ({} kernel calls)",
+        plan.steps.len(),
+        calls(&plan.steps),
+        plan.prepare.len(),
+        calls(&plan.prepare)
     );
+    for r in jit.log() {
+        let _ = writeln!(s, "\n; kernel {}", r.key);
+        let _ = writeln!(s, "; {} bytes of machine code", r.code_size);
+        let _ = writeln!(s, "; used by {}", r.users.join(", "));
+        match listing {
+            Listing::Clif => s.push_str(&r.clif),
+            Listing::Asm => s.push_str(&r.asm),
+        }
+    }
     Ok(s)
 }
 
@@ -250,7 +253,11 @@ mod tests {
             "model m {\n input x: f32[N, 4, 3, 3]\n input b: f32[4, 1, 1]\n input w: f32[3]\n\
              y = relu(x + b) * 0.5\n z = 2.0 - y\n output o = leaky_relu(maximum(z, w), negative_slope = 0.2)\n}\n",
         );
-        let chains: Vec<Option<Chain>> = g.nodes.iter().map(|n| node_chain(&g, n)).collect();
+        let chains: Vec<Option<Chain>> = g
+            .nodes
+            .iter()
+            .map(|n| node_kernel(&g, n).map(|(chain, _)| chain))
+            .collect();
         let c: Vec<&Chain> = chains.iter().flatten().collect();
         assert_eq!(
             c.len(),
@@ -292,8 +299,35 @@ mod tests {
                 rhs: Operand::Const(2.0),
                 swap: true
             }]));
-        let text = emit_clif(&g).unwrap();
-        assert!(text.contains("; model m: 6 elementwise kernels"), "{text}");
-        assert!(text.contains("0 nodes not covered"), "{text}");
+    }
+
+    /// The listing is what lowering compiled: one entry per distinct
+    /// kernel, with every layer that uses it, and the output copy.
+    #[test]
+    fn lists_each_compiled_kernel_once_with_its_users() {
+        let g = graph(
+            "model m {\n input x: f32[N, 8]\n a = x |> r1: relu\n\
+             b = (a * 2.0) |> r2: relu\n output y = b + a\n}\n",
+        );
+        let symbols = [("N".to_string(), 3)];
+        let text = emit_kernels(&g, &symbols, CompileOptions::default(), Listing::Clif).unwrap();
+        // relu, mul by 2, add, and the identity copy to the output.
+        assert!(
+            text.starts_with("; model m (N=3): 4 distinct kernels"),
+            "{text}"
+        );
+        assert!(text.contains("; plan: 5 steps (5 kernel calls)"), "{text}");
+        assert_eq!(
+            text.matches("; kernel ew.f32(Full;flat) Relu").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("; used by r1 (relu), r2 (relu)\n"), "{text}");
+        assert!(text.contains("; used by y (output)\n"), "{text}");
+        assert!(text.contains("load.f32x4"), "{text}");
+        let asm = emit_kernels(&g, &symbols, CompileOptions::default(), Listing::Asm).unwrap();
+        assert_eq!(asm.matches("; kernel ").count(), 4, "{asm}");
+        assert!(asm.contains("ret"), "{asm}");
+        assert!(!asm.contains("load.f32x4"), "{asm}");
     }
 }

@@ -79,6 +79,24 @@ pub struct JitStats {
     pub compile_time: Duration,
 }
 
+/// One compiled function as `netc compile --emit clif|asm` shows it;
+/// recorded only when the JIT's log is on ([`Jit::enable_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRecord {
+    /// The cache key.
+    pub key: String,
+    /// The CLIF text as built, before Cranelift lowers it.
+    pub clif: String,
+    /// The machine code as Cranelift's vcode text (x64 instructions in
+    /// AT&T syntax, before emission).
+    pub asm: String,
+    /// The size of the machine code in bytes.
+    pub code_size: u32,
+    /// The labels ([`Jit::set_requester`]) that asked for this kernel, in
+    /// first-request order, each once.
+    pub users: Vec<String>,
+}
+
 /// The JIT compiler and its kernel cache.
 ///
 /// Compiled code lives as long as the `Jit`; the function pointers handed
@@ -89,6 +107,10 @@ pub struct Jit {
     by_key: HashMap<String, KernelId>,
     kernels: Vec<Compiled>,
     stats: JitStats,
+    /// Every compiled function with its users, when logging.
+    log: Option<Vec<KernelRecord>>,
+    /// Who requests kernels now (a layer path and op), when logging.
+    requester: String,
 }
 
 impl Jit {
@@ -119,7 +141,45 @@ impl Jit {
             by_key: HashMap::new(),
             kernels: Vec::new(),
             stats: JitStats::default(),
+            log: None,
+            requester: String::new(),
         })
+    }
+
+    /// Starts recording every function compiled from now on, with its CLIF
+    /// text, machine code text and requesters ([`Jit::log`]). Costs a
+    /// disassembly per compile; meant for `--emit clif|asm`.
+    pub fn enable_log(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    /// Names who requests the next kernels (a layer path and its op), for
+    /// the log's `users`; does nothing unless logging.
+    pub fn set_requester(&mut self, path: &str, op: &str) {
+        if self.log.is_some() {
+            let path = if path.is_empty() { "-" } else { path };
+            self.requester = format!("{path} ({op})");
+        }
+    }
+
+    /// The functions compiled since [`Jit::enable_log`], in compile order
+    /// (empty when not logging).
+    pub fn log(&self) -> &[KernelRecord] {
+        self.log.as_deref().unwrap_or(&[])
+    }
+
+    /// Adds the current requester to the users of the logged kernel `key`.
+    fn note_use(&mut self, key: &str) {
+        let who = &self.requester;
+        if let Some(r) = self
+            .log
+            .as_mut()
+            .and_then(|log| log.iter_mut().find(|r| r.key == key))
+        {
+            if !who.is_empty() && !r.users.contains(who) {
+                r.users.push(who.clone());
+            }
+        }
     }
 
     /// Returns the kernel for `src`, compiling it only if no kernel with the
@@ -128,15 +188,35 @@ impl Jit {
         let key = src.key();
         if let Some(&id) = self.by_key.get(&key) {
             self.stats.cache_hits += 1;
+            self.note_use(&key);
             return Ok(id);
         }
         let t0 = Instant::now();
         let mut ctx = self.module.make_context();
-        let id = self.define(&mut ctx, src)?;
+        self.fill(&mut ctx, src)?;
+        let clif = self.log.is_some().then(|| {
+            ctx.set_disasm(true);
+            ctx.func.display().to_string()
+        });
+        let id = self.compile_filled(&mut ctx, src)?;
         let code_size = ctx
             .compiled_code()
             .map(|c| c.code_info().total_size)
             .unwrap_or(0);
+        if let (Some(log), Some(clif)) = (self.log.as_mut(), clif) {
+            let asm = ctx
+                .compiled_code()
+                .and_then(|c| c.vcode.clone())
+                .unwrap_or_default();
+            log.push(KernelRecord {
+                key: key.clone(),
+                clif,
+                asm,
+                code_size,
+                users: Vec::new(),
+            });
+            self.note_use(&key);
+        }
         self.module.clear_context(&mut ctx);
         self.module
             .finalize_definitions()
@@ -183,6 +263,16 @@ impl Jit {
     /// (not finalized yet).
     fn define(&mut self, ctx: &mut Context, src: &dyn KernelSource) -> Result<FuncId, BackError> {
         self.fill(ctx, src)?;
+        self.compile_filled(ctx, src)
+    }
+
+    /// Compiles the function already built in `ctx` into the module (not
+    /// finalized yet).
+    fn compile_filled(
+        &mut self,
+        ctx: &mut Context,
+        src: &dyn KernelSource,
+    ) -> Result<FuncId, BackError> {
         let fail =
             |e: &dyn std::fmt::Display| BackError(format!("compiling kernel `{}`: {e}", src.key()));
         let id = self

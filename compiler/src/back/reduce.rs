@@ -29,7 +29,6 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::FunctionBuilder;
 use netc_runtime::DType;
-use std::fmt::Write as _;
 use std::marker::PhantomData;
 
 /// What a row kernel computes.
@@ -385,28 +384,6 @@ pub fn node_row_kernel(g: &Graph, node: &Node) -> Option<RowKernel> {
     let len = u64::try_from(t.shape.last()?.as_known()?).ok()?;
     let k = RowKernel { op, len };
     k.validate().ok().map(|_| k)
-}
-
-/// The `--emit clif` section for a graph's row kernels: each distinct
-/// kernel once, headed by the nodes that use it.
-pub fn emit_clif_rows(g: &Graph, jit: &mut Jit) -> Result<String, BackError> {
-    let mut kernels: Vec<(RowKernel, Vec<String>)> = Vec::new();
-    for node in &g.nodes {
-        if let Some(k) = node_row_kernel(g, node) {
-            let who = format!("{} ({})", node.path, node.op.name);
-            match kernels.iter_mut().find(|e| e.0 == k) {
-                Some(e) => e.1.push(who),
-                None => kernels.push((k, vec![who])),
-            }
-        }
-    }
-    let mut s = format!("\n; {} row kernels\n", kernels.len());
-    for (k, users) in &kernels {
-        let _ = writeln!(s, "\n; kernel {}", k.key());
-        let _ = writeln!(s, "; used by {}", users.join(", "));
-        s.push_str(&jit.clif(k)?);
-    }
-    Ok(s)
 }
 
 /// A compiled [`RowKernel`], valid while its [`Jit`] is alive.

@@ -129,6 +129,7 @@ pub fn lower(
         if node.fused_into.is_some() {
             continue;
         }
+        cx.jit.set_requester(&node.path, node.op.name);
         cx.in_prepare = node.outputs.iter().all(|v| cx.derived.contains(v));
         let lowered = pointwise::try_lower(&mut cx, node)
             .or_else(|| contract::try_lower(&mut cx, node))
@@ -143,6 +144,7 @@ pub fn lower(
     };
     let mut outputs = Vec::new();
     for (k, (name, v)) in g.outputs.iter().enumerate() {
+        cx.jit.set_requester(name, "output");
         let src = cx.buf(*v)?;
         let n = cx.numel(*v)?;
         cx.kernel(&identity, vec![src], Buf::Output(k), n)?;

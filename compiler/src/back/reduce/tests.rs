@@ -229,13 +229,4 @@ fn graph_nodes_map_to_row_kernels() {
         ]
     );
     assert!(ks.iter().all(|k| k.len == 17));
-    let text = crate::back::clif::emit_clif(&g).unwrap();
-    assert!(text.contains("; 5 row kernels"), "{text}");
-    assert!(text.contains("ew.f32(Full;flat) Exp"), "{text}");
-    assert!(text.contains("ew.f32(Full;flat) GeluTanh"), "{text}");
-    // Only the softmax over dim 1 is left.
-    assert!(
-        text.contains("1 nodes not covered by the back end yet: softmax"),
-        "{text}"
-    );
 }

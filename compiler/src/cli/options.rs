@@ -1,0 +1,210 @@
+//! What several subcommands share: choosing and elaborating a model
+//! (`FILE [--model NAME] [--set k=v ...]`) and the compile flags
+//! (`--threads --gemm --no-fuse --layout`) mapped to [`CompileOptions`].
+
+use super::Failure;
+use clap::ValueEnum;
+use netc::diag::render_all;
+use netc::elab::{elaborate, Value};
+use netc::ir::{Graph, SymKind};
+use netc::options::{CompileOptions, GemmChoice, LayoutChoice};
+use netc::program::Program;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// The model a subcommand works on.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// The `.net` file.
+    pub file: PathBuf,
+    /// The model (default: the only model in the file).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Override a model parameter or give a symbolic size:
+    /// `--set classes=10`, `--set N=8`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+}
+
+/// The flags that choose how a model is compiled.
+#[derive(clap::Args)]
+pub struct CompileFlags {
+    /// Worker threads (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// The GEMM of contractions: chosen from the CPU's features, the tuned
+    /// runtime GEMM, or the Cranelift-generated f32x4 tile.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub gemm: GemmArg,
+    /// Switch the fusion passes off (epilogues, elementwise chains,
+    /// batch-norm folding).
+    #[arg(long)]
+    pub no_fuse: bool,
+    /// The layout of convolution activations: picked by the layout pass,
+    /// or NCHW everywhere (the layout pass off).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub layout: LayoutArg,
+}
+
+/// `--gemm` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GemmArg {
+    /// From the CPU's features.
+    Auto,
+    /// The tuned runtime GEMM.
+    Native,
+    /// The Cranelift f32x4 register tile.
+    Cranelift,
+}
+
+/// `--layout` values.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    /// The layout pass picks per convolution chain.
+    Auto,
+    /// Everything stays NCHW.
+    Nchw,
+}
+
+impl CompileFlags {
+    /// The compile options these flags ask for.
+    pub fn options(&self) -> Result<CompileOptions, Failure> {
+        let threads = match self.threads {
+            Some(0) => return Err(Failure::Usage("`--threads 0`: at least 1 thread".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(CompileOptions {
+            threads,
+            gemm: match self.gemm {
+                GemmArg::Auto => GemmChoice::Auto,
+                GemmArg::Native => GemmChoice::Native,
+                GemmArg::Cranelift => GemmChoice::Cranelift,
+            },
+            fuse: !self.no_fuse,
+            layout: match self.layout {
+                LayoutArg::Auto => LayoutChoice::Auto,
+                LayoutArg::Nchw => LayoutChoice::Nchw,
+            },
+        })
+    }
+}
+
+/// A model elaborated from [`ModelArgs`], with the symbolic sizes that
+/// `--set` gave (names that start upper-case and are not parameters of
+/// the model, like `N`).
+pub struct Loaded {
+    /// The elaborated model.
+    pub graph: Graph,
+    /// `--set` sizes, in command-line order.
+    pub sizes: Vec<(String, i64)>,
+}
+
+/// Loads the file, picks the model and elaborates it with the model
+/// parameters among `--set`.
+pub fn load(args: &ModelArgs) -> Result<Loaded, Failure> {
+    let sets = parse_sets(&args.sets)?;
+    let (program, diags) = Program::load(&args.file);
+    if !diags.is_empty() {
+        return Err(Failure::Diagnostics(render_all(&diags, &program.sources)));
+    }
+    let m = program
+        .model(args.model.as_deref())
+        .map_err(Failure::Error)?;
+    let (sizes, model_sets) = split_sets(&sets, |k| m.params.iter().any(|p| p.name.name == k));
+    let graph = elaborate(&program, m, &model_sets)
+        .map_err(|d| Failure::Diagnostics(render_all(&d, &program.sources)))?;
+    let sizes = sizes
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::Int(n) if n > 0 => Ok((k, n)),
+            _ => Err(Failure::Usage(format!(
+                "`--set {k}=...`: a size must be a positive integer"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Loaded { graph, sizes })
+}
+
+/// `--set` pairs: a name and its value.
+pub type Sets = Vec<(String, Value)>;
+
+/// Splits `--set` pairs into symbolic sizes (upper-case names that are not
+/// model parameters) and model parameters.
+pub fn split_sets(sets: &[(String, Value)], is_param: impl Fn(&str) -> bool) -> (Sets, Sets) {
+    sets.iter()
+        .cloned()
+        .partition(|(k, _)| !is_param(k) && k.chars().next().is_some_and(char::is_uppercase))
+}
+
+/// The value of every input size symbol of `g` for a compile without
+/// inputs: from `--set`, else 1. A size the model does not have is an
+/// error naming the ones it has.
+pub fn input_sizes(g: &Graph, sizes: &[(String, i64)]) -> Result<Vec<(String, i64)>, Failure> {
+    let known: Vec<&str> = g
+        .symbols
+        .iter()
+        .filter(|s| s.kind == SymKind::Input)
+        .map(|s| s.name.as_str())
+        .collect();
+    if let Some((k, _)) = sizes.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(Failure::Usage(format!(
+            "`--set {k}`: model `{}` has no parameter or size `{k}`; its sizes: {}",
+            g.name,
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    Ok(known
+        .iter()
+        .map(|name| {
+            let v = sizes
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map_or(1, |(_, v)| *v);
+            (name.to_string(), v)
+        })
+        .collect())
+}
+
+/// Parses `--set NAME=VALUE` arguments.
+pub fn parse_sets(sets: &[String]) -> Result<Sets, Failure> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), parse_value(v))),
+            _ => Err(Failure::Usage(format!(
+                "`--set {s}`: expected NAME=VALUE, e.g. `--set classes=10`"
+            ))),
+        })
+        .collect()
+}
+
+/// Parses a `--set` value: an integer, float, boolean, a list of those, or
+/// a string.
+fn parse_value(text: &str) -> Value {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i64>() {
+        return Value::Int(n);
+    }
+    if let Ok(f) = t.parse::<f64>() {
+        return Value::Float(f);
+    }
+    match t {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        let items = if inner.trim().is_empty() {
+            Vec::new()
+        } else {
+            inner.split(',').map(parse_value).collect()
+        };
+        return Value::list(items);
+    }
+    Value::Str(Rc::from(t.trim_matches('"')))
+}

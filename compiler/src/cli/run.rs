@@ -1,0 +1,138 @@
+//! `netc run`: compile a model for the shapes of its inputs (read from
+//! `.safetensors` or `.npy` files), load or initialise its weights, run it
+//! once, and write every output to a safetensors file or print a preview.
+
+use super::options::{load, CompileFlags, ModelArgs};
+use super::Failure;
+use netc::session::CompiledModel;
+use netc_runtime::npy::read_npy;
+use netc_runtime::weights::{read_safetensors, write_safetensors_atomic};
+use netc_runtime::Storage;
+use netc_runtime::Tensor;
+use std::path::{Path, PathBuf};
+
+/// The arguments of `netc run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Weights (safetensors, names = parameter paths). Without it,
+    /// parameters get PyTorch's default initialisation from `--seed`.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Seed of the default initialisation (without `--weights`).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// An input: `NAME=PATH` with a `.safetensors` (the tensor called NAME,
+    /// or the only one) or `.npy` file. Repeat for each input.
+    #[arg(long = "input", value_name = "NAME=PATH", required = true)]
+    inputs: Vec<String>,
+    /// Write every output, under its name, to this safetensors file
+    /// (atomically). Without it, print each output's shape and first values.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    flags: CompileFlags,
+}
+
+/// How many values of each output are printed without `--output`.
+const PREVIEW: usize = 8;
+
+/// Runs `netc run`.
+pub fn run(args: &RunArgs) -> Result<(), Failure> {
+    let options = args.flags.options()?;
+    let loaded = load(&args.model)?;
+    if let Some((k, _)) = loaded.sizes.first() {
+        return Err(Failure::Usage(format!(
+            "`--set {k}=...`: `netc run` takes sizes from the input shapes"
+        )));
+    }
+    let g = loaded.graph;
+    let mut inputs = Vec::new();
+    for spec in &args.inputs {
+        let Some((name, path)) = spec.split_once('=') else {
+            return Err(Failure::Usage(format!(
+                "`--input {spec}`: expected NAME=PATH"
+            )));
+        };
+        if !g.inputs.iter().any(|(n, _)| n == name) {
+            let known: Vec<&str> = g.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Failure::Usage(format!(
+                "model `{}` has no input `{name}`; its inputs: {}",
+                g.name,
+                known.join(", ")
+            )));
+        }
+        let t = read_input(name, Path::new(path))
+            .map_err(|e| Failure::Error(format!("input `{name}`: {e}")))?;
+        inputs.push((name.to_string(), t));
+    }
+    let shapes: Vec<(&str, &[usize])> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.shape()))
+        .collect();
+    let mut model = CompiledModel::new(g, &shapes, options).map_err(Failure::error)?;
+    match &args.weights {
+        Some(w) => model.load_weights(w),
+        None => model.init_weights(args.seed),
+    }
+    .map_err(Failure::error)?;
+    let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let outputs = model.run(&refs).map_err(Failure::error)?;
+    match &args.output {
+        Some(path) => {
+            let named: Vec<(&str, &Tensor)> =
+                outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            write_safetensors_atomic(path, &named, None).map_err(Failure::error)?;
+        }
+        None => {
+            for (name, t) in &outputs {
+                println!("{name}: {}", preview(t));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads input `name` from a `.npy` or `.safetensors` file.
+fn read_input(name: &str, path: &Path) -> Result<Tensor, String> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        return read_npy(path).map_err(|e| e.to_string());
+    }
+    let mut tensors = read_safetensors(path).map_err(|e| e.to_string())?;
+    let pick = match tensors.iter().position(|(n, _)| n == name) {
+        Some(i) => i,
+        None if tensors.len() == 1 => 0,
+        None => {
+            let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!(
+                "{} has no tensor `{name}` and more than one tensor (it holds: {})",
+                path.display(),
+                names.join(", ")
+            ));
+        }
+    };
+    Ok(tensors.swap_remove(pick).1)
+}
+
+/// `f32[2, 3] [v0, v1, ...]`: the type and the first [`PREVIEW`] values.
+fn preview(t: &Tensor) -> String {
+    fn head<T: std::fmt::Display>(v: &[T], fmt: fn(&T) -> String) -> Vec<String> {
+        v.iter().take(PREVIEW).map(fmt).collect()
+    }
+    let values = match t.storage() {
+        Storage::F32(v) => head(v, |x| format!("{x:.6}")),
+        Storage::F64(v) => head(v, |x| format!("{x:.6}")),
+        Storage::I32(v) => head(v, ToString::to_string),
+        Storage::I64(v) => head(v, ToString::to_string),
+        Storage::U8(v) | Storage::Bool(v) => head(v, ToString::to_string),
+    };
+    let dims: Vec<String> = t.shape().iter().map(ToString::to_string).collect();
+    format!(
+        "{}[{}] [{}{}]",
+        t.dtype(),
+        dims.join(", "),
+        values.join(", "),
+        if t.numel() > PREVIEW { ", ..." } else { "" }
+    )
+}

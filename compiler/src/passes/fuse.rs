@@ -20,7 +20,7 @@
 use super::rewrite;
 use crate::back::clif::node_kernel;
 use crate::back::elementwise::{Bcast, Chain, Domain};
-use crate::back::lower::pointwise;
+use crate::back::lower::{contract, pointwise};
 use crate::ir::{Attr, Dim, Graph, Node, ValueDef, ValueId};
 use std::collections::{HashMap, HashSet};
 
@@ -100,7 +100,7 @@ pub fn run(g: &mut Graph) -> FuseStats {
 /// far), or `None` if the node cannot head a group.
 fn head_domain(g: &Graph, head: &Node) -> Option<Option<Domain>> {
     match head.op.name {
-        "conv1d" | "conv2d" | "linear" | "matmul" => epilogue_domain(g, head).map(Some),
+        "conv1d" | "conv2d" | "linear" | "matmul" => contract::epilogue_domain(g, head).map(Some),
         "batch_norm" | "frozen_batch_norm" => norm_domain(g, head).map(Some),
         _ => {
             let (chain, _) = node_kernel(g, head)?;
@@ -134,28 +134,6 @@ fn known(dims: &[Dim]) -> Option<u64> {
 
 fn is_nhwc(node: &Node) -> bool {
     matches!(node.op.attr("layout"), Some(Attr::Str(s)) if s == "nhwc")
-}
-
-/// The iteration space of a contraction's epilogue: rows of the result's
-/// channel-minor matrix, as the contraction lowering runs it —
-/// `Rows { OC, spatial }` for an NCHW convolution, `Rows { 1, last dim }`
-/// for NHWC convolutions, `linear` and `matmul`.
-fn epilogue_domain(g: &Graph, node: &Node) -> Option<Domain> {
-    let shape = &g.ty(node.outputs[0]).shape;
-    let last = || {
-        Some(Domain::Rows {
-            channels: 1,
-            inner: known(shape.get(shape.len().checked_sub(1)?..)?)?,
-        })
-    };
-    match node.op.name {
-        "linear" | "matmul" => last(),
-        _ if is_nhwc(node) => last(),
-        _ => Some(Domain::Rows {
-            channels: known(shape.get(1..2)?)?,
-            inner: known(shape.get(2..)?)?,
-        }),
-    }
 }
 
 /// The iteration space of a batch norm's kernel: `Rows { C, spatial }` in

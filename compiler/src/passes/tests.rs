@@ -396,3 +396,165 @@ fn eeg_ccnn_passes() {
         "eeg_ccnn",
     );
 }
+
+/// Compiles `g` with `options`, loads `params` (f32) through a weight file
+/// and runs it on `inputs`; also returns how many nodes the compiled graph
+/// has fused into others.
+fn compiled_outputs(
+    g: &Graph,
+    options: CompileOptions,
+    inputs: &[(String, Array)],
+    params: &HashMap<String, Array>,
+    tag: &str,
+) -> (Vec<Array>, usize) {
+    use netc_runtime::{Storage, Tensor};
+    let tensor = |p: &crate::ir::Param, a: &Array| match p.ty.dtype {
+        netc_runtime::DType::I64 => Tensor::new(
+            &a.shape,
+            Storage::I64(a.data.iter().map(|&v| v as i64).collect()),
+        )
+        .unwrap(),
+        _ => Tensor::from_f32(&a.shape, a.data.iter().map(|&v| v as f32).collect()).unwrap(),
+    };
+    let weights: Vec<(String, Tensor)> = g
+        .params
+        .iter()
+        .map(|p| (p.path.clone(), tensor(p, &params[&p.path])))
+        .collect();
+    let refs: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let file = std::env::temp_dir().join(format!(
+        "netc-passes-{tag}-{}.safetensors",
+        std::process::id()
+    ));
+    netc_runtime::weights::write_safetensors_atomic(&file, &refs, None).unwrap();
+    let shapes: Vec<(String, Vec<usize>)> = inputs
+        .iter()
+        .map(|(n, a)| (n.clone(), a.shape.clone()))
+        .collect();
+    let shape_refs: Vec<(&str, &[usize])> = shapes
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    let mut m = crate::session::CompiledModel::new(g.clone(), &shape_refs, options).unwrap();
+    m.load_weights(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let xs: Vec<(String, Tensor)> = inputs
+        .iter()
+        .map(|(n, a)| {
+            let data = a.data.iter().map(|&v| v as f32).collect();
+            (n.clone(), Tensor::from_f32(&a.shape, data).unwrap())
+        })
+        .collect();
+    let x_refs: Vec<(&str, &Tensor)> = xs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let outputs = m
+        .run(&x_refs)
+        .unwrap()
+        .into_iter()
+        .map(|(_, t)| {
+            let data = t.as_f32().unwrap().iter().map(|&v| f64::from(v)).collect();
+            Array::new(t.shape(), data)
+        })
+        .collect();
+    let fused = m
+        .graph()
+        .nodes
+        .iter()
+        .filter(|n| n.fused_into.is_some())
+        .count();
+    (outputs, fused)
+}
+
+/// f32 results against the f64 reference (relative L2 error per output).
+fn assert_f32_close(got: &[Array], want: &[Array], what: &str) {
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.shape, w.shape, "{what}");
+        let err: f64 = g
+            .data
+            .iter()
+            .zip(&w.data)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum();
+        let norm: f64 = w.data.iter().map(|b| b * b).sum();
+        assert!(
+            err.sqrt() <= 1e-5 * norm.sqrt().max(1e-12),
+            "{what}: relative L2 error {}",
+            err.sqrt() / norm.sqrt()
+        );
+    }
+}
+
+/// Values exactly representable in f32, so that the compiled model and the
+/// f64 reference see the same weights and inputs.
+fn f32_exact(mut a: Array) -> Array {
+    a.data.iter_mut().for_each(|v| *v = f64::from(*v as f32));
+    a
+}
+
+/// The compiled model gives the reference results with fusion on and off:
+/// convolution epilogues (bias, relu, residual add), an elementwise chain
+/// and linear epilogues.
+#[test]
+fn compiled_model_runs_the_same_with_and_without_fusion() {
+    let g = program(
+        "model m() {
+            input x: f32[N, 4, 6, 6]
+            h = x |> c1: conv2d(8, k = 3, pad = 1) |> relu
+            r = (h |> c2: conv2d(8, k = 3, pad = 1)) + h |> relu
+            output y = (r * 0.5 - 0.25) |> tanh |> flatten |> fc: linear(5) |> relu
+        }",
+    )
+    .unwrap();
+    let params: HashMap<String, Array> = random_params(&g, 21)
+        .into_iter()
+        .map(|(k, a)| (k, f32_exact(a)))
+        .collect();
+    let inputs: Vec<(String, Array)> = random_inputs(&g, 23)
+        .into_iter()
+        .map(|(k, a)| (k, f32_exact(a)))
+        .collect();
+    let want = run(&g, &inputs, &params);
+    for fuse in [true, false] {
+        let options = CompileOptions {
+            fuse,
+            layout: LayoutChoice::Nchw,
+            threads: 2,
+            ..Default::default()
+        };
+        let (got, fused) = compiled_outputs(&g, options, &inputs, &params, "fusion");
+        assert_f32_close(&got, &want, &format!("fuse = {fuse}"));
+        // relu into c1; add, relu, mul, sub and tanh into c2's epilogue;
+        // relu into fc.
+        assert_eq!(fused, if fuse { 7 } else { 0 });
+    }
+}
+
+/// conv → batch norm → relu compiled with batch norm folded into the
+/// convolution (the folded weights computed by the prepare steps) gives
+/// the reference results of the unfolded graph, random statistics included.
+#[test]
+fn compiled_model_with_folded_batch_norm_matches_the_reference() {
+    let g = program(
+        "model m() {
+            input x: f32[N, 3, 7, 7]
+            output y = x |> c1: conv2d(8, k = 3, pad = 1) |> bn1: batch_norm |> relu
+                         |> c2: conv2d(8, k = 1, bias = false) |> bn2: batch_norm |> relu
+        }",
+    )
+    .unwrap();
+    let params: HashMap<String, Array> = random_params(&g, 31)
+        .into_iter()
+        .map(|(k, a)| (k, f32_exact(a)))
+        .collect();
+    let inputs: Vec<(String, Array)> = random_inputs(&g, 33)
+        .into_iter()
+        .map(|(k, a)| (k, f32_exact(a)))
+        .collect();
+    let want = run(&g, &inputs, &params);
+    let options = CompileOptions {
+        layout: LayoutChoice::Nchw,
+        ..Default::default()
+    };
+    let (got, fused) = compiled_outputs(&g, options, &inputs, &params, "fold");
+    assert_f32_close(&got, &want, "folded");
+    assert_eq!(fused, 2, "each relu runs in its convolution's epilogue");
+}

@@ -208,7 +208,9 @@ impl CompiledModel {
             // The arena holds every value as f32; a u8 output (`quantize_u8`)
             // holds integers 0..=255 and is handed out as u8.
             let t = match self.graph.ty(*v).dtype {
-                DType::U8 => Tensor::new(shape, Storage::U8(data.iter().map(|&x| x as u8).collect())),
+                DType::U8 => {
+                    Tensor::new(shape, Storage::U8(data.iter().map(|&x| x as u8).collect()))
+                }
                 _ => Tensor::from_f32(shape, data),
             }
             .ok_or_else(|| RunError::Inputs(format!("output `{name}` has an unexpected size")))?;

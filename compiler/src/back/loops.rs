@@ -3,7 +3,9 @@
 //! [`super::quantize`]): header-tested counted loops, element addressing,
 //! and the memory flags every kernel uses.
 
-use cranelift_codegen::ir::{condcodes::IntCC, types, BlockArg, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    condcodes::IntCC, types, BlockArg, InstBuilder, MemFlagsData, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// Unaligned, non-trapping accesses: work ranges start at any element.

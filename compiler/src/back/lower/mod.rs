@@ -555,8 +555,8 @@ mod tests {
 
     #[test]
     fn unsupported_nodes_and_missing_sizes_are_named() {
-        let g =
-            program("model m() { input x: f32[N, 2, 4, 4, 4]  output y = x |> max_pool3d(2) }").unwrap();
+        let g = program("model m() { input x: f32[N, 2, 4, 4, 4]  output y = x |> max_pool3d(2) }")
+            .unwrap();
         let mut jit = Jit::new().unwrap();
         let err = lower(&g, &[("N".into(), 2)], CompileOptions::default(), &mut jit)
             .err()

@@ -184,9 +184,7 @@ fn fold(
     match ops.weight {
         Some(w) => {
             chain.inputs.push(Bcast::Full);
-            chain
-                .steps
-                .push(bin(Binary::Div, Operand::Input(1), true));
+            chain.steps.push(bin(Binary::Div, Operand::Input(1), true));
             inputs.push(cx.buf(w)?);
         }
         None => chain
@@ -203,9 +201,7 @@ fn fold(
     match ops.bias {
         Some(b) => {
             chain.inputs.push(Bcast::Full);
-            chain
-                .steps
-                .push(bin(Binary::Sub, Operand::Input(2), true));
+            chain.steps.push(bin(Binary::Sub, Operand::Input(2), true));
             inputs.push(cx.buf(b)?);
         }
         None => chain.steps.push(Step::Unary(Unary::Neg)),

@@ -24,13 +24,12 @@ pub fn params(g: &Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .iter()
         .enumerate()
         .map(|(k, p)| {
-            let shape: Vec<usize> = p
-                .ty
-                .known_shape()
-                .unwrap_or_default()
-                .iter()
-                .map(|&d| d as usize)
-                .collect();
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
             let n = shape.iter().product();
             let mut v = data(n, k as f32 * 1.9 + 0.3, 1.5);
             if p.path.ends_with("running_var") {
@@ -104,7 +103,12 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 
 /// Compiles and runs `g` on 1 and 2 threads and compares every output
 /// with the interpreter; `inputs` are (name, shape, data) in input order.
-pub fn check(g: &Graph, symbols: &[(&str, i64)], inputs: &[(&str, Vec<usize>, Vec<f32>)], tol: f64) {
+pub fn check(
+    g: &Graph,
+    symbols: &[(&str, i64)],
+    inputs: &[(&str, Vec<usize>, Vec<f32>)],
+    tol: f64,
+) {
     let ps = params(g);
     let want = reference(g, inputs, &ps);
     let ins: Vec<&[f32]> = inputs.iter().map(|(_, _, v)| v.as_slice()).collect();
@@ -135,10 +139,14 @@ pub fn to_nhwc<T: Copy + Default>(x: &[T], n: usize, c: usize, h: usize, w: usiz
 /// those values.
 pub fn make_nhwc(g: &mut Graph, op: &str) {
     let k = g.nodes.iter().position(|n| n.op.name == op).unwrap();
-    g.nodes[k].op.attrs.push(("layout", Attr::Str("nhwc".into())));
+    g.nodes[k]
+        .op
+        .attrs
+        .push(("layout", Attr::Str("nhwc".into())));
     let vs: Vec<ValueId> = vec![g.nodes[k].inputs[0], g.nodes[k].outputs[0]];
     for v in vs {
         let s: Vec<Dim> = g.values[v.0 as usize].ty.shape.clone();
-        g.values[v.0 as usize].ty.shape = vec![s[0].clone(), s[2].clone(), s[3].clone(), s[1].clone()];
+        g.values[v.0 as usize].ty.shape =
+            vec![s[0].clone(), s[2].clone(), s[3].clone(), s[1].clone()];
     }
 }

@@ -90,7 +90,11 @@ fn assert_quantized(got: &[f32], x: &[f32], lo: f64, hi: f64, truncate: bool, wa
     for ((g, w), xv) in got.iter().zip(want).zip(x) {
         let q = (f64::from(*xv).clamp(lo, hi) - lo) * 255.0 / (hi - lo);
         let frac = q - q.floor();
-        let boundary = if truncate { frac.min(1.0 - frac) } else { (frac - 0.5).abs() };
+        let boundary = if truncate {
+            frac.min(1.0 - frac)
+        } else {
+            (frac - 0.5).abs()
+        };
         let slack = if boundary < 1e-3 { 1.0 } else { 0.0 };
         assert!((f64::from(*g) - w).abs() <= slack, "{xv}: {g} vs {w}");
     }
@@ -100,7 +104,12 @@ fn assert_quantized(got: &[f32], x: &[f32], lo: f64, hi: f64, truncate: bool, wa
 fn quantize_u8_rounds_or_truncates_like_the_interpreter() {
     for (args, lo, hi, truncate) in [
         ("", -2.0, 2.0, false),
-        ("min = -1.5, max = 3.0, rounding = \"truncate\"", -1.5, 3.0, true),
+        (
+            "min = -1.5, max = 3.0, rounding = \"truncate\"",
+            -1.5,
+            3.0,
+            true,
+        ),
     ] {
         let g = program(&format!(
             "model m() {{ input e: f32[N, 37]  output q = quantize_u8(e{}{args}) }}",
@@ -119,10 +128,14 @@ fn quantize_u8_rounds_or_truncates_like_the_interpreter() {
 /// The host API hands a `quantize_u8` output out as a u8 tensor.
 #[test]
 fn compiled_models_return_u8_outputs_as_u8_tensors() {
-    let g = program("model m() { input e: f32[N, 5]  output q = quantize_u8(clamp(e, -2.0, 2.0)) }")
-        .unwrap();
-    let x = Tensor::from_f32(&[2, 5], vec![-3.0, -2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 1.99, 2.0, 9.0])
-        .unwrap();
+    let g =
+        program("model m() { input e: f32[N, 5]  output q = quantize_u8(clamp(e, -2.0, 2.0)) }")
+            .unwrap();
+    let x = Tensor::from_f32(
+        &[2, 5],
+        vec![-3.0, -2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 1.99, 2.0, 9.0],
+    )
+    .unwrap();
     let mut m = CompiledModel::new(g, &[("e", x.shape())], CompileOptions::default()).unwrap();
     let out = m.run(&[("e", &x)]).unwrap();
     assert_eq!(out[0].1.shape(), &[2, 5]);
@@ -187,7 +200,11 @@ fn vggish_frontend_runs_compiled_and_matches_the_interpreter() {
                 + 0.05 * ((i * 7919 % 1000) as f32 / 500.0 - 1.0)
         })
         .collect();
-    let want = reference(&g, &[("waveform", vec![samples as usize], wave.clone())], &[]);
+    let want = reference(
+        &g,
+        &[("waveform", vec![samples as usize], wave.clone())],
+        &[],
+    );
     let x = Tensor::from_f32(&[samples as usize], wave).unwrap();
     for threads in [1, 2] {
         let options = CompileOptions {

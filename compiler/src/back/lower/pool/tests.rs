@@ -2,7 +2,9 @@
 //! dilation, `ceil_mode`, `count_include_pad`, adaptive bins, 1-D pools,
 //! batch 1 and 3, channels first and last, 1 and 2 threads.
 
-use super::super::oracle::{assert_close, check, compiled, data, make_nhwc, params, reference, to_nhwc};
+use super::super::oracle::{
+    assert_close, check, compiled, data, make_nhwc, params, reference, to_nhwc,
+};
 use crate::testing::program;
 
 const POOLS_2D: &[&str] = &[
@@ -41,14 +43,22 @@ fn pools_2d_match_the_interpreter_channels_first() {
 fn pools_1d_and_global_average_match_the_interpreter() {
     for (ty, pool) in [
         ("f32[N, 4, 11]", "max_pool1d(3, stride = 2, pad = 1)"),
-        ("f32[N, 4, 11]", "max_pool1d(3, stride = 2, ceil_mode = true)"),
+        (
+            "f32[N, 4, 11]",
+            "max_pool1d(3, stride = 2, ceil_mode = true)",
+        ),
         ("f32[N, 4, 11]", "avg_pool1d(3, stride = 2, pad = 1)"),
-        ("f32[N, 4, 11]", "avg_pool1d(4, stride = 3, pad = 2, ceil_mode = true, count_include_pad = false)"),
+        (
+            "f32[N, 4, 11]",
+            "avg_pool1d(4, stride = 3, pad = 2, ceil_mode = true, count_include_pad = false)",
+        ),
         ("f32[N, 4, 11]", "global_avg_pool"),
         ("f32[N, 4, 5, 7]", "global_avg_pool"),
     ] {
-        let g = program(&format!("model m() {{ input x: {ty}  output y = x |> {pool} }}"))
-            .unwrap();
+        let g = program(&format!(
+            "model m() {{ input x: {ty}  output y = x |> {pool} }}"
+        ))
+        .unwrap();
         for n in [1, 3] {
             let shape: Vec<usize> = if ty.contains("5, 7") {
                 vec![n, 4, 5, 7]

@@ -30,7 +30,7 @@ use crate::options::CompileOptions;
 use crate::program::Program;
 use netc_runtime::plan::{Executor, PlanError};
 use netc_runtime::weights::{load_checked, TensorSpec, WeightError};
-use netc_runtime::{DType, Initializer, Tensor};
+use netc_runtime::{DType, Initializer, Storage, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -213,12 +213,18 @@ impl CompiledModel {
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
         self.executor.run(&slices, &params, &mut out_refs)?;
         let mut result = Vec::with_capacity(outs.len());
-        for (((name, _), shape), data) in
+        for (((name, v), shape), data) in
             self.graph.outputs.iter().zip(&self.output_shapes).zip(outs)
         {
-            let t = Tensor::from_f32(shape, data).ok_or_else(|| {
-                RunError::Inputs(format!("output `{name}` has an unexpected size"))
-            })?;
+            // The arena holds every value as f32; a u8 output (`quantize_u8`)
+            // holds integers 0..=255 and is handed out as u8.
+            let t = match self.graph.ty(*v).dtype {
+                DType::U8 => {
+                    Tensor::new(shape, Storage::U8(data.iter().map(|&x| x as u8).collect()))
+                }
+                _ => Tensor::from_f32(shape, data),
+            }
+            .ok_or_else(|| RunError::Inputs(format!("output `{name}` has an unexpected size")))?;
             result.push((name.clone(), t));
         }
         Ok(result)

@@ -18,15 +18,21 @@
 //!   log-softmax over the last dimension.
 //! - [`clif`]: `netc compile --emit clif`: the elementwise kernels a graph
 //!   needs, printed as CLIF.
+//! - [`copy`], [`pool`], [`quantize`]: strided copies (data movement),
+//!   pooling, and `quantize_u8`; [`loops`] holds their loop helpers.
 //! - [`lower`]: a graph to a runtime plan (kernel calls over one arena).
 
 pub mod clif;
+pub mod copy;
 pub mod elementwise;
 pub mod gemm_tile;
 pub mod im2col;
 pub mod jit;
+pub mod loops;
 pub mod lower;
 pub mod math;
+pub mod pool;
+pub mod quantize;
 pub mod reduce;
 
 use std::fmt;

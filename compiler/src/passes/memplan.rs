@@ -52,7 +52,9 @@ fn value_bytes(g: &Graph, v: ValueId, sym: &dyn Fn(SymId) -> i64) -> u64 {
     let elems = ty.shape.iter().fold(1u64, |acc, d| {
         acc.saturating_mul(eval_dim(d, sym).max(0) as u64)
     });
-    elems.saturating_mul(ty.dtype.size_bytes() as u64)
+    // The back end's arena holds every value as f32 (the u8 result of
+    // `quantize_u8` too), so no element takes fewer than 4 bytes.
+    elems.saturating_mul(ty.dtype.size_bytes().max(4) as u64)
 }
 
 fn eval_dim(d: &Dim, sym: &dyn Fn(SymId) -> i64) -> i64 {

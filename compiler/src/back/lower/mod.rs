@@ -14,10 +14,18 @@
 //! Each op family lowers in its own module through [`LowerCx`]; a module's
 //! `try_lower` returns `None` for ops it does not own:
 //! - [`pointwise`]: elementwise nodes and fused elementwise chains;
-//! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue).
+//! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue);
+//! - [`norm`]: batch norms (scale and shift folded in prepare steps);
+//! - [`pool`]: max, average and adaptive pooling;
+//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`.
 
 pub mod contract;
+pub mod data;
+pub mod norm;
+#[cfg(test)]
+mod oracle;
 pub mod pointwise;
+pub mod pool;
 
 use super::elementwise::{Bcast, Chain, Domain};
 use super::jit::Jit;
@@ -111,6 +119,7 @@ pub fn lower(
         .iter()
         .filter(|v| matches!(g.value(**v).def, ValueDef::Node(..)))
         .map(|v| cx.numel(*v).map(align))
+        .chain(nodes.iter().map(|n| norm::persistent_len(&cx, n)))
         .sum::<Result<usize, _>>()?;
     cx.scratch_base = persistent_base + persistent_len;
     for (i, (_, v)) in g.inputs.iter().enumerate() {
@@ -133,6 +142,9 @@ pub fn lower(
         cx.in_prepare = node.outputs.iter().all(|v| cx.derived.contains(v));
         let lowered = pointwise::try_lower(&mut cx, node)
             .or_else(|| contract::try_lower(&mut cx, node))
+            .or_else(|| norm::try_lower(&mut cx, node))
+            .or_else(|| pool::try_lower(&mut cx, node))
+            .or_else(|| data::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }
@@ -224,6 +236,25 @@ impl LowerCx<'_> {
         Ok(())
     }
 
+    /// A slot of `len` elements in the persistent region for a
+    /// parameter-derived tensor that is not a graph value (a folded batch
+    /// norm's scale and shift); the module that asks for it sizes it
+    /// before lowering ([`norm::persistent_len`]).
+    pub fn persistent(&mut self, len: usize) -> Buf {
+        let offset = self.persistent_next;
+        self.persistent_next += align(len);
+        debug_assert!(self.persistent_next <= self.scratch_base);
+        Buf::Arena { offset, len }
+    }
+
+    /// Runs `f` with every step it pushes going to the prepare steps.
+    pub fn preparing<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let was = std::mem::replace(&mut self.in_prepare, true);
+        let r = f(self);
+        self.in_prepare = was;
+        r
+    }
+
     /// A scratch buffer of `len` elements, valid during one step (every
     /// step may reuse the same scratch).
     pub fn scratch(&mut self, len: usize) -> Buf {
@@ -234,10 +265,11 @@ impl LowerCx<'_> {
         }
     }
 
-    /// The concrete shape of `v` (f32 dense values only).
+    /// The concrete shape of `v` (dense f32 values, and the u8 results of
+    /// `quantize_u8`, which the arena holds as f32).
     pub fn shape(&self, v: ValueId) -> Result<Vec<usize>, BackError> {
         let ty = self.g.ty(v);
-        if ty.dtype != DType::F32 || ty.sparse {
+        if !matches!(ty.dtype, DType::F32 | DType::U8) || ty.sparse {
             return Err(BackError(format!(
                 "value %{} is {}; this back end runs dense f32 only",
                 v.0,
@@ -525,14 +557,14 @@ mod tests {
 
     #[test]
     fn unsupported_nodes_and_missing_sizes_are_named() {
-        let g =
-            program("model m() { input x: f32[N, 4, 4]  output y = x |> max_pool1d(2) }").unwrap();
+        let g = program("model m() { input x: f32[N, 2, 4, 4, 4]  output y = x |> max_pool3d(2) }")
+            .unwrap();
         let mut jit = Jit::new().unwrap();
         let err = lower(&g, &[("N".into(), 2)], CompileOptions::default(), &mut jit)
             .err()
             .unwrap();
         assert!(
-            err.0.contains("`max_pool1d` at the model is not lowered"),
+            err.0.contains("`max_pool3d` at the model is not lowered"),
             "{err}"
         );
         let g = program("model m() { input x: f32[N, 4]  output y = relu(x) }").unwrap();

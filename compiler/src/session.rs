@@ -153,6 +153,33 @@ impl CompiledModel {
         self.prepare()
     }
 
+    /// Sets every parameter and buffer from tensors computed in memory
+    /// (for instance by [`netc_runtime::counter`]), given in
+    /// [`CompiledModel::weight_specs`] order. A tensor of another type or
+    /// shape fails the whole call and changes nothing.
+    pub fn set_weights(&mut self, tensors: Vec<Tensor>) -> Result<(), RunError> {
+        let specs = self.weight_specs();
+        if tensors.len() != specs.len() {
+            return Err(RunError::Inputs(format!(
+                "{} weight tensors given, the model has {}",
+                tensors.len(),
+                specs.len()
+            )));
+        }
+        for (spec, t) in specs.iter().zip(&tensors) {
+            if t.dtype() != spec.dtype || t.shape() != spec.shape.as_slice() {
+                return Err(RunError::Inputs(format!(
+                    "weight `{}` is {}{:?}, expected {spec}",
+                    spec.name,
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+        }
+        self.params = tensors;
+        self.prepare()
+    }
+
     /// Initialises parameters as PyTorch does by default for each layer
     /// (the schemes recorded in the IR), from a seed.
     pub fn init_weights(&mut self, seed: u64) -> Result<(), RunError> {

@@ -303,6 +303,25 @@ mod tests {
     }
 
     #[test]
+    fn set_weights_checks_every_shape_and_changes_nothing_on_error() {
+        let g =
+            program("model m() { input x: f32[N, 2]  param s: f32[2] = 1.0  output y = x * s }")
+                .unwrap();
+        let mut m = CompiledModel::new(g, &[("x", &[1, 2])], CompileOptions::default()).unwrap();
+        let x = Tensor::from_f32(&[1, 2], vec![1.0, 2.0]).unwrap();
+        let bad = vec![Tensor::from_f32(&[3], vec![1.0; 3]).unwrap()];
+        let err = m.set_weights(bad).err().unwrap().to_string();
+        assert!(
+            err.contains("weight `s` is f32[3], expected s f32[2]"),
+            "{err}"
+        );
+        let good = vec![Tensor::from_f32(&[2], vec![3.0, -1.0]).unwrap()];
+        m.set_weights(good).unwrap();
+        let y = m.run(&[("x", &x)]).unwrap();
+        assert_eq!(y[0].1.as_f32().unwrap(), &[3.0, -2.0]);
+    }
+
+    #[test]
     fn inputs_of_another_shape_than_compiled_are_refused() {
         let g = program("model m() { input x: f32[N, 3]  output y = relu(x) }").unwrap();
         let mut m = CompiledModel::new(g, &[("x", &[2, 3])], CompileOptions::default()).unwrap();

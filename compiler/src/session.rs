@@ -164,6 +164,33 @@ impl CompiledModel {
         self.prepare()
     }
 
+    /// Sets every parameter and buffer from tensors computed in memory
+    /// (for instance by [`netc_runtime::counter`]), given in
+    /// [`CompiledModel::weight_specs`] order. A tensor of another type or
+    /// shape fails the whole call and changes nothing.
+    pub fn set_weights(&mut self, tensors: Vec<Tensor>) -> Result<(), RunError> {
+        let specs = self.weight_specs();
+        if tensors.len() != specs.len() {
+            return Err(RunError::Inputs(format!(
+                "{} weight tensors given, the model has {}",
+                tensors.len(),
+                specs.len()
+            )));
+        }
+        for (spec, t) in specs.iter().zip(&tensors) {
+            if t.dtype() != spec.dtype || t.shape() != spec.shape.as_slice() {
+                return Err(RunError::Inputs(format!(
+                    "weight `{}` is {}{:?}, expected {spec}",
+                    spec.name,
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+        }
+        self.params = tensors;
+        self.prepare()
+    }
+
     /// Initialises parameters as PyTorch does by default for each layer
     /// (the schemes recorded in the IR), from a seed.
     pub fn init_weights(&mut self, seed: u64) -> Result<(), RunError> {
@@ -310,6 +337,25 @@ mod tests {
             );
         }
         assert_eq!(m.kernels_compiled(), kernels, "running compiles nothing");
+    }
+
+    #[test]
+    fn set_weights_checks_every_shape_and_changes_nothing_on_error() {
+        let g =
+            program("model m() { input x: f32[N, 2]  param s: f32[2] = 1.0  output y = x * s }")
+                .unwrap();
+        let mut m = CompiledModel::new(g, &[("x", &[1, 2])], CompileOptions::default()).unwrap();
+        let x = Tensor::from_f32(&[1, 2], vec![1.0, 2.0]).unwrap();
+        let bad = vec![Tensor::from_f32(&[3], vec![1.0; 3]).unwrap()];
+        let err = m.set_weights(bad).err().unwrap().to_string();
+        assert!(
+            err.contains("weight `s` is f32[3], expected s f32[2]"),
+            "{err}"
+        );
+        let good = vec![Tensor::from_f32(&[2], vec![3.0, -1.0]).unwrap()];
+        m.set_weights(good).unwrap();
+        let y = m.run(&[("x", &x)]).unwrap();
+        assert_eq!(y[0].1.as_f32().unwrap(), &[3.0, -2.0]);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Runtime for netc-compiled models.
 //!
 //! Today it holds the element types shared by the compiler and generated
-//! code, host tensors, parameter initialisation and safetensors weight I/O, and the plan
+//! code, host tensors, parameter initialisation (and the counter-based weight
+//! generator the PyTorch fixtures share), safetensors weight I/O, and the plan
 //! executor (one arena, kernel calls split over a rayon pool); the lowering
 //! that builds plans lives in the compiler's back end (see `docs/architecture.md`). It
 //! never depends on the compiler, so that an ahead-of-time compiled model
 //! links against the runtime alone.
 #![deny(missing_docs)]
 
+pub mod counter;
 mod dtype;
 pub mod gemm;
 mod init;

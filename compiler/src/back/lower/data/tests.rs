@@ -179,7 +179,6 @@ fn a_densenet_style_stage_runs_end_to_end() {
 /// matmuls, log, framing into examples) compiled equals the interpreter
 /// on a 1.2 s synthetic waveform.
 #[test]
-#[ignore = "needs the matmul lowering of the contraction branch; enable at merge"]
 fn vggish_frontend_runs_compiled_and_matches_the_interpreter() {
     use crate::elab::{elaborate, Value};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/vggish.net");

@@ -1,5 +1,5 @@
-//! Small Cranelift building blocks shared by the data-movement and pooling
-//! kernel generators ([`super::copy`], [`super::pool`],
+//! Small Cranelift building blocks shared by the row-reduction, data-movement and pooling
+//! kernel generators ([`super::reduce`], [`super::copy`], [`super::pool`],
 //! [`super::quantize`]): header-tested counted loops, element addressing,
 //! and the memory flags every kernel uses.
 

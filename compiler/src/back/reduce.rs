@@ -21,12 +21,11 @@
 //! PyTorch.
 
 use super::jit::{Jit, KernelFn, KernelId, KernelSource};
+use super::loops::{counted, flags};
 use super::math::{self, Math};
 use super::BackError;
 use crate::ir::{Attr, Graph, Node};
-use cranelift_codegen::ir::{
-    condcodes::IntCC, types, Block, BlockArg, InstBuilder, MemFlagsData, Type, Value,
-};
+use cranelift_codegen::ir::{types, Block, InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use netc_runtime::DType;
 use std::marker::PhantomData;
@@ -60,52 +59,6 @@ pub struct RowKernel {
     pub op: RowOp,
     /// Elements per row, `1..=2^40`.
     pub len: u64,
-}
-
-fn flags() -> MemFlagsData {
-    // Unaligned, like the elementwise kernels: rows start anywhere.
-    MemFlagsData::new().with_notrap()
-}
-
-fn args(vals: &[Value]) -> Vec<BlockArg> {
-    vals.iter().map(|&v| BlockArg::Value(v)).collect()
-}
-
-/// A header-tested counted loop `for j in (lo..hi).step_by(step)` carrying
-/// `init` (of types `tys`) through block parameters; `body(b, j, carried)`
-/// returns the next carried values. Leaves the builder in the exit block
-/// and returns the carried values there.
-fn counted(
-    b: &mut FunctionBuilder,
-    lo: Value,
-    hi: Value,
-    step: i64,
-    init: &[Value],
-    tys: &[Type],
-    mut body: impl FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value>,
-) -> Vec<Value> {
-    let (head, blk, exit) = (b.create_block(), b.create_block(), b.create_block());
-    b.append_block_param(head, types::I64);
-    for &t in tys {
-        b.append_block_param(head, t);
-        b.append_block_param(exit, t);
-    }
-    let mut a = vec![lo];
-    a.extend_from_slice(init);
-    b.ins().jump(head, &args(&a));
-    b.switch_to_block(head);
-    let ps = b.block_params(head).to_vec();
-    let (j, carried) = (ps[0], ps[1..].to_vec());
-    let more = b.ins().icmp(IntCC::SignedLessThan, j, hi);
-    b.ins().brif(more, blk, &[], exit, &args(&carried));
-    b.switch_to_block(blk);
-    let next = body(b, j, &carried);
-    let j2 = b.ins().iadd_imm_s(j, step);
-    let mut a = vec![j2];
-    a.extend(next);
-    b.ins().jump(head, &args(&a));
-    b.switch_to_block(exit);
-    b.block_params(exit).to_vec()
 }
 
 /// Per-function state for one row.

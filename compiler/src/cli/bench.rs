@@ -2,7 +2,9 @@
 //! seeded random inputs and default-initialised weights: warm-up, then
 //! timed calls; median, min, max, samples/s and achieved GFLOP/s, as a
 //! table or (`--json`) one JSON object per batch size. Also reports the
-//! cold compile time (parse → ready to run) of each batch size.
+//! cold compile time (parse → passes → lowering → JIT → prepared, ready to
+//! run) of each batch size, and apart from it the time to initialise the
+//! weights (what loading a weight file replaces).
 
 use super::options::{input_sizes, CompileFlags, ModelArgs};
 use super::Failure;
@@ -52,8 +54,15 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
     };
     if !args.json {
         println!(
-            "{:>6} {:>11} {:>11} {:>11} {:>13} {:>9} {:>11}",
-            "batch", "median ms", "min ms", "max ms", "samples/s", "GFLOP/s", "compile ms"
+            "{:>6} {:>11} {:>11} {:>11} {:>13} {:>9} {:>11} {:>9}",
+            "batch",
+            "median ms",
+            "min ms",
+            "max ms",
+            "samples/s",
+            "GFLOP/s",
+            "compile ms",
+            "init ms"
         );
     }
     for &batch in &args.batch {
@@ -63,21 +72,30 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
         let start = Instant::now();
         let loaded = super::options::load(&args.model)?;
         let mut sizes = loaded.sizes.clone();
-        sizes.push(("N".into(), batch as i64));
+        if loaded.graph.find_symbol("N").is_some() {
+            sizes.push(("N".into(), batch as i64));
+        } else if batch != 1 {
+            return Err(Failure::Usage(format!(
+                "`--batch {batch}`: model `{}` has no batch size `N` (its inputs have fixed shapes); use --batch 1",
+                loaded.graph.name
+            )));
+        }
         let shapes = input_shapes(&loaded.graph, &sizes)?;
         let name = loaded.graph.name.clone();
         let flops = forward_flops(&loaded.graph, &shape_refs(&shapes)).map_err(Failure::error)?;
         let mut model = CompiledModel::new(loaded.graph, &shape_refs(&shapes), options)
             .map_err(Failure::error)?;
-        model.init_weights(0).map_err(Failure::error)?;
         let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+        let start = Instant::now();
+        model.init_weights(0).map_err(Failure::error)?;
+        let init_ms = start.elapsed().as_secs_f64() * 1e3;
         let inputs = random_inputs(&shapes);
         let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let t = measure(&mut model, &refs, config).map_err(Failure::error)?;
         let gflops = flops / (t.median_ms / 1e3) / 1e9;
         if args.json {
             println!(
-                "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": false, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"gflops\": {:.3}, \"compile_ms\": {compile_ms:.3}, \"times_ms\": [{}]}}",
+                "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": false, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"gflops\": {:.3}, \"compile_ms\": {compile_ms:.3}, \"init_ms\": {init_ms:.3}, \"times_ms\": [{}]}}",
                 options.threads,
                 t.median_ms,
                 t.min_ms,
@@ -88,13 +106,14 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
             );
         } else {
             println!(
-                "{batch:>6} {:>11.3} {:>11.3} {:>11.3} {:>13.1} {:>9.1} {:>11.1}",
+                "{batch:>6} {:>11.3} {:>11.3} {:>11.3} {:>13.1} {:>9.1} {:>11.1} {:>9.1}",
                 t.median_ms,
                 t.min_ms,
                 t.max_ms,
                 t.samples_per_s(batch),
                 gflops,
-                compile_ms
+                compile_ms,
+                init_ms
             );
         }
     }

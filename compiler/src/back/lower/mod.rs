@@ -60,6 +60,10 @@ pub struct StepLabel {
     pub layer: String,
     /// The op name (`conv2d`, ...), or `output` for an output copy.
     pub op: String,
+    /// Which lowered node (or output copy) the step belongs to, counted
+    /// in lowering order: steps of one node share it, distinct nodes with
+    /// the same path and op do not.
+    pub group: usize,
     /// The FLOPs of the node and its fused followers at the bound sizes.
     pub flops: f64,
 }
@@ -132,6 +136,7 @@ pub fn lower(
         current: StepLabel {
             layer: String::new(),
             op: String::new(),
+            group: 0,
             flops: 0.0,
         },
         in_prepare: false,
@@ -171,6 +176,7 @@ pub fn lower(
                 node.path.clone()
             },
             op: node.op.name.to_string(),
+            group: cx.current.group + 1,
             flops: node
                 .outputs
                 .first()
@@ -199,6 +205,7 @@ pub fn lower(
         cx.current = StepLabel {
             layer: name.clone(),
             op: "output".into(),
+            group: cx.current.group + 1,
             flops: 0.0,
         };
         let src = cx.buf(*v)?;
@@ -601,6 +608,15 @@ mod tests {
             2,
             "one fused kernel and the output copy"
         );
+        // The fused kernel is labelled by its head (mul) and carries the
+        // group's FLOPs: mul, sub, relu and clamp, one each per element
+        // of 2·3·4.
+        let labels: Vec<(&str, &str, f64)> = lowered
+            .labels
+            .iter()
+            .map(|l| (l.layer.as_str(), l.op.as_str(), l.flops))
+            .collect();
+        assert_eq!(labels, [("mul", "mul", 24.0 * 4.0), ("y", "output", 0.0)]);
         let mut ex = Executor::new(lowered.plan, 2).unwrap();
         let mut y = vec![0.0f32; n * 12];
         assert!(

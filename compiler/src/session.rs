@@ -314,15 +314,19 @@ impl CompiledModel {
         }
         let reps = reps.max(1);
         let mut times = vec![Duration::ZERO; labels.len()];
-        let mut per_rep = vec![vec![0.0f64; reps]; layers.len()];
-        for r in 0..reps {
+        // Per run, milliseconds per layer.
+        let mut runs: Vec<Vec<f64>> = Vec::with_capacity(reps);
+        for _ in 0..reps {
             self.executor
                 .run_profiled(&slices, &params, &mut out_refs, &mut times)?;
+            let mut ms = vec![0.0f64; layers.len()];
             for (t, &at) in times.iter().zip(&layer_of) {
-                per_rep[at][r] += t.as_secs_f64() * 1e3;
+                ms[at] += t.as_secs_f64() * 1e3;
             }
+            runs.push(ms);
         }
-        for (layer, mut ms) in layers.iter_mut().zip(per_rep) {
+        for (i, layer) in layers.iter_mut().enumerate() {
+            let mut ms: Vec<f64> = runs.iter().map(|r| r[i]).collect();
             ms.sort_by(f64::total_cmp);
             layer.median_ms = ms[ms.len() / 2];
         }

@@ -523,3 +523,50 @@ fn bench_reports_one_json_object_per_batch() {
     assert!(!ok);
     assert!(err.contains("`--batch 0`"), "{err}");
 }
+
+/// `netc time` smoke test (one profiled run): a header, one row per layer
+/// sorted by time, shares that add up to 100 %, and the total line;
+/// `--top` limits the rows but not the total.
+#[test]
+fn time_lists_layers_by_cost_with_shares_and_a_total() {
+    let args = [
+        "time",
+        "models/eeg_mlp.net",
+        "--batch",
+        "2",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+    ];
+    let (ok, out, err) = netc(&args);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("eeg_mlp: batch 2, 1 threads"), "{out}");
+    assert!(lines[1]
+        .split_whitespace()
+        .eq(["rank", "layer", "op", "ms", "share", "GFLOP/s"]));
+    let rows: Vec<Vec<&str>> = lines[2..lines.len() - 1]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // fc1, fc2, out (the linears, relus fused) and the output copy.
+    assert_eq!(rows.len(), 4, "{out}");
+    let ms: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+    assert!(ms.windows(2).all(|w| w[0] >= w[1]), "{out}");
+    let shares: f64 = rows
+        .iter()
+        .map(|r| r[4].trim_end_matches('%').parse::<f64>().unwrap())
+        .sum();
+    assert!((shares - 100.0).abs() < 0.3, "{shares} in {out}");
+    let mut layers: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    layers.sort_unstable();
+    assert_eq!(layers, ["fc1", "fc2", "logits", "out"]);
+    let total = lines[lines.len() - 1];
+    assert!(total.trim_start().starts_with("total (4 layers)"), "{out}");
+    assert!(total.contains("100.0%"), "{out}");
+    let (ok, out, err) = netc(&[&args[..], &["--top", "2"]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(out.contains("total (4 layers)"), "{out}");
+}

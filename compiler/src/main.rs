@@ -23,6 +23,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Time a compiled model at one or more batch sizes.
     Bench(cli::bench::BenchArgs),
+    /// Time the forward pass per layer, most expensive first.
+    Time(cli::time::TimeArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cli::compile::compile(&args),
         Command::Run(args) => cli::run::run(&args),
         Command::Bench(args) => cli::bench::bench(&args),
+        Command::Time(args) => cli::time::time(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,7 @@ use netc_runtime::weights::{load_checked, TensorSpec, WeightError};
 use netc_runtime::{DType, Initializer, Storage, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 /// Why a model cannot be loaded, compiled or run.
 #[derive(Debug, thiserror::Error)]
@@ -205,9 +206,9 @@ impl CompiledModel {
         self.prepare()
     }
 
-    /// Runs the model on named inputs (f32, of the shapes it was compiled
-    /// for) and returns every output by name.
-    pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, RunError> {
+    /// The executor-ordered input slices for named inputs, checked
+    /// against the shapes the model was compiled for.
+    fn input_slices<'t>(&self, inputs: &[(&str, &'t Tensor)]) -> Result<Vec<&'t [f32]>, RunError> {
         let mut slices: Vec<&[f32]> = Vec::with_capacity(self.lowered.inputs.len());
         for (name, want) in self.lowered.inputs.iter().zip(&self.input_shapes) {
             let t = inputs
@@ -226,6 +227,13 @@ impl CompiledModel {
             }
             slices.push(data);
         }
+        Ok(slices)
+    }
+
+    /// Runs the model on named inputs (f32, of the shapes it was compiled
+    /// for) and returns every output by name.
+    pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, RunError> {
+        let slices = self.input_slices(inputs)?;
         let params: Vec<&[f32]> = self
             .params
             .iter()
@@ -256,6 +264,88 @@ impl CompiledModel {
         }
         Ok(result)
     }
+
+    /// Times the forward pass per layer: one warm-up run, then `reps`
+    /// (at least 1) profiled runs. Steps of one lowered node (or fused
+    /// group, or output copy) add up to one [`LayerTime`], listed in plan
+    /// order with the median over the runs.
+    pub fn profile(
+        &mut self,
+        inputs: &[(&str, &Tensor)],
+        reps: usize,
+    ) -> Result<Vec<LayerTime>, RunError> {
+        let slices = self.input_slices(inputs)?;
+        let params: Vec<&[f32]> = self
+            .params
+            .iter()
+            .map(|t| t.as_f32().unwrap_or(&[]))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = self
+            .lowered
+            .outputs
+            .iter()
+            .map(|(_, n)| vec![0.0; *n])
+            .collect();
+        let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        self.executor.run(&slices, &params, &mut out_refs)?;
+        let labels = &self.lowered.labels;
+        // Step -> layer, layers in order of first appearance; distinct
+        // nodes with the same path and op share a layer and add their
+        // FLOPs (a node's steps are consecutive and share its FLOPs).
+        let mut layers: Vec<LayerTime> = Vec::new();
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut layer_of = Vec::with_capacity(labels.len());
+        let mut last_group = None;
+        for l in labels {
+            let at = *index.entry((&l.layer, &l.op)).or_insert_with(|| {
+                layers.push(LayerTime {
+                    layer: l.layer.clone(),
+                    op: l.op.clone(),
+                    flops: 0.0,
+                    median_ms: 0.0,
+                });
+                layers.len() - 1
+            });
+            if last_group != Some(l.group) {
+                layers[at].flops += l.flops;
+                last_group = Some(l.group);
+            }
+            layer_of.push(at);
+        }
+        let reps = reps.max(1);
+        let mut times = vec![Duration::ZERO; labels.len()];
+        // Per run, milliseconds per layer.
+        let mut runs: Vec<Vec<f64>> = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            self.executor
+                .run_profiled(&slices, &params, &mut out_refs, &mut times)?;
+            let mut ms = vec![0.0f64; layers.len()];
+            for (t, &at) in times.iter().zip(&layer_of) {
+                ms[at] += t.as_secs_f64() * 1e3;
+            }
+            runs.push(ms);
+        }
+        for (i, layer) in layers.iter_mut().enumerate() {
+            let mut ms: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+            ms.sort_by(f64::total_cmp);
+            layer.median_ms = ms[ms.len() / 2];
+        }
+        Ok(layers)
+    }
+}
+
+/// The forward time of one layer (see [`CompiledModel::profile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerTime {
+    /// The layer path (a fused group: its head's; an output copy: the
+    /// output name).
+    pub layer: String,
+    /// The op name, or `output` for an output copy.
+    pub op: String,
+    /// Floating-point operations of the layer at the compiled shapes.
+    pub flops: f64,
+    /// Median milliseconds per forward pass.
+    pub median_ms: f64,
 }
 
 /// Parses the `.net` file at `path` (and the files it imports), picks
@@ -337,6 +427,51 @@ mod tests {
             );
         }
         assert_eq!(m.kernels_compiled(), kernels, "running compiles nothing");
+    }
+
+    /// Per-layer times cover every lowered layer once, in plan order, with
+    /// FLOPs counted by hand: fc1 is 5·3·(2·4 + 1) = 135, relu 15 (in
+    /// fc1's epilogue when fused), fc2 5·2·(2·3 + 1) = 70. Profiling
+    /// leaves the results of later runs unchanged.
+    #[test]
+    fn profile_times_each_layer_once_with_its_flops() {
+        let g = program(
+            "model m() { input x: f32[N, 4]  output y = x |> fc1: linear(3) |> relu |> fc2: linear(2) }",
+        )
+        .unwrap();
+        let x = Tensor::from_f32(&[5, 4], (0..20).map(|i| i as f32 * 0.1 - 1.0).collect()).unwrap();
+        for fuse in [true, false] {
+            let options = CompileOptions {
+                threads: 2,
+                fuse,
+                ..Default::default()
+            };
+            let mut m = CompiledModel::new(g.clone(), &[("x", x.shape())], options).unwrap();
+            m.init_weights(1).unwrap();
+            let before = m.run(&[("x", &x)]).unwrap();
+            let layers = m.profile(&[("x", &x)], 3).unwrap();
+            let names: Vec<(&str, &str, f64)> = layers
+                .iter()
+                .map(|l| (l.layer.as_str(), l.op.as_str(), l.flops))
+                .collect();
+            let want: Vec<(&str, &str, f64)> = if fuse {
+                vec![
+                    ("fc1", "linear", 150.0),
+                    ("fc2", "linear", 70.0),
+                    ("y", "output", 0.0),
+                ]
+            } else {
+                vec![
+                    ("fc1", "linear", 135.0),
+                    ("relu", "relu", 15.0),
+                    ("fc2", "linear", 70.0),
+                    ("y", "output", 0.0),
+                ]
+            };
+            assert_eq!(names, want, "fuse {fuse}");
+            assert!(layers.iter().all(|l| l.median_ms >= 0.0));
+            assert_eq!(m.run(&[("x", &x)]).unwrap(), before);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
+use std::time::{Duration, Instant};
 
 /// The machine signature of every kernel (see the module docs).
 pub type KernelFn = unsafe extern "C" fn(i64, i64, *const *const f32, *mut f32);
@@ -238,6 +239,14 @@ pub enum PlanError {
     /// would be stale or missing).
     #[error("the plan's parameter-derived tensors are not prepared (call prepare after loading weights)")]
     NotPrepared,
+    /// [`Executor::run_profiled`] got fewer time slots than the plan has steps.
+    #[error("{have} time slots for {need} steps")]
+    Times {
+        /// Slots given.
+        have: usize,
+        /// Steps in the plan.
+        need: usize,
+    },
 }
 
 /// Raw pointers handed to kernels on several threads.
@@ -605,7 +614,7 @@ impl Executor {
     /// Call it after the parameters change and before [`Executor::run`].
     pub fn prepare(&mut self, params: &[&[f32]]) -> Result<(), PlanError> {
         self.check(Phase::Prepare, &[], params, &[])?;
-        self.execute(Phase::Prepare, &[], params, &mut []);
+        self.execute(Phase::Prepare, &[], params, &mut [], &mut []);
         self.prepared = true;
         Ok(())
     }
@@ -622,17 +631,43 @@ impl Executor {
             return Err(PlanError::NotPrepared);
         }
         self.check(Phase::Run, inputs, params, outputs)?;
-        self.execute(Phase::Run, inputs, params, outputs);
+        self.execute(Phase::Run, inputs, params, outputs, &mut []);
         Ok(())
     }
 
-    /// Runs one phase's steps on checked buffers.
+    /// Runs every step like [`Executor::run`] and stores each step's wall
+    /// time in `times` (one entry per step of [`Plan::steps`]; a shorter
+    /// slice is an error). Timing adds two clock reads per step.
+    pub fn run_profiled(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        times: &mut [Duration],
+    ) -> Result<(), PlanError> {
+        if !self.prepared {
+            return Err(PlanError::NotPrepared);
+        }
+        if times.len() < self.plan.steps.len() {
+            return Err(PlanError::Times {
+                have: times.len(),
+                need: self.plan.steps.len(),
+            });
+        }
+        self.check(Phase::Run, inputs, params, outputs)?;
+        self.execute(Phase::Run, inputs, params, outputs, times);
+        Ok(())
+    }
+
+    /// Runs one phase's steps on checked buffers, timing step `i` into
+    /// `times[i]` when `times` is not empty.
     fn execute(
         &mut self,
         phase: Phase,
         inputs: &[&[f32]],
         params: &[&[f32]],
         outputs: &mut [&mut [f32]],
+        times: &mut [Duration],
     ) {
         let arena = self.arena.as_mut_ptr();
         let (steps, pointers) = match phase {
@@ -642,7 +677,8 @@ impl Executor {
         let constants = &self.plan.constants;
         let pool = &self.pool;
         let work = self.tile_work.as_mut_ptr();
-        for (step, slots) in steps.iter().zip(pointers.iter_mut()) {
+        for (i, (step, slots)) in steps.iter().zip(pointers.iter_mut()).enumerate() {
+            let started = (!times.is_empty()).then(Instant::now);
             let read = |b: &Buf| -> *const f32 {
                 match *b {
                     // SAFETY: `check` verified offset + extent <= arena length.
@@ -683,6 +719,9 @@ impl Executor {
                     // contraction stays inside those extents; `work` has
                     // one entry per pool thread when a tile GEMM is used.
                     unsafe { at.run(pool, step.extents[c.pack.map_or(0, |p| p.scratch)]) };
+                    if let Some(t) = started {
+                        times[i] = t.elapsed();
+                    }
                     continue;
                 }
             };
@@ -700,6 +739,9 @@ impl Executor {
             } else {
                 self.pool
                     .install(|| (0..tasks).into_par_iter().for_each(run_range));
+            }
+            if let Some(t) = started {
+                times[i] = t.elapsed();
             }
         }
     }
@@ -861,6 +903,29 @@ mod tests {
             for (i, v) in y.iter().enumerate() {
                 assert_eq!(*v, 3.0 * (i as f32 + 0.5), "threads {threads}, element {i}");
             }
+        }
+    }
+
+    /// A profiled run fills one time per step and computes exactly what
+    /// `run` computes; too few time slots are refused before anything runs.
+    #[test]
+    fn profiled_runs_time_every_step_and_equal_plain_runs() {
+        for threads in [1, 2] {
+            let n = 1001;
+            let mut ex = Executor::new(plan(n), threads).unwrap();
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).sin()).collect();
+            let w = vec![0.25f32; n];
+            let (mut y, mut z) = (vec![0.0f32; n], vec![0.0f32; n]);
+            ex.run(&[&x], &[&w], &mut [&mut y]).unwrap();
+            let mut times = vec![Duration::MAX; 3];
+            ex.run_profiled(&[&x], &[&w], &mut [&mut z], &mut times)
+                .unwrap();
+            assert_eq!(y, z, "threads {threads}");
+            assert!(times.iter().all(|t| *t != Duration::MAX), "{times:?}");
+            let err = ex
+                .run_profiled(&[&x], &[&w], &mut [&mut z], &mut times[..2])
+                .unwrap_err();
+            assert_eq!(err, PlanError::Times { have: 2, need: 3 });
         }
     }
 

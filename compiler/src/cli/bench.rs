@@ -121,7 +121,10 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
 }
 
 /// The concrete shape of every input for the given sizes.
-fn input_shapes(g: &Graph, sizes: &[(String, i64)]) -> Result<Vec<(String, Vec<usize>)>, Failure> {
+pub(super) fn input_shapes(
+    g: &Graph,
+    sizes: &[(String, i64)],
+) -> Result<Vec<(String, Vec<usize>)>, Failure> {
     let known = input_sizes(g, sizes)?;
     g.inputs
         .iter()
@@ -151,7 +154,8 @@ fn input_shapes(g: &Graph, sizes: &[(String, i64)]) -> Result<Vec<(String, Vec<u
         .collect()
 }
 
-fn shape_refs(shapes: &[(String, Vec<usize>)]) -> Vec<(&str, &[usize])> {
+/// The shapes as `(name, shape)` references, as the session takes them.
+pub(super) fn shape_refs(shapes: &[(String, Vec<usize>)]) -> Vec<(&str, &[usize])> {
     shapes
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_slice()))
@@ -160,7 +164,7 @@ fn shape_refs(shapes: &[(String, Vec<usize>)]) -> Vec<(&str, &[usize])> {
 
 /// Seeded inputs in [-1, 1) (a fixed linear congruential sequence: the
 /// values only need to be ordinary numbers, not statistically good).
-fn random_inputs(shapes: &[(String, Vec<usize>)]) -> Vec<(String, Tensor)> {
+pub(super) fn random_inputs(shapes: &[(String, Vec<usize>)]) -> Vec<(String, Tensor)> {
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     shapes
         .iter()

@@ -4,13 +4,15 @@
 //! - [`check`]: `netc check`, summaries, parameter lists, weight checks;
 //! - [`compile`]: `netc compile --emit`, what a compile stage produced;
 //! - [`run`]: `netc run`, a model on inputs from files;
-//! - [`bench`]: `netc bench`, latency at given batch sizes.
+//! - [`bench`]: `netc bench`, latency at given batch sizes;
+//! - [`time`]: `netc time`, forward time per layer.
 
 pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod options;
 pub mod run;
+pub mod time;
 
 use std::fmt::Display;
 use std::process::ExitCode;

@@ -30,7 +30,7 @@ pub mod pool;
 use super::elementwise::{Bcast, Chain, Domain};
 use super::jit::Jit;
 use super::BackError;
-use crate::ir::{Graph, Node, SymId, ValueDef, ValueId};
+use crate::ir::{Dim, Graph, Node, SymId, ValueDef, ValueId};
 use crate::options::CompileOptions;
 use crate::passes::memplan;
 use netc_runtime::plan::{Buf, Plan, Step, Work};
@@ -48,6 +48,24 @@ pub struct Lowered {
     pub params: Vec<String>,
     /// Output names with their element counts, in the executor's output order.
     pub outputs: Vec<(String, usize)>,
+    /// Which layer each run step belongs to, parallel to `plan.steps`.
+    pub labels: Vec<StepLabel>,
+}
+
+/// The layer a run step computes part of, for per-layer profiles.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLabel {
+    /// The node's layer path (a fused group: its head's), or the output
+    /// name for the final output copies.
+    pub layer: String,
+    /// The op name (`conv2d`, ...), or `output` for an output copy.
+    pub op: String,
+    /// Which lowered node (or output copy) the step belongs to, counted
+    /// in lowering order: steps of one node share it, distinct nodes with
+    /// the same path and op do not.
+    pub group: usize,
+    /// The FLOPs of the node and its fused followers at the bound sizes.
+    pub flops: f64,
 }
 
 /// The state of one lowering: buffers of lowered values, the steps so far,
@@ -73,6 +91,10 @@ pub struct LowerCx<'a> {
     constants: Vec<Vec<f32>>,
     prepare: Vec<Step>,
     steps: Vec<Step>,
+    /// The label of every run step so far, parallel to `steps`.
+    labels: Vec<StepLabel>,
+    /// The label of the steps the node being lowered pushes.
+    current: StepLabel,
     /// Whether the node being lowered is parameter-derived.
     in_prepare: bool,
 }
@@ -110,8 +132,16 @@ pub fn lower(
         constants: Vec::new(),
         prepare: Vec::new(),
         steps: Vec::new(),
+        labels: Vec::new(),
+        current: StepLabel {
+            layer: String::new(),
+            op: String::new(),
+            group: 0,
+            flops: 0.0,
+        },
         in_prepare: false,
     };
+    let group_flops = group_flops(&cx, &nodes);
     // The persistent region's size is known before any node is lowered,
     // so scratch offsets can be handed out as nodes are lowered.
     let persistent_len: usize = cx
@@ -139,6 +169,21 @@ pub fn lower(
             continue;
         }
         cx.jit.set_requester(&node.path, node.op.name);
+        cx.current = StepLabel {
+            layer: if node.path.is_empty() {
+                node.op.name.to_string()
+            } else {
+                node.path.clone()
+            },
+            op: node.op.name.to_string(),
+            group: cx.current.group + 1,
+            flops: node
+                .outputs
+                .first()
+                .and_then(|v| group_flops.get(v))
+                .copied()
+                .unwrap_or(0.0),
+        };
         cx.in_prepare = node.outputs.iter().all(|v| cx.derived.contains(v));
         let lowered = pointwise::try_lower(&mut cx, node)
             .or_else(|| contract::try_lower(&mut cx, node))
@@ -157,6 +202,12 @@ pub fn lower(
     let mut outputs = Vec::new();
     for (k, (name, v)) in g.outputs.iter().enumerate() {
         cx.jit.set_requester(name, "output");
+        cx.current = StepLabel {
+            layer: name.clone(),
+            op: "output".into(),
+            group: cx.current.group + 1,
+            flops: 0.0,
+        };
         let src = cx.buf(*v)?;
         let n = cx.numel(*v)?;
         cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
@@ -172,7 +223,22 @@ pub fn lower(
         inputs: g.inputs.iter().map(|(n, _)| n.clone()).collect(),
         params: g.params.iter().map(|p| p.path.clone()).collect(),
         outputs,
+        labels: cx.labels,
     })
+}
+
+/// The FLOPs of every lowered node at the bound sizes, by its first
+/// output, with each fused group's followers added to its head.
+fn group_flops(cx: &LowerCx, nodes: &[&Node]) -> HashMap<ValueId, f64> {
+    let mut flops: HashMap<ValueId, f64> = HashMap::new();
+    for n in nodes {
+        let Some(&first) = n.outputs.first() else {
+            continue;
+        };
+        let own = cx.eval(&n.flops).unwrap_or(0) as f64;
+        *flops.entry(n.fused_into.unwrap_or(first)).or_default() += own;
+    }
+    flops
 }
 
 /// Rounds an element count up to 16 f32 (64 bytes, the arena alignment).
@@ -276,16 +342,10 @@ impl LowerCx<'_> {
                 self.g.type_text(ty)
             )));
         }
-        let value_of = |s: SymId| {
-            self.symbols
-                .iter()
-                .find(|(n, _)| *n == self.g.sym_name(s))
-                .map(|(_, v)| *v)
-        };
         ty.shape
             .iter()
             .map(|d| {
-                let n = d.eval(&value_of).as_known().ok_or_else(|| {
+                let n = self.eval(d).ok_or_else(|| {
                     BackError(format!(
                         "size {} of %{} is not given (pass it with the inputs)",
                         self.g.dim_text(d),
@@ -295,6 +355,17 @@ impl LowerCx<'_> {
                 usize::try_from(n).map_err(|_| BackError(format!("negative size of %{}", v.0)))
             })
             .collect()
+    }
+
+    /// The value of a size expression at the bound symbols, if known.
+    fn eval(&self, d: &Dim) -> Option<i64> {
+        let value_of = |s: SymId| {
+            self.symbols
+                .iter()
+                .find(|(n, _)| *n == self.g.sym_name(s))
+                .map(|(_, v)| *v)
+        };
+        d.eval(&value_of).as_known()
     }
 
     /// The element count of `v`.
@@ -309,6 +380,7 @@ impl LowerCx<'_> {
             self.prepare.push(step);
         } else {
             self.steps.push(step);
+            self.labels.push(self.current.clone());
         }
     }
 
@@ -536,6 +608,15 @@ mod tests {
             2,
             "one fused kernel and the output copy"
         );
+        // The fused kernel is labelled by its head (mul) and carries the
+        // group's FLOPs: mul, sub, relu and clamp, one each per element
+        // of 2·3·4.
+        let labels: Vec<(&str, &str, f64)> = lowered
+            .labels
+            .iter()
+            .map(|l| (l.layer.as_str(), l.op.as_str(), l.flops))
+            .collect();
+        assert_eq!(labels, [("mul", "mul", 24.0 * 4.0), ("y", "output", 0.0)]);
         let mut ex = Executor::new(lowered.plan, 2).unwrap();
         let mut y = vec![0.0f32; n * 12];
         assert!(

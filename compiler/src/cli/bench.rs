@@ -52,20 +52,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
         min_reps: args.reps.max(1),
         min_time: Duration::from_secs_f64(args.min_time),
     };
-    if !args.json {
-        println!(
-            "{:>6} {:>11} {:>11} {:>11} {:>13} {:>9} {:>11} {:>9}",
-            "batch",
-            "median ms",
-            "min ms",
-            "max ms",
-            "samples/s",
-            "GFLOP/s",
-            "compile ms",
-            "init ms"
-        );
-    }
-    for &batch in &args.batch {
+    for (i, &batch) in args.batch.iter().enumerate() {
         if batch == 0 {
             return Err(Failure::Usage("`--batch 0`: batches are at least 1".into()));
         }
@@ -105,6 +92,9 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
                 t.times_ms.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(", ")
             );
         } else {
+            if i == 0 {
+                print_header();
+            }
             println!(
                 "{batch:>6} {:>11.3} {:>11.3} {:>11.3} {:>13.1} {:>9.1} {:>11.1} {:>9.1}",
                 t.median_ms,
@@ -118,6 +108,14 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The column titles of the table output.
+fn print_header() {
+    println!(
+        "{:>6} {:>11} {:>11} {:>11} {:>13} {:>9} {:>11} {:>9}",
+        "batch", "median ms", "min ms", "max ms", "samples/s", "GFLOP/s", "compile ms", "init ms"
+    );
 }
 
 /// The concrete shape of every input for the given sizes.

@@ -125,11 +125,7 @@ impl CompiledModel {
 
     /// Recomputes the parameter-derived tensors after the weights changed.
     fn prepare(&mut self) -> Result<(), RunError> {
-        let params: Vec<&[f32]> = self
-            .params
-            .iter()
-            .map(|t| t.as_f32().unwrap_or(&[]))
-            .collect();
+        let params = param_slices(&self.params);
         self.executor.prepare(&params)?;
         Ok(())
     }
@@ -230,21 +226,21 @@ impl CompiledModel {
         Ok(slices)
     }
 
+    /// Zeroed buffers for every output, in executor order.
+    fn output_buffers(&self) -> Vec<Vec<f32>> {
+        self.lowered
+            .outputs
+            .iter()
+            .map(|(_, n)| vec![0.0; *n])
+            .collect()
+    }
+
     /// Runs the model on named inputs (f32, of the shapes it was compiled
     /// for) and returns every output by name.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, RunError> {
         let slices = self.input_slices(inputs)?;
-        let params: Vec<&[f32]> = self
-            .params
-            .iter()
-            .map(|t| t.as_f32().unwrap_or(&[]))
-            .collect();
-        let mut outs: Vec<Vec<f32>> = self
-            .lowered
-            .outputs
-            .iter()
-            .map(|(_, n)| vec![0.0; *n])
-            .collect();
+        let params = param_slices(&self.params);
+        let mut outs = self.output_buffers();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
         self.executor.run(&slices, &params, &mut out_refs)?;
         let mut result = Vec::with_capacity(outs.len());
@@ -275,17 +271,8 @@ impl CompiledModel {
         reps: usize,
     ) -> Result<Vec<LayerTime>, RunError> {
         let slices = self.input_slices(inputs)?;
-        let params: Vec<&[f32]> = self
-            .params
-            .iter()
-            .map(|t| t.as_f32().unwrap_or(&[]))
-            .collect();
-        let mut outs: Vec<Vec<f32>> = self
-            .lowered
-            .outputs
-            .iter()
-            .map(|(_, n)| vec![0.0; *n])
-            .collect();
+        let params = param_slices(&self.params);
+        let mut outs = self.output_buffers();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
         self.executor.run(&slices, &params, &mut out_refs)?;
         let labels = &self.lowered.labels;
@@ -366,6 +353,12 @@ pub fn load_model(
         .model(model)
         .map_err(|e| RunError::Source(format!("{}: {e}", path.display())))?;
     elaborate(&program, m, args).map_err(|d| RunError::Source(render_all(&d, &program.sources)))
+}
+
+/// The parameters as the executor reads them (non-f32 buffers, such as
+/// `num_batches_tracked`, are never read by a plan and pass as empty).
+fn param_slices(params: &[Tensor]) -> Vec<&[f32]> {
+    params.iter().map(|t| t.as_f32().unwrap_or(&[])).collect()
 }
 
 fn known_shape(dims: &[i64]) -> Vec<usize> {

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod diag;
 pub mod elab;
 pub mod front;
+pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod ops;

@@ -605,6 +605,16 @@ impl Executor {
         self.arena.as_ptr()
     }
 
+    /// The arena (outputs a plan leaves in place are read from it).
+    pub fn arena(&self) -> &[f32] {
+        &self.arena
+    }
+
+    /// Compile-time constant `k` of the plan.
+    pub fn constant(&self, k: usize) -> &[f32] {
+        &self.plan.constants[k]
+    }
+
     /// The worker threads in the pool.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()

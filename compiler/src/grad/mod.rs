@@ -106,6 +106,33 @@ pub fn training_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
     })
 }
 
+/// The evaluation graph of `g` (which must have a `train` section): the
+/// forward pass in inference semantics (running statistics, no dropout)
+/// plus the loss, for validation. Outputs: `loss`, then the model's
+/// outputs; inputs: the model's, then the labels. It has no gradients.
+pub fn evaluation_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
+    let train = g.train.clone().ok_or_else(|| {
+        GradError(format!("model `{}` has no `train` section", g.name))
+    })?;
+    let mut graph = g.clone();
+    for n in &mut graph.nodes {
+        n.train_only = false;
+    }
+    for (name, v) in &train.labels {
+        graph.inputs.push((name.clone(), *v));
+    }
+    let model_outputs = std::mem::take(&mut graph.outputs);
+    graph.outputs.push(("loss".to_string(), train.loss));
+    graph.outputs.extend(model_outputs);
+    Ok(TrainingGraph {
+        graph,
+        grads: Vec::new(),
+        state: Vec::new(),
+        first_model_output: 1,
+        uses_seed: false,
+    })
+}
+
 /// What the train-mode rewrite produced.
 pub(crate) struct Moded {
     /// Buffers the step updates: (parameter index, new value).

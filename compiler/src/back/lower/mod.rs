@@ -48,6 +48,10 @@ pub struct Lowered {
     pub params: Vec<String>,
     /// Output names with their element counts, in the executor's output order.
     pub outputs: Vec<(String, usize)>,
+    /// Where each output is after a run: `Buf::Output(k)` when outputs are
+    /// copied out, the value's own arena range (or constant) when they stay
+    /// in place ([`OutputMode::InPlace`]).
+    pub output_bufs: Vec<Buf>,
     /// Which layer each run step belongs to, parallel to `plan.steps`.
     pub labels: Vec<StepLabel>,
 }
@@ -99,6 +103,17 @@ pub struct LowerCx<'a> {
     in_prepare: bool,
 }
 
+/// How a plan hands out its outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Final steps copy every output into the caller's output buffers.
+    Copy,
+    /// Outputs stay where they were computed (the memory planner keeps
+    /// them live to the end); the caller reads them from the arena. Saves
+    /// a pass over every output: the training step's gradients.
+    InPlace,
+}
+
 /// Lowers the forward pass of `g` with the symbol values `symbols` (every
 /// input symbol must be given), compiling kernels into `jit`.
 pub fn lower(
@@ -106,6 +121,17 @@ pub fn lower(
     symbols: &[(String, i64)],
     options: CompileOptions,
     jit: &mut Jit,
+) -> Result<Lowered, BackError> {
+    lower_with(g, symbols, options, jit, OutputMode::Copy)
+}
+
+/// [`lower`] with a choice of how outputs are handed out.
+pub fn lower_with(
+    g: &Graph,
+    symbols: &[(String, i64)],
+    options: CompileOptions,
+    jit: &mut Jit,
+    mode: OutputMode,
 ) -> Result<Lowered, BackError> {
     let nodes: Vec<&Node> = g.nodes.iter().filter(|n| !n.train_only).collect();
     let derived = derived_values(g, &nodes);
@@ -200,7 +226,19 @@ pub fn lower(
         steps: Vec::new(),
     };
     let mut outputs = Vec::new();
+    let mut output_bufs = Vec::new();
     for (k, (name, v)) in g.outputs.iter().enumerate() {
+        if mode == OutputMode::InPlace {
+            let buf = cx.buf(*v)?;
+            if !matches!(buf, Buf::Arena { .. } | Buf::Const(_)) {
+                return Err(BackError(format!(
+                    "output `{name}` is an input or a parameter; it cannot be handed out in place"
+                )));
+            }
+            output_bufs.push(buf);
+            outputs.push((name.clone(), cx.numel(*v)?));
+            continue;
+        }
         cx.jit.set_requester(name, "output");
         cx.current = StepLabel {
             layer: name.clone(),
@@ -212,6 +250,7 @@ pub fn lower(
         let n = cx.numel(*v)?;
         cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
         outputs.push((name.clone(), n));
+        output_bufs.push(Buf::Output(k));
     }
     Ok(Lowered {
         plan: Plan {
@@ -223,6 +262,7 @@ pub fn lower(
         inputs: g.inputs.iter().map(|(n, _)| n.clone()).collect(),
         params: g.params.iter().map(|p| p.path.clone()).collect(),
         outputs,
+        output_bufs,
         labels: cx.labels,
     })
 }

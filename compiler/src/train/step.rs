@@ -1,0 +1,135 @@
+//! One compiled training step: the training graph (forward, loss,
+//! backward) lowered for one batch size into one plan, with its executor.
+//! Outputs (loss, gradients, new buffer values) stay in the arena where
+//! they were computed and are read from there: running a step allocates
+//! nothing and compiles nothing.
+
+use crate::back::jit::Jit;
+use crate::back::lower::{lower_with, Lowered, OutputMode};
+use crate::grad::TrainingGraph;
+use crate::ir::{Graph, SymId};
+use crate::options::{CompileOptions, LayoutChoice};
+use crate::session::RunError;
+use netc_runtime::plan::{Buf, Executor};
+use netc_runtime::DType;
+use std::collections::HashMap;
+
+/// The training plan of one batch shape.
+pub struct TrainStep {
+    lowered: Lowered,
+    /// Declared before `jit`: it holds pointers into the JIT's code.
+    executor: Executor,
+    jit: Jit,
+    input_shapes: Vec<Vec<usize>>,
+}
+
+impl TrainStep {
+    /// Compiles `tg` for inputs and labels of the given shapes (by name;
+    /// the seed input, when the graph has one, is `[2]` and implied).
+    /// The training graph keeps NCHW activations (`docs/training.md`).
+    pub fn compile(
+        tg: &TrainingGraph,
+        shapes: &[(&str, &[usize])],
+        options: CompileOptions,
+    ) -> Result<TrainStep, RunError> {
+        let options = CompileOptions {
+            layout: LayoutChoice::Nchw,
+            ..options
+        };
+        let graph = crate::passes::pipeline::optimize(tg.graph.clone(), &options, None)
+            .map_err(RunError::Inputs)?;
+        let bound = bind(&graph, shapes)?;
+        let symbols: Vec<(String, i64)> = bound
+            .iter()
+            .map(|(s, v)| (graph.sym_name(*s), *v))
+            .collect();
+        let mut jit = Jit::new()?;
+        let lowered = lower_with(&graph, &symbols, options, &mut jit, OutputMode::InPlace)?;
+        let executor = Executor::new(lowered.plan.clone(), options.threads)?;
+        let input_shapes = graph
+            .inputs
+            .iter()
+            .map(|(_, v)| {
+                graph
+                    .ty(*v)
+                    .shape
+                    .iter()
+                    .map(|d| d.eval(&|s| bound.get(&s).copied()).as_known().unwrap_or(0) as usize)
+                    .collect()
+            })
+            .collect();
+        Ok(TrainStep {
+            lowered,
+            executor,
+            jit,
+            input_shapes,
+        })
+    }
+
+    /// Input names in the order [`TrainStep::run`] takes them.
+    pub fn input_names(&self) -> &[String] {
+        &self.lowered.inputs
+    }
+
+    /// The shape each input must have, in input order.
+    pub fn input_shapes(&self) -> &[Vec<usize>] {
+        &self.input_shapes
+    }
+
+    /// Runs one step: recomputes parameter-derived tensors, then forward,
+    /// loss and backward. `inputs` are in [`TrainStep::input_names`] order
+    /// (class labels as f32), `params` in the graph's parameter order.
+    pub fn run(&mut self, inputs: &[&[f32]], params: &[&[f32]]) -> Result<(), RunError> {
+        self.executor.prepare(params)?;
+        self.executor.run(inputs, params, &mut [])?;
+        Ok(())
+    }
+
+    /// Output `k` of the last run, in the training graph's output order.
+    pub fn output(&self, k: usize) -> &[f32] {
+        let n = self.lowered.outputs[k].1;
+        match self.lowered.output_bufs[k] {
+            Buf::Arena { offset, .. } => &self.executor.arena()[offset..offset + n],
+            Buf::Const(c) => &self.executor.constant(c)[..n],
+            // `lower_with(.., InPlace)` hands out nothing else.
+            _ => &[],
+        }
+    }
+
+    /// Kernels compiled for this step (constant after compilation).
+    pub fn kernels_compiled(&self) -> usize {
+        self.jit.stats().compilations
+    }
+
+    /// Size of the step's arena in f32 elements (the activation memory of
+    /// a training step, gradients included).
+    pub fn arena_len(&self) -> usize {
+        self.lowered.plan.arena_len
+    }
+}
+
+/// Binds the input symbols from the given shapes; the seed input is
+/// implied. Inputs may be f32 or (labels) i64.
+fn bind(g: &Graph, shapes: &[(&str, &[usize])]) -> Result<HashMap<SymId, i64>, RunError> {
+    let mut values = HashMap::new();
+    for (name, v) in &g.inputs {
+        if name == crate::grad::SEED_INPUT {
+            continue;
+        }
+        let ty = g.ty(*v);
+        let shape = shapes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| RunError::Inputs(format!("`{name}` is not given")))?;
+        if !matches!(ty.dtype, DType::F32 | DType::I64) || ty.sparse {
+            return Err(RunError::Inputs(format!(
+                "`{name}` is {}; training runs dense f32 inputs and i64 class labels",
+                g.type_text(ty)
+            )));
+        }
+        g.bind_shape(*v, shape, &mut values)
+            .map_err(|e| RunError::Inputs(format!("`{name}` {e}")))?;
+    }
+    Ok(values)
+}

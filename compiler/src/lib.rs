@@ -21,6 +21,6 @@ pub mod program;
 pub mod session;
 pub mod source;
 pub mod summary;
-pub mod train;
 #[cfg(test)]
 mod testing;
+pub mod train;

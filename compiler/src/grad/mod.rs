@@ -111,9 +111,10 @@ pub fn training_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
 /// plus the loss, for validation. Outputs: `loss`, then the model's
 /// outputs; inputs: the model's, then the labels. It has no gradients.
 pub fn evaluation_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
-    let train = g.train.clone().ok_or_else(|| {
-        GradError(format!("model `{}` has no `train` section", g.name))
-    })?;
+    let train = g
+        .train
+        .clone()
+        .ok_or_else(|| GradError(format!("model `{}` has no `train` section", g.name)))?;
     let mut graph = g.clone();
     for n in &mut graph.nodes {
         n.train_only = false;
@@ -143,5 +144,7 @@ pub(crate) struct Moded {
     pub uses_seed: bool,
 }
 
+#[cfg(test)]
+mod fd_tests;
 #[cfg(test)]
 mod tests;

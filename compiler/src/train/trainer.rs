@@ -1,0 +1,572 @@
+//! The [`Trainer`]: the cached training loop. Forward, loss, backward and
+//! the optimizer update are compiled once per batch shape (the last,
+//! partial batch of an epoch gets its own cached step) and reused every
+//! step; a step gathers its batch into buffers allocated once, runs the
+//! plan, and updates the parameters in place.
+
+use super::slices::{ReadList, WriteList};
+use super::step::TrainStep;
+use crate::grad::{evaluation_graph, training_graph, TrainingGraph, SEED_INPUT};
+use crate::ir::{Attr, Graph};
+use crate::options::CompileOptions;
+use crate::session::RunError;
+use netc_runtime::counter::splitmix64;
+use netc_runtime::train::data::DataSet;
+use netc_runtime::train::optim::{Hyper, Optimizer, OptimizerSpec};
+use netc_runtime::train::schedule::Schedule;
+use netc_runtime::{DType, Initializer, Tensor};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// How to train.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Compile options of the training and evaluation plans.
+    pub options: CompileOptions,
+    /// Samples per step.
+    pub batch: usize,
+    /// Seeds the initial weights, the shuffling and the dropout masks.
+    pub seed: u64,
+    /// Overrides the optimizer's learning rate.
+    pub lr: Option<f64>,
+}
+
+/// What one step (or one pass over a data set) measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Tally {
+    /// Sum over samples of the per-sample loss (the batch mean times the
+    /// batch size).
+    pub loss_sum: f64,
+    /// Samples seen.
+    pub samples: usize,
+    /// Correctly classified samples (classifiers only).
+    pub correct: Option<usize>,
+}
+
+impl Tally {
+    /// Adds another tally.
+    pub fn add(&mut self, other: Tally) {
+        self.loss_sum += other.loss_sum;
+        self.samples += other.samples;
+        self.correct = match (self.correct, other.correct) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Mean loss per sample.
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.samples.max(1) as f64
+    }
+
+    /// Accuracy, for classifiers.
+    pub fn accuracy(&self) -> Option<f64> {
+        self.correct.map(|c| c as f64 / self.samples.max(1) as f64)
+    }
+}
+
+/// Events the trainer reports while it works.
+pub enum Event<'a> {
+    /// A plan was compiled (once per batch shape): what, and seconds taken.
+    Compiled(&'a str, f64),
+    /// A training step finished.
+    Step(Tally),
+}
+
+/// Which output holds class scores and which data column class indices.
+#[derive(Clone, Copy, Debug)]
+struct Classifier {
+    /// Output index of the logits `[N, C]`.
+    logits: usize,
+    /// Data column of the i64 label `[N]`.
+    label: usize,
+    classes: usize,
+}
+
+/// A model being trained: parameters, optimizer state, and the compiled
+/// steps cached per batch size.
+pub struct Trainer {
+    graph: Graph,
+    train: TrainingGraph,
+    eval: TrainingGraph,
+    config: TrainConfig,
+    params: Vec<Tensor>,
+    optimizer: Optimizer,
+    /// Per optimizer slot: the parameter index and the gradient output.
+    slots: Vec<(usize, usize)>,
+    schedule: Schedule,
+    base_lr: f64,
+    steps: HashMap<usize, TrainStep>,
+    evals: HashMap<usize, TrainStep>,
+    /// Batch buffers, one per data column (model inputs, then labels),
+    /// sized for the configured batch.
+    columns: Vec<Vec<f32>>,
+    seed_buf: [f32; 2],
+    reads: ReadList,
+    params_list: ReadList,
+    writes: WriteList,
+    grads_list: ReadList,
+    classifier: Option<Classifier>,
+    /// Epochs completed.
+    pub epoch: u64,
+}
+
+impl Trainer {
+    /// A trainer for `graph` (which needs a `train` section); weights start
+    /// from PyTorch's default initialisation seeded with `config.seed`.
+    pub fn new(graph: Graph, config: TrainConfig) -> Result<Trainer, RunError> {
+        let bad = |e: String| RunError::Inputs(e);
+        let train = training_graph(&graph).map_err(|e| bad(e.to_string()))?;
+        let eval = evaluation_graph(&graph).map_err(|e| bad(e.to_string()))?;
+        let section = graph
+            .train
+            .clone()
+            .ok_or_else(|| bad(format!("model `{}` has no `train` section", graph.name)))?;
+        let hypers: Vec<(&str, Hyper)> = section
+            .optimizer
+            .values
+            .iter()
+            .filter_map(|(k, v)| {
+                let h = match v {
+                    Attr::Float(f) => Hyper::Float(*f),
+                    Attr::Int(i) => Hyper::Float(*i as f64),
+                    Attr::Bool(b) => Hyper::Bool(*b),
+                    _ => return None,
+                };
+                Some((k.as_str(), h))
+            })
+            .collect();
+        let spec = OptimizerSpec::from_params(&section.optimizer.kind, &hypers)
+            .map_err(|e| bad(e.to_string()))?;
+        let schedule = match &section.schedule {
+            Some(h) => {
+                let fields: Vec<(&str, f64)> = h
+                    .values
+                    .iter()
+                    .filter_map(|(k, v)| match v {
+                        Attr::Float(f) => Some((k.as_str(), *f)),
+                        Attr::Int(i) => Some((k.as_str(), *i as f64)),
+                        _ => None,
+                    })
+                    .collect();
+                Schedule::from_params(&h.kind, &fields).map_err(|e| bad(e.to_string()))?
+            }
+            None => Schedule::Constant,
+        };
+        let slots = train.grads.clone();
+        let lens: Vec<usize> = slots.iter().map(|(pi, _)| param_len(&graph, *pi)).collect();
+        let optimizer = Optimizer::new(spec, &lens);
+        let classifier = classifier(&train);
+        let mut trainer = Trainer {
+            params: Vec::new(),
+            optimizer,
+            slots,
+            schedule,
+            base_lr: config.lr.unwrap_or(spec.lr()),
+            steps: HashMap::new(),
+            evals: HashMap::new(),
+            columns: Vec::new(),
+            seed_buf: [0.0; 2],
+            reads: ReadList::default(),
+            params_list: ReadList::default(),
+            writes: WriteList::default(),
+            grads_list: ReadList::default(),
+            classifier,
+            epoch: 0,
+            graph,
+            train,
+            eval,
+            config,
+        };
+        trainer.init_weights(trainer.config.seed);
+        let batch = trainer.config.batch.max(1);
+        trainer.columns = trainer
+            .data_names()
+            .iter()
+            .map(|n| vec![0.0; batch * trainer.row_len(n)])
+            .collect();
+        Ok(trainer)
+    }
+
+    /// The forward graph being trained.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The training graph (forward, loss and backward).
+    pub fn training_graph(&self) -> &TrainingGraph {
+        &self.train
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The parameters and buffers, in the graph's parameter order.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// The optimizer and its state.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The optimizer, for restoring its state.
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer {
+        &mut self.optimizer
+    }
+
+    /// Paths of the optimizer's parameters, in its slot order.
+    pub fn trained_paths(&self) -> Vec<&str> {
+        self.slots
+            .iter()
+            .map(|(pi, _)| self.graph.params[*pi].path.as_str())
+            .collect()
+    }
+
+    /// Compiled plans so far: (training steps, evaluation steps).
+    pub fn compiled(&self) -> (usize, usize) {
+        (self.steps.len(), self.evals.len())
+    }
+
+    /// Kernels compiled over every cached plan, and their arenas' total
+    /// size in f32 elements.
+    pub fn compiled_size(&self) -> (usize, usize) {
+        self.steps
+            .values()
+            .chain(self.evals.values())
+            .fold((0, 0), |(k, a), s| (k + s.kernels_compiled(), a + s.arena_len()))
+    }
+
+    /// Re-initialises every parameter (PyTorch's default schemes) from `seed`.
+    pub fn init_weights(&mut self, seed: u64) {
+        let mut init = Initializer::new(seed);
+        self.params = self
+            .graph
+            .params
+            .iter()
+            .map(|p| {
+                let shape: Vec<usize> = p
+                    .ty
+                    .known_shape()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d.max(0) as usize)
+                    .collect();
+                init.tensor(p.ty.dtype, &shape, &p.init)
+            })
+            .collect();
+    }
+
+    /// Replaces every parameter and buffer (graph order), checking types
+    /// and shapes; nothing changes on error.
+    pub fn set_weights(&mut self, tensors: Vec<Tensor>) -> Result<(), RunError> {
+        if tensors.len() != self.params.len() {
+            return Err(RunError::Inputs(format!(
+                "{} weight tensors given, the model has {}",
+                tensors.len(),
+                self.params.len()
+            )));
+        }
+        for ((p, old), new) in self.graph.params.iter().zip(&self.params).zip(&tensors) {
+            if old.dtype() != new.dtype() || old.shape() != new.shape() {
+                return Err(RunError::Inputs(format!(
+                    "weight `{}` is {}{:?}, expected {}{:?}",
+                    p.path,
+                    new.dtype(),
+                    new.shape(),
+                    old.dtype(),
+                    old.shape()
+                )));
+            }
+        }
+        self.params = tensors;
+        Ok(())
+    }
+
+    /// Names of the data tensors a step reads: model inputs, then labels.
+    pub fn data_names(&self) -> Vec<String> {
+        self.train
+            .graph
+            .inputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| n != SEED_INPUT)
+            .collect()
+    }
+
+    /// Elements of one sample of data tensor `name`.
+    fn row_len(&self, name: &str) -> usize {
+        let Some((_, v)) = self.train.graph.inputs.iter().find(|(n, _)| n == name) else {
+            return 0;
+        };
+        self.train.graph.ty(*v).shape[1..]
+            .iter()
+            .map(|d| d.as_known().unwrap_or(0).max(0) as usize)
+            .product()
+    }
+
+    /// The learning rate of the current epoch.
+    pub fn lr(&self) -> f64 {
+        self.schedule.lr(self.base_lr, self.epoch)
+    }
+
+    /// Compiles (once) the training or evaluation plan for `batch` samples.
+    fn ensure(
+        &mut self,
+        batch: usize,
+        eval: bool,
+        report: &mut dyn FnMut(Event),
+    ) -> Result<(), RunError> {
+        let cache = if eval { &self.evals } else { &self.steps };
+        if cache.contains_key(&batch) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let graph = if eval { &self.eval } else { &self.train };
+        let shapes: Vec<(String, Vec<usize>)> = self
+            .data_names()
+            .into_iter()
+            .map(|n| {
+                let shape = match graph.graph.inputs.iter().find(|(m, _)| *m == n) {
+                    Some((_, v)) => std::iter::once(batch)
+                        .chain(graph.graph.ty(*v).shape[1..].iter().map(|d| {
+                            d.as_known().unwrap_or(0).max(0) as usize
+                        }))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                (n, shape)
+            })
+            .collect();
+        let refs: Vec<(&str, &[usize])> = shapes
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        let step = TrainStep::compile(graph, &refs, self.config.options)?;
+        let what = format!(
+            "compiled the {} step for batch {batch}: {} kernels, {:.1} MB arena",
+            if eval { "evaluation" } else { "training" },
+            step.kernels_compiled(),
+            step.arena_len() as f64 * 4.0 / 1e6
+        );
+        report(Event::Compiled(&what, started.elapsed().as_secs_f64()));
+        if eval {
+            self.evals.insert(batch, step);
+        } else {
+            self.steps.insert(batch, step);
+        }
+        Ok(())
+    }
+
+    /// One training step on the samples `indices` of `data` (whose columns
+    /// are [`Trainer::data_names`], in that order): forward, loss,
+    /// backward, optimizer update, buffer update. After the first step of
+    /// a batch size it allocates nothing and compiles nothing.
+    pub fn step(
+        &mut self,
+        data: &DataSet,
+        indices: &[usize],
+        report: &mut dyn FnMut(Event),
+    ) -> Result<Tally, RunError> {
+        let b = indices.len();
+        self.check_batch(b)?;
+        self.ensure(b, false, report)?;
+        self.gather(data, indices)?;
+        let s = splitmix64(self.config.seed ^ splitmix64(self.optimizer.step_count()));
+        self.seed_buf = [f32::from_bits(s as u32), f32::from_bits((s >> 32) as u32)];
+        let lr = self.lr();
+        let Trainer {
+            columns,
+            seed_buf,
+            reads,
+            params_list,
+            params,
+            train,
+            steps,
+            classifier,
+            slots,
+            optimizer,
+            grads_list,
+            writes,
+            ..
+        } = self;
+        let step = steps
+            .get_mut(&b)
+            .ok_or_else(|| RunError::Inputs(format!("no step compiled for batch {b}")))?;
+        let mut result = Ok(());
+        reads.with(
+            columns
+                .iter()
+                .zip(step.input_shapes())
+                .map(|(c, s)| &c[..s.iter().product::<usize>()])
+                .chain(train.uses_seed.then_some(&seed_buf[..])),
+            |ins| {
+                params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
+                    result = step.run(ins, ps);
+                })
+            },
+        );
+        result?;
+        let tally = tally(step, *classifier, columns, b);
+        let mut update = Ok(());
+        grads_list.with(slots.iter().map(|(_, oi)| step.output(*oi)), |gs| {
+            writes.with(trained_slices(params, slots), |ps| {
+                update = optimizer.step(ps, gs, lr);
+            })
+        });
+        update.map_err(|e| RunError::Inputs(e.to_string()))?;
+        for &(pi, oi) in &train.state {
+            if let Some(dst) = params[pi].as_f32_mut() {
+                dst.copy_from_slice(step.output(oi));
+            }
+        }
+        report(Event::Step(tally));
+        Ok(tally)
+    }
+
+    /// Evaluates the loss (and accuracy) on `indices` of `data` in
+    /// inference semantics (running statistics, no dropout); parameters
+    /// are not changed.
+    pub fn evaluate(
+        &mut self,
+        data: &DataSet,
+        indices: &[usize],
+        report: &mut dyn FnMut(Event),
+    ) -> Result<Tally, RunError> {
+        let b = indices.len();
+        self.check_batch(b)?;
+        self.ensure(b, true, report)?;
+        self.gather(data, indices)?;
+        let Trainer {
+            columns,
+            reads,
+            params_list,
+            params,
+            evals,
+            classifier,
+            ..
+        } = self;
+        let step = evals
+            .get_mut(&b)
+            .ok_or_else(|| RunError::Inputs(format!("no plan compiled for batch {b}")))?;
+        let mut result = Ok(());
+        reads.with(
+            columns
+                .iter()
+                .zip(step.input_shapes())
+                .map(|(c, s)| &c[..s.iter().product::<usize>()]),
+            |ins| {
+                params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
+                    result = step.run(ins, ps);
+                })
+            },
+        );
+        result?;
+        Ok(tally(step, *classifier, columns, b))
+    }
+
+    fn check_batch(&self, b: usize) -> Result<(), RunError> {
+        if b == 0 || b > self.config.batch {
+            return Err(RunError::Inputs(format!(
+                "a step takes 1 to {} samples, got {b}",
+                self.config.batch
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies the samples `indices` into the column buffers.
+    fn gather(&mut self, data: &DataSet, indices: &[usize]) -> Result<(), RunError> {
+        for (k, col) in self.columns.iter_mut().enumerate() {
+            let n = indices.len() * data.row_len(k);
+            let dst = col.get_mut(..n).ok_or_else(|| {
+                RunError::Inputs(format!(
+                    "data column {k} has {} elements per sample, the model expects {}",
+                    data.row_len(k),
+                    col.len() / indices.len().max(1)
+                ))
+            })?;
+            data.gather(k, indices, dst)
+                .map_err(|e| RunError::Inputs(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The loss and accuracy of the step that just ran on `b` samples.
+fn tally(step: &TrainStep, classifier: Option<Classifier>, columns: &[Vec<f32>], b: usize) -> Tally {
+    let correct = classifier.map(|c| {
+        let logits = step.output(c.logits);
+        let labels = &columns[c.label];
+        (0..b)
+            .filter(|&i| argmax(&logits[i * c.classes..(i + 1) * c.classes]) == labels[i] as usize)
+            .count()
+    });
+    Tally {
+        loss_sum: f64::from(step.output(0)[0]) * b as f64,
+        samples: b,
+        correct,
+    }
+}
+
+/// The trained parameters, in optimizer-slot order, as mutable slices.
+fn trained_slices<'a>(
+    params: &'a mut [Tensor],
+    slots: &'a [(usize, usize)],
+) -> impl Iterator<Item = &'a mut [f32]> + 'a {
+    // Slots are in increasing parameter order (the training graph lists
+    // gradients in parameter order), so one pass hands out disjoint borrows.
+    let mut wanted = slots.iter().map(|(pi, _)| *pi).peekable();
+    params.iter_mut().enumerate().filter_map(move |(i, t)| {
+        if wanted.peek() == Some(&i) {
+            wanted.next();
+            t.as_f32_mut()
+        } else {
+            None
+        }
+    })
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn param_len(g: &Graph, pi: usize) -> usize {
+    g.params[pi]
+        .ty
+        .known_shape()
+        .unwrap_or_default()
+        .iter()
+        .product::<i64>()
+        .max(0) as usize
+}
+
+/// A classifier: the first model output is `[N, C]` and a data column is
+/// an i64 label `[N]`.
+fn classifier(t: &TrainingGraph) -> Option<Classifier> {
+    let g = &t.graph;
+    let (_, logits) = g.outputs.get(t.first_model_output)?;
+    let lt = g.ty(*logits);
+    if lt.rank() != 2 {
+        return None;
+    }
+    let classes = lt.shape[1].as_known()? as usize;
+    let label = g
+        .inputs
+        .iter()
+        .position(|(_, v)| g.ty(*v).dtype == DType::I64 && g.ty(*v).rank() == 1)?;
+    Some(Classifier {
+        logits: t.first_model_output,
+        label,
+        classes,
+    })
+}

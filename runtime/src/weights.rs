@@ -127,11 +127,12 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, WeightErro
     read_safetensors_meta(path).map(|(tensors, _)| tensors)
 }
 
+/// A file's named tensors and its header's `__metadata__` strings.
+pub type TensorsAndMeta = (Vec<(String, Tensor)>, HashMap<String, String>);
+
 /// Reads every tensor of a safetensors file, sorted by name, and the
 /// header's `__metadata__` strings (empty when the file has none).
-pub fn read_safetensors_meta(
-    path: &Path,
-) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>), WeightError> {
+pub fn read_safetensors_meta(path: &Path) -> Result<TensorsAndMeta, WeightError> {
     let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
         path: path.to_path_buf(),
         source,

@@ -113,7 +113,11 @@ pub fn save(
             .iter()
             .find(|(n, _)| *n == pname)
             .map(|(_, w)| *w)
-            .ok_or_else(|| invalid(format!("optimizer parameter `{pname}` is not among the weights")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "optimizer parameter `{pname}` is not among the weights"
+                ))
+            })?;
         let name = format!("{CHECKPOINT_STATE_PREFIX}{}.{pname}", t.suffix);
         let tensor = Tensor::from_f32(w.shape(), t.data.to_vec()).ok_or_else(|| {
             invalid(format!(
@@ -316,8 +320,12 @@ mod tests {
         for step in 0..2 {
             let g = step as f32 + 1.0;
             let (w, b) = (m.w.as_f32_mut().unwrap(), m.b.as_f32_mut().unwrap());
-            opt.step(&mut [w, b], &[&[g, -g, 0.5, 1.0, 2.0, -3.0], &[g, 0.3]], 0.1)
-                .unwrap();
+            opt.step(
+                &mut [w, b],
+                &[&[g, -g, 0.5, 1.0, 2.0, -3.0], &[g, 0.3]],
+                0.1,
+            )
+            .unwrap();
         }
         opt
     }
@@ -349,7 +357,10 @@ mod tests {
         assert_eq!(names, ["ckpt.safetensors"], "no temporary file is left");
 
         let c = load(&path).unwrap();
-        assert_eq!((c.meta.clone(), c.step, c.optimizer.as_str()), (meta(), 2, "adam"));
+        assert_eq!(
+            (c.meta.clone(), c.step, c.optimizer.as_str()),
+            (meta(), 2, "adam")
+        );
         let want: Vec<(String, Tensor)> = weights(&m)
             .iter()
             .map(|(n, t)| (n.to_string(), (*t).clone()))
@@ -384,7 +395,10 @@ mod tests {
             .restore_optimizer(&mut Optimizer::new(sgd, &[6, 2]), &["fc.w", "fc.b"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("saved by optimizer adam, cannot resume optimizer sgd"), "{e}");
+        assert!(
+            e.contains("saved by optimizer adam, cannot resume optimizer sgd"),
+            "{e}"
+        );
         let mut wrong = Optimizer::new(spec, &[6, 3]);
         let e = c
             .restore_optimizer(&mut wrong, &["fc.w", "fc.b"])
@@ -399,7 +413,10 @@ mod tests {
             .restore_optimizer(&mut three, &["fc.w", "fc.b", "fc.c"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("tensor `optimizer.exp_avg.fc.c` is missing"), "{e}");
+        assert!(
+            e.contains("tensor `optimizer.exp_avg.fc.c` is missing"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -427,13 +444,23 @@ mod tests {
         let plain = dir.path().join("plain.safetensors");
         let c = load(&path).unwrap();
         let mut all: Vec<(String, Tensor)> = c.weights.clone();
-        all.extend(c.state.iter().map(|(s, p, t)| (format!("optimizer.{s}.{p}"), t.clone())));
+        all.extend(
+            c.state
+                .iter()
+                .map(|(s, p, t)| (format!("optimizer.{s}.{p}"), t.clone())),
+        );
         let refs: Vec<(&str, &Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
         write_safetensors_atomic(&plain, &refs, None).unwrap();
         let e = load_checked(&plain, &expected).unwrap_err().to_string();
-        assert!(e.contains("unexpected: optimizer.exp_avg.fc.b f32[2]"), "{e}");
+        assert!(
+            e.contains("unexpected: optimizer.exp_avg.fc.b f32[2]"),
+            "{e}"
+        );
         let e = load(&plain).unwrap_err().to_string();
-        assert!(e.contains("not a netc checkpoint (metadata format = absent)"), "{e}");
+        assert!(
+            e.contains("not a netc checkpoint (metadata format = absent)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -446,7 +473,10 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
         let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains("ckpt.safetensors is not a usable safetensors file"), "{e}");
+        assert!(
+            e.contains("ckpt.safetensors is not a usable safetensors file"),
+            "{e}"
+        );
 
         let bad = dir.path().join("bad.safetensors");
         let mut header: HashMap<String, String> = [("format", "netc-checkpoint"), ("epoch", "x")]
@@ -466,10 +496,16 @@ mod tests {
         let e = save(&path, &weights(&m), &opt, &["fc.w", "fc.b"], &reserved)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("extra metadata `epoch` is a reserved key"), "{e}");
+        assert!(
+            e.contains("extra metadata `epoch` is a reserved key"),
+            "{e}"
+        );
         let e = save(&path, &weights(&m), &opt, &["fc.w", "fc.x"], &meta())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("optimizer parameter `fc.x` is not among the weights"), "{e}");
+        assert!(
+            e.contains("optimizer parameter `fc.x` is not among the weights"),
+            "{e}"
+        );
     }
 }

@@ -379,7 +379,12 @@ mod tests {
     #[test]
     fn shuffles_are_seeded_permutations_pinned_across_machines() {
         let fx = Fixture::load();
-        for (seed, n, epoch) in [(7u64, 10, 0u64), (7, 10, 1), (12345, 37, 3), (u64::MAX, 5, 0)] {
+        for (seed, n, epoch) in [
+            (7u64, 10, 0u64),
+            (7, 10, 1),
+            (12345, 37, 3),
+            (u64::MAX, 5, 0),
+        ] {
             let want: Vec<usize> = fx
                 .meta(&format!("shuffle.seed{seed}.n{n}.epoch{epoch}"))
                 .split(',')
@@ -398,8 +403,14 @@ mod tests {
         assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
         a.start_epoch(1);
         assert_ne!(a.next_batch().unwrap(), e0.as_slice());
-        assert_ne!(Sampler::shuffled(1000, 1000, 2).next_batch().unwrap(), e0.as_slice());
-        assert_eq!(Sampler::shuffled(1000, 1000, 1).next_batch().unwrap(), e0.as_slice());
+        assert_ne!(
+            Sampler::shuffled(1000, 1000, 2).next_batch().unwrap(),
+            e0.as_slice()
+        );
+        assert_eq!(
+            Sampler::shuffled(1000, 1000, 1).next_batch().unwrap(),
+            e0.as_slice()
+        );
     }
 
     #[test]
@@ -431,31 +442,49 @@ mod tests {
         let mut y = [0.0f32; 4];
         let mut x = [0.0f32; 16];
         let idx = [4, 0, 2];
-        d.gather_all(&idx, &mut [&mut y[..3], &mut x[..12]]).unwrap();
+        d.gather_all(&idx, &mut [&mut y[..3], &mut x[..12]])
+            .unwrap();
         assert_eq!(y[..3], [5.0, 3.0, 4.0]);
         assert_eq!(
             x[..12],
             [16.0, 17.0, 18.0, 19.0, 0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0]
         );
         let e = d.gather(1, &idx, &mut x).unwrap_err().to_string();
-        assert!(e.contains("buffer for `x` has 16 elements, 3 samples of [2, 2] need 12"), "{e}");
+        assert!(
+            e.contains("buffer for `x` has 16 elements, 3 samples of [2, 2] need 12"),
+            "{e}"
+        );
         let e = d.gather(0, &[5], &mut y[..1]).unwrap_err().to_string();
-        assert!(e.contains("sample 5 of `y` requested, the data set has 5"), "{e}");
+        assert!(
+            e.contains("sample 5 of `y` requested, the data set has 5"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_data_is_named() {
-        let e = DataSet::from_tensors("toy", toy(), &["notes"]).unwrap_err().to_string();
-        assert_eq!(e, "data toy: tensor `notes` is f64; data tensors must be f32 or i64");
-        let e = DataSet::from_tensors("toy", toy(), &["x", "label"]).unwrap_err().to_string();
+        let e = DataSet::from_tensors("toy", toy(), &["notes"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "data toy: tensor `notes` is f64; data tensors must be f32 or i64"
+        );
+        let e = DataSet::from_tensors("toy", toy(), &["x", "label"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no tensor `label` (the file has: "), "{e}");
         let mut t = toy();
         t[1].1 = Tensor::new(&[4], Storage::I64(vec![0; 4])).unwrap();
-        let e = DataSet::from_tensors("toy", t, &["x", "y"]).unwrap_err().to_string();
+        let e = DataSet::from_tensors("toy", t, &["x", "y"])
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "data toy: tensor `y` has 4 samples but `x` has 5");
         let mut t = toy();
         t[1].1 = Tensor::new(&[5], Storage::I64(vec![0, 0, 1 << 25, 0, 0])).unwrap();
-        let e = DataSet::from_tensors("toy", t, &["y"]).unwrap_err().to_string();
+        let e = DataSet::from_tensors("toy", t, &["y"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("holds 33554432, beyond ±2^24"), "{e}");
     }
 

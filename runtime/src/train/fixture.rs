@@ -26,8 +26,13 @@ impl Fixture {
 
     /// An f32 tensor's values.
     pub fn f32(&self, name: &str) -> Vec<f32> {
-        let t = self.tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
-        t.as_f32().unwrap_or_else(|| panic!("{name} not f32")).to_vec()
+        let t = self
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        t.as_f32()
+            .unwrap_or_else(|| panic!("{name} not f32"))
+            .to_vec()
     }
 
     /// An f64 tensor's values.
@@ -45,6 +50,8 @@ impl Fixture {
 
     /// A metadata string.
     pub fn meta(&self, key: &str) -> &str {
-        self.meta.get(key).unwrap_or_else(|| panic!("no metadata {key}"))
+        self.meta
+            .get(key)
+            .unwrap_or_else(|| panic!("no metadata {key}"))
     }
 }

@@ -178,7 +178,10 @@ impl OptimizerSpec {
             beta1: float("beta1", Some(0.9))?,
             beta2: float("beta2", Some(0.999))?,
             eps: float("eps", Some(1e-8))?,
-            weight_decay: float("weight_decay", Some(if kind == "adamw" { 1e-2 } else { 0.0 }))?,
+            weight_decay: float(
+                "weight_decay",
+                Some(if kind == "adamw" { 1e-2 } else { 0.0 }),
+            )?,
             lazy: flag("lazy")?,
         };
         for (name, v) in [("beta1", a.beta1), ("beta2", a.beta2)] {
@@ -389,7 +392,11 @@ impl Optimizer {
                 let k = AdamConsts {
                     decay: (1.0 - lr * a.weight_decay) as f32,
                     decoupled: decoupled && a.weight_decay != 0.0,
-                    l2: if decoupled { 0.0 } else { a.weight_decay as f32 },
+                    l2: if decoupled {
+                        0.0
+                    } else {
+                        a.weight_decay as f32
+                    },
                     w1: (1.0 - a.beta1) as f32,
                     beta2: a.beta2 as f32,
                     w2: (1.0 - a.beta2) as f32,
@@ -436,7 +443,11 @@ impl Optimizer {
     /// [`Optimizer::state_tensors`], in any order). A missing, duplicated,
     /// unknown or mis-sized tensor is an error naming it, and then nothing
     /// is changed.
-    pub fn load_state(&mut self, steps: u64, tensors: &[StateTensor<'_>]) -> Result<(), OptimError> {
+    pub fn load_state(
+        &mut self,
+        steps: u64,
+        tensors: &[StateTensor<'_>],
+    ) -> Result<(), OptimError> {
         let names = self.spec.state_names();
         let mut slot = Vec::with_capacity(tensors.len());
         for t in tensors {
@@ -479,9 +490,9 @@ impl Optimizer {
         for i in 0..self.lens.len() {
             for (k, name) in names.iter().enumerate() {
                 if !slot.contains(&(k, i)) {
-                    return Err(self.layout(format!(
-                        "missing state tensor `{name}` of parameter {i}"
-                    )));
+                    return Err(
+                        self.layout(format!("missing state tensor `{name}` of parameter {i}"))
+                    );
                 }
             }
         }
@@ -741,8 +752,12 @@ mod tests {
         // updated as many small (serial) parameters.
         let n = 5 * CHUNK + 77;
         let spec = OptimizerSpec::from_params("adamw", &[("lr", Hyper::Float(0.01))]).unwrap();
-        let init: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
-        let grad: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0).collect();
+        let init: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let grad: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
+            .collect();
         let mut big = init.clone();
         let mut one = Optimizer::new(spec, &[n]);
         let lens: Vec<usize> = init.chunks(1000).map(<[f32]>::len).collect();
@@ -766,11 +781,16 @@ mod tests {
             e.to_string(),
             "unknown optimizer `rmsprop`: expected one of sgd, adam, adamw"
         );
-        let e = OptimizerSpec::from_params("sgd", &[("lr", Hyper::Float(0.1)), ("beta1", Hyper::Float(0.9))])
+        let e = OptimizerSpec::from_params(
+            "sgd",
+            &[("lr", Hyper::Float(0.1)), ("beta1", Hyper::Float(0.9))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown hyper-parameter `beta1`"), "{e}");
+        let e = OptimizerSpec::from_params("sgd", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown hyper-parameter `beta1`"), "{e}");
-        let e = OptimizerSpec::from_params("sgd", &[]).unwrap_err().to_string();
         assert!(e.contains("`lr` is required"), "{e}");
         let e = OptimizerSpec::from_params("adam", &[("lazy", Hyper::Float(1.0))])
             .unwrap_err()
@@ -835,7 +855,10 @@ mod tests {
         assert_eq!(fresh.state_tensors(), opt.state_tensors());
 
         let e = fresh.load_state(1, &view[..3]).unwrap_err().to_string();
-        assert!(e.contains("missing state tensor `exp_avg_sq` of parameter 1"), "{e}");
+        assert!(
+            e.contains("missing state tensor `exp_avg_sq` of parameter 1"),
+            "{e}"
+        );
         let mut bad = view.clone();
         bad[2].data = &[0.0; 3];
         let e = fresh.load_state(1, &bad).unwrap_err().to_string();
@@ -845,6 +868,9 @@ mod tests {
         );
         bad[2].suffix = "momentum_buffer";
         let e = fresh.load_state(1, &bad).unwrap_err().to_string();
-        assert!(e.contains("unexpected state tensor `momentum_buffer`"), "{e}");
+        assert!(
+            e.contains("unexpected state tensor `momentum_buffer`"),
+            "{e}"
+        );
     }
 }

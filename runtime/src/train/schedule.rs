@@ -92,10 +92,10 @@ impl Schedule {
         let int = |name: &str, default: Option<u64>, min: u64| -> Result<u64, ScheduleError> {
             match get(name) {
                 None => default.ok_or_else(|| err(format!("`{name}` is required"))),
-                Some(v) if v.fract() == 0.0 && v >= min as f64 && v < 2f64.powi(53) => {
-                    Ok(v as u64)
-                }
-                Some(v) => Err(err(format!("`{name}` must be a whole number ≥ {min}, got {v}"))),
+                Some(v) if v.fract() == 0.0 && v >= min as f64 && v < 2f64.powi(53) => Ok(v as u64),
+                Some(v) => Err(err(format!(
+                    "`{name}` must be a whole number ≥ {min}, got {v}"
+                ))),
             }
         };
         let float = |name: &str, default: f64| -> Result<f64, ScheduleError> {
@@ -183,11 +183,17 @@ mod tests {
         let e = Schedule::from_params("step_lr", &[("gamma", 0.5)]).unwrap_err();
         assert_eq!(e.to_string(), "schedule step_lr: `step_size` is required");
         let e = Schedule::from_params("cosine", &[("t_max", 2.5)]).unwrap_err();
-        assert!(e.to_string().contains("`t_max` must be a whole number"), "{e}");
+        assert!(
+            e.to_string().contains("`t_max` must be a whole number"),
+            "{e}"
+        );
         let e = Schedule::from_params("warmup", &[("epochs", 3.0), ("gamma", 1.0)]).unwrap_err();
         assert!(e.to_string().contains("unknown field `gamma`"), "{e}");
         let e = Schedule::from_params("onecycle", &[]).unwrap_err();
         assert!(e.to_string().contains("unknown schedule"), "{e}");
-        assert_eq!(Schedule::from_params("constant", &[]).unwrap().lr(0.3, 7), 0.3);
+        assert_eq!(
+            Schedule::from_params("constant", &[]).unwrap().lr(0.3, 7),
+            0.3
+        );
     }
 }

@@ -16,6 +16,7 @@ mod init;
 pub mod npy;
 pub mod plan;
 mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use dtype::DType;

@@ -114,8 +114,25 @@ fn from_st(d: StDtype) -> Option<DType> {
     })
 }
 
+/// The `format` metadata value of a training checkpoint
+/// (`crate::train::checkpoint`): [`load_checked`] ignores its optimizer
+/// state, the tensors named [`CHECKPOINT_STATE_PREFIX`]`<suffix>.<path>`.
+pub const CHECKPOINT_FORMAT: &str = "netc-checkpoint";
+
+/// The name prefix of a checkpoint's optimizer-state tensors.
+pub const CHECKPOINT_STATE_PREFIX: &str = "optimizer.";
+
 /// Reads every tensor of a safetensors file, sorted by name.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, WeightError> {
+    read_safetensors_meta(path).map(|(tensors, _)| tensors)
+}
+
+/// A file's named tensors and its header's `__metadata__` strings.
+pub type TensorsAndMeta = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+/// Reads every tensor of a safetensors file, sorted by name, and the
+/// header's `__metadata__` strings (empty when the file has none).
+pub fn read_safetensors_meta(path: &Path) -> Result<TensorsAndMeta, WeightError> {
     let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
         path: path.to_path_buf(),
         source,
@@ -143,14 +160,22 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, WeightErro
         out.push((name, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+    Ok((out, header.metadata().clone().unwrap_or_default()))
 }
 
 /// Loads the tensors `expected` from a file, in the order of `expected`.
 /// Any missing, unexpected or mis-shaped tensor fails the whole load with a
-/// [`WeightError::Mismatch`] that lists them all.
+/// [`WeightError::Mismatch`] that lists them all. A training checkpoint
+/// (metadata `format` = [`CHECKPOINT_FORMAT`]) loads as its weights: its
+/// optimizer-state tensors are ignored.
 pub fn load_checked(path: &Path, expected: &[TensorSpec]) -> Result<Vec<Tensor>, WeightError> {
-    let mut found: HashMap<String, Tensor> = read_safetensors(path)?.into_iter().collect();
+    let (tensors, meta) = read_safetensors_meta(path)?;
+    let checkpoint = meta.get("format").is_some_and(|f| f == CHECKPOINT_FORMAT);
+    let mut found: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(name, _)| !(checkpoint && name.starts_with(CHECKPOINT_STATE_PREFIX)))
+        .collect();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
     let mut out = Vec::with_capacity(expected.len());

@@ -1,0 +1,505 @@
+//! Training data from a safetensors file, and seeded batching.
+//!
+//! A [`DataSet`] holds tensors named like the model's inputs and the `train`
+//! section's labels, all sharing their first dimension, the sample count.
+//! Everything is kept as f32, the element type of the plan's buffers: f32
+//! tensors as they are, i64 tensors (class indices) converted when loading —
+//! exact because every integer of magnitude up to 2^24 is an f32, and larger
+//! values are refused. Other element types are errors.
+//!
+//! A [`Sampler`] gives the sample indices of each batch of an epoch: in
+//! order, or shuffled. The shuffled order of epoch `e` is a function of the
+//! seed and `e` only — a SplitMix64 generator (Steele, Lea & Flood 2014;
+//! 64-bit integer arithmetic, so the same on every machine) keyed by both,
+//! driving a Fisher–Yates shuffle of `0..n` with Lemire's unbiased bounded
+//! integers. The whole sampler state is therefore three u64s
+//! ([`Sampler::state`]): seed, epoch, position, and a resumed run sees the
+//! same batches as an uninterrupted one. [`DataSet::gather`] copies the rows
+//! of a batch into caller-owned buffers and allocates nothing.
+
+use crate::weights::{read_safetensors_meta, WeightError};
+use crate::{DType, Storage, Tensor};
+use std::path::Path;
+
+/// Largest integer magnitude below which every integer is an f32.
+const F32_EXACT: i64 = 1 << 24;
+
+/// What can go wrong loading or batching a data set.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be read or is not safetensors.
+    #[error(transparent)]
+    File(#[from] WeightError),
+    /// The data do not fit the request.
+    #[error("data {origin}: {message}")]
+    Invalid {
+        /// The file (or `<memory>`).
+        origin: String,
+        /// What is wrong, naming the tensors, counts and shapes.
+        message: String,
+    },
+}
+
+/// One tensor of the data set, as f32 rows.
+#[derive(Clone, Debug)]
+struct Column {
+    name: String,
+    stored: DType,
+    sample_shape: Vec<usize>,
+    row: usize,
+    data: Vec<f32>,
+}
+
+/// Named tensors sharing a sample count, held as f32.
+#[derive(Clone, Debug)]
+pub struct DataSet {
+    origin: String,
+    samples: usize,
+    columns: Vec<Column>,
+}
+
+impl DataSet {
+    /// Loads the tensors `names` (model inputs and labels) from a
+    /// safetensors file; other tensors in the file are ignored.
+    pub fn load(path: &Path, names: &[&str]) -> Result<DataSet, DataError> {
+        let (tensors, _) = read_safetensors_meta(path)?;
+        DataSet::from_tensors(&path.display().to_string(), tensors, names)
+    }
+
+    /// Builds a data set from tensors already in memory (`origin` names
+    /// them in errors), keeping `names` in that order.
+    pub fn from_tensors(
+        origin: &str,
+        tensors: Vec<(String, Tensor)>,
+        names: &[&str],
+    ) -> Result<DataSet, DataError> {
+        let err = |message: String| DataError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut tensors = tensors;
+        let mut columns: Vec<Column> = Vec::with_capacity(names.len());
+        let mut samples = 0;
+        for &name in names {
+            let Some(at) = tensors.iter().position(|(n, _)| n == name) else {
+                let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(err(format!(
+                    "no tensor `{name}` (the file has: {})",
+                    have.join(", ")
+                )));
+            };
+            let (_, t) = tensors.swap_remove(at);
+            let Some((&count, sample_shape)) = t.shape().split_first() else {
+                return Err(err(format!(
+                    "tensor `{name}` is a scalar; its first dimension must be the sample count"
+                )));
+            };
+            match columns.first() {
+                None => samples = count,
+                Some(first) if count != samples => {
+                    return Err(err(format!(
+                        "tensor `{name}` has {count} samples but `{}` has {samples}",
+                        first.name
+                    )))
+                }
+                Some(_) => {}
+            }
+            let data = match t.storage() {
+                Storage::F32(v) => v.clone(),
+                Storage::I64(v) => {
+                    if let Some(bad) = v.iter().find(|x| x.abs() > F32_EXACT) {
+                        return Err(err(format!(
+                            "tensor `{name}` (i64) holds {bad}, beyond ±2^24 where f32 is exact"
+                        )));
+                    }
+                    v.iter().map(|&x| x as f32).collect()
+                }
+                _ => {
+                    return Err(err(format!(
+                        "tensor `{name}` is {}; data tensors must be f32 or i64",
+                        t.dtype()
+                    )))
+                }
+            };
+            columns.push(Column {
+                name: name.to_string(),
+                stored: t.dtype(),
+                sample_shape: sample_shape.to_vec(),
+                row: sample_shape.iter().product(),
+                data,
+            });
+        }
+        Ok(DataSet {
+            origin: origin.to_string(),
+            samples,
+            columns,
+        })
+    }
+
+    /// The sample count.
+    pub fn len(&self) -> usize {
+        self.samples
+    }
+
+    /// Whether there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.samples == 0
+    }
+
+    /// The tensor names, in the order given when loading (the index `k` of
+    /// the other methods).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().map(|c| c.name.as_str())
+    }
+
+    /// The shape of one sample of tensor `k` (its shape without the first dimension).
+    pub fn sample_shape(&self, k: usize) -> &[usize] {
+        &self.columns[k].sample_shape
+    }
+
+    /// Elements per sample of tensor `k`.
+    pub fn row_len(&self, k: usize) -> usize {
+        self.columns[k].row
+    }
+
+    /// The element type tensor `k` had in the file (f32 or i64).
+    pub fn stored_dtype(&self, k: usize) -> DType {
+        self.columns[k].stored
+    }
+
+    /// Copies the samples `indices` of tensor `k`, in that order, into
+    /// `out`, which must have exactly `indices.len() * row_len(k)` elements
+    /// (for a partial batch pass the front of the full buffer). Allocates nothing.
+    pub fn gather(&self, k: usize, indices: &[usize], out: &mut [f32]) -> Result<(), DataError> {
+        let err = |message: String| DataError::Invalid {
+            origin: self.origin.clone(),
+            message,
+        };
+        let c = self.columns.get(k).ok_or_else(|| {
+            err(format!(
+                "no tensor number {k} (the data set has {})",
+                self.columns.len()
+            ))
+        })?;
+        if out.len() != indices.len() * c.row {
+            return Err(err(format!(
+                "buffer for `{}` has {} elements, {} samples of {:?} need {}",
+                c.name,
+                out.len(),
+                indices.len(),
+                c.sample_shape,
+                indices.len() * c.row
+            )));
+        }
+        if let Some(bad) = indices.iter().find(|&&i| i >= self.samples) {
+            return Err(err(format!(
+                "sample {bad} of `{}` requested, the data set has {}",
+                c.name, self.samples
+            )));
+        }
+        if c.row == 0 {
+            return Ok(());
+        }
+        for (dst, &i) in out.chunks_exact_mut(c.row).zip(indices) {
+            dst.copy_from_slice(&c.data[i * c.row..(i + 1) * c.row]);
+        }
+        Ok(())
+    }
+
+    /// [`DataSet::gather`] for every tensor: `outs[k]` receives tensor `k`.
+    pub fn gather_all(&self, indices: &[usize], outs: &mut [&mut [f32]]) -> Result<(), DataError> {
+        if outs.len() != self.columns.len() {
+            return Err(DataError::Invalid {
+                origin: self.origin.clone(),
+                message: format!(
+                    "{} buffers given for {} tensors",
+                    outs.len(),
+                    self.columns.len()
+                ),
+            });
+        }
+        for (k, out) in outs.iter_mut().enumerate() {
+            self.gather(k, indices, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64's output function.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The SplitMix64 generator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix64(self.0)
+    }
+
+    /// A uniform integer in `[0, n)`, `n > 0` (Lemire 2019, with rejection: unbiased).
+    fn below(&mut self, n: u64) -> u64 {
+        let mut m = u128::from(self.next()) * u128::from(n);
+        if (m as u64) < n {
+            let threshold = n.wrapping_neg() % n;
+            while (m as u64) < threshold {
+                m = u128::from(self.next()) * u128::from(n);
+            }
+        }
+        (m >> 64) as u64
+    }
+}
+
+/// The batches of each epoch, in order or seeded-shuffled (see the module docs).
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    seed: Option<u64>,
+    batch: usize,
+    order: Vec<usize>,
+    epoch: u64,
+    pos: usize,
+}
+
+impl Sampler {
+    /// Batches of `batch` samples (the last one partial) over `samples`
+    /// samples, shuffled anew each epoch from `seed`. Positioned at the
+    /// start of epoch 0. A batch of 0 counts as 1.
+    pub fn shuffled(samples: usize, batch: usize, seed: u64) -> Sampler {
+        Sampler::build(samples, batch, Some(seed))
+    }
+
+    /// Batches in file order (for validation).
+    pub fn sequential(samples: usize, batch: usize) -> Sampler {
+        Sampler::build(samples, batch, None)
+    }
+
+    fn build(samples: usize, batch: usize, seed: Option<u64>) -> Sampler {
+        let mut s = Sampler {
+            seed,
+            batch: batch.max(1),
+            order: (0..samples).collect(),
+            epoch: 0,
+            pos: 0,
+        };
+        s.start_epoch(0);
+        s
+    }
+
+    /// Positions the sampler at the start of epoch `epoch` (from 0),
+    /// computing that epoch's order. Allocates nothing.
+    pub fn start_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.pos = 0;
+        for (i, o) in self.order.iter_mut().enumerate() {
+            *o = i;
+        }
+        let Some(seed) = self.seed else { return };
+        let mut rng = SplitMix64(mix64(seed) ^ mix64(epoch.wrapping_add(0x632B_E59B_D9B4_E019)));
+        for i in (1..self.order.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            self.order.swap(i, j);
+        }
+    }
+
+    /// The sample indices of the next batch of the current epoch, or `None`
+    /// once the epoch is over.
+    pub fn next_batch(&mut self) -> Option<&[usize]> {
+        if self.pos >= self.order.len() {
+            return None;
+        }
+        let end = (self.pos + self.batch).min(self.order.len());
+        let b = &self.order[self.pos..end];
+        self.pos = end;
+        Some(b)
+    }
+
+    /// Batches per epoch (the last one may be partial).
+    pub fn batches_per_epoch(&self) -> usize {
+        self.order.len().div_ceil(self.batch)
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The whole state, for checkpoints: `[seed, epoch, samples consumed in
+    /// this epoch]` (a sequential sampler reports seed 0).
+    pub fn state(&self) -> [u64; 3] {
+        [self.seed.unwrap_or(0), self.epoch, self.pos as u64]
+    }
+
+    /// Restores a state from [`Sampler::state`]: the seed (ignored by a
+    /// sequential sampler), the epoch whose order is recomputed, and the
+    /// position in it. A position past the epoch's end is an error.
+    pub fn restore(&mut self, state: [u64; 3]) -> Result<(), DataError> {
+        let [seed, epoch, pos] = state;
+        if pos > self.order.len() as u64 {
+            return Err(DataError::Invalid {
+                origin: "sampler".into(),
+                message: format!(
+                    "saved position {pos} is past the {} samples of an epoch",
+                    self.order.len()
+                ),
+            });
+        }
+        if self.seed.is_some() {
+            self.seed = Some(seed);
+        }
+        self.start_epoch(epoch);
+        self.pos = pos as usize;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::fixture::Fixture;
+
+    fn toy() -> Vec<(String, Tensor)> {
+        let x = Tensor::from_f32(&[5, 2, 2], (0..20).map(|v| v as f32).collect()).unwrap();
+        let y = Tensor::new(&[5], Storage::I64(vec![3, 1, 4, 1, 5])).unwrap();
+        let extra = Tensor::new(&[2], Storage::F64(vec![0.0; 2])).unwrap();
+        vec![("x".into(), x), ("y".into(), y), ("notes".into(), extra)]
+    }
+
+    fn epoch_batches(s: &mut Sampler) -> Vec<Vec<usize>> {
+        let mut out = Vec::new();
+        while let Some(b) = s.next_batch() {
+            out.push(b.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn shuffles_are_seeded_permutations_pinned_across_machines() {
+        let fx = Fixture::load();
+        for (seed, n, epoch) in [
+            (7u64, 10, 0u64),
+            (7, 10, 1),
+            (12345, 37, 3),
+            (u64::MAX, 5, 0),
+        ] {
+            let want: Vec<usize> = fx
+                .meta(&format!("shuffle.seed{seed}.n{n}.epoch{epoch}"))
+                .split(',')
+                .map(|v| v.parse().unwrap())
+                .collect();
+            let mut s = Sampler::shuffled(n, n, seed);
+            s.start_epoch(epoch);
+            let got = s.next_batch().unwrap().to_vec();
+            assert_eq!(got, want, "seed {seed} n {n} epoch {epoch}");
+        }
+        // A permutation, different per epoch and per seed, equal for equal seeds.
+        let mut a = Sampler::shuffled(1000, 1000, 1);
+        let e0 = a.next_batch().unwrap().to_vec();
+        let mut sorted = e0.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+        a.start_epoch(1);
+        assert_ne!(a.next_batch().unwrap(), e0.as_slice());
+        assert_ne!(
+            Sampler::shuffled(1000, 1000, 2).next_batch().unwrap(),
+            e0.as_slice()
+        );
+        assert_eq!(
+            Sampler::shuffled(1000, 1000, 1).next_batch().unwrap(),
+            e0.as_slice()
+        );
+    }
+
+    #[test]
+    fn batches_end_with_a_partial_one_and_state_restores_mid_epoch() {
+        let mut s = Sampler::shuffled(10, 4, 99);
+        s.start_epoch(2);
+        let full = epoch_batches(&mut s);
+        assert_eq!(full.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(s.batches_per_epoch(), 3);
+        s.start_epoch(2);
+        s.next_batch();
+        let saved = s.state();
+        assert_eq!(saved, [99, 2, 4]);
+        let mut resumed = Sampler::shuffled(10, 4, 0);
+        resumed.restore(saved).unwrap();
+        assert_eq!(epoch_batches(&mut resumed), full[1..]);
+        assert!(resumed.restore([99, 2, 11]).is_err());
+        let mut seq = Sampler::sequential(5, 2);
+        assert_eq!(epoch_batches(&mut seq), [vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn gathers_rows_and_delivers_i64_labels_as_f32() {
+        let d = DataSet::from_tensors("toy", toy(), &["y", "x"]).unwrap();
+        assert_eq!(d.len(), 5);
+        assert_eq!(d.names().collect::<Vec<_>>(), ["y", "x"]);
+        assert_eq!((d.sample_shape(1), d.row_len(1)), (&[2, 2][..], 4));
+        assert_eq!(d.stored_dtype(0), DType::I64);
+        let mut y = [0.0f32; 4];
+        let mut x = [0.0f32; 16];
+        let idx = [4, 0, 2];
+        d.gather_all(&idx, &mut [&mut y[..3], &mut x[..12]])
+            .unwrap();
+        assert_eq!(y[..3], [5.0, 3.0, 4.0]);
+        assert_eq!(
+            x[..12],
+            [16.0, 17.0, 18.0, 19.0, 0.0, 1.0, 2.0, 3.0, 8.0, 9.0, 10.0, 11.0]
+        );
+        let e = d.gather(1, &idx, &mut x).unwrap_err().to_string();
+        assert!(
+            e.contains("buffer for `x` has 16 elements, 3 samples of [2, 2] need 12"),
+            "{e}"
+        );
+        let e = d.gather(0, &[5], &mut y[..1]).unwrap_err().to_string();
+        assert!(
+            e.contains("sample 5 of `y` requested, the data set has 5"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_data_is_named() {
+        let e = DataSet::from_tensors("toy", toy(), &["notes"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "data toy: tensor `notes` is f64; data tensors must be f32 or i64"
+        );
+        let e = DataSet::from_tensors("toy", toy(), &["x", "label"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no tensor `label` (the file has: "), "{e}");
+        let mut t = toy();
+        t[1].1 = Tensor::new(&[4], Storage::I64(vec![0; 4])).unwrap();
+        let e = DataSet::from_tensors("toy", t, &["x", "y"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "data toy: tensor `y` has 4 samples but `x` has 5");
+        let mut t = toy();
+        t[1].1 = Tensor::new(&[5], Storage::I64(vec![0, 0, 1 << 25, 0, 0])).unwrap();
+        let e = DataSet::from_tensors("toy", t, &["y"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds 33554432, beyond ±2^24"), "{e}");
+    }
+
+    #[test]
+    fn loads_from_a_safetensors_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.safetensors");
+        let t = toy();
+        let refs: Vec<(&str, &Tensor)> = t.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        crate::weights::write_safetensors_atomic(&path, &refs, None).unwrap();
+        let d = DataSet::load(&path, &["x", "y"]).unwrap();
+        let mut y = [0.0f32; 5];
+        d.gather(1, &[0, 1, 2, 3, 4], &mut y).unwrap();
+        assert_eq!(y, [3.0, 1.0, 4.0, 1.0, 5.0]);
+        let e = DataSet::load(&dir.path().join("none.safetensors"), &["x"]).unwrap_err();
+        assert!(e.to_string().contains("none.safetensors"), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! The runtime side of training: optimizers with PyTorch's update rules
+//! ([`optim`]), per-epoch learning-rate schedules ([`schedule`]),
+//! checkpoints in one safetensors file ([`checkpoint`]) and seeded,
+//! allocation-free batching of a data set ([`data`]). The training loop
+//! itself (the compiled step, the CLI) lives in the compiler crate.
+
+pub mod checkpoint;
+pub mod data;
+pub mod optim;
+pub mod schedule;
+
+#[cfg(test)]
+mod fixture;

@@ -25,6 +25,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Time the forward pass per layer, most expensive first.
     Time(cli::time::TimeArgs),
+    /// Train a model's `train` section on a data file.
+    Train(cli::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(&args),
         Command::Bench(args) => cli::bench::bench(&args),
         Command::Time(args) => cli::time::time(&args),
+        Command::Train(args) => cli::train::train(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ pub mod compile;
 pub mod options;
 pub mod run;
 pub mod time;
+pub mod train;
 
 use std::fmt::Display;
 use std::process::ExitCode;

@@ -378,6 +378,7 @@ impl Trainer {
         let s = splitmix64(self.config.seed ^ splitmix64(self.optimizer.step_count()));
         self.seed_buf = [f32::from_bits(s as u32), f32::from_bits((s >> 32) as u32)];
         let lr = self.lr();
+        let cap = self.config.batch.max(1);
         let Trainer {
             columns,
             seed_buf,
@@ -400,8 +401,7 @@ impl Trainer {
         reads.with(
             columns
                 .iter()
-                .zip(step.input_shapes())
-                .map(|(c, s)| &c[..s.iter().product::<usize>()])
+                .map(|c| &c[..c.len() / cap * b])
                 .chain(train.uses_seed.then_some(&seed_buf[..])),
             |ins| {
                 params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
@@ -440,6 +440,7 @@ impl Trainer {
         self.check_batch(b)?;
         self.ensure(b, true, report)?;
         self.gather(data, indices)?;
+        let cap = self.config.batch.max(1);
         let Trainer {
             columns,
             reads,
@@ -456,8 +457,7 @@ impl Trainer {
         reads.with(
             columns
                 .iter()
-                .zip(step.input_shapes())
-                .map(|(c, s)| &c[..s.iter().product::<usize>()]),
+                .map(|c| &c[..c.len() / cap * b]),
             |ins| {
                 params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
                     result = step.run(ins, ps);
@@ -482,11 +482,12 @@ impl Trainer {
     fn gather(&mut self, data: &DataSet, indices: &[usize]) -> Result<(), RunError> {
         for (k, col) in self.columns.iter_mut().enumerate() {
             let n = indices.len() * data.row_len(k);
+            let room = col.len();
             let dst = col.get_mut(..n).ok_or_else(|| {
                 RunError::Inputs(format!(
-                    "data column {k} has {} elements per sample, the model expects {}",
+                    "data column {k} has {} elements per sample, more than the model's {} per batch",
                     data.row_len(k),
-                    col.len() / indices.len().max(1)
+                    room
                 ))
             })?;
             data.gather(k, indices, dst)

@@ -40,8 +40,9 @@ def main():
     for name, xs, ys in [("train", x_train, y_train), ("test", x_test, y_test)]:
         path = os.path.join(OUT, f"{name}.safetensors")
         save_file({"x": np.ascontiguousarray(xs), "y": np.ascontiguousarray(ys)}, path,
-                  metadata={"source": "sklearn.datasets.load_digits, x / 16",
-                            "split": "train_test_split(test_size=0.2, stratify=y, random_state=0)"})
+                  # One entry: safetensors writes metadata entries in no fixed order.
+                  metadata={"source": "sklearn.datasets.load_digits, x / 16, "
+                            "train_test_split(test_size=0.2, stratify=y, random_state=0)"})
         size = os.path.getsize(path)
         total += size
         counts = np.bincount(ys, minlength=10)

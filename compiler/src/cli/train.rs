@@ -47,6 +47,10 @@ pub struct TrainArgs {
     /// beside it (`.svg`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the initial weights (after `--weights`) to this file before
+    /// training, e.g. to start a PyTorch twin from the same point.
+    #[arg(long)]
+    save_init: Option<PathBuf>,
     /// Continue from a checkpoint exactly where it stopped.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -95,6 +99,17 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
             .collect();
         let tensors = netc_runtime::weights::load_checked(w, &specs).map_err(Failure::error)?;
         trainer.set_weights(tensors).map_err(Failure::error)?;
+    }
+    if let Some(path) = &args.save_init {
+        let tensors: Vec<(&str, &netc_runtime::Tensor)> = trainer
+            .graph()
+            .params
+            .iter()
+            .zip(trainer.params())
+            .map(|(p, t)| (p.path.as_str(), t))
+            .collect();
+        netc_runtime::weights::write_safetensors_atomic(path, &tensors, None)
+            .map_err(Failure::error)?;
     }
     let mut state = match &args.resume {
         Some(p) => fit::resume(&mut trainer, p).map_err(Failure::error)?,

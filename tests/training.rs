@@ -1,0 +1,408 @@
+//! Training end to end against PyTorch: the compiled training step's
+//! loss and parameter gradients equal PyTorch's float64 ones (fixtures
+//! from `tests/fixtures/grads/make_grad_reference.py`, weights regenerated
+//! by the counter generator), one SGD and one Adam step give PyTorch's
+//! weights, a step allocates and compiles nothing after the first, and a
+//! resumed run repeats the uninterrupted one exactly.
+
+use netc::elab::Value;
+use netc::grad::training_graph;
+use netc::ir::{Attr, Graph, Hyper};
+use netc::options::CompileOptions;
+use netc::session::load_model;
+use netc::train::fit::{self, FitOptions, Outcome, Progress, RunState};
+use netc::train::step::TrainStep;
+use netc::train::trainer::{TrainConfig, Trainer};
+use netc_runtime::counter::{self, unit};
+use netc_runtime::train::data::DataSet;
+use netc_runtime::weights::read_safetensors;
+use netc_runtime::{Storage, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Counts allocations of the threads that opted in (the test's own), so
+/// the allocation test is not disturbed by other tests running at once.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        }
+        // SAFETY: forwarded to the system allocator with the same layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn graph(file: &str, model: &str, sets: &[(&str, i64)]) -> Graph {
+    let args: Vec<(String, Value)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::Int(*v)))
+        .collect();
+    load_model(&repo().join("models").join(file), Some(model), &args).unwrap()
+}
+
+fn fixture(name: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&repo().join("tests/fixtures/grads").join(format!("{name}.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    match t.storage() {
+        Storage::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        Storage::F64(v) => v.clone(),
+        Storage::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        other => panic!("unexpected storage {other:?}"),
+    }
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    f64s(t).iter().map(|&x| x as f32).collect()
+}
+
+fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The fixture's projections of a gradient: `Σ g[i] (2 u(1000 + k, path, i) - 1)`.
+fn projections(path: &str, g: &[f64]) -> Vec<f64> {
+    (0..8)
+        .map(|k| {
+            g.iter()
+                .enumerate()
+                .map(|(i, &x)| x * (2.0 * unit(1000 + k, path, i as u64) - 1.0))
+                .sum()
+        })
+        .collect()
+}
+
+/// What one gradient comparison found.
+struct GradCheck {
+    loss_error: f64,
+    worst: (String, f64),
+    whole: f64,
+    arena: usize,
+}
+
+/// Runs the compiled training step of `g` on the fixture's inputs and
+/// counter weights and compares loss and gradients with PyTorch's.
+fn check_gradients(g: &Graph, fix: &HashMap<String, Tensor>) -> GradCheck {
+    let tg = training_graph(g).unwrap();
+    let mut inputs: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
+    for (name, _) in &tg.graph.inputs {
+        if name == netc::grad::SEED_INPUT {
+            continue;
+        }
+        let t = fix
+            .get(&format!("input.{name}"))
+            .or_else(|| fix.get(&format!("label.{name}")))
+            .unwrap_or_else(|| panic!("fixture has no `{name}`"));
+        inputs.push((name.clone(), f32s(t), t.shape().to_vec()));
+    }
+    let shapes: Vec<(&str, &[usize])> = inputs
+        .iter()
+        .map(|(n, _, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    let options = CompileOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let mut step = TrainStep::compile(&tg, &shapes, options).unwrap();
+    let params: Vec<Tensor> = g
+        .params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> = p.ty.known_shape().unwrap().iter().map(|&d| d as usize).collect();
+            counter::tensor(0, &p.path, p.ty.dtype, &shape)
+        })
+        .collect();
+    let seed = [f32::from_bits(7), f32::from_bits(0)];
+    let mut ins: Vec<&[f32]> = inputs.iter().map(|(_, d, _)| d.as_slice()).collect();
+    if tg.uses_seed {
+        ins.push(&seed);
+    }
+    let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap_or(&[])).collect();
+    step.run(&ins, &ps).unwrap();
+    let loss = f64::from(step.output(0)[0]);
+    let want_loss = f64s(&fix["loss"])[0];
+    let mut worst = (String::new(), 0.0f64);
+    let (mut num, mut den) = (0.0, 0.0);
+    for &(pi, oi) in &tg.grads {
+        let path = &g.params[pi].path;
+        let got: Vec<f64> = step.output(oi).iter().map(|&x| f64::from(x)).collect();
+        let (got, want) = match fix.get(&format!("grad.{path}")) {
+            Some(w) => (got, f64s(w)),
+            None => {
+                let w = fix
+                    .get(&format!("proj.{path}"))
+                    .unwrap_or_else(|| panic!("fixture has no gradient of `{path}`"));
+                (projections(path, &got), f64s(w))
+            }
+        };
+        let e = rel_l2(&got, &want);
+        num += got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
+        den += want.iter().map(|b| b * b).sum::<f64>();
+        if e > worst.1 {
+            worst = (path.clone(), e);
+        }
+    }
+    GradCheck {
+        loss_error: (loss - want_loss).abs() / want_loss.abs().max(1e-12),
+        worst,
+        whole: (num / den).sqrt(),
+        arena: step.arena_len(),
+    }
+}
+
+fn report(name: &str, c: &GradCheck) {
+    println!(
+        "{name}: loss rel err {:.2e}, whole-gradient rel L2 {:.2e}, worst parameter {} {:.2e}, arena {:.1} MB",
+        c.loss_error,
+        c.whole,
+        c.worst.0,
+        c.worst.1,
+        c.arena as f64 * 4.0 / 1e6
+    );
+}
+
+#[test]
+fn eeg_gradients_match_pytorch() {
+    for model in ["eeg_mlp", "eeg_svm", "eeg_ccnn"] {
+        let g = graph(&format!("{model}.net"), model, &[]);
+        let c = check_gradients(&g, &fixture(model));
+        report(model, &c);
+        assert!(c.loss_error < 1e-5, "{model}: loss differs by {:.2e}", c.loss_error);
+        assert!(c.worst.1 < 1e-4, "{model}: gradient of {} differs by {:.2e}", c.worst.0, c.worst.1);
+    }
+}
+
+#[test]
+fn vggish_gradients_match_pytorch() {
+    let g = graph("vggish.net", "vggish", &[]);
+    let c = check_gradients(&g, &fixture("vggish"));
+    report("vggish", &c);
+    assert!(c.loss_error < 1e-5);
+    assert!(c.worst.1 < 1e-4, "gradient of {} differs by {:.2e}", c.worst.0, c.worst.1);
+}
+
+#[test]
+fn densenet121_gradients_match_pytorch_in_both_modes() {
+    let fix = fixture("densenet121");
+    let mut arenas = Vec::new();
+    for recompute in [false, true] {
+        let mut g = graph("densenet.net", "densenet121", &[("height", 64), ("width", 64)]);
+        if !recompute {
+            g.train.as_mut().unwrap().recompute.clear();
+        }
+        let c = check_gradients(&g, &fix);
+        report(if recompute { "densenet121 memory-efficient" } else { "densenet121" }, &c);
+        assert!(c.loss_error < 1e-5);
+        // PyTorch's own float32 gradients are 1.5e-3 from its float64 ones
+        // here (batch-norm reductions); ours must be far closer.
+        assert!(c.whole < 1e-4, "whole-gradient error {:.2e}", c.whole);
+        assert!(c.worst.1 < 1e-3, "gradient of {} differs by {:.2e}", c.worst.0, c.worst.1);
+        arenas.push(c.arena);
+    }
+    assert!(arenas[1] < arenas[0], "recomputation must shrink the arena: {arenas:?}");
+}
+
+/// Data for eeg_mlp from the fixture's inputs.
+fn mlp_data(fix: &HashMap<String, Tensor>) -> DataSet {
+    let x = Tensor::from_f32(fix["input.x"].shape(), f32s(&fix["input.x"])).unwrap();
+    let y = fix["label.y"].clone();
+    DataSet::from_tensors("fixture", vec![("x".into(), x), ("y".into(), y)], &["x", "y"]).unwrap()
+}
+
+fn counter_weights(g: &Graph) -> Vec<Tensor> {
+    g.params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> = p.ty.known_shape().unwrap().iter().map(|&d| d as usize).collect();
+            counter::tensor(0, &p.path, p.ty.dtype, &shape)
+        })
+        .collect()
+}
+
+#[test]
+fn one_sgd_and_one_adam_step_give_pytorch_weights() {
+    let fix = fixture("eeg_mlp_step");
+    let optimizers = [
+        (
+            "sgd",
+            vec![
+                ("lr", Attr::Float(0.1)),
+                ("momentum", Attr::Float(0.9)),
+                ("nesterov", Attr::Bool(true)),
+                ("weight_decay", Attr::Float(1e-4)),
+            ],
+        ),
+        ("adam", vec![("lr", Attr::Float(1e-3))]),
+    ];
+    for (kind, values) in optimizers {
+        let mut g = graph("eeg_mlp.net", "eeg_mlp", &[]);
+        g.train.as_mut().unwrap().optimizer = Hyper {
+            kind: kind.into(),
+            values: values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        };
+        let data = mlp_data(&fix);
+        let config = TrainConfig {
+            options: CompileOptions {
+                threads: 2,
+                ..Default::default()
+            },
+            batch: data.len(),
+            seed: 0,
+            lr: None,
+        };
+        let mut t = Trainer::new(g.clone(), config).unwrap();
+        t.set_weights(counter_weights(&g)).unwrap();
+        let all: Vec<usize> = (0..data.len()).collect();
+        t.step(&data, &all, &mut |_| {}).unwrap();
+        let mut worst = 0.0f64;
+        for (p, w) in g.params.iter().zip(t.params()) {
+            let got: Vec<f64> = w.as_f32().unwrap().iter().map(|&x| f64::from(x)).collect();
+            let (got, want) = match fix.get(&format!("{kind}.{}", p.path)) {
+                Some(want) => (got, f64s(want)),
+                None => (
+                    projections(&p.path, &got),
+                    f64s(&fix[&format!("{kind}.proj.{}", p.path)]),
+                ),
+            };
+            let e = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0.0, f64::max);
+            worst = worst.max(e);
+        }
+        println!("{kind}: largest weight difference {worst:.2e}");
+        assert!(worst < 1e-5, "{kind}: weights differ by {worst:.2e}");
+    }
+}
+
+/// A small synthetic classification set for eeg_mlp (4 bands, 9x9 grid).
+fn synthetic(samples: usize) -> DataSet {
+    let n = samples * 324;
+    let x: Vec<f32> = (0..n)
+        .map(|i| (unit(5, "x", i as u64) * 2.0 - 1.0) as f32)
+        .collect();
+    let y: Vec<i64> = (0..samples)
+        .map(|i| i64::from(x[i * 324] + x[i * 324 + 7] > 0.0))
+        .collect();
+    DataSet::from_tensors(
+        "synthetic",
+        vec![
+            ("x".into(), Tensor::from_f32(&[samples, 4, 9, 9], x).unwrap()),
+            ("y".into(), Tensor::new(&[samples], Storage::I64(y)).unwrap()),
+        ],
+        &["x", "y"],
+    )
+    .unwrap()
+}
+
+fn ccnn_trainer(batch: usize) -> Trainer {
+    let config = TrainConfig {
+        options: CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+        batch,
+        seed: 3,
+        lr: None,
+    };
+    Trainer::new(graph("eeg_ccnn.net", "eeg_ccnn", &[]), config).unwrap()
+}
+
+#[test]
+fn after_the_first_step_a_step_allocates_and_compiles_nothing() {
+    let data = synthetic(40);
+    let mut t = ccnn_trainer(16);
+    let batches: Vec<Vec<usize>> = vec![(0..16).collect(), (16..32).collect(), (32..40).collect()];
+    for b in &batches {
+        t.step(&data, b, &mut |_| {}).unwrap();
+    }
+    let compiled = t.compiled();
+    let size = t.compiled_size();
+    assert_eq!(compiled, (2, 0), "one step for batch 16 and one for the partial batch 8");
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..3 {
+        for b in &batches {
+            t.step(&data, b, &mut |_| {}).unwrap();
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0, "allocations during cached steps");
+    assert_eq!(t.compiled(), compiled, "no new plan");
+    assert_eq!(t.compiled_size(), size, "no new kernel, no arena growth");
+}
+
+fn losses(history: &[fit::EpochStats]) -> Vec<f64> {
+    history.iter().map(|e| e.train_loss).collect()
+}
+
+#[test]
+fn a_resumed_run_repeats_the_uninterrupted_one_exactly() {
+    let data = synthetic(50);
+    let dir = std::env::temp_dir().join(format!("netc-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("c.safetensors");
+    let run = |epochs: u64, stop_after: Option<usize>, resume: bool| -> (Vec<f64>, Outcome) {
+        let mut t = ccnn_trainer(16);
+        let mut state = if resume {
+            fit::resume(&mut t, &ckpt).unwrap()
+        } else {
+            RunState::default()
+        };
+        let stop = AtomicBool::new(false);
+        let options = FitOptions {
+            epochs,
+            checkpoint: Some(ckpt.clone()),
+            stop: Some(&stop),
+        };
+        let mut steps = 0;
+        let outcome = fit::fit(&mut t, &mut state, &data, Some(&data), &options, &mut |p| {
+            if let Progress::Step(_) = p {
+                steps += 1;
+                if Some(steps) == stop_after {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap();
+        (losses(&state.history), outcome)
+    };
+    let (straight, _) = run(3, None, false);
+    // Stopped mid-epoch 2 (4 steps per epoch), then resumed twice.
+    let (_, o) = run(3, Some(6), false);
+    assert_eq!(o, Outcome::Stopped);
+    let (_, o) = run(3, Some(3), true);
+    assert_eq!(o, Outcome::Stopped);
+    let (resumed, o) = run(3, None, true);
+    assert_eq!(o, Outcome::Completed);
+    assert_eq!(resumed, straight, "losses of the resumed run");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

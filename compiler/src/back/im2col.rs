@@ -18,6 +18,10 @@
 //! Contiguous runs (NCHW rows at stride 1, NHWC channel runs) are copied
 //! with f32x4 loads and stores plus a scalar tail.
 
+mod col2im;
+
+pub use col2im::Col2im;
+
 use super::jit::KernelSource;
 use super::BackError;
 use cranelift_codegen::ir::{

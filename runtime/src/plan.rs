@@ -1060,6 +1060,126 @@ mod tests {
         ));
     }
 
+    /// Unpack: out[i·units + r] = 2·panel[r] (the panel read relative to
+    /// the item, the output written at absolute positions).
+    unsafe extern "C" fn twice_out(start: i64, end: i64, inputs: *const *const f32, out: *mut f32) {
+        const UNITS: usize = 6;
+        for u in start as usize..end as usize {
+            // SAFETY: the executor hands over the item's panel as input 0
+            // and an output covering every item.
+            unsafe { *out.add(u) = 2.0 * *(*inputs).add(u % UNITS) }
+        }
+    }
+
+    /// An accumulating contraction sums its items' products into one C
+    /// (on both thread counts, so parallel items never race); one with an
+    /// unpacking kernel writes each item's product into a scratch panel
+    /// that the kernel moves into the output.
+    #[test]
+    fn contractions_accumulate_over_items_and_unpack_through_scratch() {
+        let (m, n, k, items) = (2, 3, 4, 5);
+        let op = |input, item_stride| Operand {
+            input,
+            packed: false,
+            offset: 0,
+            item_stride,
+            group_stride: 0,
+            strides: Strides::row_major(if input == 0 { k } else { n }),
+        };
+        let a: Vec<f32> = (0..items * m * k).map(|v| (v % 5) as f32 - 2.0).collect();
+        let b: Vec<f32> = (0..items * k * n).map(|v| (v % 7) as f32 - 3.0).collect();
+        let product = |it: usize, i: usize, j: usize| -> f32 {
+            (0..k)
+                .map(|p| a[it * m * k + i * k + p] * b[it * k * n + p * n + j])
+                .sum()
+        };
+        let step = |accumulate: bool, unpack: Option<Unpack>| Step {
+            work: Work::Contraction(Box::new(Contraction {
+                items,
+                groups: 1,
+                m,
+                n,
+                k,
+                a: op(0, m * k),
+                b: op(1, k * n),
+                c_item: if accumulate { 0 } else { m * n },
+                c_group: 0,
+                ldc: n,
+                pack: None,
+                epilogue: None,
+                unpack,
+                accumulate,
+                gemm: Gemm::Native,
+            })),
+            inputs: vec![
+                Buf::Input(0),
+                Buf::Input(1),
+                Buf::Arena {
+                    offset: 0,
+                    len: 2 * m * n,
+                },
+            ],
+            output: Buf::Output(0),
+            extents: vec![items * m * k, items * k * n, 2 * m * n, items * m * n],
+        };
+        let run = |s: Step, threads: usize| {
+            let plan = Plan {
+                arena_len: 2 * m * n,
+                prepare: Vec::new(),
+                constants: Vec::new(),
+                steps: vec![s],
+            };
+            let mut y = vec![f32::NAN; items * m * n];
+            Executor::new(plan, threads)
+                .unwrap()
+                .run(&[&a, &b], &[], &mut [&mut y])
+                .unwrap();
+            y
+        };
+        let unpack = Unpack {
+            kernel: twice_out,
+            scratch: 2,
+            units: m * n,
+            len: m * n,
+        };
+        for threads in [1, 2] {
+            let y = run(step(true, None), threads);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..items).map(|it| product(it, i, j)).sum();
+                    assert_eq!(y[i * n + j], want, "accumulated, {threads} threads");
+                }
+            }
+            let y = run(step(false, Some(unpack)), threads);
+            for it in 0..items {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = 2.0 * product(it, i, j);
+                        assert_eq!(
+                            y[it * m * n + i * n + j],
+                            want,
+                            "unpacked, {threads} threads"
+                        );
+                    }
+                }
+            }
+        }
+        let short = Unpack {
+            len: m * n - 1,
+            ..unpack
+        };
+        let plan = Plan {
+            arena_len: 2 * m * n,
+            prepare: Vec::new(),
+            constants: Vec::new(),
+            steps: vec![step(false, Some(short))],
+        };
+        assert!(matches!(
+            Executor::new(plan, 1),
+            Err(PlanError::Contraction { what: "C", .. })
+        ));
+    }
+
     #[test]
     fn short_or_missing_buffers_are_errors_before_anything_runs() {
         let mut ex = Executor::new(plan(8), 2).unwrap();

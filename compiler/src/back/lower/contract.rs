@@ -103,6 +103,9 @@ pub(super) enum Src {
     Value(ValueId),
     /// The panel the packing kernel writes.
     Packed,
+    /// A buffer that is not a graph value (a re-laid-out weight), with
+    /// its length.
+    Buf(Buf, usize),
 }
 
 /// One GEMM operand: its source, first element, per-item and per-group
@@ -152,6 +155,13 @@ pub(super) struct Spec {
     pub bias: Option<(ValueId, Bcast)>,
 }
 
+/// The scratch elements the packing kernel `im2col` of a contraction of
+/// `items` items takes: one panel per thread the items can use. They
+/// start the scratch region; the contraction's other scratch follows.
+pub(super) fn pack_scratch_len(cx: &LowerCx, items: usize, im2col: &Im2col) -> usize {
+    im2col.panel_len() * cx.options.threads.clamp(1, items.max(1))
+}
+
 /// Emits `spec` as one contraction step of `node`, with the node's fused
 /// followers in the epilogue.
 pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), BackError> {
@@ -173,9 +183,8 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
             let id = cx.jit.kernel(&im2col)?;
             let kernel = cx.jit.code(id)?;
             let input = add(cx.buf(x)?, cx.numel(x)?);
-            let slices = cx.options.threads.clamp(1, spec.items.max(1));
+            pack_scratch = pack_scratch_len(cx, spec.items, &im2col);
             let len = im2col.panel_len();
-            pack_scratch = len * slices;
             let scratch = add(cx.scratch(pack_scratch), pack_scratch);
             Some(Pack {
                 kernel,
@@ -197,6 +206,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
                 )))
             }
             (Src::Value(v), _) => (add(cx.buf(v)?, cx.numel(v)?), false),
+            (Src::Buf(buf, len), _) => (add(buf, len), false),
         };
         Ok(Operand {
             input,

@@ -116,6 +116,7 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
                 dilation,
                 oh,
                 ow,
+                flip: false,
             },
             node.inputs[0],
         )

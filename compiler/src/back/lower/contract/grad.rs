@@ -7,30 +7,42 @@
 //!   itself). The images accumulate into the one result (`beta = 1` from
 //!   the second image on), so they run one at a time, each GEMM split over
 //!   the threads.
-//! - `conv{1,2}d_grad_input(dy, w)`: per image and group,
+//! - `conv{1,2}d_grad_input(dy, w)`, stride 1 (padding at most
+//!   `dilation·(k−1)`): a convolution of `dy` with the flipped kernel,
+//!   `dx_g[C/g, H·W] = W'_g[C/g, OC/g·KH·KW] · col'_g` where `col'` is the
+//!   im2col panel of `dy` with taps reversed and padding
+//!   `dilation·(k−1) − pad`, and `W'` the weight with its two channel dims
+//!   swapped per group (one copy step into the scratch region, after the
+//!   contraction's packed panels, read by the next step only).
+//! - other strides: per image and group,
 //!   `col_g[C/g·KH·KW, OH·OW] = W_gᵀ · dy_g` (W read transposed through its
 //!   strides) into a per-thread scratch panel, then the col2im kernel adds
-//!   every panel element into the input position its tap reads. Images
-//!   are independent, so they run in parallel. A 1x1 stride-1 unpadded
-//!   convolution writes `Wᵀ·dy` straight into dx.
+//!   every panel element into the input position its tap reads.
+//! - In both, images are independent and run in parallel; a 1x1 stride-1
+//!   unpadded convolution writes `Wᵀ·dy` straight into dx.
 //! - `linear_grad_input(dy, w) = dy · W` and `linear_grad_weight(dy, x) =
 //!   dyᵀ · x` (all leading dims folded into rows): one GEMM each, the
 //!   transpose through the strides.
 //!
-//! The scatter (GEMM then col2im) rather than a convolution of `dy` with
-//! the flipped weight: it does no multiply by the zeros a strided
-//! convolution's gradient would insert between `dy`'s pixels, needs no
-//! re-laid-out weight, and is the same GEMM shape for every stride.
+//! Why two input-gradient schemes: at stride 1 the flipped convolution
+//! contracts over `OC/g·KH·KW` (the scatter only over `OC/g`, a thin GEMM
+//! whose `C/g·KH·KW × OH·OW` panel then goes through memory twice), and
+//! needs no col2im. At stride s > 1 it would multiply the `s² − 1` zeros
+//! per pixel that dilating `dy` inserts; the scatter does no wasted work
+//! for any stride.
 //!
 //! A 1-D convolution is the 2-D one with a height of 1.
 
-use super::{emit, ints, Side, Spec, Src};
+use super::{emit, ints, pack_scratch_len, Side, Spec, Src};
+use crate::back::copy::CopyKernel;
 use crate::back::elementwise::Domain;
 use crate::back::im2col::{Col2im, Im2col, Layout};
+use crate::back::lower::data;
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
 use netc_runtime::gemm::Strides;
+use netc_runtime::plan::Buf;
 
 /// Lowers the contraction gradients; `None` for other ops.
 pub(super) fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -101,7 +113,16 @@ impl Geometry {
             dilation: self.dilation,
             oh: self.oh,
             ow: self.ow,
+            flip: false,
         }
+    }
+
+    /// The padding of the flipped convolution of `dy` that gives dx, if
+    /// this is a stride-1 convolution with padding at most `d·(k−1)`.
+    fn flipped_pad(&self) -> Option<[usize; 2]> {
+        let back = |a: usize, k: usize| (self.dilation[a] * (k - 1)).checked_sub(self.pad[a]);
+        (self.stride == [1, 1]).then_some(())?;
+        Some([back(0, self.kh)?, back(1, self.kw)?])
     }
 
     fn col2im(&self) -> Col2im {
@@ -240,6 +261,9 @@ fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (dy, wt) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());
     let direct = g.pointwise();
+    if let (Some(pad), false) = (g.flipped_pad(), direct) {
+        return conv_grad_input_flipped(cx, node, &g, pad);
+    }
     emit(
         cx,
         node,
@@ -265,6 +289,103 @@ fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             domain: Domain::Rows {
                 channels: g.c as u64,
                 inner: (g.h * g.w) as u64,
+            },
+            bias: None,
+        },
+    )
+}
+
+/// `dx = W' · im2col_flipped(dy)` per image and group (stride 1).
+fn conv_grad_input_flipped(
+    cx: &mut LowerCx,
+    node: &Node,
+    g: &Geometry,
+    pad: [usize; 2],
+) -> Result<(), BackError> {
+    let (dy, wt) = (node.inputs[0], node.inputs[1]);
+    let (og, cg, taps) = (g.og(), g.cg(), g.kh * g.kw);
+    let hw = g.h * g.w;
+    let im2col = Im2col {
+        layout: Layout::Nchw,
+        c: g.oc,
+        groups: g.groups,
+        h: g.oh,
+        w: g.ow,
+        kh: g.kh,
+        kw: g.kw,
+        stride: [1, 1],
+        pad,
+        dilation: g.dilation,
+        oh: g.h,
+        ow: g.w,
+        flip: true,
+    };
+    // W [G, OC/g, C/g, taps] -> W' [G, C/g, OC/g, taps], into the scratch
+    // after the contraction's packed panels.
+    let copy = CopyKernel::new(
+        &[g.groups, og, cg, taps],
+        &[og * cg * taps, cg * taps, taps, 1],
+        &[cg * og * taps, taps, og * taps, 1],
+        0,
+    );
+    let w_len = g.oc * cg * taps;
+    let after = pack_scratch_len(cx, g.n, &im2col);
+    let w2 = match cx.scratch(after + w_len) {
+        Buf::Arena { offset, .. } => Buf::Arena {
+            offset: offset + after,
+            len: w_len,
+        },
+        other => {
+            return Err(bad(
+                node,
+                format!("the scratch region is {other:?}, not in the arena"),
+            ))
+        }
+    };
+    let id = copy.compile(cx.jit)?;
+    let src = cx.buf(wt)?;
+    data::call(
+        cx,
+        id,
+        copy.units(),
+        copy.grain(),
+        vec![src],
+        vec![copy.in_extent(), copy.out_extent()],
+        w2,
+    )?;
+    let kg = og * taps;
+    emit(
+        cx,
+        node,
+        Spec {
+            items: g.n,
+            groups: g.groups,
+            m: cg,
+            n: hw,
+            k: kg,
+            a: Side {
+                src: Src::Buf(w2, w_len),
+                offset: 0,
+                item: 0,
+                group: cg * kg,
+                strides: Strides::row_major(kg),
+            },
+            b: Side {
+                src: Src::Packed,
+                offset: 0,
+                item: 0,
+                group: kg * hw,
+                strides: Strides::row_major(hw),
+            },
+            c_item: g.c * hw,
+            c_group: cg * hw,
+            ldc: hw,
+            pack: Some((im2col, dy)),
+            unpack: None,
+            accumulate: false,
+            domain: Domain::Rows {
+                channels: g.c as u64,
+                inner: hw as u64,
             },
             bias: None,
         },

@@ -1,8 +1,10 @@
 //! The lowered contraction gradients (f32, through the plan executor)
 //! against the f64 reference interpreter (itself checked against finite
 //! differences of the forward ops): convolutions with stride 1 and 2,
-//! padding 0 and 1, dilation 2, groups 2, odd sizes, the 7x7/2/3 stem,
-//! 1x1, conv1d, batch 1 and 3; linear with rank-2 and rank-3 inputs; on
+//! padding 0 and 1, dilation 2, groups 2, depthwise, odd sizes, the
+//! 7x7/2/3 stem, 1x1, conv1d, batch 1 and 3 — the input gradient through
+//! its flipped-convolution (stride 1), scatter (stride 2, or padding
+//! beyond the kernel's reach) and direct (1x1) schemes; linear with rank-2 and rank-3 inputs; on
 //! both GEMMs, lowered for and run on 1 and 2 threads. Plus an ignored
 //! release-mode timing of two real layers.
 
@@ -39,6 +41,8 @@ const CASES: &[Case] = &[
     (2, 3, 4, &[4, 5], 6, 1, 1, 0, 1, 2),
     (2, 1, 2, &[6, 6], 2, 1, 2, 0, 1, 1),
     (2, 3, 6, &[6, 5], 6, 3, 1, 1, 1, 6),
+    (2, 3, 4, &[8, 7], 6, 3, 1, 2, 2, 2),
+    (2, 1, 2, &[5, 4], 3, 3, 1, 3, 1, 1),
     (1, 3, 4, &[13], 2, 5, 2, 2, 2, 2),
     (1, 1, 3, &[9], 4, 3, 1, 1, 1, 1),
 ];

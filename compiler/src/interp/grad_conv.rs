@@ -13,10 +13,8 @@ type Eval = Option<Result<Vec<Array>, String>>;
 /// Evaluates `name` if it is one of this module's ops.
 pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
     let r = match name {
-        "conv1d_grad_input" | "conv2d_grad_input" | "conv3d_grad_input" => {
-            conv_grad(x[0], x[1], a, &out[0], Wrt::Input)
-        }
-        "conv1d_grad_weight" | "conv2d_grad_weight" | "conv3d_grad_weight" => {
+        "conv1d_grad_input" | "conv2d_grad_input" => conv_grad(x[0], x[1], a, &out[0], Wrt::Input),
+        "conv1d_grad_weight" | "conv2d_grad_weight" => {
             conv_grad(x[0], x[1], a, &out[0], Wrt::Weight)
         }
         "linear_grad_input" => linear_grad_input(x[0], x[1]),

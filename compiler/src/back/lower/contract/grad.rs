@@ -257,6 +257,19 @@ fn geometry(
 /// `dx = col2im(Wᵀ·dy)` per image and group.
 fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (x_shape, w_shape) = (cx.shape(node.outputs[0])?, cx.shape(node.inputs[1])?);
+    if let Some(Attr::Dims(dims)) = node.op.attr("input_shape") {
+        let same = dims.len() == x_shape.len()
+            && dims
+                .iter()
+                .zip(&x_shape)
+                .all(|(d, &s)| d.as_known().is_none_or(|v| v == s as i64));
+        if !same {
+            return Err(bad(
+                node,
+                format!("attribute input_shape {dims:?} disagrees with the result {x_shape:?}"),
+            ));
+        }
+    }
     let g = geometry(cx, node, &x_shape, &w_shape)?;
     let (dy, wt) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());

@@ -114,15 +114,39 @@ pub struct Epilogue {
     pub units: usize,
 }
 
-/// `items` independent items (images, batch entries), each:
+/// The unpacking kernel of a [`Contraction`] (col2im): when present, the
+/// GEMMs write each item's C into the thread's slice of a scratch buffer
+/// (group `g` at `g·c_group`, leading dimension `ldc`) and this kernel then
+/// moves that panel into the step's output.
+///
+/// Its work units are global (item `i` is `[i·units, (i+1)·units)`); its
+/// only input pointer (input 0) is the item's panel, read relative to the
+/// slice, and it writes the output at absolute positions. Different units
+/// must write disjoint parts of the output.
+#[derive(Clone, Copy, Debug)]
+pub struct Unpack {
+    /// The kernel.
+    pub kernel: KernelFn,
+    /// The scratch buffer C is written to: an index into the step's inputs.
+    pub scratch: usize,
+    /// Work units per item.
+    pub units: usize,
+    /// Panel elements per item (the size of one thread's slice).
+    pub len: usize,
+}
+
+/// `items` items (images, batch entries), each:
 /// pack (optional) → `groups` GEMMs `C_g[m×n] = A_g[m×k]·B_g[k×n]` →
-/// epilogue (optional). C is the step's output, item `i` group `g` at
-/// `i·c_item + g·c_group` with leading dimension `ldc`.
+/// unpack (optional) → epilogue (optional). C is the step's output, item
+/// `i` group `g` at `i·c_item + g·c_group` with leading dimension `ldc`
+/// (or the item's scratch panel when there is an [`Unpack`]).
 ///
 /// The executor picks the parallelism: with at least as many items as
 /// threads (and a scratch slice per thread), items run in parallel, each
 /// with a one-thread GEMM and its own slice; otherwise items run one at a
 /// time with a multi-threaded GEMM and pack/epilogue split over threads.
+/// An accumulating contraction (`accumulate`) always runs its items one
+/// at a time: they all add into the same C.
 #[derive(Clone, Copy, Debug)]
 pub struct Contraction {
     /// Items.
@@ -149,6 +173,12 @@ pub struct Contraction {
     pub pack: Option<Pack>,
     /// The epilogue kernel, if any.
     pub epilogue: Option<Epilogue>,
+    /// The unpacking kernel, if C goes through a scratch panel.
+    pub unpack: Option<Unpack>,
+    /// Whether every item adds its product into C (`beta = 1` from the
+    /// second item on; the first overwrites C): a sum over the items, as
+    /// a weight gradient over a batch. `c_item` is then normally 0.
+    pub accumulate: bool,
     /// The GEMM.
     pub gemm: Gemm,
 }
@@ -292,20 +322,22 @@ impl Contraction {
             input: 0,
             packed: false,
             offset: 0,
-            item_stride: self.c_item,
+            item_stride: if self.unpack.is_some() {
+                0
+            } else {
+                self.c_item
+            },
             group_stride: self.c_group,
             strides: Strides::row_major(self.ldc),
+        };
+        let c_have = match self.unpack {
+            Some(u) => u.len,
+            None => *extents.last().unwrap_or(&0),
         };
         let checks = [
             ("A", reach(&self.a, self.m, self.k, "A")?),
             ("B", reach(&self.b, self.k, self.n, "B")?),
-            (
-                "C",
-                (
-                    reach(&c, self.m, self.n, "C")?.0,
-                    *extents.last().unwrap_or(&0),
-                ),
-            ),
+            ("C", (reach(&c, self.m, self.n, "C")?.0, c_have)),
         ];
         for (what, (need, have)) in checks {
             if need > have || (self.ldc < self.n && self.m > 1) {
@@ -316,6 +348,12 @@ impl Contraction {
             let have = *extents.get(p.scratch).ok_or_else(|| over("scratch"))?;
             if p.len > have {
                 return Err(bad("scratch", p.len, have));
+            }
+        }
+        if let Some(u) = self.unpack {
+            let have = *extents.get(u.scratch).ok_or_else(|| over("C scratch"))?;
+            if u.len > have {
+                return Err(bad("C scratch", u.len, have));
             }
         }
         Ok(())
@@ -339,21 +377,22 @@ unsafe impl Send for Contracting<'_> {}
 unsafe impl Sync for Contracting<'_> {}
 
 impl Contracting<'_> {
-    /// Runs all items; `scratch_len` is the declared scratch extent.
+    /// Runs all items; `extents` are the step's declared extents.
     ///
     /// # Safety
     /// The buffers cover the step's extents, the contraction was validated
     /// against them, and `work` has an entry per pool thread if the GEMM is
     /// a tile GEMM.
-    unsafe fn run(self, pool: &rayon::ThreadPool, scratch_len: usize) {
+    unsafe fn run(self, pool: &rayon::ThreadPool, extents: &[usize]) {
         let c = self.c;
         let threads = pool.current_num_threads();
-        let slices = match c.pack {
-            Some(p) => scratch_len / p.len.max(1),
-            None => usize::MAX,
-        };
+        let slices = |scratch: usize, len: usize| extents[scratch] / len.max(1);
+        let slices = c
+            .pack
+            .map_or(usize::MAX, |p| slices(p.scratch, p.len))
+            .min(c.unpack.map_or(usize::MAX, |u| slices(u.scratch, u.len)));
         let tasks = threads.min(c.items).min(slices);
-        if threads > 1 && c.items >= threads && tasks == threads {
+        if threads > 1 && c.items >= threads && tasks == threads && !c.accumulate {
             pool.install(|| {
                 (0..tasks).into_par_iter().for_each(|t| {
                     for item in c.items * t / tasks..c.items * (t + 1) / tasks {
@@ -410,12 +449,36 @@ impl Contracting<'_> {
             // SAFETY: validated to stay inside the operand's buffer.
             unsafe { base.add(o.offset + item_off + g * o.group_stride) }
         };
+        // Where this item's C starts: its scratch panel or its place in
+        // the output.
+        let c_base = match c.unpack {
+            // SAFETY: the scratch extent holds at least `slice + 1` panels.
+            Some(u) => unsafe { (slot(u.scratch) as *mut f32).add(slice * u.len) },
+            // SAFETY: validated to stay inside the output.
+            None => unsafe { self.out.add(item * c.c_item) },
+        };
+        let beta = if c.accumulate && item > 0 { 1.0 } else { 0.0 };
         for g in 0..c.groups {
             let (a, b) = (at(&c.a, g), at(&c.b, g));
-            // SAFETY: validated to stay inside the output.
-            let out = unsafe { self.out.add(item * c.c_item + g * c.c_group) };
+            // SAFETY: validated to stay inside the output or the panel.
+            let out = unsafe { c_base.add(g * c.c_group) };
             // SAFETY: operands validated; C never overlaps A or B.
-            unsafe { self.gemm(a, b, out, slice, pool) };
+            unsafe { self.gemm(a, b, beta, out, slice, pool) };
+        }
+        if let Some(u) = c.unpack {
+            let panel = [c_base as *const f32];
+            // SAFETY: the unpack kernel reads the item's panel and writes
+            // disjoint parts of the output for disjoint units.
+            unsafe {
+                ranges(
+                    u.kernel,
+                    item * u.units,
+                    (item + 1) * u.units,
+                    panel.as_ptr(),
+                    self.out,
+                    pool,
+                )
+            };
         }
         if let Some(e) = c.epilogue {
             // SAFETY: the epilogue kernel rewrites the item's rows of C in place.
@@ -432,12 +495,13 @@ impl Contracting<'_> {
         }
     }
 
-    /// One GEMM `C = A·B`, on the calling thread (tile buffers `slice`) or
-    /// split over `pool`.
+    /// One GEMM `C = A·B + beta·C`, on the calling thread (tile buffers
+    /// `slice`) or split over `pool`.
     unsafe fn gemm(
         self,
         a: *const f32,
         b: *const f32,
+        beta: f32,
         out: *mut f32,
         slice: usize,
         pool: Option<&rayon::ThreadPool>,
@@ -449,7 +513,7 @@ impl Contracting<'_> {
             // SAFETY: forwarded; inside `pool.install` the crate splits
             // over the executor's pool.
             Gemm::Native => unsafe {
-                sgemm_unchecked(c.m, c.n, c.k, 1.0, a, sa, b, sb, 0.0, out, c.ldc, threads)
+                sgemm_unchecked(c.m, c.n, c.k, 1.0, a, sa, b, sb, beta, out, c.ldc, threads)
             },
             Gemm::Tile(tile) if threads <= 1 => {
                 // SAFETY: `work[slice]` belongs to this task alone.
@@ -457,7 +521,7 @@ impl Contracting<'_> {
                 // SAFETY: forwarded.
                 unsafe {
                     tile_sgemm_unchecked(
-                        &tile, c.m, c.n, c.k, 1.0, a, sa, b, sb, 0.0, out, c.ldc, w,
+                        &tile, c.m, c.n, c.k, 1.0, a, sa, b, sb, beta, out, c.ldc, w,
                     )
                 }
             }
@@ -483,7 +547,7 @@ impl Contracting<'_> {
                             sa,
                             (b as *const f32).add(cols.start * sb.col),
                             sb,
-                            0.0,
+                            beta,
                             (out as *mut f32).add(rows.start * c.ldc + cols.start),
                             c.ldc,
                             w,
@@ -728,7 +792,7 @@ impl Executor {
                     // declared extent and `Executor::new` that the
                     // contraction stays inside those extents; `work` has
                     // one entry per pool thread when a tile GEMM is used.
-                    unsafe { at.run(pool, step.extents[c.pack.map_or(0, |p| p.scratch)]) };
+                    unsafe { at.run(pool, &step.extents) };
                     if let Some(t) = started {
                         times[i] = t.elapsed();
                     }
@@ -967,6 +1031,8 @@ mod tests {
                 ldc: n,
                 pack: None,
                 epilogue: None,
+                unpack: None,
+                accumulate: false,
                 gemm: Gemm::Native,
             })),
             inputs: vec![Buf::Param(0), Buf::Input(0)],
@@ -1001,6 +1067,126 @@ mod tests {
         assert!(matches!(
             Executor::new(plan(items * k * n - 1), 1),
             Err(PlanError::Contraction { what: "B", .. })
+        ));
+    }
+
+    /// Unpack: out[i·units + r] = 2·panel[r] (the panel read relative to
+    /// the item, the output written at absolute positions).
+    unsafe extern "C" fn twice_out(start: i64, end: i64, inputs: *const *const f32, out: *mut f32) {
+        const UNITS: usize = 6;
+        for u in start as usize..end as usize {
+            // SAFETY: the executor hands over the item's panel as input 0
+            // and an output covering every item.
+            unsafe { *out.add(u) = 2.0 * *(*inputs).add(u % UNITS) }
+        }
+    }
+
+    /// An accumulating contraction sums its items' products into one C
+    /// (on both thread counts, so parallel items never race); one with an
+    /// unpacking kernel writes each item's product into a scratch panel
+    /// that the kernel moves into the output.
+    #[test]
+    fn contractions_accumulate_over_items_and_unpack_through_scratch() {
+        let (m, n, k, items) = (2, 3, 4, 5);
+        let op = |input, item_stride| Operand {
+            input,
+            packed: false,
+            offset: 0,
+            item_stride,
+            group_stride: 0,
+            strides: Strides::row_major(if input == 0 { k } else { n }),
+        };
+        let a: Vec<f32> = (0..items * m * k).map(|v| (v % 5) as f32 - 2.0).collect();
+        let b: Vec<f32> = (0..items * k * n).map(|v| (v % 7) as f32 - 3.0).collect();
+        let product = |it: usize, i: usize, j: usize| -> f32 {
+            (0..k)
+                .map(|p| a[it * m * k + i * k + p] * b[it * k * n + p * n + j])
+                .sum()
+        };
+        let step = |accumulate: bool, unpack: Option<Unpack>| Step {
+            work: Work::Contraction(Box::new(Contraction {
+                items,
+                groups: 1,
+                m,
+                n,
+                k,
+                a: op(0, m * k),
+                b: op(1, k * n),
+                c_item: if accumulate { 0 } else { m * n },
+                c_group: 0,
+                ldc: n,
+                pack: None,
+                epilogue: None,
+                unpack,
+                accumulate,
+                gemm: Gemm::Native,
+            })),
+            inputs: vec![
+                Buf::Input(0),
+                Buf::Input(1),
+                Buf::Arena {
+                    offset: 0,
+                    len: 2 * m * n,
+                },
+            ],
+            output: Buf::Output(0),
+            extents: vec![items * m * k, items * k * n, 2 * m * n, items * m * n],
+        };
+        let run = |s: Step, threads: usize| {
+            let plan = Plan {
+                arena_len: 2 * m * n,
+                prepare: Vec::new(),
+                constants: Vec::new(),
+                steps: vec![s],
+            };
+            let mut y = vec![f32::NAN; items * m * n];
+            Executor::new(plan, threads)
+                .unwrap()
+                .run(&[&a, &b], &[], &mut [&mut y])
+                .unwrap();
+            y
+        };
+        let unpack = Unpack {
+            kernel: twice_out,
+            scratch: 2,
+            units: m * n,
+            len: m * n,
+        };
+        for threads in [1, 2] {
+            let y = run(step(true, None), threads);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..items).map(|it| product(it, i, j)).sum();
+                    assert_eq!(y[i * n + j], want, "accumulated, {threads} threads");
+                }
+            }
+            let y = run(step(false, Some(unpack)), threads);
+            for it in 0..items {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = 2.0 * product(it, i, j);
+                        assert_eq!(
+                            y[it * m * n + i * n + j],
+                            want,
+                            "unpacked, {threads} threads"
+                        );
+                    }
+                }
+            }
+        }
+        let short = Unpack {
+            len: m * n - 1,
+            ..unpack
+        };
+        let plan = Plan {
+            arena_len: 2 * m * n,
+            prepare: Vec::new(),
+            constants: Vec::new(),
+            steps: vec![step(false, Some(short))],
+        };
+        assert!(matches!(
+            Executor::new(plan, 1),
+            Err(PlanError::Contraction { what: "C", .. })
         ));
     }
 

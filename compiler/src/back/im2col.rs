@@ -18,6 +18,10 @@
 //! Contiguous runs (NCHW rows at stride 1, NHWC channel runs) are copied
 //! with f32x4 loads and stores plus a scalar tail.
 
+mod col2im;
+
+pub use col2im::Col2im;
+
 use super::jit::KernelSource;
 use super::BackError;
 use cranelift_codegen::ir::{
@@ -62,6 +66,11 @@ pub struct Im2col {
     pub oh: usize,
     /// Output width.
     pub ow: usize,
+    /// Whether the taps are read in reverse (NCHW only): panel row
+    /// `(c, i, j)` holds tap `(KH−1−i, KW−1−j)` — the packing of a
+    /// stride-1 convolution's input gradient as a convolution of `dy`
+    /// with the flipped kernel.
+    pub flip: bool,
 }
 
 impl Im2col {
@@ -186,7 +195,7 @@ fn valid(
 impl KernelSource for Im2col {
     fn key(&self) -> String {
         format!(
-            "im2col.f32.{:?}.c{}g{}.{}x{}.k{}x{}.s{:?}.p{:?}.d{:?}.o{}x{}",
+            "im2col.f32.{:?}.c{}g{}.{}x{}.k{}x{}.s{:?}.p{:?}.d{:?}.o{}x{}{}",
             self.layout,
             self.c,
             self.groups,
@@ -198,7 +207,8 @@ impl KernelSource for Im2col {
             self.pad,
             self.dilation,
             self.oh,
-            self.ow
+            self.ow,
+            if self.flip { ".flip" } else { "" }
         )
     }
 
@@ -213,10 +223,11 @@ impl KernelSource for Im2col {
             && self.groups > 0
             && self.c.is_multiple_of(self.groups)
             && self.stride.iter().all(|&s| s > 0)
-            && self.dilation.iter().all(|&d| d > 0);
+            && self.dilation.iter().all(|&d| d > 0)
+            && !(self.flip && self.layout == Layout::Nhwc);
         if !ok {
             return Err(BackError(format!(
-                "packing kernel `{}`: channels, groups, strides and dilations must be positive",
+                "packing kernel `{}`: channels, groups, strides and dilations must be positive (and flipped taps are NCHW only)",
                 self.key()
             )));
         }
@@ -246,6 +257,12 @@ impl Im2col {
         let kwv = konst(b, self.kw);
         let kh = b.ins().udiv(t, kwv);
         let kw = b.ins().urem(t, kwv);
+        let (kh, kw) = if self.flip {
+            let (top, right) = (konst(b, self.kh - 1), konst(b, self.kw - 1));
+            (b.ins().isub(top, kh), b.ins().isub(right, kw))
+        } else {
+            (kh, kw)
+        };
         // src = x + (img·C + c)·H·W floats; dst = out + r·OH·OW floats.
         let plane = b.ins().imul_imm_s(img, self.c as i64);
         let plane = b.ins().iadd(plane, c);

@@ -7,6 +7,7 @@
 mod array;
 mod dense;
 mod detect;
+mod grad_conv;
 mod layout;
 mod nn;
 mod signal;
@@ -189,6 +190,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         signal::eval,
         detect::eval,
         sparse::eval,
+        grad_conv::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;

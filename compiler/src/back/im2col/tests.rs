@@ -62,6 +62,7 @@ type Shape = (usize, usize, [usize; 2], [usize; 2], usize, usize, usize);
 fn case(layout: Layout, (c, groups, hw, k, s, pad, d): Shape) -> Im2col {
     let out = |a: usize| (hw[a] + 2 * pad - d * (k[a] - 1) - 1) / s + 1;
     Im2col {
+        flip: false,
         layout,
         c,
         groups,

@@ -11,18 +11,19 @@
 //! follower.
 
 mod conv;
+mod grad;
 
 use super::{pointwise, LowerCx};
 use crate::back::elementwise::{
     Bcast, Binary, Chain, Domain, Operand as ChainOperand, Step as ChainStep,
 };
 use crate::back::gemm_tile::TileKernel;
-use crate::back::im2col::Im2col;
+use crate::back::im2col::{Col2im, Im2col};
 use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
 use netc_runtime::gemm::{Gemm, Strides};
-use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Step, Work};
+use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Step, Unpack, Work};
 
 /// Lowers `linear`, `matmul`, `conv1d` and `conv2d`; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -30,7 +31,7 @@ pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>>
         "linear" => Some(linear(cx, node)),
         "matmul" => Some(matmul(cx, node)),
         "conv1d" | "conv2d" => Some(conv::lower(cx, node)),
-        _ => None,
+        _ => grad::try_lower(cx, node),
     }
 }
 
@@ -102,6 +103,9 @@ pub(super) enum Src {
     Value(ValueId),
     /// The panel the packing kernel writes.
     Packed,
+    /// A buffer that is not a graph value (a re-laid-out weight), with
+    /// its length.
+    Buf(Buf, usize),
 }
 
 /// One GEMM operand: its source, first element, per-item and per-group
@@ -130,7 +134,9 @@ impl Side {
 
 /// A contraction ready to emit: `items` × `groups` GEMMs
 /// `C[m×n] = A[m×k]·B[k×n]`, an optional packing kernel over input `x`,
-/// and the epilogue (over `domain`, with an optional bias).
+/// an optional col2im unpacking of C (then C is a per-item scratch panel),
+/// whether the items accumulate into one C, and the epilogue (over
+/// `domain`, with an optional bias).
 pub(super) struct Spec {
     pub items: usize,
     pub groups: usize,
@@ -143,8 +149,17 @@ pub(super) struct Spec {
     pub c_group: usize,
     pub ldc: usize,
     pub pack: Option<(Im2col, ValueId)>,
+    pub unpack: Option<Col2im>,
+    pub accumulate: bool,
     pub domain: Domain,
     pub bias: Option<(ValueId, Bcast)>,
+}
+
+/// The scratch elements the packing kernel `im2col` of a contraction of
+/// `items` items takes: one panel per thread the items can use. They
+/// start the scratch region; the contraction's other scratch follows.
+pub(super) fn pack_scratch_len(cx: &LowerCx, items: usize, im2col: &Im2col) -> usize {
+    im2col.panel_len() * cx.options.threads.clamp(1, items.max(1))
 }
 
 /// Emits `spec` as one contraction step of `node`, with the node's fused
@@ -162,14 +177,15 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
         extents.push(len);
         inputs.len() - 1
     };
+    let mut pack_scratch = 0;
     let pack = match spec.pack {
         Some((im2col, x)) => {
             let id = cx.jit.kernel(&im2col)?;
             let kernel = cx.jit.code(id)?;
             let input = add(cx.buf(x)?, cx.numel(x)?);
-            let slices = cx.options.threads.clamp(1, spec.items.max(1));
+            pack_scratch = pack_scratch_len(cx, spec.items, &im2col);
             let len = im2col.panel_len();
-            let scratch = add(cx.scratch(len * slices), len * slices);
+            let scratch = add(cx.scratch(pack_scratch), pack_scratch);
             Some(Pack {
                 kernel,
                 input,
@@ -190,6 +206,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
                 )))
             }
             (Src::Value(v), _) => (add(cx.buf(v)?, cx.numel(v)?), false),
+            (Src::Buf(buf, len), _) => (add(buf, len), false),
         };
         Ok(Operand {
             input,
@@ -201,6 +218,30 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
         })
     };
     let (a, b) = (side(&spec.a)?, side(&spec.b)?);
+    let unpack = match spec.unpack {
+        Some(col2im) => {
+            let id = cx.jit.kernel(&col2im)?;
+            let kernel = cx.jit.code(id)?;
+            let slices = cx.options.threads.clamp(1, spec.items.max(1));
+            let len = col2im.panel_len();
+            // The C panels follow the packed panels in the scratch region.
+            let scratch = match cx.scratch(pack_scratch + len * slices) {
+                Buf::Arena { offset, .. } => Buf::Arena {
+                    offset: offset + pack_scratch,
+                    len: len * slices,
+                },
+                other => other,
+            };
+            let scratch = add(scratch, len * slices);
+            Some(Unpack {
+                kernel,
+                scratch,
+                units: col2im.units(),
+                len,
+            })
+        }
+        None => None,
+    };
     let epilogue = epilogue_chain(cx.g, node, &followers, spec.domain, spec.bias)?;
     let epilogue = match epilogue {
         Some((chain, values)) => {
@@ -234,6 +275,8 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), Back
             ldc: spec.ldc,
             pack,
             epilogue,
+            unpack,
+            accumulate: spec.accumulate,
             gemm,
         })),
         inputs,
@@ -293,6 +336,8 @@ fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             c_group: 0,
             ldc: n,
             pack: None,
+            unpack: None,
+            accumulate: false,
             domain: Domain::Rows {
                 channels: 1,
                 inner: n as u64,
@@ -364,6 +409,8 @@ fn matmul(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         c_group: gc,
         ldc: n,
         pack: None,
+        unpack: None,
+        accumulate: false,
         domain,
         bias: None,
     };

@@ -116,6 +116,7 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
                 dilation,
                 oh,
                 ow,
+                flip: false,
             },
             node.inputs[0],
         )
@@ -144,6 +145,8 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             c_group: og * spatial,
             ldc: spatial,
             pack,
+            unpack: None,
+            accumulate: false,
             domain: Domain::Rows {
                 channels: oc as u64,
                 inner: spatial as u64,
@@ -177,6 +180,8 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
                 c_group: og,
                 ldc: oc,
                 pack,
+                unpack: None,
+                accumulate: false,
                 domain: Domain::Rows {
                     channels: 1,
                     inner: oc as u64,

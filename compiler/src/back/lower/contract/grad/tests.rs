@@ -1,0 +1,325 @@
+//! The lowered contraction gradients (f32, through the plan executor)
+//! against the f64 reference interpreter (itself checked against finite
+//! differences of the forward ops): convolutions with stride 1 and 2,
+//! padding 0 and 1, dilation 2, groups 2, depthwise, odd sizes, the
+//! 7x7/2/3 stem, 1x1, conv1d, batch 1 and 3 — the input gradient through
+//! its flipped-convolution (stride 1), scatter (stride 2, or padding
+//! beyond the kernel's reach) and direct (1x1) schemes; linear with rank-2 and rank-3 inputs; on
+//! both GEMMs, lowered for and run on 1 and 2 threads. Plus an ignored
+//! release-mode timing of two real layers.
+
+use crate::back::jit::Jit;
+use crate::back::lower::lower;
+use crate::back::lower::oracle::{data, params, reference};
+use crate::ir::{Attr, Dim, Graph, Op};
+use crate::options::{CompileOptions, GemmChoice};
+use crate::passes::rewrite::{new_node, set_nodes};
+use crate::testing::program;
+use netc_runtime::plan::Executor;
+
+/// A convolution: (nd, batch, channels, spatial, out channels, kernel,
+/// stride, pad, dilation, groups).
+type Case = (
+    usize,
+    usize,
+    usize,
+    &'static [usize],
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+const CASES: &[Case] = &[
+    (2, 1, 3, &[5, 6], 4, 3, 1, 1, 1, 1),
+    (2, 3, 2, &[7, 5], 3, 3, 2, 0, 1, 1),
+    (2, 3, 4, &[7, 7], 4, 3, 2, 1, 2, 2),
+    (2, 3, 2, &[9, 8], 2, 2, 1, 0, 2, 1),
+    (2, 1, 3, &[13, 11], 8, 7, 2, 3, 1, 1),
+    (2, 3, 4, &[4, 5], 6, 1, 1, 0, 1, 2),
+    (2, 1, 2, &[6, 6], 2, 1, 2, 0, 1, 1),
+    (2, 3, 6, &[6, 5], 6, 3, 1, 1, 1, 6),
+    (2, 3, 4, &[8, 7], 6, 3, 1, 2, 2, 2),
+    (2, 1, 2, &[5, 4], 3, 3, 1, 3, 1, 1),
+    (1, 3, 4, &[13], 2, 5, 2, 2, 2, 2),
+    (1, 1, 3, &[9], 4, 3, 1, 1, 1, 1),
+];
+
+/// `[N, ...]` for a `.net` type.
+fn dims(rest: &[usize]) -> String {
+    let v: Vec<String> = rest.iter().map(|d| d.to_string()).collect();
+    format!("[N, {}]", v.join(", "))
+}
+
+/// The graph `dx = convNd_grad_input(dy, W)`, `dW = convNd_grad_weight(dy, x)`
+/// for the convolution of `case` (only the ops in `wanted`), as the
+/// autodiff rules emit them; inputs `x`, `dy`, parameter `c.weight`.
+fn conv_graph(case: Case, wanted: &[&str]) -> (Graph, Vec<usize>, Vec<usize>) {
+    let (nd, n, c, sp, oc, k, s, p, d, g) = case;
+    let out: Vec<usize> = sp
+        .iter()
+        .map(|&l| (l + 2 * p - d * (k - 1) - 1) / s + 1)
+        .collect();
+    let mut xs = vec![c];
+    xs.extend_from_slice(sp);
+    let mut ys = vec![oc];
+    ys.extend_from_slice(&out);
+    let src = format!(
+        "model m() {{ input x: f32{}  input dy: f32{}
+           output y = x |> c: conv{nd}d({oc}, k = {k}, stride = {s}, pad = {p}, dilation = {d},
+                                       groups = {g}, bias = false) }}",
+        dims(&xs),
+        dims(&ys),
+    );
+    let mut graph = program(&src).unwrap_or_else(|e| panic!("{src}: {e}"));
+    let conv = graph.nodes[0].clone();
+    let (x, w) = (conv.inputs[0], conv.inputs[1]);
+    let dy = graph.inputs[1].1;
+    let (x_ty, w_ty) = (graph.ty(x).clone(), graph.ty(w).clone());
+    let mut nodes = Vec::new();
+    for which in wanted {
+        let mut attrs: Vec<(&'static str, Attr)> = conv
+            .op
+            .attrs
+            .iter()
+            .filter(|(name, _)| ["stride", "pad", "dilation", "groups"].contains(name))
+            .cloned()
+            .collect();
+        let (name, other, ty) = match *which {
+            "input" => {
+                attrs.push(("input_shape", Attr::Dims(x_ty.shape.clone())));
+                let name = if nd == 1 {
+                    "conv1d_grad_input"
+                } else {
+                    "conv2d_grad_input"
+                };
+                (name, w, x_ty.clone())
+            }
+            _ => {
+                attrs.push(("kernel", Attr::Ints(vec![k as i64; nd])));
+                let name = if nd == 1 {
+                    "conv1d_grad_weight"
+                } else {
+                    "conv2d_grad_weight"
+                };
+                (name, x, w_ty.clone())
+            }
+        };
+        nodes.push(new_node(
+            &mut graph,
+            Op { name, attrs },
+            vec![dy, other],
+            ty,
+            Dim::known(0),
+            &conv,
+        ));
+    }
+    graph.outputs = wanted
+        .iter()
+        .zip(&nodes)
+        .map(|(which, node)| (format!("d{which}"), node.outputs[0]))
+        .collect();
+    set_nodes(&mut graph, nodes);
+    let mut full_x = vec![n];
+    full_x.extend(xs);
+    let mut full_y = vec![n];
+    full_y.extend(ys);
+    (graph, full_x, full_y)
+}
+
+/// The graph `dx = linear_grad_input(dy, W)`, `dW = linear_grad_weight(dy, x)`
+/// for `x: [N, rest..]` through `linear(out)`.
+fn linear_graph(rest: &[usize], out: usize) -> Graph {
+    let mut ys = rest.to_vec();
+    *ys.last_mut().unwrap() = out;
+    let src = format!(
+        "model m() {{ input x: f32{}  input dy: f32{}
+           output y = x |> l: linear({out}, bias = false) }}",
+        dims(rest),
+        dims(&ys)
+    );
+    let mut graph = program(&src).unwrap_or_else(|e| panic!("{src}: {e}"));
+    let lin = graph.nodes[0].clone();
+    let (x, w) = (lin.inputs[0], lin.inputs[1]);
+    let dy = graph.inputs[1].1;
+    let (x_ty, w_ty) = (graph.ty(x).clone(), graph.ty(w).clone());
+    let gi = new_node(
+        &mut graph,
+        Op::new("linear_grad_input"),
+        vec![dy, w],
+        x_ty,
+        Dim::known(0),
+        &lin,
+    );
+    let gw = new_node(
+        &mut graph,
+        Op::new("linear_grad_weight"),
+        vec![dy, x],
+        w_ty,
+        Dim::known(0),
+        &lin,
+    );
+    graph.outputs = vec![("dx".into(), gi.outputs[0]), ("dw".into(), gw.outputs[0])];
+    set_nodes(&mut graph, vec![gi, gw]);
+    graph
+}
+
+/// Every output of `g` compiled with `options` and run on `threads`.
+fn compiled(
+    g: &Graph,
+    n: usize,
+    options: CompileOptions,
+    threads: usize,
+    inputs: &[&[f32]],
+    params: &[&[f32]],
+) -> Vec<Vec<f32>> {
+    let mut jit = Jit::new().unwrap();
+    let lowered = lower(g, &[("N".to_string(), n as i64)], options, &mut jit).unwrap();
+    let mut ex = Executor::new(lowered.plan, threads).unwrap();
+    ex.prepare(params).unwrap();
+    let mut outs: Vec<Vec<f32>> = lowered
+        .outputs
+        .iter()
+        .map(|(_, len)| vec![f32::NAN; *len])
+        .collect();
+    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    ex.run(inputs, params, &mut refs).unwrap();
+    outs
+}
+
+/// `‖got − want‖ / ‖want‖`.
+fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, e)| (f64::from(*a) - e).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|e| e * e).sum();
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+/// Compiles `g` with both GEMMs, lowered for and run on 1 and 2 threads,
+/// and compares every output with the interpreter.
+fn check(g: &Graph, n: usize, x_shape: Vec<usize>, y_shape: Vec<usize>, what: &str) {
+    let x = data(x_shape.iter().product(), 0.4, 1.0);
+    let dy = data(y_shape.iter().product(), 1.3, 1.0);
+    let ps = params(g);
+    let want = reference(
+        g,
+        &[("x", x_shape, x.clone()), ("dy", y_shape, dy.clone())],
+        &ps,
+    );
+    let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
+    for gemm in [GemmChoice::Native, GemmChoice::Cranelift] {
+        for lowered in [1, 2] {
+            for threads in [1, 2] {
+                let options = CompileOptions {
+                    threads: lowered,
+                    gemm,
+                    ..CompileOptions::default()
+                };
+                let got = compiled(g, n, options, threads, &[&x, &dy], &p);
+                for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
+                    let err = rel_l2(a, e);
+                    assert!(
+                        err <= 1e-5,
+                        "{what} {name}: {gemm:?} lowered for {lowered}, run on {threads}: rel L2 {err:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_gradients_match_the_interpreter() {
+    for &case in CASES {
+        let (g, xs, ys) = conv_graph(case, &["input", "weight"]);
+        check(&g, case.1, xs, ys, &format!("{case:?}"));
+    }
+}
+
+#[test]
+fn linear_gradients_match_the_interpreter() {
+    for (n, rest, out) in [(5, &[7usize][..], 3), (3, &[4, 6], 5), (1, &[9], 4)] {
+        let g = linear_graph(rest, out);
+        let mut xs = vec![n];
+        xs.extend_from_slice(rest);
+        let mut ys = xs.clone();
+        *ys.last_mut().unwrap() = out;
+        check(&g, n, xs, ys, &format!("linear [{n}, {rest:?}] -> {out}"));
+    }
+}
+
+/// Seconds per run of `g` (best of a few after a warm-up).
+fn time_graph(g: &Graph, n: usize, threads: usize, x_len: usize, y_len: usize) -> f64 {
+    let options = CompileOptions {
+        threads,
+        ..CompileOptions::default()
+    };
+    let mut jit = Jit::new().unwrap();
+    let lowered = lower(g, &[("N".to_string(), n as i64)], options, &mut jit).unwrap();
+    let mut ex = Executor::new(lowered.plan, threads).unwrap();
+    let ps = params(g);
+    let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
+    ex.prepare(&p).unwrap();
+    let (x, dy) = (data(x_len, 0.4, 1.0), data(y_len, 1.3, 1.0));
+    let mut outs: Vec<Vec<f32>> = lowered
+        .outputs
+        .iter()
+        .map(|(_, len)| vec![0.0; *len])
+        .collect();
+    let mut best = f64::MAX;
+    for _ in 0..8 {
+        let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        let t = std::time::Instant::now();
+        ex.run(&[&x, &dy], &p, &mut refs).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Release-mode timing of the gradients of eeg_ccnn's conv3 and a
+/// DenseNet 3x3 conv against their forward convolution (not an
+/// assertion): `cargo test --release -p netc contraction_gradient_timings
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn contraction_gradient_timings() {
+    let layers: [(&str, Case); 2] = [
+        ("eeg_ccnn conv3", (2, 256, 128, &[9, 9], 256, 3, 1, 1, 1, 1)),
+        ("densenet 3x3", (2, 8, 128, &[56, 56], 32, 3, 1, 1, 1, 1)),
+    ];
+    for (name, case) in layers {
+        let (_, n, c, sp, oc, k, ..) = case;
+        let flop = 2.0 * (n * oc * c * k * k * sp[0] * sp[1]) as f64;
+        let (grad_input, xs, ys) = conv_graph(case, &["input"]);
+        let (x_len, y_len) = (xs.iter().product(), ys.iter().product());
+        let forward = program(&format!(
+            "model m() {{ input x: f32{}  input dy: f32{}
+               output y = x |> c: conv2d({oc}, k = {k}, pad = 1, bias = false) }}",
+            dims(&xs[1..]),
+            dims(&ys[1..])
+        ))
+        .unwrap();
+        for (label, g) in [
+            ("forward conv2d", forward),
+            ("conv2d_grad_input", grad_input),
+            ("conv2d_grad_weight", conv_graph(case, &["weight"]).0),
+        ] {
+            for threads in [1, 2] {
+                let t = time_graph(&g, n, threads, x_len, y_len);
+                println!(
+                    "{name} N={n} {c}->{oc} {}x{} k{k}: {label}: {:.2} ms, {:.1} GFLOP/s ({threads} threads)",
+                    sp[0],
+                    sp[1],
+                    t * 1e3,
+                    flop / t * 1e-9
+                );
+            }
+        }
+    }
+}

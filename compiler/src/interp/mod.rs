@@ -7,6 +7,8 @@
 mod array;
 mod dense;
 mod detect;
+mod grad_norm;
+mod grad_pool;
 mod layout;
 mod nn;
 mod signal;
@@ -189,6 +191,8 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         signal::eval,
         detect::eval,
         sparse::eval,
+        grad_norm::eval,
+        grad_pool::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;
@@ -465,5 +469,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
     }
 }
 
+#[cfg(test)]
+mod grad_tests;
 #[cfg(test)]
 mod tests;

@@ -22,10 +22,14 @@
 pub mod contract;
 pub mod data;
 pub mod norm;
+pub mod norm_train;
 #[cfg(test)]
 mod oracle;
 pub mod pointwise;
 pub mod pool;
+mod rows;
+#[cfg(test)]
+mod train_oracle;
 
 use super::elementwise::{Bcast, Chain, Domain};
 use super::jit::Jit;
@@ -188,6 +192,7 @@ pub fn lower(
         let lowered = pointwise::try_lower(&mut cx, node)
             .or_else(|| contract::try_lower(&mut cx, node))
             .or_else(|| norm::try_lower(&mut cx, node))
+            .or_else(|| norm_train::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));

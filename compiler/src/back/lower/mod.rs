@@ -19,14 +19,17 @@
 //! - [`pool`]: max, average and adaptive pooling;
 //! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`.
 
+pub mod broadcast;
 pub mod contract;
 pub mod data;
+pub mod dropout;
 pub mod norm;
 pub mod norm_train;
 #[cfg(test)]
 mod oracle;
 pub mod pointwise;
 pub mod pool;
+pub mod reduce;
 mod rows;
 #[cfg(test)]
 mod train_oracle;
@@ -193,6 +196,9 @@ pub fn lower(
             .or_else(|| contract::try_lower(&mut cx, node))
             .or_else(|| norm::try_lower(&mut cx, node))
             .or_else(|| norm_train::try_lower(&mut cx, node))
+            .or_else(|| reduce::try_lower(&mut cx, node))
+            .or_else(|| broadcast::try_lower(&mut cx, node))
+            .or_else(|| dropout::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));

@@ -29,6 +29,7 @@ pub mod norm_train;
 mod oracle;
 pub mod pointwise;
 pub mod pool;
+pub mod pool_grad;
 pub mod reduce;
 mod rows;
 #[cfg(test)]
@@ -199,6 +200,7 @@ pub fn lower(
             .or_else(|| reduce::try_lower(&mut cx, node))
             .or_else(|| broadcast::try_lower(&mut cx, node))
             .or_else(|| dropout::try_lower(&mut cx, node))
+            .or_else(|| pool_grad::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));

@@ -14,7 +14,7 @@ use netc_runtime::counter;
 fn distinct(n: usize, seed: usize) -> Vec<f64> {
     let step = [37, 41, 43, 47]
         .into_iter()
-        .find(|s| n % s != 0)
+        .find(|s| !n.is_multiple_of(*s))
         .unwrap_or(1);
     (0..n)
         .map(|i| {
@@ -126,7 +126,7 @@ fn batch_norm_train_statistics_match_a_hand_computation() {
         &[-i0 * 2.0 + 0.5, -2.0 * i1, i0 * 2.0 + 0.5, 2.0 * i1],
         &[2.0, 4.0],
         &[i0, i1],
-        &[0.9 * 0.5 + 0.1 * 2.0, 0.9 * -1.0 + 0.1 * 4.0],
+        &[0.9 * 0.5 + 0.1 * 2.0, -0.9 + 0.1 * 4.0],
         &[0.9 * 1.0 + 0.1 * 2.0, 0.9 * 2.0 + 0.1 * 8.0],
     ];
     for (k, (got, want)) in f.iter().zip(want).enumerate() {
@@ -202,7 +202,7 @@ fn pool_grads_match_finite_differences_of_the_forward_pools() {
                 name,
                 &attrs,
                 &[&Array::new(&shape, v.to_vec())],
-                &[yshape.clone()],
+                std::slice::from_ref(&yshape),
             )[0]
             .data
             .clone()
@@ -279,7 +279,7 @@ fn sum_mean_and_expand_are_adjoint_by_finite_differences() {
                     op,
                     &attrs,
                     &[&Array::new(&shape, v.to_vec())],
-                    &[kept.clone()],
+                    std::slice::from_ref(&kept),
                 )[0]
                 .data
                 .clone()
@@ -307,7 +307,7 @@ fn sum_mean_and_expand_are_adjoint_by_finite_differences() {
             "sum",
             &attrs,
             &[&Array::new(&shape, rx.clone())],
-            &[kept.clone()],
+            std::slice::from_ref(&kept),
         );
         assert_grad(
             &summed[0].data,

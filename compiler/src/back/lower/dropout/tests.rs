@@ -40,7 +40,7 @@ fn dropout_mask_matches_the_counter_generator_exactly() {
         let op = Op::new("dropout_train")
             .with("p", Attr::Float(p))
             .with("key", Attr::Str(key.into()));
-        append(&mut g, op, vec![x, s], &[shape.clone()]);
+        append(&mut g, op, vec![x, s], std::slice::from_ref(&shape));
         let n: usize = shape.iter().product();
         let xv: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
         for seed in seeds {

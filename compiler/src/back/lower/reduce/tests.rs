@@ -62,7 +62,7 @@ fn expand_matches_the_interpreter() {
             &mut g,
             Op::new("expand").with("shape", shape),
             vec![x],
-            &[to.clone()],
+            std::slice::from_ref(&to),
         );
         let n: usize = from.iter().product();
         check_rel(

@@ -17,7 +17,10 @@
 //! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue);
 //! - [`norm`]: batch norms (scale and shift folded in prepare steps);
 //! - [`pool`]: max, average and adaptive pooling;
-//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`.
+//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`;
+//! - training ops: [`norm_train`] (batch norm with batch statistics and its
+//!   backward), [`reduce`] (`sum`, `mean`), [`broadcast`] (`expand`),
+//!   [`dropout`] (`dropout_train`), [`pool_grad`] (pooling gradients).
 
 pub mod broadcast;
 pub mod contract;

@@ -99,15 +99,16 @@ pub struct PoolKernel {
 /// Per-output window of one axis, as IR values: first input index, taps
 /// read, tap step, and the padded window size (the `count_include_pad`
 /// divisor factor).
-struct Span {
-    first: Value,
-    count: Value,
-    step: i64,
-    padded: Value,
+pub(crate) struct Span {
+    pub(crate) first: Value,
+    pub(crate) count: Value,
+    pub(crate) step: i64,
+    pub(crate) padded: Value,
 }
 
 impl Axis {
-    fn span(&self, b: &mut FunctionBuilder, o: Value) -> Span {
+    /// The window of output `o` (also used by the pooling gradients).
+    pub(crate) fn span(&self, b: &mut FunctionBuilder, o: Value) -> Span {
         let i64t = types::I64;
         let input = self.input as i64;
         match self.window {

@@ -8,6 +8,8 @@ mod array;
 mod dense;
 mod detect;
 mod grad_conv;
+mod grad_norm;
+mod grad_pool;
 mod layout;
 mod nn;
 mod signal;
@@ -191,6 +193,8 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         detect::eval,
         sparse::eval,
         grad_conv::eval,
+        grad_norm::eval,
+        grad_pool::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;
@@ -467,5 +471,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
     }
 }
 
+#[cfg(test)]
+mod grad_tests;
 #[cfg(test)]
 mod tests;

@@ -17,15 +17,26 @@
 //! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue);
 //! - [`norm`]: batch norms (scale and shift folded in prepare steps);
 //! - [`pool`]: max, average and adaptive pooling;
-//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`.
+//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`;
+//! - training ops: [`norm_train`] (batch norm with batch statistics and its
+//!   backward), [`reduce`] (`sum`, `mean`), [`broadcast`] (`expand`),
+//!   [`dropout`] (`dropout_train`), [`pool_grad`] (pooling gradients).
 
+pub mod broadcast;
 pub mod contract;
 pub mod data;
+pub mod dropout;
 pub mod norm;
+pub mod norm_train;
 #[cfg(test)]
 mod oracle;
 pub mod pointwise;
 pub mod pool;
+pub mod pool_grad;
+pub mod reduce;
+mod rows;
+#[cfg(test)]
+mod train_oracle;
 
 use super::elementwise::{Bcast, Chain, Domain};
 use super::jit::Jit;
@@ -214,6 +225,11 @@ pub fn lower_with(
         let lowered = pointwise::try_lower(&mut cx, node)
             .or_else(|| contract::try_lower(&mut cx, node))
             .or_else(|| norm::try_lower(&mut cx, node))
+            .or_else(|| norm_train::try_lower(&mut cx, node))
+            .or_else(|| reduce::try_lower(&mut cx, node))
+            .or_else(|| broadcast::try_lower(&mut cx, node))
+            .or_else(|| dropout::try_lower(&mut cx, node))
+            .or_else(|| pool_grad::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));

@@ -1,0 +1,257 @@
+//! Lowering of the 2-D pooling gradients (NCHW): `max_pool2d_grad(dy, x)`,
+//! `avg_pool2d_grad(dy)` and `adaptive_avg_pool2d_grad(dy)` to one
+//! [`PoolGradKernel`] call each.
+//!
+//! A work unit is one `(n, c)` plane, so threads write disjoint planes:
+//! the kernel zeroes the plane of `dx`, then visits the output windows in
+//! order (the window bounds of [`crate::back::pool`], padding never read)
+//! and adds each window's gradient to its taps: for max pooling to the
+//! first maximal tap in row-major window order (NaN counting as maximal,
+//! PyTorch's CPU rule), for average pooling `dy / divisor` to every tap
+//! (the divisor of the forward kernel: the padded window with
+//! `count_include_pad`, else the taps read; adaptive bins their size).
+
+use super::data::call;
+use super::rows::input;
+use super::LowerCx;
+use crate::back::jit::KernelSource;
+use crate::back::loops::{counted, elem, flags};
+use crate::back::pool::{Axis, PoolKernel, PoolLayout, PoolOp, Window};
+use crate::back::BackError;
+use crate::ir::{Attr, Node};
+use cranelift_codegen::ir::{condcodes::FloatCC, types, Block, InstBuilder, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+
+/// Lowers the 2-D pooling gradients; `None` for other ops.
+pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    let op = match node.op.name {
+        "max_pool2d_grad" => PoolOp::Max,
+        "avg_pool2d_grad" => PoolOp::Avg {
+            include_pad: !matches!(node.op.attr("count_include_pad"), Some(Attr::Bool(false))),
+        },
+        "adaptive_avg_pool2d_grad" => PoolOp::Avg { include_pad: false },
+        _ => return None,
+    };
+    Some(pool_grad(cx, node, op))
+}
+
+/// A pooling-gradient kernel over `[planes, H, W]` (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct PoolGradKernel {
+    op: PoolOp,
+    h: Axis,
+    w: Axis,
+}
+
+/// Taps of output `o`'s window along `a` (the count
+/// [`Axis::span`] computes), for the bounds check before compiling.
+fn taps(a: &Axis, o: u64) -> i64 {
+    match a.window {
+        Window::Strided {
+            k,
+            stride,
+            pad,
+            dilation,
+        } => {
+            let (k, d, input) = (k as i64, dilation as i64, a.input as i64);
+            let s = (o * stride) as i64 - pad as i64;
+            let lo = ((-s).max(0) + d - 1) / d;
+            let hi = k.min((input - s + d - 1) / d);
+            (hi - lo).max(0)
+        }
+        Window::Adaptive => {
+            let (i, out) = (a.input, a.output);
+            ((o + 1) * i).div_ceil(out) as i64 - (o * i / out) as i64
+        }
+    }
+}
+
+impl KernelSource for PoolGradKernel {
+    fn key(&self) -> String {
+        format!("pool_grad.f32({:?})", self)
+    }
+
+    fn build(&self, b: &mut FunctionBuilder, entry: Block, ptr: Type) -> Result<(), BackError> {
+        let p = b.block_params(entry).to_vec();
+        let (start, end, ins, out) = (p[0], p[1], p[2], p[3]);
+        let dy = input(b, ins, 0, ptr);
+        let x = (self.op == PoolOp::Max).then(|| input(b, ins, 1, ptr));
+        let i64t = types::I64;
+        let (w_in, plane) = (self.w.input as i64, (self.h.input * self.w.input) as i64);
+        let (oh_n, ow_n) = (self.h.output as i64, self.w.output as i64);
+        counted(b, start, end, 1, &[], &[], |b, pl, _| {
+            let base = b.ins().imul_imm_s(pl, plane);
+            let dxp = elem(b, out, base, ptr);
+            let zero = b.ins().iconst(i64t, 0);
+            let vec_hi = b.ins().iconst(i64t, plane & !3);
+            let hi = b.ins().iconst(i64t, plane);
+            let z = b.ins().f32const(0.0);
+            let zv = b.ins().splat(types::F32X4, z);
+            for (lo, hi, step, v) in [(zero, vec_hi, 4, zv), (vec_hi, hi, 1, z)] {
+                counted(b, lo, hi, step, &[], &[], |b, j, _| {
+                    let a = elem(b, dxp, j, ptr);
+                    b.ins().store(flags(), v, a, 0);
+                    vec![]
+                });
+            }
+            let xp = x.map(|x| elem(b, x, base, ptr));
+            let ob = b.ins().imul_imm_s(pl, oh_n * ow_n);
+            let oh_hi = b.ins().iconst(i64t, oh_n);
+            counted(b, zero, oh_hi, 1, &[], &[], |b, oh, _| {
+                let hs = self.h.span(b, oh);
+                let ow_hi = b.ins().iconst(i64t, ow_n);
+                counted(b, zero, ow_hi, 1, &[], &[], |b, ow, _| {
+                    let ws = self.w.span(b, ow);
+                    let o = b.ins().imul_imm_s(oh, ow_n);
+                    let o = b.ins().iadd(o, ow);
+                    let o = b.ins().iadd(o, ob);
+                    let a = elem(b, dy, o, ptr);
+                    let g = b.ins().load(types::F32, flags(), a, 0);
+                    // Input index (within the plane) of tap (i, j).
+                    let tap = |b: &mut FunctionBuilder, i: Value, j: Value| {
+                        let ih = b.ins().imul_imm_s(i, hs.step);
+                        let ih = b.ins().iadd(ih, hs.first);
+                        let iw = b.ins().imul_imm_s(j, ws.step);
+                        let iw = b.ins().iadd(iw, ws.first);
+                        let r = b.ins().imul_imm_s(ih, w_in);
+                        b.ins().iadd(r, iw)
+                    };
+                    let add = |b: &mut FunctionBuilder, idx: Value, v: Value| {
+                        let a = elem(b, dxp, idx, ptr);
+                        let old = b.ins().load(types::F32, flags(), a, 0);
+                        let new = b.ins().fadd(old, v);
+                        b.ins().store(flags(), new, a, 0);
+                    };
+                    match (self.op, xp) {
+                        (PoolOp::Max, Some(xp)) => {
+                            let first = tap(b, zero, zero);
+                            let ninf = b.ins().f32const(f32::NEG_INFINITY);
+                            let tys = [types::F32, i64t];
+                            let best =
+                                counted(b, zero, hs.count, 1, &[ninf, first], &tys, |b, i, c| {
+                                    counted(b, zero, ws.count, 1, c, &tys, |b, j, c| {
+                                        let idx = tap(b, i, j);
+                                        let a = elem(b, xp, idx, ptr);
+                                        let v = b.ins().load(types::F32, flags(), a, 0);
+                                        let gt = b.ins().fcmp(FloatCC::GreaterThan, v, c[0]);
+                                        let nan = b.ins().fcmp(FloatCC::Unordered, v, v);
+                                        let take = b.ins().bor(gt, nan);
+                                        vec![
+                                            b.ins().select(take, v, c[0]),
+                                            b.ins().select(take, idx, c[1]),
+                                        ]
+                                    })
+                                });
+                            add(b, best[1], g);
+                        }
+                        (op, _) => {
+                            let n = if op == (PoolOp::Avg { include_pad: true }) {
+                                b.ins().imul(hs.padded, ws.padded)
+                            } else {
+                                b.ins().imul(hs.count, ws.count)
+                            };
+                            let n = b.ins().fcvt_from_sint(types::F32, n);
+                            let gd = b.ins().fdiv(g, n);
+                            counted(b, zero, hs.count, 1, &[], &[], |b, i, _| {
+                                counted(b, zero, ws.count, 1, &[], &[], |b, j, _| {
+                                    let idx = tap(b, i, j);
+                                    add(b, idx, gd);
+                                    vec![]
+                                });
+                                vec![]
+                            });
+                        }
+                    }
+                    vec![]
+                });
+                vec![]
+            });
+            vec![]
+        });
+        b.ins().return_(&[]);
+        Ok(())
+    }
+}
+
+fn pair(node: &Node, key: &str, default: u64) -> Vec<u64> {
+    match node.op.attr(key) {
+        Some(Attr::Ints(v)) if v.len() == 2 => v.iter().map(|&x| x.max(0) as u64).collect(),
+        _ => vec![default; 2],
+    }
+}
+
+fn pool_grad(cx: &mut LowerCx, node: &Node, op: PoolOp) -> Result<(), BackError> {
+    let dy = node.inputs[0];
+    let (ys, xs) = (cx.shape(dy)?, cx.shape(node.outputs[0])?);
+    let bad = |why: &str| {
+        BackError(format!(
+            "`{}` at {}: {why} (gradient {ys:?}, input {xs:?})",
+            node.op.name, node.path
+        ))
+    };
+    let (&[n, c, h, w], &[yn, yc, oh, ow]) = (&xs[..], &ys[..]) else {
+        return Err(bad("only NCHW [N, C, H, W] pooling is lowered"));
+    };
+    if (n, c) != (yn, yc) {
+        return Err(bad("batch or channels differ"));
+    }
+    let adaptive = node.op.name.starts_with("adaptive");
+    let (k, stride, pad, dil) = (
+        pair(node, "k", 1),
+        pair(node, "stride", 1),
+        pair(node, "pad", 0),
+        pair(node, "dilation", 1),
+    );
+    let axis = |i: usize, input: usize, output: usize| Axis {
+        input: input as u64,
+        output: output as u64,
+        window: if adaptive {
+            Window::Adaptive
+        } else {
+            Window::Strided {
+                k: k[i],
+                stride: stride[i],
+                pad: pad[i],
+                dilation: dil[i],
+            }
+        },
+    };
+    let kernel = PoolGradKernel {
+        op,
+        h: axis(0, h, oh),
+        w: axis(1, w, ow),
+    };
+    let forward = PoolKernel {
+        op,
+        layout: PoolLayout::Nchw,
+        h: kernel.h,
+        w: kernel.w,
+    };
+    let mut inputs = vec![cx.buf(dy)?];
+    let mut extents = vec![n * c * oh * ow];
+    if op == PoolOp::Max {
+        let x = *node.inputs.get(1).ok_or_else(|| bad("needs the input x"))?;
+        if cx.shape(x)? != xs {
+            return Err(bad("x does not have the gradient's result shape"));
+        }
+        inputs.push(cx.buf(x)?);
+        extents.push(n * c * h * w);
+    }
+    extents.push(n * c * h * w);
+    let out = cx.output(node.outputs[0])?;
+    if n * c * h * w == 0 {
+        return Ok(());
+    }
+    forward.validate().map_err(|e| bad(&e.0))?;
+    for a in [kernel.h, kernel.w] {
+        if (0..a.output).any(|o| taps(&a, o) == 0) {
+            return Err(bad("a window lies entirely in the padding"));
+        }
+    }
+    let id = cx.jit.kernel(&kernel)?;
+    let grain = (4096 / (h * w)).max(1);
+    call(cx, id, n * c, grain, inputs, extents, out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -17,10 +17,12 @@
 //! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue);
 //! - [`norm`]: batch norms (scale and shift folded in prepare steps);
 //! - [`pool`]: max, average and adaptive pooling;
-//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`.
+//! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`;
+//! - [`loss`]: the losses and their gradients.
 
 pub mod contract;
 pub mod data;
+pub mod loss;
 pub mod norm;
 #[cfg(test)]
 mod oracle;
@@ -190,6 +192,7 @@ pub fn lower(
             .or_else(|| norm::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
+            .or_else(|| loss::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

@@ -155,3 +155,6 @@ fn link_step(
     };
     Ok(Step::Binary { op, rhs, swap })
 }
+
+#[cfg(test)]
+mod tests;

@@ -345,11 +345,7 @@ impl KernelSource for Chain {
                     rhs,
                     swap,
                 } => {
-                    let _ = write!(
-                        k,
-                        " leaky_relu_grad({}:{rhs:?},{swap})",
-                        fbits(slope)
-                    );
+                    let _ = write!(k, " leaky_relu_grad({}:{rhs:?},{swap})", fbits(slope));
                 }
                 Step::Binary { op, rhs, swap } => {
                     let r = match rhs {

@@ -306,12 +306,7 @@ fn ic(b: &mut FunctionBuilder, v: u64) -> Value {
 
 /// A class-index target: whether it is valid (in `0..classes` and not
 /// `ignore`) and its class, 0 when it is not.
-fn class(
-    b: &mut FunctionBuilder,
-    t: Value,
-    classes: u64,
-    ignore: Option<f32>,
-) -> (Value, Value) {
+fn class(b: &mut FunctionBuilder, t: Value, classes: u64, ignore: Option<f32>) -> (Value, Value) {
     let zero = fc(b, 0.0);
     let top = fc(b, classes as f32);
     let ge = b.ins().fcmp(FloatCC::GreaterThanOrEqual, t, zero);
@@ -465,10 +460,7 @@ impl LossKernel {
                 )
             }
             LossKind::MultiMargin {
-                classes,
-                p,
-                margin,
-                ..
+                classes, p, margin, ..
             } => {
                 let mm = MarginRow::new(b, io, r, classes, margin);
                 let zero = ic(b, 0);
@@ -494,10 +486,7 @@ impl LossKernel {
                 let x = load(b, io, io.x, r);
                 let t = load(b, io, io.target, r);
                 let pw = self.pos_weight(b, io, r, pos_weight);
-                let m = &mut Math {
-                    b,
-                    ty: types::F32,
-                };
+                let m = &mut Math { b, ty: types::F32 };
                 let ax = m.b.ins().fabs(x);
                 let nax = m.b.ins().fneg(ax);
                 let e = math::exp(m, nax);
@@ -578,13 +567,7 @@ impl LossKernel {
                     let at = ce.at(b, k);
                     let l = load(b, io, io.x, at);
                     let d = b.ins().fsub(l, ce.lse);
-                    let p = math::exp(
-                        &mut Math {
-                            b,
-                            ty: types::F32,
-                        },
-                        d,
-                    );
+                    let p = math::exp(&mut Math { b, ty: types::F32 }, d);
                     let w = self.class_weight(b, io, k);
                     let bj = b.ins().fmul(s, w);
                     let is_t = b.ins().icmp(IntCC::Equal, k, ce.ti);
@@ -600,10 +583,7 @@ impl LossKernel {
                 });
             }
             LossKind::MultiMargin {
-                classes,
-                p,
-                margin,
-                ..
+                classes, p, margin, ..
             } => {
                 let mm = MarginRow::new(b, io, r, classes, margin);
                 let wt = self.class_weight(b, io, mm.ti);
@@ -640,10 +620,7 @@ impl LossKernel {
                 let x = load(b, io, io.x, r);
                 let t = load(b, io, io.target, r);
                 let pw = self.pos_weight(b, io, r, pos_weight);
-                let m = &mut Math {
-                    b,
-                    ty: types::F32,
-                };
+                let m = &mut Math { b, ty: types::F32 };
                 let sx = math::sigmoid(m, x);
                 let nx = m.b.ins().fneg(x);
                 let snx = math::sigmoid(m, nx);
@@ -701,22 +678,10 @@ impl LossKernel {
             let a = at(b, base, step, k);
             let l = load(b, io, io.x, a);
             let d = b.ins().fsub(l, m);
-            let e = math::exp(
-                &mut Math {
-                    b,
-                    ty: types::F32,
-                },
-                d,
-            );
+            let e = math::exp(&mut Math { b, ty: types::F32 }, d);
             vec![b.ins().fadd(acc[0], e)]
         })[0];
-        let ls = math::log(
-            &mut Math {
-                b,
-                ty: types::F32,
-            },
-            se,
-        );
+        let ls = math::log(&mut Math { b, ty: types::F32 }, se);
         let lse = b.ins().fadd(m, ls);
         let at_t = at(b, base, step, ti);
         CeRow {

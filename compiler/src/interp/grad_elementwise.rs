@@ -31,7 +31,10 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
         _ => return None,
     };
     if x.len() != 2 {
-        return Some(Err(format!("`{name}` takes (dy, v), got {} operands", x.len())));
+        return Some(Err(format!(
+            "`{name}` takes (dy, v), got {} operands",
+            x.len()
+        )));
     }
     Some(Ok(vec![binary(x[0], x[1], &out[0], f)]))
 }

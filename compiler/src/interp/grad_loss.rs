@@ -184,7 +184,10 @@ fn bce_with_logits_grad(a: &Attrs, x: &[&Array]) -> Result<Array, String> {
     let red = reduction(a)?;
     let (z, t, dloss, pw) = operands(x, |v| v.shape.clone(), red)?;
     if t.shape != z.shape {
-        return Err(format!("input {:?} and target {:?} differ", z.shape, t.shape));
+        return Err(format!(
+            "input {:?} and target {:?} differ",
+            z.shape, t.shape
+        ));
     }
     let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
     let mut grad = Array::zeros(&z.shape);
@@ -205,7 +208,10 @@ fn mse_grad(a: &Attrs, x: &[&Array]) -> Result<Array, String> {
     let red = reduction(a)?;
     let (v, t, dloss, _) = operands(x, |v| v.shape.clone(), red)?;
     if t.shape != v.shape {
-        return Err(format!("input {:?} and target {:?} differ", v.shape, t.shape));
+        return Err(format!(
+            "input {:?} and target {:?} differ",
+            v.shape, t.shape
+        ));
     }
     let count = v.data.len();
     let data = (0..count)

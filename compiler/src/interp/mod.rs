@@ -453,10 +453,11 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
                 let t = t as usize;
                 let w = x.get(2).map_or(1.0, |w| w.data[t]);
                 let row = &s.data[n * c..(n + 1) * c];
-                per.data[n] = w * (0..c)
-                    .filter(|&i| i != t)
-                    .map(|i| (margin - row[t] + row[i]).max(0.0).powi(p as i32))
-                    .sum::<f64>()
+                per.data[n] = w
+                    * (0..c)
+                        .filter(|&i| i != t)
+                        .map(|i| (margin - row[t] + row[i]).max(0.0).powi(p as i32))
+                        .sum::<f64>()
                     / c as f64;
             }
             let mean = per.data.iter().sum::<f64>() / per.data.len() as f64;

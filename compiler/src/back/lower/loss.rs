@@ -124,11 +124,9 @@ fn lower_loss(cx: &mut LowerCx, node: &Node, loss: &str, grad: bool) -> Result<(
         }
         "bce_with_logits" => {
             let pos_weight = match extra {
-                Some(v) => Some(
-                    broadcast_period(&cx.shape(v)?, &xs).ok_or_else(|| {
-                        bad("pos_weight does not broadcast as a contiguous run".into())
-                    })?,
-                ),
+                Some(v) => Some(broadcast_period(&cx.shape(v)?, &xs).ok_or_else(|| {
+                    bad("pos_weight does not broadcast as a contiguous run".into())
+                })?),
                 None => None,
             };
             (LossKind::Bce { pos_weight }, numel)
@@ -142,7 +140,11 @@ fn lower_loss(cx: &mut LowerCx, node: &Node, loss: &str, grad: bool) -> Result<(
         rows: rows as u64,
     };
     kernel.validate().map_err(|e| bad(e.0))?;
-    let per_row = if reduction == Reduction::None { rows } else { 1 };
+    let per_row = if reduction == Reduction::None {
+        rows
+    } else {
+        1
+    };
     let mut inputs = vec![cx.buf(x)?, cx.buf(node.inputs[1])?];
     let target_len = if matches!(kind, LossKind::Bce { .. } | LossKind::Mse) {
         numel

@@ -5,7 +5,9 @@ use super::super::dense::Attrs;
 use super::super::{eval, Array};
 use crate::ir::Attr;
 
-fn run(name: &str, attrs: &[(&'static str, Attr)], x: &[&Array]) -> Array {
+type AttrList = [(&'static str, Attr)];
+
+fn run(name: &str, attrs: &AttrList, x: &[&Array]) -> Array {
     let shape = x[0].shape.clone();
     eval(name, &Attrs(attrs), x, &[shape]).unwrap().remove(0)
 }
@@ -21,7 +23,7 @@ fn activation_grads_match_finite_differences() {
     let erf = vec![("approximate", Attr::Str("none".into()))];
     let tanh = vec![("approximate", Attr::Str("tanh".into()))];
     // (forward, its attrs, grad op, whether the grad reads the output)
-    let cases: [(&str, &[(&'static str, Attr)], &str, bool); 7] = [
+    let cases: [(&str, &AttrList, &str, bool); 7] = [
         ("relu", &[], "relu_grad", true),
         ("tanh", &[], "tanh_grad", true),
         ("sigmoid", &[], "sigmoid_grad", true),
@@ -35,13 +37,13 @@ fn activation_grads_match_finite_differences() {
         let y = run(fwd, attrs, &[&x]);
         let v = if reads_output { &y } else { &x };
         let g = run(grad, attrs, &[&dy, v]);
-        for i in 0..n {
-            let at = |d: f64| run(fwd, attrs, &[&Array::new(&[1], vec![xs[i] + d])]).data[0];
+        for (i, &xi) in xs.iter().enumerate() {
+            let at = |d: f64| run(fwd, attrs, &[&Array::new(&[1], vec![xi + d])]).data[0];
             let fd = dy.data[i] * (at(h) - at(-h)) / (2.0 * h);
             assert!(
                 (g.data[i] - fd).abs() <= 1e-7 * fd.abs().max(1.0),
                 "{grad} {attrs:?} at {}: {} vs {fd}",
-                xs[i],
+                xi,
                 g.data[i]
             );
         }

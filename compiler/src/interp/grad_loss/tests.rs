@@ -97,7 +97,13 @@ impl Case<'_> {
         let d = self.dloss();
         let mut ins = vec![self.x, self.target, &d];
         ins.extend(self.extra);
-        run(&format!("{}_grad", self.loss), &self.attrs, &ins, &self.x.shape).unwrap()
+        run(
+            &format!("{}_grad", self.loss),
+            &self.attrs,
+            &ins,
+            &self.x.shape,
+        )
+        .unwrap()
     }
 
     /// The gradient op equals central differences of `Σ dloss·loss`.
@@ -128,7 +134,10 @@ impl Case<'_> {
 fn close(got: &Array, want: &Array, what: &str) {
     assert_eq!(got.shape, want.shape, "{what}");
     for (a, e) in got.data.iter().zip(&want.data) {
-        assert!((a - e).abs() <= 1e-10 * e.abs().max(1.0), "{what}: {a} vs {e}");
+        assert!(
+            (a - e).abs() <= 1e-10 * e.abs().max(1.0),
+            "{what}: {a} vs {e}"
+        );
     }
 }
 
@@ -187,25 +196,18 @@ fn ignored_targets_get_zero_gradient_and_bad_targets_are_errors() {
     assert!(c.grad().data[5..10].iter().all(|&v| v == 0.0));
     let bad = Array::new(&[4], vec![1.0, 5.0, 0.0, 0.0]);
     let d = Array::new(&[], vec![1.0]);
+    let err = run("cross_entropy_grad", &c.attrs, &[c.x, &bad, &d], &c.x.shape).unwrap_err();
+    assert!(err.contains("not a class index in 0..5"), "{err}");
+    let err = run("multi_margin", &mm_attrs(1, 1.0, "mean"), &[c.x, &bad], &[]).unwrap_err();
+    assert!(err.contains("not a class index"), "{err}");
+    // dloss must have the reduced loss's shape.
     let err = run(
         "cross_entropy_grad",
         &c.attrs,
-        &[c.x, &bad, &d],
+        &[c.x, c.target, &bad],
         &c.x.shape,
     )
     .unwrap_err();
-    assert!(err.contains("not a class index in 0..5"), "{err}");
-    let err = run(
-        "multi_margin",
-        &mm_attrs(1, 1.0, "mean"),
-        &[c.x, &bad],
-        &[],
-    )
-    .unwrap_err();
-    assert!(err.contains("not a class index"), "{err}");
-    // dloss must have the reduced loss's shape.
-    let err = run("cross_entropy_grad", &c.attrs, &[c.x, c.target, &bad], &c.x.shape)
-        .unwrap_err();
     assert!(err.contains("dloss has shape [4]"), "{err}");
 }
 
@@ -271,14 +273,38 @@ fn forward_losses_and_grads_match_pytorch() {
         run("cross_entropy", &attrs, &ins, &shape).unwrap()
     };
     for red in ["mean", "sum", "none"] {
-        let got = ce(0.1, 2, red, "ce_logits", "ce_target", Some("ce_weight"), vec![4]);
+        let got = ce(
+            0.1,
+            2,
+            red,
+            "ce_logits",
+            "ce_target",
+            Some("ce_weight"),
+            vec![4],
+        );
         close(&got, &fx[&format!("ce_{red}")], red);
     }
     let got = ce(0.0, -100, "mean", "ce_logits", "ce_target", None, vec![]);
     close(&got, &fx["ce_plain_mean"], "ce plain");
-    let got = ce(0.2, -100, "mean", "sce_logits", "sce_target", Some("sce_weight"), vec![]);
+    let got = ce(
+        0.2,
+        -100,
+        "mean",
+        "sce_logits",
+        "sce_target",
+        Some("sce_weight"),
+        vec![],
+    );
     close(&got, &fx["sce_mean"], "spatial ce");
-    let got = ce(0.0, -100, "none", "sce_logits", "sce_target", None, vec![2, 2, 2]);
+    let got = ce(
+        0.0,
+        -100,
+        "none",
+        "sce_logits",
+        "sce_target",
+        None,
+        vec![2, 2, 2],
+    );
     close(&got, &fx["sce_none"], "spatial ce none");
 
     let (s, t, w) = (&fx["mm_scores"], &fx["mm_target"], &fx["mm_weight"]);

@@ -122,11 +122,7 @@ fn cross_entropy_and_its_grad_match_the_interpreter() {
             ("label_smoothing = 0.3".to_string(), -100),
         ] {
             let call = format!("cross_entropy(x, t, {opts}, reduction = \"{red}\")");
-            let g = loss_graph(
-                "input x: f32[N, 5]  input t: i64[N]",
-                &call,
-                red == "none",
-            );
+            let g = loss_graph("input x: f32[N, 5]  input t: i64[N]", &call, red == "none");
             for n in [1, 4, 9] {
                 let x = data(n * 5, 0.3, 6.0);
                 let t = targets(n, 5, 3, ignore);
@@ -209,7 +205,8 @@ fn out_of_range_targets_contribute_nothing() {
 fn multi_margin_and_its_grad_match_the_interpreter() {
     for red in ["mean", "sum", "none"] {
         for (p, margin, weighted) in [(1, 1.0, false), (2, 0.5, true), (1, 0.75, true)] {
-            let call = format!("multi_margin(x, t, p = {p}, margin = {margin}, reduction = \"{red}\")");
+            let call =
+                format!("multi_margin(x, t, p = {p}, margin = {margin}, reduction = \"{red}\")");
             let none = red == "none";
             let mut g = program(&format!(
                 "model m() {{ input x: f32[N, 6]  input t: i64[N]  input w: f32[6]  input d: {}  output l = {call} }}",

@@ -139,9 +139,10 @@ fn activation_grads_alone_and_fused_after_the_activation() {
 fn activation_grads_head_chains_and_join_contraction_epilogues() {
     for (_, op, _) in grads() {
         // A chain headed by a grad op, with a second grad op following.
-        let mut g =
-            program("model m() { input x: f32[N, 4, 7]  input dy: f32[N, 4, 7]  output y = relu(x) }")
-                .unwrap();
+        let mut g = program(
+            "model m() { input x: f32[N, 4, 7]  input dy: f32[N, 4, 7]  output y = relu(x) }",
+        )
+        .unwrap();
         let (x, dy) = (input(&g, "x"), input(&g, "dy"));
         let a = append(&mut g, op.clone(), dy, x, "a", false);
         let y = node_value(&g, "relu");
@@ -159,7 +160,10 @@ fn activation_grads_head_chains_and_join_contraction_epilogues() {
         append(&mut g, op.clone(), h, r, "dx", true);
         let stats = fuse::run(&mut g);
         assert!(stats.fused >= 1, "{} after linear: {stats:?}", op.name);
-        assert!(g.nodes.iter().any(|n| n.path == "dx" && n.fused_into.is_some()));
+        assert!(g
+            .nodes
+            .iter()
+            .any(|n| n.path == "dx" && n.fused_into.is_some()));
         check(&g, &format!("{} after linear", op.name));
 
         // The epilogue of a conv (stride 2, padding).
@@ -172,7 +176,12 @@ fn activation_grads_head_chains_and_join_contraction_epilogues() {
         let (h, r) = (node_value(&g, "c"), input(&g, "r"));
         append(&mut g, op.clone(), h, r, "dx", true);
         let stats = fuse::run(&mut g);
-        assert!(g.nodes.iter().any(|n| n.path == "dx" && n.fused_into.is_some()), "{stats:?}");
+        assert!(
+            g.nodes
+                .iter()
+                .any(|n| n.path == "dx" && n.fused_into.is_some()),
+            "{stats:?}"
+        );
         check(&g, &format!("{} after conv2d", op.name));
     }
 }

@@ -249,12 +249,16 @@ impl KernelSource for LossKernel {
             },
             out,
         };
-        if self.grad {
-            let scale = self.scale(b, &io);
+        if let Some(dloss) = io.dloss {
+            // `none`: per-row scales; `sum` / `mean`: one, computed first.
+            let scale = match self.reduction {
+                Reduction::None => None,
+                _ => Some(self.scale(b, &io, dloss)),
+            };
             counted(b, start, end, 1, &[], &[], |b, r, _| {
-                let g = match (self.reduction, io.dloss) {
-                    (Reduction::None, Some(d)) => load(b, &io, d, r),
-                    _ => scale,
+                let g = match scale {
+                    Some(g) => g,
+                    None => load(b, &io, dloss, r),
                 };
                 self.grad_row(b, &io, r, g);
                 vec![]
@@ -375,15 +379,9 @@ impl LossKernel {
         store(b, io, io.out, zero, v);
     }
 
-    /// The gradient scale of `sum` and `mean` reductions (unused for
-    /// `none`).
-    fn scale(&self, b: &mut FunctionBuilder, io: &Io) -> Value {
-        let Some(dloss) = io.dloss else {
-            return fc(b, 0.0);
-        };
-        if self.reduction == Reduction::None {
-            return fc(b, 0.0);
-        }
+    /// The gradient scale of the `sum` and `mean` reductions:
+    /// `dloss[0]` or `dloss[0] / D`.
+    fn scale(&self, b: &mut FunctionBuilder, io: &Io, dloss: Value) -> Value {
         let zero = ic(b, 0);
         let d0 = load(b, io, dloss, zero);
         if self.reduction == Reduction::Sum {

@@ -290,3 +290,27 @@ fn bce_with_logits_and_mse_and_their_grads_match_the_interpreter() {
         }
     }
 }
+
+#[test]
+fn unsupported_operands_are_named_errors() {
+    let g = program(
+        "model m() { input x: f32[N, 3, 4, 5]  input t: f32[N, 3, 4, 5]  input pw: f32[3, 1, 5] \
+         output l = x |> bl: bce_with_logits(t, pos_weight = pw) }",
+    )
+    .unwrap();
+    let mut jit = crate::back::jit::Jit::new().unwrap();
+    let err = super::super::lower(
+        &g,
+        &[("N".into(), 2)],
+        crate::options::CompileOptions::default(),
+        &mut jit,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.0
+            .contains("`bce_with_logits` at bl: pos_weight does not broadcast")
+            && err.0.contains("[2, 3, 4, 5]"),
+        "{err}"
+    );
+}

@@ -167,6 +167,13 @@ fn lower_loss(cx: &mut LowerCx, node: &Node, loss: &str, grad: bool) -> Result<(
         inputs.push(cx.buf(v)?);
         extents.push(n);
     }
+    if inputs.len() != kernel.inputs() {
+        return Err(bad(format!(
+            "{} operands for a kernel reading {}",
+            inputs.len(),
+            kernel.inputs()
+        )));
+    }
     let out = cx.output(node.outputs[0])?;
     let out_len = if grad { numel } else { per_row };
     if cx.numel(node.outputs[0])? != out_len {

@@ -3,7 +3,9 @@
 //!
 //! [`node_kernel`] maps single f32 elementwise nodes:
 //! `relu neg abs square sqrt clamp leaky_relu exp log tanh sigmoid silu gelu`
-//! and `add sub mul div maximum minimum` whose second operand has the
+//! and `add sub mul div maximum minimum` and the activation gradients
+//! `relu_grad tanh_grad sigmoid_grad leaky_relu_grad silu_grad gelu_grad`
+//! whose second operand has the
 //! output's shape, is a scalar (a compile-time number becomes a constant),
 //! or is a per-channel (`[C, 1, .., 1]`) or trailing (`[.., W]`) broadcast.
 //!
@@ -11,7 +13,7 @@
 //! what it compiled, so the listing is exactly the plan's kernels (fused
 //! groups, epilogues, GEMM tiles, output copies), not a per-node guess.
 
-use super::elementwise::{Bcast, Binary, Chain, Domain, Operand, Step, Unary};
+use super::elementwise::{Bcast, Binary, Chain, Domain, Grad, Operand, Step, Unary};
 use super::jit::Jit;
 use super::lower::lower;
 use super::BackError;
@@ -31,7 +33,7 @@ pub fn node_kernel(g: &Graph, node: &Node) -> Option<(Chain, Vec<ValueId>)> {
     if let Some(u) = unary {
         return (node.inputs.len() == 1).then(|| (Chain::unary(u), node.inputs.clone()));
     }
-    let op = binary_of(node.op.name)?;
+    let op = binary_node(node)?;
     let [x, y] = node.inputs[..] else {
         return None;
     };
@@ -92,7 +94,31 @@ pub(crate) fn unary_of(node: &Node) -> Option<Unary> {
     }
 }
 
-/// The binary kernel op of an elementwise op name, if it is one.
+/// The binary kernel op of an elementwise node, if it is one: the
+/// arithmetic ops of [`binary_of`] and the activation gradients
+/// (`relu_grad(dy, y)`, ..., whose attributes pick the variant).
+pub(crate) fn binary_node(node: &Node) -> Option<Binary> {
+    binary_of(node.op.name).or_else(|| {
+        Some(Binary::Grad(match node.op.name {
+            "relu_grad" => Grad::Relu,
+            "tanh_grad" => Grad::Tanh,
+            "sigmoid_grad" => Grad::Sigmoid,
+            "leaky_relu_grad" => Grad::LeakyRelu {
+                slope: float_attr(node, "negative_slope").unwrap_or(0.01),
+            },
+            "silu_grad" => Grad::Silu,
+            "gelu_grad"
+                if matches!(node.op.attr("approximate"), Some(Attr::Str(a)) if a == "tanh") =>
+            {
+                Grad::GeluTanh
+            }
+            "gelu_grad" => Grad::Gelu,
+            _ => return None,
+        }))
+    })
+}
+
+/// The binary kernel op of an arithmetic elementwise op name, if it is one.
 pub(crate) fn binary_of(name: &str) -> Option<Binary> {
     Some(match name {
         "add" => Binary::Add,

@@ -27,6 +27,10 @@
 //! `maximum`, `minimum`,
 //! `relu` and `clamp` propagate NaN, as PyTorch does.
 
+mod grad;
+
+pub use grad::Grad;
+
 use super::jit::{Jit, KernelFn, KernelId, KernelSource};
 use super::math::{self, Math};
 use super::BackError;
@@ -80,7 +84,11 @@ pub enum Unary {
 }
 
 /// A binary elementwise op between the running value and an operand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// [`Binary::Grad`] ops are activation gradients `op(dy, v)`: the left
+/// operand is the incoming gradient, the right the activation's output or
+/// input.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Binary {
     /// `x + y`.
     Add,
@@ -94,6 +102,8 @@ pub enum Binary {
     Maximum,
     /// `min(x, y)`, NaN-propagating.
     Minimum,
+    /// An activation gradient `op(dy, v)` (see [`Grad`]).
+    Grad(Grad),
 }
 
 /// How an input is indexed relative to the running value's element.
@@ -330,6 +340,13 @@ impl KernelSource for Chain {
                 Step::Unary(u) => {
                     let _ = write!(k, " {u:?}");
                 }
+                Step::Binary {
+                    op: Binary::Grad(Grad::LeakyRelu { slope }),
+                    rhs,
+                    swap,
+                } => {
+                    let _ = write!(k, " leaky_relu_grad({}:{rhs:?},{swap})", fbits(slope));
+                }
                 Step::Binary { op, rhs, swap } => {
                     let r = match rhs {
                         Operand::Input(i) => format!("in{i}"),
@@ -469,6 +486,7 @@ impl<'c> Gen<'c> {
                         Binary::Div => ins.fdiv(l, r),
                         Binary::Maximum => ins.fmax(l, r),
                         Binary::Minimum => ins.fmin(l, r),
+                        Binary::Grad(g) => grad::emit(b, lane.ty, g, l, r),
                     }
                 }
             };

@@ -29,6 +29,7 @@ pub mod gemm_tile;
 pub mod im2col;
 pub mod jit;
 pub mod loops;
+pub mod loss;
 pub mod lower;
 pub mod math;
 pub mod pool;

@@ -10,6 +10,8 @@ mod detect;
 mod grad_conv;
 mod grad_norm;
 mod grad_pool;
+mod grad_elementwise;
+mod grad_loss;
 mod layout;
 mod nn;
 mod signal;
@@ -195,6 +197,8 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         grad_conv::eval,
         grad_norm::eval,
         grad_pool::eval,
+        grad_elementwise::eval,
+        grad_loss::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;
@@ -449,12 +453,17 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
             let p = a.int("p");
             let mut per = Array::zeros(&target.shape);
             for (n, &t) in target.data.iter().enumerate() {
+                if !(t >= 0.0 && t < c as f64) {
+                    return Err(format!("target {t} is not a class index in 0..{c}"));
+                }
                 let t = t as usize;
+                let w = x.get(2).map_or(1.0, |w| w.data[t]);
                 let row = &s.data[n * c..(n + 1) * c];
-                per.data[n] = (0..c)
-                    .filter(|&i| i != t)
-                    .map(|i| (margin - row[t] + row[i]).max(0.0).powi(p as i32))
-                    .sum::<f64>()
+                per.data[n] = w
+                    * (0..c)
+                        .filter(|&i| i != t)
+                        .map(|i| (margin - row[t] + row[i]).max(0.0).powi(p as i32))
+                        .sum::<f64>()
                     / c as f64;
             }
             let mean = per.data.iter().sum::<f64>() / per.data.len() as f64;

@@ -21,11 +21,13 @@
 //! - training ops: [`norm_train`] (batch norm with batch statistics and its
 //!   backward), [`reduce`] (`sum`, `mean`), [`broadcast`] (`expand`),
 //!   [`dropout`] (`dropout_train`), [`pool_grad`] (pooling gradients).
+//! - [`loss`]: the losses and their gradients.
 
 pub mod broadcast;
 pub mod contract;
 pub mod data;
 pub mod dropout;
+pub mod loss;
 pub mod norm;
 pub mod norm_train;
 #[cfg(test)]
@@ -232,6 +234,7 @@ pub fn lower_with(
             .or_else(|| pool_grad::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
+            .or_else(|| loss::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

@@ -8,7 +8,7 @@
 //! stored ([`unstored_links`]).
 
 use super::LowerCx;
-use crate::back::clif::{binary_of, classify, node_kernel, unary_of};
+use crate::back::clif::{binary_node, classify, node_kernel, unary_of};
 use crate::back::elementwise::{Bcast, Chain, Domain, Operand, Step};
 use crate::back::BackError;
 use crate::ir::{Graph, Node, ValueId};
@@ -126,7 +126,7 @@ fn link_step(
             _ => Err(bad("it does not read the running value")),
         };
     }
-    let op = binary_of(node.op.name).ok_or_else(|| bad("not an elementwise op"))?;
+    let op = binary_node(node).ok_or_else(|| bad("not an elementwise op"))?;
     let (y, swap) = match node.inputs[..] {
         [x, y] if x == running && y != running => (y, false),
         [y, x] if x == running && y != running => (y, true),
@@ -155,3 +155,6 @@ fn link_step(
     };
     Ok(Step::Binary { op, rhs, swap })
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,6 +16,7 @@
 
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The machine signature of every kernel (see the module docs).
@@ -595,7 +596,7 @@ unsafe fn ranges(
 pub struct Executor {
     plan: Plan,
     arena: Vec<f32>,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     /// Per prepare step, the input base pointers (refilled each call).
     prepare_pointers: Vec<Vec<*const f32>>,
     /// Per run step, the input base pointers (refilled each run, never reallocated).
@@ -660,7 +661,7 @@ impl Executor {
             prepared: plan.prepare.is_empty(),
             tile_work,
             plan,
-            pool,
+            pool: Arc::new(pool),
         })
     }
 
@@ -688,7 +689,7 @@ impl Executor {
     /// Call it after the parameters change and before [`Executor::run`].
     pub fn prepare(&mut self, params: &[&[f32]]) -> Result<(), PlanError> {
         self.check(Phase::Prepare, &[], params, &[])?;
-        self.execute(Phase::Prepare, &[], params, &mut [], &mut []);
+        self.on_pool(|ex| ex.execute(Phase::Prepare, &[], params, &mut [], &mut []));
         self.prepared = true;
         Ok(())
     }
@@ -705,7 +706,7 @@ impl Executor {
             return Err(PlanError::NotPrepared);
         }
         self.check(Phase::Run, inputs, params, outputs)?;
-        self.execute(Phase::Run, inputs, params, outputs, &mut []);
+        self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, &mut []));
         Ok(())
     }
 
@@ -729,8 +730,26 @@ impl Executor {
             });
         }
         self.check(Phase::Run, inputs, params, outputs)?;
-        self.execute(Phase::Run, inputs, params, outputs, times);
+        self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, times));
         Ok(())
+    }
+
+    /// Runs `f` on one of the pool's threads, so every parallel step inside
+    /// it enters the pool directly instead of injecting a job from outside
+    /// (which wakes the pool and, every 63 jobs, allocates a queue block):
+    /// one injection per call instead of one per parallel step.
+    fn on_pool(&mut self, f: impl FnOnce(&mut Executor) + Send) {
+        struct Exclusive<'a>(&'a mut Executor);
+        // SAFETY: the calling thread blocks inside `install` until `f` has
+        // returned, so the executor is used by one thread at a time; its
+        // raw pointers only point into buffers the caller keeps borrowed.
+        unsafe impl Send for Exclusive<'_> {}
+        let pool = Arc::clone(&self.pool);
+        let ex = Exclusive(self);
+        pool.install(move || {
+            let ex = ex;
+            f(ex.0)
+        });
     }
 
     /// Runs one phase's steps on checked buffers, timing step `i` into
@@ -836,45 +855,33 @@ impl Executor {
             for (n, (b, &need)) in buffers.zip(&step.extents).enumerate() {
                 let is_output = n == step.inputs.len();
                 let missing = |what: String| PlanError::Missing { step: i, what };
-                let (what, have) = match *b {
+                let have = match *b {
                     Buf::Arena { offset, len } => {
                         let end = offset.saturating_add(len);
-                        let have = if end <= self.arena.len() {
+                        if end <= self.arena.len() {
                             len
                         } else {
                             self.arena.len().saturating_sub(offset)
-                        };
-                        (format!("arena[{offset}..{end}]"), have)
+                        }
                     }
-                    Buf::Input(k) if !is_output => (
-                        format!("input {k}"),
-                        inputs
-                            .get(k)
-                            .map(|s| s.len())
-                            .ok_or_else(|| missing(format!("input {k}")))?,
-                    ),
-                    Buf::Param(k) if !is_output => (
-                        format!("parameter {k}"),
-                        params
-                            .get(k)
-                            .map(|s| s.len())
-                            .ok_or_else(|| missing(format!("parameter {k}")))?,
-                    ),
-                    Buf::Const(k) if !is_output => (
-                        format!("constant {k}"),
-                        self.plan
-                            .constants
-                            .get(k)
-                            .map(|s| s.len())
-                            .ok_or_else(|| missing(format!("constant {k}")))?,
-                    ),
-                    Buf::Output(k) => (
-                        format!("output {k}"),
-                        outputs
-                            .get(k)
-                            .map(|s| s.len())
-                            .ok_or_else(|| missing(format!("output {k}")))?,
-                    ),
+                    Buf::Input(k) if !is_output => inputs
+                        .get(k)
+                        .map(|s| s.len())
+                        .ok_or_else(|| missing(format!("input {k}")))?,
+                    Buf::Param(k) if !is_output => params
+                        .get(k)
+                        .map(|s| s.len())
+                        .ok_or_else(|| missing(format!("parameter {k}")))?,
+                    Buf::Const(k) if !is_output => self
+                        .plan
+                        .constants
+                        .get(k)
+                        .map(|s| s.len())
+                        .ok_or_else(|| missing(format!("constant {k}")))?,
+                    Buf::Output(k) => outputs
+                        .get(k)
+                        .map(|s| s.len())
+                        .ok_or_else(|| missing(format!("output {k}")))?,
                     Buf::Input(k) | Buf::Param(k) | Buf::Const(k) => {
                         return Err(missing(format!(
                             "a writable output (got read-only buffer {k})"
@@ -882,6 +889,16 @@ impl Executor {
                     }
                 };
                 if have < need {
+                    // Described only on error: checking allocates nothing.
+                    let what = match *b {
+                        Buf::Arena { offset, len } => {
+                            format!("arena[{offset}..{}]", offset.saturating_add(len))
+                        }
+                        Buf::Input(k) => format!("input {k}"),
+                        Buf::Param(k) => format!("parameter {k}"),
+                        Buf::Const(k) => format!("constant {k}"),
+                        Buf::Output(k) => format!("output {k}"),
+                    };
                     return Err(PlanError::TooSmall {
                         step: i,
                         what,

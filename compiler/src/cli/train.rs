@@ -131,74 +131,88 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
     let title = trainer.graph().name.clone();
     let mut bar: Option<ProgressBar> = None;
     let mut running = (0.0f64, 0usize);
-    let style = ProgressStyle::with_template(
-        "epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
-    )
-    .map_err(Failure::error)?
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .map_err(Failure::error)?
+            .progress_chars("=> ");
     let (quiet, verbose, epochs) = (args.quiet, args.verbose, args.epochs);
     let curve_path = args.out.as_ref().map(|p| p.with_extension("svg"));
     let mut history_snapshot = state.history.clone();
-    let outcome = fit::fit(&mut trainer, &mut state, &data, val.as_ref(), &fit_options, &mut |p| match p {
-        Progress::Compiled(what, secs) => {
-            if verbose {
-                let line = format!("{what} in {:.0} ms", secs * 1e3);
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
+    let outcome = fit::fit(
+        &mut trainer,
+        &mut state,
+        &data,
+        val.as_ref(),
+        &fit_options,
+        &mut |p| match p {
+            Progress::Compiled(what, secs) => {
+                if verbose {
+                    let line = format!("{what} in {:.0} ms", secs * 1e3);
+                    match &bar {
+                        Some(b) => b.println(line),
+                        None => eprintln!("{line}"),
+                    }
                 }
             }
-        }
-        Progress::EpochStart { epoch, batches, done } => {
-            running = (0.0, 0);
-            if !quiet {
-                let b = ProgressBar::new(batches as u64).with_style(style.clone());
-                b.set_prefix(format!("{epoch}/{epochs}"));
-                b.set_position(done as u64);
-                bar = Some(b);
-            }
-        }
-        Progress::Step(t) => {
-            running.0 += t.loss_sum;
-            running.1 += t.samples;
-            if let Some(b) = &bar {
-                b.inc(1);
-                let rate = b.per_sec() * t.samples as f64;
-                b.set_message(format!("loss {:.4}  {:.0} samples/s", running.0 / running.1.max(1) as f64, rate));
-            }
-        }
-        Progress::EpochEnd(e) => {
-            if let Some(b) = bar.take() {
-                b.finish_and_clear();
-            }
-            let mut line = format!(
-                "epoch {}/{epochs}: lr {:.3e}  train loss {:.4}",
-                e.epoch, e.lr, e.train_loss
-            );
-            if let Some(a) = e.train_accuracy {
-                line += &format!(" acc {:.2}%", a * 100.0);
-            }
-            if let Some(l) = e.val_loss {
-                line += &format!("  val loss {l:.4}");
-            }
-            if let Some(a) = e.val_accuracy {
-                line += &format!(" acc {:.2}%", a * 100.0);
-            }
-            line += &format!("  {:.0} samples/s", e.samples_per_sec);
-            println!("{line}");
-            history_snapshot.push(e.clone());
-        }
-        Progress::Saved(path) => {
-            if let Some(c) = &curve_path {
-                if let Err(e) = curve::write_svg(c, &title, &history_snapshot) {
-                    eprintln!("warning: {e}");
+            Progress::EpochStart {
+                epoch,
+                batches,
+                done,
+            } => {
+                running = (0.0, 0);
+                if !quiet {
+                    let b = ProgressBar::new(batches as u64).with_style(style.clone());
+                    b.set_prefix(format!("{epoch}/{epochs}"));
+                    b.set_position(done as u64);
+                    bar = Some(b);
                 }
             }
-            if verbose {
-                eprintln!("saved {}", path.display());
+            Progress::Step(t) => {
+                running.0 += t.loss_sum;
+                running.1 += t.samples;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                    let rate = b.per_sec() * t.samples as f64;
+                    b.set_message(format!(
+                        "loss {:.4}  {:.0} samples/s",
+                        running.0 / running.1.max(1) as f64,
+                        rate
+                    ));
+                }
             }
-        }
-    });
+            Progress::EpochEnd(e) => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                let mut line = format!(
+                    "epoch {}/{epochs}: lr {:.3e}  train loss {:.4}",
+                    e.epoch, e.lr, e.train_loss
+                );
+                if let Some(a) = e.train_accuracy {
+                    line += &format!(" acc {:.2}%", a * 100.0);
+                }
+                if let Some(l) = e.val_loss {
+                    line += &format!("  val loss {l:.4}");
+                }
+                if let Some(a) = e.val_accuracy {
+                    line += &format!(" acc {:.2}%", a * 100.0);
+                }
+                line += &format!("  {:.0} samples/s", e.samples_per_sec);
+                println!("{line}");
+                history_snapshot.push(e.clone());
+            }
+            Progress::Saved(path) => {
+                if let Some(c) = &curve_path {
+                    if let Err(e) = curve::write_svg(c, &title, &history_snapshot) {
+                        eprintln!("warning: {e}");
+                    }
+                }
+                if verbose {
+                    eprintln!("saved {}", path.display());
+                }
+            }
+        },
+    );
     if let Some(b) = bar.take() {
         b.abandon();
     }
@@ -206,7 +220,10 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         Outcome::Completed => Ok(()),
         Outcome::Stopped => {
             match &args.out {
-                Some(p) => eprintln!("interrupted: the state is in {} (continue with --resume)", p.display()),
+                Some(p) => eprintln!(
+                    "interrupted: the state is in {} (continue with --resume)",
+                    p.display()
+                ),
                 None => eprintln!("interrupted (no --out: nothing saved)"),
             }
             Err(Failure::Error("training interrupted".into()))

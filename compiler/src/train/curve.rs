@@ -11,10 +11,15 @@ use std::path::Path;
 /// file in the same directory, fsync, rename).
 pub fn write_svg(path: &Path, title: &str, history: &[EpochStats]) -> Result<(), String> {
     let svg = render(title, history)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("curve.svg")
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("curve.svg")
     ));
     let io = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -29,17 +34,26 @@ pub fn render(title: &str, history: &[EpochStats]) -> Result<String, String> {
     {
         let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
         draw(&root, title, history).map_err(|e| format!("cannot draw the curve: {e}"))?;
-        root.present().map_err(|e| format!("cannot draw the curve: {e}"))?;
+        root.present()
+            .map_err(|e| format!("cannot draw the curve: {e}"))?;
     }
     Ok(svg)
 }
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn draw(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, title: &str, h: &[EpochStats]) -> DrawResult {
+fn draw(
+    root: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    title: &str,
+    h: &[EpochStats],
+) -> DrawResult {
     root.fill(&WHITE)?;
     let accuracy = h.iter().any(|e| e.train_accuracy.is_some());
-    let panels = if accuracy { root.split_horizontally(450) } else { (root.clone(), root.clone()) };
+    let panels = if accuracy {
+        root.split_horizontally(450)
+    } else {
+        (root.clone(), root.clone())
+    };
     let epochs = h.len().max(1) as f64;
     let losses: Vec<f64> = h
         .iter()
@@ -55,7 +69,9 @@ fn draw(root: &DrawingArea<SVGBackend, plotters::coord::Shift>, title: &str, h: 
         .build_cartesian_2d(1f64..epochs.max(2.0), 0f64..top)?;
     chart.configure_mesh().x_desc("epoch").draw()?;
     let series = |f: &dyn Fn(&EpochStats) -> Option<f64>| -> Vec<(f64, f64)> {
-        h.iter().filter_map(|e| f(e).map(|v| (e.epoch as f64, v))).collect()
+        h.iter()
+            .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
+            .collect()
     };
     chart
         .draw_series(LineSeries::new(series(&|e| Some(e.train_loss)), &BLUE))?
@@ -106,13 +122,20 @@ mod tests {
             .collect();
         let svg = render("m", &h).unwrap();
         assert!(svg.starts_with("<svg"));
-        assert!(svg.contains("m: loss") && svg.contains("m: accuracy"), "{svg}");
+        assert!(
+            svg.contains("m: loss") && svg.contains("m: accuracy"),
+            "{svg}"
+        );
         let dir = std::env::temp_dir().join(format!("netc-curve-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.svg");
         write_svg(&path, "m", &h).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), svg);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

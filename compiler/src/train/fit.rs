@@ -100,7 +100,9 @@ pub fn fit(
         sampler.start_epoch(epoch);
         let mut tally = Tally::default();
         if let Some((s, t)) = state.partial.take() {
-            sampler.restore(s).map_err(|e| RunError::Inputs(e.to_string()))?;
+            sampler
+                .restore(s)
+                .map_err(|e| RunError::Inputs(e.to_string()))?;
             tally = t;
         }
         let done = tally.samples.div_ceil(batch.max(1));
@@ -147,7 +149,9 @@ pub fn fit(
             val_accuracy,
             samples_per_sec,
         });
-        report(Progress::EpochEnd(state.history.last().unwrap_or(&state.history[0])));
+        report(Progress::EpochEnd(
+            state.history.last().unwrap_or(&state.history[0]),
+        ));
         if let Some(path) = &options.checkpoint {
             save(trainer, state, path)?;
             report(Progress::Saved(path));
@@ -202,8 +206,14 @@ pub fn save(trainer: &Trainer, state: &RunState, path: &Path) -> Result<(), RunE
         rng,
         extra,
     };
-    checkpoint::save(path, &weights, trainer.optimizer(), &trainer.trained_paths(), &meta)
-        .map_err(|e| RunError::Inputs(e.to_string()))
+    checkpoint::save(
+        path,
+        &weights,
+        trainer.optimizer(),
+        &trainer.trained_paths(),
+        &meta,
+    )
+    .map_err(|e| RunError::Inputs(e.to_string()))
 }
 
 /// Restores a checkpoint written by [`save`] into `trainer`; returns the
@@ -221,10 +231,16 @@ pub fn resume(trainer: &mut Trainer, path: &Path) -> Result<RunState, RunError> 
         tensors.push(t.clone());
     }
     if let Some(extra) = by_name.keys().next() {
-        return Err(bad(format!("the checkpoint has a tensor `{extra}` the model does not")));
+        return Err(bad(format!(
+            "the checkpoint has a tensor `{extra}` the model does not"
+        )));
     }
     trainer.set_weights(tensors)?;
-    let names: Vec<String> = trainer.trained_paths().iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = trainer
+        .trained_paths()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     ck.restore_optimizer(trainer.optimizer_mut(), &names)
         .map_err(|e| RunError::Inputs(e.to_string()))?;
@@ -244,7 +260,10 @@ pub fn resume(trainer: &mut Trainer, path: &Path) -> Result<RunState, RunError> 
                     correct: (correct >= 0).then_some(correct as usize),
                 })
             };
-            Some(([*a, *b, *c], parse().ok_or_else(|| bad("unreadable `partial` metadata".into()))?))
+            Some((
+                [*a, *b, *c],
+                parse().ok_or_else(|| bad("unreadable `partial` metadata".into()))?,
+            ))
         }
         _ => None,
     };

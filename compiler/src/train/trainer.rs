@@ -237,7 +237,9 @@ impl Trainer {
         self.steps
             .values()
             .chain(self.evals.values())
-            .fold((0, 0), |(k, a), s| (k + s.kernels_compiled(), a + s.arena_len()))
+            .fold((0, 0), |(k, a), s| {
+                (k + s.kernels_compiled(), a + s.arena_len())
+            })
     }
 
     /// Re-initialises every parameter (PyTorch's default schemes) from `seed`.
@@ -248,13 +250,12 @@ impl Trainer {
             .params
             .iter()
             .map(|p| {
-                let shape: Vec<usize> = p
-                    .ty
-                    .known_shape()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&d| d.max(0) as usize)
-                    .collect();
+                let shape: Vec<usize> =
+                    p.ty.known_shape()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|&d| d.max(0) as usize)
+                        .collect();
                 init.tensor(p.ty.dtype, &shape, &p.init)
             })
             .collect();
@@ -332,9 +333,11 @@ impl Trainer {
             .map(|n| {
                 let shape = match graph.graph.inputs.iter().find(|(m, _)| *m == n) {
                     Some((_, v)) => std::iter::once(batch)
-                        .chain(graph.graph.ty(*v).shape[1..].iter().map(|d| {
-                            d.as_known().unwrap_or(0).max(0) as usize
-                        }))
+                        .chain(
+                            graph.graph.ty(*v).shape[1..]
+                                .iter()
+                                .map(|d| d.as_known().unwrap_or(0).max(0) as usize),
+                        )
                         .collect(),
                     None => Vec::new(),
                 };
@@ -454,16 +457,11 @@ impl Trainer {
             .get_mut(&b)
             .ok_or_else(|| RunError::Inputs(format!("no plan compiled for batch {b}")))?;
         let mut result = Ok(());
-        reads.with(
-            columns
-                .iter()
-                .map(|c| &c[..c.len() / cap * b]),
-            |ins| {
-                params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
-                    result = step.run(ins, ps);
-                })
-            },
-        );
+        reads.with(columns.iter().map(|c| &c[..c.len() / cap * b]), |ins| {
+            params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
+                result = step.run(ins, ps);
+            })
+        });
         result?;
         Ok(tally(step, *classifier, columns, b))
     }
@@ -498,7 +496,12 @@ impl Trainer {
 }
 
 /// The loss and accuracy of the step that just ran on `b` samples.
-fn tally(step: &TrainStep, classifier: Option<Classifier>, columns: &[Vec<f32>], b: usize) -> Tally {
+fn tally(
+    step: &TrainStep,
+    classifier: Option<Classifier>,
+    columns: &[Vec<f32>],
+    b: usize,
+) -> Tally {
     let correct = classifier.map(|c| {
         let logits = step.output(c.logits);
         let labels = &columns[c.label];

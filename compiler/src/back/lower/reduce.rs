@@ -212,7 +212,7 @@ impl ReduceKernel {
             let o = b.ins().imul_imm_s(row, len as i64);
             let o = b.ins().iadd(o, col);
             let (vector, tail, join) = (b.create_block(), b.create_block(), b.create_block());
-            if len % 4 == 0 {
+            if len.is_multiple_of(4) {
                 b.ins().jump(vector, &[]);
             } else {
                 let last = b.ins().icmp_imm_s(IntCC::Equal, blk, blocks - 1);

@@ -121,7 +121,7 @@ fn recompute_region(
     let mut found = None;
     while let Some(r) = region {
         let info = &g.regions[r.0 as usize];
-        if recompute.iter().any(|b| *b == info.block) {
+        if recompute.contains(&info.block) {
             found = Some(r);
         }
         region = info.parent;

@@ -52,6 +52,9 @@ impl WriteList {
             self.slots
                 .push(unsafe { std::mem::transmute::<&'a mut [f32], &'static mut [f32]>(b) });
         }
+        // The second cast shortens the elements' lifetime (clippy sees the
+        // types without lifetimes as equal).
+        #[allow(clippy::unnecessary_cast)]
         let slots = self.slots.as_mut_slice() as *mut [&'static mut [f32]] as *mut [&mut [f32]];
         // SAFETY: same layout; shortening the element lifetime to this call
         // is what lets `f` see the slices without being able to keep one.
@@ -67,7 +70,7 @@ mod tests {
 
     #[test]
     fn lists_hand_out_the_buffers_in_order_and_keep_their_capacity() {
-        let bufs = vec![vec![1.0f32, 2.0], vec![3.0]];
+        let bufs = [vec![1.0f32, 2.0], vec![3.0]];
         let mut list = ReadList::default();
         let sum = list.with(bufs.iter().map(Vec::as_slice), |s| {
             s.iter().flat_map(|b| b.iter()).sum::<f32>()

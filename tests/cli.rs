@@ -570,3 +570,83 @@ fn time_lists_layers_by_cost_with_shares_and_a_total() {
     assert_eq!(out.lines().count(), 5, "{out}");
     assert!(out.contains("total (4 layers)"), "{out}");
 }
+
+#[test]
+fn train_writes_checkpoint_and_curve_resumes_and_run_accepts_the_checkpoint() {
+    let dir = temp_dir("train");
+    let ckpt = dir.join("svm.safetensors");
+    let common = [
+        "train",
+        "models/eeg_svm.net",
+        "--set",
+        "bands=1",
+        "--set",
+        "grid=8",
+        "--set",
+        "classes=10",
+        "--data",
+        "tests/fixtures/digits/train.safetensors",
+        "--val",
+        "tests/fixtures/digits/test.safetensors",
+        "--batch",
+        "64",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+    ];
+    let mut args: Vec<&str> = common.to_vec();
+    let ckpt_s = ckpt.to_str().unwrap();
+    args.extend([ckpt_s, "--epochs", "2"]);
+    let (ok, out, err) = netc(&args);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch ")).count(), 2, "{out}");
+    assert!(out.contains("val loss") && out.contains("acc"), "{out}");
+    let svg = std::fs::read_to_string(ckpt.with_extension("svg")).unwrap();
+    assert!(svg.contains("eeg_svm: accuracy"));
+    // Resume for a third epoch: only epoch 3 runs.
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([ckpt_s, "--epochs", "3", "--resume", ckpt_s]);
+    let (ok, out, err) = netc(&args);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("epoch 3/3"), "{out}");
+    // The checkpoint is a weights file for `netc run`.
+    let x = dir.join("x.npy");
+    write_npy(&x, &[2, 1, 8, 8], &[0.5; 128]);
+    let (ok, out, err) = netc(&[
+        "run",
+        "models/eeg_svm.net",
+        "--set",
+        "bands=1",
+        "--set",
+        "grid=8",
+        "--set",
+        "classes=10",
+        "--weights",
+        ckpt_s,
+        "--input",
+        &format!("x={}", x.display()),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("scores"), "{out}");
+}
+
+#[test]
+fn train_names_a_missing_data_tensor() {
+    let dir = temp_dir("train_bad");
+    let data = dir.join("d.safetensors");
+    let x = Tensor::from_f32(&[4, 4, 9, 9], vec![0.0; 4 * 324]).unwrap();
+    netc_runtime::weights::write_safetensors_atomic(&data, &[("x", &x)], None).unwrap();
+    let (ok, _, err) = netc(&[
+        "train",
+        "models/eeg_mlp.net",
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("`y`"), "{err}");
+}

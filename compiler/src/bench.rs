@@ -2,9 +2,12 @@
 //! warm-up calls, then timed calls until both a minimum count and a
 //! minimum wall time are reached; reports the median, min and max latency,
 //! samples per second and achieved GFLOP/s (a multiply-add counts 2).
+//! Training steps (`netc bench --train`) are timed the same way.
 
 use crate::ir::Graph;
 use crate::session::{bind_symbols, CompiledModel, RunError};
+use crate::train::trainer::Trainer;
+use netc_runtime::train::data::DataSet;
 use netc_runtime::Tensor;
 use std::time::{Duration, Instant};
 
@@ -57,14 +60,36 @@ pub fn measure(
     inputs: &[(&str, &Tensor)],
     config: BenchConfig,
 ) -> Result<Timing, RunError> {
+    time_calls(config, || model.run(inputs).map(|_| ()))
+}
+
+/// Times training steps of `trainer` on the first `batch` samples of
+/// `data` (forward, loss, backward and optimizer update, as `netc train`
+/// runs them) as `config` says.
+pub fn measure_training(
+    trainer: &mut Trainer,
+    data: &DataSet,
+    batch: usize,
+    config: BenchConfig,
+) -> Result<Timing, RunError> {
+    let indices: Vec<usize> = (0..batch.min(data.len())).collect();
+    time_calls(config, || trainer.step(data, &indices, &mut |_| {}).map(|_| ()))
+}
+
+/// Calls `f` `config.warmup` times untimed, then times calls until both
+/// `config.min_reps` calls and `config.min_time` are reached.
+fn time_calls(
+    config: BenchConfig,
+    mut f: impl FnMut() -> Result<(), RunError>,
+) -> Result<Timing, RunError> {
     for _ in 0..config.warmup {
-        model.run(inputs)?;
+        f()?;
     }
     let mut times: Vec<f64> = Vec::new();
     let start = Instant::now();
     while times.len() < config.min_reps.max(1) || start.elapsed() < config.min_time {
         let t = Instant::now();
-        model.run(inputs)?;
+        f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let in_order = times.clone();

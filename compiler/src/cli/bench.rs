@@ -8,10 +8,12 @@
 
 use super::options::{input_sizes, CompileFlags, ModelArgs};
 use super::Failure;
-use netc::bench::{forward_flops, measure, BenchConfig};
+use netc::bench::{forward_flops, measure, measure_training, BenchConfig};
 use netc::ir::Graph;
 use netc::session::CompiledModel;
-use netc_runtime::Tensor;
+use netc::train::trainer::{TrainConfig, Trainer};
+use netc_runtime::train::data::DataSet;
+use netc_runtime::{DType, Storage, Tensor};
 use std::time::{Duration, Instant};
 
 /// The arguments of `netc bench`.
@@ -34,6 +36,15 @@ pub struct BenchArgs {
     /// One JSON object per batch size instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time training steps (forward, loss, backward, optimizer update) of
+    /// the model's `train` section on seeded random data instead of the
+    /// forward pass.
+    #[arg(long)]
+    train: bool,
+    /// With `--train`: store the activations of the blocks the `train`
+    /// section lists in `recompute` instead of recomputing them.
+    #[arg(long)]
+    no_recompute: bool,
     #[command(flatten)]
     flags: CompileFlags,
 }
@@ -69,6 +80,16 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
         }
         let shapes = input_shapes(&loaded.graph, &sizes)?;
         let name = loaded.graph.name.clone();
+        if args.train {
+            let mut graph = loaded.graph;
+            if args.no_recompute {
+                if let Some(t) = graph.train.as_mut() {
+                    t.recompute.clear();
+                }
+            }
+            train_row(args, graph, batch, config, i == 0)?;
+            continue;
+        }
         let flops = forward_flops(&loaded.graph, &shape_refs(&shapes)).map_err(Failure::error)?;
         let mut model = CompiledModel::new(loaded.graph, &shape_refs(&shapes), options)
             .map_err(Failure::error)?;
@@ -108,6 +129,95 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Times training steps at one batch size and prints one row.
+fn train_row(
+    args: &BenchArgs,
+    graph: Graph,
+    batch: usize,
+    config: BenchConfig,
+    first: bool,
+) -> Result<(), Failure> {
+    let options = args.flags.options()?;
+    let start = Instant::now();
+    let name = graph.name.clone();
+    let trainer_config = TrainConfig {
+        options,
+        batch,
+        seed: 0,
+        lr: None,
+    };
+    let mut trainer = Trainer::new(graph, trainer_config).map_err(Failure::error)?;
+    let data = random_data(&trainer, batch)?;
+    let indices: Vec<usize> = (0..batch).collect();
+    trainer.step(&data, &indices, &mut |_| {}).map_err(Failure::error)?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (kernels, arena) = trainer.compiled_size();
+    let t = measure_training(&mut trainer, &data, batch, config).map_err(Failure::error)?;
+    let arena_mb = arena as f64 * 4.0 / 1e6;
+    if args.json {
+        println!(
+            "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": true, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"compile_ms\": {compile_ms:.3}, \"kernels\": {kernels}, \"arena_mb\": {arena_mb:.3}, \"times_ms\": [{}]}}",
+            options.threads,
+            t.median_ms,
+            t.min_ms,
+            t.max_ms,
+            t.samples_per_s(batch),
+            t.times_ms.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(", ")
+        );
+    } else {
+        if first {
+            println!(
+                "{:>6} {:>11} {:>11} {:>11} {:>13} {:>17} {:>10}",
+                "batch", "median ms", "min ms", "max ms", "samples/s", "first step ms", "arena MB"
+            );
+        }
+        println!(
+            "{batch:>6} {:>11.3} {:>11.3} {:>11.3} {:>13.1} {:>17.1} {:>10.1}",
+            t.median_ms,
+            t.min_ms,
+            t.max_ms,
+            t.samples_per_s(batch),
+            compile_ms,
+            arena_mb
+        );
+    }
+    Ok(())
+}
+
+/// Seeded data for `trainer`: inputs in [-1, 1), class labels cycling
+/// through the classes (taken from the first model output's last dim, or 2).
+fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Failure> {
+    let g = &trainer.training_graph().graph;
+    let classes = trainer
+        .graph()
+        .outputs
+        .first()
+        .and_then(|(_, v)| trainer.graph().ty(*v).shape.last()?.as_known())
+        .unwrap_or(2)
+        .max(1) as usize;
+    let names = trainer.data_names();
+    let mut tensors = Vec::new();
+    for name in &names {
+        let Some((_, v)) = g.inputs.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let ty = g.ty(*v);
+        let shape: Vec<usize> = std::iter::once(batch)
+            .chain(ty.shape[1..].iter().map(|d| d.as_known().unwrap_or(1).max(0) as usize))
+            .collect();
+        let t = if ty.dtype == DType::I64 {
+            let n: usize = shape.iter().product();
+            Tensor::new(&shape, Storage::I64((0..n).map(|i| (i % classes) as i64).collect()))
+                .ok_or_else(|| Failure::Error(format!("cannot build label `{name}`")))?
+        } else {
+            random_inputs(&[(name.clone(), shape)]).remove(0).1
+        };
+        tensors.push((name.clone(), t));
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    DataSet::from_tensors("random data", tensors, &refs).map_err(Failure::error)
 }
 
 /// The column titles of the table output.

@@ -1,0 +1,110 @@
+"""Training-step time and peak memory: netc vs PyTorch eager, side by side.
+
+Each measurement runs in its own process (so its peak RSS, ru_maxrss, is
+its own), netc and PyTorch alternating for `--rounds` rounds on the same
+machine. netc: `netc bench --train --json` (forward + loss + backward +
+optimizer update on seeded random data). PyTorch: the peer definitions of
+/work/shared/peers (models.py, TRAIN_SPECS: same loss, optimizer and
+batch), `opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()`.
+
+    /work/venv/bin/python bench/train_compare.py [--threads 2] [--rounds 2] [--cases eeg_ccnn,densenet121,densenet121_me,vggish]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PEERS = pathlib.Path("/work/shared/peers")
+
+# case -> (netc file, model, batch, memory-efficient, peer model name)
+CASES = {
+    "eeg_ccnn": ("eeg_ccnn.net", "eeg_ccnn", 256, False, "eeg_ccnn"),
+    "densenet121": ("densenet.net", "densenet121", 8, False, "densenet121"),
+    "densenet121_me": ("densenet.net", "densenet121", 8, True, "densenet121"),
+    "vggish": ("vggish.net", "vggish", 32, False, "vggish"),
+}
+
+TORCH_STEP = r"""
+import json, statistics, sys, time
+sys.path.insert(0, {peers!r})
+import torch
+torch.set_num_threads({threads})
+import models
+name, batch, me, seconds = {name!r}, {batch}, {me}, {seconds}
+spec = models.TRAIN_SPECS[name]
+model, build = models.densenet121(memory_efficient=True) if me else models.MODELS[name]()
+model.train()
+x = build(batch)
+y = spec["target"](batch)
+opt = spec["optim"](model.parameters())
+def step():
+    opt.zero_grad(set_to_none=True)
+    spec["loss"](model(*x), y).backward()
+    opt.step()
+for _ in range(2):
+    step()
+times = []
+start = time.perf_counter()
+while len(times) < 5 or time.perf_counter() - start < seconds:
+    t = time.perf_counter(); step(); times.append((time.perf_counter() - t) * 1e3)
+print(json.dumps({{"median_ms": statistics.median(times), "min_ms": min(times)}}))
+"""
+
+
+def child(cmd):
+    """Runs cmd; returns (stdout, that child's peak RSS in KB)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}")
+    return out, usage.ru_maxrss
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="eeg_ccnn,densenet121,densenet121_me,vggish")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    args = ap.parse_args()
+    netc = ROOT / "target" / "release" / "netc"
+    rows = []
+    for case in args.cases.split(","):
+        file, model, batch, me, peer = CASES[case]
+        results = {"netc": [], "torch": []}
+        rss = {"netc": [], "torch": []}
+        for _ in range(args.rounds):
+            cmd = [str(netc), "bench", str(ROOT / "models" / file), "--model", model,
+                   "--train", "--json", "--batch", str(batch), "--threads", str(args.threads),
+                   "--min-time", str(args.seconds), "--reps", "5"]
+            if model == "densenet121" and not me:
+                cmd.insert(2, "--no-recompute")
+            out, peak = child(cmd)
+            j = json.loads(out.strip().splitlines()[-1])
+            results["netc"].append(j["median_ms"])
+            rss["netc"].append(peak)
+            code = TORCH_STEP.format(peers=str(PEERS), threads=args.threads, name=peer,
+                                     batch=batch, me=me, seconds=args.seconds)
+            out, peak = child([sys.executable, "-c", code])
+            results["torch"].append(json.loads(out.strip().splitlines()[-1])["median_ms"])
+            rss["torch"].append(peak)
+        n = min(results["netc"])
+        t = min(results["torch"])
+        rows.append((case, batch, n, t, rss["netc"], rss["torch"]))
+        print(f"{case}: netc {results['netc']} ms, torch {results['torch']} ms, "
+              f"rss netc {rss['netc']} torch {rss['torch']}", file=sys.stderr)
+    print("| model | batch | netc step ms | PyTorch eager step ms | eager/netc | netc peak RSS MB | PyTorch peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for case, batch, n, t, rn, rt in rows:
+        mb = lambda v: "/".join(f"{x / 1024:.0f}" for x in v)
+        print(f"| {case} | {batch} | {n:.1f} | {t:.1f} | {t / n:.2f}× | {mb(rn)} | {mb(rt)} |")
+
+
+if __name__ == "__main__":
+    main()

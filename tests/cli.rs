@@ -650,3 +650,72 @@ fn train_names_a_missing_data_tensor() {
     assert!(!ok);
     assert!(err.contains("`y`"), "{err}");
 }
+
+#[test]
+fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("train_sigint");
+    let ckpt = dir.join("ccnn.safetensors");
+    let ckpt_s = ckpt.to_str().unwrap().to_string();
+    let args = |epochs: &str, resume: bool| {
+        let mut a: Vec<String> = [
+            "train",
+            "models/eeg_ccnn.net",
+            "--set",
+            "bands=1",
+            "--set",
+            "grid=8",
+            "--set",
+            "classes=10",
+            "--data",
+            "tests/fixtures/digits/train.safetensors",
+            "--batch",
+            "16",
+            "--threads",
+            "1",
+            "--quiet",
+            "--verbose",
+            "--epochs",
+            epochs,
+            "--out",
+            &ckpt_s,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if resume {
+            a.extend(["--resume".to_string(), ckpt_s.clone()]);
+        }
+        a
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netc"))
+        .args(args("50", false))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The handler is installed before the first step compiles.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("compiled the training step") {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted run reports failure");
+    assert!(status.code().is_some(), "it exits, it is not killed by the signal");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    // The checkpoint holds the interrupted state; resuming finishes epoch 1.
+    let a = args("1", true);
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, out, err) = netc(&refs);
+    assert!(ok, "{err}");
+    assert!(out.contains("epoch 1/1"), "{out}");
+}

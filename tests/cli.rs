@@ -600,7 +600,11 @@ fn train_writes_checkpoint_and_curve_resumes_and_run_accepts_the_checkpoint() {
     args.extend([ckpt_s, "--epochs", "2"]);
     let (ok, out, err) = netc(&args);
     assert!(ok, "{err}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("epoch ")).count(), 2, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("epoch ")).count(),
+        2,
+        "{out}"
+    );
     assert!(out.contains("val loss") && out.contains("acc"), "{out}");
     let svg = std::fs::read_to_string(ckpt.with_extension("svg")).unwrap();
     assert!(svg.contains("eeg_svm: accuracy"));
@@ -710,7 +714,10 @@ fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
     assert!(!status.success(), "an interrupted run reports failure");
-    assert!(status.code().is_some(), "it exits, it is not killed by the signal");
+    assert!(
+        status.code().is_some(),
+        "it exits, it is not killed by the signal"
+    );
     assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
     // The checkpoint holds the interrupted state; resuming finishes epoch 1.
     let a = args("1", true);

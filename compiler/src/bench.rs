@@ -73,7 +73,9 @@ pub fn measure_training(
     config: BenchConfig,
 ) -> Result<Timing, RunError> {
     let indices: Vec<usize> = (0..batch.min(data.len())).collect();
-    time_calls(config, || trainer.step(data, &indices, &mut |_| {}).map(|_| ()))
+    time_calls(config, || {
+        trainer.step(data, &indices, &mut |_| {}).map(|_| ())
+    })
 }
 
 /// Calls `f` `config.warmup` times untimed, then times calls until both

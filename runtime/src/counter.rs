@@ -59,7 +59,7 @@ fn unit_of_key(key: u64, index: u64) -> f64 {
 /// | `*running_mean`                        | [-0.2, 0.2)                        |
 /// | `*running_var`                         | [0.5, 1.5)                         |
 /// | `*weight`, rank 1 (norm scale)         | [0.5, 1.5)                         |
-/// | `*weight`, rank >= 2 (conv, linear)    | ±sqrt(6 / fan_in), fan_in = numel / shape[0] |
+/// | `*weight`, rank >= 2 (conv, linear)    | ±sqrt(6 / fan_in), fan_in = numel / `shape[0]` |
 /// | `*bias`                                | [-0.1, 0.1)                        |
 /// | anything else                          | [-1, 1)                            |
 ///

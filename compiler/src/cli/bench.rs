@@ -151,7 +151,9 @@ fn train_row(
     let mut trainer = Trainer::new(graph, trainer_config).map_err(Failure::error)?;
     let data = random_data(&trainer, batch)?;
     let indices: Vec<usize> = (0..batch).collect();
-    trainer.step(&data, &indices, &mut |_| {}).map_err(Failure::error)?;
+    trainer
+        .step(&data, &indices, &mut |_| {})
+        .map_err(Failure::error)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let (kernels, arena) = trainer.compiled_size();
     let t = measure_training(&mut trainer, &data, batch, config).map_err(Failure::error)?;
@@ -205,12 +207,19 @@ fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Failure> {
         };
         let ty = g.ty(*v);
         let shape: Vec<usize> = std::iter::once(batch)
-            .chain(ty.shape[1..].iter().map(|d| d.as_known().unwrap_or(1).max(0) as usize))
+            .chain(
+                ty.shape[1..]
+                    .iter()
+                    .map(|d| d.as_known().unwrap_or(1).max(0) as usize),
+            )
             .collect();
         let t = if ty.dtype == DType::I64 {
             let n: usize = shape.iter().product();
-            Tensor::new(&shape, Storage::I64((0..n).map(|i| (i % classes) as i64).collect()))
-                .ok_or_else(|| Failure::Error(format!("cannot build label `{name}`")))?
+            Tensor::new(
+                &shape,
+                Storage::I64((0..n).map(|i| (i % classes) as i64).collect()),
+            )
+            .ok_or_else(|| Failure::Error(format!("cannot build label `{name}`")))?
         } else {
             random_inputs(&[(name.clone(), shape)]).remove(0).1
         };

@@ -9,10 +9,10 @@
 //! and memory planning.
 //!
 //! Steps:
-//! 1. [`train_mode`]: ops whose training semantics differ are replaced
+//! 1. `train_mode`: ops whose training semantics differ are replaced
 //!    (`batch_norm` → `batch_norm_train`, `dropout` → `dropout_train`),
 //!    and the loss nodes become ordinary nodes.
-//! 2. [`reverse`]: a sweep over the nodes in reverse order calls each
+//! 2. `reverse`: a sweep over the nodes in reverse order calls each
 //!    op's backward rule ([`rules`]), which emits gradient nodes; the
 //!    gradients of a value read several times are summed. Blocks listed in
 //!    the `train` section's `recompute` are recomputed just before their

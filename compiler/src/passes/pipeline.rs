@@ -4,11 +4,11 @@
 //! `netc compile --emit ir-after=PASS`:
 //!
 //! 1. `fold_bn` (with `fuse`): batch norms folded into the convolutions
-//!    before them ([`fold_bn`](super::fold_bn));
+//!    before them (`fold_bn`);
 //! 2. `layout` (with `layout = auto`): convolution chains in NHWC
-//!    ([`layout`](super::layout));
+//!    (`layout`);
 //! 3. `fuse` (with `fuse`): elementwise followers marked `fused_into` their
-//!    head ([`fuse`](super::fuse)).
+//!    head (`fuse`).
 //!
 //! The result is an inference graph: training nodes are left as they are.
 

@@ -2,11 +2,11 @@
 //! `batch_norm_train` (5 results) and `batch_norm_grad` (3 results).
 //!
 //! Each is a statistics kernel, small per-channel kernels and an apply
-//! kernel ([`BnKernel`]):
+//! kernel (`BnKernel`):
 //!
 //! - **statistics** (a work unit is a channel): one pass over the
 //!   channel's `M = N·inner` values, summing in f32x4 lanes per chunk and
-//!   in f64 across chunks ([`super::rows::fold_row`]). Forward: sums of
+//!   in f64 across chunks (`super::rows::fold_row`). Forward: sums of
 //!   `x − K` and `(x − K)²` with `K` the channel's first value (a shift
 //!   that keeps `E[x²] − E[x]²` free of cancellation), giving the mean and
 //!   the biased variance. Backward: `Σ dy` (dbias) and

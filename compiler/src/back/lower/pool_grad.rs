@@ -1,6 +1,6 @@
 //! Lowering of the 2-D pooling gradients (NCHW): `max_pool2d_grad(dy, x)`,
 //! `avg_pool2d_grad(dy)` and `adaptive_avg_pool2d_grad(dy)` to one
-//! [`PoolGradKernel`] call each.
+//! `PoolGradKernel` call each.
 //!
 //! A work unit is one `(n, c)` plane, so threads write disjoint planes:
 //! the kernel zeroes the plane of `dx`, then visits the output windows in

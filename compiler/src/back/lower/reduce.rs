@@ -1,5 +1,5 @@
 //! Lowering of `sum` and `mean` over any dims (keepdim or not) to one
-//! [`ReduceKernel`] call.
+//! `ReduceKernel` call.
 //!
 //! The input's dims are classified kept or reduced; size-1 dims are
 //! dropped and neighbours of the same class merged (row-major, so a merged
@@ -7,7 +7,7 @@
 //! its kept index gives a base offset, then nested loops walk the reduced
 //! groups. An innermost reduced group of stride 1 (the last dims, e.g.
 //! H·W of a per-channel `[0, 2, 3]` sum) is summed with f32x4 lanes per
-//! chunk ([`super::rows::fold_row`]); other groups element by element.
+//! chunk (`super::rows::fold_row`); other groups element by element.
 //! A leading-dims sum (one reduced group outside a contiguous kept group
 //! at least 4 wide, e.g. a bias gradient `sum(dy, 0)` of `[N, F]`) runs
 //! in columns mode instead: a work unit is four adjacent outputs, read

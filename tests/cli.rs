@@ -726,3 +726,26 @@ fn ctrl_c_stops_training_with_a_checkpoint_that_resumes() {
     assert!(ok, "{err}");
     assert!(out.contains("epoch 1/1"), "{out}");
 }
+
+#[test]
+fn time_train_lists_forward_and_backward_ops_per_layer() {
+    let (ok, out, err) = netc(&[
+        "time",
+        "models/eeg_mlp.net",
+        "--train",
+        "--batch",
+        "4",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("eeg_mlp: training step, batch 4"), "{out}");
+    for op in ["linear", "linear_grad_weight", "relu_grad", "cross_entropy_grad"] {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().nth(2) == Some(op)),
+            "no `{op}` row in\n{out}"
+        );
+    }
+}

@@ -21,7 +21,7 @@
 //! `compiler/examples/run_model.rs` is a complete program.
 
 use crate::back::jit::Jit;
-use crate::back::lower::{lower, Lowered};
+use crate::back::lower::{lower, Lowered, StepLabel};
 use crate::back::BackError;
 use crate::diag::render_all;
 use crate::elab::{elaborate, Value};
@@ -275,50 +275,65 @@ impl CompiledModel {
         let mut outs = self.output_buffers();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
         self.executor.run(&slices, &params, &mut out_refs)?;
-        let labels = &self.lowered.labels;
-        // Step -> layer, layers in order of first appearance; distinct
-        // nodes with the same path and op share a layer and add their
-        // FLOPs (a node's steps are consecutive and share its FLOPs).
-        let mut layers: Vec<LayerTime> = Vec::new();
-        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-        let mut layer_of = Vec::with_capacity(labels.len());
-        let mut last_group = None;
-        for l in labels {
-            let at = *index.entry((&l.layer, &l.op)).or_insert_with(|| {
-                layers.push(LayerTime {
-                    layer: l.layer.clone(),
-                    op: l.op.clone(),
-                    flops: 0.0,
-                    median_ms: 0.0,
-                });
-                layers.len() - 1
-            });
-            if last_group != Some(l.group) {
-                layers[at].flops += l.flops;
-                last_group = Some(l.group);
-            }
-            layer_of.push(at);
-        }
-        let reps = reps.max(1);
-        let mut times = vec![Duration::ZERO; labels.len()];
-        // Per run, milliseconds per layer.
-        let mut runs: Vec<Vec<f64>> = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            self.executor
-                .run_profiled(&slices, &params, &mut out_refs, &mut times)?;
-            let mut ms = vec![0.0f64; layers.len()];
-            for (t, &at) in times.iter().zip(&layer_of) {
-                ms[at] += t.as_secs_f64() * 1e3;
-            }
-            runs.push(ms);
-        }
-        for (i, layer) in layers.iter_mut().enumerate() {
-            let mut ms: Vec<f64> = runs.iter().map(|r| r[i]).collect();
-            ms.sort_by(f64::total_cmp);
-            layer.median_ms = ms[ms.len() / 2];
-        }
-        Ok(layers)
+        let executor = &mut self.executor;
+        layer_times(&self.lowered.labels, reps, |times| {
+            executor.run_profiled(&slices, &params, &mut out_refs, times)?;
+            Ok(())
+        })
     }
+}
+
+/// Groups the steps of a plan into layers (by [`StepLabel`]) and times
+/// them: `run` executes the plan once, filling one duration per step; it
+/// is called `reps` times (at least once) and each layer gets its median.
+/// Layers are listed in order of first appearance; distinct nodes with
+/// the same path and op share a layer and add their FLOPs.
+pub fn layer_times(
+    labels: &[StepLabel],
+    reps: usize,
+    mut run: impl FnMut(&mut [Duration]) -> Result<(), RunError>,
+) -> Result<Vec<LayerTime>, RunError> {
+    // Step -> layer, layers in order of first appearance; distinct
+    // nodes with the same path and op share a layer and add their
+    // FLOPs (a node's steps are consecutive and share its FLOPs).
+    let mut layers: Vec<LayerTime> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut layer_of = Vec::with_capacity(labels.len());
+    let mut last_group = None;
+    for l in labels {
+        let at = *index.entry((&l.layer, &l.op)).or_insert_with(|| {
+            layers.push(LayerTime {
+                layer: l.layer.clone(),
+                op: l.op.clone(),
+                flops: 0.0,
+                median_ms: 0.0,
+            });
+            layers.len() - 1
+        });
+        if last_group != Some(l.group) {
+            layers[at].flops += l.flops;
+            last_group = Some(l.group);
+        }
+        layer_of.push(at);
+    }
+    let reps = reps.max(1);
+    let mut times = vec![Duration::ZERO; labels.len()];
+    // Per run, milliseconds per layer.
+    let mut runs: Vec<Vec<f64>> = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        run(&mut times)?;
+        let mut ms = vec![0.0f64; layers.len()];
+        for (t, &at) in times.iter().zip(&layer_of) {
+            ms[at] += t.as_secs_f64() * 1e3;
+        }
+        runs.push(ms);
+    }
+    for (i, layer) in layers.iter_mut().enumerate() {
+        let mut ms: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+        ms.sort_by(f64::total_cmp);
+        layer.median_ms = ms[ms.len() / 2];
+    }
+    Ok(layers)
 }
 
 /// The forward time of one layer (see [`CompiledModel::profile`]).

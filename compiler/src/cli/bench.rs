@@ -190,7 +190,7 @@ fn train_row(
 
 /// Seeded data for `trainer`: inputs in [-1, 1), class labels cycling
 /// through the classes (taken from the first model output's last dim, or 2).
-fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Failure> {
+pub(super) fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Failure> {
     let g = &trainer.training_graph().graph;
     let classes = trainer
         .graph()

@@ -5,10 +5,11 @@
 //! time, most expensive first, with each one's share of the total and its
 //! achieved GFLOP/s, then the total.
 
-use super::bench::{input_shapes, random_inputs, shape_refs};
+use super::bench::{input_shapes, random_data, random_inputs, shape_refs};
 use super::options::{CompileFlags, ModelArgs};
 use super::Failure;
 use netc::session::{CompiledModel, LayerTime};
+use netc::train::trainer::{TrainConfig, Trainer};
 use netc_runtime::Tensor;
 
 /// The arguments of `netc time`.
@@ -25,6 +26,10 @@ pub struct TimeArgs {
     /// Print only the K most expensive layers (the total still covers all).
     #[arg(long, value_name = "K")]
     top: Option<usize>,
+    /// Time a training step (forward, loss, backward; not the optimizer
+    /// update) of the model's `train` section on seeded random data.
+    #[arg(long)]
+    train: bool,
     #[command(flatten)]
     flags: CompileFlags,
 }
@@ -40,12 +45,33 @@ pub fn time(args: &TimeArgs) -> Result<(), Failure> {
     sizes.push(("N".into(), args.batch as i64));
     let shapes = input_shapes(&loaded.graph, &sizes)?;
     let name = loaded.graph.name.clone();
+    let reps = args.reps.max(1);
+    if args.train {
+        let config = TrainConfig {
+            options,
+            batch: args.batch,
+            seed: 0,
+            lr: None,
+        };
+        let mut trainer = Trainer::new(loaded.graph, config).map_err(Failure::error)?;
+        let data = random_data(&trainer, args.batch)?;
+        let indices: Vec<usize> = (0..args.batch).collect();
+        let mut layers = trainer
+            .profile(&data, &indices, reps)
+            .map_err(Failure::error)?;
+        layers.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
+        println!(
+            "{name}: training step, batch {}, {} threads, median of {reps} runs per layer and op",
+            args.batch, options.threads
+        );
+        print!("{}", table(&layers, args.top.unwrap_or(usize::MAX)));
+        return Ok(());
+    }
     let mut model =
         CompiledModel::new(loaded.graph, &shape_refs(&shapes), options).map_err(Failure::error)?;
     model.init_weights(0).map_err(Failure::error)?;
     let inputs = random_inputs(&shapes);
     let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let reps = args.reps.max(1);
     let mut layers = model.profile(&refs, reps).map_err(Failure::error)?;
     layers.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
     println!(

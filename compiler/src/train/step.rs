@@ -9,7 +9,7 @@ use crate::back::lower::{lower_with, Lowered, OutputMode};
 use crate::grad::TrainingGraph;
 use crate::ir::{Graph, SymId};
 use crate::options::{CompileOptions, LayoutChoice};
-use crate::session::RunError;
+use crate::session::{layer_times, LayerTime, RunError};
 use netc_runtime::plan::{Buf, Executor};
 use netc_runtime::DType;
 use std::collections::HashMap;
@@ -83,6 +83,23 @@ impl TrainStep {
         self.executor.prepare(params)?;
         self.executor.run(inputs, params, &mut [])?;
         Ok(())
+    }
+
+    /// Times the step per layer (forward and backward nodes of a layer
+    /// share its path; they are told apart by op): `reps` profiled runs
+    /// after the caller's warm-up, each layer's median.
+    pub fn profile(
+        &mut self,
+        inputs: &[&[f32]],
+        params: &[&[f32]],
+        reps: usize,
+    ) -> Result<Vec<LayerTime>, RunError> {
+        self.executor.prepare(params)?;
+        let executor = &mut self.executor;
+        layer_times(&self.lowered.labels, reps, |times| {
+            executor.run_profiled(inputs, params, &mut [], times)?;
+            Ok(())
+        })
     }
 
     /// Output `k` of the last run, in the training graph's output order.

@@ -9,7 +9,7 @@ use super::step::TrainStep;
 use crate::grad::{evaluation_graph, training_graph, TrainingGraph, SEED_INPUT};
 use crate::ir::{Attr, Graph};
 use crate::options::CompileOptions;
-use crate::session::RunError;
+use crate::session::{LayerTime, RunError};
 use netc_runtime::counter::splitmix64;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::train::optim::{Hyper, Optimizer, OptimizerSpec};
@@ -464,6 +464,47 @@ impl Trainer {
         });
         result?;
         Ok(tally(step, *classifier, columns, b))
+    }
+
+    /// Times the training step on `indices` of `data` per layer (after
+    /// one ordinary step as warm-up, which also compiles it); the
+    /// optimizer update is not included.
+    pub fn profile(
+        &mut self,
+        data: &DataSet,
+        indices: &[usize],
+        reps: usize,
+    ) -> Result<Vec<LayerTime>, RunError> {
+        let b = indices.len();
+        self.step(data, indices, &mut |_| {})?;
+        self.gather(data, indices)?;
+        let cap = self.config.batch.max(1);
+        let Trainer {
+            columns,
+            seed_buf,
+            reads,
+            params_list,
+            params,
+            train,
+            steps,
+            ..
+        } = self;
+        let step = steps
+            .get_mut(&b)
+            .ok_or_else(|| RunError::Inputs(format!("no step compiled for batch {b}")))?;
+        let mut result = Ok(Vec::new());
+        reads.with(
+            columns
+                .iter()
+                .map(|c| &c[..c.len() / cap * b])
+                .chain(train.uses_seed.then_some(&seed_buf[..])),
+            |ins| {
+                params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
+                    result = step.profile(ins, ps, reps);
+                })
+            },
+        );
+        result
     }
 
     fn check_batch(&self, b: usize) -> Result<(), RunError> {

@@ -742,7 +742,12 @@ fn time_train_lists_forward_and_backward_ops_per_layer() {
     ]);
     assert!(ok, "{err}");
     assert!(out.starts_with("eeg_mlp: training step, batch 4"), "{out}");
-    for op in ["linear", "linear_grad_weight", "relu_grad", "cross_entropy_grad"] {
+    for op in [
+        "linear",
+        "linear_grad_weight",
+        "relu_grad",
+        "cross_entropy_grad",
+    ] {
         assert!(
             out.lines().any(|l| l.split_whitespace().nth(2) == Some(op)),
             "no `{op}` row in\n{out}"

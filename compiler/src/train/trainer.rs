@@ -400,19 +400,15 @@ impl Trainer {
         let step = steps
             .get_mut(&b)
             .ok_or_else(|| RunError::Inputs(format!("no step compiled for batch {b}")))?;
-        let mut result = Ok(());
-        reads.with(
-            columns
-                .iter()
-                .map(|c| &c[..c.len() / cap * b])
-                .chain(train.uses_seed.then_some(&seed_buf[..])),
-            |ins| {
-                params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
-                    result = step.run(ins, ps);
-                })
-            },
-        );
-        result?;
+        let seed = train.uses_seed.then_some(&seed_buf[..]);
+        feed(
+            (reads, params_list),
+            columns,
+            (cap, b),
+            seed,
+            params,
+            |ins, ps| step.run(ins, ps),
+        )?;
         let tally = tally(step, *classifier, columns, b);
         let mut update = Ok(());
         grads_list.with(slots.iter().map(|(_, oi)| step.output(*oi)), |gs| {
@@ -456,13 +452,14 @@ impl Trainer {
         let step = evals
             .get_mut(&b)
             .ok_or_else(|| RunError::Inputs(format!("no plan compiled for batch {b}")))?;
-        let mut result = Ok(());
-        reads.with(columns.iter().map(|c| &c[..c.len() / cap * b]), |ins| {
-            params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
-                result = step.run(ins, ps);
-            })
-        });
-        result?;
+        feed(
+            (reads, params_list),
+            columns,
+            (cap, b),
+            None,
+            params,
+            |ins, ps| step.run(ins, ps),
+        )?;
         Ok(tally(step, *classifier, columns, b))
     }
 
@@ -492,19 +489,15 @@ impl Trainer {
         let step = steps
             .get_mut(&b)
             .ok_or_else(|| RunError::Inputs(format!("no step compiled for batch {b}")))?;
-        let mut result = Ok(Vec::new());
-        reads.with(
-            columns
-                .iter()
-                .map(|c| &c[..c.len() / cap * b])
-                .chain(train.uses_seed.then_some(&seed_buf[..])),
-            |ins| {
-                params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
-                    result = step.profile(ins, ps, reps);
-                })
-            },
-        );
-        result
+        let seed = train.uses_seed.then_some(&seed_buf[..]);
+        feed(
+            (reads, params_list),
+            columns,
+            (cap, b),
+            seed,
+            params,
+            |ins, ps| step.profile(ins, ps, reps),
+        )
     }
 
     fn check_batch(&self, b: usize) -> Result<(), RunError> {
@@ -534,6 +527,26 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Calls `f` with a plan's input slices (the first `b` samples of every
+/// column, each column holding room for `cap`; then the seed, when given)
+/// and the parameter slices, through the reusable `lists`: no allocation.
+fn feed<T>(
+    lists: (&mut ReadList, &mut ReadList),
+    columns: &[Vec<f32>],
+    (cap, b): (usize, usize),
+    seed: Option<&[f32]>,
+    params: &[Tensor],
+    f: impl FnOnce(&[&[f32]], &[&[f32]]) -> Result<T, RunError>,
+) -> Result<T, RunError> {
+    let (inputs, params_list) = lists;
+    let columns = columns.iter().map(|c| &c[..c.len() / cap * b]).chain(seed);
+    inputs.with(columns, |ins| {
+        params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
+            f(ins, ps)
+        })
+    })
 }
 
 /// The loss and accuracy of the step that just ran on `b` samples.

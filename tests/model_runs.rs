@@ -98,6 +98,15 @@ const VGGISH_POSTPROCESS: Case = Case {
     sets: &[],
     fixture: "vggish_postprocess",
 };
+/// The EEG differential-entropy features on 2 trials of 1024 samples (5
+/// trial segments after the 3 s baseline); the NumPy/SciPy reference of
+/// `tests/fixtures/signal/make_de_reference.py`.
+const EEG_DE_FEATURES: Case = Case {
+    file: "eeg_de_features.net",
+    model: "eeg_de_features",
+    sets: &[("samples", Set::Int(1024))],
+    fixture: "eeg_de_features",
+};
 /// The TF release's rounding (astype(uint8) truncates); the fixture stores
 /// it as `expected.truncated`.
 const VGGISH_POSTPROCESS_TRUNCATE: Case = Case {
@@ -475,6 +484,13 @@ fn vggish_postprocess_matches_numpy() {
     check_compiled(&VGGISH_POSTPROCESS, default_options());
     check_compiled(&VGGISH_POSTPROCESS, unfused_options());
     check_compiled(&VGGISH_POSTPROCESS_TRUNCATE, default_options());
+}
+
+#[test]
+fn eeg_de_features_match_numpy() {
+    check_compiled(&EEG_DE_FEATURES, default_options());
+    check_compiled(&EEG_DE_FEATURES, unfused_options());
+    check_interpreter(&EEG_DE_FEATURES, None);
 }
 
 /// The EEG models on one example each (eeg_ccnn takes ~3 s in the

@@ -21,7 +21,8 @@
 //! - training ops: [`norm_train`] (batch norm with batch statistics and its
 //!   backward), [`reduce`] (`sum`, `mean`), [`broadcast`] (`expand`),
 //!   [`dropout`] (`dropout_train`), [`pool_grad`] (pooling gradients).
-//! - [`loss`]: the losses and their gradients.
+//! - [`loss`]: the losses and their gradients;
+//! - [`signal`]: `differential_entropy` and `grid_map`.
 
 pub mod broadcast;
 pub mod contract;
@@ -37,6 +38,7 @@ pub mod pool;
 pub mod pool_grad;
 pub mod reduce;
 mod rows;
+pub mod signal;
 #[cfg(test)]
 mod train_oracle;
 
@@ -235,6 +237,7 @@ pub fn lower_with(
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
             .or_else(|| loss::try_lower(&mut cx, node))
+            .or_else(|| signal::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

@@ -157,7 +157,11 @@ fn corrupted_opcodes_never_panic() {
 
 #[test]
 fn hostile_pickles_are_refused_without_allocating_or_recursing() {
-    let cases: [(&[u8], &str); 6] = [
+    let cases: [(&[u8], &str); 7] = [
+        (
+            b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc4\x80X\x06\x00\x00\x00latin1\x86R.",
+            "non-latin1 character 'Ā' at text byte 0",
+        ),
         (b"\x80\x02N.", "holds a None, not a dict"),
         (b"\x80\x09}.", "protocol 9"),
         (

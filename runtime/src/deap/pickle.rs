@@ -328,11 +328,21 @@ fn reduce<'a>(callable: &Value<'a>, args: &Value<'a>) -> Result<Value<'a>, Strin
 /// Encodes text whose characters are all below U+0100 as latin1 bytes.
 fn latin1(s: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(s.len());
-    for c in s.chars() {
-        out.push(
-            u8::try_from(u32::from(c))
-                .map_err(|_| format!("array data holds the non-latin1 character {c:?}"))?,
-        );
+    let mut bytes = s.bytes();
+    // Valid UTF-8: below U+0080 one byte, U+0080..U+00FF are 0xC2/0xC3 and
+    // one continuation byte; any other lead byte is a wider character.
+    while let Some(b) = bytes.next() {
+        match (b, b & 0xFE == 0xC2) {
+            (0..=0x7f, _) => out.push(b),
+            (_, true) => out.push(((b & 0x03) << 6) | (bytes.next().unwrap_or(0) & 0x3f)),
+            _ => {
+                let at = s.len() - bytes.len() - 1;
+                let c = s.get(at..).and_then(|t| t.chars().next()).unwrap_or('?');
+                return Err(format!(
+                    "array data holds the non-latin1 character {c:?} at text byte {at}"
+                ));
+            }
+        }
     }
     Ok(out)
 }

@@ -8,7 +8,9 @@ use netc_runtime::deap::{parse_subject, read_dir, read_subject, DeapError, DeapS
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const FILES: [&str; 5] = ["s01.dat", "s02.dat", "s03.dat", "s04.dat", "s05.dat"];
+const FILES: [&str; 7] = [
+    "s01.dat", "s02.dat", "s03.dat", "s04.dat", "s05.dat", "s06.dat", "s07.dat",
+];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/deap")
@@ -88,7 +90,7 @@ fn read_dir_finds_subjects_by_number_or_as_listed() {
     let all = read_dir(&dir(), None).unwrap();
     assert_eq!(
         all.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5, 6, 7]
     );
     let s2 = read_subject(&dir().join("s02.dat")).unwrap();
     assert_eq!(all[1].1, s2);

@@ -486,6 +486,15 @@ fn step<'a>(r: &mut Reader<'a>, m: &mut Machine<'a>, op: u8) -> Result<(), Strin
             r.array("BININT")?,
         )))),
         b'K' => m.push(Value::Int(i64::from(r.u8("BININT1")?))),
+        // INT: decimal text; protocol 1 writes False and True as 00 and 01.
+        b'I' => {
+            let line = r.line("INT")?;
+            m.push(match line {
+                "00" => Value::Bool(false),
+                "01" => Value::Bool(true),
+                n => Value::Int(n.parse().map_err(|_| format!("bad integer {n:?}"))?),
+            });
+        }
         b'M' => m.push(Value::Int(i64::from(u16::from_le_bytes(
             r.array("BININT2")?,
         )))),

@@ -5,10 +5,11 @@
 //! `[40 trials, 4]` (valence, arousal, dominance, liking, rated 1-9).
 //!
 //! The release is a Python 2 pickle (protocol 2; users load it with
-//! `pickle.load(f, encoding='latin1')`); files re-pickled by Python 3 with
-//! protocol 2 or 4 are read too. The pickle is run by a small, closed
-//! virtual machine (the private `pickle` module) that only builds numpy arrays, so reading an
-//! untrusted file executes nothing. Only the layout is checked (rank,
+//! `pickle.load(f, encoding='latin1')`); Python 2's protocols 0 and 1 and
+//! files re-pickled by Python 3 with protocol 1, 2 or 4 are read too. The
+//! pickle is run by a small, closed virtual machine (the private `pickle`
+//! module) that only builds numpy arrays, so reading an untrusted file
+//! executes nothing. Only the layout is checked (rank,
 //! matching trial counts, four ratings), not the sizes 40/40/8064, so cut
 //! down files read as well.
 

@@ -8,8 +8,8 @@ use netc_runtime::deap::{parse_subject, read_dir, read_subject, DeapError, DeapS
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const FILES: [&str; 7] = [
-    "s01.dat", "s02.dat", "s03.dat", "s04.dat", "s05.dat", "s06.dat", "s07.dat",
+const FILES: [&str; 8] = [
+    "s01.dat", "s02.dat", "s03.dat", "s04.dat", "s05.dat", "s06.dat", "s07.dat", "s08.dat",
 ];
 
 fn dir() -> PathBuf {
@@ -90,7 +90,7 @@ fn read_dir_finds_subjects_by_number_or_as_listed() {
     let all = read_dir(&dir(), None).unwrap();
     assert_eq!(
         all.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5, 6, 7]
+        [1, 2, 3, 4, 5, 6, 7, 8]
     );
     let s2 = read_subject(&dir().join("s02.dat")).unwrap();
     assert_eq!(all[1].1, s2);
@@ -159,7 +159,9 @@ fn corrupted_opcodes_never_panic() {
 
 #[test]
 fn hostile_pickles_are_refused_without_allocating_or_recursing() {
-    let cases: [(&[u8], &str); 7] = [
+    let cases: [(&[u8], &str); 9] = [
+        (b"(dS'data'\nS'\\x4'\ns.", "bad \\x escape"),
+        (b"(dS'data'\nS'ab\ns.", "not quoted"),
         (
             b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00\xc4\x80X\x06\x00\x00\x00latin1\x86R.",
             "non-latin1 character 'Ā' at text byte 0",

@@ -162,17 +162,29 @@ impl<'a> Reader<'a> {
         usize::try_from(n).map_err(|_| format!("{what}: length {n} does not fit in memory"))
     }
 
-    /// A newline-terminated line (GLOBAL's module and name).
-    fn line(&mut self, what: &str) -> Result<&'a str, String> {
+    /// A newline-terminated line (the argument of a text opcode).
+    fn line_bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
         let rest = &self.bytes[self.pos..];
         let end = rest
             .iter()
             .position(|&c| c == b'\n')
             .ok_or_else(|| format!("truncated: {what} at byte {} has no newline", self.pos))?;
-        let line = std::str::from_utf8(&rest[..end])
-            .map_err(|_| format!("{what} at byte {} is not text", self.pos))?;
         self.pos += end + 1;
-        Ok(line)
+        Ok(&rest[..end])
+    }
+
+    /// A newline-terminated line of text.
+    fn line(&mut self, what: &str) -> Result<&'a str, String> {
+        let at = self.pos;
+        std::str::from_utf8(self.line_bytes(what)?)
+            .map_err(|_| format!("{what} at byte {at} is not text"))
+    }
+
+    /// A newline-terminated decimal number (protocol 0's PUT and GET).
+    fn line_index(&mut self, what: &str) -> Result<u32, String> {
+        let line = self.line(what)?;
+        line.parse()
+            .map_err(|_| format!("{what} with the bad index {line:?}"))
     }
 }
 
@@ -347,6 +359,62 @@ fn latin1(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The bytes of a protocol 0 STRING: a quoted Python 2 `repr` whose
+/// escapes (`\\`, `\'`, `\n`, `\xNN`, octal ...) are decoded.
+fn unrepr(line: &[u8]) -> Result<Vec<u8>, String> {
+    let body = match line {
+        [q @ (b'\'' | b'"'), body @ .., end] if q == end => body,
+        _ => return Err("STRING is not quoted".into()),
+    };
+    let mut out = Vec::with_capacity(body.len());
+    let mut it = body.iter().copied().peekable();
+    while let Some(c) = it.next() {
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        let e = it.next().ok_or("STRING ends in a lone backslash")?;
+        let byte = match e {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'a' => 7,
+            b'b' => 8,
+            b'f' => 12,
+            b'v' => 11,
+            b'x' => {
+                let hex = [it.next(), it.next()];
+                let digits = hex.map(|d| d.and_then(|d| char::from(d).to_digit(16)));
+                match digits {
+                    [Some(hi), Some(lo)] => (hi * 16 + lo) as u8,
+                    _ => return Err("STRING has a bad \\x escape".into()),
+                }
+            }
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match it.peek() {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            it.next();
+                        }
+                        _ => break,
+                    }
+                }
+                (v & 0xff) as u8
+            }
+            b'\\' | b'\'' | b'"' => e,
+            // Unknown escapes stay as written, as in Python.
+            other => {
+                out.push(b'\\');
+                other
+            }
+        };
+        out.push(byte);
+    }
+    Ok(out)
+}
+
 /// `obj.__setstate__(state)` for the BUILD opcode.
 fn build<'a>(obj: &Value<'a>, state: Value<'a>) -> Result<(), String> {
     let Value::Tuple(state) = state else {
@@ -514,7 +582,8 @@ fn step<'a>(r: &mut Reader<'a>, m: &mut Machine<'a>, op: u8) -> Result<(), Strin
             full[..n].copy_from_slice(b);
             m.push(Value::Int(i64::from_le_bytes(full)));
         }
-        // SHORT_BINSTRING, BINSTRING: Python 2 strings, read as latin1.
+        // SHORT_BINSTRING, BINSTRING (Python 2 strings, kept as their latin1
+        // bytes), SHORT_BINBYTES, BINBYTES, BINBYTES8.
         b'U' | b'T' | b'C' | b'B' | 0x8e => {
             let n = match op {
                 b'U' | b'C' => usize::from(r.u8("string length")?),
@@ -538,6 +607,31 @@ fn step<'a>(r: &mut Reader<'a>, m: &mut Machine<'a>, op: u8) -> Result<(), Strin
             let b = r.take(n, "a unicode string")?;
             let s = std::str::from_utf8(b).map_err(|e| format!("text is not UTF-8: {e}"))?;
             m.push(Value::Str(s));
+        }
+        // Protocol 0: STRING, PUT, GET, DICT, LONG.
+        b'S' => {
+            let b = unrepr(r.line_bytes("STRING")?)?;
+            m.push(Value::Bytes(Rc::new(Cow::Owned(b))));
+        }
+        b'p' => {
+            let i = r.line_index("PUT")?;
+            m.memo_put(i, "PUT")?;
+        }
+        b'g' => {
+            let i = r.line_index("GET")?;
+            m.memo_get(i, "GET")?;
+        }
+        b'd' => {
+            let pairs = m.pop_mark("DICT")?;
+            m.push(Value::Dict(Rc::default()));
+            m.set_items(pairs, "DICT")?;
+        }
+        b'L' => {
+            let line = r.line("LONG")?;
+            let n = line.strip_suffix('L').unwrap_or(line);
+            m.push(Value::Int(
+                n.parse().map_err(|_| format!("bad integer {line:?}"))?,
+            ));
         }
         b'c' => {
             let module = r.line("GLOBAL module")?;

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod counter;
+pub mod deap;
 mod dtype;
 pub mod gemm;
 mod init;

@@ -4,7 +4,7 @@
 //! stride 0.
 //!
 //! Binary elementwise nodes whose operands broadcast in a way the
-//! elementwise kernels do not index ([`crate::back::clif::classify`]:
+//! elementwise kernels do not index (`crate::back::clif::classify`:
 //! e.g. `[N, C, 1] - ` against `[N, C, T]` with a symbolic `N`) reach
 //! this module after [`super::pointwise`] declined them: each operand
 //! that is not of the output's shape is expanded into the scratch region

@@ -2,7 +2,7 @@
 //! `differential_entropy` and `grid_map` (the FIR filter banks elaborate
 //! to `conv1d` with constant taps and run through [`super::contract`]).
 //!
-//! - `differential_entropy` is one [`DeKernel`] call; a work unit is one
+//! - `differential_entropy` is one `DeKernel` call; a work unit is one
 //!   output element (one segment of one row). The input is viewed as
 //!   `[outer, count · segment, inner]`: the segment's samples are
 //!   `inner` apart. Two passes over the segment, both accumulated in f64:
@@ -10,8 +10,8 @@
 //!   as the interpreter); `0.5 · ln(2πe · var)` with the JIT's f32 `log`
 //!   ([`crate::back::math::log`]). Contiguous segments (`inner = 1`, the
 //!   usual last-dim case) are summed with f32x4 lanes per chunk
-//!   ([`super::rows::fold_row`]).
-//! - `grid_map` is one [`GridKernel`] call; a work unit is one row of
+//!   (`super::rows::fold_row`).
+//! - `grid_map` is one `GridKernel` call; a work unit is one row of
 //!   `C` channels: the `grid²` cells are zeroed, then each channel is
 //!   stored at its compile-time cell (unrolled, immediate offsets).
 

@@ -12,28 +12,23 @@
 use netc::program::Program;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-/// The longest one case may take (debug build) before it counts as a hang.
-const MAX_CASE_TIME: Duration = Duration::from_secs(5);
-
-/// Parses `text` as if it were `path`, elaborates every model, renders every
-/// diagnostic, and fails when that takes too long. Panics propagate.
+/// Parses `text` as if it were `path`, elaborates every model, prints each
+/// graph and renders every diagnostic. Panics propagate. Termination needs
+/// no clock: the elaborator's step budget bounds its work on any input (the
+/// elaboration tests check that a runaway list hits it).
 fn run_front_end(path: &Path, text: &str) {
-    let start = Instant::now();
     let (program, mut diags) = Program::from_text(path, text);
     for model in &program.models {
-        if let Err(errs) = netc::elab::elaborate(&program, model, &[]) {
-            diags.extend(errs);
-        }
-        if let Ok(g) = netc::elab::elaborate(&program, model, &[]) {
-            let _ = netc::ir::print_graph(&g);
-            let _ = netc::summary::param_list(&g);
+        match netc::elab::elaborate(&program, model, &[]) {
+            Ok(g) => {
+                let _ = netc::ir::print_graph(&g);
+                let _ = netc::summary::param_list(&g);
+            }
+            Err(errs) => diags.extend(errs),
         }
     }
     let _ = netc::diag::render_all(&diags, &program.sources);
-    let took = start.elapsed();
-    assert!(took < MAX_CASE_TIME, "front end took {took:?} on:\n{text}");
 }
 
 fn fake_path() -> PathBuf {

@@ -4,7 +4,7 @@
 //! with the values given (the batch defaults to 1).
 
 use crate::ir::{Dim, Graph, SymId, SymKind};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 /// Evaluates dims with `values` for named symbols; others use 1 (input
@@ -66,11 +66,12 @@ pub fn summary(g: &Graph, syms: &SymbolValues) -> String {
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut seen = HashSet::new();
     let mut total_flops: i64 = 0;
+    let param_of: HashMap<_, _> = g.params.iter().map(|p| (p.value, p)).collect();
     for n in g.nodes.iter().filter(|n| !n.train_only) {
         let params: i64 = n
             .inputs
             .iter()
-            .filter_map(|v| g.params.iter().find(|p| p.value == *v))
+            .filter_map(|v| param_of.get(v).copied())
             .filter(|p| !p.buffer && seen.insert(p.path.clone()))
             .map(|p| p.ty.known_shape().map_or(0, |s| s.iter().product::<i64>()))
             .sum();

@@ -703,7 +703,10 @@ impl<'e, 'a> CallCtx<'e, 'a> {
 
     /// The parameter record of a parameter path (for `shared` checks etc.).
     pub fn graph_param(&self, path: &str) -> Option<&Param> {
-        self.el.g.params.iter().find(|p| p.path == path)
+        self.el
+            .param_by_path
+            .get(path)
+            .map(|&i| &self.el.g.params[i])
     }
 }
 

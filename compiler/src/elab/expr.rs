@@ -264,7 +264,7 @@ impl<'a> Elaborator<'a> {
             },
             (V::List(a), V::List(b)) => match op {
                 BinOp::Add => {
-                    self.step(span)?;
+                    self.charge((a.len() + b.len()) as u64, span)?;
                     V::list(a.iter().chain(b.iter()).cloned().collect())
                 }
                 _ => return Err(type_error(op, &l, &r, span)),
@@ -274,6 +274,7 @@ impl<'a> Elaborator<'a> {
                 if total as u64 > super::MAX_STEPS {
                     return Err(Diagnostic::new(span, "list too long").label("this repetition"));
                 }
+                self.charge(total as u64, span)?;
                 V::list((0..(*n).max(0)).flat_map(|_| a.iter().cloned()).collect())
             }
             (V::None, V::None) if matches!(op, BinOp::Eq | BinOp::Ne) => V::Bool(op == BinOp::Eq),

@@ -25,6 +25,8 @@ use std::collections::HashMap;
 const MAX_CALL_DEPTH: usize = 64;
 /// Most loop iterations and list elements one elaboration may produce.
 const MAX_STEPS: u64 = 2_000_000;
+/// The error reported when a model spends its elaboration budget.
+const BUDGET_SPENT: &str = "elaboration takes too many steps";
 
 /// Elaborates model `model` of `program` with argument overrides `sets`
 /// (name → value) into a graph, together with its train section when the
@@ -42,6 +44,11 @@ pub fn elaborate(
             el.train(train);
         }
     }
+    // Once the budget is spent every enclosing statement fails the same way;
+    // the first report (at the innermost point) is the useful one.
+    let mut budget_reported = false;
+    el.diags
+        .retain(|d| d.message != BUDGET_SPENT || !std::mem::replace(&mut budget_reported, true));
     if el.diags.is_empty() {
         Ok(el.g)
     } else {
@@ -74,6 +81,8 @@ pub(crate) struct Elaborator<'a> {
     shared_depth: usize,
     /// Paths created inside `shared` calls (reusable), with their params.
     shared_paths: HashMap<String, ParamId>,
+    /// Index of `g.params` by path, so declaring a parameter is O(1).
+    param_by_path: HashMap<String, usize>,
     steps: u64,
     /// Labels declared by the train section.
     train_labels: Vec<(String, ValueId)>,
@@ -90,6 +99,7 @@ impl<'a> Elaborator<'a> {
             train_mode: false,
             shared_depth: 0,
             shared_paths: HashMap::new(),
+            param_by_path: HashMap::new(),
             steps: 0,
             train_labels: Vec::new(),
         }
@@ -118,9 +128,15 @@ impl<'a> Elaborator<'a> {
     }
 
     fn step(&mut self, span: Span) -> Result<(), Diagnostic> {
-        self.steps += 1;
+        self.charge(1, span)
+    }
+
+    /// Spends `items` units of the elaboration budget (list items built,
+    /// loop iterations), so that no input can make elaboration run long.
+    fn charge(&mut self, items: u64, span: Span) -> Result<(), Diagnostic> {
+        self.steps = self.steps.saturating_add(items);
         if self.steps > MAX_STEPS {
-            return Err(Diagnostic::new(span, "elaboration takes too many steps")
+            return Err(Diagnostic::new(span, BUDGET_SPENT)
                 .label("while evaluating this")
                 .hint(format!(
                     "loops and lists may produce at most {MAX_STEPS} items in one model"
@@ -558,7 +574,7 @@ impl<'a> Elaborator<'a> {
         init: Init,
         span: Span,
     ) -> Result<ValueId, Diagnostic> {
-        if let Some(existing) = self.g.params.iter().find(|p| p.path == path) {
+        if let Some(existing) = self.param_by_path.get(&path).map(|&i| &self.g.params[i]) {
             let reusable = self.shared_depth > 0 && self.shared_paths.contains_key(&path);
             if !reusable {
                 let d = Diagnostic::new(span, format!("parameter path `{path}` is defined twice"));
@@ -603,6 +619,7 @@ impl<'a> Elaborator<'a> {
         if self.shared_depth > 0 {
             self.shared_paths.insert(path.clone(), id);
         }
+        self.param_by_path.insert(path.clone(), self.g.params.len());
         self.g.params.push(Param {
             path,
             ty,
@@ -1066,3 +1083,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     d[a.len()][b.len()]
 }
+
+#[cfg(test)]
+mod tests;

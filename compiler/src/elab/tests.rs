@@ -135,3 +135,52 @@ fn data_dependent_input_sizes_keep_their_bound() {
     assert!(text.contains("symbol K <= 1000"), "{text}");
     assert_eq!(out_type(&g, "b"), "f32[K, 4]");
 }
+
+#[test]
+fn quadratic_list_growth_spends_the_budget_with_one_error() {
+    // A DenseNet-style block whose list grows by one each iteration copies
+    // n²/2 items; 3000 iterations copy 4.5 million, over the budget.
+    let err = build(
+        "block grow(x, n: int) {
+             features = [x]
+             for i in 0..n { features = features + [x] }
+             return concat(features, dim = 1)
+         }
+         model m() { input x: f32[N, 2]  output y = grow(x, 3000) }",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.matches("elaboration takes too many steps").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("features + [x]"),
+        "points at the growing list:\n{err}"
+    );
+
+    // The same block well inside the budget elaborates.
+    let g = build(
+        "block grow(x, n: int) {
+             features = [x]
+             for i in 0..n { features = features + [x] }
+             return concat(features, dim = 1)
+         }
+         model m() { input x: f32[N, 2]  output y = grow(x, 300) }",
+    )
+    .unwrap();
+    assert_eq!(out_type(&g, "y"), "f32[N, 602]");
+}
+
+#[test]
+fn a_hundred_thousand_labelled_layers_elaborate() {
+    // Declaring a parameter looks its path up in an index, not a scan, so
+    // deep stacks elaborate in linear time.
+    let g = build(
+        "block tower(x, n: int) { for i in 0..n { x = l{i}: linear(x, 2) }  return x }
+         model m() { input x: f32[N, 2]  output y = tower(x, 100000) }",
+    )
+    .unwrap();
+    assert_eq!(g.params.len(), 200_000);
+    assert_eq!(g.params[199_999].path, "l99999.bias");
+}

@@ -488,3 +488,29 @@ fn a_resumed_run_repeats_the_uninterrupted_one_exactly() {
     assert_eq!(resumed, straight, "losses of the resumed run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_restarted_trainer_repeats_a_fresh_one_and_compiles_nothing() {
+    let data = synthetic(40);
+    let options = FitOptions {
+        epochs: 2,
+        checkpoint: None,
+        stop: None,
+    };
+    let train = |t: &mut Trainer| {
+        let mut state = RunState::default();
+        fit::fit(t, &mut state, &data, None, &options, &mut |_| {}).unwrap();
+        losses(&state.history)
+    };
+    // A trainer that has already trained under another seed, restarted...
+    let mut reused = ccnn_trainer(16);
+    reused.restart(11);
+    train(&mut reused);
+    let compiled = reused.compiled();
+    reused.restart(3);
+    let again = train(&mut reused);
+    // ...gives the losses of a trainer that never trained (seed 3).
+    let fresh = train(&mut ccnn_trainer(16));
+    assert_eq!(again, fresh);
+    assert_eq!(reused.compiled(), compiled, "restarting compiles nothing");
+}

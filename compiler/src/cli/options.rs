@@ -183,8 +183,26 @@ pub fn parse_sets(sets: &[String]) -> Result<Sets, Failure> {
         .collect()
 }
 
-/// Parses a `--set` value: an integer, float, boolean, a list of those, or
-/// a string.
+/// Splits `a, [b, c], d` at the commas outside brackets.
+fn top_level_items(text: &str) -> Vec<&str> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
+}
+
+/// Parses a `--set` value: an integer, float, boolean, a (nested) list of
+/// those, or a string.
 fn parse_value(text: &str) -> Value {
     let t = text.trim();
     if let Ok(n) = t.parse::<i64>() {
@@ -202,9 +220,42 @@ fn parse_value(text: &str) -> Value {
         let items = if inner.trim().is_empty() {
             Vec::new()
         } else {
-            inner.split(',').map(parse_value).collect()
+            top_level_items(inner)
+                .into_iter()
+                .map(parse_value)
+                .collect()
         };
         return Value::list(items);
     }
     Value::Str(Rc::from(t.trim_matches('"')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(v: &Value) -> Vec<i64> {
+        match v {
+            Value::List(items) => items
+                .iter()
+                .map(|x| match x {
+                    Value::Int(n) => *n,
+                    other => panic!("not an int: {other:?}"),
+                })
+                .collect(),
+            other => panic!("not a list: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nested_lists_split_at_top_level_commas() {
+        let v = parse_value("[[1,4], [4, 8],[8,14]]");
+        let Value::List(bands) = &v else {
+            panic!("not a list: {v:?}")
+        };
+        let bands: Vec<Vec<i64>> = bands.iter().map(ints).collect();
+        assert_eq!(bands, [[1, 4], [4, 8], [8, 14]]);
+        assert_eq!(ints(&parse_value("[3, 5]")), [3, 5]);
+        assert!(matches!(parse_value("[]"), Value::List(l) if l.is_empty()));
+    }
 }

@@ -261,6 +261,17 @@ impl Trainer {
             .collect();
     }
 
+    /// Starts training over without recompiling anything: fresh weights
+    /// from `seed` (which from now on also seeds shuffling and dropout),
+    /// a reset optimizer and epoch 0. Cross-validation calls this between
+    /// folds so that each fold reuses the cached plans.
+    pub fn restart(&mut self, seed: u64) {
+        self.config.seed = seed;
+        self.init_weights(seed);
+        self.optimizer.reset();
+        self.epoch = 0;
+    }
+
     /// Replaces every parameter and buffer (graph order), checking types
     /// and shapes; nothing changes on error.
     pub fn set_weights(&mut self, tensors: Vec<Tensor>) -> Result<(), RunError> {

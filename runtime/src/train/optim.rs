@@ -283,6 +283,17 @@ impl Optimizer {
         }
     }
 
+    /// Forgets every step taken: zeroes the state in place and sets the
+    /// step count to 0, as a fresh optimizer of the same shape would be.
+    pub fn reset(&mut self) {
+        for buffers in &mut self.state {
+            for b in buffers.iter_mut() {
+                b.fill(0.0);
+            }
+        }
+        self.steps = 0;
+    }
+
     /// The hyper-parameters.
     pub fn spec(&self) -> &OptimizerSpec {
         &self.spec

@@ -444,9 +444,9 @@ fn eeg(
     let mut base_gain = [0.0; 4];
     let mut trial_gain = [0.0; 4];
     for b in 0..4 {
-        for k in 0..TONES {
+        for (tone, &freq) in tones[b].iter_mut().zip(&ch.freqs[b]) {
             let phase = rng.range(0.0, std::f64::consts::TAU);
-            tones[b][k] = Osc::new(ch.freqs[b][k], rate, phase);
+            *tone = Osc::new(freq, rate, phase);
         }
         let phase = rng.range(0.0, std::f64::consts::TAU);
         envelopes[b] = Osc::new(rng.range(0.05, 0.25), rate, phase);
@@ -518,7 +518,11 @@ fn peripheral(spec: &SyntheticSpec, p: usize, rng: &mut Rng, out: &mut [f32]) {
         }
         // Respiration: about 15 breaths a minute.
         5 => {
-            let mut breath = Osc::new(rng.range(0.2, 0.33), rate, rng.range(0.0, 6.28));
+            let mut breath = Osc::new(
+                rng.range(0.2, 0.33),
+                rate,
+                rng.range(0.0, std::f64::consts::TAU),
+            );
             let offset = rng.range(-500.0, 500.0);
             out.iter_mut().for_each(|o| {
                 *o = (offset + 800.0 * breath.next() + 20.0 * pink.next(rng.white())) as f32

@@ -12,11 +12,19 @@
 //! executes nothing. Only the layout is checked (rank,
 //! matching trial counts, four ratings), not the sizes 40/40/8064, so cut
 //! down files read as well.
+//!
+//! [`write_subject`] writes subjects in the release's exact form, and
+//! [`generate_subject`] makes synthetic DEAP-shaped subjects with a known
+//! class structure (the licensed data cannot be shipped).
 
 mod pickle;
+mod synthetic;
+mod write;
 
 use pickle::Value;
 use std::path::{Path, PathBuf};
+pub use synthetic::{generate_subject, SyntheticSpec, EEG_CHANNELS};
+pub use write::{subject_bytes, write_subject};
 
 /// One subject's trials and ratings.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +65,14 @@ pub enum DeapError {
     /// A file is not a DEAP subject file netc can read.
     #[error("{path} is not a readable DEAP subject file: {reason}")]
     Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A subject cannot be written as a DEAP file.
+    #[error("cannot write {path} as a DEAP subject file: {reason}")]
+    Write {
         /// The file.
         path: PathBuf,
         /// What is wrong.

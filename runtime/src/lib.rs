@@ -12,6 +12,7 @@
 pub mod counter;
 pub mod deap;
 mod dtype;
+pub mod fsutil;
 pub mod gemm;
 mod init;
 pub mod npy;

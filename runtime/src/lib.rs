@@ -18,6 +18,7 @@ mod init;
 pub mod npy;
 pub mod plan;
 mod tensor;
+pub mod text;
 pub mod train;
 pub mod weights;
 

@@ -451,12 +451,10 @@ mod tests {
         }
     }
 
-    fn raw(
-        name: &str,
-        indices: Vec<i64>,
-        offsets: Vec<i64>,
-        values: Option<Tensor>,
-    ) -> Vec<(String, Tensor)> {
+    /// Named tensors, as a safetensors file holds them.
+    type Named = Vec<(String, Tensor)>;
+
+    fn raw(name: &str, indices: Vec<i64>, offsets: Vec<i64>, values: Option<Tensor>) -> Named {
         let mut v = vec![
             (
                 format!("{name}.indices"),
@@ -476,7 +474,7 @@ mod tests {
     #[test]
     fn invalid_tensors_are_named() {
         let f32s = |v: Vec<f32>| Tensor::from_f32(&[v.len()], v).expect("1-D");
-        let cases: Vec<(Vec<(String, Tensor)>, &str, &str)> = vec![
+        let cases: Vec<(Named, &str, &str)> = vec![
             (
                 raw("q", vec![1, 2], vec![1, 2], None),
                 "q.offsets",

@@ -211,25 +211,25 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// How letter trigrams become column ids of the sparse input.
+/// Where ids come from: a vocabulary's ranks or a hash into a dimension
+/// (kept private so that a dimension is always checked).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TrigramIds {
-    /// A trigram's id is its rank; trigrams outside it are dropped (and
-    /// counted by the bag builders).
+enum Source {
     Vocabulary(Vocabulary),
-    /// `fnv1a64(trigram) mod dim`; every trigram gets an id.
-    Hashed {
-        /// The number of columns (the model's `trigrams` parameter).
-        dim: usize,
-    },
+    Hashed(usize),
 }
+
+/// How letter trigrams become column ids of the sparse input: a
+/// vocabulary (id = rank; trigrams outside it are dropped and counted by
+/// the bag builders) or `fnv1a64(trigram) mod dim` (every trigram gets an
+/// id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrigramIds(Source);
 
 impl TrigramIds {
     /// Hashing into [`DEFAULT_HASH_DIM`] columns.
     pub fn hashed_default() -> TrigramIds {
-        TrigramIds::Hashed {
-            dim: DEFAULT_HASH_DIM,
-        }
+        TrigramIds(Source::Hashed(DEFAULT_HASH_DIM))
     }
 
     /// Hashing into `dim` columns (at least 1).
@@ -239,7 +239,7 @@ impl TrigramIds {
                 "hashed trigram ids need a dimension of at least 1".into(),
             ));
         }
-        Ok(TrigramIds::Hashed { dim })
+        Ok(TrigramIds(Source::Hashed(dim)))
     }
 
     /// A vocabulary of the trigrams of `texts` (see [`Vocabulary::build`]).
@@ -253,43 +253,45 @@ impl TrigramIds {
                 "the corpus yields no letter trigram within the limits".into(),
             ));
         }
-        Ok(TrigramIds::Vocabulary(v))
+        Ok(TrigramIds(Source::Vocabulary(v)))
     }
 
     /// Loads a trigram vocabulary file (three characters per line).
     pub fn load(path: &Path) -> Result<TrigramIds, TextError> {
-        Vocabulary::load(path, Some(3)).map(TrigramIds::Vocabulary)
+        Vocabulary::load(path, Some(3)).map(|v| TrigramIds(Source::Vocabulary(v)))
+    }
+
+    /// The vocabulary, unless ids are hashed (save it with
+    /// [`Vocabulary::save`]).
+    pub fn vocabulary(&self) -> Option<&Vocabulary> {
+        match &self.0 {
+            Source::Vocabulary(v) => Some(v),
+            Source::Hashed(_) => None,
+        }
     }
 
     /// The number of columns: the vocabulary size or the hash dimension.
     pub fn dim(&self) -> usize {
-        match self {
-            TrigramIds::Vocabulary(v) => v.len(),
-            TrigramIds::Hashed { dim } => *dim,
+        match &self.0 {
+            Source::Vocabulary(v) => v.len(),
+            Source::Hashed(dim) => *dim,
         }
     }
 
     /// The column of `trigram`, `None` if it is outside the vocabulary.
     pub fn id(&self, trigram: &str) -> Option<usize> {
-        match self {
-            TrigramIds::Vocabulary(v) => v.rank(trigram),
-            TrigramIds::Hashed { dim } => Some(hash_mod(trigram, *dim)),
+        match &self.0 {
+            Source::Vocabulary(v) => v.rank(trigram),
+            Source::Hashed(dim) => Some(hash_mod(trigram, *dim)),
         }
     }
 }
 
 /// How words become ids for LSTM-DSSM: 0 is padding, 1 unknown, real words
-/// from 2.
+/// from 2: a vocabulary (id = 2 + rank, other words [`UNKNOWN_ID`]) or
+/// `2 + fnv1a64(word) mod (dim - 2)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WordIds {
-    /// A word's id is 2 + its rank; other words get [`UNKNOWN_ID`].
-    Vocabulary(Vocabulary),
-    /// `2 + fnv1a64(word) mod (dim - 2)`.
-    Hashed {
-        /// The embedding table size (the model's `vocab`), at least 3.
-        dim: usize,
-    },
-}
+pub struct WordIds(Source);
 
 impl WordIds {
     /// Hashing words into a table of `dim` rows (at least 3).
@@ -299,7 +301,7 @@ impl WordIds {
                 "hashed word ids need a table of at least 3 rows (padding, unknown, words), got {dim}"
             )));
         }
-        Ok(WordIds::Hashed { dim })
+        Ok(WordIds(Source::Hashed(dim)))
     }
 
     /// A vocabulary of the words of `texts`; `max_size` counts real words
@@ -314,29 +316,37 @@ impl WordIds {
                 "the corpus yields no word within the limits".into(),
             ));
         }
-        Ok(WordIds::Vocabulary(v))
+        Ok(WordIds(Source::Vocabulary(v)))
     }
 
     /// Loads a word vocabulary file (its first line gets id 2).
     pub fn load(path: &Path) -> Result<WordIds, TextError> {
-        Vocabulary::load(path, None).map(WordIds::Vocabulary)
+        Vocabulary::load(path, None).map(|v| WordIds(Source::Vocabulary(v)))
+    }
+
+    /// The vocabulary, unless ids are hashed.
+    pub fn vocabulary(&self) -> Option<&Vocabulary> {
+        match &self.0 {
+            Source::Vocabulary(v) => Some(v),
+            Source::Hashed(_) => None,
+        }
     }
 
     /// The embedding table size: 2 + the vocabulary size, or the hash
     /// dimension.
     pub fn dim(&self) -> usize {
-        match self {
-            WordIds::Vocabulary(v) => v.len() + 2,
-            WordIds::Hashed { dim } => *dim,
+        match &self.0 {
+            Source::Vocabulary(v) => v.len() + 2,
+            Source::Hashed(dim) => *dim,
         }
     }
 
     /// The id of a normalised word: never [`PAD_ID`]; [`UNKNOWN_ID`] for
     /// words outside the vocabulary.
     pub fn id(&self, word: &str) -> i64 {
-        let id = match self {
-            WordIds::Vocabulary(v) => v.rank(word).map(|r| r + 2),
-            WordIds::Hashed { dim } => Some(2 + hash_mod(word, dim - 2)),
+        let id = match &self.0 {
+            Source::Vocabulary(v) => v.rank(word).map(|r| r + 2),
+            Source::Hashed(dim) => Some(2 + hash_mod(word, dim - 2)),
         };
         id.map_or(UNKNOWN_ID, |i| i as i64)
     }
@@ -382,9 +392,7 @@ mod tests {
         let path = dir.path().join("trigrams.txt");
         let ids = TrigramIds::build(["good food", "Über GOOD", "a"], BuildOptions::default())
             .expect("build");
-        let TrigramIds::Vocabulary(v) = &ids else {
-            panic!("a vocabulary")
-        };
+        let v = ids.vocabulary().expect("a vocabulary");
         // od# and #go occur 3 and 2 times... check the head by hand:
         // od#: good, food, good = 3; ood: 3; #go: 2; goo: 2; then count 1.
         assert_eq!(&v.tokens()[..4], ["od#", "ood", "#go", "goo"]);
@@ -409,9 +417,7 @@ mod tests {
         assert_eq!(ids.id("dog"), 4);
         assert_eq!(ids.id("emu"), UNKNOWN_ID);
         assert_eq!(ids.dim(), 5);
-        let WordIds::Vocabulary(v) = &ids else {
-            panic!("a vocabulary")
-        };
+        let v = ids.vocabulary().expect("a vocabulary");
         v.save(&path).expect("save");
         assert_eq!(WordIds::load(&path).expect("load"), ids);
     }
@@ -458,6 +464,7 @@ mod tests {
         for (w, want) in WORD_PINS {
             assert_eq!(words.id(w), *want, "{w}");
         }
+        assert!(ids.vocabulary().is_none());
         assert!(TrigramIds::hashed(0).is_err());
         assert!(WordIds::hashed(2).is_err());
     }

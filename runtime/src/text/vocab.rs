@@ -35,6 +35,19 @@ pub const PAD_ID: i64 = 0;
 /// The word id of words outside the vocabulary.
 pub const UNKNOWN_ID: i64 = 1;
 
+/// The trigram vocabulary file kept beside a weight file: the weight file's
+/// last extension replaced by `trigrams.txt` (`m.safetensors` ->
+/// `m.trigrams.txt`).
+pub fn trigram_vocab_path(weights: &Path) -> PathBuf {
+    weights.with_extension("trigrams.txt")
+}
+
+/// The word vocabulary file kept beside a weight file: `m.safetensors` ->
+/// `m.words.txt`.
+pub fn word_vocab_path(weights: &Path) -> PathBuf {
+    weights.with_extension("words.txt")
+}
+
 /// Limits applied when building a vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildOptions {
@@ -360,6 +373,20 @@ fn hash_mod(token: &str, dim: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vocabulary_files_sit_beside_the_weights() {
+        let w = Path::new("runs/dssm.v2.safetensors");
+        assert_eq!(
+            trigram_vocab_path(w),
+            Path::new("runs/dssm.v2.trigrams.txt")
+        );
+        assert_eq!(word_vocab_path(w), Path::new("runs/dssm.v2.words.txt"));
+        assert_eq!(
+            trigram_vocab_path(Path::new("m")),
+            Path::new("m.trigrams.txt")
+        );
+    }
 
     #[test]
     fn build_orders_by_count_then_bytes_and_applies_limits() {

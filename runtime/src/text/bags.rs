@@ -21,7 +21,7 @@
 //!   padding tokens. Front padding leaves only the (learned) drift of the
 //!   state over the padding before the first real word.
 
-use super::trigrams::{text_trigrams, word_trigrams, words};
+use super::trigrams::{for_each_trigram, words};
 use super::vocab::{TrigramIds, WordIds, PAD_ID, UNKNOWN_ID};
 use super::TextError;
 use crate::{Storage, Tensor};
@@ -255,25 +255,26 @@ pub struct Encoded {
     pub unknown: usize,
 }
 
-/// The ids of `trigrams` that `ids` knows, counting the others.
-fn known_ids(ids: &TrigramIds, trigrams: &[String], unknown: &mut usize) -> Vec<usize> {
-    trigrams
-        .iter()
-        .filter_map(|t| {
-            let id = ids.id(t);
-            *unknown += usize::from(id.is_none());
-            id
-        })
-        .collect()
+/// Appends to `cols` the ids of the trigrams of `word` that `ids` knows,
+/// counting the others in `unknown`.
+fn push_ids(ids: &TrigramIds, word: &str, cols: &mut Vec<usize>, unknown: &mut usize) {
+    for_each_trigram(word, |t| match ids.id(t) {
+        Some(id) => cols.push(id),
+        None => *unknown += 1,
+    });
 }
 
 /// DSSM: one bag of letter-trigram ids per text (`[N, V]`, rows = N).
 pub fn text_bags(texts: &[&str], ids: &TrigramIds) -> Encoded {
     let mut bags = SparseBags::new(ids.dim());
     let mut unknown = 0;
+    let mut cols = Vec::new();
     for text in texts {
-        let cols = known_ids(ids, &text_trigrams(text), &mut unknown);
-        bags.push_bag(cols)
+        cols.clear();
+        for w in words(text) {
+            push_ids(ids, &w, &mut cols, &mut unknown);
+        }
+        bags.push_bag(cols.iter().copied())
             .expect("TrigramIds ids are below its dim");
     }
     Encoded { bags, unknown }
@@ -284,11 +285,13 @@ pub fn text_bags(texts: &[&str], ids: &TrigramIds) -> Encoded {
 pub fn word_bags(texts: &[&str], ids: &TrigramIds, words_per_text: usize) -> Encoded {
     let mut bags = SparseBags::new(ids.dim());
     let mut unknown = 0;
+    let mut cols = Vec::new();
     for text in texts {
         let ws = words(text);
         for w in ws.iter().take(words_per_text) {
-            let cols = known_ids(ids, &word_trigrams(w), &mut unknown);
-            bags.push_bag(cols)
+            cols.clear();
+            push_ids(ids, w, &mut cols, &mut unknown);
+            bags.push_bag(cols.iter().copied())
                 .expect("TrigramIds ids are below its dim");
         }
         for _ in ws.len()..words_per_text {

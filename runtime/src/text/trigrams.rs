@@ -28,14 +28,27 @@ pub fn words(text: &str) -> Vec<String> {
 /// The letter trigrams of one (already normalised) word, in order: the
 /// three-character windows of `#word#`. An empty word has none.
 pub fn word_trigrams(word: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for_each_trigram(word, |t| out.push(t.to_string()));
+    out
+}
+
+/// Calls `f` with every letter trigram of `word` in order, borrowed from
+/// one buffer (no allocation per trigram).
+pub fn for_each_trigram(word: &str, mut f: impl FnMut(&str)) {
     if word.is_empty() {
-        return Vec::new();
+        return;
     }
-    let marked: Vec<char> = std::iter::once('#')
-        .chain(word.chars())
-        .chain(std::iter::once('#'))
+    let marked = format!("#{word}#");
+    // Byte offsets of every character start, and the end.
+    let starts: Vec<usize> = marked
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(marked.len()))
         .collect();
-    marked.windows(3).map(|w| w.iter().collect()).collect()
+    for w in starts.windows(4) {
+        f(&marked[w[0]..w[3]]);
+    }
 }
 
 /// The letter trigrams of every word of `text`, in order, repeats kept.

@@ -19,7 +19,7 @@
 //! over the UTF-8 bytes: offset 0xcbf29ce484222325, prime 0x100000001b3).
 //! Integer arithmetic only, so ids are the same on every platform and run.
 
-use super::trigrams::{text_trigrams, words};
+use super::trigrams::{for_each_trigram, words};
 use super::TextError;
 use crate::counter::fnv1a64;
 use std::collections::HashMap;
@@ -83,14 +83,13 @@ impl Vocabulary {
     {
         let mut counts: HashMap<String, u64> = HashMap::new();
         for t in tokens {
-            let t = t.as_ref();
-            match counts.get_mut(t) {
-                Some(c) => *c += 1,
-                None => {
-                    counts.insert(t.to_string(), 1);
-                }
-            }
+            count(&mut counts, t.as_ref());
         }
+        Vocabulary::from_counts(counts, opts)
+    }
+
+    /// The vocabulary of counted tokens (see [`Vocabulary::build`]).
+    fn from_counts(counts: HashMap<String, u64>, opts: BuildOptions) -> Vocabulary {
         let mut kept: Vec<(String, u64)> = counts
             .into_iter()
             .filter(|(_, c)| *c >= opts.min_count)
@@ -102,6 +101,7 @@ impl Vocabulary {
         Vocabulary::from_tokens(kept.into_iter().map(|(t, _)| t).collect())
     }
 
+    /// The vocabulary of `tokens` in this order (distinct).
     fn from_tokens(tokens: Vec<String>) -> Vocabulary {
         let rank = tokens
             .iter()
@@ -195,6 +195,16 @@ impl Vocabulary {
     }
 }
 
+/// Adds one occurrence of `token`, allocating only for a new token.
+fn count(counts: &mut HashMap<String, u64>, token: &str) {
+    match counts.get_mut(token) {
+        Some(c) => *c += 1,
+        None => {
+            counts.insert(token.to_string(), 1);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` via a temporary file in the same directory,
 /// fsync, rename, then fsync of the directory (so a crash leaves either
 /// the old file or the new one).
@@ -260,7 +270,13 @@ impl TrigramIds {
         texts: impl IntoIterator<Item = &'a str>,
         opts: BuildOptions,
     ) -> Result<TrigramIds, TextError> {
-        let v = Vocabulary::build(texts.into_iter().flat_map(text_trigrams), opts);
+        let mut counts = HashMap::new();
+        for text in texts {
+            for w in words(text) {
+                for_each_trigram(&w, |t| count(&mut counts, t));
+            }
+        }
+        let v = Vocabulary::from_counts(counts, opts);
         if v.is_empty() {
             return Err(TextError::Invalid(
                 "the corpus yields no letter trigram within the limits".into(),

@@ -11,8 +11,8 @@
 //! ended by `\n` (a `\r` before it is accepted when loading). Lines must be
 //! non-empty, hold no whitespace or control characters, and not repeat;
 //! trigram files hold exactly three characters per line. Saving is atomic
-//! (temporary file, fsync, rename, fsync of the directory). Loading errors
-//! name the file and the 1-based line.
+//! ([`crate::fsutil::write_atomic`]: temporary file, fsync, rename, fsync
+//! of the directory). Loading errors name the file and the 1-based line.
 //!
 //! **Hashing**: `fnv1a64(token) mod dim` for trigrams and `2 + fnv1a64(word)
 //! mod (dim - 2)` for words, with [`crate::counter::fnv1a64`] (FNV-1a 64
@@ -23,7 +23,6 @@ use super::trigrams::{for_each_trigram, words};
 use super::TextError;
 use crate::counter::fnv1a64;
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The default dimension of hashed trigram ids (Huang et al. 2013).
@@ -138,7 +137,7 @@ impl Vocabulary {
             text.push_str(t);
             text.push('\n');
         }
-        write_atomic(path, text.as_bytes()).map_err(|source| TextError::Io {
+        crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| TextError::Io {
             path: path.to_path_buf(),
             source,
         })
@@ -203,35 +202,6 @@ fn count(counts: &mut HashMap<String, u64>, token: &str) {
             counts.insert(token.to_string(), 1);
         }
     }
-}
-
-/// Writes `bytes` to `path` via a temporary file in the same directory,
-/// fsync, rename, then fsync of the directory (so a crash leaves either
-/// the old file or the new one).
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "vocab".into());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Where ids come from: a vocabulary's ranks or a hash into a dimension

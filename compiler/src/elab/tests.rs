@@ -136,19 +136,23 @@ fn data_dependent_input_sizes_keep_their_bound() {
     assert_eq!(out_type(&g, "b"), "f32[K, 4]");
 }
 
+/// A DenseNet-style block whose list grows by one item per iteration, so
+/// `n` iterations copy about n²/2 items.
+fn growing_list(n: usize) -> String {
+    format!(
+        "block grow(x, n: int) {{
+             features = [x]
+             for i in 0..n {{ features = features + [x] }}
+             return concat(features, dim = 1)
+         }}
+         model m() {{ input x: f32[N, 2]  output y = grow(x, {n}) }}"
+    )
+}
+
 #[test]
 fn quadratic_list_growth_spends_the_budget_with_one_error() {
-    // A DenseNet-style block whose list grows by one each iteration copies
-    // n²/2 items; 3000 iterations copy 4.5 million, over the budget.
-    let err = build(
-        "block grow(x, n: int) {
-             features = [x]
-             for i in 0..n { features = features + [x] }
-             return concat(features, dim = 1)
-         }
-         model m() { input x: f32[N, 2]  output y = grow(x, 3000) }",
-    )
-    .unwrap_err();
+    // 3000 iterations copy 4.5 million items, over the budget.
+    let err = build(&growing_list(3000)).unwrap_err();
     assert_eq!(
         err.matches("elaboration takes too many steps").count(),
         1,
@@ -158,17 +162,8 @@ fn quadratic_list_growth_spends_the_budget_with_one_error() {
         err.contains("features + [x]"),
         "points at the growing list:\n{err}"
     );
-
     // The same block well inside the budget elaborates.
-    let g = build(
-        "block grow(x, n: int) {
-             features = [x]
-             for i in 0..n { features = features + [x] }
-             return concat(features, dim = 1)
-         }
-         model m() { input x: f32[N, 2]  output y = grow(x, 300) }",
-    )
-    .unwrap();
+    let g = build(&growing_list(300)).unwrap();
     assert_eq!(out_type(&g, "y"), "f32[N, 602]");
 }
 

@@ -21,6 +21,7 @@ use netc::options::CompileOptions;
 use netc::session::{load_model, CompiledModel, RunError};
 use netc::train::fit::{self, FitOptions, RunState};
 use netc::train::trainer::{TrainConfig, Trainer};
+use netc_runtime::counter::splitmix64;
 use netc_runtime::deap::DeapSubject;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::{Storage, Tensor};
@@ -231,13 +232,6 @@ pub fn folds(n: usize, k: usize, seed: u64, groups: Option<&[usize]>) -> Vec<Vec
         out[fold_of[unit]].push(i);
     }
     out
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// The rows `rows` of the cubes and labels as a data set (`x`, `y`).

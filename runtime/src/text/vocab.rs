@@ -212,6 +212,16 @@ enum Source {
     Hashed(usize),
 }
 
+impl Source {
+    /// The vocabulary, unless ids are hashed.
+    fn vocabulary(&self) -> Option<&Vocabulary> {
+        match self {
+            Source::Vocabulary(v) => Some(v),
+            Source::Hashed(_) => None,
+        }
+    }
+}
+
 /// How letter trigrams become column ids of the sparse input: a
 /// vocabulary (id = rank; trigrams outside it are dropped and counted by
 /// the bag builders) or `fnv1a64(trigram) mod dim` (every trigram gets an
@@ -263,10 +273,7 @@ impl TrigramIds {
     /// The vocabulary, unless ids are hashed (save it with
     /// [`Vocabulary::save`]).
     pub fn vocabulary(&self) -> Option<&Vocabulary> {
-        match &self.0 {
-            Source::Vocabulary(v) => Some(v),
-            Source::Hashed(_) => None,
-        }
+        self.0.vocabulary()
     }
 
     /// The number of columns: the vocabulary size or the hash dimension.
@@ -325,10 +332,7 @@ impl WordIds {
 
     /// The vocabulary, unless ids are hashed.
     pub fn vocabulary(&self) -> Option<&Vocabulary> {
-        match &self.0 {
-            Source::Vocabulary(v) => Some(v),
-            Source::Hashed(_) => None,
-        }
+        self.0.vocabulary()
     }
 
     /// The embedding table size: 2 + the vocabulary size, or the hash

@@ -21,7 +21,7 @@
 //! `compiler/examples/run_model.rs` is a complete program.
 
 use crate::back::jit::Jit;
-use crate::back::lower::{lower, Lowered, StepLabel};
+use crate::back::lower::{lower, sparse, Lowered, StepLabel};
 use crate::back::BackError;
 use crate::diag::render_all;
 use crate::elab::{elaborate, Value};
@@ -31,6 +31,7 @@ use crate::program::Program;
 use netc_runtime::plan::{Executor, PlanError};
 use netc_runtime::weights::{load_checked, TensorSpec, WeightError};
 use netc_runtime::{DType, Initializer, Storage, Tensor};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -72,9 +73,10 @@ pub struct CompiledModel {
 }
 
 impl CompiledModel {
-    /// Compiles `graph` for inputs of the given shapes (by input name)
-    /// with `options`. Weights start at zero; call
-    /// [`CompiledModel::load_weights`] or [`CompiledModel::init_weights`].
+    /// Compiles `graph` for inputs of the given shapes (by input name;
+    /// a sparse input by its logical shape `[..., V]`) with `options`.
+    /// Weights start at zero; call [`CompiledModel::load_weights`] or
+    /// [`CompiledModel::init_weights`].
     pub fn new(
         graph: Graph,
         input_shapes: &[(&str, &[usize])],
@@ -202,11 +204,23 @@ impl CompiledModel {
         self.prepare()
     }
 
-    /// The executor-ordered input slices for named inputs, checked
-    /// against the shapes the model was compiled for.
-    fn input_slices<'t>(&self, inputs: &[(&str, &'t Tensor)]) -> Result<Vec<&'t [f32]>, RunError> {
-        let mut slices: Vec<&[f32]> = Vec::with_capacity(self.lowered.inputs.len());
-        for (name, want) in self.lowered.inputs.iter().zip(&self.input_shapes) {
+    /// The executor-ordered input buffers for named inputs, checked
+    /// against the shapes the model was compiled for. A sparse input `q`
+    /// is given as `q.indices`, `q.offsets` and optional `q.values`
+    /// (validated, then encoded for the plan: three buffers).
+    fn input_slices<'t>(
+        &self,
+        inputs: &[(&str, &'t Tensor)],
+    ) -> Result<Vec<Cow<'t, [f32]>>, RunError> {
+        let mut slices: Vec<Cow<'t, [f32]>> = Vec::with_capacity(self.lowered.inputs.len());
+        for ((name, v), want) in self.graph.inputs.iter().zip(&self.input_shapes) {
+            if self.graph.ty(*v).sparse {
+                let csr = sparse::host_buffers(name, want, inputs).map_err(RunError::Inputs)?;
+                slices.push(Cow::Owned(csr.indices));
+                slices.push(Cow::Owned(csr.offsets));
+                slices.push(Cow::Owned(csr.values));
+                continue;
+            }
             let t = inputs
                 .iter()
                 .find(|(n, _)| n == name)
@@ -221,7 +235,7 @@ impl CompiledModel {
                     t.shape()
                 )));
             }
-            slices.push(data);
+            slices.push(Cow::Borrowed(data));
         }
         Ok(slices)
     }
@@ -236,9 +250,11 @@ impl CompiledModel {
     }
 
     /// Runs the model on named inputs (f32, of the shapes it was compiled
-    /// for) and returns every output by name.
+    /// for; a sparse input `q` as `q.indices`, `q.offsets` and optional
+    /// `q.values`, see `docs/text.md`) and returns every output by name.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, RunError> {
-        let slices = self.input_slices(inputs)?;
+        let bufs = self.input_slices(inputs)?;
+        let slices: Vec<&[f32]> = bufs.iter().map(|b| &**b).collect();
         let params = param_slices(&self.params);
         let mut outs = self.output_buffers();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
@@ -270,7 +286,8 @@ impl CompiledModel {
         inputs: &[(&str, &Tensor)],
         reps: usize,
     ) -> Result<Vec<LayerTime>, RunError> {
-        let slices = self.input_slices(inputs)?;
+        let bufs = self.input_slices(inputs)?;
+        let slices: Vec<&[f32]> = bufs.iter().map(|b| &**b).collect();
         let params = param_slices(&self.params);
         let mut outs = self.output_buffers();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
@@ -394,9 +411,9 @@ pub fn bind_symbols(
             .find(|(n, _)| n == name)
             .map(|(_, s)| *s)
             .ok_or_else(|| RunError::Inputs(format!("input `{name}` is not given")))?;
-        if ty.dtype != DType::F32 || ty.sparse {
+        if ty.dtype != DType::F32 {
             return Err(RunError::Inputs(format!(
-                "input `{name}` is {}; this back end runs dense f32 inputs only",
+                "input `{name}` is {}; this back end runs f32 inputs only (dense or sparse)",
                 g.type_text(ty)
             )));
         }

@@ -17,6 +17,8 @@ pub mod gemm;
 mod init;
 pub mod npy;
 pub mod plan;
+pub mod similarity;
+pub mod sparse;
 mod tensor;
 pub mod text;
 pub mod train;

@@ -13,6 +13,13 @@
 //! steps: per item, a packing kernel, GEMMs (the native one or a
 //! JIT-compiled tile) and an epilogue kernel, with the parallelism chosen
 //! here from the item count and the pool size.
+//!
+//! Work whose extent depends on the data (sparse bags) runs as
+//! [`Work::Rows`] steps: runtime code over whole buffers (see [`Rows`]).
+
+mod rows;
+
+pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
 
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
@@ -58,6 +65,9 @@ pub enum Work {
     /// A batch of GEMMs with an optional packing kernel before and an
     /// optional epilogue kernel after each item (see [`Contraction`]).
     Contraction(Box<Contraction>),
+    /// Rows of the output computed by runtime code that reads whole
+    /// input buffers (see [`Rows`]).
+    Rows(Rows),
 }
 
 /// Where one GEMM operand of a [`Contraction`] lives: element
@@ -270,6 +280,15 @@ pub enum PlanError {
     /// would be stale or missing).
     #[error("the plan's parameter-derived tensors are not prepared (call prepare after loading weights)")]
     NotPrepared,
+    /// A row step is malformed, or its kernel refused the data it read
+    /// (a sparse input that is not valid CSR).
+    #[error("step {step}: {reason}")]
+    Rows {
+        /// The step index.
+        step: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// [`Executor::run_profiled`] got fewer time slots than the plan has steps.
     #[error("{have} time slots for {need} steps")]
     Times {
@@ -592,6 +611,46 @@ unsafe fn ranges(
     });
 }
 
+/// Checks a row step against its buffers: few enough inputs, an output
+/// extent holding every row, and no input sharing storage with the output
+/// (the kernel gets the output as a mutable slice).
+fn validate_rows(step: usize, r: &Rows, s: &Step) -> Result<(), PlanError> {
+    let bad = |reason: String| PlanError::Rows { step, reason };
+    if s.inputs.len() > MAX_ROW_INPUTS {
+        return Err(bad(format!(
+            "a row step reads at most {MAX_ROW_INPUTS} buffers, this one {}",
+            s.inputs.len()
+        )));
+    }
+    let need = r
+        .rows
+        .checked_mul(r.width)
+        .ok_or_else(|| bad("rows · width overflows".into()))?;
+    let have = s.extents.last().copied().unwrap_or(0);
+    if have < need {
+        return Err(bad(format!(
+            "the output extent is {have}, the rows need {need}"
+        )));
+    }
+    let range = |b: &Buf| match *b {
+        Buf::Arena { offset, len } => Some(offset..offset.saturating_add(len)),
+        _ => None,
+    };
+    for b in &s.inputs {
+        let overlaps = match (range(b), range(&s.output)) {
+            (Some(i), Some(o)) => i.start < o.end && o.start < i.end && !i.is_empty(),
+            _ => *b == s.output,
+        };
+        if overlaps {
+            return Err(bad(format!(
+                "input {b:?} shares storage with the output {:?}",
+                s.output
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs a [`Plan`] repeatedly over one arena.
 pub struct Executor {
     plan: Plan,
@@ -639,6 +698,9 @@ impl Executor {
                 if let Gemm::Tile(t) = c.gemm {
                     tile = (tile.0.max(t.mr), tile.1.max(t.nr));
                 }
+            }
+            if let Work::Rows(r) = &s.work {
+                validate_rows(i, r, s)?;
             }
         }
         let tile_work = if tile.0 > 0 {
@@ -689,7 +751,7 @@ impl Executor {
     /// Call it after the parameters change and before [`Executor::run`].
     pub fn prepare(&mut self, params: &[&[f32]]) -> Result<(), PlanError> {
         self.check(Phase::Prepare, &[], params, &[])?;
-        self.on_pool(|ex| ex.execute(Phase::Prepare, &[], params, &mut [], &mut []));
+        self.on_pool(|ex| ex.execute(Phase::Prepare, &[], params, &mut [], &mut []))?;
         self.prepared = true;
         Ok(())
     }
@@ -706,8 +768,7 @@ impl Executor {
             return Err(PlanError::NotPrepared);
         }
         self.check(Phase::Run, inputs, params, outputs)?;
-        self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, &mut []));
-        Ok(())
+        self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, &mut []))
     }
 
     /// Runs every step like [`Executor::run`] and stores each step's wall
@@ -730,15 +791,14 @@ impl Executor {
             });
         }
         self.check(Phase::Run, inputs, params, outputs)?;
-        self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, times));
-        Ok(())
+        self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, times))
     }
 
     /// Runs `f` on one of the pool's threads, so every parallel step inside
     /// it enters the pool directly instead of injecting a job from outside
     /// (which wakes the pool and, every 63 jobs, allocates a queue block):
     /// one injection per call instead of one per parallel step.
-    fn on_pool(&mut self, f: impl FnOnce(&mut Executor) + Send) {
+    fn on_pool<R: Send>(&mut self, f: impl FnOnce(&mut Executor) -> R + Send) -> R {
         struct Exclusive<'a>(&'a mut Executor);
         // SAFETY: the calling thread blocks inside `install` until `f` has
         // returned, so the executor is used by one thread at a time; its
@@ -749,11 +809,12 @@ impl Executor {
         pool.install(move || {
             let ex = ex;
             f(ex.0)
-        });
+        })
     }
 
     /// Runs one phase's steps on checked buffers, timing step `i` into
-    /// `times[i]` when `times` is not empty.
+    /// `times[i]` when `times` is not empty. Stops at the first row step
+    /// whose kernel refuses its data.
     fn execute(
         &mut self,
         phase: Phase,
@@ -761,7 +822,8 @@ impl Executor {
         params: &[&[f32]],
         outputs: &mut [&mut [f32]],
         times: &mut [Duration],
-    ) {
+    ) -> Result<(), PlanError> {
+        let arena_len = self.arena.len();
         let arena = self.arena.as_mut_ptr();
         let (steps, pointers) = match phase {
             Phase::Prepare => (&self.plan.prepare, &mut self.prepare_pointers),
@@ -817,6 +879,36 @@ impl Executor {
                     }
                     continue;
                 }
+                Work::Rows(ref r) => {
+                    let empty: &[f32] = &[];
+                    let mut ins = [empty; MAX_ROW_INPUTS];
+                    for ((slot, b), &ptr) in ins.iter_mut().zip(&step.inputs).zip(slots.iter()) {
+                        let len = match *b {
+                            Buf::Arena { offset, len } => len.min(arena_len.saturating_sub(offset)),
+                            Buf::Input(k) => inputs[k].len(),
+                            Buf::Param(k) => params[k].len(),
+                            Buf::Output(k) => outputs[k].len(),
+                            Buf::Const(k) => constants[k].len(),
+                        };
+                        // SAFETY: `ptr` is the start of buffer `b`, which
+                        // `check` verified holds `len` elements; none
+                        // overlaps the output (`validate_rows`: arena ranges
+                        // are disjoint from it, and an output buffer is never
+                        // also an input of the step).
+                        *slot = unsafe { std::slice::from_raw_parts(ptr, len) };
+                    }
+                    let n = r.rows * r.width;
+                    // SAFETY: `check` verified the output covers its extent,
+                    // which `validate_rows` verified is at least `n`, and no
+                    // input overlaps it.
+                    let out = unsafe { std::slice::from_raw_parts_mut(out, n) };
+                    r.run(pool.current_num_threads(), &ins[..step.inputs.len()], out)
+                        .map_err(|reason| PlanError::Rows { step: i, reason })?;
+                    if let Some(t) = started {
+                        times[i] = t.elapsed();
+                    }
+                    continue;
+                }
             };
             let shared = Shared(slots.as_ptr(), out);
             let tasks = (units / grain.max(1)).clamp(1, self.pool.current_num_threads());
@@ -837,6 +929,7 @@ impl Executor {
                 times[i] = t.elapsed();
             }
         }
+        Ok(())
     }
 
     fn check(

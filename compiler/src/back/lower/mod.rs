@@ -22,7 +22,9 @@
 //!   backward), [`reduce`] (`sum`, `mean`), [`broadcast`] (`expand`),
 //!   [`dropout`] (`dropout_train`), [`pool_grad`] (pooling gradients).
 //! - [`loss`]: the losses and their gradients;
-//! - [`signal`]: `differential_entropy` and `grid_map`.
+//! - [`signal`]: `differential_entropy` and `grid_map`;
+//! - [`sparse`]: ops over sparse bag inputs and the DSSM scoring ops (row
+//!   steps); a sparse input is three executor inputs.
 
 pub mod broadcast;
 pub mod contract;
@@ -39,6 +41,7 @@ pub mod pool_grad;
 pub mod reduce;
 mod rows;
 pub mod signal;
+pub mod sparse;
 #[cfg(test)]
 mod train_oracle;
 
@@ -57,7 +60,8 @@ use std::collections::{HashMap, HashSet};
 pub struct Lowered {
     /// The schedule over one arena.
     pub plan: Plan,
-    /// Input names, in the executor's input order.
+    /// Input names, in the executor's input order (a sparse input `q` is
+    /// three: `q.indices`, `q.offsets`, `q.values`).
     pub inputs: Vec<String>,
     /// Parameter and buffer paths, in the executor's parameter order.
     pub params: Vec<String>,
@@ -114,6 +118,8 @@ pub struct LowerCx<'a> {
     labels: Vec<StepLabel>,
     /// The label of the steps the node being lowered pushes.
     current: StepLabel,
+    /// Weights already re-laid-out in the persistent region ([`sparse`]).
+    packed: HashMap<ValueId, Buf>,
     /// Whether the node being lowered is parameter-derived.
     in_prepare: bool,
 }
@@ -180,6 +186,7 @@ pub fn lower_with(
             group: 0,
             flops: 0.0,
         },
+        packed: HashMap::new(),
         in_prepare: false,
     };
     let group_flops = group_flops(&cx, &nodes);
@@ -191,10 +198,12 @@ pub fn lower_with(
         .filter(|v| matches!(g.value(**v).def, ValueDef::Node(..)))
         .map(|v| cx.numel(*v).map(align))
         .chain(nodes.iter().map(|n| norm::persistent_len(&cx, n)))
+        .chain([sparse::persistent_len(&cx, &nodes)])
         .sum::<Result<usize, _>>()?;
     cx.scratch_base = persistent_base + persistent_len;
-    for (i, (_, v)) in g.inputs.iter().enumerate() {
-        cx.bufs.insert(*v, Buf::Input(i));
+    let inputs = sparse::executor_inputs(g);
+    for (i, (_, v)) in inputs.iter().enumerate() {
+        cx.bufs.entry(*v).or_insert(Buf::Input(i));
     }
     for (i, p) in g.params.iter().enumerate() {
         cx.bufs.insert(p.value, Buf::Param(i));
@@ -238,6 +247,7 @@ pub fn lower_with(
             .or_else(|| data::try_lower(&mut cx, node))
             .or_else(|| loss::try_lower(&mut cx, node))
             .or_else(|| signal::try_lower(&mut cx, node))
+            .or_else(|| sparse::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }
@@ -281,7 +291,7 @@ pub fn lower_with(
             steps: cx.steps,
             constants: cx.constants,
         },
-        inputs: g.inputs.iter().map(|(n, _)| n.clone()).collect(),
+        inputs: inputs.into_iter().map(|(n, _)| n).collect(),
         params: g.params.iter().map(|p| p.path.clone()).collect(),
         outputs,
         output_bufs,

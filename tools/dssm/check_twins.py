@@ -4,6 +4,8 @@ seed 0 (netc's parameter layouts converted to the twins': nn.Linear's
 weight transposed for the EmbeddingBag, nn.Conv1d's [out, V, 3] as rows of
 three taps) and the fixtures' CSR / id inputs, the twins' scores must equal
 the fixtures' `output.scores` (written by a dense computation) to 1e-12.
+Also checks the twins' negative sampling against the draws pinned in
+runtime/src/text/tsv.rs (`SAMPLE_PINS`).
 
 Run from the repository root: /work/venv/bin/python tools/dssm/check_twins.py
 """
@@ -77,6 +79,9 @@ def lstm_dssm(t: str, f: dict, name: str, peephole: bool):
 
 
 def main():
+    picks = tw.sample_negatives([f"d{i}" for i in range(5)], 2, 42)
+    assert picks == [[2, 4], [4, 3], [0, 4], [2, 1], [3, 2]], picks
+    print("sample_negatives: equal to runtime/src/text/tsv.rs SAMPLE_PINS")
     cases = [("dssm", dssm), ("cnn_dssm", cnn_dssm),
              ("lstm_dssm", lambda t, f, n: lstm_dssm(t, f, n, True)),
              ("lstm_dssm_plain", lambda t, f, n: lstm_dssm(t, f, n, False))]

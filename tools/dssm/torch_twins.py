@@ -287,7 +287,7 @@ def train(args, model, enc_q: Encoder, enc_d: Encoder, qs, ds):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, count, step = total + float(loss), count + 1, step + 1
+            total, count, step = total + loss.item(), count + 1, step + 1
             if step % args.log_every == 0:
                 print(f"  epoch {epoch + 1} step {step}: mean loss {total / count:.4f} "
                       f"({time.time() - start:.0f} s)", flush=True)

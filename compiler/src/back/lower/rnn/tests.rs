@@ -171,3 +171,44 @@ fn lstm_and_embedding_gradients_equal_the_interpreter() {
         );
     }
 }
+
+/// A training step ([`TrainStep`]: the optimisation passes, outputs read
+/// in place) of word ids -> embedding -> LSTM -> linear with a
+/// cross-entropy loss takes the ids as f32 values, as the class labels,
+/// and gives the interpreter's loss and gradients.
+#[test]
+fn a_training_step_takes_word_ids() {
+    use crate::train::step::TrainStep;
+    let src = "model m {\ninput ids: i64[N, 6]\noutput y = ids |> emb: embedding(13, 8) |> l: lstm(6, peephole = true) |> fc: linear(3)\n}\ntrain m {\nlabel t: i64[N]\nloss = cross_entropy(y, t)\noptimizer = adam(lr = 0.001)\n}\n";
+    let t = training_graph(&program(src).unwrap()).unwrap();
+    let n = 20;
+    let inputs = [
+        ("ids", vec![n, 6], ids(n * 6, 13, 5)),
+        ("t", vec![n], ids(n, 3, 1)),
+    ];
+    let ps = super::super::oracle::params(&t.graph);
+    let want = super::super::oracle::reference(&t.graph, &inputs, &ps);
+    let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, s, _)| (*n, s.as_slice())).collect();
+    for threads in [1, 2] {
+        let options = CompileOptions {
+            threads,
+            ..Default::default()
+        };
+        let mut step = TrainStep::compile(&t, &shapes, options).unwrap();
+        assert_eq!(step.input_names(), ["ids", "t"]);
+        let ins: Vec<&[f32]> = inputs.iter().map(|(_, _, v)| v.as_slice()).collect();
+        let params: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
+        step.run(&ins, &params).unwrap();
+        let mut outputs = vec![0];
+        outputs.extend(t.grads.iter().map(|(_, o)| *o));
+        assert_eq!(outputs.len(), 1 + 10, "loss and 10 parameter gradients");
+        for k in outputs {
+            super::super::oracle::assert_close(
+                step.output(k),
+                &want[k],
+                5e-5,
+                &format!("{}, {threads} threads", t.graph.outputs[k].0),
+            );
+        }
+    }
+}

@@ -138,8 +138,33 @@ pub enum LstmOutput {
     State,
 }
 
+/// `e^x` without a library call, so the cell loops vectorise: `2^n ·
+/// e^r` with `n = round(x·log2 e)`, `r = x − n·ln 2` (Cody-Waite split of
+/// ln 2), `e^r` by its degree-6 Taylor polynomial (`|r| ≤ 0.35`: relative
+/// error below 2e-7). `x` is clamped to `[-87, 88]`, where `2^n` is a
+/// normal f32.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E;
+    let n = (t + 0.5f32.copysign(t)) as i32;
+    let nf = n as f32;
+    let r = x - nf * 0.693_359_4 + nf * 2.121_944_4e-4;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits(((n + 127) as u32) << 23) * p
+}
+
+#[inline(always)]
 fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+    1.0 / (1.0 + exp(-v))
+}
+
+/// `tanh v = 1 − 2 / (e^{2v} + 1)` (absolute error about 1e-7).
+#[inline(always)]
+fn tanh(v: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * v) + 1.0)
 }
 
 /// The LSTM recurrence from zero state. Inputs: the input projection
@@ -181,9 +206,19 @@ impl RowKernel for LstmForward {
             LstmOutput::Last => (first..first + out.len() / h.max(1), 0),
             _ => q.piece(first, out.len(), per),
         };
-        with_work(BLOCK * (g4 + 2 * h), |work| {
+        with_work(BLOCK * (g4 + 2 * h) + g4 + 3 * h, |work| {
             let (gates, rest) = work.split_at_mut(BLOCK * g4);
-            let (hs, cs) = rest.split_at_mut(BLOCK * h);
+            let (hs, rest) = rest.split_at_mut(BLOCK * h);
+            let (cs, rest) = rest.split_at_mut(BLOCK * h);
+            let (bias, zeros) = rest.split_at_mut(g4);
+            for ((b, &x), &y) in bias.iter_mut().zip(b_ih).zip(b_hh) {
+                *b = x + y;
+            }
+            zeros.fill(0.0);
+            let (ci, cf, co) = match peep {
+                Some(p) => p,
+                None => (&zeros[..h], &zeros[h..2 * h], &zeros[2 * h..]),
+            };
             let mut start = range.start;
             while start < range.end {
                 let nb = BLOCK.min(range.end - start);
@@ -212,8 +247,10 @@ impl RowKernel for LstmForward {
                     for b in 0..nb {
                         let s = start + b;
                         let r = q.row(s, t);
-                        let p = &proj[r * g4..(r + 1) * g4];
-                        let gr = &gates[b * g4..(b + 1) * g4];
+                        let gr = &mut gates[b * g4..(b + 1) * g4];
+                        for ((a, &x), &y) in gr.iter_mut().zip(&proj[r * g4..(r + 1) * g4]).zip(&*bias) {
+                            *a += x + y;
+                        }
                         let hb = &mut hs[b * h..(b + 1) * h];
                         let cb = &mut cs[b * h..(b + 1) * h];
                         let mut dst = match self.output {
@@ -225,29 +262,18 @@ impl RowKernel for LstmForward {
                                 })?)
                             }
                         };
-                        for j in 0..h {
-                            let cp = cb[j];
-                            let (ci, cf, co) = peep.map_or((0.0, 0.0, 0.0), |(a, b, c)| {
-                                (a[j], b[j], c[j])
-                            });
-                            let pre = |k: usize| gr[k * h + j] + p[k * h + j] + b_ih[k * h + j] + b_hh[k * h + j];
-                            let i = sigmoid(pre(0) + ci * cp);
-                            let f = sigmoid(pre(1) + cf * cp);
-                            let g = pre(2).tanh();
-                            let c = f * cp + i * g;
-                            let o = sigmoid(pre(3) + co * c);
-                            let hn = o * c.tanh();
-                            match (&mut dst, self.output) {
-                                (Some(d), LstmOutput::State) => {
-                                    for (k, v) in [i, f, g, o, c, cp, hb[j]].into_iter().enumerate() {
-                                        d[k * h + j] = v;
-                                    }
-                                }
-                                (Some(d), _) => d[j] = hn,
-                                (None, _) => {}
+                        if let (Some(d), LstmOutput::State) = (&mut dst, self.output) {
+                            d[5 * h..6 * h].copy_from_slice(cb);
+                            d[6 * h..].copy_from_slice(hb);
+                        }
+                        cell(gr, cb, hb, (ci, cf, co));
+                        match (dst, self.output) {
+                            (Some(d), LstmOutput::State) => {
+                                d[..g4].copy_from_slice(gr);
+                                d[g4..5 * h].copy_from_slice(cb);
                             }
-                            cb[j] = c;
-                            hb[j] = hn;
+                            (Some(d), _) => d.copy_from_slice(hb),
+                            (None, _) => {}
                         }
                     }
                 }
@@ -259,6 +285,33 @@ impl RowKernel for LstmForward {
             }
             Ok(())
         })
+    }
+}
+
+/// One cell update of one sequence: `gates` holds the four
+/// pre-activations (without peephole terms) and becomes the activations
+/// `(i, f, g, o)`; `c` and `h` go from step `t − 1` to `t`. Every slice is
+/// cut to `H` first, so the loop has no bounds checks and vectorises.
+#[inline(always)]
+fn cell(gates: &mut [f32], c: &mut [f32], h: &mut [f32], (ci, cf, co): (&[f32], &[f32], &[f32])) {
+    let n = h.len();
+    let (ai, rest) = gates.split_at_mut(n);
+    let (af, rest) = rest.split_at_mut(n);
+    let (ag, ao) = rest.split_at_mut(n);
+    let (ao, c, ci, cf, co) = (&mut ao[..n], &mut c[..n], &ci[..n], &cf[..n], &co[..n]);
+    for j in 0..n {
+        let cp = c[j];
+        let i = sigmoid(ai[j] + ci[j] * cp);
+        let f = sigmoid(af[j] + cf[j] * cp);
+        let g = tanh(ag[j]);
+        let cn = f * cp + i * g;
+        let o = sigmoid(ao[j] + co[j] * cn);
+        ai[j] = i;
+        af[j] = f;
+        ag[j] = g;
+        ao[j] = o;
+        c[j] = cn;
+        h[j] = o * tanh(cn);
     }
 }
 
@@ -321,8 +374,14 @@ impl RowKernel for LstmBackward {
         };
         let (range, base) = q.piece(first, out.len(), g4);
         let a_rows = Strides::row_major(q.seq_stride() * g4);
-        with_work(2 * BLOCK * h, |work| {
-            let (dh, dc) = work.split_at_mut(BLOCK * h);
+        with_work(2 * BLOCK * h + 3 * h, |work| {
+            let (dh, rest) = work.split_at_mut(BLOCK * h);
+            let (dc, zeros) = rest.split_at_mut(BLOCK * h);
+            zeros.fill(0.0);
+            let (ci, cf, co) = match peep {
+                Some(p) => p,
+                None => (&zeros[..h], &zeros[h..2 * h], &zeros[2 * h..]),
+            };
             let mut start = range.start;
             while start < range.end {
                 let nb = BLOCK.min(range.end - start);
@@ -345,23 +404,27 @@ impl RowKernel for LstmBackward {
                         let ga = out.get_mut(at..at + g4).ok_or_else(|| {
                             format!("position {r} is past the output of {len}")
                         })?;
+                        let sl = |k: usize| &st[k * h..(k + 1) * h];
+                        let (si, sf, sg, so, sc, scp) = (sl(0), sl(1), sl(2), sl(3), sl(4), sl(5));
+                        let (gi, rest) = ga.split_at_mut(h);
+                        let (gf, rest) = rest.split_at_mut(h);
+                        let (gg, go) = rest.split_at_mut(h);
+                        let go = &mut go[..h];
+                        let (ci, cf, co) = (&ci[..h], &cf[..h], &co[..h]);
                         for j in 0..h {
-                            let [i, f, g, o, c, cp] = [0, 1, 2, 3, 4, 5].map(|k| st[k * h + j]);
-                            let (ci, cf, co) = peep.map_or((0.0, 0.0, 0.0), |(a, b, c)| {
-                                (a[j], b[j], c[j])
-                            });
-                            let tc = c.tanh();
+                            let (i, f, g, o, c, cp) = (si[j], sf[j], sg[j], so[j], sc[j], scp[j]);
+                            let tc = tanh(c);
                             let dhj = dhb[j];
                             let dao = dhj * tc * o * (1.0 - o);
-                            let dct = dcb[j] + dhj * o * (1.0 - tc * tc) + dao * co;
+                            let dct = dcb[j] + dhj * o * (1.0 - tc * tc) + dao * co[j];
                             let dai = dct * g * i * (1.0 - i);
                             let dag = dct * i * (1.0 - g * g);
                             let daf = dct * cp * f * (1.0 - f);
-                            dcb[j] = dct * f + dai * ci + daf * cf;
-                            ga[j] = dai;
-                            ga[h + j] = daf;
-                            ga[2 * h + j] = dag;
-                            ga[3 * h + j] = dao;
+                            dcb[j] = dct * f + dai * ci[j] + daf * cf[j];
+                            gi[j] = dai;
+                            gf[j] = daf;
+                            gg[j] = dag;
+                            go[j] = dao;
                         }
                     }
                     if t > 0 {

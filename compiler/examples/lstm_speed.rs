@@ -60,7 +60,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .params
         .iter()
         .map(|p| {
-            let s: Vec<usize> = p.ty.known_shape().unwrap_or_default().iter().map(|&d| d as usize).collect();
+            let s: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
             init.tensor(p.ty.dtype, &s, &p.init)
         })
         .collect();
@@ -79,11 +84,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut times: Vec<f64> = (0..5)
                 .map(|_| {
                     let t0 = Instant::now();
-                    step.run(&[&x, &r], &ps).map(|_| t0.elapsed().as_secs_f64() * 1e3)
+                    step.run(&[&x, &r], &ps)
+                        .map(|_| t0.elapsed().as_secs_f64() * 1e3)
                 })
                 .collect::<Result<_, _>>()?;
             times.sort_by(f64::total_cmp);
-            println!("  {batch} sequences, threads {threads}: {:8.2} ms per step", times[2]);
+            println!(
+                "  {batch} sequences, threads {threads}: {:8.2} ms per step",
+                times[2]
+            );
         }
     }
     Ok(())

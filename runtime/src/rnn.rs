@@ -65,7 +65,12 @@ fn bad_id(name: &str, v: f32, at: usize, vocab: usize) -> String {
 }
 
 /// `inputs[k]` holding at least `len` elements, or an error naming `what`.
-fn operand<'a>(inputs: &[&'a [f32]], k: usize, len: usize, what: &str) -> Result<&'a [f32], String> {
+fn operand<'a>(
+    inputs: &[&'a [f32]],
+    k: usize,
+    len: usize,
+    what: &str,
+) -> Result<&'a [f32], String> {
     let b = inputs.get(k).copied().unwrap_or(&[]);
     b.get(..len)
         .ok_or_else(|| format!("{what} holds {} of {len} elements", b.len()))
@@ -152,7 +157,8 @@ fn exp(x: f32) -> f32 {
     let r = x - nf * 0.693_359_4 + nf * 2.121_944_4e-4;
     let p = 1.0
         + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     f32::from_bits(((n + 127) as u32) << 23) * p
 }
 
@@ -248,7 +254,9 @@ impl RowKernel for LstmForward {
                         let s = start + b;
                         let r = q.row(s, t);
                         let gr = &mut gates[b * g4..(b + 1) * g4];
-                        for ((a, &x), &y) in gr.iter_mut().zip(&proj[r * g4..(r + 1) * g4]).zip(&*bias) {
+                        for ((a, &x), &y) in
+                            gr.iter_mut().zip(&proj[r * g4..(r + 1) * g4]).zip(&*bias)
+                        {
                             *a += x + y;
                         }
                         let hb = &mut hs[b * h..(b + 1) * h];
@@ -395,15 +403,19 @@ impl RowKernel for LstmBackward {
                         let dhb = &mut dh[b * h..(b + 1) * h];
                         let dcb = &mut dc[b * h..(b + 1) * h];
                         if let Some(d) = dseq {
-                            dhb.iter_mut().zip(&d[r * h..(r + 1) * h]).for_each(|(a, v)| *a += v);
+                            dhb.iter_mut()
+                                .zip(&d[r * h..(r + 1) * h])
+                                .for_each(|(a, v)| *a += v);
                         }
                         if let (Some(d), true) = (dlast, t + 1 == q.steps) {
-                            dhb.iter_mut().zip(&d[s * h..(s + 1) * h]).for_each(|(a, v)| *a += v);
+                            dhb.iter_mut()
+                                .zip(&d[s * h..(s + 1) * h])
+                                .for_each(|(a, v)| *a += v);
                         }
                         let (at, len) = ((r - base) * g4, out.len());
-                        let ga = out.get_mut(at..at + g4).ok_or_else(|| {
-                            format!("position {r} is past the output of {len}")
-                        })?;
+                        let ga = out
+                            .get_mut(at..at + g4)
+                            .ok_or_else(|| format!("position {r} is past the output of {len}"))?;
                         let sl = |k: usize| &st[k * h..(k + 1) * h];
                         let (si, sf, sg, so, sc, scp) = (sl(0), sl(1), sl(2), sl(3), sl(4), sl(5));
                         let (gi, rest) = ga.split_at_mut(h);
@@ -530,12 +542,15 @@ impl RowKernel for ScatterAdd {
         let rows = first..first + out.len() / w.max(1);
         out.fill(0.0);
         for (at, &v) in ids.iter().enumerate() {
-            let id = table_row(v, self.vocab).ok_or_else(|| bad_id(&self.name, v, at, self.vocab))?;
+            let id =
+                table_row(v, self.vocab).ok_or_else(|| bad_id(&self.name, v, at, self.vocab))?;
             if !rows.contains(&id) || Some(id) == self.padding {
                 continue;
             }
             let dst = &mut out[(id - first) * w..(id - first + 1) * w];
-            dst.iter_mut().zip(&dy[at * w..(at + 1) * w]).for_each(|(o, g)| *o += g);
+            dst.iter_mut()
+                .zip(&dy[at * w..(at + 1) * w])
+                .for_each(|(o, g)| *o += g);
         }
         Ok(())
     }
@@ -573,8 +588,11 @@ mod tests {
             padding: Some(0),
         };
         let mut dw = [9.0; 3];
-        s.rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 1.0, 0.0]], &mut dw).unwrap();
+        s.rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 1.0, 0.0]], &mut dw)
+            .unwrap();
         assert_eq!(dw, [0.0, 3.0, 0.0]);
-        assert!(s.rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 7.0, 0.0]], &mut dw).is_err());
+        assert!(s
+            .rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 7.0, 0.0]], &mut dw)
+            .is_err());
     }
 }

@@ -86,7 +86,9 @@ fn lstm_state(x: &[&Array], a: &Attrs) -> Array {
                 let row = k * h + j;
                 b_ih.data[row]
                     + b_hh.data[row]
-                    + (0..feat).map(|i| w_ih.data[row * feat + i] * xt[i]).sum::<f64>()
+                    + (0..feat)
+                        .map(|i| w_ih.data[row * feat + i] * xt[i])
+                        .sum::<f64>()
                     + (0..h).map(|i| w_hh.data[row * h + i] * hs[i]).sum::<f64>()
             };
             let mut next = vec![0.0; h];
@@ -131,10 +133,10 @@ fn lstm_grad_gates(x: &[&Array], a: &Attrs) -> Array {
         let (mut dh, mut dc) = (vec![0.0; h], vec![0.0; h]);
         for t in (0..lay.steps).rev() {
             let r = lay.row(s, t);
-            for j in 0..h {
-                dh[j] += dseq.map_or(0.0, |d| d.data[r * h + j]);
+            for (j, d) in dh.iter_mut().enumerate() {
+                *d += dseq.map_or(0.0, |g| g.data[r * h + j]);
                 if t + 1 == lay.steps {
-                    dh[j] += dlast.map_or(0.0, |d| d.data[s * h + j]);
+                    *d += dlast.map_or(0.0, |g| g.data[s * h + j]);
                 }
             }
             let st = &state.data[r * 7 * h..(r + 1) * 7 * h];

@@ -25,8 +25,7 @@ use crate::ir::{Attr, Node, ValueId};
 use netc_runtime::gemm::{Gemm, Strides};
 use netc_runtime::plan::{Buf, Contraction, Operand, RowKernel, Rows, Step, Work};
 use netc_runtime::rnn::{
-    Gather, LastStep, LstmBackward, LstmForward, LstmOutput, ScatterAdd, Seqs, BLOCK,
-    STATE_WIDTH,
+    Gather, LastStep, LstmBackward, LstmForward, LstmOutput, ScatterAdd, Seqs, BLOCK, STATE_WIDTH,
 };
 use std::sync::Arc;
 
@@ -128,7 +127,14 @@ fn embedding(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         width,
     };
     let extents = vec![positions, vocab * width];
-    push_rows(cx, kernel, inputs, extents, dst, (positions, width, grain(width)));
+    push_rows(
+        cx,
+        kernel,
+        inputs,
+        extents,
+        dst,
+        (positions, width, grain(width)),
+    );
     Ok(())
 }
 
@@ -162,7 +168,14 @@ fn embedding_grad(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         padding,
     };
     let extents = vec![positions * width, positions];
-    push_rows(cx, kernel, inputs, extents, dst, (vocab, width, grain(width)));
+    push_rows(
+        cx,
+        kernel,
+        inputs,
+        extents,
+        dst,
+        (vocab, width, grain(width)),
+    );
     Ok(())
 }
 
@@ -275,7 +288,14 @@ fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     if ret == "both" {
         let last = cx.output(node.outputs[1])?;
         let n = q.seqs * q.steps * h;
-        push_rows(cx, LastStep { seqs: q }, vec![dst], vec![n], last, (q.seqs, h, grain(h)));
+        push_rows(
+            cx,
+            LastStep { seqs: q },
+            vec![dst],
+            vec![n],
+            last,
+            (q.seqs, h, grain(h)),
+        );
     }
     Ok(())
 }

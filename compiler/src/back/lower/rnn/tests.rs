@@ -4,18 +4,20 @@
 //! i64 id inputs, and every gradient op through whole training graphs.
 
 use super::super::oracle::{check, data};
+use crate::elab::Value;
 use crate::grad::training_graph;
 use crate::interp::{self, Array};
 use crate::options::CompileOptions;
 use crate::session::{load_model, CompiledModel};
-use crate::elab::Value;
 use crate::testing::program;
 use netc_runtime::{Initializer, Storage, Tensor};
 use std::collections::HashMap;
 
 /// `n` ids below `vocab`, as the f32 values a plan reads.
 fn ids(n: usize, vocab: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7 + seed * 13 + i * i) % vocab) as f32).collect()
+    (0..n)
+        .map(|i| ((i * 7 + seed * 13 + i * i) % vocab) as f32)
+        .collect()
 }
 
 /// The `lstm` op alone, batch-first with extra leading dims and
@@ -25,9 +27,19 @@ fn ids(n: usize, vocab: usize, seed: usize) -> Vec<f32> {
 fn lstm_op_equals_the_interpreter() {
     for peephole in [false, true] {
         let cases = [
-            ("input x: f32[N, 2, 5, 6]", "\"both\"", "true", vec![20, 2, 5, 6]),
+            (
+                "input x: f32[N, 2, 5, 6]",
+                "\"both\"",
+                "true",
+                vec![20, 2, 5, 6],
+            ),
             ("input x: f32[N, 5, 6]", "\"last\"", "true", vec![40, 5, 6]),
-            ("input x: f32[5, N, 6]", "\"sequence\"", "false", vec![5, 40, 6]),
+            (
+                "input x: f32[5, N, 6]",
+                "\"sequence\"",
+                "false",
+                vec![5, 40, 6],
+            ),
             ("input x: f32[5, N, 6]", "\"both\"", "false", vec![5, 40, 6]),
         ];
         for (input, returns, bf, shape) in cases {
@@ -43,7 +55,12 @@ fn lstm_op_equals_the_interpreter() {
             let g = program(&format!("model m {{ {input}\n {out} }}")).unwrap();
             let n = if bf == "true" { shape[0] } else { shape[1] };
             let len = shape.iter().product();
-            check(&g, &[("N", n as i64)], &[("x", shape.clone(), data(len, 0.4, 2.0))], 2e-5);
+            check(
+                &g,
+                &[("N", n as i64)],
+                &[("x", shape.clone(), data(len, 0.4, 2.0))],
+                2e-5,
+            );
         }
     }
 }
@@ -72,7 +89,11 @@ fn lstm_dssm_equals_the_interpreter() {
                 .iter()
                 .map(|p| {
                     let s: Vec<usize> =
-                        p.ty.known_shape().unwrap().iter().map(|&d| d as usize).collect();
+                        p.ty.known_shape()
+                            .unwrap()
+                            .iter()
+                            .map(|&d| d as usize)
+                            .collect();
                     init.tensor(p.ty.dtype, &s, &p.init)
                 })
                 .collect();
@@ -88,8 +109,10 @@ fn lstm_dssm_equals_the_interpreter() {
             let q_shape = vec![n, words];
             let d_shape = vec![n, 1 + neg, words];
             let q_ids: Vec<i64> = ids(n * words, vocab, 1).iter().map(|&x| x as i64).collect();
-            let d_ids: Vec<i64> =
-                ids(n * (1 + neg) * words, vocab, 2).iter().map(|&x| x as i64).collect();
+            let d_ids: Vec<i64> = ids(n * (1 + neg) * words, vocab, 2)
+                .iter()
+                .map(|&x| x as i64)
+                .collect();
             let as_f64 = |v: &[i64]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
             let want = interp::run(
                 &g,
@@ -146,21 +169,48 @@ fn lstm_dssm_equals_the_interpreter() {
 #[test]
 fn lstm_and_embedding_gradients_equal_the_interpreter() {
     let cases = [
-        ("ids: i64[N, 3, 5]", "emb: embedding(11, 6) |> l: lstm(5, peephole = true)", "[N, 3, 5]", vec![12, 3, 5]),
-        ("ids: i64[N, 4]", "emb: embedding(11, 6, padding_idx = 2) |> l: lstm(5)", "[N, 5]", vec![36, 4]),
-        ("ids: i64[N, 4]", "emb: embedding(11, 3) |> l: lstm(4, peephole = true, returns = \"sequence\")", "[N, 4, 4]", vec![36, 4]),
-        ("ids: i64[4, N]", "emb: embedding(11, 3) |> l: lstm(4, batch_first = false, returns = \"sequence\")", "[4, N, 4]", vec![4, 9]),
+        (
+            "ids: i64[N, 3, 5]",
+            "emb: embedding(11, 6) |> l: lstm(5, peephole = true)",
+            "[N, 3, 5]",
+            vec![12, 3, 5],
+        ),
+        (
+            "ids: i64[N, 4]",
+            "emb: embedding(11, 6, padding_idx = 2) |> l: lstm(5)",
+            "[N, 5]",
+            vec![36, 4],
+        ),
+        (
+            "ids: i64[N, 4]",
+            "emb: embedding(11, 3) |> l: lstm(4, peephole = true, returns = \"sequence\")",
+            "[N, 4, 4]",
+            vec![36, 4],
+        ),
+        (
+            "ids: i64[4, N]",
+            "emb: embedding(11, 3) |> l: lstm(4, batch_first = false, returns = \"sequence\")",
+            "[4, N, 4]",
+            vec![4, 9],
+        ),
     ];
     for (input, layers, y, shape) in cases {
         let src = format!(
             "model m {{\ninput {input}\noutput y = ids |> {layers} |> tanh\n}}\ntrain m {{\nlabel r: f32{y}\nloss = sum(y * r)\noptimizer = sgd(lr = 0.1)\n}}\n"
         );
         let t = training_graph(&program(&src).unwrap()).unwrap();
-        let n = if input.starts_with("ids: i64[N") { shape[0] } else { shape[1] };
+        let n = if input.starts_with("ids: i64[N") {
+            shape[0]
+        } else {
+            shape[1]
+        };
         let len: usize = shape.iter().product();
-        let r_len = t.graph.ty(t.graph.inputs[1].1).shape.iter().map(|d| {
-            d.eval(&|_| Some(n as i64)).as_known().unwrap() as usize
-        });
+        let r_len = t
+            .graph
+            .ty(t.graph.inputs[1].1)
+            .shape
+            .iter()
+            .map(|d| d.eval(&|_| Some(n as i64)).as_known().unwrap() as usize);
         let r_shape: Vec<usize> = r_len.collect();
         let r = data(r_shape.iter().product(), 1.1, 1.0);
         check(

@@ -30,7 +30,11 @@ fn random(key: &str, n: usize) -> Vec<f64> {
     (0..n).map(|i| 2.0 * unit(5, key, i as u64) - 1.0).collect()
 }
 
-fn run(g: &Graph, inputs: &[(&str, Array)], params: &HashMap<String, Array>) -> HashMap<String, Array> {
+fn run(
+    g: &Graph,
+    inputs: &[(&str, Array)],
+    params: &HashMap<String, Array>,
+) -> HashMap<String, Array> {
     interp::run(g, inputs, params)
         .unwrap_or_else(|e| panic!("interpreter: {e}"))
         .into_iter()
@@ -64,7 +68,12 @@ fn check(name: &str, body: &str, y_shape: &str) {
         .params
         .iter()
         .map(|p| {
-            let s: Vec<usize> = p.ty.known_shape().unwrap().iter().map(|&d| d as usize).collect();
+            let s: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
             let len = s.iter().product();
             (p.path.clone(), Array::new(&s, random(&p.path, len)))
         })
@@ -122,7 +131,11 @@ fn embedding_into_lstm() {
         let body = format!(
             "input ids: i64[N, 2, 5]\n output y = ids |> emb: embedding({VOCAB}, 4) |> l: lstm(3, peephole = {peephole})"
         );
-        check(&format!("embedding peephole {peephole}"), &body, "[N, 2, 3]");
+        check(
+            &format!("embedding peephole {peephole}"),
+            &body,
+            "[N, 2, 3]",
+        );
     }
 }
 
@@ -136,18 +149,29 @@ fn the_padding_row_gets_no_gradient() {
     let t = training_graph(&crate::testing::program(&src).unwrap()).unwrap();
     let g = &t.graph;
     // Ids 3, 1, 3, 0, 3, ...: row 3 is read, rows 0 and 1 too.
-    let ids: Vec<f64> = (0..BATCH * 5).map(|i| [3.0, 1.0, 3.0, 0.0][i % 4]).collect();
+    let ids: Vec<f64> = (0..BATCH * 5)
+        .map(|i| [3.0, 1.0, 3.0, 0.0][i % 4])
+        .collect();
     let params = g
         .params
         .iter()
         .map(|p| {
-            let s: Vec<usize> = p.ty.known_shape().unwrap().iter().map(|&d| d as usize).collect();
+            let s: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
             let len = s.iter().product();
             (p.path.clone(), Array::new(&s, random(&p.path, len)))
         })
         .collect();
     let outs = run(g, &[("ids", Array::new(&[BATCH, 5], ids))], &params);
-    let (_, oi) = t.grads.iter().find(|(pi, _)| g.params[*pi].path == "emb.weight").unwrap();
+    let (_, oi) = t
+        .grads
+        .iter()
+        .find(|(pi, _)| g.params[*pi].path == "emb.weight")
+        .unwrap();
     let dw = &outs[&g.outputs[*oi].0].data;
     assert_eq!(&dw[9..12], &[0.0; 3], "row 3");
     assert!(dw[..6].iter().all(|v| *v != 0.0), "rows 0 and 1: {dw:?}");

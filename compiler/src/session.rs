@@ -226,16 +226,20 @@ impl CompiledModel {
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| *t)
                 .ok_or_else(|| RunError::Inputs(format!("input `{name}` is not given")))?;
-            let data = t.as_f32().ok_or_else(|| {
-                RunError::Inputs(format!("input `{name}` is {}, expected f32", t.dtype()))
-            })?;
             if t.shape() != want.as_slice() {
                 return Err(RunError::Inputs(format!(
                     "input `{name}` has shape {:?}, but the model was compiled for {want:?}",
                     t.shape()
                 )));
             }
-            slices.push(Cow::Borrowed(data));
+            if self.graph.ty(*v).dtype.is_float() {
+                let data = t.as_f32().ok_or_else(|| {
+                    RunError::Inputs(format!("input `{name}` is {}, expected f32", t.dtype()))
+                })?;
+                slices.push(Cow::Borrowed(data));
+            } else {
+                slices.push(Cow::Owned(ids_as_f32(name, t)?));
+            }
         }
         Ok(slices)
     }
@@ -397,6 +401,38 @@ fn known_shape(dims: &[i64]) -> Vec<usize> {
     dims.iter().map(|&d| d.max(0) as usize).collect()
 }
 
+/// The largest id an integer input may hold: the plan carries ids as f32
+/// values (as class labels), exact below 2^24.
+pub const MAX_ID: i64 = 1 << 24;
+
+/// An integer input's ids as the f32 values the plan reads (see
+/// `netc_runtime::rnn`); refuses a negative id or one of 2^24 or more.
+/// Ids past a table are refused by the kernel that reads them.
+fn ids_as_f32(name: &str, t: &Tensor) -> Result<Vec<f32>, RunError> {
+    let ids: Vec<i64> = match t.storage() {
+        Storage::I64(v) => v.clone(),
+        Storage::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        _ => {
+            return Err(RunError::Inputs(format!(
+                "input `{name}` is {}, expected integer ids (i64 or i32)",
+                t.dtype()
+            )))
+        }
+    };
+    ids.iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            if (0..MAX_ID).contains(&id) {
+                Ok(id as f32)
+            } else {
+                Err(RunError::Inputs(format!(
+                    "input `{name}` holds id {id} at position {i}; ids must be in 0..2^24"
+                )))
+            }
+        })
+        .collect()
+}
+
 /// Binds the graph's input symbols (`N`, ...) from actual input shapes,
 /// checking every input's rank and sizes against its declared type.
 pub fn bind_symbols(
@@ -411,9 +447,9 @@ pub fn bind_symbols(
             .find(|(n, _)| n == name)
             .map(|(_, s)| *s)
             .ok_or_else(|| RunError::Inputs(format!("input `{name}` is not given")))?;
-        if ty.dtype != DType::F32 {
+        if !matches!(ty.dtype, DType::F32 | DType::I64 | DType::I32) {
             return Err(RunError::Inputs(format!(
-                "input `{name}` is {}; this back end runs f32 inputs only (dense or sparse)",
+                "input `{name}` is {}; this back end runs f32 inputs (dense or sparse) and i64/i32 ids",
                 g.type_text(ty)
             )));
         }

@@ -17,6 +17,7 @@ pub mod gemm;
 mod init;
 pub mod npy;
 pub mod plan;
+pub mod rnn;
 pub mod similarity;
 pub mod sparse;
 mod tensor;

@@ -25,6 +25,7 @@
 //! - [`signal`]: `differential_entropy` and `grid_map`;
 //! - [`sparse`]: ops over sparse bag inputs and the DSSM scoring ops (row
 //!   steps); a sparse input is three executor inputs.
+//! - [`rnn`]: `embedding`, `lstm` and their gradients (row steps).
 
 pub mod broadcast;
 pub mod contract;
@@ -39,6 +40,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod pool_grad;
 pub mod reduce;
+pub mod rnn;
 mod rows;
 pub mod signal;
 pub mod sparse;
@@ -248,6 +250,7 @@ pub fn lower_with(
             .or_else(|| loss::try_lower(&mut cx, node))
             .or_else(|| signal::try_lower(&mut cx, node))
             .or_else(|| sparse::try_lower(&mut cx, node))
+            .or_else(|| rnn::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

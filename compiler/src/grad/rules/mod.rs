@@ -7,6 +7,7 @@
 mod elementwise;
 mod loss;
 mod nn;
+mod rnn;
 mod shape;
 
 use super::{GradCx, GradError};
@@ -16,7 +17,13 @@ use crate::ir::{Node, ValueId};
 pub type Rule =
     fn(&mut GradCx, &Node, &[Option<ValueId>], &[bool]) -> Result<Vec<Option<ValueId>>, GradError>;
 
-const FAMILIES: &[&[(&str, Rule)]] = &[elementwise::RULES, shape::RULES, nn::RULES, loss::RULES];
+const FAMILIES: &[&[(&str, Rule)]] = &[
+    elementwise::RULES,
+    shape::RULES,
+    nn::RULES,
+    loss::RULES,
+    rnn::RULES,
+];
 
 /// The rule of op `name`.
 pub fn lookup(name: &str) -> Option<Rule> {

@@ -1,0 +1,350 @@
+//! Lowering of the recurrent and lookup layers and their gradient ops to
+//! runtime row steps ([`Work::Rows`], kernels in `netc_runtime::rnn`):
+//!
+//! - `embedding(ids, w)`: a gather of table rows, one output row per id,
+//!   parallel over ids. Ids are f32 values in the plan (the host converts
+//!   i64 ids, see `session.rs`); the kernel refuses an id outside the
+//!   table with an error naming the layer.
+//! - `lstm` and `lstm_state`: the input projection of every time step,
+//!   `x · W_ihᵀ`, as one contraction step (the runtime GEMM) into the
+//!   scratch region, read by the next step only; then the recurrence as a
+//!   row step, parallel over sequences (blocks of 16 share one GEMM with
+//!   `W_hh` per time step). `returns = "both"` writes the sequence and
+//!   copies its last step.
+//! - `lstm_grad_gates`: backpropagation through time over the state
+//!   `lstm_state` kept, parallel over sequences.
+//! - `embedding_grad(dy, ids)`: the table gradient, parallel over table
+//!   rows (each piece scans the ids and adds the rows it owns).
+//!
+//! Time-first sequences (`batch_first = false`) interleave sequences in
+//! memory, so their per-position steps run on one thread.
+
+use super::LowerCx;
+use crate::back::BackError;
+use crate::ir::{Attr, Node, ValueId};
+use netc_runtime::gemm::{Gemm, Strides};
+use netc_runtime::plan::{Buf, Contraction, Operand, RowKernel, Rows, Step, Work};
+use netc_runtime::rnn::{
+    Gather, LastStep, LstmBackward, LstmForward, LstmOutput, ScatterAdd, Seqs, BLOCK, STATE_WIDTH,
+};
+use std::sync::Arc;
+
+/// Elements worth giving a thread of a gather or scatter.
+const GRAIN_ELEMS: usize = 1 << 14;
+
+/// Lowers the recurrent and lookup ops; `None` for other ops.
+pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    let r = match node.op.name {
+        "embedding" => embedding(cx, node),
+        "embedding_grad" => embedding_grad(cx, node),
+        "lstm" | "lstm_state" => lstm(cx, node),
+        "lstm_grad_gates" => lstm_grad_gates(cx, node),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// The error for `node` with `what` wrong.
+fn fail(node: &Node, what: String) -> BackError {
+    let at: &str = if node.path.is_empty() {
+        "the model"
+    } else {
+        &node.path
+    };
+    BackError(format!("`{}` at {at}: {what}", node.op.name))
+}
+
+/// The concrete shape of `v` of any dtype (ids are integers).
+fn dims(cx: &LowerCx, node: &Node, v: ValueId) -> Result<Vec<usize>, BackError> {
+    let ty = cx.g.ty(v);
+    ty.shape
+        .iter()
+        .map(|d| cx.eval(d).and_then(|n| usize::try_from(n).ok()))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            fail(
+                node,
+                format!("the sizes of {} are not given", cx.g.type_text(ty)),
+            )
+        })
+}
+
+fn int(node: &Node, k: &str) -> Result<usize, BackError> {
+    match node.op.attr(k) {
+        Some(Attr::Int(v)) => usize::try_from(*v).map_err(|_| fail(node, format!("`{k}` = {v}"))),
+        _ => Err(fail(node, format!("missing `{k}`"))),
+    }
+}
+
+fn flag(node: &Node, k: &str) -> bool {
+    matches!(node.op.attr(k), Some(Attr::Bool(true)))
+}
+
+/// Appends a row step of `rows` rows of `width` elements into `output`;
+/// `extents` lists what it reads of each input.
+fn push_rows(
+    cx: &mut LowerCx,
+    kernel: impl RowKernel + 'static,
+    inputs: Vec<Buf>,
+    mut extents: Vec<usize>,
+    output: Buf,
+    (rows, width, grain): (usize, usize, usize),
+) {
+    extents.push(rows * width);
+    cx.push(Step {
+        work: Work::Rows(Rows {
+            kernel: Arc::new(kernel),
+            rows,
+            width,
+            grain,
+        }),
+        inputs,
+        output,
+        extents,
+    });
+}
+
+/// Rows worth giving a thread when each is `width` elements.
+fn grain(width: usize) -> usize {
+    (GRAIN_ELEMS / width.max(1)).max(1)
+}
+
+/// `embedding(ids, w [V, D])`.
+fn embedding(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let (&ids, &w) = match node.inputs.as_slice() {
+        [i, w] => (i, w),
+        _ => return Err(fail(node, "expects ids and a table".into())),
+    };
+    let positions: usize = dims(cx, node, ids)?.iter().product();
+    let [vocab, width] = cx.shape(w)?[..] else {
+        return Err(fail(node, "the table is not [V, D]".into()));
+    };
+    let inputs = vec![cx.buf(ids)?, cx.buf(w)?];
+    let dst = cx.output(node.outputs[0])?;
+    let kernel = Gather {
+        name: node.path.clone(),
+        vocab,
+        width,
+    };
+    let extents = vec![positions, vocab * width];
+    push_rows(
+        cx,
+        kernel,
+        inputs,
+        extents,
+        dst,
+        (positions, width, grain(width)),
+    );
+    Ok(())
+}
+
+/// `embedding_grad(dy [..., D], ids)` -> `[V, D]`.
+fn embedding_grad(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let (&dy, &ids) = match node.inputs.as_slice() {
+        [d, i] => (d, i),
+        _ => return Err(fail(node, "expects dy and ids".into())),
+    };
+    let positions: usize = dims(cx, node, ids)?.iter().product();
+    let [vocab, width] = cx.shape(node.outputs[0])?[..] else {
+        return Err(fail(node, "the table gradient is not [V, D]".into()));
+    };
+    if cx.numel(dy)? != positions * width {
+        return Err(fail(
+            node,
+            format!("dy {:?} is not one row of {width} per id", cx.shape(dy)?),
+        ));
+    }
+    let padding = match node.op.attr("padding_idx") {
+        Some(Attr::Int(p)) => usize::try_from(*p).ok(),
+        _ => None,
+    };
+    let inputs = vec![cx.buf(dy)?, cx.buf(ids)?];
+    let dst = cx.output(node.outputs[0])?;
+    let kernel = ScatterAdd {
+        name: node.path.clone(),
+        vocab,
+        width,
+        positions,
+        padding,
+    };
+    let extents = vec![positions * width, positions];
+    push_rows(
+        cx,
+        kernel,
+        inputs,
+        extents,
+        dst,
+        (vocab, width, grain(width)),
+    );
+    Ok(())
+}
+
+/// The sequences of an input-shaped tensor of `shape` (`[N.., T, F]`
+/// batch-first, `[T, N, F]` time-first) for the node's `hidden`.
+fn sequences(node: &Node, shape: &[usize]) -> Result<Seqs, BackError> {
+    let batch_first = flag(node, "batch_first");
+    let r = shape.len();
+    if r < 3 {
+        return Err(fail(node, format!("{shape:?} is not a sequence [N, T, F]")));
+    }
+    let steps = if batch_first { shape[r - 2] } else { shape[0] };
+    let positions: usize = shape[..r - 1].iter().product();
+    Ok(Seqs {
+        hidden: int(node, "hidden")?,
+        steps,
+        seqs: positions / steps.max(1),
+        batch_first,
+    })
+}
+
+/// `P = x · W_ihᵀ` (`[positions, 4H]`) into the scratch region, for the
+/// step that follows.
+fn projection(cx: &mut LowerCx, node: &Node, q: Seqs, input: usize) -> Result<Buf, BackError> {
+    let positions = q.seqs * q.steps;
+    let g4 = 4 * q.hidden;
+    let (x, w) = (node.inputs[0], node.inputs[1]);
+    if cx.shape(w)? != [g4, input] {
+        return Err(fail(
+            node,
+            format!("weight_ih {:?} is not [{g4}, {input}]", cx.shape(w)?),
+        ));
+    }
+    let out = cx.scratch(positions * g4);
+    let operand = |input, strides| Operand {
+        input,
+        packed: false,
+        offset: 0,
+        item_stride: 0,
+        group_stride: 0,
+        strides,
+    };
+    cx.push(Step {
+        work: Work::Contraction(Box::new(Contraction {
+            items: 1,
+            groups: 1,
+            m: positions,
+            n: g4,
+            k: input,
+            a: operand(0, Strides::row_major(input)),
+            b: operand(1, Strides::transposed(input)),
+            c_item: 0,
+            c_group: 0,
+            ldc: g4,
+            pack: None,
+            epilogue: None,
+            unpack: None,
+            accumulate: false,
+            gemm: Gemm::Native,
+        })),
+        inputs: vec![cx.buf(x)?, cx.buf(w)?],
+        output: out,
+        extents: vec![positions * input, g4 * input, positions * g4],
+    });
+    Ok(out)
+}
+
+/// `lstm(x, w_ih, w_hh, b_ih, b_hh[, w_ci, w_cf, w_co])` and
+/// `lstm_state` (same operands).
+fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let peephole = flag(node, "peephole");
+    if node.inputs.len() != if peephole { 8 } else { 5 } {
+        return Err(fail(node, format!("{} operands", node.inputs.len())));
+    }
+    let xs = cx.shape(node.inputs[0])?;
+    let q = sequences(node, &xs)?;
+    let (h, g4) = (q.hidden, 4 * q.hidden);
+    let proj = projection(cx, node, q, xs[xs.len() - 1])?;
+    let mut inputs = vec![proj];
+    let mut extents = vec![q.seqs * q.steps * g4];
+    for (k, &v) in node.inputs.iter().enumerate().skip(2) {
+        let want = [g4 * h, g4, g4, h, h, h, h][k - 2];
+        if cx.numel(v)? != want {
+            return Err(fail(node, format!("operand {k} is {:?}", cx.shape(v)?)));
+        }
+        inputs.push(cx.buf(v)?);
+        extents.push(want);
+    }
+    let ret = match (node.op.name, node.op.attr("returns")) {
+        ("lstm_state", _) => "state",
+        (_, Some(Attr::Str(r))) => r.as_str(),
+        _ => "last",
+    };
+    let (output, per) = match ret {
+        "state" => (LstmOutput::State, STATE_WIDTH * h),
+        "last" => (LstmOutput::Last, h),
+        _ => (LstmOutput::Sequence, h),
+    };
+    let (rows, width) = match output {
+        LstmOutput::Last => (q.seqs, h),
+        _ => q.step_rows(per),
+    };
+    let kernel = LstmForward {
+        seqs: q,
+        peephole,
+        output,
+    };
+    let dst = cx.output(node.outputs[0])?;
+    push_rows(cx, kernel, inputs, extents, dst, (rows, width, BLOCK));
+    if ret == "both" {
+        let last = cx.output(node.outputs[1])?;
+        let n = q.seqs * q.steps * h;
+        push_rows(
+            cx,
+            LastStep { seqs: q },
+            vec![dst],
+            vec![n],
+            last,
+            (q.seqs, h, grain(h)),
+        );
+    }
+    Ok(())
+}
+
+/// `lstm_grad_gates(state, w_hh[, dseq][, dlast][, w_ci, w_cf, w_co])`.
+fn lstm_grad_gates(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let state = cx.shape(node.inputs[0])?;
+    let q = sequences(node, &state)?;
+    let (h, g4) = (q.hidden, 4 * q.hidden);
+    let positions = q.seqs * q.steps;
+    let (peephole, seq_grad, last_grad) = (
+        flag(node, "peephole"),
+        flag(node, "seq_grad"),
+        flag(node, "last_grad"),
+    );
+    let mut want = vec![positions * STATE_WIDTH * h, g4 * h];
+    if seq_grad {
+        want.push(positions * h);
+    }
+    if last_grad {
+        want.push(q.seqs * h);
+    }
+    if peephole {
+        want.extend([h; 3]);
+    }
+    if node.inputs.len() != want.len() {
+        return Err(fail(node, format!("{} operands", node.inputs.len())));
+    }
+    let mut inputs = Vec::with_capacity(want.len());
+    for (&v, &n) in node.inputs.iter().zip(&want) {
+        if cx.numel(v)? != n {
+            return Err(fail(
+                node,
+                format!("operand {:?} does not hold {n} elements", cx.shape(v)?),
+            ));
+        }
+        inputs.push(cx.buf(v)?);
+    }
+    let kernel = LstmBackward {
+        seqs: q,
+        peephole,
+        seq_grad,
+        last_grad,
+    };
+    let (rows, width) = q.step_rows(g4);
+    let dst = cx.output(node.outputs[0])?;
+    push_rows(cx, kernel, inputs, want, dst, (rows, width, BLOCK));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

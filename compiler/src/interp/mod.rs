@@ -12,6 +12,7 @@ mod grad_elementwise;
 mod grad_loss;
 mod grad_norm;
 mod grad_pool;
+mod grad_text;
 mod layout;
 mod nn;
 mod signal;
@@ -199,6 +200,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         grad_pool::eval,
         grad_elementwise::eval,
         grad_loss::eval,
+        grad_text::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;

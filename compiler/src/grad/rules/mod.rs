@@ -8,6 +8,7 @@ mod elementwise;
 mod loss;
 mod nn;
 mod shape;
+mod text;
 
 use super::{GradCx, GradError};
 use crate::ir::{Node, ValueId};
@@ -16,7 +17,13 @@ use crate::ir::{Node, ValueId};
 pub type Rule =
     fn(&mut GradCx, &Node, &[Option<ValueId>], &[bool]) -> Result<Vec<Option<ValueId>>, GradError>;
 
-const FAMILIES: &[&[(&str, Rule)]] = &[elementwise::RULES, shape::RULES, nn::RULES, loss::RULES];
+const FAMILIES: &[&[(&str, Rule)]] = &[
+    elementwise::RULES,
+    shape::RULES,
+    nn::RULES,
+    loss::RULES,
+    text::RULES,
+];
 
 /// The rule of op `name`.
 pub fn lookup(name: &str) -> Option<Rule> {

@@ -42,6 +42,7 @@ pub mod reduce;
 mod rows;
 pub mod signal;
 pub mod sparse;
+mod text_grad;
 #[cfg(test)]
 mod train_oracle;
 
@@ -248,6 +249,7 @@ pub fn lower_with(
             .or_else(|| loss::try_lower(&mut cx, node))
             .or_else(|| signal::try_lower(&mut cx, node))
             .or_else(|| sparse::try_lower(&mut cx, node))
+            .or_else(|| text_grad::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

@@ -754,3 +754,112 @@ fn time_train_lists_forward_and_backward_ops_per_layer() {
         );
     }
 }
+
+/// `netc run --queries --docs` ranks every document for every query: the
+/// JSON lists each query's hits best first, and their scores equal the
+/// model's own `scores` output when the same texts are given as CSR
+/// inputs (`--input q=... --input docs=...`, each query against the three
+/// documents); a model that is not a two-tower scorer is refused by name.
+#[test]
+fn run_ranks_documents_with_the_scores_of_the_model() {
+    use netc_runtime::text::bags::text_bags;
+    use netc_runtime::text::vocab::TrigramIds;
+    let dir = temp_dir("rank");
+    let queries = ["terminal text editor", "web browser"];
+    let docs = ["a text editor", "", "browser for the web"];
+    std::fs::write(dir.join("q.txt"), queries.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("d.txt"), docs.join("\n") + "\n").unwrap();
+    let (q, d, o) = (dir.join("q.txt"), dir.join("d.txt"), dir.join("o.json"));
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/dssm.net",
+        "--model",
+        "dssm",
+        "--set",
+        "trigrams=512",
+        "--seed",
+        "5",
+        "--queries",
+        q.to_str().unwrap(),
+        "--docs",
+        d.to_str().unwrap(),
+        "--top",
+        "3",
+        "--output",
+        o.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let json = std::fs::read_to_string(&o).unwrap();
+    let lines: Vec<&str> = json.lines().filter(|l| l.contains("\"query\"")).collect();
+    assert_eq!(lines.len(), 2, "{json}");
+
+    let ids = TrigramIds::hashed(512).unwrap();
+    let mut tensors = text_bags(&queries, &ids).bags.to_tensors("q");
+    let repeated: Vec<&str> = queries.iter().flat_map(|_| docs).collect();
+    tensors.extend(text_bags(&repeated, &ids).bags.to_tensors("docs"));
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let inputs = dir.join("in.safetensors");
+    netc_runtime::weights::write_safetensors_atomic(&inputs, &named, None).unwrap();
+    let (scores_path, given) = (dir.join("s.safetensors"), inputs.to_str().unwrap());
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/dssm.net",
+        "--model",
+        "dssm",
+        "--set",
+        "trigrams=512",
+        "--set",
+        "negatives=2",
+        "--seed",
+        "5",
+        "--input",
+        &format!("q={given}"),
+        "--input",
+        &format!("docs={given}"),
+        "--output",
+        scores_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let scores = netc_runtime::weights::read_safetensors(&scores_path).unwrap();
+    let scores = scores[0].1.as_f32().unwrap();
+    for (query, line) in lines.iter().enumerate() {
+        let hits = line.split("\"hits\": [").nth(1).unwrap();
+        let pairs: Vec<(usize, f32)> = hits
+            .split('[')
+            .filter_map(|p| p.split(']').next())
+            .filter(|p| p.contains(','))
+            .map(|p| {
+                let (doc, score) = p.split_once(',').unwrap();
+                (doc.trim().parse().unwrap(), score.trim().parse().unwrap())
+            })
+            .collect();
+        assert_eq!(pairs.len(), 3, "{line}");
+        let mut seen: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2], "{line}");
+        for w in pairs.windows(2) {
+            assert!(w[0].1 >= w[1].1, "{line}");
+        }
+        for (doc, score) in pairs {
+            let want = scores[query * 3 + doc];
+            assert!(
+                (score - want).abs() < 1e-4,
+                "query {query} doc {doc}: {score} vs {want}"
+            );
+        }
+    }
+
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/eeg_mlp.net",
+        "--queries",
+        q.to_str().unwrap(),
+        "--docs",
+        d.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("text input needs a query and a document input"),
+        "{err}"
+    );
+}

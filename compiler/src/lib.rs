@@ -18,9 +18,11 @@ pub mod ops;
 pub mod options;
 pub mod passes;
 pub mod program;
+pub mod retrieval;
 pub mod session;
 pub mod source;
 pub mod summary;
 #[cfg(test)]
 mod testing;
+pub mod text_inputs;
 pub mod train;

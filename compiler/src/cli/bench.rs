@@ -91,13 +91,14 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
             continue;
         }
         let flops = forward_flops(&loaded.graph, &shape_refs(&shapes)).map_err(Failure::error)?;
-        let mut model = CompiledModel::new(loaded.graph, &shape_refs(&shapes), options)
+        let graph = loaded.graph;
+        let mut model = CompiledModel::new(graph.clone(), &shape_refs(&shapes), options)
             .map_err(Failure::error)?;
         let compile_ms = start.elapsed().as_secs_f64() * 1e3;
         let start = Instant::now();
         model.init_weights(0).map_err(Failure::error)?;
         let init_ms = start.elapsed().as_secs_f64() * 1e3;
-        let inputs = random_inputs(&shapes);
+        let inputs = model_inputs(&graph, &shapes);
         let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let t = measure(&mut model, &refs, config).map_err(Failure::error)?;
         let gflops = flops / (t.median_ms / 1e3) / 1e9;
@@ -277,6 +278,66 @@ pub(super) fn shape_refs(shapes: &[(String, Vec<usize>)]) -> Vec<(&str, &[usize]
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_slice()))
         .collect()
+}
+
+/// Seeded inputs for every input of `g`: dense f32 inputs as
+/// [`random_inputs`]; a sparse input `q` of logical shape `[..., V]` as
+/// CSR tensors `q.indices`/`q.offsets`/`q.values` with the `nnz` ids per
+/// bag that its reading op declares (the expected count its FLOPs assume,
+/// default 20), ids spread over `0..V`, counts 1; i64 ids (an embedding's
+/// input) spread over the table's rows.
+pub(super) fn model_inputs(g: &Graph, shapes: &[(String, Vec<usize>)]) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    for ((name, shape), (_, v)) in shapes.iter().zip(&g.inputs) {
+        let ty = g.ty(*v);
+        let reader = g.nodes.iter().find(|n| n.inputs.first() == Some(v));
+        if ty.sparse {
+            let nnz = reader
+                .and_then(|n| match n.op.attr("nnz") {
+                    Some(netc::ir::Attr::Int(k)) => Some(*k as usize),
+                    _ => None,
+                })
+                .unwrap_or(20);
+            let dim = *shape.last().unwrap_or(&1) as u64;
+            let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+            let indices: Vec<i64> = (0..rows * nnz)
+                .map(|i| (netc_runtime::counter::splitmix64(i as u64) % dim.max(1)) as i64)
+                .collect();
+            let offsets: Vec<i64> = (0..=rows).map(|r| (r * nnz) as i64).collect();
+            let values = vec![1.0; rows * nnz];
+            let tensor = |data: Storage, len: usize| {
+                Tensor::new(&[len], data).expect("the data has the shape's element count")
+            };
+            out.push((
+                format!("{name}.indices"),
+                tensor(Storage::I64(indices), rows * nnz),
+            ));
+            out.push((
+                format!("{name}.offsets"),
+                tensor(Storage::I64(offsets), rows + 1),
+            ));
+            out.push((
+                format!("{name}.values"),
+                tensor(Storage::F32(values), rows * nnz),
+            ));
+        } else if ty.dtype == DType::I64 {
+            let table = reader
+                .and_then(|n| n.inputs.get(1))
+                .and_then(|w| g.ty(*w).shape.first()?.as_known())
+                .unwrap_or(2)
+                .max(1) as u64;
+            let n: usize = shape.iter().product();
+            let ids = (0..n)
+                .map(|i| (netc_runtime::counter::splitmix64(i as u64) % table) as i64)
+                .collect();
+            let t = Tensor::new(shape, Storage::I64(ids))
+                .expect("the data has the shape's element count");
+            out.push((name.clone(), t));
+        } else {
+            out.extend(random_inputs(&[(name.clone(), shape.clone())]));
+        }
+    }
+    out
 }
 
 /// Seeded inputs in [-1, 1) (a fixed linear congruential sequence: the

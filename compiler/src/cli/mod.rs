@@ -4,6 +4,7 @@
 //! - [`check`]: `netc check`, summaries, parameter lists, weight checks;
 //! - [`compile`]: `netc compile --emit`, what a compile stage produced;
 //! - [`run`]: `netc run`, a model on inputs from files;
+//! - [`rank`]: `netc run --queries --docs`, document ranking;
 //! - [`bench`]: `netc bench`, latency at given batch sizes;
 //! - [`time`]: `netc time`, forward time per layer.
 
@@ -11,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod options;
+pub mod rank;
 pub mod run;
 pub mod time;
 pub mod train;

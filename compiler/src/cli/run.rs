@@ -1,9 +1,14 @@
 //! `netc run`: compile a model for the shapes of its inputs (read from
-//! `.safetensors` or `.npy` files), load or initialise its weights, run it
-//! once, and write every output to a safetensors file or print a preview.
+//! `.safetensors` or `.npy` files; a sparse input `q` as the tensors
+//! `q.indices`, `q.offsets`, `q.values` of a safetensors file), load or
+//! initialise its weights, run it once, and write every output to a
+//! safetensors file or print a preview. With `--queries` and `--docs` a
+//! two-tower text model ranks documents instead ([`super::rank`]).
 
 use super::options::{load, CompileFlags, ModelArgs};
+use super::rank::{rank, RankRequest};
 use super::Failure;
+use netc::ir::{Graph, ValueId};
 use netc::session::CompiledModel;
 use netc_runtime::npy::read_npy;
 use netc_runtime::weights::{read_safetensors, write_safetensors_atomic};
@@ -24,11 +29,36 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// An input: `NAME=PATH` with a `.safetensors` (the tensor called NAME,
-    /// or the only one) or `.npy` file. Repeat for each input.
-    #[arg(long = "input", value_name = "NAME=PATH", required = true)]
+    /// or the only one; a sparse input's NAME.indices, NAME.offsets and
+    /// optional NAME.values) or `.npy` file. Repeat for each input.
+    #[arg(
+        long = "input",
+        value_name = "NAME=PATH",
+        required_unless_present = "queries"
+    )]
     inputs: Vec<String>,
+    /// Rank documents instead: one query per line (a two-tower text model
+    /// such as `models/dssm.net`'s; needs `--docs`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "docs",
+        conflicts_with = "inputs"
+    )]
+    queries: Option<PathBuf>,
+    /// The documents to rank, one per line.
+    #[arg(long, value_name = "FILE", requires = "queries")]
+    docs: Option<PathBuf>,
+    /// Hits kept per query when ranking.
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    top: usize,
+    /// Queries encoded per run when ranking (documents: this times the
+    /// model's documents per row).
+    #[arg(long, default_value_t = 64, value_name = "B")]
+    batch: usize,
     /// Write every output, under its name, to this safetensors file
-    /// (atomically). Without it, print each output's shape and first values.
+    /// (atomically); when ranking, the hits as JSON. Without it, print each
+    /// output's shape and first values, or the hits.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     #[command(flatten)]
@@ -48,7 +78,20 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         )));
     }
     let g = loaded.graph;
+    if let (Some(queries), Some(docs)) = (&args.queries, &args.docs) {
+        let request = RankRequest {
+            queries,
+            docs,
+            top: args.top,
+            batch: args.batch,
+            weights: args.weights.as_ref(),
+            seed: args.seed,
+            output: args.output.as_ref(),
+        };
+        return rank(&g, &request, options);
+    }
     let mut inputs = Vec::new();
+    let mut shapes = Vec::new();
     for spec in &args.inputs {
         let Some((name, path)) = spec.split_once('=') else {
             return Err(Failure::Usage(format!(
@@ -63,13 +106,29 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
                 known.join(", ")
             )));
         }
-        let t = read_input(name, Path::new(path))
-            .map_err(|e| Failure::Error(format!("input `{name}`: {e}")))?;
-        inputs.push((name.to_string(), t));
+        let sparse = g
+            .inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .filter(|(_, v)| g.ty(*v).sparse);
+        match sparse {
+            Some((_, v)) => {
+                let (parts, shape) = read_sparse(&g, name, *v, Path::new(path))
+                    .map_err(|e| Failure::Error(format!("input `{name}`: {e}")))?;
+                inputs.extend(parts);
+                shapes.push((name.to_string(), shape));
+            }
+            None => {
+                let t = read_input(name, Path::new(path))
+                    .map_err(|e| Failure::Error(format!("input `{name}`: {e}")))?;
+                shapes.push((name.to_string(), t.shape().to_vec()));
+                inputs.push((name.to_string(), t));
+            }
+        }
     }
-    let shapes: Vec<(&str, &[usize])> = inputs
+    let shapes: Vec<(&str, &[usize])> = shapes
         .iter()
-        .map(|(n, t)| (n.as_str(), t.shape()))
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
         .collect();
     let mut model = CompiledModel::new(g, &shapes, options).map_err(Failure::error)?;
     match &args.weights {
@@ -113,6 +172,49 @@ fn read_input(name: &str, path: &Path) -> Result<Tensor, String> {
         }
     };
     Ok(tensors.swap_remove(pick).1)
+}
+
+/// Tensors with their names.
+type NamedTensors = Vec<(String, Tensor)>;
+
+/// A sparse input's CSR tensors `NAME.indices`, `NAME.offsets` and
+/// optional `NAME.values` from a safetensors file, with the logical shape
+/// they give: the batch is the row count over the rows per sample.
+fn read_sparse(
+    g: &Graph,
+    name: &str,
+    v: ValueId,
+    path: &Path,
+) -> Result<(NamedTensors, Vec<usize>), String> {
+    let tensors = read_safetensors(path).map_err(|e| e.to_string())?;
+    let parts: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .filter(|(n, _)| {
+            n.strip_prefix(name)
+                .is_some_and(|rest| matches!(rest, ".indices" | ".offsets" | ".values"))
+        })
+        .collect();
+    let offsets = parts
+        .iter()
+        .find(|(n, _)| n.ends_with(".offsets"))
+        .ok_or_else(|| format!("{} has no tensor `{name}.offsets`", path.display()))?;
+    let rows = offsets.1.numel().saturating_sub(1);
+    let ty = g.ty(v);
+    let fixed: Vec<usize> = ty.shape[1..]
+        .iter()
+        .map(|d| d.as_known().map(|n| n as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("only the first dim of {} may be symbolic", g.type_text(ty)))?;
+    let per_sample: usize = fixed[..fixed.len() - 1].iter().product();
+    if per_sample == 0 || rows % per_sample != 0 {
+        return Err(format!(
+            "`{name}.offsets` gives {rows} rows, not a whole number of samples of {per_sample} rows ({})",
+            g.type_text(ty)
+        ));
+    }
+    let mut shape = vec![rows / per_sample];
+    shape.extend(fixed);
+    Ok((parts, shape))
 }
 
 /// `f32[2, 3] [v0, v1, ...]`: the type and the first [`PREVIEW`] values.

@@ -5,7 +5,7 @@
 //! time, most expensive first, with each one's share of the total and its
 //! achieved GFLOP/s, then the total.
 
-use super::bench::{input_shapes, random_data, random_inputs, shape_refs};
+use super::bench::{input_shapes, model_inputs, random_data, shape_refs};
 use super::options::{CompileFlags, ModelArgs};
 use super::Failure;
 use netc::session::{CompiledModel, LayerTime};
@@ -67,10 +67,10 @@ pub fn time(args: &TimeArgs) -> Result<(), Failure> {
         print!("{}", table(&layers, args.top.unwrap_or(usize::MAX)));
         return Ok(());
     }
+    let inputs = model_inputs(&loaded.graph, &shapes);
     let mut model =
         CompiledModel::new(loaded.graph, &shape_refs(&shapes), options).map_err(Failure::error)?;
     model.init_weights(0).map_err(Failure::error)?;
-    let inputs = random_inputs(&shapes);
     let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut layers = model.profile(&refs, reps).map_err(Failure::error)?;
     layers.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));

@@ -622,12 +622,7 @@ fn feed<T>(
 }
 
 /// The loss and accuracy of the step that just ran on `b` samples.
-fn tally(
-    step: &TrainStep,
-    classifier: Option<Classifier>,
-    columns: &[Feed],
-    b: usize,
-) -> Tally {
+fn tally(step: &TrainStep, classifier: Option<Classifier>, columns: &[Feed], b: usize) -> Tally {
     let correct = classifier.and_then(|c| {
         let logits = step.output(c.logits);
         let Feed::Dense(labels) = &columns[c.label] else {

@@ -124,23 +124,44 @@ fn check_fixture(case: &str, set: &str) {
     let mut step = TrainStep::compile(&tg, &shapes, options).unwrap();
     assert_eq!(
         step.input_names(),
-        ["q.indices", "q.offsets", "q.values", "docs.indices", "docs.offsets", "docs.values"]
+        [
+            "q.indices",
+            "q.offsets",
+            "q.values",
+            "docs.indices",
+            "docs.offsets",
+            "docs.values"
+        ]
     );
     let params: Vec<Tensor> = g
         .params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> = p.ty.known_shape().unwrap().iter().map(|&d| d as usize).collect();
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
             counter::tensor(0, &p.path, p.ty.dtype, &shape)
         })
         .collect();
     let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
-    let ins: [&[f32]; 6] = [&q.indices, &q.offsets, &q.values, &d.indices, &d.offsets, &d.values];
+    let ins: [&[f32]; 6] = [
+        &q.indices, &q.offsets, &q.values, &d.indices, &d.offsets, &d.values,
+    ];
     step.run(&ins, &ps).unwrap();
     let loss = f64::from(step.output(0)[0]);
     let want = f64s(&fix["loss"])[0];
-    assert!((loss - want).abs() <= 1e-5 * want.abs(), "{case}: loss {loss} vs PyTorch {want}");
-    let scores: Vec<f64> = step.output(tg.first_model_output).iter().map(|&x| f64::from(x)).collect();
+    assert!(
+        (loss - want).abs() <= 1e-5 * want.abs(),
+        "{case}: loss {loss} vs PyTorch {want}"
+    );
+    let scores: Vec<f64> = step
+        .output(tg.first_model_output)
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
     let e = rel_l2(&scores, &f64s(&fix["output.scores"]));
     assert!(e < 1e-5, "{case}: scores rel L2 {e:.2e}");
     let mut checked = 0;
@@ -161,10 +182,17 @@ fn check_fixture(case: &str, set: &str) {
             }
         };
         println!("{case}: {path} {what} rel L2 {e:.2e}");
-        assert!(e < 1e-4, "{case}: gradient of {path}: {what} rel L2 {e:.2e}");
+        assert!(
+            e < 1e-4,
+            "{case}: gradient of {path}: {what} rel L2 {e:.2e}"
+        );
         checked += 1;
     }
-    assert_eq!(checked, g.params.len(), "{case}: every parameter has a gradient");
+    assert_eq!(
+        checked,
+        g.params.len(),
+        "{case}: every parameter has a gradient"
+    );
 }
 
 #[test]
@@ -197,7 +225,8 @@ fn synthetic(samples: usize, negatives: usize, vocab: usize) -> Vec<(String, Ten
         d.push_bag(topic_bag(topic, i as u64 * 10 + 1, 8)).unwrap();
         for k in 0..negatives {
             let other = (topic + 1 + k + (unit(92, "neg", (i * 8 + k) as u64) * 3.0) as usize) % 8;
-            d.push_bag(topic_bag(other, i as u64 * 10 + 2 + k as u64, 8)).unwrap();
+            d.push_bag(topic_bag(other, i as u64 * 10 + 2 + k as u64, 8))
+                .unwrap();
         }
     }
     let mut t = q.to_tensors("q");
@@ -224,18 +253,30 @@ fn dssm_learns_a_synthetic_sparse_task() {
     let columns = trainer.data_columns();
     assert_eq!(columns[0], ("q".to_string(), Some(vec![500])));
     assert_eq!(columns[1], ("docs".to_string(), Some(vec![5, 500])));
-    let specs: Vec<(&str, Option<&[usize]>)> =
-        columns.iter().map(|(n, s)| (n.as_str(), s.as_deref())).collect();
+    let specs: Vec<(&str, Option<&[usize]>)> = columns
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_deref()))
+        .collect();
     let train = DataSet::from_columns("synthetic", synthetic(90, 4, 500), &specs).unwrap();
     let val = DataSet::from_columns("synthetic val", synthetic(40, 4, 500), &specs).unwrap();
-    let before = fit::evaluate(&mut trainer, &val, &mut |_| {}).unwrap().loss();
+    let before = fit::evaluate(&mut trainer, &val, &mut |_| {})
+        .unwrap()
+        .loss();
     let mut state = RunState::default();
     let options = FitOptions {
         epochs: 3,
         checkpoint: None,
         stop: None,
     };
-    let outcome = fit::fit(&mut trainer, &mut state, &train, Some(&val), &options, &mut |_| {}).unwrap();
+    let outcome = fit::fit(
+        &mut trainer,
+        &mut state,
+        &train,
+        Some(&val),
+        &options,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(outcome, Outcome::Completed);
     let losses: Vec<f64> = state.history.iter().map(|e| e.train_loss).collect();
     let after = state.history.last().unwrap().val_loss.unwrap();

@@ -92,7 +92,7 @@ fn run(
 /// Up to `per_param` elements (spread over rows and columns) of every trained parameter
 /// of `g` against central differences.
 fn check(name: &str, g: &Graph, per_param: usize) {
-    let t = training_graph(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let t = training_graph(g).unwrap_or_else(|e| panic!("{name}: {e}"));
     let ins = inputs(&t.graph);
     let mut ps = params(&t.graph);
     let outs = run(&t.graph, &ins, &ps);

@@ -2,7 +2,8 @@
 //! training step's loss, scores and parameter gradients equal PyTorch's
 //! float64 ones (`tests/fixtures/grads/dssm*.safetensors`, written by
 //! `make_dssm_reference.py`; counter weights of seed 0), and a few epochs
-//! of `fit` on a small synthetic sparse data set lower the loss.
+//! of `fit` on a small synthetic sparse data set lower the loss; after
+//! warm-up a step on sparse batches allocates and compiles nothing.
 
 use netc::elab::Value;
 use netc::grad::training_graph;
@@ -18,8 +19,38 @@ use netc_runtime::text::bags::SparseBags;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::weights::read_safetensors;
 use netc_runtime::{Storage, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counts allocations of the threads that opted in (the test's own).
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+            LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
+        }
+        // SAFETY: forwarded to the system allocator with the same layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -283,4 +314,54 @@ fn dssm_learns_a_synthetic_sparse_task() {
     println!("val loss {before:.4} -> {after:.4}, train losses {losses:?}");
     assert!(losses[2] < losses[0], "train losses {losses:?}");
     assert!(after < 0.8 * before, "val loss {before} -> {after}");
+}
+
+/// Sparse batches reuse the trainer's CSR buffers: once every batch has
+/// been seen, steps allocate nothing (rayon's job-queue block aside, as in
+/// `tests/training.rs`) and compile nothing.
+#[test]
+fn cached_sparse_steps_allocate_nothing() {
+    let g = dssm("trigrams=500 negatives=4 nnz=6");
+    let config = TrainConfig {
+        options: CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+        batch: 16,
+        seed: 5,
+        lr: None,
+    };
+    let mut trainer = Trainer::new(g, config).unwrap();
+    let columns = trainer.data_columns();
+    let specs: Vec<(&str, Option<&[usize]>)> = columns
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_deref()))
+        .collect();
+    let data = DataSet::from_columns("synthetic", synthetic(40, 4, 500), &specs).unwrap();
+    let batches: Vec<Vec<usize>> = vec![
+        (0..16).collect(),
+        (16..32).rev().collect(),
+        (32..40).collect(),
+    ];
+    for b in &batches {
+        trainer.step(&data, b, &mut |_| {}).unwrap();
+    }
+    let compiled = trainer.compiled();
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..3 {
+        for b in &batches {
+            trainer.step(&data, b, &mut |_| {}).unwrap();
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    let (count, largest) = (
+        ALLOCATIONS.load(Ordering::SeqCst),
+        LARGEST.load(Ordering::SeqCst),
+    );
+    assert!(
+        count <= 1 && largest <= 4096,
+        "{count} allocations during cached steps, the largest {largest} bytes"
+    );
+    assert_eq!(trainer.compiled(), compiled, "no new plan");
 }

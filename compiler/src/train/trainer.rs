@@ -561,15 +561,21 @@ impl Trainer {
 
     /// Copies the samples `indices` into the column buffers.
     fn gather(&mut self, data: &DataSet, indices: &[usize]) -> Result<(), RunError> {
-        let names = self.data_names();
-        for (k, col) in self.columns.iter_mut().enumerate() {
-            let name = names.get(k).map_or("?", String::as_str);
+        let Trainer { columns, train, .. } = self;
+        for (k, col) in columns.iter_mut().enumerate() {
             let r = match col {
                 Feed::Bags(csr) => data.gather_bags(k, indices, csr),
                 Feed::Dense(_) if data.is_sparse(k) => {
+                    let name = train
+                        .graph
+                        .inputs
+                        .iter()
+                        .filter(|(n, _)| n != SEED_INPUT)
+                        .nth(k)
+                        .map_or("?", |(n, _)| n.as_str());
                     return Err(RunError::Inputs(format!(
                         "data column {k} holds sparse bags, but the model's `{name}` is dense"
-                    )))
+                    )));
                 }
                 Feed::Dense(col) => {
                     let n = indices.len() * data.row_len(k);

@@ -22,6 +22,7 @@ pub mod similarity;
 pub mod sparse;
 mod tensor;
 pub mod text;
+pub mod text_grad;
 pub mod train;
 pub mod weights;
 

@@ -189,31 +189,39 @@ fn train_row(
     Ok(())
 }
 
-/// Seeded data for `trainer`: inputs in [-1, 1), class labels cycling
-/// through the classes (taken from the first model output's last dim, or 2).
+/// Seeded data for `trainer`: model inputs as [`model_inputs`] (sparse
+/// inputs as CSR bags), class labels cycling through the classes (taken
+/// from the first model output's last dim, or 2).
 pub(super) fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Failure> {
     let g = &trainer.training_graph().graph;
-    let classes = trainer
-        .graph()
+    let model = trainer.graph();
+    let classes = model
         .outputs
         .first()
-        .and_then(|(_, v)| trainer.graph().ty(*v).shape.last()?.as_known())
+        .and_then(|(_, v)| model.ty(*v).shape.last()?.as_known())
         .unwrap_or(2)
         .max(1) as usize;
-    let names = trainer.data_names();
-    let mut tensors = Vec::new();
-    for name in &names {
-        let Some((_, v)) = g.inputs.iter().find(|(n, _)| n == name) else {
-            continue;
-        };
-        let ty = g.ty(*v);
-        let shape: Vec<usize> = std::iter::once(batch)
+    let shape_of = |ty: &netc::ir::TensorType| -> Vec<usize> {
+        std::iter::once(batch)
             .chain(
                 ty.shape[1..]
                     .iter()
                     .map(|d| d.as_known().unwrap_or(1).max(0) as usize),
             )
-            .collect();
+            .collect()
+    };
+    let shapes: Vec<(String, Vec<usize>)> = model
+        .inputs
+        .iter()
+        .map(|(n, v)| (n.clone(), shape_of(model.ty(*v))))
+        .collect();
+    let mut tensors = model_inputs(model, &shapes);
+    for (name, v) in &g.inputs {
+        if shapes.iter().any(|(n, _)| n == name) || name == netc::grad::SEED_INPUT {
+            continue;
+        }
+        let ty = g.ty(*v);
+        let shape = shape_of(ty);
         let t = if ty.dtype == DType::I64 {
             let n: usize = shape.iter().product();
             Tensor::new(
@@ -226,8 +234,12 @@ pub(super) fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Fa
         };
         tensors.push((name.clone(), t));
     }
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    DataSet::from_tensors("random data", tensors, &refs).map_err(Failure::error)
+    let columns = trainer.data_columns();
+    let specs: Vec<netc_runtime::train::data::ColumnSpec> = columns
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_deref()))
+        .collect();
+    DataSet::from_columns("random data", tensors, &specs).map_err(Failure::error)
 }
 
 /// The column titles of the table output.

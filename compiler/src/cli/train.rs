@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use netc::train::curve;
 use netc::train::fit::{self, FitOptions, Outcome, Progress, RunState};
 use netc::train::trainer::{TrainConfig, Trainer};
-use netc_runtime::train::data::DataSet;
+use netc_runtime::train::data::{ColumnSpec, DataSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,11 +78,14 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         lr: args.lr,
     };
     let mut trainer = Trainer::new(loaded.graph, config).map_err(Failure::error)?;
-    let names = trainer.data_names();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let data = DataSet::load(&args.data, &refs).map_err(Failure::error)?;
+    let columns = trainer.data_columns();
+    let specs: Vec<ColumnSpec> = columns
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_deref()))
+        .collect();
+    let data = DataSet::load_columns(&args.data, &specs).map_err(Failure::error)?;
     let val = match &args.val {
-        Some(p) => Some(DataSet::load(p, &refs).map_err(Failure::error)?),
+        Some(p) => Some(DataSet::load_columns(p, &specs).map_err(Failure::error)?),
         None => None,
     };
     if let Some(w) = &args.weights {

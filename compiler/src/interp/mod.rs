@@ -13,6 +13,7 @@ mod grad_loss;
 mod grad_norm;
 mod grad_pool;
 mod grad_rnn;
+mod grad_text;
 mod layout;
 mod nn;
 mod signal;
@@ -201,6 +202,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         grad_elementwise::eval,
         grad_loss::eval,
         grad_rnn::eval,
+        grad_text::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;

@@ -66,7 +66,9 @@ impl TrainStep {
         })
     }
 
-    /// Input names in the order [`TrainStep::run`] takes them.
+    /// Input names in the order [`TrainStep::run`] takes them: a sparse
+    /// input `q` is three buffers `q.indices`, `q.offsets`, `q.values`
+    /// (the plan encoding of `netc_runtime::sparse`).
     pub fn input_names(&self) -> &[String] {
         &self.lowered.inputs
     }
@@ -125,8 +127,9 @@ impl TrainStep {
     }
 }
 
-/// Binds the input symbols from the given shapes; the seed input is
-/// implied. Inputs may be f32 or (labels) i64.
+/// Binds the input symbols from the given shapes (a sparse input by its
+/// logical shape `[..., V]`); the seed input is implied. Inputs may be
+/// f32, sparse f32 or (labels) i64.
 fn bind(g: &Graph, shapes: &[(&str, &[usize])]) -> Result<HashMap<SymId, i64>, RunError> {
     let mut values = HashMap::new();
     for (name, v) in &g.inputs {
@@ -139,9 +142,9 @@ fn bind(g: &Graph, shapes: &[(&str, &[usize])]) -> Result<HashMap<SymId, i64>, R
             .find(|(n, _)| n == name)
             .map(|(_, s)| *s)
             .ok_or_else(|| RunError::Inputs(format!("`{name}` is not given")))?;
-        if !matches!(ty.dtype, DType::F32 | DType::I64) || ty.sparse {
+        if !matches!(ty.dtype, DType::F32 | DType::I64) || (ty.sparse && ty.dtype != DType::F32) {
             return Err(RunError::Inputs(format!(
-                "`{name}` is {}; training runs dense f32 inputs and i64 class labels",
+                "`{name}` is {}; training runs f32 inputs (dense or sparse) and i64 class labels",
                 g.type_text(ty)
             )));
         }

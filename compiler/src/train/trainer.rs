@@ -11,6 +11,7 @@ use crate::ir::{Attr, Graph};
 use crate::options::CompileOptions;
 use crate::session::{LayerTime, RunError};
 use netc_runtime::counter::splitmix64;
+use netc_runtime::sparse::CsrBuffers;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::train::optim::{Hyper, Optimizer, OptimizerSpec};
 use netc_runtime::train::schedule::Schedule;
@@ -83,6 +84,14 @@ struct Classifier {
     classes: usize,
 }
 
+/// The batch buffer of one data column: dense rows (room for the
+/// configured batch), or a sparse input's CSR buffers (refilled per batch,
+/// keeping their capacity).
+enum Feed {
+    Dense(Vec<f32>),
+    Bags(CsrBuffers),
+}
+
 /// A model being trained: parameters, optimizer state, and the compiled
 /// steps cached per batch size.
 pub struct Trainer {
@@ -100,7 +109,7 @@ pub struct Trainer {
     evals: HashMap<usize, TrainStep>,
     /// Batch buffers, one per data column (model inputs, then labels),
     /// sized for the configured batch.
-    columns: Vec<Vec<f32>>,
+    columns: Vec<Feed>,
     seed_buf: [f32; 2],
     reads: ReadList,
     params_list: ReadList,
@@ -181,9 +190,16 @@ impl Trainer {
         trainer.init_weights(trainer.config.seed);
         let batch = trainer.config.batch.max(1);
         trainer.columns = trainer
-            .data_names()
+            .data_columns()
             .iter()
-            .map(|n| vec![0.0; batch * trainer.row_len(n)])
+            .map(|(n, sparse)| match sparse {
+                Some(_) => Feed::Bags(CsrBuffers {
+                    indices: Vec::new(),
+                    offsets: Vec::new(),
+                    values: Vec::new(),
+                }),
+                None => Feed::Dense(vec![0.0; batch * trainer.row_len(n)]),
+            })
             .collect();
         Ok(trainer)
     }
@@ -306,6 +322,28 @@ impl Trainer {
             .iter()
             .map(|(n, _)| n.clone())
             .filter(|n| n != SEED_INPUT)
+            .collect()
+    }
+
+    /// The data columns a step reads ([`Trainer::data_names`]), each with
+    /// the sample shape `[..., V]` of a sparse input (`None`: dense), as
+    /// `DataSet::from_columns` / `DataSet::load_columns` take them.
+    pub fn data_columns(&self) -> Vec<(String, Option<Vec<usize>>)> {
+        let g = &self.train.graph;
+        self.data_names()
+            .into_iter()
+            .map(|n| {
+                let sparse = g.inputs.iter().find(|(m, _)| *m == n).and_then(|(_, v)| {
+                    let ty = g.ty(*v);
+                    ty.sparse.then(|| {
+                        ty.shape[1..]
+                            .iter()
+                            .map(|d| d.as_known().unwrap_or(0).max(0) as usize)
+                            .collect()
+                    })
+                });
+                (n, sparse)
+            })
             .collect()
     }
 
@@ -523,36 +561,65 @@ impl Trainer {
 
     /// Copies the samples `indices` into the column buffers.
     fn gather(&mut self, data: &DataSet, indices: &[usize]) -> Result<(), RunError> {
-        for (k, col) in self.columns.iter_mut().enumerate() {
-            let n = indices.len() * data.row_len(k);
-            let room = col.len();
-            let dst = col.get_mut(..n).ok_or_else(|| {
-                RunError::Inputs(format!(
-                    "data column {k} has {} elements per sample, more than the model's {} per batch",
-                    data.row_len(k),
-                    room
-                ))
-            })?;
-            data.gather(k, indices, dst)
-                .map_err(|e| RunError::Inputs(e.to_string()))?;
+        let Trainer { columns, train, .. } = self;
+        for (k, col) in columns.iter_mut().enumerate() {
+            let r = match col {
+                Feed::Bags(csr) => data.gather_bags(k, indices, csr),
+                Feed::Dense(_) if data.is_sparse(k) => {
+                    let name = train
+                        .graph
+                        .inputs
+                        .iter()
+                        .filter(|(n, _)| n != SEED_INPUT)
+                        .nth(k)
+                        .map_or("?", |(n, _)| n.as_str());
+                    return Err(RunError::Inputs(format!(
+                        "data column {k} holds sparse bags, but the model's `{name}` is dense"
+                    )));
+                }
+                Feed::Dense(col) => {
+                    let n = indices.len() * data.row_len(k);
+                    let room = col.len();
+                    let dst = col.get_mut(..n).ok_or_else(|| {
+                        RunError::Inputs(format!(
+                            "data column {k} has {} elements per sample, more than the model's {} per batch",
+                            data.row_len(k),
+                            room
+                        ))
+                    })?;
+                    data.gather(k, indices, dst)
+                }
+            };
+            r.map_err(|e| RunError::Inputs(e.to_string()))?;
         }
         Ok(())
     }
 }
 
 /// Calls `f` with a plan's input slices (the first `b` samples of every
-/// column, each column holding room for `cap`; then the seed, when given)
-/// and the parameter slices, through the reusable `lists`: no allocation.
+/// dense column, each holding room for `cap`; a sparse column's three
+/// buffers; then the seed, when given) and the parameter slices, through
+/// the reusable `lists`: no allocation.
 fn feed<T>(
     lists: (&mut ReadList, &mut ReadList),
-    columns: &[Vec<f32>],
+    columns: &[Feed],
     (cap, b): (usize, usize),
     seed: Option<&[f32]>,
     params: &[Tensor],
     f: impl FnOnce(&[&[f32]], &[&[f32]]) -> Result<T, RunError>,
 ) -> Result<T, RunError> {
     let (inputs, params_list) = lists;
-    let columns = columns.iter().map(|c| &c[..c.len() / cap * b]).chain(seed);
+    let columns = columns
+        .iter()
+        .flat_map(|c| {
+            let (first, rest): (&[f32], [&[f32]; 2]) = match c {
+                Feed::Dense(c) => (&c[..c.len() / cap * b], [&[], &[]]),
+                Feed::Bags(csr) => (&csr.indices, [&csr.offsets, &csr.values]),
+            };
+            let n = if matches!(c, Feed::Bags(_)) { 2 } else { 0 };
+            std::iter::once(first).chain(rest.into_iter().take(n))
+        })
+        .chain(seed);
     inputs.with(columns, |ins| {
         params_list.with(params.iter().map(|t| t.as_f32().unwrap_or(&[])), |ps| {
             f(ins, ps)
@@ -561,18 +628,19 @@ fn feed<T>(
 }
 
 /// The loss and accuracy of the step that just ran on `b` samples.
-fn tally(
-    step: &TrainStep,
-    classifier: Option<Classifier>,
-    columns: &[Vec<f32>],
-    b: usize,
-) -> Tally {
-    let correct = classifier.map(|c| {
+fn tally(step: &TrainStep, classifier: Option<Classifier>, columns: &[Feed], b: usize) -> Tally {
+    let correct = classifier.and_then(|c| {
         let logits = step.output(c.logits);
-        let labels = &columns[c.label];
-        (0..b)
-            .filter(|&i| argmax(&logits[i * c.classes..(i + 1) * c.classes]) == labels[i] as usize)
-            .count()
+        let Feed::Dense(labels) = &columns[c.label] else {
+            return None;
+        };
+        Some(
+            (0..b)
+                .filter(|&i| {
+                    argmax(&logits[i * c.classes..(i + 1) * c.classes]) == labels[i] as usize
+                })
+                .count(),
+        )
     });
     Tally {
         loss_sum: f64::from(step.output(0)[0]) * b as f64,

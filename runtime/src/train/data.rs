@@ -16,7 +16,22 @@
 //! ([`Sampler::state`]): seed, epoch, position, and a resumed run sees the
 //! same batches as an uninterrupted one. [`DataSet::gather`] copies the rows
 //! of a batch into caller-owned buffers and allocates nothing.
+//!
+//! **Sparse columns.** A model input `q: sparse f32[N, ..., V]` is a column
+//! of CSR bags (`docs/text.md`): in the file (or the in-memory tensors,
+//! e.g. [`crate::text::bags::SparseBags::to_tensors`]) the three 1-D
+//! tensors `q.indices` (i64), `q.offsets` (i64, bags + 1) and optional
+//! `q.values` (f32; absent: all ones), sample `i` owning the
+//! `bags_per_sample` consecutive bags `i·b .. (i+1)·b` (`b` = the product of
+//! the sample shape's leading dims: `1 + negatives` for DSSM documents).
+//! Such a column is asked for with its sample shape ([`ColumnSpec`]); it is
+//! validated and canonicalised once ([`SparseBags::from_tensors`]) and kept
+//! in the plan encoding ([`crate::sparse::encode`]); [`DataSet::gather_bags`]
+//! copies a batch's bags into a reusable [`CsrBuffers`] (no allocation once
+//! its vectors have grown to the largest batch).
 
+use crate::sparse::{encode, CsrBuffers};
+use crate::text::bags::SparseBags;
 use crate::weights::{read_safetensors_meta, WeightError};
 use crate::{DType, Storage, Tensor};
 use std::path::Path;
@@ -40,15 +55,30 @@ pub enum DataError {
     },
 }
 
-/// One tensor of the data set, as f32 rows.
+/// One tensor of the data set, as f32 rows, or a column of sparse bags.
 #[derive(Clone, Debug)]
 struct Column {
     name: String,
     stored: DType,
     sample_shape: Vec<usize>,
     row: usize,
+    /// Samples held.
+    count: usize,
     data: Vec<f32>,
+    bags: Option<BagColumn>,
 }
+
+/// A sparse column: all bags in the plan encoding, `per_sample` per sample.
+#[derive(Clone, Debug)]
+struct BagColumn {
+    per_sample: usize,
+    csr: CsrBuffers,
+}
+
+/// A column to load: its name and, for a sparse model input, the shape of
+/// one sample (`[..., V]`, e.g. `[1 + negatives, trigrams]`); `None` for a
+/// dense tensor.
+pub type ColumnSpec<'a> = (&'a str, Option<&'a [usize]>);
 
 /// Named tensors sharing a sample count, held as f32.
 #[derive(Clone, Debug)]
@@ -66,6 +96,13 @@ impl DataSet {
         DataSet::from_tensors(&path.display().to_string(), tensors, names)
     }
 
+    /// Loads dense and sparse columns (see the module docs) from a
+    /// safetensors file; other tensors in the file are ignored.
+    pub fn load_columns(path: &Path, columns: &[ColumnSpec]) -> Result<DataSet, DataError> {
+        let (tensors, _) = read_safetensors_meta(path)?;
+        DataSet::from_columns(&path.display().to_string(), tensors, columns)
+    }
+
     /// Builds a data set from tensors already in memory (`origin` names
     /// them in errors), keeping `names` in that order.
     pub fn from_tensors(
@@ -73,28 +110,33 @@ impl DataSet {
         tensors: Vec<(String, Tensor)>,
         names: &[&str],
     ) -> Result<DataSet, DataError> {
+        let specs: Vec<ColumnSpec> = names.iter().map(|n| (*n, None)).collect();
+        DataSet::from_columns(origin, tensors, &specs)
+    }
+
+    /// Builds a data set of dense and sparse columns from tensors in
+    /// memory (`origin` names them in errors), keeping `columns` in that
+    /// order. A sparse column `q` is read from `q.indices`, `q.offsets`
+    /// and optional `q.values` (see the module docs).
+    pub fn from_columns(
+        origin: &str,
+        tensors: Vec<(String, Tensor)>,
+        columns: &[ColumnSpec],
+    ) -> Result<DataSet, DataError> {
         let err = |message: String| DataError::Invalid {
             origin: origin.to_string(),
             message,
         };
         let mut tensors = tensors;
-        let mut columns: Vec<Column> = Vec::with_capacity(names.len());
         let mut samples = 0;
-        for &name in names {
-            let Some(at) = tensors.iter().position(|(n, _)| n == name) else {
-                let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(err(format!(
-                    "no tensor `{name}` (the file has: {})",
-                    have.join(", ")
-                )));
+        let mut out: Vec<Column> = Vec::with_capacity(columns.len());
+        for &(name, sparse) in columns {
+            let column = match sparse {
+                Some(shape) => bag_column(name, shape, &tensors).map_err(&err)?,
+                None => dense_column(name, &mut tensors).map_err(&err)?,
             };
-            let (_, t) = tensors.swap_remove(at);
-            let Some((&count, sample_shape)) = t.shape().split_first() else {
-                return Err(err(format!(
-                    "tensor `{name}` is a scalar; its first dimension must be the sample count"
-                )));
-            };
-            match columns.first() {
+            let count = column.count;
+            match out.first() {
                 None => samples = count,
                 Some(first) if count != samples => {
                     return Err(err(format!(
@@ -104,38 +146,89 @@ impl DataSet {
                 }
                 Some(_) => {}
             }
-            let data = match t.storage() {
-                Storage::F32(v) => v.clone(),
-                Storage::I64(v) => {
-                    if let Some(bad) = v.iter().find(|x| x.abs() > F32_EXACT) {
-                        return Err(err(format!(
-                            "tensor `{name}` (i64) holds {bad}, beyond ±2^24 where f32 is exact"
-                        )));
-                    }
-                    v.iter().map(|&x| x as f32).collect()
-                }
-                _ => {
-                    return Err(err(format!(
-                        "tensor `{name}` is {}; data tensors must be f32 or i64",
-                        t.dtype()
-                    )))
-                }
-            };
-            columns.push(Column {
-                name: name.to_string(),
-                stored: t.dtype(),
-                sample_shape: sample_shape.to_vec(),
-                row: sample_shape.iter().product(),
-                data,
-            });
+            out.push(column);
         }
         Ok(DataSet {
             origin: origin.to_string(),
             samples,
-            columns,
+            columns: out,
         })
     }
+}
 
+/// Reads sparse column `name` with sample shape `shape` (`[..., V]`).
+fn bag_column(name: &str, shape: &[usize], tensors: &[(String, Tensor)]) -> Result<Column, String> {
+    let Some((&vocab, lead)) = shape.split_last() else {
+        return Err(format!(
+            "sparse column `{name}` needs a sample shape [..., V]"
+        ));
+    };
+    let bags = SparseBags::from_tensors(name, vocab, tensors).map_err(|e| e.to_string())?;
+    let per_sample: usize = lead.iter().product();
+    if per_sample == 0 || bags.rows() % per_sample != 0 {
+        return Err(format!(
+            "tensor `{name}.offsets` holds {} bags, not a multiple of the {per_sample} bags of one sample of shape {shape:?}",
+            bags.rows()
+        ));
+    }
+    Ok(Column {
+        name: name.to_string(),
+        stored: DType::F32,
+        sample_shape: shape.to_vec(),
+        row: shape.iter().product(),
+        count: bags.rows() / per_sample,
+        data: Vec::new(),
+        bags: Some(BagColumn {
+            per_sample,
+            csr: encode(name, &bags)?,
+        }),
+    })
+}
+
+/// Takes dense column `name` out of `tensors`.
+fn dense_column(name: &str, tensors: &mut Vec<(String, Tensor)>) -> Result<Column, String> {
+    let Some(at) = tensors.iter().position(|(n, _)| n == name) else {
+        let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(format!(
+            "no tensor `{name}` (the file has: {})",
+            have.join(", ")
+        ));
+    };
+    let (_, t) = tensors.swap_remove(at);
+    let Some((&count, sample_shape)) = t.shape().split_first() else {
+        return Err(format!(
+            "tensor `{name}` is a scalar; its first dimension must be the sample count"
+        ));
+    };
+    let data = match t.storage() {
+        Storage::F32(v) => v.clone(),
+        Storage::I64(v) => {
+            if let Some(bad) = v.iter().find(|x| x.abs() > F32_EXACT) {
+                return Err(format!(
+                    "tensor `{name}` (i64) holds {bad}, beyond ±2^24 where f32 is exact"
+                ));
+            }
+            v.iter().map(|&x| x as f32).collect()
+        }
+        _ => {
+            return Err(format!(
+                "tensor `{name}` is {}; data tensors must be f32 or i64",
+                t.dtype()
+            ))
+        }
+    };
+    Ok(Column {
+        name: name.to_string(),
+        stored: t.dtype(),
+        sample_shape: sample_shape.to_vec(),
+        row: sample_shape.iter().product(),
+        count,
+        data,
+        bags: None,
+    })
+}
+
+impl DataSet {
     /// The sample count.
     pub fn len(&self) -> usize {
         self.samples
@@ -162,25 +255,89 @@ impl DataSet {
         self.columns[k].row
     }
 
-    /// The element type tensor `k` had in the file (f32 or i64).
+    /// The element type tensor `k` had in the file (f32 or i64; f32 for
+    /// a sparse column).
     pub fn stored_dtype(&self, k: usize) -> DType {
         self.columns[k].stored
+    }
+
+    /// Whether column `k` holds sparse bags (read it with
+    /// [`DataSet::gather_bags`]).
+    pub fn is_sparse(&self, k: usize) -> bool {
+        self.columns.get(k).is_some_and(|c| c.bags.is_some())
+    }
+
+    /// The error for column `k`, or the column.
+    fn column(&self, k: usize) -> Result<&Column, DataError> {
+        self.columns.get(k).ok_or_else(|| {
+            self.invalid(format!(
+                "no tensor number {k} (the data set has {})",
+                self.columns.len()
+            ))
+        })
+    }
+
+    fn invalid(&self, message: String) -> DataError {
+        DataError::Invalid {
+            origin: self.origin.clone(),
+            message,
+        }
+    }
+
+    /// Copies the bags of samples `indices` of sparse column `k`, in that
+    /// order, into `out` (plan encoding, offsets from 0): `out`'s vectors
+    /// are cleared and refilled, so once they have grown to the largest
+    /// batch this allocates nothing.
+    pub fn gather_bags(
+        &self,
+        k: usize,
+        indices: &[usize],
+        out: &mut CsrBuffers,
+    ) -> Result<(), DataError> {
+        let c = self.column(k)?;
+        let Some(b) = &c.bags else {
+            return Err(self.invalid(format!("tensor `{}` is dense, not sparse bags", c.name)));
+        };
+        if let Some(bad) = indices.iter().find(|&&i| i >= self.samples) {
+            return Err(self.invalid(format!(
+                "sample {bad} of `{}` requested, the data set has {}",
+                c.name, self.samples
+            )));
+        }
+        let at = |w: f32| w.to_bits() as usize;
+        out.indices.clear();
+        out.values.clear();
+        out.offsets.clear();
+        out.offsets.push(f32::from_bits(0));
+        for &i in indices {
+            for r in i * b.per_sample..(i + 1) * b.per_sample {
+                let span = at(b.csr.offsets[r])..at(b.csr.offsets[r + 1]);
+                out.indices.extend_from_slice(&b.csr.indices[span.clone()]);
+                out.values.extend_from_slice(&b.csr.values[span]);
+                let end = u32::try_from(out.indices.len()).map_err(|_| {
+                    self.invalid(format!(
+                        "a batch of `{}` holds more than 2^32 entries",
+                        c.name
+                    ))
+                })?;
+                out.offsets.push(f32::from_bits(end));
+            }
+        }
+        Ok(())
     }
 
     /// Copies the samples `indices` of tensor `k`, in that order, into
     /// `out`, which must have exactly `indices.len() * row_len(k)` elements
     /// (for a partial batch pass the front of the full buffer). Allocates nothing.
     pub fn gather(&self, k: usize, indices: &[usize], out: &mut [f32]) -> Result<(), DataError> {
-        let err = |message: String| DataError::Invalid {
-            origin: self.origin.clone(),
-            message,
-        };
-        let c = self.columns.get(k).ok_or_else(|| {
-            err(format!(
-                "no tensor number {k} (the data set has {})",
-                self.columns.len()
-            ))
-        })?;
+        let err = |message: String| self.invalid(message);
+        let c = self.column(k)?;
+        if c.bags.is_some() {
+            return Err(err(format!(
+                "tensor `{}` holds sparse bags: gather it with `gather_bags`",
+                c.name
+            )));
+        }
         if out.len() != indices.len() * c.row {
             return Err(err(format!(
                 "buffer for `{}` has {} elements, {} samples of {:?} need {}",
@@ -486,6 +643,87 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("holds 33554432, beyond ±2^24"), "{e}");
+    }
+
+    /// Bags of `rows` rows, bag `r` holding ids `r % 5` and `(3r) % 5`.
+    fn bags(rows: usize) -> SparseBags {
+        let mut b = SparseBags::new(5);
+        for r in 0..rows {
+            b.push_bag([r % 5, (3 * r) % 5]).unwrap();
+        }
+        b
+    }
+
+    fn decoded(c: &CsrBuffers) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect();
+        (bits(&c.indices), bits(&c.offsets), c.values.clone())
+    }
+
+    /// A sparse column whose samples own 2 consecutive bags, beside a
+    /// one-bag column and a dense one: a batch gathers each sample's bags
+    /// in batch order, offsets from 0, and the buffers keep their capacity.
+    #[test]
+    fn sparse_columns_gather_whole_samples() {
+        let mut t = bags(3).to_tensors("q");
+        t.extend(bags(6).to_tensors("docs"));
+        t.retain(|(n, _)| n != "docs.values");
+        t.push((
+            "y".into(),
+            Tensor::new(&[3], Storage::I64(vec![7, 8, 9])).unwrap(),
+        ));
+        let shape = [2usize, 5];
+        let specs: [ColumnSpec; 3] = [("docs", Some(&shape)), ("q", Some(&[5])), ("y", None)];
+        let d = DataSet::from_columns("mem", t.clone(), &specs).unwrap();
+        assert_eq!(d.len(), 3);
+        assert!(d.is_sparse(0) && d.is_sparse(1) && !d.is_sparse(2));
+        assert_eq!(d.sample_shape(0), &[2, 5]);
+        let mut out = CsrBuffers {
+            indices: Vec::new(),
+            offsets: Vec::new(),
+            values: Vec::new(),
+        };
+        d.gather_bags(0, &[2, 0], &mut out).unwrap();
+        // Bags 4, 5 then 0, 1 (stored merged: bag 0 is id 0 once); no
+        // `docs.values`, so every entry counts 1.
+        assert_eq!(
+            decoded(&out),
+            (vec![2, 4, 0, 0, 1, 3], vec![0, 2, 3, 4, 6], vec![1.0; 6])
+        );
+        d.gather_bags(1, &[0], &mut out).unwrap();
+        assert_eq!(decoded(&out).2, [2.0]);
+        let cap = out.indices.capacity();
+        d.gather_bags(1, &[1], &mut out).unwrap();
+        assert_eq!(decoded(&out).0, [1, 3]);
+        assert_eq!(out.indices.capacity(), cap);
+        let e = d.gather(0, &[0], &mut [0.0; 10]).unwrap_err().to_string();
+        assert!(e.contains("`docs` holds sparse bags"), "{e}");
+        let e = d.gather_bags(2, &[0], &mut out).unwrap_err().to_string();
+        assert!(e.contains("`y` is dense"), "{e}");
+        let e = d.gather_bags(0, &[3], &mut out).unwrap_err().to_string();
+        assert!(e.contains("sample 3 of `docs`"), "{e}");
+        let four = [4usize, 5];
+        let e = DataSet::from_columns("mem", t.clone(), &[("docs", Some(&four))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("holds 6 bags, not a multiple of the 4 bags"),
+            "{e}"
+        );
+        let e = DataSet::from_columns(
+            "mem",
+            t.clone(),
+            &[("docs", Some(&shape)), ("q", Some(&[3]))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("q.indices") && e.contains("outside the columns 0..3"),
+            "{e}"
+        );
+        let e = DataSet::from_columns("mem", t, &[("q", Some(&[5])), ("docs", Some(&[5]))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`docs` has 6 samples but `q` has 3"), "{e}");
     }
 
     #[test]

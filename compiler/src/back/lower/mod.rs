@@ -44,6 +44,7 @@ pub mod rnn;
 mod rows;
 pub mod signal;
 pub mod sparse;
+mod text_grad;
 #[cfg(test)]
 mod train_oracle;
 
@@ -251,6 +252,7 @@ pub fn lower_with(
             .or_else(|| signal::try_lower(&mut cx, node))
             .or_else(|| sparse::try_lower(&mut cx, node))
             .or_else(|| rnn::try_lower(&mut cx, node))
+            .or_else(|| text_grad::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

@@ -46,7 +46,7 @@ use std::sync::Arc;
 pub const SPARSE_PARTS: [&str; 3] = ["indices", "offsets", "values"];
 
 /// Multiply-adds worth giving a thread of a bag product.
-const GRAIN_WORK: usize = 1 << 16;
+pub(super) const GRAIN_WORK: usize = 1 << 16;
 
 /// The executor inputs of `g`'s inputs, in order: a dense input is one
 /// buffer under its own name; a sparse input `q` three, named
@@ -131,7 +131,7 @@ pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>>
 }
 
 /// The error for `node` with `what` wrong.
-fn fail(node: &Node, what: String) -> BackError {
+pub(super) fn fail(node: &Node, what: String) -> BackError {
     let at: &str = if node.path.is_empty() {
         "the model"
     } else {
@@ -141,16 +141,16 @@ fn fail(node: &Node, what: String) -> BackError {
 }
 
 /// A sparse operand: its three executor buffers, bags and vocabulary.
-struct Bags {
-    bufs: [Buf; 3],
+pub(super) struct Bags {
+    pub(super) bufs: [Buf; 3],
     /// The leading dims (one bag per position).
     lead: Vec<usize>,
-    rows: usize,
-    vocab: usize,
+    pub(super) rows: usize,
+    pub(super) vocab: usize,
 }
 
 /// The sparse operand `v` of `node`, which must be a model input.
-fn bags(cx: &LowerCx, node: &Node, v: ValueId) -> Result<Bags, BackError> {
+pub(super) fn bags(cx: &LowerCx, node: &Node, v: ValueId) -> Result<Bags, BackError> {
     let ty = cx.g.ty(v);
     if !ty.sparse {
         return Err(fail(
@@ -189,7 +189,7 @@ fn bags(cx: &LowerCx, node: &Node, v: ValueId) -> Result<Bags, BackError> {
 
 /// Appends a row step: `rows` rows of `width` elements into `output`;
 /// `extents` lists what the step reads of each input.
-fn push_rows(
+pub(super) fn push_rows(
     cx: &mut LowerCx,
     kernel: impl RowKernel + 'static,
     inputs: Vec<Buf>,
@@ -382,7 +382,7 @@ fn bag_conv1d(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 
 /// Row-major strides of `shape` padded with leading 1s to `rank`, 0 along
 /// every dim of size 1 (broadcast).
-fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
+pub(super) fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
     let mut padded = vec![1; rank - shape.len()];
     padded.extend_from_slice(shape);
     let mut strides = vec![0; rank];

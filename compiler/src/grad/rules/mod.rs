@@ -9,6 +9,7 @@ mod loss;
 mod nn;
 mod rnn;
 mod shape;
+mod text;
 
 use super::{GradCx, GradError};
 use crate::ir::{Node, ValueId};
@@ -23,6 +24,7 @@ const FAMILIES: &[&[(&str, Rule)]] = &[
     nn::RULES,
     loss::RULES,
     rnn::RULES,
+    text::RULES,
 ];
 
 /// The rule of op `name`.

@@ -1,0 +1,367 @@
+//! DSSM training through the compiled back end on sparse CSR inputs: the
+//! training step's loss, scores and parameter gradients equal PyTorch's
+//! float64 ones (`tests/fixtures/grads/dssm*.safetensors`, written by
+//! `make_dssm_reference.py`; counter weights of seed 0), and a few epochs
+//! of `fit` on a small synthetic sparse data set lower the loss; after
+//! warm-up a step on sparse batches allocates and compiles nothing.
+
+use netc::elab::Value;
+use netc::grad::training_graph;
+use netc::ir::Graph;
+use netc::options::CompileOptions;
+use netc::session::load_model;
+use netc::train::fit::{self, FitOptions, Outcome, RunState};
+use netc::train::step::TrainStep;
+use netc::train::trainer::{TrainConfig, Trainer};
+use netc_runtime::counter::{self, unit};
+use netc_runtime::sparse::CsrBuffers;
+use netc_runtime::text::bags::SparseBags;
+use netc_runtime::train::data::DataSet;
+use netc_runtime::weights::read_safetensors;
+use netc_runtime::{Storage, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Counts allocations of the threads that opted in (the test's own).
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+            LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
+        }
+        // SAFETY: forwarded to the system allocator with the same layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `dssm` with the `--set` string of a fixture (`k=v` pairs).
+fn dssm(set: &str) -> Graph {
+    let args: Vec<(String, Value)> = set
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            let v = match v {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                n => Value::Int(n.parse().unwrap()),
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    load_model(&repo().join("models/dssm.net"), Some("dssm"), &args).unwrap()
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    match t.storage() {
+        Storage::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+        Storage::F64(v) => v.clone(),
+        Storage::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        other => panic!("unexpected storage {other:?}"),
+    }
+}
+
+fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The fixture's projections: `Σ g[i] (2 u(1000 + k, path, i) - 1)`.
+fn projections(path: &str, g: &[f64]) -> Vec<f64> {
+    (0..8)
+        .map(|k| {
+            g.iter()
+                .enumerate()
+                .map(|(i, &x)| x * (2.0 * unit(1000 + k, path, i as u64) - 1.0))
+                .sum()
+        })
+        .collect()
+}
+
+fn empty_csr() -> CsrBuffers {
+    CsrBuffers {
+        indices: Vec::new(),
+        offsets: Vec::new(),
+        values: Vec::new(),
+    }
+}
+
+/// Loss, scores and every gradient of the compiled step (2 threads) on
+/// the fixture's CSR inputs (read through `DataSet`'s sparse columns, as
+/// `netc train` reads them) against PyTorch's f64 values.
+fn check_fixture(case: &str, set: &str) {
+    let fix: HashMap<String, Tensor> =
+        read_safetensors(&repo().join(format!("tests/fixtures/grads/{case}.safetensors")))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let (_, meta) = netc_runtime::weights::read_safetensors_meta(
+        &repo().join(format!("tests/fixtures/grads/{case}.safetensors")),
+    )
+    .unwrap();
+    let fixture_meta = meta.get("fixture").cloned().unwrap_or_default();
+    assert!(
+        fixture_meta.contains(&format!("\"set\": \"{set}\"")),
+        "{case}: the fixture was made with other settings: {fixture_meta}"
+    );
+    let g = dssm(set);
+    let tg = training_graph(&g).unwrap();
+    let mut tensors = Vec::new();
+    for (k, t) in &fix {
+        if let Some(name) = k.strip_prefix("input.") {
+            tensors.push((name.to_string(), t.clone()));
+        }
+    }
+    let n = 3;
+    let trigrams = 300;
+    let docs = 1 + 2;
+    let data = DataSet::from_columns(
+        case,
+        tensors,
+        &[("q", Some(&[trigrams])), ("docs", Some(&[docs, trigrams]))],
+    )
+    .unwrap();
+    let all: Vec<usize> = (0..n).collect();
+    let (mut q, mut d) = (empty_csr(), empty_csr());
+    data.gather_bags(0, &all, &mut q).unwrap();
+    data.gather_bags(1, &all, &mut d).unwrap();
+    let shapes: [(&str, &[usize]); 2] = [("q", &[n, trigrams]), ("docs", &[n, docs, trigrams])];
+    let options = CompileOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let mut step = TrainStep::compile(&tg, &shapes, options).unwrap();
+    assert_eq!(
+        step.input_names(),
+        [
+            "q.indices",
+            "q.offsets",
+            "q.values",
+            "docs.indices",
+            "docs.offsets",
+            "docs.values"
+        ]
+    );
+    let params: Vec<Tensor> = g
+        .params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            counter::tensor(0, &p.path, p.ty.dtype, &shape)
+        })
+        .collect();
+    let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
+    let ins: [&[f32]; 6] = [
+        &q.indices, &q.offsets, &q.values, &d.indices, &d.offsets, &d.values,
+    ];
+    step.run(&ins, &ps).unwrap();
+    let loss = f64::from(step.output(0)[0]);
+    let want = f64s(&fix["loss"])[0];
+    assert!(
+        (loss - want).abs() <= 1e-5 * want.abs(),
+        "{case}: loss {loss} vs PyTorch {want}"
+    );
+    let scores: Vec<f64> = step
+        .output(tg.first_model_output)
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
+    let e = rel_l2(&scores, &f64s(&fix["output.scores"]));
+    assert!(e < 1e-5, "{case}: scores rel L2 {e:.2e}");
+    let mut checked = 0;
+    for &(pi, oi) in &tg.grads {
+        let path = &g.params[pi].path;
+        let got: Vec<f64> = step.output(oi).iter().map(|&x| f64::from(x)).collect();
+        let (e, what) = match fix.get(&format!("grad.{path}")) {
+            Some(w) => (rel_l2(&got, &f64s(w)), "whole"),
+            None => {
+                let norm = got.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let want_norm = f64s(&fix[&format!("norm.{path}")])[0];
+                assert!(
+                    (norm - want_norm).abs() <= 1e-4 * want_norm,
+                    "{case}: |grad {path}| = {norm}, PyTorch {want_norm}"
+                );
+                let w = f64s(&fix[&format!("proj.{path}")]);
+                (rel_l2(&projections(path, &got), &w), "projected")
+            }
+        };
+        println!("{case}: {path} {what} rel L2 {e:.2e}");
+        assert!(
+            e < 1e-4,
+            "{case}: gradient of {path}: {what} rel L2 {e:.2e}"
+        );
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        g.params.len(),
+        "{case}: every parameter has a gradient"
+    );
+}
+
+#[test]
+fn dssm_gradients_equal_pytorch() {
+    check_fixture("dssm", "trigrams=300 negatives=2");
+}
+
+#[test]
+fn shared_tower_gradients_equal_pytorch() {
+    check_fixture("dssm_shared", "trigrams=300 negatives=2 shared_towers=true");
+}
+
+/// A synthetic retrieval task over 500 trigram ids: query `i` is a bag of
+/// 6 ids of topic `i % 8`, its positive document 8 other ids of the same
+/// topic, the negatives documents of other topics (all seeded).
+fn synthetic(samples: usize, negatives: usize, vocab: usize) -> Vec<(String, Tensor)> {
+    let topic_bag = |topic: usize, key: u64, len: usize| -> Vec<usize> {
+        (0..len)
+            .map(|j| {
+                let u = unit(91, "bag", key * 64 + j as u64);
+                // Topic t owns the ids t, t + 8, t + 16, ... below `vocab`.
+                topic + 8 * ((u * (vocab / 8) as f64) as usize % (vocab / 8))
+            })
+            .collect()
+    };
+    let (mut q, mut d) = (SparseBags::new(vocab), SparseBags::new(vocab));
+    for i in 0..samples {
+        let topic = i % 8;
+        q.push_bag(topic_bag(topic, i as u64 * 10, 6)).unwrap();
+        d.push_bag(topic_bag(topic, i as u64 * 10 + 1, 8)).unwrap();
+        for k in 0..negatives {
+            let other = (topic + 1 + k + (unit(92, "neg", (i * 8 + k) as u64) * 3.0) as usize) % 8;
+            d.push_bag(topic_bag(other, i as u64 * 10 + 2 + k as u64, 8))
+                .unwrap();
+        }
+    }
+    let mut t = q.to_tensors("q");
+    t.extend(d.to_tensors("docs"));
+    t
+}
+
+/// `fit` on sparse columns: three epochs of SGD (the model's train
+/// section) on 96 synthetic samples in batches of 16 (the last partial)
+/// lower the training and validation losses.
+#[test]
+fn dssm_learns_a_synthetic_sparse_task() {
+    let g = dssm("trigrams=500 negatives=4 nnz=6");
+    let config = TrainConfig {
+        options: CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+        batch: 16,
+        seed: 5,
+        lr: None,
+    };
+    let mut trainer = Trainer::new(g, config).unwrap();
+    let columns = trainer.data_columns();
+    assert_eq!(columns[0], ("q".to_string(), Some(vec![500])));
+    assert_eq!(columns[1], ("docs".to_string(), Some(vec![5, 500])));
+    let specs: Vec<(&str, Option<&[usize]>)> = columns
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_deref()))
+        .collect();
+    let train = DataSet::from_columns("synthetic", synthetic(90, 4, 500), &specs).unwrap();
+    let val = DataSet::from_columns("synthetic val", synthetic(40, 4, 500), &specs).unwrap();
+    let before = fit::evaluate(&mut trainer, &val, &mut |_| {})
+        .unwrap()
+        .loss();
+    let mut state = RunState::default();
+    let options = FitOptions {
+        epochs: 3,
+        checkpoint: None,
+        stop: None,
+    };
+    let outcome = fit::fit(
+        &mut trainer,
+        &mut state,
+        &train,
+        Some(&val),
+        &options,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(outcome, Outcome::Completed);
+    let losses: Vec<f64> = state.history.iter().map(|e| e.train_loss).collect();
+    let after = state.history.last().unwrap().val_loss.unwrap();
+    println!("val loss {before:.4} -> {after:.4}, train losses {losses:?}");
+    assert!(losses[2] < losses[0], "train losses {losses:?}");
+    assert!(after < 0.8 * before, "val loss {before} -> {after}");
+}
+
+/// Sparse batches reuse the trainer's CSR buffers: once every batch has
+/// been seen, steps allocate nothing (rayon's job-queue block aside, as in
+/// `tests/training.rs`) and compile nothing.
+#[test]
+fn cached_sparse_steps_allocate_nothing() {
+    let g = dssm("trigrams=500 negatives=4 nnz=6");
+    let config = TrainConfig {
+        options: CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+        batch: 16,
+        seed: 5,
+        lr: None,
+    };
+    let mut trainer = Trainer::new(g, config).unwrap();
+    let columns = trainer.data_columns();
+    let specs: Vec<(&str, Option<&[usize]>)> = columns
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_deref()))
+        .collect();
+    let data = DataSet::from_columns("synthetic", synthetic(40, 4, 500), &specs).unwrap();
+    let batches: Vec<Vec<usize>> = vec![
+        (0..16).collect(),
+        (16..32).rev().collect(),
+        (32..40).collect(),
+    ];
+    for b in &batches {
+        trainer.step(&data, b, &mut |_| {}).unwrap();
+    }
+    let compiled = trainer.compiled();
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..3 {
+        for b in &batches {
+            trainer.step(&data, b, &mut |_| {}).unwrap();
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    let (count, largest) = (
+        ALLOCATIONS.load(Ordering::SeqCst),
+        LARGEST.load(Ordering::SeqCst),
+    );
+    assert!(
+        count <= 1 && largest <= 4096,
+        "{count} allocations during cached steps, the largest {largest} bytes"
+    );
+    assert_eq!(trainer.compiled(), compiled, "no new plan");
+}

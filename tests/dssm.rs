@@ -16,6 +16,7 @@ use netc::train::trainer::{TrainConfig, Trainer};
 use netc_runtime::counter::{self, unit};
 use netc_runtime::sparse::CsrBuffers;
 use netc_runtime::text::bags::SparseBags;
+use netc_runtime::train::data::ColumnSpec;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::weights::read_safetensors;
 use netc_runtime::{Storage, Tensor};
@@ -56,8 +57,9 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `dssm` with the `--set` string of a fixture (`k=v` pairs).
-fn dssm(set: &str) -> Graph {
+/// Model `name` of models/dssm.net with the `--set` string of a fixture
+/// (`k=v` pairs).
+fn dssm_model(name: &str, set: &str) -> Graph {
     let args: Vec<(String, Value)> = set
         .split_whitespace()
         .map(|kv| {
@@ -70,7 +72,12 @@ fn dssm(set: &str) -> Graph {
             (k.to_string(), v)
         })
         .collect();
-    load_model(&repo().join("models/dssm.net"), Some("dssm"), &args).unwrap()
+    load_model(&repo().join("models/dssm.net"), Some(name), &args).unwrap()
+}
+
+/// `dssm` with the `--set` string of a fixture.
+fn dssm(set: &str) -> Graph {
+    dssm_model("dssm", set)
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {
@@ -112,6 +119,18 @@ fn empty_csr() -> CsrBuffers {
 /// the fixture's CSR inputs (read through `DataSet`'s sparse columns, as
 /// `netc train` reads them) against PyTorch's f64 values.
 fn check_fixture(case: &str, set: &str) {
+    check_model_fixture(
+        case,
+        "dssm",
+        set,
+        &[("q", Some(&[300])), ("docs", Some(&[3, 300]))],
+    );
+}
+
+/// [`check_fixture`] for any model of models/dssm.net: `columns` are its
+/// two inputs with, for a sparse one, the shape of one sample (dense
+/// inputs, the word ids, take theirs from the fixture). The batch is 3.
+fn check_model_fixture(case: &str, model: &str, set: &str, columns: &[ColumnSpec]) {
     let fix: HashMap<String, Tensor> =
         read_safetensors(&repo().join(format!("tests/fixtures/grads/{case}.safetensors")))
             .unwrap()
@@ -126,7 +145,7 @@ fn check_fixture(case: &str, set: &str) {
         fixture_meta.contains(&format!("\"set\": \"{set}\"")),
         "{case}: the fixture was made with other settings: {fixture_meta}"
     );
-    let g = dssm(set);
+    let g = dssm_model(model, set);
     let tg = training_graph(&g).unwrap();
     let mut tensors = Vec::new();
     for (k, t) in &fix {
@@ -135,35 +154,37 @@ fn check_fixture(case: &str, set: &str) {
         }
     }
     let n = 3;
-    let trigrams = 300;
-    let docs = 1 + 2;
-    let data = DataSet::from_columns(
-        case,
-        tensors,
-        &[("q", Some(&[trigrams])), ("docs", Some(&[docs, trigrams]))],
-    )
-    .unwrap();
+    let data = DataSet::from_columns(case, tensors, columns).unwrap();
     let all: Vec<usize> = (0..n).collect();
-    let (mut q, mut d) = (empty_csr(), empty_csr());
-    data.gather_bags(0, &all, &mut q).unwrap();
-    data.gather_bags(1, &all, &mut d).unwrap();
-    let shapes: [(&str, &[usize]); 2] = [("q", &[n, trigrams]), ("docs", &[n, docs, trigrams])];
+    let mut buffers: Vec<Vec<f32>> = Vec::new();
+    let mut shapes: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut names = Vec::new();
+    for (k, (name, sparse)) in columns.iter().enumerate() {
+        match sparse {
+            Some(sample) => {
+                let mut csr = empty_csr();
+                data.gather_bags(k, &all, &mut csr).unwrap();
+                buffers.extend([csr.indices, csr.offsets, csr.values]);
+                names.extend(["indices", "offsets", "values"].map(|p| format!("{name}.{p}")));
+                shapes.push((name, [&[n][..], sample].concat()));
+            }
+            None => {
+                let mut dense = vec![0.0; n * data.row_len(k)];
+                data.gather(k, &all, &mut dense).unwrap();
+                buffers.push(dense);
+                names.push(name.to_string());
+                shapes.push((name, [&[n][..], data.sample_shape(k)].concat()));
+            }
+        }
+    }
+    let shape_refs: Vec<(&str, &[usize])> =
+        shapes.iter().map(|(n, s)| (*n, s.as_slice())).collect();
     let options = CompileOptions {
         threads: 2,
         ..Default::default()
     };
-    let mut step = TrainStep::compile(&tg, &shapes, options).unwrap();
-    assert_eq!(
-        step.input_names(),
-        [
-            "q.indices",
-            "q.offsets",
-            "q.values",
-            "docs.indices",
-            "docs.offsets",
-            "docs.values"
-        ]
-    );
+    let mut step = TrainStep::compile(&tg, &shape_refs, options).unwrap();
+    assert_eq!(step.input_names(), names);
     let params: Vec<Tensor> = g
         .params
         .iter()
@@ -178,9 +199,7 @@ fn check_fixture(case: &str, set: &str) {
         })
         .collect();
     let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
-    let ins: [&[f32]; 6] = [
-        &q.indices, &q.offsets, &q.values, &d.indices, &d.offsets, &d.values,
-    ];
+    let ins: Vec<&[f32]> = buffers.iter().map(Vec::as_slice).collect();
     step.run(&ins, &ps).unwrap();
     let loss = f64::from(step.output(0)[0]);
     let want = f64s(&fix["loss"])[0];
@@ -234,6 +253,23 @@ fn dssm_gradients_equal_pytorch() {
 #[test]
 fn shared_tower_gradients_equal_pytorch() {
     check_fixture("dssm_shared", "trigrams=300 negatives=2 shared_towers=true");
+}
+
+#[test]
+fn lstm_dssm_gradients_equal_pytorch_with_and_without_peepholes() {
+    let columns: [ColumnSpec; 2] = [("q", None), ("docs", None)];
+    check_model_fixture(
+        "lstm_dssm",
+        "lstm_dssm",
+        "vocab=50 words=5 negatives=2",
+        &columns,
+    );
+    check_model_fixture(
+        "lstm_dssm_plain",
+        "lstm_dssm",
+        "vocab=50 words=5 negatives=2 peephole=false",
+        &columns,
+    );
 }
 
 /// A synthetic retrieval task over 500 trigram ids: query `i` is a bag of

@@ -24,8 +24,10 @@
 //! - [`loss`]: the losses and their gradients;
 //! - [`signal`]: `differential_entropy` and `grid_map`;
 //! - [`sparse`]: ops over sparse bag inputs and the DSSM scoring ops (row
-//!   steps); a sparse input is three executor inputs.
+//!   steps); a sparse input is three executor inputs;
+//! - [`amax`]: `amax` over adjacent dims and its gradient (row steps).
 
+pub mod amax;
 pub mod broadcast;
 pub mod contract;
 pub mod data;
@@ -248,6 +250,7 @@ pub fn lower_with(
             .or_else(|| loss::try_lower(&mut cx, node))
             .or_else(|| signal::try_lower(&mut cx, node))
             .or_else(|| sparse::try_lower(&mut cx, node))
+            .or_else(|| amax::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

@@ -4,6 +4,7 @@
 //! gradient per operand (`None` where none is needed or defined). Rules
 //! emit ordinary IR nodes through [`GradCx`].
 
+mod bags;
 mod elementwise;
 mod loss;
 mod nn;
@@ -16,7 +17,7 @@ use crate::ir::{Node, ValueId};
 pub type Rule =
     fn(&mut GradCx, &Node, &[Option<ValueId>], &[bool]) -> Result<Vec<Option<ValueId>>, GradError>;
 
-const FAMILIES: &[&[(&str, Rule)]] = &[elementwise::RULES, shape::RULES, nn::RULES, loss::RULES];
+const FAMILIES: &[&[(&str, Rule)]] = &[elementwise::RULES, shape::RULES, nn::RULES, loss::RULES, bags::RULES];
 
 /// The rule of op `name`.
 pub fn lookup(name: &str) -> Option<Rule> {

@@ -104,7 +104,10 @@ impl RowKernel for AmaxGrad {
 /// Refuses an input `what` shorter than `need`.
 fn check_len(x: &[f32], need: usize, what: &str) -> Result<(), String> {
     if x.len() < need {
-        return Err(format!("`{what}` holds {} elements, the rows need {need}", x.len()));
+        return Err(format!(
+            "`{what}` holds {} elements, the rows need {need}",
+            x.len()
+        ));
     }
     Ok(())
 }
@@ -118,8 +121,18 @@ mod tests {
     #[test]
     fn maxima_and_their_gradients_by_hand() {
         let x = [
-            1.0, 5.0, 3.0, 5.0, 2.0, -1.0, // o = 0: columns [1, 3, 2], [5, 5, -1]
-            0.0, f32::NAN, -2.0, 7.0, -3.0, 1.0, // o = 1: [0, -2, -3], [NaN, 7, 1]
+            1.0,
+            5.0,
+            3.0,
+            5.0,
+            2.0,
+            -1.0, // o = 0: columns [1, 3, 2], [5, 5, -1]
+            0.0,
+            f32::NAN,
+            -2.0,
+            7.0,
+            -3.0,
+            1.0, // o = 1: [0, -2, -3], [NaN, 7, 1]
         ];
         let k = AmaxRows { len: 3, inner: 2 };
         let mut y = [0.0f32; 4];

@@ -17,7 +17,13 @@ use crate::ir::{Node, ValueId};
 pub type Rule =
     fn(&mut GradCx, &Node, &[Option<ValueId>], &[bool]) -> Result<Vec<Option<ValueId>>, GradError>;
 
-const FAMILIES: &[&[(&str, Rule)]] = &[elementwise::RULES, shape::RULES, nn::RULES, loss::RULES, bags::RULES];
+const FAMILIES: &[&[(&str, Rule)]] = &[
+    elementwise::RULES,
+    shape::RULES,
+    nn::RULES,
+    loss::RULES,
+    bags::RULES,
+];
 
 /// The rule of op `name`.
 pub fn lookup(name: &str) -> Option<Rule> {

@@ -4,9 +4,9 @@
 //! output channel, so threads own disjoint channels.
 
 use super::{bags, fail, push_rows, GRAIN_WORK};
+use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
-use crate::back::lower::LowerCx;
 use netc_runtime::sparse::BagConvGradWeight;
 
 /// `bag_conv1d_grad_weight(dy [..., T', C], bags [..., T, V]) {k, pad}`.

@@ -40,7 +40,9 @@ fn inputs(g: &Graph) -> Vec<(String, Array)> {
                     })
                     .collect()
             } else {
-                (0..n).map(|i| 2.0 * unit(11, name, i as u64) - 1.0).collect()
+                (0..n)
+                    .map(|i| 2.0 * unit(11, name, i as u64) - 1.0)
+                    .collect()
             };
             (name.clone(), Array::new(&s, data))
         })
@@ -53,9 +55,7 @@ fn params(g: &Graph) -> HashMap<String, Array> {
         .map(|p| {
             let s = shape(g, p.value);
             let n = s.iter().product();
-            let data = (0..n)
-                .map(|i| unit(3, &p.path, i as u64) - 0.5)
-                .collect();
+            let data = (0..n).map(|i| unit(3, &p.path, i as u64) - 0.5).collect();
             (p.path.clone(), Array::new(&s, data))
         })
         .collect()

@@ -122,7 +122,10 @@ fn a_cnn_tower_trains_like_the_interpreter() {
     let mut ps = params(&t);
     ps.iter_mut()
         .for_each(|p| p.2.iter_mut().for_each(|x| *x *= 0.2));
-    let (cq, cd) = (random_csr(n * 6, 40, 21, false), random_csr(n * 10, 40, 23, false));
+    let (cq, cd) = (
+        random_csr(n * 6, 40, 21, false),
+        random_csr(n * 10, 40, 23, false),
+    );
     let (rq, rd) = (data(n * 8, 0.5, 2.0), data(n * 16, 1.5, 2.0));
     let want = reference(
         &t,
@@ -137,7 +140,10 @@ fn a_cnn_tower_trains_like_the_interpreter() {
     let mut ts = csr_tensors("q", &cq);
     ts.extend(csr_tensors("d", &cd));
     ts.push(("rq".into(), Tensor::from_f32(&[n, 8], rq.clone()).unwrap()));
-    ts.push(("rd".into(), Tensor::from_f32(&[n, 2, 8], rd.clone()).unwrap()));
+    ts.push((
+        "rd".into(),
+        Tensor::from_f32(&[n, 2, 8], rd.clone()).unwrap(),
+    ));
     let given: Vec<(&str, &Tensor)> = ts.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let shapes: [(&str, &[usize]); 4] = [
         ("q", &[n, 6, 40]),
@@ -217,14 +223,13 @@ fn a_gradient_without_its_window_is_refused() {
     let op = Op::new("bag_conv1d_grad_weight").with("k", Attr::Int(3));
     append(&mut g, op, vec![dy, q], &[vec![4, 10, 3]]);
     let mut jit = crate::back::jit::Jit::new().unwrap();
-    let err = crate::back::lower::lower(
-        &g,
-        &[],
-        crate::options::CompileOptions::default(),
-        &mut jit,
-    )
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(err.contains("`bag_conv1d_grad_weight`") && err.contains("`pad`"), "{err}");
+    let err =
+        crate::back::lower::lower(&g, &[], crate::options::CompileOptions::default(), &mut jit)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        err.contains("`bag_conv1d_grad_weight`") && err.contains("`pad`"),
+        "{err}"
+    );
 }

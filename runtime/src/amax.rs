@@ -8,7 +8,7 @@
 //! element per reduction: the first maximal one along `len` (the first
 //! NaN, if any). PyTorch's `amax` backward instead splits the gradient
 //! evenly among all elements equal to the maximum; the two differ only
-//! at exact ties (see `docs/training.md`).
+//! at exact ties (`docs/training.md`).
 
 use crate::plan::RowKernel;
 

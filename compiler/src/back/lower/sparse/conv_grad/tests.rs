@@ -2,7 +2,8 @@
 //! interpreter (which reads a sparse input as its dense array), on random
 //! CSR bags (repeated and unsorted ids, empty bags, one long bag), 1 and 2
 //! threads: `bag_conv1d_grad_weight` on its own (padded, unpadded, extra
-//! leading dims, a window wider than the sequence's padding); the
+//! leading dims, a window wider than the sequence's padding, channels
+//! in several blocks per thread); the
 //! training graph of a CNN-DSSM tower (every gradient of `bag_conv1d`,
 //! `amax`, `tanh`, `linear`); `cnn_dssm` of models/dssm.net forward, two
 //! towers and shared towers.
@@ -91,7 +92,7 @@ fn check_grad_weight(shape: &[usize], conv: &str, seed: u64) {
 
 #[test]
 fn bag_conv_weight_gradients_equal_the_interpreter() {
-    check_grad_weight(&[20, 6, 30], "bag_conv1d(16, 3, pad = 1)", 3);
+    check_grad_weight(&[20, 6, 30], "bag_conv1d(21, 3, pad = 1)", 3);
     check_grad_weight(&[5, 2, 4, 30], "bag_conv1d(7, 2, bias = false)", 5);
     check_grad_weight(&[9, 2, 17], "bag_conv1d(4, 3, pad = 2, nnz = 2)", 9);
     check_grad_weight(&[1, 1, 12], "bag_conv1d(3, 1)", 1);

@@ -9,6 +9,7 @@
 //! links against the runtime alone.
 #![deny(missing_docs)]
 
+pub mod amax;
 pub mod counter;
 pub mod deap;
 mod dtype;

@@ -17,6 +17,9 @@
 use crate::plan::RowKernel;
 use crate::text::bags::SparseBags;
 
+mod conv_grad;
+pub use conv_grad::BagConvGradWeight;
+
 /// The three plan buffers of one sparse input (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CsrBuffers {

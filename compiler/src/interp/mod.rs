@@ -7,6 +7,7 @@
 mod array;
 mod dense;
 mod detect;
+mod grad_bags;
 mod grad_conv;
 mod grad_elementwise;
 mod grad_loss;
@@ -203,6 +204,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         grad_loss::eval,
         grad_rnn::eval,
         grad_text::eval,
+        grad_bags::eval,
     ] {
         if let Some(r) = family(name, a, x, out) {
             return r;

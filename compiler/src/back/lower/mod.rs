@@ -24,9 +24,11 @@
 //! - [`loss`]: the losses and their gradients;
 //! - [`signal`]: `differential_entropy` and `grid_map`;
 //! - [`sparse`]: ops over sparse bag inputs and the DSSM scoring ops (row
-//!   steps); a sparse input is three executor inputs.
-//! - [`rnn`]: `embedding`, `lstm` and their gradients (row steps).
+//!   steps); a sparse input is three executor inputs;
+//! - [`rnn`]: `embedding`, `lstm` and their gradients (row steps);
+//! - [`amax`]: `amax` over adjacent dims and its gradient (row steps).
 
+pub mod amax;
 pub mod broadcast;
 pub mod contract;
 pub mod data;
@@ -253,6 +255,7 @@ pub fn lower_with(
             .or_else(|| sparse::try_lower(&mut cx, node))
             .or_else(|| rnn::try_lower(&mut cx, node))
             .or_else(|| text_grad::try_lower(&mut cx, node))
+            .or_else(|| amax::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }

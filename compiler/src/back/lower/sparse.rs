@@ -41,6 +41,8 @@ use netc_runtime::Tensor;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+mod conv_grad;
+
 /// The executor buffers of a sparse input `q`, in order: `q.indices`,
 /// `q.offsets`, `q.values`.
 pub const SPARSE_PARTS: [&str; 3] = ["indices", "offsets", "values"];
@@ -125,6 +127,7 @@ pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>>
         "bag_conv1d" => bag_conv1d(cx, node),
         "cosine_similarity" => cosine_similarity(cx, node),
         "dssm_loss" => dssm_loss(cx, node),
+        "bag_conv1d_grad_weight" => conv_grad::lower(cx, node),
         _ => return None,
     };
     Some(r)

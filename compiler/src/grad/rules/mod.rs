@@ -4,6 +4,7 @@
 //! gradient per operand (`None` where none is needed or defined). Rules
 //! emit ordinary IR nodes through [`GradCx`].
 
+mod bags;
 mod elementwise;
 mod loss;
 mod nn;
@@ -25,6 +26,7 @@ const FAMILIES: &[&[(&str, Rule)]] = &[
     loss::RULES,
     rnn::RULES,
     text::RULES,
+    bags::RULES,
 ];
 
 /// The rule of op `name`.

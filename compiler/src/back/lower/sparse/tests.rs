@@ -33,14 +33,14 @@ impl Rng {
 /// Raw CSR tensors (not canonical: unsorted, repeated ids) of `rows` bags
 /// over `vocab` columns, with their dense array for the interpreter. Every
 /// seventh bag is empty and bag 3 holds `2 · vocab` entries.
-struct Csr {
-    indices: Vec<i64>,
-    offsets: Vec<i64>,
-    values: Vec<f32>,
-    dense: Vec<f32>,
+pub(super) struct Csr {
+    pub(super) indices: Vec<i64>,
+    pub(super) offsets: Vec<i64>,
+    pub(super) values: Vec<f32>,
+    pub(super) dense: Vec<f32>,
 }
 
-fn random_csr(rows: usize, vocab: usize, seed: u64, unit_values: bool) -> Csr {
+pub(super) fn random_csr(rows: usize, vocab: usize, seed: u64, unit_values: bool) -> Csr {
     let mut rng = Rng(seed | 1);
     let mut c = Csr {
         indices: Vec::new(),
@@ -70,11 +70,11 @@ fn random_csr(rows: usize, vocab: usize, seed: u64, unit_values: bool) -> Csr {
     c
 }
 
-fn i64_tensor(v: &[i64]) -> Tensor {
+pub(super) fn i64_tensor(v: &[i64]) -> Tensor {
     Tensor::new(&[v.len()], Storage::I64(v.to_vec())).unwrap()
 }
 
-fn f32_tensor(v: &[f32]) -> Tensor {
+pub(super) fn f32_tensor(v: &[f32]) -> Tensor {
     Tensor::from_f32(&[v.len()], v.to_vec()).unwrap()
 }
 
@@ -84,7 +84,7 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 
 /// The outputs of `g` compiled on `threads` threads for inputs of
 /// `shapes`, with weights from `params`, on named tensors `given`.
-fn run_compiled(
+pub(super) fn run_compiled(
     g: &Graph,
     shapes: &[(&str, &[usize])],
     ps: &[(String, Vec<usize>, Vec<f32>)],
@@ -111,7 +111,7 @@ fn run_compiled(
 }
 
 /// The interpreter's outputs of `g` on dense inputs.
-fn reference(
+pub(super) fn reference(
     g: &Graph,
     inputs: &[(&str, Vec<usize>, &[f32])],
     ps: &[(String, Vec<usize>, Vec<f32>)],

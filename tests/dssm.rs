@@ -256,6 +256,17 @@ fn shared_tower_gradients_equal_pytorch() {
 }
 
 #[test]
+fn cnn_dssm_gradients_equal_pytorch() {
+    let columns: [ColumnSpec; 2] = [("q", Some(&[5, 200])), ("docs", Some(&[3, 5, 200]))];
+    check_model_fixture(
+        "cnn_dssm",
+        "cnn_dssm",
+        "trigrams=200 words=5 negatives=2",
+        &columns,
+    );
+}
+
+#[test]
 fn lstm_dssm_gradients_equal_pytorch_with_and_without_peepholes() {
     let columns: [ColumnSpec; 2] = [("q", None), ("docs", None)];
     check_model_fixture(

@@ -21,7 +21,7 @@ mod conv_grad;
 pub use conv_grad::BagConvGradWeight;
 
 /// The three plan buffers of one sparse input (see the module docs).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CsrBuffers {
     /// Column ids as `u32` bit patterns, nnz entries.
     pub indices: Vec<f32>,

@@ -109,28 +109,44 @@ pub fn sample_negatives(
     k: usize,
     seed: u64,
 ) -> Result<Vec<Vec<usize>>, TextError> {
+    let keys: Vec<&str> = batch.iter().map(|e| e.positive.as_str()).collect();
     let mut out = Vec::with_capacity(batch.len());
-    for (i, ex) in batch.iter().enumerate() {
-        let mut cand: Vec<usize> = (0..batch.len())
-            .filter(|&j| j != i && batch[j].positive != ex.positive)
-            .collect();
-        let m = cand.len();
+    for i in 0..batch.len() {
+        let mut cand = Vec::new();
+        let m = negative_positions(&keys, i, k, seed, &mut cand);
         if m < k {
             return Err(TextError::Invalid(format!(
                 "example {i} of a batch of {} has {m} other distinct documents to sample {k} negatives from; use larger batches or fewer negatives",
                 batch.len()
             )));
         }
-        let state = splitmix64(seed ^ i as u64);
-        for s in 0..k {
-            let u = splitmix64(state.wrapping_add(s as u64));
-            let j = s + ((u128::from(u) * (m - s) as u128) >> 64) as usize;
-            cand.swap(s, j);
-        }
-        cand.truncate(k);
         out.push(cand);
     }
     Ok(out)
+}
+
+/// The sampling rule of the module doc for position `i` of a batch whose
+/// positives have the identities `keys` (equal keys = the same document):
+/// fills `cand` with the drawn positions, at most `k`, and returns how many
+/// candidates there were (fewer than `k` means all of them were drawn).
+pub fn negative_positions<K: PartialEq>(
+    keys: &[K],
+    i: usize,
+    k: usize,
+    seed: u64,
+    cand: &mut Vec<usize>,
+) -> usize {
+    cand.clear();
+    cand.extend((0..keys.len()).filter(|&j| j != i && keys[j] != keys[i]));
+    let m = cand.len();
+    let state = splitmix64(seed ^ i as u64);
+    for s in 0..k.min(m) {
+        let u = splitmix64(state.wrapping_add(s as u64));
+        let j = s + ((u128::from(u) * (m - s) as u128) >> 64) as usize;
+        cand.swap(s, j);
+    }
+    cand.truncate(k);
+    m
 }
 
 /// The documents of a batch as `N * (1 + k)` texts, row-major `[N, 1 + k]`

@@ -66,6 +66,27 @@ struct Column {
     count: usize,
     data: Vec<f32>,
     bags: Option<BagColumn>,
+    /// Set by [`DataSet::with_in_batch_negatives`].
+    in_batch: Option<InBatch>,
+}
+
+/// A column whose stored samples are single documents and whose batches
+/// hold, per sample, its document and `negatives` documents of other
+/// samples of the batch (see [`DataSet::with_in_batch_negatives`]).
+#[derive(Clone, Debug)]
+struct InBatch {
+    negatives: usize,
+    /// The identity of each sample's document (equal: the same text).
+    keys: Vec<u64>,
+    seed: u64,
+    /// Elements of one stored document.
+    stored_row: usize,
+}
+
+thread_local! {
+    /// The sample list of a batch with its sampled negatives, reused.
+    static EXPANDED: std::cell::RefCell<(Vec<usize>, Vec<usize>, Vec<u64>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// A sparse column: all bags in the plan encoding, `per_sample` per sample.
@@ -178,6 +199,7 @@ fn bag_column(name: &str, shape: &[usize], tensors: &[(String, Tensor)]) -> Resu
         row: shape.iter().product(),
         count: bags.rows() / per_sample,
         data: Vec::new(),
+        in_batch: None,
         bags: Some(BagColumn {
             per_sample,
             csr: encode(name, &bags)?,
@@ -225,6 +247,7 @@ fn dense_column(name: &str, tensors: &mut Vec<(String, Tensor)>) -> Result<Colum
         count,
         data,
         bags: None,
+        in_batch: None,
     })
 }
 
@@ -277,6 +300,88 @@ impl DataSet {
         })
     }
 
+    /// Makes column `name`, which holds one document per sample, yield
+    /// `1 + negatives` documents per sample: its own, then `negatives`
+    /// positives of other samples of the same batch, drawn by the rule of
+    /// [`crate::text::tsv`] (documents with equal `keys` never serve as each
+    /// other's negatives) with a seed mixed from `seed` and the batch's
+    /// sample indices, so every batch (and every epoch's reshuffled batch)
+    /// draws afresh and a resumed run draws the same. When a batch has too
+    /// few other documents (a small last batch), the rest are the next
+    /// samples after the sample, in index order, skipping equal keys.
+    /// The column's sample shape becomes `[1 + negatives, ...]`.
+    pub fn with_in_batch_negatives(
+        mut self,
+        name: &str,
+        negatives: usize,
+        keys: Vec<u64>,
+        seed: u64,
+    ) -> Result<DataSet, DataError> {
+        let Some(k) = self.columns.iter().position(|c| c.name == name) else {
+            return Err(self.invalid(format!("no tensor `{name}` to draw negatives for")));
+        };
+        if keys.len() != self.samples {
+            return Err(self.invalid(format!(
+                "{} document keys for {} samples",
+                keys.len(),
+                self.samples
+            )));
+        }
+        let distinct: std::collections::HashSet<u64> = keys.iter().copied().collect();
+        if distinct.len() <= negatives {
+            return Err(self.invalid(format!(
+                "`{name}` holds {} distinct documents; {negatives} negatives per sample need at least {}",
+                distinct.len(),
+                negatives + 1
+            )));
+        }
+        let c = &mut self.columns[k];
+        c.in_batch = Some(InBatch {
+            negatives,
+            keys,
+            seed,
+            stored_row: c.row,
+        });
+        c.sample_shape.insert(0, 1 + negatives);
+        c.row *= 1 + negatives;
+        Ok(self)
+    }
+
+    /// Runs `f` on the samples a batch of column `c` reads: `indices`, or
+    /// with in-batch negatives each index followed by its negatives'.
+    fn with_batch_rows<R>(
+        &self,
+        c: &Column,
+        indices: &[usize],
+        f: impl FnOnce(&[usize]) -> R,
+    ) -> R {
+        let Some(ib) = &c.in_batch else {
+            return f(indices);
+        };
+        EXPANDED.with_borrow_mut(|(rows, cand, batch_keys)| {
+            rows.clear();
+            batch_keys.clear();
+            batch_keys.extend(indices.iter().map(|&i| ib.keys[i]));
+            let batch_seed = indices
+                .iter()
+                .fold(ib.seed, |h, &i| crate::counter::splitmix64(h ^ i as u64));
+            let per = 1 + ib.negatives;
+            for (p, &i) in indices.iter().enumerate() {
+                rows.push(i);
+                crate::text::tsv::negative_positions(batch_keys, p, ib.negatives, batch_seed, cand);
+                rows.extend(cand.iter().map(|&q| indices[q]));
+                let mut next = i;
+                while rows.len() < (p + 1) * per {
+                    next = (next + 1) % self.samples;
+                    if ib.keys[next] != ib.keys[i] && !rows[p * per..].contains(&next) {
+                        rows.push(next);
+                    }
+                }
+            }
+            f(rows)
+        })
+    }
+
     fn invalid(&self, message: String) -> DataError {
         DataError::Invalid {
             origin: self.origin.clone(),
@@ -309,21 +414,23 @@ impl DataSet {
         out.values.clear();
         out.offsets.clear();
         out.offsets.push(f32::from_bits(0));
-        for &i in indices {
-            for r in i * b.per_sample..(i + 1) * b.per_sample {
-                let span = at(b.csr.offsets[r])..at(b.csr.offsets[r + 1]);
-                out.indices.extend_from_slice(&b.csr.indices[span.clone()]);
-                out.values.extend_from_slice(&b.csr.values[span]);
-                let end = u32::try_from(out.indices.len()).map_err(|_| {
-                    self.invalid(format!(
-                        "a batch of `{}` holds more than 2^32 entries",
-                        c.name
-                    ))
-                })?;
-                out.offsets.push(f32::from_bits(end));
+        self.with_batch_rows(c, indices, |rows| {
+            for &i in rows {
+                for r in i * b.per_sample..(i + 1) * b.per_sample {
+                    let span = at(b.csr.offsets[r])..at(b.csr.offsets[r + 1]);
+                    out.indices.extend_from_slice(&b.csr.indices[span.clone()]);
+                    out.values.extend_from_slice(&b.csr.values[span]);
+                    let end = u32::try_from(out.indices.len()).map_err(|_| {
+                        self.invalid(format!(
+                            "a batch of `{}` holds more than 2^32 entries",
+                            c.name
+                        ))
+                    })?;
+                    out.offsets.push(f32::from_bits(end));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Copies the samples `indices` of tensor `k`, in that order, into
@@ -357,9 +464,12 @@ impl DataSet {
         if c.row == 0 {
             return Ok(());
         }
-        for (dst, &i) in out.chunks_exact_mut(c.row).zip(indices) {
-            dst.copy_from_slice(&c.data[i * c.row..(i + 1) * c.row]);
-        }
+        let row = c.in_batch.as_ref().map_or(c.row, |ib| ib.stored_row);
+        self.with_batch_rows(c, indices, |rows| {
+            for (dst, &i) in out.chunks_exact_mut(row).zip(rows) {
+                dst.copy_from_slice(&c.data[i * row..(i + 1) * row]);
+            }
+        });
         Ok(())
     }
 
@@ -739,5 +849,76 @@ mod tests {
         assert_eq!(y, [3.0, 1.0, 4.0, 1.0, 5.0]);
         let e = DataSet::load(&dir.path().join("none.safetensors"), &["x"]).unwrap_err();
         assert!(e.to_string().contains("none.safetensors"), "{e}");
+    }
+
+    /// In-batch negatives: each sample's documents are its own, then
+    /// others of the batch with a different key, all distinct; a batch too
+    /// small for that is completed from the following samples; the draw
+    /// depends on the batch, and sparse and dense columns expand alike.
+    #[test]
+    fn in_batch_negatives_come_from_the_batch_and_skip_equal_documents() {
+        // Dense ids: sample i's document is [10 i, 10 i + 1]; samples 1 and
+        // 3 hold the same document text (key 1).
+        let docs = Tensor::from_f32(
+            &[6, 2],
+            (0..6)
+                .flat_map(|i| [10.0 * i as f32, 10.0 * i as f32 + 1.0])
+                .collect(),
+        )
+        .unwrap();
+        let mut t = bags(6).to_tensors("bags");
+        t.push(("ids".into(), docs));
+        let keys = vec![0, 1, 2, 1, 4, 5];
+        let data = DataSet::from_columns("mem", t, &[("ids", None), ("bags", Some(&[5]))])
+            .unwrap()
+            .with_in_batch_negatives("ids", 2, keys.clone(), 7)
+            .unwrap()
+            .with_in_batch_negatives("bags", 2, keys.clone(), 7)
+            .unwrap();
+        assert_eq!(data.sample_shape(0), [3, 2]);
+        assert_eq!(data.sample_shape(1), [3, 5]);
+        let sample_of = |v: f32| (v / 10.0) as usize;
+        let mut draws = Vec::new();
+        for batch in [vec![3, 1, 4, 0], vec![0, 1, 4, 3], vec![5]] {
+            let mut out = vec![0.0; batch.len() * 6];
+            data.gather(0, &batch, &mut out).unwrap();
+            let mut csr = CsrBuffers::default();
+            data.gather_bags(1, &batch, &mut csr).unwrap();
+            let mut want_bags = Vec::new();
+            for (p, &i) in batch.iter().enumerate() {
+                let row: Vec<usize> = out[p * 6..(p + 1) * 6]
+                    .chunks(2)
+                    .map(|d| sample_of(d[0]))
+                    .collect();
+                assert_eq!(row[0], i, "batch {batch:?}");
+                for &n in &row[1..] {
+                    assert_ne!(keys[n], keys[i], "batch {batch:?}: {row:?}");
+                    if batch.len() > 3 {
+                        assert!(batch.contains(&n), "batch {batch:?}: {row:?}");
+                    }
+                }
+                assert_ne!(row[1], row[2], "batch {batch:?}: {row:?}");
+                want_bags.extend(row.iter().copied());
+                draws.push(row);
+            }
+            let mut want = CsrBuffers::default();
+            DataSet::from_columns("mem", bags(6).to_tensors("bags"), &[("bags", Some(&[5]))])
+                .unwrap()
+                .gather_bags(0, &want_bags, &mut want)
+                .unwrap();
+            assert_eq!(decoded(&csr), decoded(&want), "batch {batch:?}");
+        }
+        // Sample 3 with 1 (same key) in its batch never draws it; the
+        // single-sample batch is completed from samples 0 and 1.
+        assert_eq!(draws[8][1..], [0, 1]);
+        let (mut a, mut b) = (vec![0.0; 24], vec![0.0; 24]);
+        data.gather(0, &[3, 1, 4, 0], &mut a).unwrap();
+        data.gather(0, &[3, 1, 4, 0], &mut b).unwrap();
+        assert_eq!(a, b, "a batch draws the same negatives every time");
+        let few = DataSet::from_columns("mem", bags(2).to_tensors("b"), &[("b", Some(&[5]))])
+            .unwrap()
+            .with_in_batch_negatives("b", 2, vec![0, 1], 0)
+            .unwrap_err();
+        assert!(few.to_string().contains("2 distinct documents"), "{few}");
     }
 }

@@ -33,13 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
 NETC = ROOT / "target" / "release" / "netc"
 
-# model -> (netc file, netc model name, peers builder name, input name, big batch)
+# model -> (netc file, netc model name, peers builder name, input name, big batch[, netc args])
+# The DSSMs: netc reads sparse CSR bags (`netc bench` draws the op's nnz ids
+# per bag: the peers' 20 and 8), the peers their dense inputs; lstm_dssm
+# without peepholes, as nn.LSTM.
 MODELS = {
     "eeg_ccnn": ("models/eeg_ccnn.net", None, "eeg_ccnn", "x", 256),
     "eeg_mlp": ("models/eeg_mlp.net", None, "mlp", "x", 256),
     "eeg_svm": ("models/eeg_svm.net", None, "svm", "x", 256),
     "densenet121": ("models/densenet.net", "densenet121", "densenet121", "image", 8),
     "vggish": ("models/vggish.net", "vggish", "vggish", "x", 32),
+    "dssm": ("models/dssm.net", "dssm", "dssm", "q", 64),
+    "cnn_dssm": ("models/dssm.net", "cnn_dssm", "cnn_dssm", "q", 64),
+    "lstm_dssm": ("models/dssm.net", "lstm_dssm", "lstm_dssm", "q", 64, ["--set", "peephole=false"]),
 }
 
 
@@ -49,9 +55,9 @@ def set_threads(threads: int) -> None:
 
 
 def netc_bench(name: str, batch: int, threads: int, seconds: float, extra: list[str]) -> dict:
-    path, model, _, _, _ = MODELS[name]
+    path, model = MODELS[name][:2]
     cmd = [str(NETC), "bench", path, "--batch", str(batch), "--threads", str(threads),
-           "--json", "--min-time", str(seconds)] + extra
+           "--json", "--min-time", str(seconds)] + extra + list(MODELS[name][5:6] and MODELS[name][5])
     if model:
         cmd += ["--model", model]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

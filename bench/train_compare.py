@@ -20,12 +20,19 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PEERS = pathlib.Path("/work/shared/peers")
 
-# case -> (netc file, model, batch, memory-efficient, peer model name)
+# case -> (netc file, model, batch, memory-efficient, peer model name, extra netc args)
+# The DSSMs: netc reads sparse CSR bags (random, the peers' 20 and 8 ids per
+# bag), PyTorch the peers' dense inputs; lstm_dssm without peepholes, as
+# nn.LSTM, and with the netc train section's Adam 1e-3 (the peers' spec
+# covers dssm only: SGD 0.1; cnn_dssm uses the same).
 CASES = {
-    "eeg_ccnn": ("eeg_ccnn.net", "eeg_ccnn", 256, False, "eeg_ccnn"),
-    "densenet121": ("densenet.net", "densenet121", 8, False, "densenet121"),
-    "densenet121_me": ("densenet.net", "densenet121", 8, True, "densenet121"),
-    "vggish": ("vggish.net", "vggish", 32, False, "vggish"),
+    "eeg_ccnn": ("eeg_ccnn.net", "eeg_ccnn", 256, False, "eeg_ccnn", []),
+    "densenet121": ("densenet.net", "densenet121", 8, False, "densenet121", []),
+    "densenet121_me": ("densenet.net", "densenet121", 8, True, "densenet121", []),
+    "vggish": ("vggish.net", "vggish", 32, False, "vggish", []),
+    "dssm": ("dssm.net", "dssm", 64, False, "dssm", []),
+    "cnn_dssm": ("dssm.net", "cnn_dssm", 64, False, "cnn_dssm", []),
+    "lstm_dssm": ("dssm.net", "lstm_dssm", 64, False, "lstm_dssm", ["--set", "peephole=false"]),
 }
 
 TORCH_STEP = r"""
@@ -35,7 +42,9 @@ import torch
 torch.set_num_threads({threads})
 import models
 name, batch, me, seconds = {name!r}, {batch}, {me}, {seconds}
-spec = models.TRAIN_SPECS[name]
+spec = dict(models.TRAIN_SPECS.get(name, models.TRAIN_SPECS["dssm"]))
+if name == "lstm_dssm":
+    spec["optim"] = lambda p: torch.optim.Adam(p, lr=1e-3)
 model, build = models.densenet121(memory_efficient=True) if me else models.MODELS[name]()
 model.train()
 x = build(batch)
@@ -76,13 +85,13 @@ def main():
     netc = ROOT / "target" / "release" / "netc"
     rows = []
     for case in args.cases.split(","):
-        file, model, batch, me, peer = CASES[case]
+        file, model, batch, me, peer, extra = CASES[case]
         results = {"netc": [], "torch": []}
         rss = {"netc": [], "torch": []}
         for _ in range(args.rounds):
             cmd = [str(netc), "bench", str(ROOT / "models" / file), "--model", model,
                    "--train", "--json", "--batch", str(batch), "--threads", str(args.threads),
-                   "--min-time", str(args.seconds), "--reps", "5"]
+                   "--min-time", str(args.seconds), "--reps", "5", *extra]
             if model == "densenet121" and not me:
                 cmd.insert(2, "--no-recompute")
             out, peak = child(cmd)

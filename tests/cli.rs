@@ -863,3 +863,71 @@ fn run_ranks_documents_with_the_scores_of_the_model() {
         "{err}"
     );
 }
+
+/// `netc train --data X.tsv` trains a text model on real text (400
+/// Debian package synopsis → description pairs): negatives drawn per
+/// batch, the training loss falls over the epochs, the checkpoint's
+/// directory is created; a TSV whose negatives do not match the model's
+/// count is refused with both numbers.
+#[test]
+fn train_reads_text_pairs_from_tsv() {
+    let dir = temp_dir("train-tsv");
+    let out = dir.join("sub/dssm.safetensors");
+    let (ok, stdout, err) = netc(&[
+        "train",
+        "models/dssm.net",
+        "--model",
+        "dssm",
+        "--set",
+        "trigrams=2000",
+        "--data",
+        "tests/fixtures/text/debian_sample.tsv",
+        "--epochs",
+        "3",
+        "--batch",
+        "32",
+        "--quiet",
+        "--threads",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let losses: Vec<f64> = stdout
+        .lines()
+        .chain(err.lines())
+        .filter_map(|l| {
+            l.split("train loss ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(losses.len(), 3, "{stdout}{err}");
+    assert!(losses[2] < losses[0], "losses {losses:?}");
+    assert!(out.exists());
+
+    let tsv = dir.join("two.tsv");
+    std::fs::write(&tsv, "a query\ta document\tneg one\tneg two\n").unwrap();
+    let (ok, _, err) = netc(&[
+        "train",
+        "models/dssm.net",
+        "--model",
+        "dssm",
+        "--set",
+        "trigrams=64",
+        "--data",
+        tsv.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("lines give 2 negatives, model `dssm` scores 4 per query"),
+        "{err}"
+    );
+}

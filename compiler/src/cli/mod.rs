@@ -5,6 +5,7 @@
 //! - [`compile`]: `netc compile --emit`, what a compile stage produced;
 //! - [`run`]: `netc run`, a model on inputs from files;
 //! - [`rank`]: `netc run --queries --docs`, document ranking;
+//! - [`text_data`]: `netc train --data X.tsv`, text training data;
 //! - [`bench`]: `netc bench`, latency at given batch sizes;
 //! - [`time`]: `netc time`, forward time per layer.
 
@@ -14,6 +15,7 @@ pub mod compile;
 pub mod options;
 pub mod rank;
 pub mod run;
+pub mod text_data;
 pub mod time;
 pub mod train;
 

@@ -5,6 +5,7 @@
 //! the current state is written, then netc exits).
 
 use super::options::{CompileFlags, ModelArgs};
+use super::text_data;
 use super::Failure;
 use indicatif::{ProgressBar, ProgressStyle};
 use netc::train::curve;
@@ -21,7 +22,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Training data: a safetensors file with one tensor per model input
-    /// and label (first dim = samples; class labels i64).
+    /// and label (first dim = samples; class labels i64; a sparse input as
+    /// NAME.indices/.offsets/.values), or for a two-tower text model a
+    /// `.tsv` of `query<TAB>positive[<TAB>negative ...]` lines (without
+    /// negatives, each batch draws them from its other positives).
     #[arg(long)]
     data: PathBuf,
     /// Validation data (same tensors), evaluated after every epoch.
@@ -70,6 +74,14 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         return Err(Failure::Usage("`--batch 0`: batches are at least 1".into()));
     }
     let options = args.flags.options()?;
+    // The checkpoint's directory is made before training, so a missing
+    // one fails now rather than after the first epoch.
+    if let Some(dir) = args.out.as_deref().and_then(|o| o.parent()) {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Failure::Error(format!("{}: {e}", dir.display())))?;
+        }
+    }
     let loaded = super::options::load(&args.model)?;
     let config = TrainConfig {
         options,
@@ -83,11 +95,15 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_deref()))
         .collect();
-    let data = DataSet::load_columns(&args.data, &specs).map_err(Failure::error)?;
-    let val = match &args.val {
-        Some(p) => Some(DataSet::load_columns(p, &specs).map_err(Failure::error)?),
-        None => None,
+    let load = |path: &std::path::Path| {
+        if text_data::is_tsv(path) {
+            text_data::load(&trainer, path, args.weights.as_deref(), args.seed)
+        } else {
+            DataSet::load_columns(path, &specs).map_err(Failure::error)
+        }
     };
+    let data = load(&args.data)?;
+    let val = args.val.as_deref().map(load).transpose()?;
     if let Some(w) = &args.weights {
         let specs: Vec<_> = trainer
             .graph()

@@ -908,6 +908,32 @@ fn train_reads_text_pairs_from_tsv() {
     assert_eq!(losses.len(), 3, "{stdout}{err}");
     assert!(losses[2] < losses[0], "losses {losses:?}");
     assert!(out.exists());
+    // `netc run --tsv` scores every line (4 negatives drawn from the other
+    // lines): the trained model puts most positives first (chance: 1/5).
+    let scores_path = dir.join("scores.safetensors");
+    let (ok, _, err) = netc(&[
+        "run",
+        "models/dssm.net",
+        "--model",
+        "dssm",
+        "--set",
+        "trigrams=2000",
+        "--weights",
+        out.to_str().unwrap(),
+        "--tsv",
+        "tests/fixtures/text/debian_sample.tsv",
+        "--output",
+        scores_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let scores = netc_runtime::weights::read_safetensors(&scores_path).unwrap();
+    assert_eq!(scores[0].1.shape(), [400, 5]);
+    let rows: Vec<&[f32]> = scores[0].1.as_f32().unwrap().chunks(5).collect();
+    let first = rows
+        .iter()
+        .filter(|r| r[1..].iter().all(|&s| s < r[0]))
+        .count();
+    assert!(first > 200, "positive first in {first} of 400 lines");
 
     let tsv = dir.join("two.tsv");
     std::fs::write(&tsv, "a query\ta document\tneg one\tneg two\n").unwrap();

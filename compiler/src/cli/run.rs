@@ -7,6 +7,7 @@
 
 use super::options::{load, CompileFlags, ModelArgs};
 use super::rank::{rank, RankRequest};
+use super::text_data;
 use super::Failure;
 use netc::ir::{Graph, ValueId};
 use netc::session::CompiledModel;
@@ -34,9 +35,15 @@ pub struct RunArgs {
     #[arg(
         long = "input",
         value_name = "NAME=PATH",
-        required_unless_present = "queries"
+        required_unless_present_any = ["queries", "tsv"]
     )]
     inputs: Vec<String>,
+    /// Score the lines of a TSV of `query<TAB>positive[<TAB>negative ...]`
+    /// with a two-tower text model, all lines in one batch (without
+    /// negatives, each line draws them from the other lines' positives):
+    /// the output `scores` has one row per line, the positive first.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["inputs", "queries"])]
+    tsv: Option<PathBuf>,
     /// Rank documents instead: one query per line (a two-tower text model
     /// such as `models/dssm.net`'s; needs `--docs`).
     #[arg(
@@ -90,8 +97,10 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
         };
         return rank(&g, &request, options);
     }
-    let mut inputs = Vec::new();
-    let mut shapes = Vec::new();
+    let (mut inputs, mut shapes) = match &args.tsv {
+        Some(path) => text_data::run_inputs(&g, path, args.weights.as_deref(), args.seed)?,
+        None => (Vec::new(), Vec::new()),
+    };
     for spec in &args.inputs {
         let Some((name, path)) = spec.split_once('=') else {
             return Err(Failure::Usage(format!(
@@ -174,9 +183,6 @@ fn read_input(name: &str, path: &Path) -> Result<Tensor, String> {
     Ok(tensors.swap_remove(pick).1)
 }
 
-/// Tensors with their names.
-type NamedTensors = Vec<(String, Tensor)>;
-
 /// A sparse input's CSR tensors `NAME.indices`, `NAME.offsets` and
 /// optional `NAME.values` from a safetensors file, with the logical shape
 /// they give: the batch is the row count over the rows per sample.
@@ -185,7 +191,7 @@ fn read_sparse(
     name: &str,
     v: ValueId,
     path: &Path,
-) -> Result<(NamedTensors, Vec<usize>), String> {
+) -> Result<(text_data::NamedTensors, Vec<usize>), String> {
     let tensors = read_safetensors(path).map_err(|e| e.to_string())?;
     let parts: Vec<(String, Tensor)> = tensors
         .into_iter()

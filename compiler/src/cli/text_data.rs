@@ -8,7 +8,7 @@ use super::Failure;
 use netc::text_inputs::TextInputs;
 use netc::train::trainer::Trainer;
 use netc_runtime::counter::fnv1a64;
-use netc_runtime::text::tsv::read_tsv;
+use netc_runtime::text::tsv::{batch_documents, read_tsv};
 use netc_runtime::train::data::{ColumnSpec, DataSet};
 use std::path::Path;
 
@@ -80,3 +80,40 @@ pub fn load(
         .and_then(|d| d.with_in_batch_negatives(dname, k, keys, seed))
         .map_err(Failure::error)
 }
+
+/// The named input tensors and their logical shapes for scoring every
+/// line of the TSV at `path` with model `g` in one batch (`netc run
+/// --tsv`): the file's negatives, or `k` drawn from the other lines'
+/// positives by the sampling rule of `netc_runtime::text::tsv` (the whole
+/// file is the batch).
+pub fn run_inputs(
+    g: &netc::ir::Graph,
+    path: &Path,
+    vocab_beside: Option<&Path>,
+    seed: u64,
+) -> Result<(NamedTensors, Vec<(String, Vec<usize>)>), Failure> {
+    let inputs = TextInputs::of_model(g, vocab_beside).map_err(Failure::Error)?;
+    let examples = read_tsv(path).map_err(Failure::error)?;
+    let n = examples.len();
+    let k = inputs.docs.per_row - 1;
+    let queries: Vec<&str> = examples.iter().map(|e| e.query.as_str()).collect();
+    let docs = batch_documents(&examples, k, seed)
+        .map_err(|e| Failure::Error(format!("{}: {e}", path.display())))?;
+    let mut tensors = inputs.query.tensors(n, &queries).map_err(Failure::Error)?;
+    tensors.extend(inputs.docs.tensors(n, &docs).map_err(Failure::Error)?);
+    let shapes = g
+        .inputs
+        .iter()
+        .map(|(name, v)| {
+            let dims = g.ty(*v).shape.iter();
+            let shape = dims
+                .map(|d| d.as_known().map_or(n, |s| s as usize))
+                .collect();
+            (name.clone(), shape)
+        })
+        .collect();
+    Ok((tensors, shapes))
+}
+
+/// Tensors with their names.
+pub type NamedTensors = Vec<(String, netc_runtime::Tensor)>;

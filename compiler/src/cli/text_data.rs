@@ -91,7 +91,7 @@ pub fn run_inputs(
     path: &Path,
     vocab_beside: Option<&Path>,
     seed: u64,
-) -> Result<(NamedTensors, Vec<(String, Vec<usize>)>), Failure> {
+) -> Result<(NamedTensors, NamedShapes), Failure> {
     let inputs = TextInputs::of_model(g, vocab_beside).map_err(Failure::Error)?;
     let examples = read_tsv(path).map_err(Failure::error)?;
     let n = examples.len();
@@ -117,3 +117,6 @@ pub fn run_inputs(
 
 /// Tensors with their names.
 pub type NamedTensors = Vec<(String, netc_runtime::Tensor)>;
+
+/// Input shapes with their names.
+pub type NamedShapes = Vec<(String, Vec<usize>)>;

@@ -412,3 +412,61 @@ fn cached_sparse_steps_allocate_nothing() {
     );
     assert_eq!(trainer.compiled(), compiled, "no new plan");
 }
+
+/// `lazy = true` on an embedding table: a row that the step's ids do not
+/// touch keeps its value and its Adam state, while without `lazy` Adam's
+/// momentum keeps moving a row touched one step earlier.
+#[test]
+fn lazy_adam_updates_only_the_embedding_rows_a_step_touches() {
+    let dir = std::env::temp_dir().join(format!("netc-lazy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut moved = Vec::new();
+    for lazy in [true, false] {
+        let path = dir.join(format!("lazy_{lazy}.net"));
+        std::fs::write(
+            &path,
+            format!(
+                "model m() {{\n  input ids: i64[N, 2]\n  output y = sum(ids |> emb: embedding(6, 3), dim = 1)\n}}\n\
+                 train m {{\n  label target: f32[N, 3]\n  loss = mse(y, target)\n  optimizer = adam(lr = 0.1, lazy = {lazy})\n}}\n"
+            ),
+        )
+        .unwrap();
+        let g = load_model(&path, None, &[]).unwrap();
+        let config = TrainConfig {
+            options: CompileOptions::default(),
+            batch: 1,
+            seed: 1,
+            lr: None,
+        };
+        let mut trainer = Trainer::new(g, config).unwrap();
+        let ids = Tensor::new(&[2, 2], Storage::I64(vec![1, 2, 3, 4])).unwrap();
+        let target = Tensor::from_f32(&[2, 3], vec![1.0; 6]).unwrap();
+        let data = DataSet::from_tensors(
+            "toy",
+            vec![("ids".into(), ids), ("target".into(), target)],
+            &["ids", "target"],
+        )
+        .unwrap();
+        // Step 1 touches rows 1 and 2, step 2 rows 3 and 4.
+        trainer.step(&data, &[0], &mut |_| {}).unwrap();
+        let after_first = trainer.params()[0].as_f32().unwrap().to_vec();
+        trainer.step(&data, &[1], &mut |_| {}).unwrap();
+        let after_second = trainer.params()[0].as_f32().unwrap();
+        assert_ne!(
+            after_second[9..15],
+            after_first[9..15],
+            "rows 3 and 4 train"
+        );
+        assert_eq!(
+            after_second[..3],
+            after_first[..3],
+            "row 0 is never touched"
+        );
+        moved.push(after_second[3..9] != after_first[3..9]);
+    }
+    assert_eq!(
+        moved,
+        [false, true],
+        "rows 1-2 in step 2: lazy keeps them, Adam moves them"
+    );
+}

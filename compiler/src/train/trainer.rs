@@ -164,7 +164,14 @@ impl Trainer {
         };
         let slots = train.grads.clone();
         let lens: Vec<usize> = slots.iter().map(|(pi, _)| param_len(&graph, *pi)).collect();
-        let optimizer = Optimizer::new(spec, &lens);
+        let mut optimizer = Optimizer::new(spec, &lens);
+        for (slot, (pi, _)) in slots.iter().enumerate() {
+            if let Some(row) = table_row_len(&graph, *pi) {
+                optimizer
+                    .set_row_len(slot, row)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
         let classifier = classifier(&train);
         let mut trainer = Trainer {
             params: Vec::new(),
@@ -706,4 +713,16 @@ fn classifier(t: &TrainingGraph) -> Option<Classifier> {
         label,
         classes,
     })
+}
+
+/// The row length of parameter `pi` when it is a lookup table (the weight
+/// of an `embedding` or `embedding_bag`, `[rows, dim]`): a lazy optimizer
+/// then updates only the rows a step's ids touched (`Optimizer::set_row_len`).
+fn table_row_len(g: &Graph, pi: usize) -> Option<usize> {
+    let value = g.params[pi].value;
+    let is_table = g.nodes.iter().any(|n| {
+        matches!(n.op.name, "embedding" | "embedding_bag") && n.inputs.get(1) == Some(&value)
+    });
+    let dim = g.params[pi].ty.shape.get(1)?.as_known()?;
+    (is_table && g.params[pi].ty.rank() == 2).then_some(dim as usize)
 }

@@ -935,6 +935,38 @@ fn train_reads_text_pairs_from_tsv() {
         .count();
     assert!(first > 200, "positive first in {first} of 400 lines");
 
+    // `--vocab`: the 2000 most frequent trigrams of the training texts,
+    // saved beside the checkpoint in frequency order.
+    let with_vocab = dir.join("vocab/dssm.safetensors");
+    let (ok, _, err) = netc(&[
+        "train",
+        "models/dssm.net",
+        "--model",
+        "dssm",
+        "--set",
+        "trigrams=2000",
+        "--data",
+        "tests/fixtures/text/debian_sample.tsv",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--quiet",
+        "--vocab",
+        "--out",
+        with_vocab.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let vocab = std::fs::read_to_string(dir.join("vocab/dssm.trigrams.txt")).unwrap();
+    let lines: Vec<&str> = vocab.lines().collect();
+    assert_eq!(lines.len(), 2000);
+    assert!(
+        lines.iter().all(|t| t.chars().count() == 3),
+        "{:?}",
+        &lines[..5]
+    );
+    assert!(lines[..20].contains(&"#th"), "{:?}", &lines[..20]);
+
     let tsv = dir.join("two.tsv");
     std::fs::write(&tsv, "a query\ta document\tneg one\tneg two\n").unwrap();
     let (ok, _, err) = netc(&[

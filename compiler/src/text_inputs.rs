@@ -17,7 +17,9 @@
 
 use crate::ir::{Dim, Graph, ValueId};
 use netc_runtime::text::bags::{text_bags, word_bags, WordIdMatrix};
-use netc_runtime::text::vocab::{trigram_vocab_path, word_vocab_path, TrigramIds, WordIds};
+use netc_runtime::text::vocab::{
+    trigram_vocab_path, word_vocab_path, BuildOptions, TrigramIds, WordIds,
+};
 use netc_runtime::{DType, Tensor};
 use std::path::Path;
 
@@ -93,6 +95,58 @@ impl TextInputs {
         out.extend(self.docs.tensors(rows, docs)?);
         Ok(out)
     }
+}
+
+impl TextInputs {
+    /// Replaces hashed ids by vocabularies built from `texts` (as many
+    /// tokens as the model has columns or table rows, most frequent first;
+    /// docs/text.md) and saves them beside `weights` (`m.trigrams.txt`,
+    /// `m.words.txt`), where [`TextInputs::of_model`] finds them later.
+    pub fn build_vocabularies(&mut self, texts: &[&str], weights: &Path) -> Result<(), String> {
+        let mut trigrams: Option<TrigramIds> = None;
+        let mut words: Option<WordIds> = None;
+        for input in [&mut self.query, &mut self.docs] {
+            match &mut input.encoding {
+                TextEncoding::Bags(ids) | TextEncoding::WordBags(ids, _) => {
+                    let max_size = Some(ids.dim());
+                    if trigrams.is_none() {
+                        let opts = BuildOptions {
+                            max_size,
+                            min_count: 1,
+                        };
+                        let built = TrigramIds::build(texts.iter().copied(), opts)
+                            .map_err(|e| e.to_string())?;
+                        save(built.vocabulary(), &trigram_vocab_path(weights))?;
+                        trigrams = Some(built);
+                    }
+                    *ids = trigrams.clone().unwrap_or_else(|| ids.clone());
+                }
+                TextEncoding::WordIds(ids, _) => {
+                    let max_size = Some(ids.dim().saturating_sub(2).max(1));
+                    if words.is_none() {
+                        let opts = BuildOptions {
+                            max_size,
+                            min_count: 1,
+                        };
+                        let built = WordIds::build(texts.iter().copied(), opts)
+                            .map_err(|e| e.to_string())?;
+                        save(built.vocabulary(), &word_vocab_path(weights))?;
+                        words = Some(built);
+                    }
+                    *ids = words.clone().unwrap_or_else(|| ids.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Saves a built vocabulary (atomically).
+fn save(vocab: Option<&netc_runtime::text::vocab::Vocabulary>, path: &Path) -> Result<(), String> {
+    vocab
+        .ok_or_else(|| "a built vocabulary is missing".to_string())?
+        .save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl TextInput {

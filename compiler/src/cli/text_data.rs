@@ -18,16 +18,28 @@ pub fn is_tsv(path: &Path) -> bool {
 }
 
 /// The data set of `path` for `trainer`'s model; `vocab_beside` locates
-/// vocabulary files (ids are hashed without them); `seed` seeds the
-/// negative draws.
+/// vocabulary files (ids are hashed without them); with `build_vocab` the
+/// vocabularies are built from this file's texts and saved there first;
+/// `seed` seeds the negative draws.
 pub fn load(
     trainer: &Trainer,
     path: &Path,
     vocab_beside: Option<&Path>,
+    build_vocab: bool,
     seed: u64,
 ) -> Result<DataSet, Failure> {
-    let inputs = TextInputs::of_model(trainer.graph(), vocab_beside).map_err(Failure::Error)?;
     let examples = read_tsv(path).map_err(Failure::error)?;
+    let mut inputs = TextInputs::of_model(trainer.graph(), vocab_beside).map_err(Failure::Error)?;
+    if let (true, Some(beside)) = (build_vocab, vocab_beside) {
+        let texts: Vec<&str> = examples
+            .iter()
+            .flat_map(|e| [&e.query, &e.positive].into_iter().chain(&e.negatives))
+            .map(String::as_str)
+            .collect();
+        inputs
+            .build_vocabularies(&texts, beside)
+            .map_err(Failure::Error)?;
+    }
     let n = examples.len();
     let k = inputs.docs.per_row - 1;
     let origin = path.display().to_string();

@@ -28,6 +28,13 @@ pub struct TrainArgs {
     /// negatives, each batch draws them from its other positives).
     #[arg(long)]
     data: PathBuf,
+    /// With TSV data: build letter-trigram and word vocabularies from the
+    /// training texts (most frequent first, as many as the model has
+    /// columns or table rows) instead of hashing, and save them beside
+    /// `--out` (`m.trigrams.txt`, `m.words.txt`), where `netc run --weights`
+    /// finds them.
+    #[arg(long)]
+    vocab: bool,
     /// Validation data (same tensors), evaluated after every epoch.
     #[arg(long)]
     val: Option<PathBuf>,
@@ -95,15 +102,21 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_deref()))
         .collect();
-    let load = |path: &std::path::Path| {
+    if args.vocab && args.out.is_none() {
+        return Err(Failure::Usage(
+            "`--vocab` saves the vocabularies beside the checkpoint: give `--out`".into(),
+        ));
+    }
+    let vocab_beside = if args.vocab { &args.out } else { &args.weights };
+    let load = |path: &std::path::Path, build: bool| {
         if text_data::is_tsv(path) {
-            text_data::load(&trainer, path, args.weights.as_deref(), args.seed)
+            text_data::load(&trainer, path, vocab_beside.as_deref(), build, args.seed)
         } else {
             DataSet::load_columns(path, &specs).map_err(Failure::error)
         }
     };
-    let data = load(&args.data)?;
-    let val = args.val.as_deref().map(load).transpose()?;
+    let data = load(&args.data, args.vocab)?;
+    let val = args.val.as_deref().map(|p| load(p, false)).transpose()?;
     if let Some(w) = &args.weights {
         let specs: Vec<_> = trainer
             .graph()

@@ -20,38 +20,11 @@ use netc_runtime::train::data::ColumnSpec;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::weights::read_safetensors;
 use netc_runtime::{Storage, Tensor};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Counts allocations of the threads that opted in (the test's own).
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-            LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
-        }
-        // SAFETY: forwarded to the system allocator with the same layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -394,18 +367,13 @@ fn cached_sparse_steps_allocate_nothing() {
         trainer.step(&data, b, &mut |_| {}).unwrap();
     }
     let compiled = trainer.compiled();
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
-    for _ in 0..3 {
-        for b in &batches {
-            trainer.step(&data, b, &mut |_| {}).unwrap();
+    let (count, largest) = counting_alloc::count_allocations(|| {
+        for _ in 0..3 {
+            for b in &batches {
+                trainer.step(&data, b, &mut |_| {}).unwrap();
+            }
         }
-    }
-    COUNTING.with(|c| c.set(false));
-    let (count, largest) = (
-        ALLOCATIONS.load(Ordering::SeqCst),
-        LARGEST.load(Ordering::SeqCst),
-    );
+    });
     assert!(
         count <= 1 && largest <= 4096,
         "{count} allocations during cached steps, the largest {largest} bytes"

@@ -17,39 +17,12 @@ use netc_runtime::counter::{self, unit};
 use netc_runtime::train::data::DataSet;
 use netc_runtime::weights::read_safetensors;
 use netc_runtime::{Storage, Tensor};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Counts allocations of the threads that opted in (the test's own), so
-/// the allocation test is not disturbed by other tests running at once.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-            LARGEST.fetch_max(layout.size(), Ordering::SeqCst);
-        }
-        // SAFETY: forwarded to the system allocator with the same layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -418,22 +391,17 @@ fn after_the_first_step_a_step_allocates_and_compiles_nothing() {
         (2, 0),
         "one step for batch 16 and one for the partial batch 8"
     );
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.with(|c| c.set(true));
-    for _ in 0..3 {
-        for b in &batches {
-            t.step(&data, b, &mut |_| {}).unwrap();
+    let (count, largest) = counting_alloc::count_allocations(|| {
+        for _ in 0..3 {
+            for b in &batches {
+                t.step(&data, b, &mut |_| {}).unwrap();
+            }
         }
-    }
-    COUNTING.with(|c| c.set(false));
+    });
     // netc allocates nothing in a cached step. The one allocation allowed
     // is rayon's: its job injector allocates a queue block (about 1.5 KB)
     // for every 63 jobs entering the pool from outside, and a step enters
     // the pool twice (prepare, run): 18 entries here, at most one block.
-    let (count, largest) = (
-        ALLOCATIONS.load(Ordering::SeqCst),
-        LARGEST.load(Ordering::SeqCst),
-    );
     assert!(
         count <= 1 && largest <= 4096,
         "{count} allocations during cached steps, the largest {largest} bytes"

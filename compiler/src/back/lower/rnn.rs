@@ -19,15 +19,15 @@
 //! Time-first sequences (`batch_first = false`) interleave sequences in
 //! memory, so their per-position steps run on one thread.
 
+use super::sparse::push_rows;
 use super::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
 use netc_runtime::gemm::{Gemm, Strides};
-use netc_runtime::plan::{Buf, Contraction, Operand, RowKernel, Rows, Step, Work};
+use netc_runtime::plan::{Buf, Contraction, Operand, Step, Work};
 use netc_runtime::rnn::{
     Gather, LastStep, LstmBackward, LstmForward, LstmOutput, ScatterAdd, Seqs, BLOCK, STATE_WIDTH,
 };
-use std::sync::Arc;
 
 /// Elements worth giving a thread of a gather or scatter.
 const GRAIN_ELEMS: usize = 1 << 14;
@@ -78,30 +78,6 @@ fn int(node: &Node, k: &str) -> Result<usize, BackError> {
 
 fn flag(node: &Node, k: &str) -> bool {
     matches!(node.op.attr(k), Some(Attr::Bool(true)))
-}
-
-/// Appends a row step of `rows` rows of `width` elements into `output`;
-/// `extents` lists what it reads of each input.
-fn push_rows(
-    cx: &mut LowerCx,
-    kernel: impl RowKernel + 'static,
-    inputs: Vec<Buf>,
-    mut extents: Vec<usize>,
-    output: Buf,
-    (rows, width, grain): (usize, usize, usize),
-) {
-    extents.push(rows * width);
-    cx.push(Step {
-        work: Work::Rows(Rows {
-            kernel: Arc::new(kernel),
-            rows,
-            width,
-            grain,
-        }),
-        inputs,
-        output,
-        extents,
-    });
 }
 
 /// Rows worth giving a thread when each is `width` elements.

@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
 NETC = ROOT / "target" / "release" / "netc"
+# The machine's fp32 peak for 2 threads (zmm FMAs on both cores, ../shared/bench-limits.md §1).
+PEAK_GFLOPS = 340.0
 
 # model -> (netc file, netc model name, peers builder name, input name, big batch[, netc args])
 # The DSSMs: netc reads sparse CSR bags (`netc bench` draws the op's nnz ids
@@ -47,6 +49,16 @@ MODELS = {
     "cnn_dssm": ("models/dssm.net", "cnn_dssm", "cnn_dssm", "q", 64),
     "lstm_dssm": ("models/dssm.net", "lstm_dssm", "lstm_dssm", "q", 64, ["--set", "peephole=false"]),
 }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def set_threads(threads: int) -> None:
@@ -142,7 +154,7 @@ def main() -> None:
         for batch in batches:
             runners, compile_s = peer_runners(name, batch, args.compile, args.ort)
             pooled = {k: [] for k in ["netc", *runners]}
-            netc_compile_ms = None
+            netc_res = None
             for r in range(args.rounds):
                 order = ["netc", *runners]
                 order = order[r % len(order):] + order[: r % len(order)]
@@ -150,24 +162,34 @@ def main() -> None:
                     if who == "netc":
                         res = netc_bench(name, batch, args.threads, args.seconds, extra)
                         pooled["netc"] += res["times_ms"]
-                        netc_compile_ms = res.get("compile_ms")
+                        netc_res = res
                     else:
                         pooled[who] += time_calls(runners[who], args.seconds)
             med = {k: statistics.median(v) for k, v in pooled.items()}
-            rows.append((name, batch, med, netc_compile_ms, compile_s))
+            rows.append((name, batch, med, netc_res, compile_s))
             print(f"{name} b{batch}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in med.items()), file=sys.stderr)
     peers = [p for p in ["eager", "torch.compile", "ORT"] if any(p in r[2] for r in rows)]
-    print(f"Run {datetime.date.today()} on {platform.node()} ({os.cpu_count()} CPUs), "
+    print(f"Run {datetime.date.today()} on {platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs; "
           f"{args.threads} threads, {args.rounds} interleaved rounds of >= {args.seconds} s; "
           f"command: `python bench/compare.py {' '.join(sys.argv[1:])}`\n")
-    head = "| model | batch | netc ms | " + " | ".join(f"{p} ms | {p}/netc" for p in peers) + " | netc compile ms |"
+    print(f"Machine fp32 peak taken as {PEAK_GFLOPS:.0f} GFLOP/s (2 cores, ../shared/bench-limits.md). "
+          f"Target: best peer/netc >= 1.0, or >= 1.3 where the best peer reaches less than 60% of peak.\n")
+    head = ("| model | batch | netc ms | " + " | ".join(f"{p} ms | {p}/netc" for p in peers)
+            + " | best peer | best/netc | best peer % of peak | target | met | netc compile ms | torch.compile s |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for name, batch, med, cms, _ in rows:
+    for name, batch, med, res, compile_s in rows:
         cells = [name, str(batch), f"{med['netc']:.3f}"]
         for p in peers:
             cells += [f"{med[p]:.3f}", f"{med[p] / med['netc']:.2f}x"] if p in med else ["—", "—"]
-        cells.append(f"{cms:.0f}" if cms is not None else "—")
+        best = min((p for p in peers if p in med), key=lambda p: med[p])
+        ratio = med[best] / med["netc"]
+        flops = res["flops"]  # the model's FLOP count per call, as `netc bench` counts it
+        share = flops / (med[best] * 1e6) / PEAK_GFLOPS
+        target = 1.3 if share < 0.6 else 1.0
+        cells += [best, f"{ratio:.2f}x", f"{100 * share:.1f}%", f"{target:.1f}x", "yes" if ratio >= target else "no"]
+        cells.append(f"{res['compile_ms']:.0f}" if res.get("compile_ms") is not None else "—")
+        cells.append(f"{compile_s:.1f}" if compile_s is not None else "—")
         print("| " + " | ".join(cells) + " |")
 
 

@@ -515,7 +515,7 @@ fn bench_reports_one_json_object_per_batch() {
             "{line}"
         );
         assert!(
-            field("samples_per_s") > 0.0 && field("gflops") > 0.0,
+            field("samples_per_s") > 0.0 && field("gflops") > 0.0 && field("flops") > 0.0,
             "{line}"
         );
     }

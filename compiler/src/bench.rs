@@ -122,9 +122,9 @@ pub fn forward_flops(g: &Graph, input_shapes: &[(&str, &[usize])]) -> Result<f64
             n.flops
                 .eval(&|s| bound.get(&s).copied())
                 .as_known()
-                .unwrap_or(0) as f64
+                .unwrap_or(0)
         })
-        .sum())
+        .sum::<i64>() as f64)
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ impl CompiledModel {
         let output_shapes = graph.outputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let mut jit = Jit::new()?;
         let lowered = lower(&graph, &symbols, options, &mut jit)?;
-        let executor = Executor::new(lowered.plan.clone(), options.threads)?;
+        let executor = Executor::new(lowered.plan.clone(), options.threads)?.inline_when_small();
         let params = graph
             .params
             .iter()

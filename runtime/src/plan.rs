@@ -70,6 +70,24 @@ pub enum Work {
     Rows(Rows),
 }
 
+/// The largest contraction (in multiply-adds) that [`Work::is_small`]
+/// counts as small: about 0.5 MFLOP, a few microseconds on one core, the
+/// order of what waking a second thread costs.
+const SMALL_CONTRACTION_MACS: usize = 1 << 18;
+
+impl Work {
+    /// Whether the work is too small to gain from running on more than one
+    /// thread: a kernel or row step whose range is less than two grains, a
+    /// contraction of at most [`SMALL_CONTRACTION_MACS`] multiply-adds.
+    pub fn is_small(&self) -> bool {
+        match self {
+            Work::Kernel { units, grain, .. } => *units / (*grain).max(1) < 2,
+            Work::Rows(r) => r.rows / r.grain.max(1) < 2,
+            Work::Contraction(c) => c.items * c.groups * c.m * c.n * c.k <= SMALL_CONTRACTION_MACS,
+        }
+    }
+}
+
 /// Where one GEMM operand of a [`Contraction`] lives: element
 /// `offset + item·item_stride + group·group_stride` of a buffer, read
 /// through `strides`.
@@ -397,15 +415,15 @@ unsafe impl Send for Contracting<'_> {}
 unsafe impl Sync for Contracting<'_> {}
 
 impl Contracting<'_> {
-    /// Runs all items; `extents` are the step's declared extents.
+    /// Runs all items on up to `threads` of the pool's threads (1: on the
+    /// calling thread); `extents` are the step's declared extents.
     ///
     /// # Safety
     /// The buffers cover the step's extents, the contraction was validated
     /// against them, and `work` has an entry per pool thread if the GEMM is
     /// a tile GEMM.
-    unsafe fn run(self, pool: &rayon::ThreadPool, extents: &[usize]) {
+    unsafe fn run(self, pool: &rayon::ThreadPool, threads: usize, extents: &[usize]) {
         let c = self.c;
-        let threads = pool.current_num_threads();
         let slices = |scratch: usize, len: usize| extents[scratch] / len.max(1);
         let slices = c
             .pack
@@ -665,6 +683,12 @@ pub struct Executor {
     /// Per thread, the packing buffers of the tile GEMM (empty when no
     /// step uses it).
     tile_work: Vec<TileWork>,
+    /// Whether the plan runs on the calling thread: with one thread, or
+    /// when [`Executor::inline_when_small`] found every run step too small
+    /// to gain from a split ([`Work::is_small`]). Handing a call to the pool costs a thread
+    /// wake-up, several microseconds, on every call (`bench/empty.net`:
+    /// 9 µs per call through the pool, 0.4 µs without).
+    serial: bool,
 }
 
 /// Which of a plan's step lists to run.
@@ -716,15 +740,28 @@ impl Executor {
                 .map(|s| vec![std::ptr::null(); s.inputs.len()])
                 .collect()
         };
+        let serial = threads == 1;
         Ok(Executor {
             arena: vec![0.0; plan.arena_len],
             prepare_pointers: slots(&plan.prepare),
             pointers: slots(&plan.steps),
             prepared: plan.prepare.is_empty(),
             tile_work,
+            serial,
             plan,
             pool: Arc::new(pool),
         })
+    }
+
+    /// Runs the plan on the calling thread, never splitting a step, when
+    /// every run step is too small to gain from more threads
+    /// ([`Work::is_small`]): a small model then pays no thread hand-off per
+    /// call. Without it a plan with several threads always runs on the pool
+    /// (what the lowering tests rely on to exercise the split paths with
+    /// small shapes).
+    pub fn inline_when_small(mut self) -> Executor {
+        self.serial |= self.plan.steps.iter().all(|s| s.work.is_small());
+        self
     }
 
     /// The arena's base address (stable across runs: the arena never moves).
@@ -768,6 +805,9 @@ impl Executor {
             return Err(PlanError::NotPrepared);
         }
         self.check(Phase::Run, inputs, params, outputs)?;
+        if self.serial {
+            return self.execute(Phase::Run, inputs, params, outputs, &mut []);
+        }
         self.on_pool(|ex| ex.execute(Phase::Run, inputs, params, outputs, &mut []))
     }
 
@@ -831,6 +871,11 @@ impl Executor {
         };
         let constants = &self.plan.constants;
         let pool = &self.pool;
+        let threads = if self.serial {
+            1
+        } else {
+            pool.current_num_threads()
+        };
         let work = self.tile_work.as_mut_ptr();
         for (i, (step, slots)) in steps.iter().zip(pointers.iter_mut()).enumerate() {
             let started = (!times.is_empty()).then(Instant::now);
@@ -873,7 +918,7 @@ impl Executor {
                     // declared extent and `Executor::new` that the
                     // contraction stays inside those extents; `work` has
                     // one entry per pool thread when a tile GEMM is used.
-                    unsafe { at.run(pool, &step.extents) };
+                    unsafe { at.run(pool, threads, &step.extents) };
                     if let Some(t) = started {
                         times[i] = t.elapsed();
                     }
@@ -902,7 +947,7 @@ impl Executor {
                     // which `validate_rows` verified is at least `n`, and no
                     // input overlaps it.
                     let out = unsafe { std::slice::from_raw_parts_mut(out, n) };
-                    r.run(pool.current_num_threads(), &ins[..step.inputs.len()], out)
+                    r.run(threads, &ins[..step.inputs.len()], out)
                         .map_err(|reason| PlanError::Rows { step: i, reason })?;
                     if let Some(t) = started {
                         times[i] = t.elapsed();
@@ -911,7 +956,7 @@ impl Executor {
                 }
             };
             let shared = Shared(slots.as_ptr(), out);
-            let tasks = (units / grain.max(1)).clamp(1, self.pool.current_num_threads());
+            let tasks = (units / grain.max(1)).clamp(1, threads);
             let run_range = move |t: usize| {
                 let s = shared;
                 let (start, end) = (units * t / tasks, units * (t + 1) / tasks);

@@ -45,7 +45,7 @@ impl TrainStep {
             .collect();
         let mut jit = Jit::new()?;
         let lowered = lower_with(&graph, &symbols, options, &mut jit, OutputMode::InPlace)?;
-        let executor = Executor::new(lowered.plan.clone(), options.threads)?;
+        let executor = Executor::new(lowered.plan.clone(), options.threads)?.inline_when_small();
         let input_shapes = graph
             .inputs
             .iter()

@@ -134,6 +134,54 @@ mod tests {
         }
     }
 
+    /// Writes, for each of its rows, whether it ran on a pool thread (1) or
+    /// on a thread outside any pool (0).
+    #[derive(Debug)]
+    struct WhereRun;
+
+    impl RowKernel for WhereRun {
+        fn rows(&self, _: usize, _: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+            let on_pool = rayon::current_thread_index().is_some();
+            out.fill(if on_pool { 1.0 } else { 0.0 });
+            Ok(())
+        }
+    }
+
+    /// `inline_when_small` runs a plan of small steps on the calling thread
+    /// (a test thread, outside any pool) and leaves a plan with a step
+    /// worth splitting, and a plain executor, on the pool.
+    #[test]
+    fn small_plans_run_on_the_calling_thread_when_asked() {
+        let step = |rows: usize| Plan {
+            arena_len: 0,
+            prepare: Vec::new(),
+            constants: Vec::new(),
+            steps: vec![Step {
+                work: Work::Rows(Rows {
+                    kernel: Arc::new(WhereRun),
+                    rows,
+                    width: 1,
+                    grain: 4,
+                }),
+                inputs: Vec::new(),
+                output: Buf::Output(0),
+                extents: vec![rows],
+            }],
+        };
+        let on_pool = |ex: &mut Executor, rows: usize| {
+            let mut y = vec![f32::NAN; rows];
+            ex.run(&[], &[], &mut [&mut y]).unwrap();
+            assert!(y.iter().all(|&v| v == y[0]), "{y:?}");
+            y[0] == 1.0
+        };
+        let mut small = Executor::new(step(7), 2).unwrap().inline_when_small();
+        assert!(!on_pool(&mut small, 7));
+        let mut plain = Executor::new(step(7), 2).unwrap();
+        assert!(on_pool(&mut plain, 7));
+        let mut big = Executor::new(step(8), 2).unwrap().inline_when_small();
+        assert!(on_pool(&mut big, 8));
+    }
+
     /// A row step whose arena input overlaps its output, or whose output
     /// extent cannot hold its rows, is refused when the executor is built.
     #[test]

@@ -179,9 +179,9 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, batch, med, res, compile_s in rows:
-        cells = [name, str(batch), f"{med['netc']:.3f}"]
+        cells = [name, str(batch), f"{med['netc']:.4g}"]
         for p in peers:
-            cells += [f"{med[p]:.3f}", f"{med[p] / med['netc']:.2f}x"] if p in med else ["—", "—"]
+            cells += [f"{med[p]:.4g}", f"{med[p] / med['netc']:.2f}x"] if p in med else ["—", "—"]
         best = min((p for p in peers if p in med), key=lambda p: med[p])
         ratio = med[best] / med["netc"]
         flops = res["flops"]  # the model's FLOP count per call, as `netc bench` counts it

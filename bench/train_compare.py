@@ -11,13 +11,19 @@ batch), `opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()`.
 """
 
 import argparse
+import datetime
 import json
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Issue 7's training targets: step time >= 1.3x PyTorch eager; the
+# memory-efficient DenseNet's peak RSS <= 0.8x PyTorch's memory-efficient mode.
+STEP_TARGET = 1.3
+RSS_TARGET = 0.8
 PEERS = pathlib.Path("/work/shared/peers")
 
 # case -> (netc file, model, batch, memory-efficient, peer model name, extra netc args)
@@ -108,11 +114,21 @@ def main():
         rows.append((case, batch, n, t, rss["netc"], rss["torch"]))
         print(f"{case}: netc {results['netc']} ms, torch {results['torch']} ms, "
               f"rss netc {rss['netc']} torch {rss['torch']}", file=sys.stderr)
-    print("| model | batch | netc step ms | PyTorch eager step ms | eager/netc | netc peak RSS MB | PyTorch peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "unknown CPU")
+    print(f"Run {datetime.date.today()} on {platform.node()}: {cpu}, {os.cpu_count()} CPUs; "
+          f"{args.threads} threads, {args.rounds} alternating rounds of >= {args.seconds} s, "
+          f"the faster round's median; command: `python bench/train_compare.py {' '.join(sys.argv[1:])}`\n")
+    print(f"Targets: eager/netc >= {STEP_TARGET}; the memory-efficient DenseNet's peak RSS "
+          f"<= {RSS_TARGET} x PyTorch's memory-efficient mode (RSS ratio = netc / PyTorch, lowest round each).\n")
+    print("| model | batch | netc step ms | PyTorch eager step ms | eager/netc | step target met "
+          "| netc peak RSS MB | PyTorch peak RSS MB | RSS netc/PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for case, batch, n, t, rn, rt in rows:
         mb = lambda v: "/".join(f"{x / 1024:.0f}" for x in v)
-        print(f"| {case} | {batch} | {n:.1f} | {t:.1f} | {t / n:.2f}× | {mb(rn)} | {mb(rt)} |")
+        met = "yes" if t / n >= STEP_TARGET else "no"
+        print(f"| {case} | {batch} | {n:.1f} | {t:.1f} | {t / n:.2f}× | {met} | {mb(rn)} | {mb(rt)} "
+              f"| {min(rn) / min(rt):.2f} |")
 
 
 if __name__ == "__main__":

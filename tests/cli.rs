@@ -496,20 +496,7 @@ fn bench_reports_one_json_object_per_batch() {
             )),
             "{line}"
         );
-        let field = |k: &str| -> f64 {
-            let at = line
-                .find(&format!("\"{k}\": "))
-                .unwrap_or_else(|| panic!("{k} in {line}"))
-                + k.len()
-                + 4;
-            line[at..]
-                .split([',', '}'])
-                .next()
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
+        let field = |k: &str| json_number(line, k);
         assert!(
             field("min_ms") <= field("median_ms") && field("median_ms") <= field("max_ms"),
             "{line}"
@@ -522,6 +509,73 @@ fn bench_reports_one_json_object_per_batch() {
     let (ok, _, err) = netc(&["bench", "models/eeg_mlp.net", "--batch", "0"]);
     assert!(!ok);
     assert!(err.contains("`--batch 0`"), "{err}");
+}
+
+/// The number after `"key": ` in a one-line JSON object.
+fn json_number(line: &str, key: &str) -> f64 {
+    let at = line
+        .find(&format!("\"{key}\": "))
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+        + key.len()
+        + 4;
+    line[at..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `--no-arena-reuse` reaches the compiled model (eeg_ccnn's arena grows
+/// without reuse), and the reported FLOP count grows with the batch.
+#[test]
+fn bench_switches_reach_the_compiled_model() {
+    let bench = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "bench",
+            "models/eeg_ccnn.net",
+            "--batch",
+            "4",
+            "--warmup",
+            "0",
+            "--reps",
+            "1",
+            "--min-time",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = netc(&args);
+        assert!(ok, "{err}");
+        out
+    };
+    let plain = bench(&[]);
+    let no_reuse = bench(&["--no-arena-reuse"]);
+    assert!(
+        json_number(&no_reuse, "arena_mb") > json_number(&plain, "arena_mb"),
+        "{plain}\n{no_reuse}"
+    );
+    let (ok, one, err) = netc(&[
+        "bench",
+        "models/eeg_ccnn.net",
+        "--batch",
+        "1",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--min-time",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let ratio = json_number(&plain, "flops") / json_number(&one, "flops");
+    assert!((ratio - 4.0).abs() < 1e-9, "{one}\n{plain}");
 }
 
 /// `netc time` smoke test (one profiled run): a header, one row per layer

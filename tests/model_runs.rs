@@ -364,7 +364,8 @@ fn check_interpreter(case: &Case, rows: Option<usize>) {
     }
 }
 
-/// Every combination of fusion, GEMM path and layout.
+/// Every combination of fusion, GEMM path and layout, and the default
+/// with batch-norm folding and arena reuse off.
 fn all_options() -> Vec<CompileOptions> {
     let mut out = Vec::new();
     for fuse in [true, false] {
@@ -375,10 +376,17 @@ fn all_options() -> Vec<CompileOptions> {
                     gemm,
                     fuse,
                     layout,
+                    ..CompileOptions::default()
                 });
             }
         }
     }
+    out.push(CompileOptions {
+        threads: 2,
+        fold_bn: false,
+        reuse_arena: false,
+        ..CompileOptions::default()
+    });
     out
 }
 

@@ -60,6 +60,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         threads: 2,
         gemm: GemmChoice::Auto,
         fuse: true,
+        fold_bn: true,
+        reuse_arena: true,
         layout: LayoutChoice::Auto,
     };
     let t0 = Instant::now();

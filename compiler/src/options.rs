@@ -34,6 +34,12 @@ pub struct CompileOptions {
     pub gemm: GemmChoice,
     /// Run the fusion passes (epilogues, elementwise chains, batch-norm folding).
     pub fuse: bool,
+    /// Fold inference batch norms into the convolutions before them (with
+    /// `fuse`; off, they run as their own per-channel kernels).
+    pub fold_bn: bool,
+    /// Let intermediates whose lifetimes do not overlap share arena bytes
+    /// (off: every intermediate gets its own bytes).
+    pub reuse_arena: bool,
     /// The layout of convolution activations.
     pub layout: LayoutChoice,
 }
@@ -44,6 +50,8 @@ impl Default for CompileOptions {
             threads: 1,
             gemm: GemmChoice::Auto,
             fuse: true,
+            fold_bn: true,
+            reuse_arena: true,
             layout: LayoutChoice::Auto,
         }
     }

@@ -142,6 +142,12 @@ impl CompiledModel {
         self.jit.stats().compilations
     }
 
+    /// Size of the executor's arena in f32 elements (intermediates, values
+    /// prepared from the weights and scratch).
+    pub fn arena_len(&self) -> usize {
+        self.executor.arena().len()
+    }
+
     /// The tensors a weight file must hold (parameter paths, types, shapes).
     pub fn weight_specs(&self) -> Vec<TensorSpec> {
         self.graph

@@ -104,13 +104,14 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
         let gflops = flops / (t.median_ms / 1e3) / 1e9;
         if args.json {
             println!(
-                "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": false, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"gflops\": {:.3}, \"flops\": {flops:.0}, \"compile_ms\": {compile_ms:.3}, \"init_ms\": {init_ms:.3}, \"times_ms\": [{}]}}",
+                "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": false, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"gflops\": {:.3}, \"flops\": {flops:.0}, \"compile_ms\": {compile_ms:.3}, \"init_ms\": {init_ms:.3}, \"arena_mb\": {:.3}, \"times_ms\": [{}]}}",
                 options.threads,
                 t.median_ms,
                 t.min_ms,
                 t.max_ms,
                 t.samples_per_s(batch),
                 gflops,
+                model.arena_len() as f64 * 4.0 / 1e6,
                 t.times_ms.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(", ")
             );
         } else {

@@ -1,6 +1,7 @@
 //! What several subcommands share: choosing and elaborating a model
 //! (`FILE [--model NAME] [--set k=v ...]`) and the compile flags
-//! (`--threads --gemm --no-fuse --layout`) mapped to [`CompileOptions`].
+//! (`--threads --gemm --no-fuse --no-fold-bn --no-arena-reuse --layout`)
+//! mapped to [`CompileOptions`].
 
 use super::Failure;
 use clap::ValueEnum;
@@ -40,6 +41,14 @@ pub struct CompileFlags {
     /// batch-norm folding).
     #[arg(long)]
     pub no_fuse: bool,
+    /// Keep inference batch norms as their own kernels instead of folding
+    /// them into the convolutions before them.
+    #[arg(long)]
+    pub no_fold_bn: bool,
+    /// Give every intermediate tensor its own arena bytes (no reuse between
+    /// tensors whose lifetimes do not overlap).
+    #[arg(long)]
+    pub no_arena_reuse: bool,
     /// The layout of convolution activations: picked by the layout pass,
     /// or NCHW everywhere (the layout pass off).
     #[arg(long, value_enum, default_value = "auto")]
@@ -82,6 +91,8 @@ impl CompileFlags {
                 GemmArg::Cranelift => GemmChoice::Cranelift,
             },
             fuse: !self.no_fuse,
+            fold_bn: !self.no_fold_bn,
+            reuse_arena: !self.no_arena_reuse,
             layout: match self.layout {
                 LayoutArg::Auto => LayoutChoice::Auto,
                 LayoutArg::Nchw => LayoutChoice::Nchw,

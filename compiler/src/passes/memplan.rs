@@ -72,14 +72,21 @@ fn view_source(op: &str) -> Option<usize> {
 /// values `symbols` (by name); unnamed input symbols count 1 and
 /// data-dependent symbols their upper bound.
 pub fn plan(g: &Graph, symbols: &[(String, i64)]) -> MemoryPlan {
-    plan_skipping(g, symbols, &HashSet::new())
+    plan_skipping(g, symbols, &HashSet::new(), true)
 }
 
 /// [`plan`], leaving out the values in `skip` (they are never stored: the
 /// inner links of fused kernels, or tensors kept outside the transient
 /// arena). A node fused into another (`fused_into`) is computed by its
 /// head's kernel, so its results are live from the head's position on.
-pub fn plan_skipping(g: &Graph, symbols: &[(String, i64)], skip: &HashSet<ValueId>) -> MemoryPlan {
+/// With `reuse` false no two intermediates share bytes (the arena is the
+/// sum of their sizes): the switch that measures what reuse saves.
+pub fn plan_skipping(
+    g: &Graph,
+    symbols: &[(String, i64)],
+    skip: &HashSet<ValueId>,
+    reuse: bool,
+) -> MemoryPlan {
     let sym = |s: SymId| -> i64 { symbol_value(g, s, symbols, 0) };
     let nodes: Vec<_> = g.nodes.iter().filter(|n| !n.train_only).collect();
     let produced_at: HashMap<ValueId, usize> = nodes
@@ -135,7 +142,7 @@ pub fn plan_skipping(g: &Graph, symbols: &[(String, i64)], skip: &HashSet<ValueI
         let (f, l, s) = (first[&v], last[&v], size(v));
         let mut conflicts: Vec<(u64, u64)> = placed
             .iter()
-            .filter(|p| p.first <= l && f <= p.last)
+            .filter(|p| !reuse || (p.first <= l && f <= p.last))
             .map(|p| (p.offset, p.offset + p.size))
             .collect();
         conflicts.sort_unstable();
@@ -243,6 +250,25 @@ mod tests {
             p.placements.iter().find(|q| q.value == relu).unwrap(),
         );
         assert_eq!(po.offset, pr.offset, "the reshape is a view of the relu");
+    }
+
+    /// Without reuse the same chain gets one slot per intermediate: the
+    /// arena is the sum of their sizes and no two share a byte.
+    #[test]
+    fn without_reuse_every_intermediate_has_its_own_bytes() {
+        let g = program(
+            "model m() { input x: f32[N, 1024]
+                         output y = x |> a: linear(1024) |> relu |> b: linear(1024) |> relu }",
+        )
+        .unwrap();
+        let p = plan_skipping(&g, &[("N".into(), 4)], &HashSet::new(), false);
+        assert_eq!(p.arena_bytes, p.naive_bytes);
+        assert_eq!(p.naive_bytes, 4 * 16384);
+        let mut spans: Vec<(u64, u64)> = p.placements.iter().map(|q| (q.offset, q.size)).collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "{spans:?}");
+        }
     }
 
     #[test]

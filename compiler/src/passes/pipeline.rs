@@ -3,7 +3,7 @@
 //! its effect can be measured, and each inspectable with
 //! `netc compile --emit ir-after=PASS`:
 //!
-//! 1. `fold_bn` (with `fuse`): batch norms folded into the convolutions
+//! 1. `fold_bn` (with `fuse` and `fold_bn`): batch norms folded into the convolutions
 //!    before them (`fold_bn`);
 //! 2. `layout` (with `layout = auto`): convolution chains in NHWC
 //!    (`layout`);
@@ -53,7 +53,7 @@ pub fn optimize_with_report(
     let mut report = Report::default();
     for &pass in PASS_NAMES {
         match pass {
-            "fold_bn" if options.fuse => report.folded = fold_bn::run(&mut g),
+            "fold_bn" if options.fuse && options.fold_bn => report.folded = fold_bn::run(&mut g),
             "layout" if options.layout == LayoutChoice::Auto => report.layout = layout::run(&mut g),
             "fuse" if options.fuse => report.fuse = fuse::run(&mut g),
             _ => {}

@@ -260,6 +260,14 @@ fn switches_and_stops() {
     assert_eq!(report.layout.nhwc_nodes, 0);
     assert!(fused.nodes.iter().all(|n| n.op.attr("layout").is_none()));
     assert_eq!((report.folded, report.fuse.fused), (2, 2));
+    let no_fold = CompileOptions {
+        fold_bn: false,
+        ..nchw
+    };
+    let (kept, report) = optimize_with_report(g.clone(), &no_fold, None).unwrap();
+    assert_eq!(report.folded, 0);
+    assert!(report.fuse.fused > 0, "fusion still runs without folding");
+    assert!(kept.nodes.iter().any(|n| n.op.name == "batch_norm"));
     let full = optimize(g.clone(), &CompileOptions::default(), Some("fuse")).unwrap();
     assert_eq!(
         print_graph(&full),

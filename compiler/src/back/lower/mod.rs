@@ -163,7 +163,7 @@ pub fn lower_with(
     let derived = derived_values(g, &nodes);
     let unstored = pointwise::unstored_links(&nodes);
     let skip: HashSet<ValueId> = derived.union(&unstored).copied().collect();
-    let mem = memplan::plan_skipping(g, symbols, &skip);
+    let mem = memplan::plan_skipping(g, symbols, &skip, options.reuse_arena);
     let transient: HashMap<ValueId, usize> = mem
         .placements
         .iter()

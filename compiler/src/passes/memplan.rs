@@ -20,6 +20,9 @@ use std::collections::{HashMap, HashSet};
 /// Offsets are multiples of this (cache-line and AVX-512 alignment).
 pub const ALIGN: u64 = 64;
 
+/// Node positions per block of the placement index (see `plan_skipping`).
+const LIFETIME_BLOCK: usize = 64;
+
 /// Where one intermediate value lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -136,29 +139,48 @@ pub fn plan_skipping(
     // constants live elsewhere. A view of an input has no storage of its own.
     let mut roots: Vec<ValueId> = first.keys().copied().collect();
     let size = |v: ValueId| value_bytes(g, v, &sym).div_ceil(ALIGN) * ALIGN;
-    roots.sort_by_key(|v| (std::cmp::Reverse(size(*v)), first[v], v.0));
+    roots.sort_by_cached_key(|v| (std::cmp::Reverse(size(*v)), first[v], v.0));
     let mut placed: Vec<Placement> = Vec::new();
-    for v in roots {
+    // Placed values by the blocks of node positions their lifetimes touch,
+    // so a value is checked only against values live near it: placement
+    // stays near-linear on deep models instead of scanning every placed
+    // value (quadratic).
+    let mut by_block: Vec<Vec<usize>> = vec![Vec::new(); end / LIFETIME_BLOCK + 1];
+    let mut checked_for: Vec<usize> = Vec::new();
+    let mut conflicts: Vec<(u64, u64)> = Vec::new();
+    for (k, v) in roots.into_iter().enumerate() {
         let (f, l, s) = (first[&v], last[&v], size(v));
-        let mut conflicts: Vec<(u64, u64)> = placed
-            .iter()
-            .filter(|p| !reuse || (p.first <= l && f <= p.last))
-            .map(|p| (p.offset, p.offset + p.size))
-            .collect();
+        // Without reuse every lifetime counts as overlapping every other.
+        let (f, l) = if reuse { (f, l) } else { (0, end) };
+        let blocks = f / LIFETIME_BLOCK..=l / LIFETIME_BLOCK;
+        conflicts.clear();
+        for b in blocks.clone() {
+            for &i in &by_block[b] {
+                let p: &Placement = &placed[i];
+                if checked_for[i] != k && p.first <= l && f <= p.last {
+                    checked_for[i] = k;
+                    conflicts.push((p.offset, p.offset + p.size));
+                }
+            }
+        }
         conflicts.sort_unstable();
         let mut offset = 0;
-        for (start, stop) in conflicts {
+        for &(start, stop) in &conflicts {
             if offset + s <= start {
                 break;
             }
             offset = offset.max(stop);
         }
+        for b in blocks {
+            by_block[b].push(placed.len());
+        }
+        checked_for.push(usize::MAX);
         placed.push(Placement {
             value: v,
             offset,
             size: s,
-            first: f,
-            last: l,
+            first: first[&v],
+            last: last[&v],
         });
     }
     let arena_bytes = placed.iter().map(|p| p.offset + p.size).max().unwrap_or(0);

@@ -165,7 +165,7 @@ pub(super) fn pack_scratch_len(cx: &LowerCx, items: usize, im2col: &Im2col) -> u
 /// Emits `spec` as one contraction step of `node`, with the node's fused
 /// followers in the epilogue.
 pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), BackError> {
-    let followers = pointwise::followers(cx.g, node);
+    let followers = cx.followers(node);
     let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
     let out = cx.output(last)?;
     let out_len = cx.numel(last)?;

@@ -127,6 +127,9 @@ pub struct LowerCx<'a> {
     packed: HashMap<ValueId, Buf>,
     /// Whether the node being lowered is parameter-derived.
     in_prepare: bool,
+    /// Per fusion head (its first output), the positions in `g.nodes` of
+    /// the nodes fused into it, in execution order.
+    fused: HashMap<ValueId, Vec<usize>>,
 }
 
 /// How a plan hands out its outputs.
@@ -193,6 +196,7 @@ pub fn lower_with(
         },
         packed: HashMap::new(),
         in_prepare: false,
+        fused: pointwise::fusion_groups(g),
     };
     let group_flops = group_flops(&cx, &nodes);
     // The persistent region's size is known before any node is lowered,
@@ -343,7 +347,7 @@ fn derived_values(g: &Graph, nodes: &[&Node]) -> HashSet<ValueId> {
     derived
 }
 
-impl LowerCx<'_> {
+impl<'a> LowerCx<'a> {
     /// The buffer holding an already lowered value.
     pub fn buf(&self, v: ValueId) -> Result<Buf, BackError> {
         self.bufs.get(&v).copied().ok_or_else(|| {
@@ -446,6 +450,15 @@ impl LowerCx<'_> {
                 .map(|(_, v)| *v)
         };
         d.eval(&value_of).as_known()
+    }
+
+    /// The nodes fused into `head`, in execution order.
+    pub fn followers(&self, head: &Node) -> Vec<&'a Node> {
+        self.fused
+            .get(&head.outputs[0])
+            .map_or_else(Vec::new, |at| {
+                at.iter().map(|&i| &self.g.nodes[i]).collect()
+            })
     }
 
     /// The element count of `v`.

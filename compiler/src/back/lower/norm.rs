@@ -140,7 +140,7 @@ fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             },
         ],
     };
-    let followers = pointwise::followers(cx.g, node);
+    let followers = cx.followers(node);
     let mut values = Vec::new();
     let d = pointwise::extend(
         cx.g,

@@ -13,7 +13,7 @@ use crate::back::elementwise::{Bcast, Chain, Domain, Operand, Step};
 use crate::back::BackError;
 use crate::ir::{Graph, Node, ValueId};
 use netc_runtime::plan::Buf;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Lowers views and elementwise heads; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -30,7 +30,7 @@ fn lower_chain(
     mut chain: Chain,
     reads: Vec<ValueId>,
 ) -> Result<(), BackError> {
-    let followers = followers(cx.g, head);
+    let followers = cx.followers(head);
     let mut values = reads;
     let domain = (chain.domain != Domain::Flat).then_some(chain.domain);
     let extra = extend(cx.g, head, &followers, domain, &mut chain, &mut values)?;
@@ -45,13 +45,18 @@ fn lower_chain(
     cx.kernel(&chain, inputs, out, elems)
 }
 
-/// The nodes fused into `head`, in execution order.
-pub fn followers<'g>(g: &'g Graph, head: &Node) -> Vec<&'g Node> {
-    let key = head.outputs[0];
-    g.nodes
-        .iter()
-        .filter(|n| !n.train_only && n.fused_into == Some(key))
-        .collect()
+/// Per fusion head (its first output), the positions in `g.nodes` of the
+/// nodes fused into it, in execution order: one pass over the graph, so
+/// lowering finds a head's followers without scanning every node for each
+/// head (which was quadratic in the depth of the model).
+pub fn fusion_groups(g: &Graph) -> HashMap<ValueId, Vec<usize>> {
+    let mut groups: HashMap<ValueId, Vec<usize>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let (false, Some(head)) = (n.train_only, n.fused_into) {
+            groups.entry(head).or_default().push(i);
+        }
+    }
+    groups
 }
 
 /// Values that fused kernels never store: the results of heads that have

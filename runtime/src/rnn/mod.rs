@@ -29,9 +29,14 @@
 //! in a per-thread buffer that grows to the largest block it has served,
 //! so runs after the first allocate nothing.
 
-use crate::gemm::{sgemm, Strides};
 use crate::plan::RowKernel;
 use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+#[cfg(test)]
+mod tests;
 
 /// Sequences whose recurrent products run as one GEMM.
 pub const BLOCK: usize = 16;
@@ -143,36 +148,6 @@ pub enum LstmOutput {
     State,
 }
 
-/// `e^x` without a library call, so the cell loops vectorise: `2^n ·
-/// e^r` with `n = round(x·log2 e)`, `r = x − n·ln 2` (Cody-Waite split of
-/// ln 2), `e^r` by its degree-6 Taylor polynomial (`|r| ≤ 0.35`: relative
-/// error below 2e-7). `x` is clamped to `[-87, 88]`, where `2^n` is a
-/// normal f32.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E;
-    let n = (t + 0.5f32.copysign(t)) as i32;
-    let nf = n as f32;
-    let r = x - nf * 0.693_359_4 + nf * 2.121_944_4e-4;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n + 127) as u32) << 23) * p
-}
-
-#[inline(always)]
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + exp(-v))
-}
-
-/// `tanh v = 1 − 2 / (e^{2v} + 1)` (absolute error about 1e-7).
-#[inline(always)]
-fn tanh(v: f32) -> f32 {
-    1.0 - 2.0 / (exp(2.0 * v) + 1.0)
-}
-
 /// The LSTM recurrence from zero state. Inputs: the input projection
 /// `[positions, 4H]` (without biases), `W_hh [4H, H]`, `b_ih [4H]`,
 /// `b_hh [4H]`, then with `peephole` `w_ci`, `w_cf`, `w_co` (`[H]` each).
@@ -186,140 +161,104 @@ pub struct LstmForward {
     pub output: LstmOutput,
 }
 
-impl RowKernel for LstmForward {
-    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+/// The checked operands of an [`LstmForward`] step.
+struct FwdArgs<'a> {
+    /// The input projection, `[positions, 4H]`.
+    proj: &'a [f32],
+    /// `W_hh [4H, H]`.
+    w_hh: &'a [f32],
+    /// `b_ih [4H]`.
+    b_ih: &'a [f32],
+    /// `b_hh [4H]`.
+    b_hh: &'a [f32],
+    /// `(w_ci, w_cf, w_co)`, `[H]` each, with peepholes.
+    peep: Option<[&'a [f32]; 3]>,
+}
+
+/// The sequences a piece of a step computes and the position whose row
+/// starts its output.
+struct Piece {
+    /// The sequences.
+    seqs: std::ops::Range<usize>,
+    /// The position of the piece's first output row (0 for [`LstmOutput::Last`]).
+    base: usize,
+}
+
+impl LstmForward {
+    /// Elements written per output row unit: `H` per sequence or position,
+    /// `7H` per position for the state.
+    fn per(&self) -> usize {
+        match self.output {
+            LstmOutput::State => STATE_WIDTH * self.seqs.hidden,
+            _ => self.seqs.hidden,
+        }
+    }
+
+    /// The operands, or why they are malformed.
+    fn args<'a>(&self, inputs: &[&'a [f32]]) -> Result<FwdArgs<'a>, String> {
         let q = self.seqs;
         let (h, g4) = (q.hidden, 4 * q.hidden);
         let positions = q.seqs * q.steps;
-        let proj = operand(inputs, 0, positions * g4, "the input projection")?;
-        let w_hh = operand(inputs, 1, g4 * h, "weight_hh")?;
-        let b_ih = operand(inputs, 2, g4, "bias_ih")?;
-        let b_hh = operand(inputs, 3, g4, "bias_hh")?;
         let peep = if self.peephole {
-            Some((
+            Some([
                 operand(inputs, 4, h, "weight_ci")?,
                 operand(inputs, 5, h, "weight_cf")?,
                 operand(inputs, 6, h, "weight_co")?,
-            ))
+            ])
         } else {
             None
         };
-        let per = match self.output {
-            LstmOutput::State => STATE_WIDTH * h,
-            _ => h,
-        };
-        let (range, base) = match self.output {
-            LstmOutput::Last => (first..first + out.len() / h.max(1), 0),
-            _ => q.piece(first, out.len(), per),
-        };
-        with_work(BLOCK * (g4 + 2 * h) + g4 + 3 * h, |work| {
-            let (gates, rest) = work.split_at_mut(BLOCK * g4);
-            let (hs, rest) = rest.split_at_mut(BLOCK * h);
-            let (cs, rest) = rest.split_at_mut(BLOCK * h);
-            let (bias, zeros) = rest.split_at_mut(g4);
-            for ((b, &x), &y) in bias.iter_mut().zip(b_ih).zip(b_hh) {
-                *b = x + y;
-            }
-            zeros.fill(0.0);
-            let (ci, cf, co) = match peep {
-                Some(p) => p,
-                None => (&zeros[..h], &zeros[h..2 * h], &zeros[2 * h..]),
-            };
-            let mut start = range.start;
-            while start < range.end {
-                let nb = BLOCK.min(range.end - start);
-                hs.fill(0.0);
-                cs.fill(0.0);
-                for t in 0..q.steps {
-                    if t == 0 {
-                        gates.fill(0.0);
-                    } else {
-                        sgemm(
-                            nb,
-                            g4,
-                            h,
-                            1.0,
-                            hs,
-                            Strides::row_major(h),
-                            w_hh,
-                            Strides::transposed(h),
-                            0.0,
-                            gates,
-                            g4,
-                            1,
-                        )
-                        .map_err(|e| e.to_string())?;
-                    }
-                    for b in 0..nb {
-                        let s = start + b;
-                        let r = q.row(s, t);
-                        let gr = &mut gates[b * g4..(b + 1) * g4];
-                        for ((a, &x), &y) in
-                            gr.iter_mut().zip(&proj[r * g4..(r + 1) * g4]).zip(&*bias)
-                        {
-                            *a += x + y;
-                        }
-                        let hb = &mut hs[b * h..(b + 1) * h];
-                        let cb = &mut cs[b * h..(b + 1) * h];
-                        let mut dst = match self.output {
-                            LstmOutput::Last => None,
-                            _ => {
-                                let (at, len) = ((r - base) * per, out.len());
-                                Some(out.get_mut(at..at + per).ok_or_else(|| {
-                                    format!("position {r} is past the output of {len}")
-                                })?)
-                            }
-                        };
-                        if let (Some(d), LstmOutput::State) = (&mut dst, self.output) {
-                            d[5 * h..6 * h].copy_from_slice(cb);
-                            d[6 * h..].copy_from_slice(hb);
-                        }
-                        cell(gr, cb, hb, (ci, cf, co));
-                        match (dst, self.output) {
-                            (Some(d), LstmOutput::State) => {
-                                d[..g4].copy_from_slice(gr);
-                                d[g4..5 * h].copy_from_slice(cb);
-                            }
-                            (Some(d), _) => d.copy_from_slice(hb),
-                            (None, _) => {}
-                        }
-                    }
-                }
-                if self.output == LstmOutput::Last {
-                    let at = (start - first) * h;
-                    out[at..at + nb * h].copy_from_slice(&hs[..nb * h]);
-                }
-                start += nb;
-            }
-            Ok(())
+        Ok(FwdArgs {
+            proj: operand(inputs, 0, positions * g4, "the input projection")?,
+            w_hh: operand(inputs, 1, g4 * h, "weight_hh")?,
+            b_ih: operand(inputs, 2, g4, "bias_ih")?,
+            b_hh: operand(inputs, 3, g4, "bias_hh")?,
+            peep,
         })
+    }
+
+    /// The piece starting at step row `first` writing `len` elements,
+    /// checked to hold whole sequences of this step and fit in `len`.
+    fn piece(&self, first: usize, len: usize) -> Result<Piece, String> {
+        let q = self.seqs;
+        let h = q.hidden;
+        let (seqs, base) = match self.output {
+            LstmOutput::Last => (first..first + len / h.max(1), 0),
+            _ => q.piece(first, len, self.per()),
+        };
+        let need = match self.output {
+            LstmOutput::Last => seqs.len() * h,
+            _ if seqs.is_empty() => 0,
+            _ => (q.row(seqs.end - 1, q.steps - 1) + 1 - base) * self.per(),
+        };
+        if seqs.end > q.seqs || need > len {
+            return Err(format!(
+                "sequences {seqs:?} of {} do not fit an output of {len}",
+                q.seqs
+            ));
+        }
+        Ok(Piece { seqs, base })
     }
 }
 
-/// One cell update of one sequence: `gates` holds the four
-/// pre-activations (without peephole terms) and becomes the activations
-/// `(i, f, g, o)`; `c` and `h` go from step `t − 1` to `t`. Every slice is
-/// cut to `H` first, so the loop has no bounds checks and vectorises.
-#[inline(always)]
-fn cell(gates: &mut [f32], c: &mut [f32], h: &mut [f32], (ci, cf, co): (&[f32], &[f32], &[f32])) {
-    let n = h.len();
-    let (ai, rest) = gates.split_at_mut(n);
-    let (af, rest) = rest.split_at_mut(n);
-    let (ag, ao) = rest.split_at_mut(n);
-    let (ao, c, ci, cf, co) = (&mut ao[..n], &mut c[..n], &ci[..n], &cf[..n], &co[..n]);
-    for j in 0..n {
-        let cp = c[j];
-        let i = sigmoid(ai[j] + ci[j] * cp);
-        let f = sigmoid(af[j] + cf[j] * cp);
-        let g = tanh(ag[j]);
-        let cn = f * cp + i * g;
-        let o = sigmoid(ao[j] + co[j] * cn);
-        ai[j] = i;
-        af[j] = f;
-        ag[j] = g;
-        ao[j] = o;
-        c[j] = cn;
-        h[j] = o * tanh(cn);
+impl RowKernel for LstmForward {
+    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        if self.seqs.steps == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let args = self.args(inputs)?;
+        let piece = self.piece(first, out.len())?;
+        if piece.seqs.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            // SAFETY: the CPU has AVX-512F; `args` and `piece` are checked.
+            unsafe { avx512::forward(self, &args, &piece, out) };
+            return Ok(());
+        }
+        portable::forward(self, &args, &piece, out)
     }
 }
 
@@ -349,8 +288,23 @@ pub struct LstmBackward {
     pub last_grad: bool,
 }
 
-impl RowKernel for LstmBackward {
-    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+/// The checked operands of an [`LstmBackward`] step.
+struct BwdArgs<'a> {
+    /// The training state, `[positions, 7H]`.
+    state: &'a [f32],
+    /// `W_hh [4H, H]`.
+    w_hh: &'a [f32],
+    /// The sequence output's gradient, `[positions, H]`.
+    dseq: Option<&'a [f32]>,
+    /// The last state's gradient, `[S, H]`.
+    dlast: Option<&'a [f32]>,
+    /// `(w_ci, w_cf, w_co)`, `[H]` each, with peepholes.
+    peep: Option<[&'a [f32]; 3]>,
+}
+
+impl LstmBackward {
+    /// The operands, or why they are malformed.
+    fn args<'a>(&self, inputs: &[&'a [f32]]) -> Result<BwdArgs<'a>, String> {
         let q = self.seqs;
         let (h, g4) = (q.hidden, 4 * q.hidden);
         let positions = q.seqs * q.steps;
@@ -372,96 +326,62 @@ impl RowKernel for LstmBackward {
             None
         };
         let peep = if self.peephole {
-            Some((
+            Some([
                 next(h, "weight_ci")?,
                 next(h, "weight_cf")?,
                 next(h, "weight_co")?,
-            ))
+            ])
         } else {
             None
         };
-        let (range, base) = q.piece(first, out.len(), g4);
-        let a_rows = Strides::row_major(q.seq_stride() * g4);
-        with_work(2 * BLOCK * h + 3 * h, |work| {
-            let (dh, rest) = work.split_at_mut(BLOCK * h);
-            let (dc, zeros) = rest.split_at_mut(BLOCK * h);
-            zeros.fill(0.0);
-            let (ci, cf, co) = match peep {
-                Some(p) => p,
-                None => (&zeros[..h], &zeros[h..2 * h], &zeros[2 * h..]),
-            };
-            let mut start = range.start;
-            while start < range.end {
-                let nb = BLOCK.min(range.end - start);
-                dh.fill(0.0);
-                dc.fill(0.0);
-                for t in (0..q.steps).rev() {
-                    for b in 0..nb {
-                        let s = start + b;
-                        let r = q.row(s, t);
-                        let st = &state[r * STATE_WIDTH * h..(r + 1) * STATE_WIDTH * h];
-                        let dhb = &mut dh[b * h..(b + 1) * h];
-                        let dcb = &mut dc[b * h..(b + 1) * h];
-                        if let Some(d) = dseq {
-                            dhb.iter_mut()
-                                .zip(&d[r * h..(r + 1) * h])
-                                .for_each(|(a, v)| *a += v);
-                        }
-                        if let (Some(d), true) = (dlast, t + 1 == q.steps) {
-                            dhb.iter_mut()
-                                .zip(&d[s * h..(s + 1) * h])
-                                .for_each(|(a, v)| *a += v);
-                        }
-                        let (at, len) = ((r - base) * g4, out.len());
-                        let ga = out
-                            .get_mut(at..at + g4)
-                            .ok_or_else(|| format!("position {r} is past the output of {len}"))?;
-                        let sl = |k: usize| &st[k * h..(k + 1) * h];
-                        let (si, sf, sg, so, sc, scp) = (sl(0), sl(1), sl(2), sl(3), sl(4), sl(5));
-                        let (gi, rest) = ga.split_at_mut(h);
-                        let (gf, rest) = rest.split_at_mut(h);
-                        let (gg, go) = rest.split_at_mut(h);
-                        let go = &mut go[..h];
-                        let (ci, cf, co) = (&ci[..h], &cf[..h], &co[..h]);
-                        for j in 0..h {
-                            let (i, f, g, o, c, cp) = (si[j], sf[j], sg[j], so[j], sc[j], scp[j]);
-                            let tc = tanh(c);
-                            let dhj = dhb[j];
-                            let dao = dhj * tc * o * (1.0 - o);
-                            let dct = dcb[j] + dhj * o * (1.0 - tc * tc) + dao * co[j];
-                            let dai = dct * g * i * (1.0 - i);
-                            let dag = dct * i * (1.0 - g * g);
-                            let daf = dct * cp * f * (1.0 - f);
-                            dcb[j] = dct * f + dai * ci[j] + daf * cf[j];
-                            gi[j] = dai;
-                            gf[j] = daf;
-                            gg[j] = dag;
-                            go[j] = dao;
-                        }
-                    }
-                    if t > 0 {
-                        let at = (q.row(start, t) - base) * g4;
-                        sgemm(
-                            nb,
-                            h,
-                            g4,
-                            1.0,
-                            &out[at..],
-                            a_rows,
-                            w_hh,
-                            Strides::row_major(h),
-                            0.0,
-                            dh,
-                            h,
-                            1,
-                        )
-                        .map_err(|e| e.to_string())?;
-                    }
-                }
-                start += nb;
-            }
-            Ok(())
+        Ok(BwdArgs {
+            state,
+            w_hh,
+            dseq,
+            dlast,
+            peep,
         })
+    }
+
+    /// The piece starting at step row `first` writing `len` elements,
+    /// checked to hold whole sequences of this step and fit in `len`.
+    fn piece(&self, first: usize, len: usize) -> Result<Piece, String> {
+        let q = self.seqs;
+        let g4 = 4 * q.hidden;
+        let (seqs, base) = q.piece(first, len, g4);
+        let need = if seqs.is_empty() {
+            0
+        } else {
+            (q.row(seqs.end - 1, q.steps - 1) + 1 - base) * g4
+        };
+        if seqs.end > q.seqs || need > len {
+            return Err(format!(
+                "sequences {seqs:?} of {} do not fit an output of {len}",
+                q.seqs
+            ));
+        }
+        Ok(Piece { seqs, base })
+    }
+}
+
+impl RowKernel for LstmBackward {
+    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        if self.seqs.steps == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let args = self.args(inputs)?;
+        let piece = self.piece(first, out.len())?;
+        if piece.seqs.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            // SAFETY: the CPU has AVX-512F; `args` and `piece` are checked.
+            unsafe { avx512::backward(self, &args, &piece, out) };
+            return Ok(());
+        }
+        portable::backward(self, &args, &piece, out)
     }
 }
 
@@ -553,46 +473,5 @@ impl RowKernel for ScatterAdd {
                 .for_each(|(o, g)| *o += g);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Ids must be whole numbers inside the table; the error names the
-    /// layer, the id and its position.
-    #[test]
-    fn ids_outside_the_table_are_errors() {
-        let g = Gather {
-            name: "q_tower.emb".into(),
-            vocab: 3,
-            width: 2,
-        };
-        let table = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
-        let mut out = [0.0; 4];
-        g.rows(0, &[&[2.0, 0.0], &table], &mut out).unwrap();
-        assert_eq!(out, [4.0, 5.0, 0.0, 1.0]);
-        for bad in [3.0, -1.0, 0.5, f32::NAN] {
-            let err = g.rows(0, &[&[0.0, bad], &table], &mut out).unwrap_err();
-            assert!(
-                err.contains("q_tower.emb") && err.contains("position 1") && err.contains("3 rows"),
-                "{err}"
-            );
-        }
-        let s = ScatterAdd {
-            name: "emb".into(),
-            vocab: 3,
-            width: 1,
-            positions: 3,
-            padding: Some(0),
-        };
-        let mut dw = [9.0; 3];
-        s.rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 1.0, 0.0]], &mut dw)
-            .unwrap();
-        assert_eq!(dw, [0.0, 3.0, 0.0]);
-        assert!(s
-            .rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 7.0, 0.0]], &mut dw)
-            .is_err());
     }
 }

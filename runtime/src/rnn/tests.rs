@@ -1,0 +1,309 @@
+//! The row kernels against independent references: the LSTM kernels
+//! (the AVX-512 ones where the CPU has them, and the portable ones)
+//! against an f64 recurrence written out here, their backward against
+//! central differences of that recurrence, on hidden sizes that are not
+//! multiples of 16 and tiles that are not full; lookups on bad ids.
+
+use super::*;
+
+/// Deterministic values in `[-scale, scale)`.
+fn data(n: usize, seed: u64, scale: f64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale as f32
+        })
+        .collect()
+}
+
+/// An LSTM case: sizes, layout and operands (input 0 is the projection).
+struct Case {
+    q: Seqs,
+    peephole: bool,
+    inputs: Vec<Vec<f32>>,
+}
+
+impl Case {
+    fn new(hidden: usize, steps: usize, seqs: usize, batch_first: bool, peephole: bool) -> Case {
+        let q = Seqs {
+            hidden,
+            steps,
+            seqs,
+            batch_first,
+        };
+        let (h, g4) = (hidden, 4 * hidden);
+        let mut inputs = vec![
+            data(seqs * steps * g4, 1, 1.5),
+            data(g4 * h, 2, 2.0 / (h as f64).sqrt()),
+            data(g4, 3, 0.5),
+            data(g4, 4, 0.5),
+        ];
+        if peephole {
+            inputs.extend([data(h, 5, 0.8), data(h, 6, 0.8), data(h, 7, 0.8)]);
+        }
+        Case {
+            q,
+            peephole,
+            inputs,
+        }
+    }
+
+    fn refs(&self) -> Vec<&[f32]> {
+        self.inputs.iter().map(Vec::as_slice).collect()
+    }
+
+    /// The f64 recurrence with `proj` as the input projection: per
+    /// position `(i, f, g, o, c_t, c_{t-1}, h_{t-1}, h_t)`, `8H` values.
+    fn reference(&self, proj: &[f64]) -> Vec<f64> {
+        let q = self.q;
+        let (h, g4) = (q.hidden, 4 * q.hidden);
+        let w: Vec<Vec<f64>> = self.inputs[1..]
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f64).collect())
+            .collect();
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let peep = |k: usize, j: usize| if self.peephole { w[3 + k][j] } else { 0.0 };
+        let mut out = vec![0.0; q.seqs * q.steps * 8 * h];
+        for s in 0..q.seqs {
+            let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
+            for t in 0..q.steps {
+                let r = q.row(s, t);
+                let a: Vec<f64> = (0..g4)
+                    .map(|u| {
+                        let rec: f64 = (0..h).map(|k| w[0][u * h + k] * hs[k]).sum();
+                        proj[r * g4 + u] + w[1][u] + w[2][u] + rec
+                    })
+                    .collect();
+                let o = &mut out[r * 8 * h..(r + 1) * 8 * h];
+                for j in 0..h {
+                    let cp = cs[j];
+                    let i = sig(a[j] + peep(0, j) * cp);
+                    let f = sig(a[h + j] + peep(1, j) * cp);
+                    let g = a[2 * h + j].tanh();
+                    let c = f * cp + i * g;
+                    let og = sig(a[3 * h + j] + peep(2, j) * c);
+                    let hn = og * c.tanh();
+                    for (k, v) in [i, f, g, og, c, cp, hs[j], hn].into_iter().enumerate() {
+                        o[k * h + j] = v;
+                    }
+                    cs[j] = c;
+                }
+                for j in 0..h {
+                    hs[j] = o[7 * h + j];
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The kernels this CPU runs: the portable ones and, with AVX-512F, the
+/// AVX-512 ones.
+fn paths() -> Vec<&'static str> {
+    let mut p = vec!["portable"];
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        p.push("avx512");
+    }
+    p
+}
+
+fn forward(k: &LstmForward, path: &str, inputs: &[&[f32]], out: &mut [f32]) {
+    let args = k.args(inputs).unwrap();
+    let piece = k.piece(0, out.len()).unwrap();
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `paths` lists the AVX-512 kernels only where the CPU has them.
+        "avx512" => unsafe { avx512::forward(k, &args, &piece, out) },
+        _ => portable::forward(k, &args, &piece, out).unwrap(),
+    }
+}
+
+fn backward(k: &LstmBackward, path: &str, inputs: &[&[f32]], out: &mut [f32]) {
+    let args = k.args(inputs).unwrap();
+    let piece = k.piece(0, out.len()).unwrap();
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `forward`.
+        "avx512" => unsafe { avx512::backward(k, &args, &piece, out) },
+        _ => portable::backward(k, &args, &piece, out).unwrap(),
+    }
+}
+
+/// Largest `|x − y| / (1 + |y|)`.
+fn max_err(x: &[f32], y: &[f64]) -> f64 {
+    assert_eq!(x.len(), y.len());
+    x.iter()
+        .zip(y)
+        .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))
+        .fold(0.0, f64::max)
+}
+
+/// Every output mode of the forward equals the f64 recurrence, on hidden
+/// sizes off the 16-lane grid, more sequences than a block of the
+/// AVX-512 kernel holds (53: full and partial tiles), both layouts.
+#[test]
+fn lstm_forward_equals_the_f64_recurrence() {
+    for (hidden, seqs) in [(19, 53), (33, 7), (16, 5)] {
+        for batch_first in [true, false] {
+            for peephole in [false, true] {
+                let case = Case::new(hidden, 4, seqs, batch_first, peephole);
+                let q = case.q;
+                let h = hidden;
+                let proj: Vec<f64> = case.inputs[0].iter().map(|&x| x as f64).collect();
+                let want = case.reference(&proj);
+                let positions = q.seqs * q.steps;
+                for output in [LstmOutput::Last, LstmOutput::Sequence, LstmOutput::State] {
+                    let k = LstmForward {
+                        seqs: q,
+                        peephole,
+                        output,
+                    };
+                    let (wanted, len): (Vec<f64>, usize) = match output {
+                        LstmOutput::Last => (
+                            (0..seqs)
+                                .flat_map(|s| {
+                                    let r = q.row(s, q.steps - 1);
+                                    want[(r * 8 + 7) * h..(r * 8 + 8) * h].to_vec()
+                                })
+                                .collect(),
+                            seqs * h,
+                        ),
+                        LstmOutput::Sequence => (
+                            (0..positions)
+                                .flat_map(|r| want[(r * 8 + 7) * h..(r * 8 + 8) * h].to_vec())
+                                .collect(),
+                            positions * h,
+                        ),
+                        LstmOutput::State => (
+                            (0..positions)
+                                .flat_map(|r| want[r * 8 * h..(r * 8 + 7) * h].to_vec())
+                                .collect(),
+                            positions * STATE_WIDTH * h,
+                        ),
+                    };
+                    for path in paths() {
+                        let mut out = vec![f32::NAN; len];
+                        forward(&k, path, &case.refs(), &mut out);
+                        let err = max_err(&out, &wanted);
+                        assert!(
+                            err < 2e-6,
+                            "{path} {output:?} h={h} S={seqs} bf={batch_first} peephole={peephole}: {err}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The backward's gate gradients equal central differences of the f64
+/// recurrence: with `L = Σ dseq·h_t + Σ dlast·h_T`, the gradient of a
+/// gate pre-activation is `∂L/∂proj` at its position (the projection
+/// enters each pre-activation with weight 1).
+#[test]
+fn lstm_backward_equals_differences_of_the_f64_recurrence() {
+    for (hidden, seqs) in [(19, 7), (33, 2)] {
+        for batch_first in [true, false] {
+            for peephole in [false, true] {
+                let case = Case::new(hidden, 3, seqs, batch_first, peephole);
+                let q = case.q;
+                let (h, g4) = (hidden, 4 * hidden);
+                let positions = q.seqs * q.steps;
+                let dseq = data(positions * h, 8, 1.0);
+                let dlast = data(seqs * h, 9, 1.0);
+                let loss = |proj: &[f64]| -> f64 {
+                    let st = case.reference(proj);
+                    let mut l = 0.0;
+                    for r in 0..positions {
+                        for j in 0..h {
+                            l += dseq[r * h + j] as f64 * st[(r * 8 + 7) * h + j];
+                        }
+                    }
+                    for s in 0..seqs {
+                        let r = q.row(s, q.steps - 1);
+                        for j in 0..h {
+                            l += dlast[s * h + j] as f64 * st[(r * 8 + 7) * h + j];
+                        }
+                    }
+                    l
+                };
+                let mut proj: Vec<f64> = case.inputs[0].iter().map(|&x| x as f64).collect();
+                let mut want = vec![0.0; positions * g4];
+                let eps = 1e-5;
+                for (u, w) in want.iter_mut().enumerate() {
+                    let x = proj[u];
+                    proj[u] = x + eps;
+                    let up = loss(&proj);
+                    proj[u] = x - eps;
+                    let down = loss(&proj);
+                    proj[u] = x;
+                    *w = (up - down) / (2.0 * eps);
+                }
+                let st = case.reference(&proj);
+                let state: Vec<f32> = (0..positions)
+                    .flat_map(|r| st[r * 8 * h..(r * 8 + 7) * h].to_vec())
+                    .map(|v| v as f32)
+                    .collect();
+                let mut inputs: Vec<&[f32]> = vec![&state, &case.inputs[1], &dseq, &dlast];
+                if peephole {
+                    inputs.extend(case.inputs[4..].iter().map(Vec::as_slice));
+                }
+                let k = LstmBackward {
+                    seqs: q,
+                    peephole,
+                    seq_grad: true,
+                    last_grad: true,
+                };
+                for path in paths() {
+                    let mut out = vec![f32::NAN; positions * g4];
+                    backward(&k, path, &inputs, &mut out);
+                    let err = max_err(&out, &want);
+                    assert!(
+                        err < 1e-5,
+                        "{path} h={h} S={seqs} bf={batch_first} peephole={peephole}: {err}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Ids must be whole numbers inside the table; the error names the
+/// layer, the id and its position.
+#[test]
+fn ids_outside_the_table_are_errors() {
+    let g = Gather {
+        name: "q_tower.emb".into(),
+        vocab: 3,
+        width: 2,
+    };
+    let table = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+    let mut out = [0.0; 4];
+    g.rows(0, &[&[2.0, 0.0], &table], &mut out).unwrap();
+    assert_eq!(out, [4.0, 5.0, 0.0, 1.0]);
+    for bad in [3.0, -1.0, 0.5, f32::NAN] {
+        let err = g.rows(0, &[&[0.0, bad], &table], &mut out).unwrap_err();
+        assert!(
+            err.contains("q_tower.emb") && err.contains("position 1") && err.contains("3 rows"),
+            "{err}"
+        );
+    }
+    let s = ScatterAdd {
+        name: "emb".into(),
+        vocab: 3,
+        width: 1,
+        positions: 3,
+        padding: Some(0),
+    };
+    let mut dw = [9.0; 3];
+    s.rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 1.0, 0.0]], &mut dw)
+        .unwrap();
+    assert_eq!(dw, [0.0, 3.0, 0.0]);
+    assert!(s
+        .rows(0, &[&[1.0, 2.0, 4.0], &[1.0, 7.0, 0.0]], &mut dw)
+        .is_err());
+}

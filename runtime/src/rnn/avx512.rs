@@ -1,18 +1,15 @@
-//! The AVX-512 LSTM kernels: the recurrent product and the cell fused in
-//! one register tile, with `W_hh` packed once per call.
+//! The AVX-512 LSTM kernels: the weight products and the cell fused in
+//! one register tile, reading the weights as `pack` laid them out.
 //!
-//! **Forward.** `W_hh` is packed into panels of 16 hidden units: for
-//! units `16c..16c+16` and input `k`, the 64 weights of gates
-//! `(i, f, g, o)` side by side (a panel is `64·H` floats, 32 KiB at `H =
-//! 128`, and stays in L1 while every tile of a block reads it). A tile of
-//! up to [`MR`] sequences and one panel accumulates `proj + b + h_{t−1} ·
-//! W_hhᵀ` for the four gates of 16 units in 4·[`MR`] zmm registers, then
-//! applies the cell to them in registers: the gate values never touch
-//! memory unless the training state asks for them. `h` is double buffered
-//! (a step reads `h_{t−1}` of every unit while writing `h_t`).
+//! **Forward.** A tile of up to [`MR`] sequences and 16 hidden units
+//! accumulates `b + x_t · W_ihᵀ + h_{t−1} · W_hhᵀ` for the four gates of
+//! those units in 4·[`MR`] zmm registers, streaming the units' panels of
+//! both weights (`pack`'s layout), then applies the cell to them in
+//! registers: neither the input projection nor the gate values touch
+//! memory unless the training state asks for the gates. `h` is double
+//! buffered (a step reads `h_{t−1}` of every unit while writing `h_t`).
 //!
-//! **Backward.** `W_hh` is packed into panels of 16 hidden units by all
-//! `4H` gate rows. A tile of up to [`MR`] sequences and 64 units
+//! **Backward.** A tile of up to [`MR`] sequences and 64 units
 //! accumulates `dh = da_{t+1} · W_hh` (reading the next step's gate
 //! gradients where this kernel wrote them) and applies the backward cell
 //! to it in registers, writing `da_t`.
@@ -24,12 +21,10 @@
 //! below 1e-8), so `sigmoid` and `tanh` match the portable kernels to
 //! about 1e-7.
 
-use super::{with_work, BwdArgs, FwdArgs, LstmBackward, LstmForward, LstmOutput, Piece, Seqs};
+use super::pack::{backward_units, LANES as L};
 use super::STATE_WIDTH;
+use super::{with_work, BwdArgs, FwdArgs, LstmBackward, LstmForward, LstmOutput, Piece, Seqs};
 use std::arch::x86_64::*;
-
-/// Floats in a zmm register.
-const L: usize = 16;
 
 /// Sequences in a register tile.
 const MR: usize = 6;
@@ -91,7 +86,10 @@ fn recip(d: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn sigmoid(x: __m512) -> __m512 {
-    recip(_mm512_add_ps(splat(1.0), exp(_mm512_sub_ps(_mm512_setzero_ps(), x))))
+    recip(_mm512_add_ps(
+        splat(1.0),
+        exp(_mm512_sub_ps(_mm512_setzero_ps(), x)),
+    ))
 }
 
 /// `tanh x = 1 − 2 / (e^{2x} + 1)`.
@@ -121,11 +119,16 @@ struct FwdStep {
     hp: usize,
     /// The time step.
     t: usize,
-    packed: *const f32,
+    /// Input features `D`.
+    d: usize,
+    /// The packed `W_ih` and `W_hh` panels.
+    ih: *const f32,
+    hh: *const f32,
+    /// `b_ih + b_hh` as panels (64 per 16 units).
     bias: *const f32,
     /// `w_ci`, `w_cf`, `w_co`, `hp` apart (zeros without peepholes).
     peep: *const f32,
-    proj: *const f32,
+    x: *const f32,
     out: *mut f32,
 }
 
@@ -138,36 +141,24 @@ pub(super) unsafe fn forward(k: &LstmForward, a: &FwdArgs, piece: &Piece, out: &
     let h = k.seqs.hidden;
     let nc = h.div_ceil(L);
     let hp = nc * L;
-    let len = nc * h * 4 * L + nc * 4 * L + 3 * hp + 3 * SEQ_BLOCK * hp;
+    let len = 3 * hp + 3 * SEQ_BLOCK * hp;
     with_work(len, |work| unsafe { forward_in(k, a, piece, out, work) });
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_in(k: &LstmForward, a: &FwdArgs, piece: &Piece, out: &mut [f32], work: &mut [f32]) {
+unsafe fn forward_in(
+    k: &LstmForward,
+    a: &FwdArgs,
+    piece: &Piece,
+    out: &mut [f32],
+    work: &mut [f32],
+) {
     let q = k.seqs;
     let h = q.hidden;
     let nc = h.div_ceil(L);
     let hp = nc * L;
-    let (packed, rest) = work.split_at_mut(nc * h * 4 * L);
-    let (bias, rest) = rest.split_at_mut(nc * 4 * L);
-    let (peep, rest) = rest.split_at_mut(3 * hp);
+    let (peep, rest) = work.split_at_mut(3 * hp);
     let (hbuf, cbuf) = rest.split_at_mut(2 * SEQ_BLOCK * hp);
-    packed.fill(0.0);
-    for g in 0..4 {
-        for j in 0..h {
-            let (c, l) = (j / L, j % L);
-            let row = &a.w_hh[(g * h + j) * h..(g * h + j + 1) * h];
-            for (kk, &w) in row.iter().enumerate() {
-                packed[((c * h + kk) * 4 + g) * L + l] = w;
-            }
-        }
-    }
-    bias.fill(0.0);
-    for g in 0..4 {
-        for j in 0..h {
-            bias[((j / L) * 4 + g) * L + j % L] = a.b_ih[g * h + j] + a.b_hh[g * h + j];
-        }
-    }
     peep.fill(0.0);
     if let Some(p) = a.peep {
         for (m, w) in p.iter().enumerate() {
@@ -181,10 +172,12 @@ unsafe fn forward_in(k: &LstmForward, a: &FwdArgs, piece: &Piece, out: &mut [f32
         base: piece.base,
         hp,
         t: 0,
-        packed: packed.as_ptr(),
-        bias: bias.as_ptr(),
+        d: k.input,
+        ih: a.packed.as_ptr(),
+        hh: a.packed.as_ptr().add(nc * k.input * 4 * L),
+        bias: a.packed.as_ptr().add(nc * (k.input + h) * 4 * L),
         peep: peep.as_ptr(),
-        proj: a.proj.as_ptr(),
+        x: a.x.as_ptr(),
         out: out.as_mut_ptr(),
     };
     let (first, end) = (piece.seqs.start, piece.seqs.end);
@@ -239,16 +232,22 @@ unsafe fn fwd_tile<const M: usize>(
     let j0 = c * L;
     let mask = lanes(j0, h);
     let rows: [usize; M] = std::array::from_fn(|m| q.row(seq0 + m, s.t));
-    let mut acc = [[_mm512_setzero_ps(); 4]; M];
-    for (m, am) in acc.iter_mut().enumerate() {
-        let p = s.proj.add(rows[m] * 4 * h + j0);
-        for (g, v) in am.iter_mut().enumerate() {
-            let b = _mm512_loadu_ps(s.bias.add((c * 4 + g) * L));
-            *v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p.add(g * h)), b);
+    let bias: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(s.bias.add((c * 4 + g) * L)));
+    let mut acc = [bias; M];
+    let xs: [*const f32; M] = std::array::from_fn(|m| s.x.add(rows[m] * s.d));
+    let w = s.ih.add(c * s.d * 4 * L);
+    for kk in 0..s.d {
+        let wk = w.add(kk * 4 * L);
+        let wv: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(wk.add(g * L)));
+        for (m, am) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*xs[m].add(kk));
+            for (v, w) in am.iter_mut().zip(&wv) {
+                *v = _mm512_fmadd_ps(x, *w, *v);
+            }
         }
     }
     if s.t > 0 {
-        let w = s.packed.add(c * h * 4 * L);
+        let w = s.hh.add(c * h * 4 * L);
         for kk in 0..h {
             let wk = w.add(kk * 4 * L);
             let wv: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(wk.add(g * L)));
@@ -313,8 +312,8 @@ struct BwdStep {
 /// operands and `piece` fits `out` (`LstmBackward::piece`).
 pub(super) unsafe fn backward(k: &LstmBackward, a: &BwdArgs, piece: &Piece, out: &mut [f32]) {
     let h = k.seqs.hidden;
-    let hp = h.div_ceil(4 * L) * 4 * L;
-    let len = hp * 4 * h + 3 * hp + SEQ_BLOCK * hp;
+    let hp = backward_units(h);
+    let len = 3 * hp + SEQ_BLOCK * hp;
     with_work(len, |work| unsafe { backward_in(k, a, piece, out, work) });
 }
 
@@ -327,16 +326,9 @@ unsafe fn backward_in(
     work: &mut [f32],
 ) {
     let q = k.seqs;
-    let (h, g4) = (q.hidden, 4 * q.hidden);
-    let hp = h.div_ceil(4 * L) * 4 * L;
-    let (packed, rest) = work.split_at_mut(hp * g4);
-    let (peep, dc) = rest.split_at_mut(3 * hp);
-    packed.fill(0.0);
-    for (kk, row) in a.w_hh.chunks_exact(h).enumerate() {
-        for (j, &w) in row.iter().enumerate() {
-            packed[((j / L) * g4 + kk) * L + j % L] = w;
-        }
-    }
+    let h = q.hidden;
+    let hp = backward_units(h);
+    let (peep, dc) = work.split_at_mut(3 * hp);
     peep.fill(0.0);
     if let Some(p) = a.peep {
         for (m, w) in p.iter().enumerate() {
@@ -348,7 +340,7 @@ unsafe fn backward_in(
         base: piece.base,
         hp,
         t: 0,
-        packed: packed.as_ptr(),
+        packed: a.packed.as_ptr(),
         peep: peep.as_ptr(),
         state: a.state.as_ptr(),
         dseq: a.dseq.map(<[f32]>::as_ptr),
@@ -386,8 +378,11 @@ unsafe fn bwd_tile<const M: usize>(s: &BwdStep, cg: usize, seq0: usize, dcs: *mu
     let rows: [usize; M] = std::array::from_fn(|m| q.row(seq0 + m, s.t));
     let mut acc = [[_mm512_setzero_ps(); 4]; M];
     if s.t + 1 < q.steps {
-        let next: [*const f32; M] =
-            std::array::from_fn(|m| s.out.add((q.row(seq0 + m, s.t + 1) - s.base) * g4).cast_const());
+        let next: [*const f32; M] = std::array::from_fn(|m| {
+            s.out
+                .add((q.row(seq0 + m, s.t + 1) - s.base) * g4)
+                .cast_const()
+        });
         let w = s.packed.add(cg * 4 * g4 * L);
         for kk in 0..g4 {
             let wv: [__m512; 4] =
@@ -429,9 +424,15 @@ unsafe fn bwd_tile<const M: usize>(s: &BwdStep, cg: usize, seq0: usize, dcs: *mu
             let dao = _mm512_mul_ps(_mm512_mul_ps(dho, tc), _mm512_sub_ps(one, o));
             let dct = _mm512_fmadd_ps(dho, _mm512_fnmadd_ps(tc, tc, one), _mm512_loadu_ps(dc_at));
             let dct = _mm512_fmadd_ps(dao, co, dct);
-            let dai = _mm512_mul_ps(_mm512_mul_ps(dct, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+            let dai = _mm512_mul_ps(
+                _mm512_mul_ps(dct, g),
+                _mm512_mul_ps(i, _mm512_sub_ps(one, i)),
+            );
             let dag = _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(g, g, one));
-            let daf = _mm512_mul_ps(_mm512_mul_ps(dct, cp), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+            let daf = _mm512_mul_ps(
+                _mm512_mul_ps(dct, cp),
+                _mm512_mul_ps(f, _mm512_sub_ps(one, f)),
+            );
             let dcn = _mm512_fmadd_ps(dai, ci, _mm512_mul_ps(dct, f));
             _mm512_storeu_ps(dc_at, _mm512_fmadd_ps(daf, cf, dcn));
             for (k, v) in [dai, daf, dag, dao].into_iter().enumerate() {

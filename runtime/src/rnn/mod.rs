@@ -11,13 +11,15 @@
 //! layer otherwise; nothing reads out of bounds.
 //!
 //! **LSTM.** Cell equations, gate order (i, f, g, o) and peepholes are
-//! those of `compiler/src/ops/rnn.rs`. The input projection `x · W_ihᵀ`
-//! of every time step is one GEMM done by the plan before the recurrence
-//! (input 0 here, `[positions, 4H]`); the recurrence adds both biases and,
-//! per step, `h_{t-1} · W_hhᵀ` for a block of [`BLOCK`] sequences at once
-//! (one GEMM per block and step, so `W_hh` is read once per block rather
-//! than once per sequence). Rows of input-shaped tensors are positions
-//! `(sequence, step)`: `s·T + t` batch-first, `t·S + s` time-first.
+//! those of `compiler/src/ops/rnn.rs`. Rows of input-shaped tensors are
+//! positions `(sequence, step)`: `s·T + t` batch-first, `t·S + s`
+//! time-first. Steps are parallel over sequences. Where the CPU has
+//! AVX-512F the kernels of `avx512` run: the input projection, the
+//! recurrent product and the cell fused in one register tile per few
+//! sequences and 16 hidden units, reading the weights as [`LstmPack`]
+//! laid them out once per weight load. Elsewhere the `portable` kernels
+//! run one runtime GEMM per block of [`BLOCK`] sequences and step for
+//! each product and vectorised cell loops.
 //!
 //! The training state ([`LstmOutput::State`]) stores per position
 //! `(i, f, g, o, c_t, c_{t-1}, h_{t-1})`, `7H` values: the backward reads
@@ -34,11 +36,16 @@ use std::cell::RefCell;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod pack;
 mod portable;
+
 #[cfg(test)]
 mod tests;
 
-/// Sequences whose recurrent products run as one GEMM.
+pub use pack::{backward_len, forward_len, LstmPack, PackFor};
+
+/// Sequences whose recurrent products run as one GEMM (portable
+/// kernels), and the fewest sequences worth a thread.
 pub const BLOCK: usize = 16;
 
 /// Elements of the training state per position: `7H`.
@@ -148,13 +155,16 @@ pub enum LstmOutput {
     State,
 }
 
-/// The LSTM recurrence from zero state. Inputs: the input projection
-/// `[positions, 4H]` (without biases), `W_hh [4H, H]`, `b_ih [4H]`,
-/// `b_hh [4H]`, then with `peephole` `w_ci`, `w_cf`, `w_co` (`[H]` each).
+/// The LSTM recurrence from zero state. Inputs: the sequence `x
+/// [positions, D]`, `W_ih [4H, D]`, `W_hh [4H, H]`, the weights and
+/// biases packed by [`LstmPack`] ([`PackFor::Forward`]), then with
+/// `peephole` `w_ci`, `w_cf`, `w_co` (`[H]` each).
 #[derive(Clone, Debug)]
 pub struct LstmForward {
     /// Sizes and layout.
     pub seqs: Seqs,
+    /// Features per position of the input, `D`.
+    pub input: usize,
     /// Whether inputs 4..7 are peephole weights.
     pub peephole: bool,
     /// What the step writes.
@@ -163,14 +173,14 @@ pub struct LstmForward {
 
 /// The checked operands of an [`LstmForward`] step.
 struct FwdArgs<'a> {
-    /// The input projection, `[positions, 4H]`.
-    proj: &'a [f32],
+    /// The sequence, `[positions, D]`.
+    x: &'a [f32],
+    /// `W_ih [4H, D]`.
+    w_ih: &'a [f32],
     /// `W_hh [4H, H]`.
     w_hh: &'a [f32],
-    /// `b_ih [4H]`.
-    b_ih: &'a [f32],
-    /// `b_hh [4H]`.
-    b_hh: &'a [f32],
+    /// `W_ih`, `W_hh` and `b_ih + b_hh` packed.
+    packed: &'a [f32],
     /// `(w_ci, w_cf, w_co)`, `[H]` each, with peepholes.
     peep: Option<[&'a [f32]; 3]>,
 }
@@ -198,7 +208,7 @@ impl LstmForward {
     fn args<'a>(&self, inputs: &[&'a [f32]]) -> Result<FwdArgs<'a>, String> {
         let q = self.seqs;
         let (h, g4) = (q.hidden, 4 * q.hidden);
-        let positions = q.seqs * q.steps;
+        let (positions, d) = (q.seqs * q.steps, self.input);
         let peep = if self.peephole {
             Some([
                 operand(inputs, 4, h, "weight_ci")?,
@@ -209,10 +219,10 @@ impl LstmForward {
             None
         };
         Ok(FwdArgs {
-            proj: operand(inputs, 0, positions * g4, "the input projection")?,
-            w_hh: operand(inputs, 1, g4 * h, "weight_hh")?,
-            b_ih: operand(inputs, 2, g4, "bias_ih")?,
-            b_hh: operand(inputs, 3, g4, "bias_hh")?,
+            x: operand(inputs, 0, positions * d, "the input")?,
+            w_ih: operand(inputs, 1, g4 * d, "weight_ih")?,
+            w_hh: operand(inputs, 2, g4 * h, "weight_hh")?,
+            packed: operand(inputs, 3, forward_len(h, d), "the packed weights")?,
             peep,
         })
     }
@@ -265,7 +275,8 @@ impl RowKernel for LstmForward {
 /// Backpropagation through time: from the training state
 /// ([`LstmOutput::State`]) and the gradients of the hidden states, the
 /// gradients of the gate pre-activations `[positions, 4H]` (gate order
-/// i, f, g, o). Inputs: the state, `W_hh [4H, H]`, then the gradient of
+/// i, f, g, o). Inputs: the state, `W_hh [4H, H]`, `W_hh` packed by
+/// [`LstmPack`] ([`PackFor::Backward`]), then the gradient of
 /// the sequence output (`seq_grad`, input-shaped with `H` features), of
 /// the last state (`last_grad`, `[S, H]`), and with `peephole` `w_ci`,
 /// `w_cf`, `w_co`.
@@ -294,6 +305,8 @@ struct BwdArgs<'a> {
     state: &'a [f32],
     /// `W_hh [4H, H]`.
     w_hh: &'a [f32],
+    /// `W_hh` packed for the AVX-512 kernel.
+    packed: &'a [f32],
     /// The sequence output's gradient, `[positions, H]`.
     dseq: Option<&'a [f32]>,
     /// The last state's gradient, `[S, H]`.
@@ -310,7 +323,8 @@ impl LstmBackward {
         let positions = q.seqs * q.steps;
         let state = operand(inputs, 0, positions * STATE_WIDTH * h, "the LSTM state")?;
         let w_hh = operand(inputs, 1, g4 * h, "weight_hh")?;
-        let mut k = 2;
+        let packed = operand(inputs, 2, backward_len(h), "the packed weights")?;
+        let mut k = 3;
         let mut next = |len: usize, what: &str| {
             k += 1;
             operand(inputs, k - 1, len, what)
@@ -337,6 +351,7 @@ impl LstmBackward {
         Ok(BwdArgs {
             state,
             w_hh,
+            packed,
             dseq,
             dlast,
             peep,

@@ -1,9 +1,10 @@
 //! The portable LSTM kernels, for CPUs without AVX-512: per block of
-//! [`BLOCK`] sequences and time step, one runtime GEMM for the recurrent
-//! product (`h_{t-1} · W_hhᵀ` forward, `da · W_hh` backward) and the cell
+//! [`BLOCK`] sequences and time step, runtime GEMMs for the products
+//! (`x_t · W_ihᵀ + h_{t-1} · W_hhᵀ` forward, `da · W_hh` backward) and the cell
 //! loops written so they vectorise at the baseline target (polynomial
 //! `exp`, no library calls).
 
+use super::pack::bias_at;
 use super::{with_work, BwdArgs, FwdArgs, LstmBackward, LstmForward, LstmOutput, Piece};
 use super::{BLOCK, STATE_WIDTH};
 use crate::gemm::{sgemm, Strides};
@@ -46,7 +47,7 @@ pub(super) fn forward(
     out: &mut [f32],
 ) -> Result<(), String> {
     let q = k.seqs;
-    let (h, g4) = (q.hidden, 4 * q.hidden);
+    let (h, g4, d) = (q.hidden, 4 * q.hidden, k.input);
     let per = k.per();
     let (range, base) = (piece.seqs.clone(), piece.base);
     let first = range.start;
@@ -55,8 +56,8 @@ pub(super) fn forward(
         let (hs, rest) = rest.split_at_mut(BLOCK * h);
         let (cs, rest) = rest.split_at_mut(BLOCK * h);
         let (bias, zeros) = rest.split_at_mut(g4);
-        for ((b, &x), &y) in bias.iter_mut().zip(a.b_ih).zip(a.b_hh) {
-            *b = x + y;
+        for (u, b) in bias.iter_mut().enumerate() {
+            *b = a.packed[bias_at(h, d, u)];
         }
         zeros.fill(0.0);
         let (ci, cf, co) = match a.peep {
@@ -69,9 +70,22 @@ pub(super) fn forward(
             hs.fill(0.0);
             cs.fill(0.0);
             for t in 0..q.steps {
-                if t == 0 {
-                    gates.fill(0.0);
-                } else {
+                sgemm(
+                    nb,
+                    g4,
+                    d,
+                    1.0,
+                    &a.x[q.row(start, t) * d..],
+                    Strides::row_major(q.seq_stride() * d),
+                    a.w_ih,
+                    Strides::transposed(d),
+                    0.0,
+                    gates,
+                    g4,
+                    1,
+                )
+                .map_err(|e| e.to_string())?;
+                if t > 0 {
                     sgemm(
                         nb,
                         g4,
@@ -81,7 +95,7 @@ pub(super) fn forward(
                         Strides::row_major(h),
                         a.w_hh,
                         Strides::transposed(h),
-                        0.0,
+                        1.0,
                         gates,
                         g4,
                         1,
@@ -92,12 +106,8 @@ pub(super) fn forward(
                     let s = start + b;
                     let r = q.row(s, t);
                     let gr = &mut gates[b * g4..(b + 1) * g4];
-                    for ((v, &x), &y) in gr
-                        .iter_mut()
-                        .zip(&a.proj[r * g4..(r + 1) * g4])
-                        .zip(&*bias)
-                    {
-                        *v += x + y;
+                    for (v, &y) in gr.iter_mut().zip(&*bias) {
+                        *v += y;
                     }
                     let hb = &mut hs[b * h..(b + 1) * h];
                     let cb = &mut cs[b * h..(b + 1) * h];

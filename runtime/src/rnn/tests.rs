@@ -1,5 +1,6 @@
 //! The row kernels against independent references: the LSTM kernels
-//! (the AVX-512 ones where the CPU has them, and the portable ones)
+//! (the AVX-512 ones with their packed weights where the CPU has them,
+//! and the portable ones)
 //! against an f64 recurrence written out here, their backward against
 //! central differences of that recurrence, on hidden sizes that are not
 //! multiples of 16 and tiles that are not full; lookups on bad ids.
@@ -19,11 +20,19 @@ fn data(n: usize, seed: u64, scale: f64) -> Vec<f32> {
         .collect()
 }
 
-/// An LSTM case: sizes, layout and operands (input 0 is the projection).
+/// An LSTM case: sizes, layout and the forward's operands.
 struct Case {
     q: Seqs,
+    input: usize,
     peephole: bool,
-    inputs: Vec<Vec<f32>>,
+    x: Vec<f32>,
+    w_ih: Vec<f32>,
+    w_hh: Vec<f32>,
+    b_ih: Vec<f32>,
+    b_hh: Vec<f32>,
+    packed: Vec<f32>,
+    /// `w_ci`, `w_cf`, `w_co` (zeros without peepholes).
+    peep: [Vec<f32>; 3],
 }
 
 impl Case {
@@ -34,25 +43,61 @@ impl Case {
             seqs,
             batch_first,
         };
-        let (h, g4) = (hidden, 4 * hidden);
-        let mut inputs = vec![
-            data(seqs * steps * g4, 1, 1.5),
+        let (h, g4, d) = (hidden, 4 * hidden, hidden + 3);
+        let (w_ih, w_hh) = (
+            data(g4 * d, 10, 2.0 / (d as f64).sqrt()),
             data(g4 * h, 2, 2.0 / (h as f64).sqrt()),
-            data(g4, 3, 0.5),
-            data(g4, 4, 0.5),
-        ];
-        if peephole {
-            inputs.extend([data(h, 5, 0.8), data(h, 6, 0.8), data(h, 7, 0.8)]);
-        }
+        );
+        let (b_ih, b_hh) = (data(g4, 3, 0.5), data(g4, 4, 0.5));
+        let mut packed = vec![f32::NAN; forward_len(h, d)];
+        let pack = LstmPack {
+            hidden: h,
+            input: d,
+            dir: PackFor::Forward,
+        };
+        pack.rows(0, &[&w_ih, &w_hh, &b_ih, &b_hh], &mut packed)
+            .unwrap();
+        let peep = if peephole {
+            [data(h, 5, 0.8), data(h, 6, 0.8), data(h, 7, 0.8)]
+        } else {
+            [vec![0.0; h], vec![0.0; h], vec![0.0; h]]
+        };
         Case {
             q,
+            input: d,
             peephole,
-            inputs,
+            x: data(seqs * steps * d, 1, 1.0),
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            packed,
+            peep,
         }
     }
 
+    /// The forward step's inputs.
     fn refs(&self) -> Vec<&[f32]> {
-        self.inputs.iter().map(Vec::as_slice).collect()
+        let mut v: Vec<&[f32]> = vec![&self.x, &self.w_ih, &self.w_hh, &self.packed];
+        if self.peephole {
+            v.extend(self.peep.iter().map(Vec::as_slice));
+        }
+        v
+    }
+
+    /// `x · W_ihᵀ` in f64, `[positions, 4H]`.
+    fn projection(&self) -> Vec<f64> {
+        let (g4, d) = (4 * self.q.hidden, self.input);
+        let (x, w) = (&self.x, &self.w_ih);
+        let positions = self.q.seqs * self.q.steps;
+        (0..positions * g4)
+            .map(|e| {
+                let (r, u) = (e / g4, e % g4);
+                (0..d)
+                    .map(|k| x[r * d + k] as f64 * w[u * d + k] as f64)
+                    .sum()
+            })
+            .collect()
     }
 
     /// The f64 recurrence with `proj` as the input projection: per
@@ -60,12 +105,9 @@ impl Case {
     fn reference(&self, proj: &[f64]) -> Vec<f64> {
         let q = self.q;
         let (h, g4) = (q.hidden, 4 * q.hidden);
-        let w: Vec<Vec<f64>> = self.inputs[1..]
-            .iter()
-            .map(|v| v.iter().map(|&x| x as f64).collect())
-            .collect();
+        let w = |v: &[f32], k: usize| v[k] as f64;
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
-        let peep = |k: usize, j: usize| if self.peephole { w[3 + k][j] } else { 0.0 };
+        let peep = |k: usize, j: usize| w(&self.peep[k], j);
         let mut out = vec![0.0; q.seqs * q.steps * 8 * h];
         for s in 0..q.seqs {
             let (mut hs, mut cs) = (vec![0.0; h], vec![0.0; h]);
@@ -73,8 +115,8 @@ impl Case {
                 let r = q.row(s, t);
                 let a: Vec<f64> = (0..g4)
                     .map(|u| {
-                        let rec: f64 = (0..h).map(|k| w[0][u * h + k] * hs[k]).sum();
-                        proj[r * g4 + u] + w[1][u] + w[2][u] + rec
+                        let rec: f64 = (0..h).map(|k| w(&self.w_hh, u * h + k) * hs[k]).sum();
+                        proj[r * g4 + u] + w(&self.b_ih, u) + w(&self.b_hh, u) + rec
                     })
                     .collect();
                 let o = &mut out[r * 8 * h..(r + 1) * 8 * h];
@@ -153,12 +195,12 @@ fn lstm_forward_equals_the_f64_recurrence() {
                 let case = Case::new(hidden, 4, seqs, batch_first, peephole);
                 let q = case.q;
                 let h = hidden;
-                let proj: Vec<f64> = case.inputs[0].iter().map(|&x| x as f64).collect();
-                let want = case.reference(&proj);
+                let want = case.reference(&case.projection());
                 let positions = q.seqs * q.steps;
                 for output in [LstmOutput::Last, LstmOutput::Sequence, LstmOutput::State] {
                     let k = LstmForward {
                         seqs: q,
+                        input: case.input,
                         peephole,
                         output,
                     };
@@ -231,7 +273,7 @@ fn lstm_backward_equals_differences_of_the_f64_recurrence() {
                     }
                     l
                 };
-                let mut proj: Vec<f64> = case.inputs[0].iter().map(|&x| x as f64).collect();
+                let mut proj = case.projection();
                 let mut want = vec![0.0; positions * g4];
                 let eps = 1e-5;
                 for (u, w) in want.iter_mut().enumerate() {
@@ -248,9 +290,17 @@ fn lstm_backward_equals_differences_of_the_f64_recurrence() {
                     .flat_map(|r| st[r * 8 * h..(r * 8 + 7) * h].to_vec())
                     .map(|v| v as f32)
                     .collect();
-                let mut inputs: Vec<&[f32]> = vec![&state, &case.inputs[1], &dseq, &dlast];
+                let w_hh = &case.w_hh;
+                let mut packed = vec![f32::NAN; backward_len(h)];
+                let pack = LstmPack {
+                    hidden: h,
+                    input: 0,
+                    dir: PackFor::Backward,
+                };
+                pack.rows(0, &[w_hh], &mut packed).unwrap();
+                let mut inputs: Vec<&[f32]> = vec![&state, w_hh, &packed, &dseq, &dlast];
                 if peephole {
-                    inputs.extend(case.inputs[4..].iter().map(Vec::as_slice));
+                    inputs.extend(case.peep.iter().map(Vec::as_slice));
                 }
                 let k = LstmBackward {
                     seqs: q,

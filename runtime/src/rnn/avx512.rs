@@ -215,6 +215,48 @@ unsafe fn forward_in(
     }
 }
 
+/// `acc[m][gate] += Σ_k xs[m][k] · w[k][gate]` over `n` inputs of a
+/// forward panel `w` (64 floats per input). Tiles of one or two rows
+/// would wait on the FMA latency with 4 or 8 accumulators, so they keep
+/// a second set for the odd inputs.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn accumulate<const M: usize>(
+    acc: &mut [[__m512; 4]; M],
+    w: *const f32,
+    xs: [*const f32; M],
+    n: usize,
+) {
+    let step = |acc: &mut [[__m512; 4]; M], kk: usize| {
+        let wk = w.add(kk * 4 * L);
+        let wv: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(wk.add(g * L)));
+        for (m, am) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*xs[m].add(kk));
+            for (v, w) in am.iter_mut().zip(&wv) {
+                *v = _mm512_fmadd_ps(x, *w, *v);
+            }
+        }
+    };
+    let mut kk = 0;
+    if M <= 2 {
+        let mut odd = [[_mm512_setzero_ps(); 4]; M];
+        while kk + 1 < n {
+            step(acc, kk);
+            step(&mut odd, kk + 1);
+            kk += 2;
+        }
+        for (am, om) in acc.iter_mut().zip(&odd) {
+            for (v, o) in am.iter_mut().zip(om) {
+                *v = _mm512_add_ps(*v, *o);
+            }
+        }
+    }
+    while kk < n {
+        step(acc, kk);
+        kk += 1;
+    }
+}
+
 /// One forward tile: sequences `seq0..seq0 + M`, units `16c..16c + 16`
 /// at step `s.t`. `hprev`, `hnext` and `cs` point at the tile's first
 /// row (rows `s.hp` apart).
@@ -235,29 +277,10 @@ unsafe fn fwd_tile<const M: usize>(
     let bias: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(s.bias.add((c * 4 + g) * L)));
     let mut acc = [bias; M];
     let xs: [*const f32; M] = std::array::from_fn(|m| s.x.add(rows[m] * s.d));
-    let w = s.ih.add(c * s.d * 4 * L);
-    for kk in 0..s.d {
-        let wk = w.add(kk * 4 * L);
-        let wv: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(wk.add(g * L)));
-        for (m, am) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_ps(*xs[m].add(kk));
-            for (v, w) in am.iter_mut().zip(&wv) {
-                *v = _mm512_fmadd_ps(x, *w, *v);
-            }
-        }
-    }
+    accumulate(&mut acc, s.ih.add(c * s.d * 4 * L), xs, s.d);
     if s.t > 0 {
-        let w = s.hh.add(c * h * 4 * L);
-        for kk in 0..h {
-            let wk = w.add(kk * 4 * L);
-            let wv: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(wk.add(g * L)));
-            for (m, am) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*hprev.add(m * hp + kk));
-                for (v, w) in am.iter_mut().zip(&wv) {
-                    *v = _mm512_fmadd_ps(x, *w, *v);
-                }
-            }
-        }
+        let hs: [*const f32; M] = std::array::from_fn(|m| hprev.add(m * hp));
+        accumulate(&mut acc, s.hh.add(c * h * 4 * L), hs, h);
     }
     let ci = _mm512_loadu_ps(s.peep.add(j0));
     let cf = _mm512_loadu_ps(s.peep.add(hp + j0));

@@ -45,8 +45,8 @@ mod tests;
 pub use pack::{backward_len, forward_len, LstmPack, PackFor};
 
 /// Sequences whose recurrent products run as one GEMM (portable
-/// kernels), and the fewest sequences worth a thread.
-pub const BLOCK: usize = 16;
+/// kernels).
+const BLOCK: usize = 16;
 
 /// Elements of the training state per position: `7H`.
 pub const STATE_WIDTH: usize = 7;

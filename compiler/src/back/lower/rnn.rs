@@ -29,7 +29,7 @@ use crate::ir::{Attr, Node, ValueId};
 use netc_runtime::plan::Buf;
 use netc_runtime::rnn::{
     backward_len, forward_len, Gather, LastStep, LstmBackward, LstmForward, LstmOutput, LstmPack,
-    PackFor, ScatterAdd, Seqs, BLOCK, STATE_WIDTH,
+    PackFor, ScatterAdd, Seqs, STATE_WIDTH,
 };
 
 /// Elements worth giving a thread of a gather or scatter.
@@ -304,7 +304,7 @@ fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         output,
     };
     let dst = cx.output(node.outputs[0])?;
-    push_rows(cx, kernel, inputs, extents, dst, (rows, width, BLOCK));
+    push_rows(cx, kernel, inputs, extents, dst, (rows, width, 1));
     if ret == "both" {
         let last = cx.output(node.outputs[1])?;
         let n = q.seqs * q.steps * h;
@@ -364,7 +364,7 @@ fn lstm_grad_gates(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let (rows, width) = q.step_rows(g4);
     let dst = cx.output(node.outputs[0])?;
-    push_rows(cx, kernel, inputs, want, dst, (rows, width, BLOCK));
+    push_rows(cx, kernel, inputs, want, dst, (rows, width, 1));
     Ok(())
 }
 

@@ -208,6 +208,7 @@ pub fn lower_with(
         .map(|v| cx.numel(*v).map(align))
         .chain(nodes.iter().map(|n| norm::persistent_len(&cx, n)))
         .chain([sparse::persistent_len(&cx, &nodes)])
+        .chain([rnn::persistent_len(&cx, &nodes)])
         .sum::<Result<usize, _>>()?;
     cx.scratch_base = persistent_base + persistent_len;
     let inputs = sparse::executor_inputs(g);

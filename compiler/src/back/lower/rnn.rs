@@ -5,28 +5,31 @@
 //!   parallel over ids. Ids are f32 values in the plan (the host converts
 //!   i64 ids, see `session.rs`); the kernel refuses an id outside the
 //!   table with an error naming the layer.
-//! - `lstm` and `lstm_state`: the input projection of every time step,
-//!   `x · W_ihᵀ`, as one contraction step (the runtime GEMM) into the
-//!   scratch region, read by the next step only; then the recurrence as a
-//!   row step, parallel over sequences (blocks of 16 share one GEMM with
-//!   `W_hh` per time step). `returns = "both"` writes the sequence and
-//!   copies its last step.
+//! - `lstm` and `lstm_state`: one row step, parallel over sequences,
+//!   computing the input projection, the recurrent product and the cell
+//!   together (`netc_runtime::rnn::LstmForward`). `returns = "both"`
+//!   writes the sequence and copies its last step.
 //! - `lstm_grad_gates`: backpropagation through time over the state
 //!   `lstm_state` kept, parallel over sequences.
+//! - The LSTM kernels read the weights re-laid-out by an `LstmPack` step:
+//!   a prepare step into the persistent region when the weights are
+//!   parameters (once per weight load; [`persistent_len`] sizes it), else
+//!   a run step into the scratch region just before the kernel.
 //! - `embedding_grad(dy, ids)`: the table gradient, parallel over table
 //!   rows (each piece scans the ids and adds the rows it owns).
 //!
 //! Time-first sequences (`batch_first = false`) interleave sequences in
 //! memory, so their per-position steps run on one thread.
 
+use super::align;
 use super::sparse::push_rows;
 use super::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
-use netc_runtime::gemm::{Gemm, Strides};
-use netc_runtime::plan::{Buf, Contraction, Operand, Step, Work};
+use netc_runtime::plan::Buf;
 use netc_runtime::rnn::{
-    Gather, LastStep, LstmBackward, LstmForward, LstmOutput, ScatterAdd, Seqs, BLOCK, STATE_WIDTH,
+    backward_len, forward_len, Gather, LastStep, LstmBackward, LstmForward, LstmOutput, LstmPack,
+    PackFor, ScatterAdd, Seqs, STATE_WIDTH,
 };
 
 /// Elements worth giving a thread of a gather or scatter.
@@ -173,50 +176,83 @@ fn sequences(node: &Node, shape: &[usize]) -> Result<Seqs, BackError> {
     })
 }
 
-/// `P = x · W_ihᵀ` (`[positions, 4H]`) into the scratch region, for the
-/// step that follows.
-fn projection(cx: &mut LowerCx, node: &Node, q: Seqs, input: usize) -> Result<Buf, BackError> {
-    let positions = q.seqs * q.steps;
-    let g4 = 4 * q.hidden;
-    let (x, w) = (node.inputs[0], node.inputs[1]);
-    if cx.shape(w)? != [g4, input] {
-        return Err(fail(
-            node,
-            format!("weight_ih {:?} is not [{g4}, {input}]", cx.shape(w)?),
-        ));
+/// The packing of `node`'s weights: `(what, weights, elements)`, the
+/// weights as graph values.
+fn packing(
+    cx: &LowerCx,
+    node: &Node,
+) -> Result<Option<(LstmPack, Vec<ValueId>, usize)>, BackError> {
+    if !matches!(node.op.name, "lstm" | "lstm_state" | "lstm_grad_gates") {
+        return Ok(None);
     }
-    let out = cx.scratch(positions * g4);
-    let operand = |input, strides| Operand {
-        input,
-        packed: false,
-        offset: 0,
-        item_stride: 0,
-        group_stride: 0,
-        strides,
+    let h = int(node, "hidden")?;
+    Ok(match node.op.name {
+        "lstm" | "lstm_state" => {
+            let (w_ih, w_hh) = (node.inputs[1], node.inputs[2]);
+            let input = match cx.shape(w_ih)?[..] {
+                [_, d] => d,
+                _ => {
+                    return Err(fail(
+                        node,
+                        format!("weight_ih {:?} is not [4H, D]", cx.shape(w_ih)?),
+                    ))
+                }
+            };
+            let pack = LstmPack {
+                hidden: h,
+                input,
+                dir: PackFor::Forward,
+            };
+            let ws = vec![w_ih, w_hh, node.inputs[3], node.inputs[4]];
+            Some((pack, ws, forward_len(h, input)))
+        }
+        "lstm_grad_gates" => {
+            let pack = LstmPack {
+                hidden: h,
+                input: 0,
+                dir: PackFor::Backward,
+            };
+            Some((pack, vec![node.inputs[1]], backward_len(h)))
+        }
+        _ => None,
+    })
+}
+
+/// Persistent elements the packed LSTM weights need: one packing per
+/// LSTM node whose weights are parameters.
+pub fn persistent_len(cx: &LowerCx, nodes: &[&Node]) -> Result<usize, BackError> {
+    let mut len = 0;
+    for n in nodes {
+        if let Some((_, ws, elems)) = packing(cx, n)? {
+            if ws.iter().all(|w| cx.derived.contains(w)) {
+                len += align(elems);
+            }
+        }
+    }
+    Ok(len)
+}
+
+/// The buffer of `node`'s packed weights, after pushing the step that
+/// packs them (a prepare step for parameters).
+fn packed(cx: &mut LowerCx, node: &Node) -> Result<Buf, BackError> {
+    let Some((pack, ws, len)) = packing(cx, node)? else {
+        return Err(fail(node, "has no packed weights".into()));
     };
-    cx.push(Step {
-        work: Work::Contraction(Box::new(Contraction {
-            items: 1,
-            groups: 1,
-            m: positions,
-            n: g4,
-            k: input,
-            a: operand(0, Strides::row_major(input)),
-            b: operand(1, Strides::transposed(input)),
-            c_item: 0,
-            c_group: 0,
-            ldc: g4,
-            pack: None,
-            epilogue: None,
-            unpack: None,
-            accumulate: false,
-            gemm: Gemm::Native,
-        })),
-        inputs: vec![cx.buf(x)?, cx.buf(w)?],
-        output: out,
-        extents: vec![positions * input, g4 * input, positions * g4],
-    });
-    Ok(out)
+    let mut inputs = Vec::with_capacity(ws.len());
+    let mut extents = Vec::with_capacity(ws.len());
+    for &w in &ws {
+        inputs.push(cx.buf(w)?);
+        extents.push(cx.numel(w)?);
+    }
+    if ws.iter().all(|w| cx.derived.contains(w)) {
+        let dst = cx.persistent(len);
+        cx.preparing(|cx| push_rows(cx, pack, inputs, extents, dst, (1, len, 1)));
+        Ok(dst)
+    } else {
+        let dst = cx.scratch(len);
+        push_rows(cx, pack, inputs, extents, dst, (1, len, 1));
+        Ok(dst)
+    }
 }
 
 /// `lstm(x, w_ih, w_hh, b_ih, b_hh[, w_ci, w_cf, w_co])` and
@@ -228,17 +264,24 @@ fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     }
     let xs = cx.shape(node.inputs[0])?;
     let q = sequences(node, &xs)?;
-    let (h, g4) = (q.hidden, 4 * q.hidden);
-    let proj = projection(cx, node, q, xs[xs.len() - 1])?;
-    let mut inputs = vec![proj];
-    let mut extents = vec![q.seqs * q.steps * g4];
-    for (k, &v) in node.inputs.iter().enumerate().skip(2) {
-        let want = [g4 * h, g4, g4, h, h, h, h][k - 2];
+    let (h, g4, d) = (q.hidden, 4 * q.hidden, xs[xs.len() - 1]);
+    let packed = packed(cx, node)?;
+    let mut inputs = Vec::with_capacity(node.inputs.len());
+    let mut extents = Vec::with_capacity(node.inputs.len());
+    for (k, &v) in node.inputs.iter().enumerate() {
+        let want = [q.seqs * q.steps * d, g4 * d, g4 * h, g4, g4, h, h, h][k];
         if cx.numel(v)? != want {
             return Err(fail(node, format!("operand {k} is {:?}", cx.shape(v)?)));
         }
-        inputs.push(cx.buf(v)?);
-        extents.push(want);
+        // The biases reach the kernel inside the packing.
+        if k == 3 {
+            inputs.push(packed);
+            extents.push(forward_len(h, d));
+        }
+        if k != 3 && k != 4 {
+            inputs.push(cx.buf(v)?);
+            extents.push(want);
+        }
     }
     let ret = match (node.op.name, node.op.attr("returns")) {
         ("lstm_state", _) => "state",
@@ -256,11 +299,12 @@ fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let kernel = LstmForward {
         seqs: q,
+        input: d,
         peephole,
         output,
     };
     let dst = cx.output(node.outputs[0])?;
-    push_rows(cx, kernel, inputs, extents, dst, (rows, width, BLOCK));
+    push_rows(cx, kernel, inputs, extents, dst, (rows, width, 1));
     if ret == "both" {
         let last = cx.output(node.outputs[1])?;
         let n = q.seqs * q.steps * h;
@@ -300,7 +344,7 @@ fn lstm_grad_gates(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     if node.inputs.len() != want.len() {
         return Err(fail(node, format!("{} operands", node.inputs.len())));
     }
-    let mut inputs = Vec::with_capacity(want.len());
+    let mut inputs = Vec::with_capacity(want.len() + 1);
     for (&v, &n) in node.inputs.iter().zip(&want) {
         if cx.numel(v)? != n {
             return Err(fail(
@@ -310,6 +354,8 @@ fn lstm_grad_gates(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         }
         inputs.push(cx.buf(v)?);
     }
+    inputs.insert(2, packed(cx, node)?);
+    want.insert(2, backward_len(h));
     let kernel = LstmBackward {
         seqs: q,
         peephole,
@@ -318,7 +364,7 @@ fn lstm_grad_gates(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let (rows, width) = q.step_rows(g4);
     let dst = cx.output(node.outputs[0])?;
-    push_rows(cx, kernel, inputs, want, dst, (rows, width, BLOCK));
+    push_rows(cx, kernel, inputs, want, dst, (rows, width, 1));
     Ok(())
 }
 

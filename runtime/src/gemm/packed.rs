@@ -16,8 +16,9 @@
 //!
 //! Blocking ([`gemm_part`]): `NC` columns × `KC` depth of B are packed
 //! (or addressed, when pre-packed) as one block that stays in L2; for each
-//! `MC`-row block A is packed (or addressed); then every A micro-panel
-//! (`KC·MR` floats, in L1) runs against every B micro-panel of the block.
+//! `MC`-row block A is packed (or addressed); then every B micro-panel
+//! (`KC·NR` floats, in L1) runs against every A micro-panel of the block
+//! (streamed from L2).
 //! The micro-kernel is the AVX-512 one ([`super::kernel_avx512`]) when the
 //! CPU has AVX-512F, else a portable one with the same contract.
 
@@ -27,10 +28,10 @@ use crate::plan::RowKernel;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// K block: an A micro-panel (`KC·MR` floats) stays in L1.
-pub const KC: usize = 256;
+/// K block: a B micro-panel (`KC·NR` floats, 24 KiB) stays in L1.
+pub const KC: usize = 128;
 /// M block (rows of A packed per call at once), a multiple of `MR`.
-pub const MC: usize = (192 / MR) * MR;
+pub const MC: usize = (384 / MR) * MR;
 /// N block: a packed `KC×NC` B block (480 KiB) stays in L2.
 pub const NC: usize = (512 / NR) * NR;
 
@@ -298,12 +299,14 @@ pub unsafe fn gemm_part(
                     // SAFETY: panel ic/MR, K offset pc, inside the packed A.
                     Side::Packed(p) => (unsafe { p.add((ic / MR) * MR * k + pc * MR) }, MR * k),
                 };
-                for (ip, i0) in (ic..ic + mb).step_by(MR).enumerate() {
-                    let mv = MR.min(ic + mb - i0);
-                    // SAFETY: panel ip of the A block.
-                    let ap = unsafe { apanels.add(ip * astride) };
-                    for (jp, j0) in (jc..jc + nb).step_by(NR).enumerate() {
-                        let ncols = NR.min(jc + nb - j0);
+                // Each B micro-panel (KC·NR floats) stays in L1 while
+                // the A micro-panels of the block stream from L2.
+                for (jp, j0) in (jc..jc + nb).step_by(NR).enumerate() {
+                    let ncols = NR.min(jc + nb - j0);
+                    // SAFETY: panel jp of the B block.
+                    let bp = unsafe { bpanels.add(jp * bstride) };
+                    for (ip, i0) in (ic..ic + mb).step_by(MR).enumerate() {
+                        let mv = MR.min(ic + mb - i0);
                         // SAFETY: the panels hold kb steps; the C tile is
                         // rows i0..i0+mv, columns j0..j0+ncols of the part.
                         unsafe {
@@ -311,8 +314,8 @@ pub unsafe fn gemm_part(
                                 wide,
                                 mv,
                                 kb,
-                                ap,
-                                bpanels.add(jp * bstride),
+                                apanels.add(ip * astride),
+                                bp,
                                 c.add(i0 * ldc + j0),
                                 ldc,
                                 ncols,

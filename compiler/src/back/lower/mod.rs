@@ -125,6 +125,8 @@ pub struct LowerCx<'a> {
     current: StepLabel,
     /// Weights already re-laid-out in the persistent region ([`sparse`]).
     packed: HashMap<ValueId, Buf>,
+    /// Weights already in GEMM panels in the persistent region ([`contract`]).
+    gemm_packed: HashMap<ValueId, Buf>,
     /// Whether the node being lowered is parameter-derived.
     in_prepare: bool,
 }
@@ -192,6 +194,7 @@ pub fn lower_with(
             flops: 0.0,
         },
         packed: HashMap::new(),
+        gemm_packed: HashMap::new(),
         in_prepare: false,
     };
     let group_flops = group_flops(&cx, &nodes);
@@ -204,6 +207,7 @@ pub fn lower_with(
         .map(|v| cx.numel(*v).map(align))
         .chain(nodes.iter().map(|n| norm::persistent_len(&cx, n)))
         .chain([sparse::persistent_len(&cx, &nodes)])
+        .chain([Ok(contract::persistent_len(&cx, &nodes))])
         .sum::<Result<usize, _>>()?;
     cx.scratch_base = persistent_base + persistent_len;
     let inputs = sparse::executor_inputs(g);
@@ -391,6 +395,21 @@ impl LowerCx<'_> {
         self.persistent_next += align(len);
         debug_assert!(self.persistent_next <= self.scratch_base);
         Buf::Arena { offset, len }
+    }
+
+    /// Whether `v` is computed from parameters and constants only.
+    pub fn is_derived(&self, v: ValueId) -> bool {
+        self.derived.contains(&v)
+    }
+
+    /// The GEMM panels of weight `w`, if a contraction packed it already.
+    pub fn gemm_packed(&self, w: ValueId) -> Option<Buf> {
+        self.gemm_packed.get(&w).copied()
+    }
+
+    /// Records that `buf` holds the GEMM panels of weight `w`.
+    pub fn set_gemm_packed(&mut self, w: ValueId, buf: Buf) {
+        self.gemm_packed.insert(w, buf);
     }
 
     /// Runs `f` with every step it pushes going to the prepare steps.

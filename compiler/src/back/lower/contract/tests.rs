@@ -91,7 +91,7 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 /// Every GEMM × lowering threads × executor threads combination.
 fn configs() -> Vec<(GemmChoice, usize, usize)> {
     let mut v = Vec::new();
-    for gemm in [GemmChoice::Native, GemmChoice::Cranelift] {
+    for gemm in [GemmChoice::Native, GemmChoice::Cranelift, GemmChoice::Packed] {
         for lowered in [1, 2] {
             for threads in [1, 2] {
                 v.push((gemm, lowered, threads));

@@ -4,15 +4,15 @@
 //! micro-kernel reads — so a contraction packs only its other operand per
 //! call.
 //!
-//! Panel formats (both zero-padded to whole panels):
-//! - A (`m×k`): panel `ip` holds rows `ip·MR..` as `[k][MR]`, panels one
-//!   after another: `[⌈m/MR⌉][k][MR]` ([`packed_a_len`]).
-//! - B (`k×n`): panel `jp` holds columns `jp·NR..` as `[k][NR]`:
-//!   `[⌈n/NR⌉][k][NR]` ([`packed_b_len`]).
+//! Pre-packed formats, K-block-major so the driver reads them front to
+//! back (zero-padded to whole panels; the last K block padded to `KC`):
+//! - A (`m×k`): `[⌈k/KC⌉][⌈m/MR⌉][KC][MR]` ([`packed_a_len`]): K block
+//!   `b`, panel `ip` holds rows `ip·MR..`, depth `b·KC..`, as `[kb][MR]`.
+//! - B (`k×n`): `[⌈k/KC⌉][⌈n/NR⌉][KC][NR]` ([`packed_b_len`]).
 //!
-//! A K block `pc..pc+kb` of a panel is the contiguous slice starting at
-//! `pc·MR` (resp. `pc·NR`), so the same pre-packed buffer serves any
-//! blocking and any split of the rows (columns) at panel boundaries.
+//! Any split of the rows (columns) at panel boundaries reads the same
+//! buffer. Operands packed per call use `[panel][kb][MR]` (`[kb][NR]`)
+//! blocks in the thread's work buffers.
 //!
 //! Blocking ([`gemm_part`]): `NC` columns × `KC` depth of B are packed
 //! (or addressed, when pre-packed) as one block that stays in L2; for each
@@ -48,12 +48,12 @@ pub enum Prepacked {
 
 /// Floats of a pre-packed `m×k` A.
 pub fn packed_a_len(m: usize, k: usize) -> usize {
-    m.div_ceil(MR) * MR * k
+    k.div_ceil(KC) * m.div_ceil(MR) * MR * KC
 }
 
 /// Floats of a pre-packed `k×n` B.
 pub fn packed_b_len(k: usize, n: usize) -> usize {
-    n.div_ceil(NR) * NR * k
+    k.div_ceil(KC) * n.div_ceil(NR) * NR * KC
 }
 
 /// One GEMM operand as the driver reads it.
@@ -231,6 +231,8 @@ unsafe fn tile(
 /// [`work_lens`] floats in its A and B buffers.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_part(
+    m: usize,
+    n: usize,
     k: usize,
     alpha: f32,
     a: Side,
@@ -276,12 +278,12 @@ pub unsafe fn gemm_part(
                     unsafe { pack_b(p, sb, pc..pc + kb, jc..jc + nb, alpha, bbuf) };
                     bbuf
                 }
-                // SAFETY: panel jc/NR, K offset pc, inside the packed B.
-                Side::Packed(p) => unsafe { p.add((jc / NR) * NR * k + pc * NR) },
+                // SAFETY: K block pc/KC, panel jc/NR, inside the packed B.
+                Side::Packed(p) => unsafe { p.add(pc * n.div_ceil(NR) * NR + (jc / NR) * NR * KC) },
             };
             let bstride = match b {
                 Side::Raw(..) => NR * kb,
-                Side::Packed(_) => NR * k,
+                Side::Packed(_) => NR * KC,
             };
             let a_alpha = if matches!(b, Side::Raw(..)) {
                 1.0
@@ -296,8 +298,11 @@ pub unsafe fn gemm_part(
                         unsafe { pack_a(p, sa, ic..ic + mb, pc..pc + kb, a_alpha, abuf) };
                         (abuf, MR * kb)
                     }
-                    // SAFETY: panel ic/MR, K offset pc, inside the packed A.
-                    Side::Packed(p) => (unsafe { p.add((ic / MR) * MR * k + pc * MR) }, MR * k),
+                    // SAFETY: K block pc/KC, panel ic/MR, inside the packed A.
+                    Side::Packed(p) => (
+                        unsafe { p.add(pc * m.div_ceil(MR) * MR + (ic / MR) * MR * KC) },
+                        MR * KC,
+                    ),
                 };
                 // Each B micro-panel (KC·NR floats) stays in L1 while
                 // the A micro-panels of the block stream from L2.
@@ -352,7 +357,7 @@ pub unsafe fn gemm(
 ) {
     if threads <= 1 {
         // SAFETY: forwarded; works[0] is ours.
-        unsafe { gemm_part(k, alpha, a, b, beta, c, ldc, 0..m, 0..n, &mut *works) };
+        unsafe { gemm_part(m, n, k, alpha, a, b, beta, c, ldc, 0..m, 0..n, &mut *works) };
         return;
     }
     // Pointers cross to the pool's threads as integers.
@@ -371,6 +376,8 @@ pub unsafe fn gemm(
         // boundaries, and works[t] is this task's alone.
         unsafe {
             gemm_part(
+                m,
+                n,
                 k,
                 alpha,
                 back(a),
@@ -463,10 +470,10 @@ pub fn sgemm(
     Ok(())
 }
 
-/// A prepare-step kernel writing a weight in a panel format: output row
-/// `r` is panel `r % panels` of group `r / panels`, `width · k` floats,
-/// where a group's source matrix starts `group_stride` elements after the
-/// previous one.
+/// A prepare-step kernel writing a weight in its pre-packed format: output
+/// row `r` is K block `r % blocks` of group `r / blocks` (every panel of
+/// that block, `KC` deep), where a group's source matrix starts
+/// `group_stride` elements after the previous one.
 #[derive(Debug, Clone, Copy)]
 pub struct PackPanels {
     /// The operand's role: [`Prepacked::A`] packs `dim×k` A panels,
@@ -485,19 +492,19 @@ pub struct PackPanels {
 }
 
 impl PackPanels {
-    /// Panels per group.
-    pub fn panels(&self) -> usize {
-        self.dim.div_ceil(self.width())
+    /// K blocks per group (output rows per group).
+    pub fn blocks(&self) -> usize {
+        self.k.div_ceil(KC)
     }
 
-    /// Floats of one panel row of the output (a step row).
+    /// Floats of one K block of every panel (an output row).
     pub fn row_len(&self) -> usize {
-        self.width() * self.k
+        self.dim.div_ceil(self.width()) * self.width() * KC
     }
 
     /// Floats of one group's packed matrix.
     pub fn group_len(&self) -> usize {
-        self.panels() * self.row_len()
+        self.blocks() * self.row_len()
     }
 
     fn width(&self) -> usize {
@@ -530,20 +537,23 @@ impl RowKernel for PackPanels {
                 ))
             }
         }
-        let (w, panels, row_len) = (self.width(), self.panels(), self.row_len());
+        let (w, blocks, row_len) = (self.width(), self.blocks(), self.row_len());
         for (r, dst) in out.chunks_exact_mut(row_len).enumerate() {
-            let (g, panel) = ((first + r) / panels, (first + r) % panels);
+            let (g, blk) = ((first + r) / blocks, (first + r) % blocks);
             let base = src[g * self.group_stride..].as_ptr();
-            let lo = panel * w;
-            let span = lo..(lo + w).min(self.dim);
-            // SAFETY: `need` above proved every element of every group's
-            // matrix lies in `src`; `dst` is one panel (w·k floats).
-            unsafe {
-                match self.side {
-                    Prepacked::B => {
-                        pack_b(base, self.strides, 0..self.k, span, 1.0, dst.as_mut_ptr())
+            let ks = blk * KC..(blk * KC + KC).min(self.k);
+            // The tail of a short last block stays zero (never read).
+            dst.fill(0.0);
+            for (panel, lo) in (0..self.dim).step_by(w).enumerate() {
+                let span = lo..(lo + w).min(self.dim);
+                let at = dst[panel * w * KC..].as_mut_ptr();
+                // SAFETY: `need` above proved every element of every
+                // group's matrix lies in `src`; `at` has w·KC floats.
+                unsafe {
+                    match self.side {
+                        Prepacked::B => pack_b(base, self.strides, ks.clone(), span, 1.0, at),
+                        _ => pack_a(base, self.strides, span, ks.clone(), 1.0, at),
                     }
-                    _ => pack_a(base, self.strides, span, 0..self.k, 1.0, dst.as_mut_ptr()),
                 }
             }
         }

@@ -80,7 +80,7 @@ fn packed_gemm_matches_naive_on_edge_sizes() {
 /// a weight shorter than its groups need.
 #[test]
 fn pack_panels_packs_groups_and_refuses_short_weights() {
-    let (dim, k, groups) = (MR + 3, 5, 3);
+    let (dim, k, groups) = (MR + 3, KC + 5, 3);
     let w: Vec<f32> = (0..groups * dim * k).map(|v| v as f32).collect();
     let p = PackPanels {
         side: Prepacked::A,
@@ -92,16 +92,19 @@ fn pack_panels_packs_groups_and_refuses_short_weights() {
     };
     let mut out = vec![f32::NAN; groups * p.group_len()];
     p.rows(0, &[&w], &mut out).unwrap();
+    let m_pad = dim.div_ceil(MR) * MR;
     for g in 0..groups {
-        for i in 0..p.panels() * MR {
+        for i in 0..m_pad {
             for q in 0..k {
-                let got = out[g * p.group_len() + (i / MR) * MR * k + q * MR + i % MR];
+                let at = g * p.group_len() + (q / KC) * p.row_len() + (i / MR) * MR * KC
+                    + (q % KC) * MR
+                    + i % MR;
                 let want = if i < dim {
                     w[g * dim * k + i * k + q]
                 } else {
                     0.0
                 };
-                assert_eq!(got, want, "group {g} row {i} k {q}");
+                assert_eq!(out[at], want, "group {g} row {i} k {q}");
             }
         }
     }

@@ -133,7 +133,7 @@ pub fn apply(cx: &mut LowerCx, node: &Node, spec: &mut Spec) -> Result<Prepacked
                 cx.push(Step {
                     work: Work::Rows(Rows {
                         kernel: Arc::new(p),
-                        rows: p.groups * p.panels(),
+                        rows: p.groups * p.blocks(),
                         width: p.row_len(),
                         grain: 1,
                     }),

@@ -30,6 +30,8 @@ fn main() -> Result<(), String> {
     let shapes = [
         (64, 96, 128, Prepacked::A),
         (384, 480, 128, Prepacked::A),
+        (3136, 32, 1152, Prepacked::B),
+        (12544, 64, 147, Prepacked::B),
         (128, 3136, 576, Prepacked::A),
         (32, 3136, 1152, Prepacked::A),
         (128, 784, 512, Prepacked::A),

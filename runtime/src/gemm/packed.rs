@@ -90,6 +90,21 @@ unsafe fn pack_a(
         // SAFETY: panel ip of the destination (caller's size).
         let panel = unsafe { std::slice::from_raw_parts_mut(dst.add(ip * MR * kb), MR * kb) };
         let mv = MR.min(rows.end - i0);
+        #[cfg(target_arch = "x86_64")]
+        if mv == MR && sa.col == 1 && avx::available() {
+            // SAFETY: the CPU has AVX (implied by AVX-512F); rows i0..i0+8
+            // and columns ks of A, and the panel (MR·kb floats).
+            unsafe {
+                avx::pack_a8_rows(
+                    a.add(i0 * sa.row + ks.start),
+                    sa.row,
+                    kb,
+                    alpha,
+                    panel.as_mut_ptr(),
+                )
+            };
+            continue;
+        }
         if mv < MR {
             panel.fill(0.0);
         }
@@ -150,8 +165,8 @@ unsafe fn pack_b(
     }
 }
 
-/// The portable micro-kernel (the contract of [`avx::KernelFn`] for
-/// `mv` rows), for CPUs without AVX-512F.
+/// The portable micro-kernel (the contract of a packed-A
+/// [`avx::KernelFn`] for `mv` rows), for CPUs without AVX-512F.
 ///
 /// # Safety
 /// As [`avx::KernelFn`].
@@ -190,7 +205,8 @@ unsafe fn portable_kernel(
     }
 }
 
-/// Runs the micro-kernel for an `mv×ncols` tile.
+/// Runs the micro-kernel for an `mv×ncols` tile; `lda > 0` reads A
+/// row-major in place (AVX-512 only), `lda == 0` from a packed panel.
 ///
 /// # Safety
 /// As [`avx::KernelFn`].
@@ -201,6 +217,7 @@ unsafe fn tile(
     mv: usize,
     kc: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -210,10 +227,10 @@ unsafe fn tile(
     #[cfg(target_arch = "x86_64")]
     if wide {
         // SAFETY: `wide` means the CPU has AVX-512F; the rest is forwarded.
-        unsafe { avx::instance(mv, ncols)(kc, a, b, c, ldc, ncols, load_c) };
+        unsafe { avx::instance(mv, ncols, lda > 0)(kc, a, lda, b, c, ldc, ncols, load_c) };
         return;
     }
-    let _ = wide;
+    let _ = (wide, lda);
     // SAFETY: forwarded.
     unsafe { portable_kernel(mv, kc, a, b, c, ldc, ncols, load_c) }
 }
@@ -292,7 +309,19 @@ pub unsafe fn gemm_part(
             };
             for ic in rows.clone().step_by(MC) {
                 let mb = MC.min(rows.end - ic);
+                // A row-major A is read in place by the AVX-512 kernel
+                // (lda > 0) when it needs no scaling.
+                let direct = match a {
+                    Side::Raw(_, sa) => wide && sa.col == 1 && a_alpha == 1.0 && sa.row > 0,
+                    Side::Packed(_) => false,
+                };
+                let lda = match a {
+                    Side::Raw(_, sa) if direct => sa.row,
+                    _ => 0,
+                };
                 let (apanels, astride): (*const f32, usize) = match a {
+                    // SAFETY: row ic, column pc of A.
+                    Side::Raw(p, sa) if direct => (unsafe { p.add(ic * sa.row + pc) }, MR * sa.row),
                     Side::Raw(p, sa) => {
                         // SAFETY: the block is inside A; the buffer holds MC·KC.
                         unsafe { pack_a(p, sa, ic..ic + mb, pc..pc + kb, a_alpha, abuf) };
@@ -320,6 +349,7 @@ pub unsafe fn gemm_part(
                                 mv,
                                 kb,
                                 apanels.add(ip * astride),
+                                lda,
                                 bp,
                                 c.add(i0 * ldc + j0),
                                 ldc,

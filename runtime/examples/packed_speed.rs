@@ -77,7 +77,19 @@ fn main() -> Result<(), String> {
         let t_packed = median_secs(7, || {
             // SAFETY: operands sized above; one work buffer, one thread.
             unsafe {
-                packed::gemm(m, n, k, 1.0, pa, pb, 0.0, c.as_mut_ptr(), n, 1, work.as_mut_ptr())
+                packed::gemm(
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    pa,
+                    pb,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n,
+                    1,
+                    work.as_mut_ptr(),
+                )
             }
         });
         println!(

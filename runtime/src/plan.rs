@@ -550,8 +550,15 @@ impl Contracting<'_> {
                         packed::Side::Raw(p, s)
                     }
                 };
-                let (pa, pb) = (side(a, sa, pre == Prepacked::A), side(b, sb, pre == Prepacked::B));
-                let works = if threads <= 1 { self.work.add(slice) } else { self.work };
+                let (pa, pb) = (
+                    side(a, sa, pre == Prepacked::A),
+                    side(b, sb, pre == Prepacked::B),
+                );
+                let works = if threads <= 1 {
+                    self.work.add(slice)
+                } else {
+                    self.work
+                };
                 packed::gemm(c.m, c.n, c.k, 1.0, pa, pb, beta, out, c.ldc, threads, works)
             },
             Gemm::Tile(tile) if threads <= 1 => {

@@ -28,8 +28,7 @@ pub const NR: usize = 16 * NV;
 /// of the instance. A is a packed panel (`A(i, p) = a[p·MR + i]`, `lda`
 /// unused) or, for a raw instance, row-major (`A(i, p) = a[i·lda + p]`,
 /// read in place: no packing pass).
-pub type KernelFn =
-    unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, bool);
+pub type KernelFn = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, usize, bool);
 
 /// Whether the CPU runs the AVX-512 kernels.
 pub fn available() -> bool {
@@ -216,7 +215,8 @@ pub unsafe fn pack_a8_rows(src: *const f32, ld: usize, kb: usize, alpha: f32, ds
     let full = kb / 8 * 8;
     for p0 in (0..full).step_by(8) {
         // SAFETY: rows 0..8, columns p0..p0+8 < kb (caller's guarantee).
-        let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * ld + p0)) });
+        let r: [__m256; 8] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * ld + p0)) });
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);

@@ -267,9 +267,8 @@ pub unsafe fn gemm_part(
     if k == 0 || alpha == 0.0 || beta != 0.0 && beta != 1.0 {
         for i in rows.clone() {
             // SAFETY: row i, columns `cols` of C (caller's guarantee).
-            let row = unsafe {
-                std::slice::from_raw_parts_mut(c.add(i * ldc + cols.start), cols.len())
-            };
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + cols.start), cols.len()) };
             if beta == 0.0 {
                 row.fill(0.0);
             } else {

@@ -15,8 +15,8 @@ fn run(case: &GemmCase, prepack: Prepacked, threads: usize) -> Result<(), String
         .map_err(|e| e.to_string())?;
     pool.install(|| {
         sgemm(
-            case.m, case.n, case.k, case.alpha, &d.a, d.sa, &d.b, d.sb, case.beta, &mut d.c,
-            d.ldc, prepack, threads,
+            case.m, case.n, case.k, case.alpha, &d.a, d.sa, &d.b, d.sb, case.beta, &mut d.c, d.ldc,
+            prepack, threads,
         )
     })
     .map_err(|e| e.to_string())?;
@@ -96,7 +96,9 @@ fn pack_panels_packs_groups_and_refuses_short_weights() {
     for g in 0..groups {
         for i in 0..m_pad {
             for q in 0..k {
-                let at = g * p.group_len() + (q / KC) * p.row_len() + (i / MR) * MR * KC
+                let at = g * p.group_len()
+                    + (q / KC) * p.row_len()
+                    + (i / MR) * MR * KC
                     + (q % KC) * MR
                     + i % MR;
                 let want = if i < dim {

@@ -35,7 +35,8 @@ pub fn enabled(cx: &LowerCx) -> bool {
 
 /// The weight of `node` and how it is packed, when the node is a
 /// `linear` or convolution whose weight is parameter-derived and packing
-/// is enabled; `None` otherwise (the contraction reads the weight as is).
+/// is enabled (under `auto`, not for a B-side weight narrower than two
+/// panels); `None` otherwise (the contraction reads the weight as is).
 pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)> {
     if !enabled(cx) {
         return None;
@@ -78,6 +79,14 @@ pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)>
         }
         _ => return None,
     };
+    // `auto` leaves a weight whose B side is narrower than two panels to
+    // the native GEMM: with a tall per-call A the accumulator tile is then
+    // at most half used, and `examples/packed_speed` measured the `gemm`
+    // crate ahead there (3136×32×1152, 12544×64×147).
+    let narrow = panels.side == Prepacked::B && panels.dim < 2 * kernel_avx512::NR;
+    if narrow && cx.options.gemm == GemmChoice::Auto {
+        return None;
+    }
     (panels.dim > 0 && panels.k > 0).then_some((w, panels))
 }
 
@@ -117,7 +126,11 @@ pub fn apply(cx: &mut LowerCx, node: &Node, spec: &mut Spec) -> Result<Prepacked
         && side.strides == p.strides
         && (p.groups == 1 || side.group == p.group_stride)
         && spec.groups == p.groups
-        && (if p.side == Prepacked::A { spec.m } else { spec.n }) == p.dim
+        && (if p.side == Prepacked::A {
+            spec.m
+        } else {
+            spec.n
+        }) == p.dim
         && spec.k == p.k;
     if !reads_weight {
         return Ok(Prepacked::Neither);

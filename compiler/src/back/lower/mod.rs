@@ -639,10 +639,9 @@ mod tests {
         .unwrap();
         let mut y = vec![0.0f32; n * 2];
         let slices: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
-        Executor::new(lowered.plan, 2)
-            .unwrap()
-            .run(&[&x], &slices, &mut [&mut y])
-            .unwrap();
+        let mut ex = Executor::new(lowered.plan, 2).unwrap();
+        ex.prepare(&slices).unwrap();
+        ex.run(&[&x], &slices, &mut [&mut y]).unwrap();
         let to64 = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
         let named: HashMap<String, Array> = g
             .params

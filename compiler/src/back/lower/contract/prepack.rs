@@ -34,15 +34,18 @@ pub fn enabled(cx: &LowerCx) -> bool {
 }
 
 /// The weight of `node` and how it is packed, when the node is a
-/// `linear` or convolution whose weight is parameter-derived and packing
-/// is enabled (under `auto`, not for a B-side weight narrower than two
+/// `linear` or convolution of an inference graph whose weight is
+/// parameter-derived and packing is enabled (under `auto`, not for a B-side weight narrower than two
 /// panels); `None` otherwise (the contraction reads the weight as is).
 pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)> {
     if !enabled(cx) {
         return None;
     }
     let &w = node.inputs.get(1)?;
-    if !cx.is_derived(w) {
+    // Training plans keep their weights unpacked: with packing, the
+    // eeg_ccnn gradients in tests/training.rs drifted from PyTorch's
+    // (conv1.bias by 4e-3, loss exact); not yet explained.
+    if !cx.is_derived(w) || cx.g.train.is_some() {
         return None;
     }
     let ws = cx.shape(w).ok()?;

@@ -5,14 +5,20 @@
 /// Which GEMM computes contractions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GemmChoice {
-    /// Chosen at plan time from the CPU's features: the native GEMM where
-    /// AVX2 or AVX-512 is present, else the Cranelift tile.
+    /// Chosen at plan time from the CPU's features: on AVX-512, the packed
+    /// GEMM with pre-packed panels for contractions with a constant weight
+    /// and the native GEMM for the rest; the native GEMM where AVX2 is
+    /// present; else the Cranelift tile.
     #[default]
     Auto,
     /// The tuned runtime GEMM (the `gemm` crate).
     Native,
     /// The Cranelift-generated f32x4 register tile.
     Cranelift,
+    /// The packed GEMM (AVX-512 micro-kernel) everywhere, with weights
+    /// packed once per weight load. `Auto` packs weights the same way on
+    /// an AVX-512 CPU and runs the native GEMM for the other contractions.
+    Packed,
 }
 
 /// The memory layout of convolution activations.

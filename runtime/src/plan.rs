@@ -21,6 +21,7 @@ mod rows;
 
 pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
 
+use crate::gemm::packed::{self, Prepacked};
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -342,9 +343,13 @@ impl Contraction {
         let last = |count: usize, stride: usize| count.saturating_sub(1).checked_mul(stride);
         let reach = |o: &Operand, rows, cols, what| -> Result<(usize, usize), PlanError> {
             let items = if o.packed { 1 } else { self.items };
-            let need = o
-                .strides
-                .span(rows, cols)
+            // A pre-packed operand spans its panels, not its strides.
+            let span = match (self.gemm, what) {
+                (Gemm::Packed(Prepacked::A), "A") => Some(packed::packed_a_len(rows, cols)),
+                (Gemm::Packed(Prepacked::B), "B") => Some(packed::packed_b_len(rows, cols)),
+                _ => o.strides.span(rows, cols),
+            };
+            let need = span
                 .and_then(|s| s.checked_add(o.offset))
                 .and_then(|s| s.checked_add(last(items, o.item_stride)?))
                 .and_then(|s| s.checked_add(last(self.groups, o.group_stride)?))
@@ -553,6 +558,27 @@ impl Contracting<'_> {
             Gemm::Native => unsafe {
                 sgemm_unchecked(c.m, c.n, c.k, 1.0, a, sa, b, sb, beta, out, c.ldc, threads)
             },
+            // SAFETY: forwarded; a pre-packed operand was validated to
+            // span its panels; `work` has an entry per pool thread.
+            Gemm::Packed(pre) => unsafe {
+                let side = |p: *const f32, s: Strides, is_packed: bool| {
+                    if is_packed {
+                        packed::Side::Packed(p)
+                    } else {
+                        packed::Side::Raw(p, s)
+                    }
+                };
+                let (pa, pb) = (
+                    side(a, sa, pre == Prepacked::A),
+                    side(b, sb, pre == Prepacked::B),
+                );
+                let works = if threads <= 1 {
+                    self.work.add(slice)
+                } else {
+                    self.work
+                };
+                packed::gemm(c.m, c.n, c.k, 1.0, pa, pb, beta, out, c.ldc, threads, works)
+            },
             Gemm::Tile(tile) if threads <= 1 => {
                 // SAFETY: `work[slice]` belongs to this task alone.
                 let w = unsafe { &mut *self.work.add(slice) };
@@ -715,21 +741,25 @@ impl Executor {
                 });
             }
         }
-        let mut tile = (0, 0);
+        let (mut tile, mut packed) = ((0, 0), false);
         for (i, s) in plan.prepare.iter().chain(&plan.steps).enumerate() {
             if let Work::Contraction(c) = &s.work {
                 c.validate(i, &s.extents)?;
                 if let Gemm::Tile(t) = c.gemm {
                     tile = (tile.0.max(t.mr), tile.1.max(t.nr));
                 }
+                packed |= matches!(c.gemm, Gemm::Packed(_));
             }
             if let Work::Rows(r) = &s.work {
                 validate_rows(i, r, s)?;
             }
         }
-        let tile_work = if tile.0 > 0 {
+        let tile_work = if tile.0 > 0 || packed {
             (0..threads)
-                .map(|_| TileWork::new(tile.0, tile.1))
+                .map(|_| match packed {
+                    true => TileWork::new(tile.0.max(1), tile.1.max(1)).with_packed(),
+                    false => TileWork::new(tile.0, tile.1),
+                })
                 .collect()
         } else {
             Vec::new()

@@ -34,7 +34,8 @@ pub struct CompileFlags {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// The GEMM of contractions: chosen from the CPU's features, the tuned
-    /// runtime GEMM, or the Cranelift-generated f32x4 tile.
+    /// runtime GEMM, the Cranelift-generated f32x4 tile, or the packed
+    /// AVX-512 GEMM (weights packed once).
     #[arg(long, value_enum, default_value = "auto")]
     pub gemm: GemmArg,
     /// Switch the fusion passes off (epilogues, elementwise chains,
@@ -64,6 +65,8 @@ pub enum GemmArg {
     Native,
     /// The Cranelift f32x4 register tile.
     Cranelift,
+    /// The packed AVX-512 GEMM everywhere, weights packed once.
+    Packed,
 }
 
 /// `--layout` values.
@@ -89,6 +92,7 @@ impl CompileFlags {
                 GemmArg::Auto => GemmChoice::Auto,
                 GemmArg::Native => GemmChoice::Native,
                 GemmArg::Cranelift => GemmChoice::Cranelift,
+                GemmArg::Packed => GemmChoice::Packed,
             },
             fuse: !self.no_fuse,
             fold_bn: !self.no_fold_bn,

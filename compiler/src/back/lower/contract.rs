@@ -12,6 +12,9 @@
 
 mod conv;
 mod grad;
+mod prepack;
+
+pub use prepack::persistent_len;
 
 use super::{pointwise, LowerCx};
 use crate::back::elementwise::{
@@ -22,6 +25,7 @@ use crate::back::im2col::{Col2im, Im2col};
 use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
+use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::{Gemm, Strides};
 use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Step, Unpack, Work};
 
@@ -66,14 +70,17 @@ pub fn epilogue_domain(g: &Graph, node: &Node) -> Option<Domain> {
     }
 }
 
-/// The GEMM contractions run: [`GemmChoice::Auto`] is the native GEMM when
-/// the CPU has AVX2 or AVX-512 (checked now, at plan time), else the
-/// Cranelift tile, which is compiled into the JIT (its code lives as long
-/// as the JIT, like every kernel of the plan).
+/// The GEMM of a contraction whose weight is not pre-packed:
+/// [`GemmChoice::Auto`] is the native GEMM when the CPU has AVX2 or
+/// AVX-512 (checked now, at plan time), else the Cranelift tile, which is
+/// compiled into the JIT (its code lives as long as the JIT, like every
+/// kernel of the plan); [`GemmChoice::Packed`] is the packed GEMM with
+/// both operands packed per call.
 pub fn gemm_choice(cx: &mut LowerCx) -> Result<Gemm, BackError> {
     let native = match cx.options.gemm {
         GemmChoice::Native => true,
         GemmChoice::Cranelift => false,
+        GemmChoice::Packed => return Ok(Gemm::Packed(Prepacked::Neither)),
         GemmChoice::Auto => host_has_wide_simd(),
     };
     if native {
@@ -164,12 +171,17 @@ pub(super) fn pack_scratch_len(cx: &LowerCx, items: usize, im2col: &Im2col) -> u
 
 /// Emits `spec` as one contraction step of `node`, with the node's fused
 /// followers in the epilogue.
-pub(super) fn emit(cx: &mut LowerCx, node: &Node, spec: Spec) -> Result<(), BackError> {
+/// A parameter-derived weight is read from its packed panels
+/// ([`prepack`]) with the packed GEMM.
+pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), BackError> {
     let followers = cx.followers(node);
     let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
     let out = cx.output(last)?;
     let out_len = cx.numel(last)?;
-    let gemm = gemm_choice(cx)?;
+    let gemm = match prepack::apply(cx, node, &mut spec)? {
+        Prepacked::Neither => gemm_choice(cx)?,
+        side => Gemm::Packed(side),
+    };
     let mut inputs: Vec<Buf> = Vec::new();
     let mut extents: Vec<usize> = Vec::new();
     let mut add = |buf: Buf, len: usize| {

@@ -125,6 +125,8 @@ pub struct LowerCx<'a> {
     current: StepLabel,
     /// Weights already re-laid-out in the persistent region ([`sparse`]).
     packed: HashMap<ValueId, Buf>,
+    /// Weights already in GEMM panels in the persistent region ([`contract`]).
+    gemm_packed: HashMap<ValueId, Buf>,
     /// Whether the node being lowered is parameter-derived.
     in_prepare: bool,
     /// Per fusion head (its first output), the positions in `g.nodes` of
@@ -195,6 +197,7 @@ pub fn lower_with(
             flops: 0.0,
         },
         packed: HashMap::new(),
+        gemm_packed: HashMap::new(),
         in_prepare: false,
         fused: pointwise::fusion_groups(g),
     };
@@ -209,6 +212,7 @@ pub fn lower_with(
         .chain(nodes.iter().map(|n| norm::persistent_len(&cx, n)))
         .chain([sparse::persistent_len(&cx, &nodes)])
         .chain([rnn::persistent_len(&cx, &nodes)])
+        .chain([Ok(contract::persistent_len(&cx, &nodes))])
         .sum::<Result<usize, _>>()?;
     cx.scratch_base = persistent_base + persistent_len;
     let inputs = sparse::executor_inputs(g);
@@ -396,6 +400,21 @@ impl<'a> LowerCx<'a> {
         self.persistent_next += align(len);
         debug_assert!(self.persistent_next <= self.scratch_base);
         Buf::Arena { offset, len }
+    }
+
+    /// Whether `v` is computed from parameters and constants only.
+    pub fn is_derived(&self, v: ValueId) -> bool {
+        self.derived.contains(&v)
+    }
+
+    /// The GEMM panels of weight `w`, if a contraction packed it already.
+    pub fn gemm_packed(&self, w: ValueId) -> Option<Buf> {
+        self.gemm_packed.get(&w).copied()
+    }
+
+    /// Records that `buf` holds the GEMM panels of weight `w`.
+    pub fn set_gemm_packed(&mut self, w: ValueId, buf: Buf) {
+        self.gemm_packed.insert(w, buf);
     }
 
     /// Runs `f` with every step it pushes going to the prepare steps.
@@ -634,10 +653,9 @@ mod tests {
         .unwrap();
         let mut y = vec![0.0f32; n * 2];
         let slices: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
-        Executor::new(lowered.plan, 2)
-            .unwrap()
-            .run(&[&x], &slices, &mut [&mut y])
-            .unwrap();
+        let mut ex = Executor::new(lowered.plan, 2).unwrap();
+        ex.prepare(&slices).unwrap();
+        ex.run(&[&x], &slices, &mut [&mut y]).unwrap();
         let to64 = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
         let named: HashMap<String, Array> = g
             .params

@@ -2,8 +2,9 @@
 //! interpreter (itself checked against PyTorch): a table of convolutions
 //! (stride, padding, dilation, groups, depthwise, 1x1, the 7x7/2 stem,
 //! batch 1 and 3, bias or not, fused ReLU and residual followers) on both
-//! GEMMs, one and two threads, NCHW and NHWC; linear and matmul (2-D,
-//! batched, broadcast) likewise.
+//! GEMMs (native, Cranelift tile, packed with pre-packed weights), one and
+//! two threads, NCHW and NHWC; linear and matmul (2-D, batched, broadcast)
+//! likewise; and which side of the GEMM a packed weight lands on.
 
 use super::*;
 use crate::back::jit::Jit;
@@ -91,7 +92,11 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 /// Every GEMM × lowering threads × executor threads combination.
 fn configs() -> Vec<(GemmChoice, usize, usize)> {
     let mut v = Vec::new();
-    for gemm in [GemmChoice::Native, GemmChoice::Cranelift] {
+    for gemm in [
+        GemmChoice::Native,
+        GemmChoice::Cranelift,
+        GemmChoice::Packed,
+    ] {
         for lowered in [1, 2] {
             for threads in [1, 2] {
                 v.push((gemm, lowered, threads));
@@ -559,4 +564,67 @@ fn epilogue_domains_follow_the_layout() {
             inner: 8
         })
     );
+}
+
+/// The GEMM each contraction step of `g` runs, in step order.
+fn step_gemms(g: &Graph, gemm: GemmChoice) -> (Vec<Gemm>, usize) {
+    let mut jit = Jit::new().unwrap();
+    let options = CompileOptions {
+        gemm,
+        ..CompileOptions::default()
+    };
+    let lowered = lower(g, &[("N".into(), 2)], options, &mut jit).unwrap();
+    let gemms = lowered
+        .plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.work {
+            Work::Contraction(c) => Some(c.gemm),
+            _ => None,
+        })
+        .collect();
+    let packs = lowered
+        .plan
+        .prepare
+        .iter()
+        .filter(|s| matches!(s.work, Work::Rows(_)))
+        .count();
+    (gemms, packs)
+}
+
+/// With the packed GEMM, a parameter weight is packed once by a prepare
+/// step and read as the GEMM side its layout puts it on: A for an NCHW
+/// convolution, B for `linear` and NHWC convolutions; a matmul of two
+/// inputs packs nothing; the native GEMM packs nothing either.
+#[test]
+fn parameter_weights_are_packed_once_on_their_gemm_side() {
+    let g = program(
+        "model m() { input x: f32[N, 4, 6, 6]  input b: f32[5, 3]
+                     h = x |> c: conv2d(8, k = 3, pad = 1)
+                     z = reshape(h, [-1, 288]) |> l: linear(5)
+                     output y = matmul(z, b) }",
+    )
+    .unwrap();
+    let (gemms, packs) = step_gemms(&g, GemmChoice::Packed);
+    assert_eq!(packs, 2, "one pack step per weight");
+    assert!(
+        matches!(
+            gemms[..],
+            [
+                Gemm::Packed(Prepacked::A),
+                Gemm::Packed(Prepacked::B),
+                Gemm::Packed(Prepacked::Neither)
+            ]
+        ),
+        "{gemms:?}"
+    );
+    let gh = to_nhwc(&g);
+    let (gemms, _) = step_gemms(&gh, GemmChoice::Packed);
+    assert!(
+        matches!(gemms[0], Gemm::Packed(Prepacked::B)),
+        "NHWC conv reads its weight as B: {gemms:?}"
+    );
+    let (gemms, packs) = step_gemms(&g, GemmChoice::Native);
+    assert_eq!(packs, 0);
+    assert!(gemms.iter().all(|g| matches!(g, Gemm::Native)), "{gemms:?}");
 }

@@ -213,7 +213,11 @@ fn check(g: &Graph, n: usize, x_shape: Vec<usize>, y_shape: Vec<usize>, what: &s
         &ps,
     );
     let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
-    for gemm in [GemmChoice::Native, GemmChoice::Cranelift] {
+    for gemm in [
+        GemmChoice::Native,
+        GemmChoice::Cranelift,
+        GemmChoice::Packed,
+    ] {
         for lowered in [1, 2] {
             for threads in [1, 2] {
                 let options = CompileOptions {

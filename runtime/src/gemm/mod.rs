@@ -10,9 +10,16 @@
 //! elements), so a transposed operand is just swapped strides. C is row-major
 //! with a leading dimension `ldc ≥ n`.
 //!
+//! [`packed`] is the project's own GEMM: an AVX-512 micro-kernel
+//! ([`kernel_avx512`]) over panels, with the weight operand packed once by
+//! a plan's prepare step.
+//!
 //! [`cases`] and [`sgemm_naive`] are the shared test cases and reference
-//! used by every GEMM path (this one and the Cranelift tile of the compiler),
-//! so both are checked on exactly the same products.
+//! used by every GEMM path (this one, the packed one and the Cranelift
+//! tile of the compiler), so all are checked on exactly the same products.
+
+pub mod kernel_avx512;
+pub mod packed;
 
 use gemm::Parallelism;
 
@@ -287,6 +294,9 @@ pub enum Gemm {
     Native,
     /// [`tile_sgemm_unchecked`] over a JIT-compiled micro-kernel.
     Tile(Tile),
+    /// [`packed::gemm`] (the AVX-512 micro-kernel), with the operand the
+    /// value names already in its panel format.
+    Packed(packed::Prepacked),
 }
 
 /// K block of the tile driver: a packed B micro-panel (`KC·nr` floats)
@@ -297,8 +307,8 @@ const MC: usize = 120;
 /// N block (columns of B packed at once), rounded down to a multiple of `nr`.
 const NC: usize = 256;
 
-/// The packing buffers of the tile driver for one thread, allocated once
-/// and reused by every call.
+/// The packing buffers of the tile driver (and of the packed driver) for
+/// one thread, allocated once and reused by every call.
 #[derive(Debug, Clone, Default)]
 pub struct TileWork {
     a: Vec<f32>,
@@ -307,6 +317,24 @@ pub struct TileWork {
 }
 
 impl TileWork {
+    /// Grows the buffers to what [`packed::gemm_part`] needs as well.
+    pub fn with_packed(mut self) -> TileWork {
+        let (a, b) = packed::work_lens();
+        if self.a.len() < a {
+            self.a.resize(a, 0.0);
+        }
+        if self.b.len() < b {
+            self.b.resize(b, 0.0);
+        }
+        self
+    }
+
+    /// The A and B packing buffers for [`packed::gemm_part`] (at least
+    /// [`packed::work_lens`] floats once [`TileWork::with_packed`] ran).
+    fn packed_bufs(&mut self) -> (*mut f32, *mut f32) {
+        (self.a.as_mut_ptr(), self.b.as_mut_ptr())
+    }
+
     /// Buffers for tiles up to `mr×nr`.
     pub fn new(mr: usize, nr: usize) -> TileWork {
         TileWork {

@@ -6,11 +6,12 @@
 //! warm-up a step on sparse batches allocates and compiles nothing.
 
 use netc::elab::Value;
-use netc::grad::training_graph;
+use netc::grad::{evaluation_graph, training_graph};
 use netc::ir::Graph;
 use netc::options::CompileOptions;
 use netc::session::load_model;
 use netc::train::fit::{self, FitOptions, Outcome, RunState};
+use netc::train::rows::{rows_layout, transpose};
 use netc::train::step::TrainStep;
 use netc::train::trainer::{TrainConfig, Trainer};
 use netc_runtime::counter::{self, unit};
@@ -119,7 +120,6 @@ fn check_model_fixture(case: &str, model: &str, set: &str, columns: &[ColumnSpec
         "{case}: the fixture was made with other settings: {fixture_meta}"
     );
     let g = dssm_model(model, set);
-    let tg = training_graph(&g).unwrap();
     let mut tensors = Vec::new();
     for (k, t) in &fix {
         if let Some(name) = k.strip_prefix("input.") {
@@ -156,66 +156,89 @@ fn check_model_fixture(case: &str, model: &str, set: &str, columns: &[ColumnSpec
         threads: 2,
         ..Default::default()
     };
-    let mut step = TrainStep::compile(&tg, &shape_refs, options).unwrap();
-    assert_eq!(step.input_names(), names);
-    let params: Vec<Tensor> = g
-        .params
-        .iter()
-        .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
-            counter::tensor(0, &p.path, p.ty.dtype, &shape)
-        })
-        .collect();
-    let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
-    let ins: Vec<&[f32]> = buffers.iter().map(Vec::as_slice).collect();
-    step.run(&ins, &ps).unwrap();
-    let loss = f64::from(step.output(0)[0]);
-    let want = f64s(&fix["loss"])[0];
-    assert!(
-        (loss - want).abs() <= 1e-5 * want.abs(),
-        "{case}: loss {loss} vs PyTorch {want}"
-    );
-    let scores: Vec<f64> = step
-        .output(tg.first_model_output)
-        .iter()
-        .map(|&x| f64::from(x))
-        .collect();
-    let e = rel_l2(&scores, &f64s(&fix["output.scores"]));
-    assert!(e < 1e-5, "{case}: scores rel L2 {e:.2e}");
-    let mut checked = 0;
-    for &(pi, oi) in &tg.grads {
-        let path = &g.params[pi].path;
-        let got: Vec<f64> = step.output(oi).iter().map(|&x| f64::from(x)).collect();
-        let (e, what) = match fix.get(&format!("grad.{path}")) {
-            Some(w) => (rel_l2(&got, &f64s(w)), "whole"),
-            None => {
-                let norm = got.iter().map(|x| x * x).sum::<f64>().sqrt();
-                let want_norm = f64s(&fix[&format!("norm.{path}")])[0];
-                assert!(
-                    (norm - want_norm).abs() <= 1e-4 * want_norm,
-                    "{case}: |grad {path}| = {norm}, PyTorch {want_norm}"
-                );
-                let w = f64s(&fix[&format!("proj.{path}")]);
-                (rel_l2(&projections(path, &got), &w), "projected")
-            }
+    // The file layout, then the trainer's row layout of the bag layers'
+    // weights (weights transposed in, their gradients transposed back).
+    for rows in [false, true] {
+        let mut tg = training_graph(&g).unwrap();
+        let mut eval = evaluation_graph(&g).unwrap();
+        let row_params = match rows {
+            true => rows_layout(&mut tg, &mut eval),
+            false => Vec::new(),
         };
-        println!("{case}: {path} {what} rel L2 {e:.2e}");
-        assert!(
-            e < 1e-4,
-            "{case}: gradient of {path}: {what} rel L2 {e:.2e}"
+        let layout = if rows { "row layout" } else { "file layout" };
+        assert_eq!(
+            rows && model != "lstm_dssm" && !set.contains("shared_towers=true"),
+            !row_params.is_empty(),
+            "{case}: which weights take the row layout: {row_params:?}"
         );
-        checked += 1;
+        let mut step = TrainStep::compile(&tg, &shape_refs, options).unwrap();
+        assert_eq!(step.input_names(), names);
+        let mut params: Vec<Tensor> = g
+            .params
+            .iter()
+            .map(|p| {
+                let shape: Vec<usize> =
+                    p.ty.known_shape()
+                        .unwrap()
+                        .iter()
+                        .map(|&d| d as usize)
+                        .collect();
+                counter::tensor(0, &p.path, p.ty.dtype, &shape)
+            })
+            .collect();
+        for r in &row_params {
+            params[r.param] = r.to_rows(&params[r.param]).unwrap();
+        }
+        let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
+        let ins: Vec<&[f32]> = buffers.iter().map(Vec::as_slice).collect();
+        step.run(&ins, &ps).unwrap();
+        let loss = f64::from(step.output(0)[0]);
+        let want = f64s(&fix["loss"])[0];
+        assert!(
+            (loss - want).abs() <= 1e-5 * want.abs(),
+            "{case}: loss {loss} vs PyTorch {want}"
+        );
+        let scores: Vec<f64> = step
+            .output(tg.first_model_output)
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        let e = rel_l2(&scores, &f64s(&fix["output.scores"]));
+        assert!(e < 1e-5, "{case}: scores rel L2 {e:.2e}");
+        let mut checked = 0;
+        for &(pi, oi) in &tg.grads {
+            let path = &g.params[pi].path;
+            let got = match row_params.iter().find(|r| r.param == pi) {
+                Some(r) => transpose(step.output(oi), r.cols, r.rows),
+                None => step.output(oi).to_vec(),
+            };
+            let got: Vec<f64> = got.iter().map(|&x| f64::from(x)).collect();
+            let (e, what) = match fix.get(&format!("grad.{path}")) {
+                Some(w) => (rel_l2(&got, &f64s(w)), "whole"),
+                None => {
+                    let norm = got.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    let want_norm = f64s(&fix[&format!("norm.{path}")])[0];
+                    assert!(
+                        (norm - want_norm).abs() <= 1e-4 * want_norm,
+                        "{case}: |grad {path}| = {norm}, PyTorch {want_norm}"
+                    );
+                    let w = f64s(&fix[&format!("proj.{path}")]);
+                    (rel_l2(&projections(path, &got), &w), "projected")
+                }
+            };
+            println!("{case} ({layout}): {path} {what} rel L2 {e:.2e}");
+            assert!(
+                e < 1e-4,
+                "{case} ({layout}): gradient of {path}: {what} rel L2 {e:.2e}"
+            );
+            checked += 1;
+        }
+        assert_eq!(
+            checked,
+            g.params.len(),
+            "{case}: every parameter has a gradient"
+        );
     }
-    assert_eq!(
-        checked,
-        g.params.len(),
-        "{case}: every parameter has a gradient"
-    );
 }
 
 #[test]
@@ -419,7 +442,7 @@ fn lazy_adam_updates_only_the_embedding_rows_a_step_touches() {
         trainer.step(&data, &[0], &mut |_| {}).unwrap();
         let after_first = trainer.params()[0].as_f32().unwrap().to_vec();
         trainer.step(&data, &[1], &mut |_| {}).unwrap();
-        let after_second = trainer.params()[0].as_f32().unwrap();
+        let after_second = trainer.params()[0].as_f32().unwrap().to_vec();
         assert_ne!(
             after_second[9..15],
             after_first[9..15],

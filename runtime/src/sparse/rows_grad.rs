@@ -5,11 +5,13 @@
 //! A step's output rows are **blocks** of [`BLOCK`] ids, so a thread owns
 //! whole blocks. The kernel remembers, per block, which of its rows hold
 //! a non-zero gradient from the previous run (a 64-bit mask) and the
-//! address the block was written at; a run zeroes those rows only, then
-//! adds this step's terms and marks the rows it wrote. A block seen at a
-//! new address (the first run, or the plan run by another executor) is
-//! zeroed whole. So the output is always the full dense gradient (zero in
-//! every untouched row), at the cost of the touched rows only.
+//! address the block was written at. A run zeroes a row when it first
+//! adds to it (the row is then in cache), marks it, and at the end zeroes
+//! the rows the previous run wrote and this one did not. A block seen at
+//! a new address (the first run, or the plan run by another executor) has
+//! all its untouched rows zeroed. So the output is always the full dense
+//! gradient (zero in every untouched row), at the cost of the touched
+//! rows only.
 //!
 //! The output buffer must be kept for this step alone between runs (the
 //! lowering places it in the persistent region) and be padded to whole
@@ -48,6 +50,8 @@ pub struct BagGradRows {
     /// Per block: the rows holding a non-zero gradient (bit `r` for id
     /// `block · BLOCK + r`).
     dirty: Vec<AtomicU64>,
+    /// Per block, during a run: the rows the previous run wrote.
+    stale: Vec<AtomicU64>,
     /// Per block: the address its rows were last written at.
     at: Vec<AtomicUsize>,
 }
@@ -71,6 +75,7 @@ impl BagGradRows {
             width,
             bags,
             dirty: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
+            stale: (0..blocks).map(|_| AtomicU64::new(0)).collect(),
             at: (0..blocks).map(|_| AtomicUsize::new(0)).collect(),
         }
     }
@@ -85,22 +90,29 @@ impl BagGradRows {
         BLOCK * self.k * self.width
     }
 
-    /// Zeroes the rows of block `b` (stored at `rows`) that the previous
-    /// run wrote, or all of them if the block moved.
-    fn clear(&self, b: usize, rows: &mut [f32]) {
+    /// Starts a run on block `b` (stored at `rows`): moves the rows the
+    /// previous run wrote to `stale` (every row if the block moved).
+    fn start(&self, b: usize, rows: &[f32]) {
         let addr = rows.as_ptr() as usize;
+        let written = self.dirty[b].swap(0, Ordering::Relaxed);
+        let moved = self.at[b].swap(addr, Ordering::Relaxed) != addr;
+        let stale = if moved { u64::MAX } else { written };
+        self.stale[b].store(stale, Ordering::Relaxed);
+    }
+
+    /// Ends a run on block `b`: zeroes the stale rows this run did not
+    /// write.
+    fn finish(&self, b: usize, rows: &mut [f32]) {
         let row = self.k * self.width;
-        if self.at[b].swap(addr, Ordering::Relaxed) != addr {
-            rows.fill(0.0);
-        } else {
-            let mut mask = self.dirty[b].load(Ordering::Relaxed);
-            while mask != 0 {
-                let r = mask.trailing_zeros() as usize;
-                rows[r * row..(r + 1) * row].fill(0.0);
-                mask &= mask - 1;
+        let stale = self.stale[b].load(Ordering::Relaxed);
+        let mut mask = stale & !self.dirty[b].load(Ordering::Relaxed);
+        while mask != 0 {
+            let r = mask.trailing_zeros() as usize;
+            if let Some(dst) = rows.get_mut(r * row..(r + 1) * row) {
+                dst.fill(0.0);
             }
+            mask &= mask - 1;
         }
-        self.dirty[b].store(0, Ordering::Relaxed);
     }
 }
 
@@ -134,38 +146,50 @@ impl RowKernel for BagGradRows {
                 self.vocab
             ));
         }
-        for (b, rows) in out.chunks_exact_mut(self.block_len()).enumerate() {
-            self.clear(first + b, rows);
+        for (b, rows) in out.chunks_exact(self.block_len()).enumerate() {
+            self.start(first + b, rows);
         }
         let (lo, hi) = (first * BLOCK, ((first + n) * BLOCK).min(self.vocab));
-        for bag in 0..self.bags {
-            let (seq, p) = (bag / self.t_in, bag % self.t_in);
-            // Output positions t = p + pad - j, for the taps j that land.
-            let taps = (p + self.pad + 1).saturating_sub(self.t_out)..(p + self.pad + 1).min(k);
-            for e in bag_range(bag, indices, offsets, values)? {
-                let i = id(indices[e]);
-                if i >= self.vocab {
-                    return Err(format!(
-                        "bag {bag} holds id {i}, outside the weight's {} rows",
-                        self.vocab
-                    ));
-                }
-                if i < lo || i >= hi {
-                    continue;
-                }
-                let v = values[e];
-                let dst = &mut out[(i - lo) * row..(i - lo + 1) * row];
-                for j in taps.clone() {
-                    let t = seq * self.t_out + p + self.pad - j;
-                    let src = &dy[t * c..(t + 1) * c];
-                    for (o, &g) in dst[j * c..(j + 1) * c].iter_mut().zip(src) {
-                        *o += v * g;
+        let add = |out: &mut [f32]| -> Result<(), String> {
+            for bag in 0..self.bags {
+                let (seq, p) = (bag / self.t_in, bag % self.t_in);
+                // Output positions t = p + pad - j, for the taps j that land.
+                let taps = (p + self.pad + 1).saturating_sub(self.t_out)..(p + self.pad + 1).min(k);
+                for e in bag_range(bag, indices, offsets, values)? {
+                    let i = id(indices[e]);
+                    if i >= self.vocab {
+                        return Err(format!(
+                            "bag {bag} holds id {i}, outside the weight's {} rows",
+                            self.vocab
+                        ));
+                    }
+                    if i < lo || i >= hi {
+                        continue;
+                    }
+                    let v = values[e];
+                    let dst = &mut out[(i - lo) * row..(i - lo + 1) * row];
+                    let bit = 1u64 << (i % BLOCK);
+                    if self.dirty[i / BLOCK].fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+                        dst.fill(0.0);
+                    }
+                    for j in taps.clone() {
+                        let t = seq * self.t_out + p + self.pad - j;
+                        let src = &dy[t * c..(t + 1) * c];
+                        for (o, &g) in dst[j * c..(j + 1) * c].iter_mut().zip(src) {
+                            *o += v * g;
+                        }
                     }
                 }
-                self.dirty[i / BLOCK].fetch_or(1 << (i % BLOCK), Ordering::Relaxed);
             }
+            Ok(())
+        };
+        // Stale rows are zeroed even when the bags are malformed, so the
+        // masks stay true to the buffer.
+        let r = add(out);
+        for (b, rows) in out.chunks_exact_mut(self.block_len()).enumerate() {
+            self.finish(first + b, rows);
         }
-        Ok(())
+        r
     }
 }
 
@@ -232,6 +256,14 @@ mod tests {
             let want = reference(&g, bags, &dy);
             assert_eq!(&out[..want.len()], &want[..]);
         }
+        // A malformed batch fails after writing row 7; the next run still
+        // leaves no trace of it, nor of the run before.
+        let bad = csr(&[&[(7, 1.0), (150, 1.0)], &[], &[], &[]]);
+        let ins = [&bad[0][..], &bad[1], &bad[2], &dy];
+        assert!(g.rows(0, &ins, &mut out).is_err());
+        run(&g, &csr(&second), &dy, &mut out, 1);
+        let want = reference(&g, &second, &dy);
+        assert_eq!(&out[..want.len()], &want[..]);
     }
 
     #[test]

@@ -930,7 +930,7 @@ mod tests {
             "{e}"
         );
         let mut bad = view.clone();
-        bad[2].data = &[0.0; 3];
+        bad[2].data = Cow::Borrowed(&[0.0; 3]);
         let e = fresh.load_state(1, &bad).unwrap_err().to_string();
         assert!(
             e.contains("state tensor `exp_avg` of parameter 1 has 3 elements, expected 2"),

@@ -533,7 +533,8 @@ fn dense_reference(
         let ps: Vec<&[f32]> = params.iter().map(|t| t.as_f32().unwrap()).collect();
         step.run(&ins, &ps).unwrap();
         let grads: Vec<&[f32]> = tg.grads.iter().map(|(_, oi)| step.output(*oi)).collect();
-        let mut slices: Vec<&mut [f32]> = params.iter_mut().map(|t| t.as_f32_mut().unwrap()).collect();
+        let mut slices: Vec<&mut [f32]> =
+            params.iter_mut().map(|t| t.as_f32_mut().unwrap()).collect();
         opt.step(&mut slices, &grads, spec.lr()).unwrap();
     }
     params
@@ -545,9 +546,16 @@ fn dense_reference(
 /// SGD with momentum and Adam, over steps of two batch sizes.
 #[test]
 fn row_layout_training_equals_the_dense_path() {
-    let batches: Vec<Vec<usize>> = vec![(0..16).collect(), (16..32).rev().collect(), (32..40).collect()];
+    let batches: Vec<Vec<usize>> = vec![
+        (0..16).collect(),
+        (16..32).rev().collect(),
+        (32..40).collect(),
+    ];
     let cases: [(&str, Vec<(&str, Attr)>); 2] = [
-        ("sgd", vec![("lr", Attr::Float(0.5)), ("momentum", Attr::Float(0.9))]),
+        (
+            "sgd",
+            vec![("lr", Attr::Float(0.5)), ("momentum", Attr::Float(0.9))],
+        ),
         ("adam", vec![("lr", Attr::Float(0.01))]),
     ];
     for (kind, hypers) in cases {
@@ -569,7 +577,12 @@ fn row_layout_training_equals_the_dense_path() {
         let want = dense_reference(&g, &init, spec, &data, &batches);
         let got = trainer.params();
         for ((p, a), b) in g.params.iter().zip(got.iter()).zip(&want) {
-            assert_eq!(a.shape(), b.shape(), "{kind}: {} in the file layout", p.path);
+            assert_eq!(
+                a.shape(),
+                b.shape(),
+                "{kind}: {} in the file layout",
+                p.path
+            );
             let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
             let worst = a
                 .iter()
@@ -592,7 +605,10 @@ fn lazy_adam_updates_only_the_sparse_linear_rows_a_step_touches() {
     let batches: [Vec<usize>; 2] = [(0..8).collect(), (8..16).collect()];
     let mut runs = Vec::new();
     for lazy in [true, false] {
-        let g = dssm_with_optimizer("adam", &[("lr", Attr::Float(0.01)), ("lazy", Attr::Bool(lazy))]);
+        let g = dssm_with_optimizer(
+            "adam",
+            &[("lr", Attr::Float(0.01)), ("lazy", Attr::Bool(lazy))],
+        );
         let mut trainer = trainer_for(g);
         let data = synthetic_for(&trainer, 16);
         let mut snaps = Vec::new();
@@ -615,7 +631,11 @@ fn lazy_adam_updates_only_the_sparse_linear_rows_a_step_touches() {
                 seen[i.to_bits() as usize] = true;
             }
         }
-        let paths: Vec<String> = trainer.trained_paths().iter().map(|s| s.to_string()).collect();
+        let paths: Vec<String> = trainer
+            .trained_paths()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let names = trainer.optimizer().spec().state_names().len();
         runs.push((snaps, ids, paths, names, trainer.graph().clone()));
     }
@@ -635,11 +655,23 @@ fn lazy_adam_updates_only_the_sparse_linear_rows_a_step_touches() {
             let after = lazy.0[1].0[pi].as_f32().unwrap();
             let dense_after = dense.0[1].0[pi].as_f32().unwrap();
             if touched[v] {
-                assert_ne!(column(after, v), column(before, v), "{weight}: id {v} trains");
-                assert_eq!(column(after, v), column(dense_after, v), "{weight}: id {v} as Adam");
+                assert_ne!(
+                    column(after, v),
+                    column(before, v),
+                    "{weight}: id {v} trains"
+                );
+                assert_eq!(
+                    column(after, v),
+                    column(dense_after, v),
+                    "{weight}: id {v} as Adam"
+                );
                 continue;
             }
-            assert_eq!(column(after, v), column(before, v), "{weight}: id {v} is kept");
+            assert_eq!(
+                column(after, v),
+                column(before, v),
+                "{weight}: id {v} is kept"
+            );
             for k in 0..names {
                 let s = slot * names + k;
                 assert_eq!(
@@ -653,7 +685,10 @@ fn lazy_adam_updates_only_the_sparse_linear_rows_a_step_touches() {
             }
         }
     }
-    assert!(moved_by_dense > 0, "without lazy, Adam's momentum moves rows of the first step");
+    assert!(
+        moved_by_dense > 0,
+        "without lazy, Adam's momentum moves rows of the first step"
+    );
 }
 
 /// A checkpoint of a trainer with row-layout weights holds them (and
@@ -664,7 +699,9 @@ fn row_layout_checkpoints_keep_pytorch_layout() {
     let g = dssm_with_optimizer("adam", &[("lr", Attr::Float(0.01))]);
     let mut trainer = trainer_for(g.clone());
     let data = synthetic_for(&trainer, 16);
-    trainer.step(&data, &(0..16).collect::<Vec<_>>(), &mut |_| {}).unwrap();
+    trainer
+        .step(&data, &(0..16).collect::<Vec<_>>(), &mut |_| {})
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("netc-rows-ck-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ck.safetensors");
@@ -673,12 +710,18 @@ fn row_layout_checkpoints_keep_pytorch_layout() {
     let w = &file["q_tower.net.0.weight"];
     assert_eq!(w.shape(), [300, 500]);
     assert_eq!(w, &trainer.params()[0]);
-    assert_eq!(file["optimizer.exp_avg.q_tower.net.0.weight"].shape(), [300, 500]);
+    assert_eq!(
+        file["optimizer.exp_avg.q_tower.net.0.weight"].shape(),
+        [300, 500]
+    );
     // exp_avg after one Adam step is (1 - beta1) · grad: non-zero exactly
     // in the columns of the ids the queries hold.
-    let m = file["optimizer.exp_avg.q_tower.net.0.weight"].as_f32().unwrap();
+    let m = file["optimizer.exp_avg.q_tower.net.0.weight"]
+        .as_f32()
+        .unwrap();
     let mut csr = empty_csr();
-    data.gather_bags(0, &(0..16).collect::<Vec<_>>(), &mut csr).unwrap();
+    data.gather_bags(0, &(0..16).collect::<Vec<_>>(), &mut csr)
+        .unwrap();
     for v in 0..500 {
         let held = csr.indices.iter().any(|i| i.to_bits() as usize == v);
         assert_eq!(held, (0..300).any(|o| m[o * 500 + v] != 0.0), "id {v}");

@@ -23,7 +23,11 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
             let w = from_rows(x[1]);
             let mut x = x.to_vec();
             x[1] = &w;
-            let rest: Vec<_> = a.0.iter().filter(|(k, _)| *k != "weight_rows").cloned().collect();
+            let rest: Vec<_> =
+                a.0.iter()
+                    .filter(|(k, _)| *k != "weight_rows")
+                    .cloned()
+                    .collect();
             return eval(name, &Attrs(&rest), &x, out);
         }
         "sparse_linear" => Ok(linear(x[0], x[1], x.get(2).copied())),

@@ -119,12 +119,11 @@ fn candidate(g: &Graph, pi: usize) -> Option<RowParam> {
     if p.buffer || p.ty.sparse || p.ty.dtype != netc_runtime::DType::F32 {
         return None;
     }
-    let shape: Vec<usize> = p
-        .ty
-        .known_shape()?
-        .iter()
-        .map(|&d| usize::try_from(d).ok())
-        .collect::<Option<_>>()?;
+    let shape: Vec<usize> =
+        p.ty.known_shape()?
+            .iter()
+            .map(|&d| usize::try_from(d).ok())
+            .collect::<Option<_>>()?;
     let mut kind = None;
     for n in &g.nodes {
         for (k, v) in n.inputs.iter().enumerate() {

@@ -357,7 +357,14 @@ impl Trainer {
                 self.params.len()
             )));
         }
-        for (i, ((p, old), new)) in self.graph.params.iter().zip(&self.params).zip(&tensors).enumerate() {
+        for (i, ((p, old), new)) in self
+            .graph
+            .params
+            .iter()
+            .zip(&self.params)
+            .zip(&tensors)
+            .enumerate()
+        {
             let shape = self.file_shape(i);
             if old.dtype() != new.dtype() || new.shape() != shape {
                 return Err(RunError::Inputs(format!(

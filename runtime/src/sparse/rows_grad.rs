@@ -224,7 +224,8 @@ mod tests {
                     }
                     for &(i, v) in *entries {
                         for ch in 0..c {
-                            w[(i as usize * k + j) * c + ch] += v * dy[(seq * g.t_out + t) * c + ch];
+                            w[(i as usize * k + j) * c + ch] +=
+                                v * dy[(seq * g.t_out + t) * c + ch];
                         }
                     }
                 }

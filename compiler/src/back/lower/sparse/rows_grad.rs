@@ -98,13 +98,6 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     // Every thread reads every bag entry and writes the rows of its own
     // blocks: split the blocks evenly over the threads.
     let grain = blocks.div_ceil(8).max(1);
-    push_rows(
-        cx,
-        kernel,
-        inputs,
-        extents,
-        dst,
-        (blocks, block_len, grain),
-    );
+    push_rows(cx, kernel, inputs, extents, dst, (blocks, block_len, grain));
     Ok(())
 }

@@ -316,7 +316,7 @@ fn one_sgd_and_one_adam_step_give_pytorch_weights() {
         let all: Vec<usize> = (0..data.len()).collect();
         t.step(&data, &all, &mut |_| {}).unwrap();
         let mut worst = 0.0f64;
-        for (p, w) in g.params.iter().zip(t.params()) {
+        for (p, w) in g.params.iter().zip(t.params().iter()) {
             let got: Vec<f64> = w.as_f32().unwrap().iter().map(|&x| f64::from(x)).collect();
             let (got, want) = match fix.get(&format!("{kind}.{}", p.path)) {
                 Some(want) => (got, f64s(want)),

@@ -1,7 +1,9 @@
 //! Sparse bag inputs in a plan, and the row kernels that read them
 //! ([`crate::plan::Rows`] steps): products of CSR bags with dense tables
 //! (`sparse_linear`, `embedding_bag`), the convolution over sequences of
-//! bags (`bag_conv1d`) and the weight packing they use.
+//! bags (`bag_conv1d`), the weight packing they use and their weight
+//! gradients (dense in `nn.Linear`'s layout: `crate::text_grad`,
+//! [`BagConvGradWeight`]; row-wise over touched ids: [`BagGradRows`]).
 //!
 //! **Plan encoding.** The executor's buffers are f32, so a sparse input
 //! `q` ([`SparseBags`], `docs/text.md`) enters a plan as three buffers:
@@ -18,7 +20,9 @@ use crate::plan::RowKernel;
 use crate::text::bags::SparseBags;
 
 mod conv_grad;
+mod rows_grad;
 pub use conv_grad::BagConvGradWeight;
+pub use rows_grad::{BagGradRows, BLOCK};
 
 /// The three plan buffers of one sparse input (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -67,7 +71,8 @@ fn id(x: f32) -> usize {
 /// (`[vocab, width]`), then `bias` (`[width]`) if `bias`.
 ///
 /// `sparse_linear` runs it on its weight packed to `[V, out]`
-/// ([`Transpose`]), `embedding_bag` on its table as it is. With `mean`,
+/// ([`Transpose`]) or, in a training plan, stored that way;
+/// `embedding_bag` on its table as it is. With `mean`,
 /// bags are expected canonical (each id once, as [`SparseBags`] keeps
 /// them), matching the dense semantics of counting non-zero columns.
 #[derive(Clone, Debug)]
@@ -179,7 +184,8 @@ fn bag_range(
 /// `bias + Σ_j Σ values · Wp[id, j]` over the entries of bag
 /// `seq · t_in + t + j - pad` for every tap `j` that lands inside the
 /// sequence. Inputs: `indices`, `offsets`, `values`, the weight packed to
-/// `[V, k, C]` (the `[C, V·k]` weight transposed, [`Transpose`]), then
+/// `[V, k, C]` (the `[C, V·k]` weight transposed, [`Transpose`], or
+/// stored that way in a training plan), then
 /// `bias` (`[C]`) if `bias`.
 #[derive(Clone, Debug)]
 pub struct BagConv {

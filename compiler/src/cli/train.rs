@@ -122,7 +122,7 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
             .graph()
             .params
             .iter()
-            .zip(trainer.params())
+            .zip(trainer.params().iter())
             .map(|(p, t)| netc_runtime::weights::TensorSpec {
                 name: p.path.clone(),
                 dtype: p.ty.dtype,
@@ -133,11 +133,12 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         trainer.set_weights(tensors).map_err(Failure::error)?;
     }
     if let Some(path) = &args.save_init {
+        let params = trainer.params();
         let tensors: Vec<(&str, &netc_runtime::Tensor)> = trainer
             .graph()
             .params
             .iter()
-            .zip(trainer.params())
+            .zip(params.iter())
             .map(|(p, t)| (p.path.as_str(), t))
             .collect();
         netc_runtime::weights::write_safetensors_atomic(path, &tensors, None)

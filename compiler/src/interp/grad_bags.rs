@@ -7,7 +7,8 @@
 //! - `bag_conv1d_grad_weight(dy, x) {k, pad}` -> `dw` (`[C, V, k]`):
 //!   `dw[c, v, j] = Σ_seq Σ_t dy[seq, t, c] · x[seq, t + j - pad, v]` over
 //!   the positions inside the sequence; `x` is the sparse bag input as its
-//!   dense array.
+//!   dense array. With `weight_rows`, `dw` is `[V, k, C]` (the same values
+//!   with the channel dim last).
 
 use super::array::{unravel, Array};
 use super::dense::Attrs;
@@ -19,6 +20,11 @@ type Eval = Option<Result<Vec<Array>, String>>;
 pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
     let r = match name {
         "amax_grad" => amax_grad(x[0], x[1], a),
+        "bag_conv1d_grad_weight" if a.bool("weight_rows", false) => {
+            let mut file = out[0].clone();
+            file.rotate_right(1);
+            bag_conv1d_grad_weight(x[0], x[1], a, &file).map(|g| super::text::to_rows(&g))
+        }
         "bag_conv1d_grad_weight" => bag_conv1d_grad_weight(x[0], x[1], a, &out[0]),
         _ => return None,
     };

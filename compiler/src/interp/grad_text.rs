@@ -4,7 +4,7 @@
 //! columns are its entries.
 //!
 //! - `sparse_linear_grad_weight(dy [..., out], x [..., V]) -> [out, V]`:
-//!   `Σ_rows dy[r, o] · x[r, v]`.
+//!   `Σ_rows dy[r, o] · x[r, v]` (`[V, out]` with `weight_rows`).
 //! - `embedding_bag_grad_weight(dy [..., dim], x [..., V]) -> [V, dim]`:
 //!   `Σ_rows x[r, v] · dy[r, :]`, divided by the bag's non-zero count in
 //!   `mean` mode (an empty bag contributes nothing).
@@ -23,7 +23,13 @@ type Eval = Option<Result<Vec<Array>, String>>;
 /// Evaluates `name` if it is one of this module's ops.
 pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
     let r = match (name, x) {
-        ("sparse_linear_grad_weight", [dy, bags]) => Ok(sparse_linear_grad_weight(dy, bags)),
+        ("sparse_linear_grad_weight", [dy, bags]) => {
+            let g = sparse_linear_grad_weight(dy, bags);
+            Ok(match a.bool("weight_rows", false) {
+                true => super::text::to_rows(&g),
+                false => g,
+            })
+        }
         ("embedding_bag_grad_weight", [dy, bags]) => {
             Ok(embedding_bag_grad_weight(dy, bags, a.str("mode") == "mean"))
         }

@@ -3,7 +3,10 @@
 //!
 //! A sparse bag input `sparse f32[..., V]` arrives as a dense [`Array`] of
 //! its logical shape (see [`super::run`]); a bag's non-zero columns are its
-//! stored entries.
+//! stored entries. With the attribute `weight_rows` (the trainer's row
+//! layout, `compiler/src/train/rows.rs`), `sparse_linear`'s weight is
+//! `[V, out]` and `bag_conv1d`'s `[V, k, C]`: they are transposed back to
+//! `[out, V]` and `[C, V, k]` ([`from_rows`]) and computed as without it.
 
 use super::array::{broadcast_index, unravel, Array};
 use super::dense::{linear, log_softmax, Attrs};
@@ -16,6 +19,17 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
     let r = match name {
         "embedding" => embedding(x[0], x[1]),
         "embedding_bag" => embedding_bag(x[0], x[1], a.str("mode") == "mean"),
+        "sparse_linear" | "bag_conv1d" if a.bool("weight_rows", false) => {
+            let w = from_rows(x[1]);
+            let mut x = x.to_vec();
+            x[1] = &w;
+            let rest: Vec<_> =
+                a.0.iter()
+                    .filter(|(k, _)| *k != "weight_rows")
+                    .cloned()
+                    .collect();
+            return eval(name, &Attrs(&rest), &x, out);
+        }
         "sparse_linear" => Ok(linear(x[0], x[1], x.get(2).copied())),
         "bag_conv1d" => Ok(bag_conv1d(x[0], x[1], x.get(2).copied(), a, &out[0])),
         "cosine_similarity" => Ok(cosine_similarity(x[0], x[1], a, &out[0])),
@@ -23,6 +37,38 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
         _ => return None,
     };
     Some(r.map(|r| vec![r]))
+}
+
+/// A weight in the row layout (`[V, out]`, `[V, k, C]`) in the file layout
+/// (`[out, V]`, `[C, V, k]`): the last dim moves to the front.
+pub(super) fn from_rows(w: &Array) -> Array {
+    let (lead, rest) = w.shape.split_last().map_or((1, &[][..]), |(l, r)| (*l, r));
+    let n: usize = rest.iter().product();
+    let mut shape = vec![lead];
+    shape.extend_from_slice(rest);
+    let mut data = vec![0.0; w.data.len()];
+    for i in 0..n {
+        for o in 0..lead {
+            data[o * n + i] = w.data[i * lead + o];
+        }
+    }
+    Array::new(&shape, data)
+}
+
+/// A weight (or gradient) in the file layout (`[out, V]`, `[C, V, k]`) in
+/// the row layout (`[V, out]`, `[V, k, C]`): the first dim moves to the back.
+pub(super) fn to_rows(w: &Array) -> Array {
+    let (lead, rest) = w.shape.split_first().map_or((1, &[][..]), |(l, r)| (*l, r));
+    let n: usize = rest.iter().product();
+    let mut shape = rest.to_vec();
+    shape.push(lead);
+    let mut data = vec![0.0; w.data.len()];
+    for o in 0..lead {
+        for i in 0..n {
+            data[i * lead + o] = w.data[o * n + i];
+        }
+    }
+    Array::new(&shape, data)
 }
 
 /// `weight[ids]`: ids of any shape -> `[..., dim]`.

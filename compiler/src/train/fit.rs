@@ -177,11 +177,12 @@ pub fn evaluate(
 /// Writes a checkpoint: every parameter and buffer, the optimizer state,
 /// the epoch, the sampler position and the history.
 pub fn save(trainer: &Trainer, state: &RunState, path: &Path) -> Result<(), RunError> {
+    let params = trainer.params();
     let weights: Vec<(&str, &Tensor)> = trainer
         .graph()
         .params
         .iter()
-        .zip(trainer.params())
+        .zip(params.iter())
         .map(|(p, t)| (p.path.as_str(), t))
         .collect();
     let mut extra = BTreeMap::new();

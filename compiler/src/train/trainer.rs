@@ -4,6 +4,7 @@
 //! step; a step gathers its batch into buffers allocated once, runs the
 //! plan, and updates the parameters in place.
 
+use super::rows::{rows_layout, RowParam};
 use super::slices::{ReadList, WriteList};
 use super::step::TrainStep;
 use crate::grad::{evaluation_graph, training_graph, TrainingGraph, SEED_INPUT};
@@ -16,6 +17,7 @@ use netc_runtime::train::data::DataSet;
 use netc_runtime::train::optim::{Hyper, Optimizer, OptimizerSpec};
 use netc_runtime::train::schedule::Schedule;
 use netc_runtime::{DType, Initializer, Tensor};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -99,7 +101,10 @@ pub struct Trainer {
     train: TrainingGraph,
     eval: TrainingGraph,
     config: TrainConfig,
+    /// Parameters and buffers, the [`RowParam`]s in their stored layout.
     params: Vec<Tensor>,
+    /// The bag-layer weights stored in the row layout (`train/rows.rs`).
+    row_params: Vec<RowParam>,
     optimizer: Optimizer,
     /// Per optimizer slot: the parameter index and the gradient output.
     slots: Vec<(usize, usize)>,
@@ -125,8 +130,9 @@ impl Trainer {
     /// from PyTorch's default initialisation seeded with `config.seed`.
     pub fn new(graph: Graph, config: TrainConfig) -> Result<Trainer, RunError> {
         let bad = |e: String| RunError::Inputs(e);
-        let train = training_graph(&graph).map_err(|e| bad(e.to_string()))?;
-        let eval = evaluation_graph(&graph).map_err(|e| bad(e.to_string()))?;
+        let mut train = training_graph(&graph).map_err(|e| bad(e.to_string()))?;
+        let mut eval = evaluation_graph(&graph).map_err(|e| bad(e.to_string()))?;
+        let row_params = rows_layout(&mut train, &mut eval);
         let section = graph
             .train
             .clone()
@@ -166,7 +172,16 @@ impl Trainer {
         let lens: Vec<usize> = slots.iter().map(|(pi, _)| param_len(&graph, *pi)).collect();
         let mut optimizer = Optimizer::new(spec, &lens);
         for (slot, (pi, _)) in slots.iter().enumerate() {
-            if let Some(row) = table_row_len(&graph, *pi) {
+            let stored = row_params.iter().find(|r| r.param == *pi);
+            if let Some(r) = stored {
+                optimizer
+                    .set_stored_transposed(slot, r.rows, r.cols)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            let row = stored
+                .map(|r| r.row_len)
+                .or_else(|| table_row_len(&graph, *pi));
+            if let Some(row) = row {
                 optimizer
                     .set_row_len(slot, row)
                     .map_err(|e| bad(e.to_string()))?;
@@ -175,6 +190,7 @@ impl Trainer {
         let classifier = classifier(&train);
         let mut trainer = Trainer {
             params: Vec::new(),
+            row_params,
             optimizer,
             slots,
             schedule,
@@ -226,9 +242,42 @@ impl Trainer {
         &self.config
     }
 
-    /// The parameters and buffers, in the graph's parameter order.
-    pub fn params(&self) -> &[Tensor] {
-        &self.params
+    /// The parameters and buffers, in the graph's parameter order and
+    /// layout (PyTorch's): a copy when some weight is stored in the row
+    /// layout (`train/rows.rs`).
+    pub fn params(&self) -> Cow<'_, [Tensor]> {
+        if self.row_params.is_empty() {
+            return Cow::Borrowed(&self.params);
+        }
+        let mut out = self.params.clone();
+        for r in &self.row_params {
+            let shape = self.file_shape(r.param);
+            if let Some(t) = r.to_file(&self.params[r.param], &shape) {
+                out[r.param] = t;
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    /// The shape of parameter `pi` in the graph (and in a file).
+    fn file_shape(&self, pi: usize) -> Vec<usize> {
+        self.graph.params[pi]
+            .ty
+            .known_shape()
+            .unwrap_or_default()
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .collect()
+    }
+
+    /// Puts the row-layout weights of `params` (given in the file layout)
+    /// in their stored layout.
+    fn store(&self, params: &mut [Tensor]) {
+        for r in &self.row_params {
+            if let Some(t) = r.to_rows(&params[r.param]) {
+                params[r.param] = t;
+            }
+        }
     }
 
     /// The optimizer and its state.
@@ -282,6 +331,9 @@ impl Trainer {
                 init.tensor(p.ty.dtype, &shape, &p.init)
             })
             .collect();
+        let mut params = std::mem::take(&mut self.params);
+        self.store(&mut params);
+        self.params = params;
     }
 
     /// Starts training over without recompiling anything: fresh weights
@@ -295,9 +347,9 @@ impl Trainer {
         self.epoch = 0;
     }
 
-    /// Replaces every parameter and buffer (graph order), checking types
-    /// and shapes; nothing changes on error.
-    pub fn set_weights(&mut self, tensors: Vec<Tensor>) -> Result<(), RunError> {
+    /// Replaces every parameter and buffer (graph order and layout),
+    /// checking types and shapes; nothing changes on error.
+    pub fn set_weights(&mut self, mut tensors: Vec<Tensor>) -> Result<(), RunError> {
         if tensors.len() != self.params.len() {
             return Err(RunError::Inputs(format!(
                 "{} weight tensors given, the model has {}",
@@ -305,18 +357,27 @@ impl Trainer {
                 self.params.len()
             )));
         }
-        for ((p, old), new) in self.graph.params.iter().zip(&self.params).zip(&tensors) {
-            if old.dtype() != new.dtype() || old.shape() != new.shape() {
+        for (i, ((p, old), new)) in self
+            .graph
+            .params
+            .iter()
+            .zip(&self.params)
+            .zip(&tensors)
+            .enumerate()
+        {
+            let shape = self.file_shape(i);
+            if old.dtype() != new.dtype() || new.shape() != shape {
                 return Err(RunError::Inputs(format!(
                     "weight `{}` is {}{:?}, expected {}{:?}",
                     p.path,
                     new.dtype(),
                     new.shape(),
                     old.dtype(),
-                    old.shape()
+                    shape
                 )));
             }
         }
+        self.store(&mut tensors);
         self.params = tensors;
         Ok(())
     }

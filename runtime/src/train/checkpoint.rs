@@ -274,7 +274,7 @@ impl Checkpoint {
             views.push(StateTensor {
                 suffix,
                 param: i,
-                data,
+                data: std::borrow::Cow::Borrowed(data),
             });
         }
         for (i, p) in param_names.iter().enumerate() {

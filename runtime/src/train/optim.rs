@@ -19,6 +19,7 @@
 //! - `lazy = true` (not in PyTorch's dense optimizers): see [`Optimizer::set_row_len`].
 
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Elements per parallel chunk; tensors up to twice this are updated serially.
@@ -234,14 +235,15 @@ impl OptimizerSpec {
 }
 
 /// One state tensor of one parameter, as saved in a checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StateTensor<'a> {
     /// `momentum_buffer`, `exp_avg` or `exp_avg_sq`.
     pub suffix: &'a str,
     /// Index of the parameter (in the order given to [`Optimizer::new`]).
     pub param: usize,
-    /// The values, one per parameter element.
-    pub data: &'a [f32],
+    /// The values, one per parameter element, in the parameter's file
+    /// layout (see [`Optimizer::set_stored_transposed`]).
+    pub data: Cow<'a, [f32]>,
 }
 
 /// An optimizer with its state for a fixed list of parameter tensors.
@@ -249,6 +251,9 @@ pub struct Optimizer {
     spec: OptimizerSpec,
     lens: Vec<usize>,
     row_lens: Vec<usize>,
+    /// Per parameter: `Some((rows, cols))` when it is stored as the
+    /// transpose of its `[rows, cols]` file layout.
+    transposed: Vec<Option<(usize, usize)>>,
     /// `state[k][i]`: state tensor `spec.state_names()[k]` of parameter `i`.
     state: Vec<Vec<Vec<f32>>>,
     steps: u64,
@@ -278,6 +283,7 @@ impl Optimizer {
             spec,
             lens: param_lens.to_vec(),
             row_lens: param_lens.to_vec(),
+            transposed: vec![None; param_lens.len()],
             state,
             steps: 0,
         }
@@ -332,6 +338,32 @@ impl Optimizer {
             )));
         }
         self.row_lens[param] = row_len;
+        Ok(())
+    }
+
+    /// Declares parameter `param` (and so its gradient and state) as stored
+    /// transposed: the parameter is `[rows, cols]` in a file (a checkpoint)
+    /// and `[cols, rows]` as given to [`Optimizer::step`]. The update is
+    /// elementwise, so only [`Optimizer::state_tensors`] and
+    /// [`Optimizer::load_state`] care: they speak the file layout.
+    pub fn set_stored_transposed(
+        &mut self,
+        param: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), OptimError> {
+        let len = *self.lens.get(param).ok_or_else(|| {
+            self.layout(format!(
+                "no parameter {param} (the optimizer has {})",
+                self.lens.len()
+            ))
+        })?;
+        if rows.checked_mul(cols) != Some(len) {
+            return Err(self.layout(format!(
+                "[{rows}, {cols}] is not parameter {param}'s {len} elements"
+            )));
+        }
+        self.transposed[param] = Some((rows, cols));
         Ok(())
     }
 
@@ -433,17 +465,23 @@ impl Optimizer {
     }
 
     /// The state tensors, parameter by parameter, in the order of
-    /// [`OptimizerSpec::state_names`] within a parameter. Save them with
-    /// [`Optimizer::step_count`].
+    /// [`OptimizerSpec::state_names`] within a parameter, each in its
+    /// parameter's file layout (a copy for a parameter stored transposed).
+    /// Save them with [`Optimizer::step_count`].
     pub fn state_tensors(&self) -> Vec<StateTensor<'_>> {
         let names = self.spec.state_names();
         let mut out = Vec::with_capacity(names.len() * self.lens.len());
         for i in 0..self.lens.len() {
             for (k, name) in names.iter().enumerate() {
+                let data = &self.state[k][i];
+                let data = match self.transposed[i] {
+                    Some((rows, cols)) => Cow::Owned(transpose(data, cols, rows)),
+                    None => Cow::Borrowed(&data[..]),
+                };
                 out.push(StateTensor {
                     suffix: name,
                     param: i,
-                    data: &self.state[k][i],
+                    data,
                 });
             }
         }
@@ -508,11 +546,32 @@ impl Optimizer {
             }
         }
         for (t, &(k, i)) in tensors.iter().zip(&slot) {
-            self.state[k][i].copy_from_slice(t.data);
+            match self.transposed[i] {
+                Some((rows, cols)) => {
+                    let dst = &mut self.state[k][i];
+                    for (r, src) in t.data.chunks_exact(cols).enumerate() {
+                        for (c, &x) in src.iter().enumerate() {
+                            dst[c * rows + r] = x;
+                        }
+                    }
+                }
+                None => self.state[k][i].copy_from_slice(&t.data),
+            }
         }
         self.steps = steps;
         Ok(())
     }
+}
+
+/// `x` (`[rows, cols]`, row-major) transposed to `[cols, rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for (r, src) in x.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (c, &v) in src.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// SGD's per-step constants, in f32 as PyTorch casts its scalars.
@@ -857,7 +916,7 @@ mod tests {
             .map(|(s, i, d)| StateTensor {
                 suffix: s,
                 param: *i,
-                data: d,
+                data: Cow::Borrowed(d),
             })
             .collect();
         let mut fresh = Optimizer::new(spec, &[4, 2]);
@@ -871,7 +930,7 @@ mod tests {
             "{e}"
         );
         let mut bad = view.clone();
-        bad[2].data = &[0.0; 3];
+        bad[2].data = Cow::Borrowed(&[0.0; 3]);
         let e = fresh.load_state(1, &bad).unwrap_err().to_string();
         assert!(
             e.contains("state tensor `exp_avg` of parameter 1 has 3 elements, expected 2"),

@@ -167,7 +167,8 @@ pub fn lower_with(
     let nodes: Vec<&Node> = g.nodes.iter().filter(|n| !n.train_only).collect();
     let derived = derived_values(g, &nodes);
     let unstored = pointwise::unstored_links(&nodes);
-    let skip: HashSet<ValueId> = derived.union(&unstored).copied().collect();
+    let mut skip: HashSet<ValueId> = derived.union(&unstored).copied().collect();
+    skip.extend(sparse::persistent_values(&nodes));
     let mem = memplan::plan_skipping(g, symbols, &skip, options.reuse_arena);
     let transient: HashMap<ValueId, usize> = mem
         .placements
@@ -381,6 +382,12 @@ impl<'a> LowerCx<'a> {
         let buf = Buf::Arena { offset, len };
         self.bufs.insert(v, buf);
         Ok(buf)
+    }
+
+    /// Puts `v` in `buf` (a slot of the persistent region the lowering of
+    /// its node asked for, [`LowerCx::persistent`]).
+    pub fn place(&mut self, v: ValueId, buf: Buf) {
+        self.bufs.insert(v, buf);
     }
 
     /// Makes `v` share the storage of `src` (a view: reshape, dropout at

@@ -17,12 +17,18 @@
 //! - `sparse_linear`: its `[out, V]` weight (`nn.Linear`'s layout) is
 //!   packed to `[V, out]` in a prepare step, once per weight load and per
 //!   distinct weight (shared towers pack once), so a bag entry adds one
-//!   contiguous row: `out[r] = bias + Σ values · Wt[id]`.
+//!   contiguous row: `out[r] = bias + Σ values · Wt[id]`. With the
+//!   attribute `weight_rows` (training plans, `compiler/src/train/rows.rs`)
+//!   the weight is stored `[V, out]` already and read as it is.
 //! - `embedding_bag`: the same product over its `[V, dim]` table as it is,
 //!   `mean` dividing by the bag's non-zero count.
 //! - `bag_conv1d`: its `[C, V, k]` weight is packed to `[V, k, C]` (the
-//!   same transpose of `[C, V·k]`), and every output position adds, per
-//!   tap, the rows of the bag that tap reads.
+//!   same transpose of `[C, V·k]`; stored so with `weight_rows`), and
+//!   every output position adds, per tap, the rows of the bag that tap
+//!   reads.
+//! - their weight gradients with `weight_rows`: row-wise over the ids a
+//!   step touches ([`rows_grad`]); without it, dense in the parameter's
+//!   layout (`text_grad.rs`, [`conv_grad`]).
 //! - `cosine_similarity`: one output element per row, any reduced dim,
 //!   operands broadcast through zero strides.
 //! - `dssm_loss`: one row, the batch mean of `-log softmax(s)[0]`.
@@ -42,6 +48,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 mod conv_grad;
+mod rows_grad;
 
 /// The executor buffers of a sparse input `q`, in order: `q.indices`,
 /// `q.offsets`, `q.values`.
@@ -106,17 +113,40 @@ pub fn host_buffers(
     encode(name, &bags)
 }
 
+/// Whether `node` (a bag layer or its weight gradient) has its weight in
+/// the row layout: one contiguous row per input id (`weight_rows`).
+pub fn weight_rows(node: &Node) -> bool {
+    matches!(node.op.attr("weight_rows"), Some(Attr::Bool(true)))
+}
+
 /// Persistent elements the packed `sparse_linear` and `bag_conv1d`
-/// weights need: one copy per distinct weight.
+/// weights need (one copy per distinct weight stored `nn.Linear`-style),
+/// and the row-wise weight gradients ([`rows_grad`]).
 pub fn persistent_len(cx: &LowerCx, nodes: &[&Node]) -> Result<usize, BackError> {
     let mut seen = HashSet::new();
-    nodes
+    let packed: usize = nodes
         .iter()
-        .filter(|n| matches!(n.op.name, "sparse_linear" | "bag_conv1d"))
+        .filter(|n| matches!(n.op.name, "sparse_linear" | "bag_conv1d") && !weight_rows(n))
         .filter_map(|n| n.inputs.get(1))
         .filter(|w| seen.insert(**w))
         .map(|w| cx.numel(*w).map(align))
-        .sum()
+        .sum::<Result<usize, _>>()?;
+    let grads: usize = persistent_values(nodes)
+        .iter()
+        .map(|v| rows_grad::padded_len(cx, *v).map(align))
+        .sum::<Result<usize, _>>()?;
+    Ok(packed + grads)
+}
+
+/// The values the lowering keeps in the persistent region rather than in
+/// the memory planner's arena: the row-wise weight gradients, which keep
+/// their zero rows from one run to the next.
+pub fn persistent_values(nodes: &[&Node]) -> HashSet<ValueId> {
+    nodes
+        .iter()
+        .filter(|n| rows_grad::is_rows_grad(n))
+        .filter_map(|n| n.outputs.first().copied())
+        .collect()
 }
 
 /// Lowers the sparse and scoring ops; `None` for other ops.
@@ -127,6 +157,7 @@ pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>>
         "bag_conv1d" => bag_conv1d(cx, node),
         "cosine_similarity" => cosine_similarity(cx, node),
         "dssm_loss" => dssm_loss(cx, node),
+        _ if rows_grad::is_rows_grad(node) => rows_grad::lower(cx, node),
         "bag_conv1d_grad_weight" => conv_grad::lower(cx, node),
         _ => return None,
     };
@@ -262,7 +293,8 @@ fn packed_weight(
     Ok(dst)
 }
 
-/// `sparse_linear(bags, weight [out, V], bias [out]?)`.
+/// `sparse_linear(bags, weight [out, V], bias [out]?)` (weight `[V, out]`
+/// with `weight_rows`).
 fn sparse_linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (&x, &w) = match node.inputs.as_slice() {
         [x, w, ..] => (x, w),
@@ -270,16 +302,25 @@ fn sparse_linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let b = bags(cx, node, x)?;
     let ws = cx.shape(w)?;
-    let out = match ws[..] {
-        [out, v] if v == b.vocab => out,
+    let rows = weight_rows(node);
+    let out = match (rows, &ws[..]) {
+        (false, &[out, v]) | (true, &[v, out]) if v == b.vocab => out,
         _ => {
+            let want = if rows { "[{}, out]" } else { "[out, {}]" };
             return Err(fail(
                 node,
-                format!("weight {ws:?} is not [out, {}] for the bags", b.vocab),
-            ))
+                format!(
+                    "weight {ws:?} is not {} for the bags",
+                    want.replace("{}", &b.vocab.to_string())
+                ),
+            ));
         }
     };
-    let table = packed_weight(cx, node, w, out, b.vocab)?;
+    let table = if rows {
+        cx.buf(w)?
+    } else {
+        packed_weight(cx, node, w, out, b.vocab)?
+    };
     let mut inputs = b.bufs.to_vec();
     inputs.push(table);
     let mut extents = vec![0, b.rows + 1, 0, out * b.vocab];
@@ -333,20 +374,26 @@ fn embedding_bag(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     Ok(())
 }
 
-/// `bag_conv1d(bags [..., T, V], weight [C, V, k], bias [C]?)`, stride 1.
+/// `bag_conv1d(bags [..., T, V], weight [C, V, k], bias [C]?)`, stride 1
+/// (weight `[V, k, C]` with `weight_rows`).
 fn bag_conv1d(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (&x, &w) = match node.inputs.as_slice() {
         [x, w, ..] => (x, w),
         _ => return Err(fail(node, "expects bags and a weight".into())),
     };
     let b = bags(cx, node, x)?;
-    let (c, k) = match cx.shape(w)?[..] {
-        [c, v, k] if v == b.vocab => (c, k),
-        ref ws => {
+    let rows = weight_rows(node);
+    let (c, k) = match (rows, &cx.shape(w)?[..]) {
+        (false, &[c, v, k]) | (true, &[v, k, c]) if v == b.vocab => (c, k),
+        (_, ws) => {
+            let want = if rows { "[{}, k, C]" } else { "[C, {}, k]" };
             return Err(fail(
                 node,
-                format!("weight {ws:?} is not [C, {}, k] for the bags", b.vocab),
-            ))
+                format!(
+                    "weight {ws:?} is not {} for the bags",
+                    want.replace("{}", &b.vocab.to_string())
+                ),
+            ));
         }
     };
     let pad = match node.op.attr("pad") {
@@ -358,7 +405,11 @@ fn bag_conv1d(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         (Some(&t), Some(d)) => (t, out_shape[d]),
         _ => return Err(fail(node, "expects sequences of bags [..., T, V]".into())),
     };
-    let table = packed_weight(cx, node, w, c, b.vocab * k)?;
+    let table = if rows {
+        cx.buf(w)?
+    } else {
+        packed_weight(cx, node, w, c, b.vocab * k)?
+    };
     let mut inputs = b.bufs.to_vec();
     inputs.push(table);
     let mut extents = vec![0, b.rows + 1, 0, c * b.vocab * k];

@@ -10,9 +10,10 @@
 //!   broadcast shape, operands read through broadcast strides.
 //! - `dssm_loss_grad(s, dloss)`: one row per query.
 //!
-//! The bag gradients are dense in the weight's layout (`docs/architecture.md`,
-//! "Sparse weight gradients"): the optimizer sees an ordinary gradient, and
-//! a `lazy` optimizer skips its all-zero rows.
+//! These bag gradients are dense in the weight's file layout; with the
+//! attribute `weight_rows` (the trainer's row layout, `docs/architecture.md`,
+//! "Sparse weight gradients") `sparse_linear_grad_weight` is lowered by
+//! `sparse/rows_grad.rs` instead.
 
 use super::sparse::{bags, broadcast_strides, fail, push_rows, GRAIN_WORK};
 use super::LowerCx;

@@ -41,6 +41,8 @@ TECHNIQUES = {
     "fold_bn": ("batch norms folded into convolutions", DENSENET, 1, [], ["--no-fold-bn"]),
     "layout": ("blocked (NHWC) convolution layouts", VGGISH, 1, [], ["--layout", "nchw"]),
     "layout_densenet": ("blocked (NHWC) convolution layouts", DENSENET, 1, [], ["--layout", "nchw"]),
+    "prepack": ("weights packed once (packed GEMM vs the gemm crate)", VGGISH, 1, [], ["--gemm", "native"]),
+    "prepack_densenet": ("weights packed once (packed GEMM vs the gemm crate)", DENSENET, 1, [], ["--gemm", "native"]),
     "threads_b1": ("both cores at batch 1 (2 threads vs 1)", DENSENET, 1, [], ["--threads", "1"]),
     "arena": ("arena reuse (memory)", DENSENET, 8, [], ["--no-arena-reuse"]),
 }

@@ -132,6 +132,9 @@ pub struct LowerCx<'a> {
     /// Per fusion head (its first output), the positions in `g.nodes` of
     /// the nodes fused into it, in execution order.
     fused: HashMap<ValueId, Vec<usize>>,
+    /// Whether the plan is a training step (outputs left in place, weights
+    /// updated between runs).
+    pub training: bool,
 }
 
 /// How a plan hands out its outputs.
@@ -201,6 +204,7 @@ pub fn lower_with(
         gemm_packed: HashMap::new(),
         in_prepare: false,
         fused: pointwise::fusion_groups(g),
+        training: mode == OutputMode::InPlace,
     };
     let group_flops = group_flops(&cx, &nodes);
     // The persistent region's size is known before any node is lowered,

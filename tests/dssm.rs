@@ -14,7 +14,7 @@ use netc::train::fit::{self, FitOptions, Outcome, RunState};
 use netc::train::rows::{rows_layout, transpose};
 use netc::train::step::TrainStep;
 use netc::train::trainer::{TrainConfig, Trainer};
-use netc_runtime::counter::{self, unit};
+use netc_runtime::counter::unit;
 use netc_runtime::sparse::CsrBuffers;
 use netc_runtime::text::bags::SparseBags;
 use netc_runtime::train::data::ColumnSpec;
@@ -25,6 +25,8 @@ use netc_runtime::{Storage, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+#[path = "common/counter_params.rs"]
+mod counter_params;
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
 
@@ -174,19 +176,7 @@ fn check_model_fixture(case: &str, model: &str, set: &str, columns: &[ColumnSpec
         );
         let mut step = TrainStep::compile(&tg, &shape_refs, options).unwrap();
         assert_eq!(step.input_names(), names);
-        let mut params: Vec<Tensor> = g
-            .params
-            .iter()
-            .map(|p| {
-                let shape: Vec<usize> =
-                    p.ty.known_shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| d as usize)
-                        .collect();
-                counter::tensor(0, &p.path, p.ty.dtype, &shape)
-            })
-            .collect();
+        let mut params: Vec<Tensor> = counter_params::counter_params(&g);
         for r in &row_params {
             params[r.param] = r.to_rows(&params[r.param]).unwrap();
         }

@@ -13,7 +13,7 @@ use netc::session::load_model;
 use netc::train::fit::{self, FitOptions, Outcome, Progress, RunState};
 use netc::train::step::TrainStep;
 use netc::train::trainer::{TrainConfig, Trainer};
-use netc_runtime::counter::{self, unit};
+use netc_runtime::counter::unit;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::weights::read_safetensors;
 use netc_runtime::{Storage, Tensor};
@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[path = "common/counter_params.rs"]
+mod counter_params;
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
 
@@ -110,19 +112,7 @@ fn check_gradients(g: &Graph, fix: &HashMap<String, Tensor>) -> GradCheck {
         ..Default::default()
     };
     let mut step = TrainStep::compile(&tg, &shapes, options).unwrap();
-    let params: Vec<Tensor> = g
-        .params
-        .iter()
-        .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
-            counter::tensor(0, &p.path, p.ty.dtype, &shape)
-        })
-        .collect();
+    let params: Vec<Tensor> = counter_params::counter_params(g);
     let seed = [f32::from_bits(7), f32::from_bits(0)];
     let mut ins: Vec<&[f32]> = inputs.iter().map(|(_, d, _)| d.as_slice()).collect();
     if tg.uses_seed {
@@ -261,22 +251,6 @@ fn mlp_data(fix: &HashMap<String, Tensor>) -> DataSet {
     )
     .unwrap()
 }
-
-fn counter_weights(g: &Graph) -> Vec<Tensor> {
-    g.params
-        .iter()
-        .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
-            counter::tensor(0, &p.path, p.ty.dtype, &shape)
-        })
-        .collect()
-}
-
 #[test]
 fn one_sgd_and_one_adam_step_give_pytorch_weights() {
     let fix = fixture("eeg_mlp_step");
@@ -312,7 +286,7 @@ fn one_sgd_and_one_adam_step_give_pytorch_weights() {
             lr: None,
         };
         let mut t = Trainer::new(g.clone(), config).unwrap();
-        t.set_weights(counter_weights(&g)).unwrap();
+        t.set_weights(counter_params::counter_params(&g)).unwrap();
         let all: Vec<usize> = (0..data.len()).collect();
         t.step(&data, &all, &mut |_| {}).unwrap();
         let mut worst = 0.0f64;

@@ -142,6 +142,34 @@ impl Seqs {
             (0..self.seqs, 0)
         }
     }
+
+    /// Elements a piece of sequences `seqs` whose output starts at
+    /// position `base` spans, at `per` elements per position row.
+    fn span(&self, seqs: &std::ops::Range<usize>, base: usize, per: usize) -> usize {
+        if seqs.is_empty() {
+            0
+        } else {
+            (self.row(seqs.end - 1, self.steps - 1) + 1 - base) * per
+        }
+    }
+
+    /// The piece, or an error when its sequences or the `need` elements
+    /// they write do not fit the `len` elements of output given.
+    fn fitted(
+        &self,
+        seqs: std::ops::Range<usize>,
+        base: usize,
+        need: usize,
+        len: usize,
+    ) -> Result<Piece, String> {
+        if seqs.end > self.seqs || need > len {
+            return Err(format!(
+                "sequences {seqs:?} of {} do not fit an output of {len}",
+                self.seqs
+            ));
+        }
+        Ok(Piece { seqs, base })
+    }
 }
 
 /// What an [`LstmForward`] step writes.
@@ -238,16 +266,9 @@ impl LstmForward {
         };
         let need = match self.output {
             LstmOutput::Last => seqs.len() * h,
-            _ if seqs.is_empty() => 0,
-            _ => (q.row(seqs.end - 1, q.steps - 1) + 1 - base) * self.per(),
+            _ => q.span(&seqs, base, self.per()),
         };
-        if seqs.end > q.seqs || need > len {
-            return Err(format!(
-                "sequences {seqs:?} of {} do not fit an output of {len}",
-                q.seqs
-            ));
-        }
-        Ok(Piece { seqs, base })
+        q.fitted(seqs, base, need, len)
     }
 }
 
@@ -364,18 +385,8 @@ impl LstmBackward {
         let q = self.seqs;
         let g4 = 4 * q.hidden;
         let (seqs, base) = q.piece(first, len, g4);
-        let need = if seqs.is_empty() {
-            0
-        } else {
-            (q.row(seqs.end - 1, q.steps - 1) + 1 - base) * g4
-        };
-        if seqs.end > q.seqs || need > len {
-            return Err(format!(
-                "sequences {seqs:?} of {} do not fit an output of {len}",
-                q.seqs
-            ));
-        }
-        Ok(Piece { seqs, base })
+        let need = q.span(&seqs, base, g4);
+        q.fitted(seqs, base, need, len)
     }
 }
 

@@ -83,7 +83,7 @@ impl Work {
     pub fn is_small(&self) -> bool {
         match self {
             Work::Kernel { units, grain, .. } => *units / (*grain).max(1) < 2,
-            Work::Rows(r) => r.rows / r.grain.max(1) < 2,
+            Work::Rows(r) => r.rows / r.grain.max(1) < 2 && r.kernel.threads() < 2,
             Work::Contraction(c) => c.items * c.groups * c.m * c.n * c.k <= SMALL_CONTRACTION_MACS,
         }
     }

@@ -26,6 +26,13 @@ pub trait RowKernel: Send + Sync + Debug {
     /// longer (a data-dependent input is as long as the caller's buffer).
     /// Returns why the inputs are malformed, if they are.
     fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String>;
+
+    /// Threads one call keeps busy by itself (it splits its work over the
+    /// pool it runs on); a step with such a kernel is never too small for
+    /// the pool ([`super::Work::is_small`]).
+    fn threads(&self) -> usize {
+        1
+    }
 }
 
 /// A step computed by a [`RowKernel`]: `rows` output rows of `width`

@@ -1,13 +1,21 @@
 //! The AVX-512 LSTM kernels: the weight products and the cell fused in
 //! one register tile, reading the weights as `pack` laid them out.
 //!
-//! **Forward.** A tile of up to [`MR`] sequences and 16 hidden units
-//! accumulates `b + x_t · W_ihᵀ + h_{t−1} · W_hhᵀ` for the four gates of
-//! those units in 4·[`MR`] zmm registers, streaming the units' panels of
-//! both weights (`pack`'s layout), then applies the cell to them in
-//! registers: neither the input projection nor the gate values touch
-//! memory unless the training state asks for the gates. `h` is double
-//! buffered (a step reads `h_{t−1}` of every unit while writing `h_t`).
+//! **Forward.** Per block of up to [`SEQ_BLOCK`] sequences and window
+//! of time steps, first the input projections `b + x_t · W_ihᵀ` of every
+//! position of the window (tiles of up to [`MR`] positions by 16 hidden
+//! units, the four gates in 4·[`MR`] zmm registers; a units' panel of
+//! `W_ih` stays in L1 across the tiles, so each is read once per window,
+//! not once per step), then step by step a tile of up to [`MR`] sequences
+//! and 16 units adds `h_{t−1} · W_hhᵀ` to its projections and applies the
+//! cell in registers. `h` is double buffered (a step reads `h_{t−1}` of
+//! every unit while writing `h_t`). A window's projections take at most
+//! [`PRE_BUDGET`] floats.
+//!
+//! With few sequences (`LstmForward::threads` > 1) the threads of the
+//! pool split every phase (a window's projections, a step) by hidden
+//! units (`phases`): each streams its share of the weights, and a step
+//! starts when every unit of the previous one is done.
 //!
 //! **Backward.** A tile of up to [`MR`] sequences and 64 units
 //! accumulates `dh = da_{t+1} · W_hh` (reading the next step's gate
@@ -23,14 +31,19 @@
 
 use super::pack::{backward_units, LANES as L};
 use super::STATE_WIDTH;
-use super::{with_work, BwdArgs, FwdArgs, LstmBackward, LstmForward, LstmOutput, Piece, Seqs};
+use super::{
+    phases, with_work, BwdArgs, FwdArgs, LstmBackward, LstmForward, LstmOutput, Piece, Seqs,
+};
 use std::arch::x86_64::*;
 
 /// Sequences in a register tile.
-const MR: usize = 6;
+const MR: usize = super::FULL_TILE;
 
 /// Sequences whose working state (`h` twice and `c`) a block keeps.
 const SEQ_BLOCK: usize = 48;
+
+/// Floats of input projections a block keeps (512 KiB, a quarter of L2).
+const PRE_BUDGET: usize = 1 << 17;
 
 /// Whether this CPU runs the kernels of this module.
 pub(super) fn available() -> bool {
@@ -106,8 +119,11 @@ fn lanes(j: usize, h: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
-/// What a forward tile reads and writes, besides its own rows of `h`
-/// and `c`.
+/// What the forward phases of a block read and write: pointers into the
+/// operands, the output and the block's shared working memory (`h` twice,
+/// `c` and the pre-computed input projections), which the parts of a
+/// phase write at disjoint hidden units.
+#[derive(Clone, Copy)]
 struct FwdStep {
     seqs: Seqs,
     output: LstmOutput,
@@ -117,10 +133,13 @@ struct FwdStep {
     base: usize,
     /// Padded hidden size (a multiple of 16).
     hp: usize,
-    /// The time step.
-    t: usize,
     /// Input features `D`.
     d: usize,
+    /// The block's first sequence and its sequence count.
+    seq0: usize,
+    nb: usize,
+    /// Steps whose input projections one window holds.
+    tw: usize,
     /// The packed `W_ih` and `W_hh` panels.
     ih: *const f32,
     hh: *const f32,
@@ -130,19 +149,41 @@ struct FwdStep {
     peep: *const f32,
     x: *const f32,
     out: *mut f32,
+    /// `h` twice (`SEQ_BLOCK·hp` each), `c` and the projections of the
+    /// window (`nb·tw` rows of `4·hp`: sequence-major, then step).
+    hbuf: *mut f32,
+    cbuf: *mut f32,
+    pre: *mut f32,
 }
 
-/// The forward recurrence of `piece` into `out`.
+// SAFETY: the parts of a phase write disjoint hidden units of `h`, `c`,
+// the projections and the output (`forward_in`), and a phase reads what
+// earlier phases wrote only after they ended (`phases::run`).
+unsafe impl Send for FwdStep {}
+// SAFETY: as above.
+unsafe impl Sync for FwdStep {}
+
+/// The forward recurrence of `piece` into `out`, split by hidden units
+/// over up to `k.threads` threads of the pool it runs on.
 ///
 /// # Safety
 /// The CPU has AVX-512F ([`available`]); `a` holds the step's checked
 /// operands and `piece` fits `out` (`LstmForward::piece`).
 pub(super) unsafe fn forward(k: &LstmForward, a: &FwdArgs, piece: &Piece, out: &mut [f32]) {
     let h = k.seqs.hidden;
-    let nc = h.div_ceil(L);
-    let hp = nc * L;
-    let len = 3 * hp + 3 * SEQ_BLOCK * hp;
-    with_work(len, |work| unsafe { forward_in(k, a, piece, out, work) });
+    let hp = h.div_ceil(L) * L;
+    let nb = SEQ_BLOCK.min(piece.seqs.len()).max(1);
+    let tw = window(nb, hp, k.seqs.steps);
+    let len = 3 * hp + 3 * SEQ_BLOCK * hp + nb * tw * 4 * hp;
+    with_work(len, |work| unsafe {
+        forward_in(k, a, piece, out, work, tw)
+    });
+}
+
+/// Steps of a window: as many as keep the projections of `nb` sequences
+/// within [`PRE_BUDGET`] floats (at least 1, at most `steps`).
+fn window(nb: usize, hp: usize, steps: usize) -> usize {
+    (PRE_BUDGET / (nb * 4 * hp).max(1)).clamp(1, steps.max(1))
 }
 
 #[target_feature(enable = "avx512f")]
@@ -152,66 +193,134 @@ unsafe fn forward_in(
     piece: &Piece,
     out: &mut [f32],
     work: &mut [f32],
+    tw: usize,
 ) {
     let q = k.seqs;
     let h = q.hidden;
     let nc = h.div_ceil(L);
     let hp = nc * L;
     let (peep, rest) = work.split_at_mut(3 * hp);
-    let (hbuf, cbuf) = rest.split_at_mut(2 * SEQ_BLOCK * hp);
+    let (hbuf, rest) = rest.split_at_mut(2 * SEQ_BLOCK * hp);
+    let (cbuf, pre) = rest.split_at_mut(SEQ_BLOCK * hp);
     peep.fill(0.0);
     if let Some(p) = a.peep {
         for (m, w) in p.iter().enumerate() {
             peep[m * hp..m * hp + h].copy_from_slice(&w[..h]);
         }
     }
+    let parts = k.threads.min(phases::pool_threads()).min(nc).max(1);
     let mut s = FwdStep {
         seqs: q,
         output: k.output,
         per: k.per(),
         base: piece.base,
         hp,
-        t: 0,
         d: k.input,
+        seq0: 0,
+        nb: 0,
+        tw,
         ih: a.packed.as_ptr(),
         hh: a.packed.as_ptr().add(nc * k.input * 4 * L),
         bias: a.packed.as_ptr().add(nc * (k.input + h) * 4 * L),
         peep: peep.as_ptr(),
         x: a.x.as_ptr(),
         out: out.as_mut_ptr(),
+        hbuf: hbuf.as_mut_ptr(),
+        cbuf: cbuf.as_mut_ptr(),
+        pre: pre.as_mut_ptr(),
     };
     let (first, end) = (piece.seqs.start, piece.seqs.end);
+    let windows = q.steps.div_ceil(tw);
     let mut start = first;
     while start < end {
-        let nb = SEQ_BLOCK.min(end - start);
+        s.nb = SEQ_BLOCK.min(end - start);
+        s.seq0 = start;
         hbuf.fill(0.0);
         cbuf.fill(0.0);
-        for t in 0..q.steps {
-            s.t = t;
-            let (h0, h1) = hbuf.split_at_mut(SEQ_BLOCK * hp);
-            let (hprev, hnext) = if t % 2 == 0 { (h0, h1) } else { (h1, h0) };
-            for c in 0..nc {
-                let mut b = 0;
-                while b < nb {
-                    let m = MR.min(nb - b);
-                    let (hp_, hn, cs) = (
-                        hprev.as_ptr().add(b * hp),
-                        hnext.as_mut_ptr().add(b * hp),
-                        cbuf.as_mut_ptr().add(b * hp),
-                    );
-                    by_rows!(m, fwd_tile(&s, c, start + b, hp_, hn, cs));
-                    b += m;
+        // Per window: its projections, then its steps.
+        let s = s;
+        phases::run(q.steps + windows, parts, |phase, part| {
+            let (w, r) = (phase / (tw + 1), phase % (tw + 1));
+            let units = nc * part / parts..nc * (part + 1) / parts;
+            // SAFETY: the CPU has AVX-512F; part `part` writes units
+            // `units` only, and phases run in order (see `FwdStep`).
+            unsafe {
+                if r == 0 {
+                    project(&s, w * tw, units);
+                } else {
+                    step(&s, w * tw, w * tw + r - 1, units);
                 }
             }
-        }
+        });
         if k.output == LstmOutput::Last {
             let last = &hbuf[(q.steps % 2) * SEQ_BLOCK * hp..];
-            for b in 0..nb {
+            for b in 0..s.nb {
                 let at = (start + b - first) * h;
                 out[at..at + h].copy_from_slice(&last[b * hp..b * hp + h]);
             }
         }
-        start += nb;
+        start += s.nb;
+    }
+}
+
+/// The input projections `b + x_t · W_ihᵀ` of the block's sequences at
+/// the steps of the window starting at `t0`, for the panels `units`, in
+/// tiles of up to [`MR`] positions (each panel stays in L1 across them).
+#[target_feature(enable = "avx512f")]
+unsafe fn project(s: &FwdStep, t0: usize, units: std::ops::Range<usize>) {
+    let q = s.seqs;
+    let steps = s.tw.min(q.steps - t0);
+    let total = s.nb * steps;
+    for c in units {
+        let mut i = 0;
+        while i < total {
+            let m = MR.min(total - i);
+            by_rows!(m, project_tile(s, c, t0, steps, i));
+            i += m;
+        }
+    }
+}
+
+/// Positions `i..i + M` of the window (sequence-major over `steps`
+/// steps from `t0`), panel `c`, into the projections.
+#[target_feature(enable = "avx512f")]
+unsafe fn project_tile<const M: usize>(s: &FwdStep, c: usize, t0: usize, steps: usize, i: usize) {
+    let at = |m: usize| ((i + m) / steps, (i + m) % steps);
+    let xs: [*const f32; M] = std::array::from_fn(|m| {
+        let (b, tt) = at(m);
+        s.x.add(s.seqs.row(s.seq0 + b, t0 + tt) * s.d)
+    });
+    let bias: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(s.bias.add((c * 4 + g) * L)));
+    let mut acc = [bias; M];
+    accumulate(&mut acc, s.ih.add(c * s.d * 4 * L), xs, s.d);
+    for (m, am) in acc.iter().enumerate() {
+        let (b, tt) = at(m);
+        let dst = s.pre.add((b * s.tw + tt) * 4 * s.hp + c * 4 * L);
+        for (g, v) in am.iter().enumerate() {
+            _mm512_storeu_ps(dst.add(g * L), *v);
+        }
+    }
+}
+
+/// Step `t` (in the window starting at `t0`) of the block's sequences
+/// for the panels `units`: tiles of up to [`MR`] sequences per panel.
+#[target_feature(enable = "avx512f")]
+unsafe fn step(s: &FwdStep, t0: usize, t: usize, units: std::ops::Range<usize>) {
+    let hp = s.hp;
+    let half = SEQ_BLOCK * hp;
+    let (hprev, hnext) = if t % 2 == 0 {
+        (s.hbuf.cast_const(), s.hbuf.add(half))
+    } else {
+        (s.hbuf.add(half).cast_const(), s.hbuf)
+    };
+    for c in units {
+        let mut b = 0;
+        while b < s.nb {
+            let m = MR.min(s.nb - b);
+            let rows = (hprev.add(b * hp), hnext.add(b * hp), s.cbuf.add(b * hp));
+            by_rows!(m, fwd_tile(s, c, b, t0, t, rows));
+            b += m;
+        }
     }
 }
 
@@ -257,28 +366,28 @@ unsafe fn accumulate<const M: usize>(
     }
 }
 
-/// One forward tile: sequences `seq0..seq0 + M`, units `16c..16c + 16`
-/// at step `s.t`. `hprev`, `hnext` and `cs` point at the tile's first
-/// row (rows `s.hp` apart).
+/// One forward tile: block sequences `b0..b0 + M`, units `16c..16c + 16`
+/// at step `t` of the window starting at `t0`. `rows` are `h_{t−1}`,
+/// `h_t` and `c` at the tile's first row (rows `s.hp` apart).
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_tile<const M: usize>(
     s: &FwdStep,
     c: usize,
-    seq0: usize,
-    hprev: *const f32,
-    hnext: *mut f32,
-    cs: *mut f32,
+    b0: usize,
+    t0: usize,
+    t: usize,
+    (hprev, hnext, cs): (*const f32, *mut f32, *mut f32),
 ) {
     let q = s.seqs;
     let (h, hp) = (q.hidden, s.hp);
     let j0 = c * L;
     let mask = lanes(j0, h);
-    let rows: [usize; M] = std::array::from_fn(|m| q.row(seq0 + m, s.t));
-    let bias: [__m512; 4] = std::array::from_fn(|g| _mm512_loadu_ps(s.bias.add((c * 4 + g) * L)));
-    let mut acc = [bias; M];
-    let xs: [*const f32; M] = std::array::from_fn(|m| s.x.add(rows[m] * s.d));
-    accumulate(&mut acc, s.ih.add(c * s.d * 4 * L), xs, s.d);
-    if s.t > 0 {
+    let rows: [usize; M] = std::array::from_fn(|m| q.row(s.seq0 + b0 + m, t));
+    let mut acc: [[__m512; 4]; M] = std::array::from_fn(|m| {
+        let g = s.pre.add(((b0 + m) * s.tw + t - t0) * 4 * hp + c * 4 * L);
+        std::array::from_fn(|k| _mm512_loadu_ps(g.add(k * L)))
+    });
+    if t > 0 {
         let hs: [*const f32; M] = std::array::from_fn(|m| hprev.add(m * hp));
         accumulate(&mut acc, s.hh.add(c * h * 4 * L), hs, h);
     }

@@ -37,6 +37,7 @@ use std::cell::RefCell;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod pack;
+mod phases;
 mod portable;
 
 #[cfg(test)]
@@ -197,7 +198,27 @@ pub struct LstmForward {
     pub peephole: bool,
     /// What the step writes.
     pub output: LstmOutput,
+    /// Threads of the pool one call splits its work over by hidden units
+    /// (AVX-512 kernels; 1: the call runs on its own thread). The row
+    /// step then is one row piece ([`forward_threads`]).
+    pub threads: usize,
 }
+
+/// Threads an [`LstmForward`] call over `q` should split over by hidden
+/// units on a pool of `threads`: all of them when splitting by sequences
+/// would leave a thread without a full register tile of sequences, or
+/// cannot split (time-first sequences), else 1.
+pub fn forward_threads(q: &Seqs, threads: usize) -> usize {
+    let units = q.hidden.div_ceil(pack::LANES);
+    if threads > 1 && (!q.batch_first || q.seqs < threads * FULL_TILE) {
+        threads.min(units).max(1)
+    } else {
+        1
+    }
+}
+
+/// Sequences of a full forward register tile of the AVX-512 kernel.
+const FULL_TILE: usize = 6;
 
 /// The checked operands of an [`LstmForward`] step.
 struct FwdArgs<'a> {
@@ -273,6 +294,10 @@ impl LstmForward {
 }
 
 impl RowKernel for LstmForward {
+    fn threads(&self) -> usize {
+        self.threads
+    }
+
     fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
         if self.seqs.steps == 0 {
             out.fill(0.0);

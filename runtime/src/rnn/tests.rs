@@ -186,24 +186,39 @@ fn max_err(x: &[f32], y: &[f64]) -> f64 {
 
 /// Every output mode of the forward equals the f64 recurrence, on hidden
 /// sizes off the 16-lane grid, more sequences than a block of the
-/// AVX-512 kernel holds (53) and tiles of every height (1, 2, 5, 6), both
-/// layouts.
+/// AVX-512 kernel holds (53), tiles of every height (1, 2, 5, 6), both
+/// layouts, sequences longer than a window of projections (45 steps of
+/// 53 sequences, 40 of 5 at hidden 200), on its own thread and split by
+/// hidden units over a pool of 2.
 #[test]
 fn lstm_forward_equals_the_f64_recurrence() {
-    for (hidden, seqs) in [(19, 53), (33, 8), (16, 5), (21, 1)] {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let cases = [
+        (19, 53, 4),
+        (33, 8, 4),
+        (16, 5, 4),
+        (21, 1, 4),
+        (19, 53, 45),
+        (200, 5, 40),
+    ];
+    for (hidden, seqs, steps) in cases {
         for batch_first in [true, false] {
             for peephole in [false, true] {
-                let case = Case::new(hidden, 4, seqs, batch_first, peephole);
+                let case = Case::new(hidden, steps, seqs, batch_first, peephole);
                 let q = case.q;
                 let h = hidden;
                 let want = case.reference(&case.projection());
                 let positions = q.seqs * q.steps;
                 for output in [LstmOutput::Last, LstmOutput::Sequence, LstmOutput::State] {
-                    let k = LstmForward {
+                    let mut k = LstmForward {
                         seqs: q,
                         input: case.input,
                         peephole,
                         output,
+                        threads: 1,
                     };
                     let (wanted, len): (Vec<f64>, usize) = match output {
                         LstmOutput::Last => (
@@ -228,13 +243,15 @@ fn lstm_forward_equals_the_f64_recurrence() {
                             positions * STATE_WIDTH * h,
                         ),
                     };
-                    for path in paths() {
+                    for (path, threads) in paths().into_iter().flat_map(|p| [(p, 1), (p, 2)]) {
+                        k.threads = threads;
                         let mut out = vec![f32::NAN; len];
-                        forward(&k, path, &case.refs(), &mut out);
+                        pool.install(|| forward(&k, path, &case.refs(), &mut out));
                         let err = max_err(&out, &wanted);
                         assert!(
                             err < 2e-6,
-                            "{path} {output:?} h={h} S={seqs} bf={batch_first} peephole={peephole}: {err}"
+                            "{path} {threads} threads {output:?} h={h} S={seqs} T={steps} \
+                             bf={batch_first} peephole={peephole}: {err}"
                         );
                     }
                 }

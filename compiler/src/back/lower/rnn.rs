@@ -5,9 +5,11 @@
 //!   parallel over ids. Ids are f32 values in the plan (the host converts
 //!   i64 ids, see `session.rs`); the kernel refuses an id outside the
 //!   table with an error naming the layer.
-//! - `lstm` and `lstm_state`: one row step, parallel over sequences,
-//!   computing the input projection, the recurrent product and the cell
-//!   together (`netc_runtime::rnn::LstmForward`). `returns = "both"`
+//! - `lstm` and `lstm_state`: one row step, parallel over sequences, or
+//!   with few sequences one call split by hidden units over the threads
+//!   (`netc_runtime::rnn::forward_threads`), computing the input
+//!   projection, the recurrent product and the cell
+//!   (`netc_runtime::rnn::LstmForward`). `returns = "both"`
 //!   writes the sequence and copies its last step.
 //! - `lstm_grad_gates`: backpropagation through time over the state
 //!   `lstm_state` kept, parallel over sequences.
@@ -19,7 +21,8 @@
 //!   rows (each piece scans the ids and adds the rows it owns).
 //!
 //! Time-first sequences (`batch_first = false`) interleave sequences in
-//! memory, so their per-position steps run on one thread.
+//! memory, so their per-position steps are one row piece (the forward
+//! splits it by hidden units where the CPU has AVX-512F).
 
 use super::align;
 use super::sparse::push_rows;
@@ -28,8 +31,8 @@ use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
 use netc_runtime::plan::Buf;
 use netc_runtime::rnn::{
-    backward_len, forward_len, Gather, LastStep, LstmBackward, LstmForward, LstmOutput, LstmPack,
-    PackFor, ScatterAdd, Seqs, STATE_WIDTH,
+    backward_len, forward_len, forward_threads, Gather, LastStep, LstmBackward, LstmForward,
+    LstmOutput, LstmPack, PackFor, ScatterAdd, Seqs, STATE_WIDTH,
 };
 
 /// Elements worth giving a thread of a gather or scatter.
@@ -297,14 +300,19 @@ fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         LstmOutput::Last => (q.seqs, h),
         _ => q.step_rows(per),
     };
+    // Few sequences: one call whose threads split every step by hidden
+    // units; else pieces of sequences, one per thread.
+    let threads = forward_threads(&q, cx.options.threads);
     let kernel = LstmForward {
         seqs: q,
         input: d,
         peephole,
         output,
+        threads,
     };
     let dst = cx.output(node.outputs[0])?;
-    push_rows(cx, kernel, inputs, extents, dst, (rows, width, 1));
+    let pieces = if threads > 1 { rows } else { 1 };
+    push_rows(cx, kernel, inputs, extents, dst, (rows, width, pieces));
     if ret == "both" {
         let last = cx.output(node.outputs[1])?;
         let n = q.seqs * q.steps * h;

@@ -20,6 +20,7 @@
 
 pub mod kernel_avx512;
 pub mod packed;
+pub mod skinny;
 
 use gemm::Parallelism;
 

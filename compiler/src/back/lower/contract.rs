@@ -6,7 +6,10 @@
 //! result, right after its GEMMs.
 //!
 //! The GEMM is the runtime's native one or the Cranelift register tile
-//! ([`gemm_choice`]). The epilogue's iteration space is
+//! ([`gemm_choice`]). A `linear` with at most
+//! `netc_runtime::gemm::skinny::MAX_OUTPUTS` outputs and no fused
+//! followers is a row step of the skinny-N kernel instead (under
+//! `--gemm auto`). The epilogue's iteration space is
 //! [`epilogue_domain`], which the fusion pass also asks before fusing a
 //! follower.
 
@@ -26,8 +29,10 @@ use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
 use netc_runtime::gemm::packed::Prepacked;
+use netc_runtime::gemm::skinny::{self, SkinnyLinear};
 use netc_runtime::gemm::{Gemm, Strides};
-use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Step, Unpack, Work};
+use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Rows, Step, Unpack, Work};
+use std::sync::Arc;
 
 /// Lowers `linear`, `matmul`, `conv1d` and `conv2d`; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -333,6 +338,12 @@ fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let w_shape = cx.shape(node.inputs[1])?;
     let (n, k) = (w_shape[0], w_shape[1]);
     let m = cx.numel(node.inputs[0])? / k.max(1);
+    if n <= skinny::MAX_OUTPUTS
+        && cx.options.gemm == GemmChoice::Auto
+        && cx.followers(node).is_empty()
+    {
+        return skinny_linear(cx, node, (m, n, k));
+    }
     emit(
         cx,
         node,
@@ -358,6 +369,46 @@ fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         },
     )
 }
+
+/// A `linear` with few outputs and nothing fused after it, as a row step
+/// of the skinny-N kernel (`netc_runtime::gemm::skinny`): one dot
+/// product per output, in pieces of rows worth a thread.
+fn skinny_linear(
+    cx: &mut LowerCx,
+    node: &Node,
+    (m, n, k): (usize, usize, usize),
+) -> Result<(), BackError> {
+    let bias = node.inputs.get(2).copied();
+    let mut inputs = vec![cx.buf(node.inputs[0])?, cx.buf(node.inputs[1])?];
+    let mut extents = vec![m * k, n * k];
+    if let Some(b) = bias {
+        inputs.push(cx.buf(b)?);
+        extents.push(n);
+    }
+    extents.push(m * n);
+    let output = cx.output(node.outputs[0])?;
+    let kernel = SkinnyLinear {
+        n,
+        k,
+        bias: bias.is_some(),
+    };
+    cx.push(Step {
+        work: Work::Rows(Rows {
+            kernel: Arc::new(kernel),
+            rows: m,
+            width: n,
+            grain: (SKINNY_PIECE_MACS / (n * k).max(1)).max(1),
+        }),
+        inputs,
+        output,
+        extents,
+    });
+    Ok(())
+}
+
+/// Multiply-adds worth a thread in a skinny `linear` (waking a second
+/// thread costs several microseconds; this is about one of work).
+const SKINNY_PIECE_MACS: usize = 1 << 17;
 
 /// `matmul(a, b)`: `[..., m, k] x [..., k, n]` with broadcast batch dims.
 /// The batch dims collapse to at most two levels (items and groups) of

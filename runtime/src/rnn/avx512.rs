@@ -308,7 +308,7 @@ unsafe fn project_tile<const M: usize>(s: &FwdStep, c: usize, t0: usize, steps: 
 unsafe fn step(s: &FwdStep, t0: usize, t: usize, units: std::ops::Range<usize>) {
     let hp = s.hp;
     let half = SEQ_BLOCK * hp;
-    let (hprev, hnext) = if t % 2 == 0 {
+    let (hprev, hnext) = if t.is_multiple_of(2) {
         (s.hbuf.cast_const(), s.hbuf.add(half))
     } else {
         (s.hbuf.add(half).cast_const(), s.hbuf)

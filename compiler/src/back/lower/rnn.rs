@@ -311,8 +311,8 @@ fn lstm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         threads,
     };
     let dst = cx.output(node.outputs[0])?;
-    let pieces = if threads > 1 { rows } else { 1 };
-    push_rows(cx, kernel, inputs, extents, dst, (rows, width, pieces));
+    let piece_rows = if threads > 1 { rows } else { 1 };
+    push_rows(cx, kernel, inputs, extents, dst, (rows, width, piece_rows));
     if ret == "both" {
         let last = cx.output(node.outputs[1])?;
         let n = q.seqs * q.steps * h;

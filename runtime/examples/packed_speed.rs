@@ -118,8 +118,7 @@ fn im2col(g: &ConvGeom, x: &[f32], img: usize, col: &mut [f32]) {
                 for tx in 0..g.kw {
                     let iy = (oy * g.stride[0] + ty * g.dilation[0]) as isize - g.pad[0] as isize;
                     let ix = (ox * g.stride[1] + tx * g.dilation[1]) as isize - g.pad[1] as isize;
-                    let inside =
-                        (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                    let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
                     let dst = &mut col[at..at + g.c];
                     if inside {
                         let p = ((img * g.h + iy as usize) * g.w + ix as usize) * g.c;
@@ -165,8 +164,12 @@ fn convs(work: &mut [TileWork]) -> Result<(), String> {
             ow: out(w),
         };
         let (m, depth) = (g.rows(), g.depth());
-        let x: Vec<f32> = (0..n * h * w * c).map(|i| ((i % 19) as f32 - 9.0) * 0.01).collect();
-        let wt: Vec<f32> = (0..oc * depth).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let x: Vec<f32> = (0..n * h * w * c)
+            .map(|i| ((i % 19) as f32 - 9.0) * 0.01)
+            .collect();
+        let wt: Vec<f32> = (0..oc * depth)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+            .collect();
         let pack = PackPanels {
             side: Prepacked::B,
             dim: oc,

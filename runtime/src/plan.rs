@@ -640,7 +640,9 @@ impl Contracting<'_> {
                 } else {
                     self.work
                 };
-                conv::gemm(&geom, a, b, c.n, beta, out, c.ldc, threads, works, rows_done)
+                conv::gemm(
+                    &geom, a, b, c.n, beta, out, c.ldc, threads, works, rows_done,
+                )
             },
             Gemm::Tile(tile) if threads <= 1 => {
                 // SAFETY: `work[slice]` belongs to this task alone.

@@ -85,7 +85,13 @@ impl ConvGeom {
     /// # Safety
     /// `x` holds [`ConvGeom::span`] floats; `rows` ⊆ `0..rows()`, `ks` ⊆
     /// `0..depth()`; `dst` holds `rows.len()·ks.len()` floats.
-    pub unsafe fn pack_rows(&self, x: *const f32, rows: Range<usize>, ks: Range<usize>, dst: *mut f32) {
+    pub unsafe fn pack_rows(
+        &self,
+        x: *const f32,
+        rows: Range<usize>,
+        ks: Range<usize>,
+        dst: *mut f32,
+    ) {
         let (kb, cg, plane) = (ks.len(), self.cg, self.oh * self.ow);
         // Taps of one kernel row are one contiguous run of x when the
         // channels of a pixel are all the group's and columns are adjacent.
@@ -282,7 +288,9 @@ pub unsafe fn gemm(
     };
     let threads = threads.max(1);
     // Blocks of MC rows, smaller when that leaves a task idle.
-    let block = (MC / mr * mr).min(m.div_ceil(threads).div_ceil(mr) * mr).max(mr);
+    let block = (MC / mr * mr)
+        .min(m.div_ceil(threads).div_ceil(mr) * mr)
+        .max(mr);
     let blocks = m.div_ceil(block);
     if threads == 1 || blocks == 1 {
         // SAFETY: forwarded; works[0] is ours.

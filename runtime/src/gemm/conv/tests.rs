@@ -67,12 +67,17 @@ fn im2col(g: &ConvGeom, x: &[f32], grp: usize) -> Vec<f32> {
             for ox in 0..g.ow {
                 for ty in 0..g.kh {
                     for tx in 0..g.kw {
-                        let iy = (oy * g.stride[0] + ty * g.dilation[0]) as isize - g.pad[0] as isize;
-                        let ix = (ox * g.stride[1] + tx * g.dilation[1]) as isize - g.pad[1] as isize;
+                        let iy =
+                            (oy * g.stride[0] + ty * g.dilation[0]) as isize - g.pad[0] as isize;
+                        let ix =
+                            (ox * g.stride[1] + tx * g.dilation[1]) as isize - g.pad[1] as isize;
                         for ch in 0..g.cg {
-                            let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                            let inside =
+                                (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
                             col.push(if inside {
-                                x[((img * g.h + iy as usize) * g.w + ix as usize) * g.c + grp * g.cg + ch]
+                                x[((img * g.h + iy as usize) * g.w + ix as usize) * g.c
+                                    + grp * g.cg
+                                    + ch]
                             } else {
                                 0.0
                             });
@@ -195,19 +200,76 @@ fn implicit_conv_matches_im2col_and_naive_gemm() {
     };
     let cases = [
         base,
-        Case { n: 3, stride: 2, pad: 0, ..base },
-        Case { n: 3, pad: 3, dilation: 2, groups: 2, og: 33, ..base },
+        Case {
+            n: 3,
+            stride: 2,
+            pad: 0,
+            ..base
+        },
+        Case {
+            n: 3,
+            pad: 3,
+            dilation: 2,
+            groups: 2,
+            og: 33,
+            ..base
+        },
         // Depthwise-like: one channel per group.
-        Case { cg: 1, groups: 4, og: 2, stride: 2, ..base },
+        Case {
+            cg: 1,
+            groups: 4,
+            og: 2,
+            stride: 2,
+            ..base
+        },
         // The stem's shape, small: 3 channels, 7×7, stride 2, pad 3.
-        Case { n: 3, hw: [20, 19], cg: 3, og: 64, k: [7, 7], stride: 2, pad: 3, ..base },
+        Case {
+            n: 3,
+            hw: [20, 19],
+            cg: 3,
+            og: 64,
+            k: [7, 7],
+            stride: 2,
+            pad: 3,
+            ..base
+        },
         // Narrow products (the tall tile) and K over two blocks.
-        Case { n: 3, hw: [11, 10], cg: 40, og: 32, ..base },
-        Case { n: 1, hw: [5, 6], cg: 30, og: 31, k: [3, 2], pad: 2, ..base },
+        Case {
+            n: 3,
+            hw: [11, 10],
+            cg: 40,
+            og: 32,
+            ..base
+        },
+        Case {
+            n: 1,
+            hw: [5, 6],
+            cg: 30,
+            og: 31,
+            k: [3, 2],
+            pad: 2,
+            ..base
+        },
         // Wider than one N block, rows over several M blocks.
-        Case { n: 2, hw: [20, 21], cg: 4, og: 500, k: [1, 1], pad: 0, ..base },
+        Case {
+            n: 2,
+            hw: [20, 21],
+            cg: 4,
+            og: 500,
+            k: [1, 1],
+            pad: 0,
+            ..base
+        },
         // Pad larger than the window reach: whole rows of padding.
-        Case { hw: [3, 3], cg: 2, og: 48, k: [2, 2], pad: 3, stride: 1, ..base },
+        Case {
+            hw: [3, 3],
+            cg: 2,
+            og: 48,
+            k: [2, 2],
+            pad: 3,
+            stride: 1,
+            ..base
+        },
     ];
     for case in cases {
         for threads in [1, 2] {

@@ -161,7 +161,8 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             bias: node.inputs.get(2).map(|&b| (b, Bcast::PerChannel)),
         },
         Layout::Nhwc => {
-            let implicit = prepack::weight_panels(cx, node).is_some_and(|(_, p)| p.side == Prepacked::B);
+            let implicit =
+                prepack::weight_panels(cx, node).is_some_and(|(_, p)| p.side == Prepacked::B);
             let geom = ConvGeom {
                 n,
                 h,

@@ -91,9 +91,8 @@ pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)>
     // the `gemm` crate ahead there (3136×32×1152, 12544×64×147). NHWC
     // convolutions run the implicit GEMM, whose tall tiles cover narrow
     // products.
-    let narrow = panels.side == Prepacked::B
-        && panels.dim < 2 * kernel_avx512::NR
-        && !conv::is_nhwc(node);
+    let narrow =
+        panels.side == Prepacked::B && panels.dim < 2 * kernel_avx512::NR && !conv::is_nhwc(node);
     if narrow && cx.options.gemm == GemmChoice::Auto {
         return None;
     }

@@ -39,6 +39,7 @@ VGGISH = ["models/vggish.net", "--model", "vggish"]
 TECHNIQUES = {
     "fuse": ("fused epilogues and elementwise chains", DENSENET, 1, ["--no-fold-bn"], ["--no-fuse"]),
     "fold_bn": ("batch norms folded into convolutions", DENSENET, 1, [], ["--no-fold-bn"]),
+    "pool_first": ("average pools before 1x1 convolutions", DENSENET, 8, [], ["--no-pool-first"]),
     "layout": ("blocked (NHWC) convolution layouts", VGGISH, 1, [], ["--layout", "nchw"]),
     "layout_densenet": ("blocked (NHWC) convolution layouts", DENSENET, 1, [], ["--layout", "nchw"]),
     "prepack": ("weights packed once (packed GEMM vs the gemm crate)", VGGISH, 1, [], ["--gemm", "native"]),

@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         gemm: GemmChoice::Auto,
         fuse: true,
         fold_bn: true,
+        pool_first: true,
         reuse_arena: true,
         layout: LayoutChoice::Auto,
     };

@@ -43,6 +43,9 @@ pub struct CompileOptions {
     /// Fold inference batch norms into the convolutions before them (with
     /// `fuse`; off, they run as their own per-channel kernels).
     pub fold_bn: bool,
+    /// Move unpadded average pools in front of the 1×1 convolutions they
+    /// read (the convolution then runs on the pooled map).
+    pub pool_first: bool,
     /// Let intermediates whose lifetimes do not overlap share arena bytes
     /// (off: every intermediate gets its own bytes).
     pub reuse_arena: bool,
@@ -57,6 +60,7 @@ impl Default for CompileOptions {
             gemm: GemmChoice::Auto,
             fuse: true,
             fold_bn: true,
+            pool_first: true,
             reuse_arena: true,
             layout: LayoutChoice::Auto,
         }

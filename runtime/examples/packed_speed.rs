@@ -1,10 +1,14 @@
 //! GFLOP/s of the packed GEMM (weight pre-packed, the other operand packed
 //! per call) against the `gemm` crate on one thread, at conv- and
-//! linear-shaped products of densenet121 and vggish.
+//! linear-shaped products of densenet121 and vggish; then NHWC
+//! convolutions of vggish, densenet121 and eeg_ccnn as an implicit GEMM
+//! ([`conv::gemm`]) against an explicit im2col per image followed by the
+//! packed GEMM (the path before it).
 //!
-//! `cargo run --release -p netc-runtime --example packed_speed` (a
-//! measurement, not a test).
+//! `cargo run --release -p netc-runtime --example packed_speed [-- conv]`
+//! (a measurement, not a test).
 
+use netc_runtime::gemm::conv::{self, ConvGeom};
 use netc_runtime::gemm::packed::{self, PackPanels, Prepacked, Side};
 use netc_runtime::gemm::{sgemm, Strides, TileWork};
 use netc_runtime::plan::RowKernel;
@@ -41,8 +45,12 @@ fn main() -> Result<(), String> {
         (32, 4096, 12288, Prepacked::B),
         (1, 4096, 12288, Prepacked::B),
     ];
-    println!("1 thread, median of 7");
     let mut work = vec![TileWork::default().with_packed()];
+    // `-- conv`: the convolutions only.
+    if std::env::args().nth(1).as_deref() == Some("conv") {
+        return convs(&mut work);
+    }
+    println!("1 thread, median of 7");
     for (m, n, k, pre) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
@@ -96,6 +104,130 @@ fn main() -> Result<(), String> {
             "{m:4}x{n:5}x{k:5} ({pre:?} packed): gemm crate {:6.1} GFLOP/s | packed {:6.1} GFLOP/s",
             flop / t_native / 1e9,
             flop / t_packed / 1e9
+        );
+    }
+    convs(&mut work)
+}
+
+/// The explicit im2col panel of image `img` (`[OH·OW][KH·KW·C]`).
+fn im2col(g: &ConvGeom, x: &[f32], img: usize, col: &mut [f32]) {
+    let mut at = 0;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            for ty in 0..g.kh {
+                for tx in 0..g.kw {
+                    let iy = (oy * g.stride[0] + ty * g.dilation[0]) as isize - g.pad[0] as isize;
+                    let ix = (ox * g.stride[1] + tx * g.dilation[1]) as isize - g.pad[1] as isize;
+                    let inside = (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                    let dst = &mut col[at..at + g.c];
+                    if inside {
+                        let p = ((img * g.h + iy as usize) * g.w + ix as usize) * g.c;
+                        dst.copy_from_slice(&x[p..p + g.c]);
+                    } else {
+                        dst.fill(0.0);
+                    }
+                    at += g.c;
+                }
+            }
+        }
+    }
+}
+
+/// NHWC convolutions, one thread: implicit GEMM against im2col + packed.
+fn convs(work: &mut [TileWork]) -> Result<(), String> {
+    // (name, images, h, w, c, oc, k, stride, pad)
+    let shapes = [
+        ("vggish features.3", 4, 48, 32, 64, 128, 3, 1, 1),
+        ("vggish features.8", 4, 24, 16, 256, 256, 3, 1, 1),
+        ("vggish features.13", 4, 12, 8, 512, 512, 3, 1, 1),
+        ("densenet conv2 56x56", 2, 56, 56, 128, 32, 3, 1, 1),
+        ("densenet conv2 7x7", 8, 7, 7, 128, 32, 3, 1, 1),
+        ("densenet conv1 1x1", 2, 56, 56, 256, 128, 1, 1, 0),
+        ("densenet stem 7x7", 1, 224, 224, 3, 64, 7, 2, 3),
+        ("eeg_ccnn conv2", 64, 9, 9, 64, 128, 3, 1, 1),
+    ];
+    println!("NHWC convolutions, 1 thread, median of 7");
+    for (name, n, h, w, c, oc, k, s, p) in shapes {
+        let out = |d: usize| (d + 2 * p - k) / s + 1;
+        let g = ConvGeom {
+            n,
+            h,
+            w,
+            c,
+            cg: c,
+            kh: k,
+            kw: k,
+            stride: [s, s],
+            pad: [p, p],
+            dilation: [1, 1],
+            oh: out(h),
+            ow: out(w),
+        };
+        let (m, depth) = (g.rows(), g.depth());
+        let x: Vec<f32> = (0..n * h * w * c)
+            .map(|i| ((i % 19) as f32 - 9.0) * 0.01)
+            .collect();
+        let wt: Vec<f32> = (0..oc * depth)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        let pack = PackPanels {
+            side: Prepacked::B,
+            dim: oc,
+            k: depth,
+            strides: Strides::transposed(depth),
+            group_stride: 0,
+            groups: 1,
+        };
+        let mut wp = vec![0.0; pack.group_len()];
+        pack.rows(0, &[&wt], &mut wp)?;
+        let mut y = vec![0.0f32; m * oc];
+        let flop = 2.0 * (m * oc * depth) as f64;
+        let per_image = g.oh * g.ow;
+        let mut col = vec![0.0f32; per_image * depth];
+        let t_old = median_secs(7, || {
+            for img in 0..n {
+                im2col(&g, &x, img, &mut col);
+                // SAFETY: the panel, packed weight and image's rows of y
+                // are sized above; one work buffer, one thread.
+                unsafe {
+                    packed::gemm(
+                        per_image,
+                        oc,
+                        depth,
+                        1.0,
+                        Side::Raw(col.as_ptr(), Strides::row_major(depth)),
+                        Side::Packed(wp.as_ptr()),
+                        0.0,
+                        y.as_mut_ptr().add(img * per_image * oc),
+                        oc,
+                        1,
+                        work.as_mut_ptr(),
+                    )
+                }
+            }
+        });
+        let t_new = median_secs(7, || {
+            // SAFETY: x spans the geometry; the packed weight and y are
+            // sized above; one work buffer, one thread.
+            unsafe {
+                conv::gemm(
+                    &g,
+                    x.as_ptr(),
+                    wp.as_ptr(),
+                    oc,
+                    0.0,
+                    y.as_mut_ptr(),
+                    oc,
+                    1,
+                    work.as_mut_ptr(),
+                    &|_| {},
+                )
+            }
+        });
+        println!(
+            "{name:22} {m:6}x{oc:4}x{depth:5}: im2col + packed {:6.1} GFLOP/s | implicit {:6.1} GFLOP/s",
+            flop / t_old / 1e9,
+            flop / t_new / 1e9
         );
     }
     Ok(())

@@ -21,9 +21,11 @@ mod rows;
 
 pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
 
+use crate::gemm::conv;
 use crate::gemm::packed::{self, Prepacked};
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -346,7 +348,11 @@ impl Contraction {
             // A pre-packed operand spans its panels, not its strides.
             let span = match (self.gemm, what) {
                 (Gemm::Packed(Prepacked::A), "A") => Some(packed::packed_a_len(rows, cols)),
-                (Gemm::Packed(Prepacked::B), "B") => Some(packed::packed_b_len(rows, cols)),
+                (Gemm::Packed(Prepacked::B) | Gemm::Implicit(_), "B") => {
+                    Some(packed::packed_b_len(rows, cols))
+                }
+                // An implicit A spans the convolution's input.
+                (Gemm::Implicit(geom), "A") => geom.span(),
                 _ => o.strides.span(rows, cols),
             };
             let need = span
@@ -361,6 +367,18 @@ impl Contraction {
             };
             Ok((need, have))
         };
+        if let Gemm::Implicit(geom) = self.gemm {
+            // One product over the whole batch, read from the input.
+            let shaped = self.items == 1
+                && !self.a.packed
+                && self.pack.is_none()
+                && self.m == geom.rows()
+                && self.k == geom.depth()
+                && geom.cg <= geom.c;
+            if !shaped {
+                return Err(bad("implicit A", self.m, geom.rows()));
+            }
+        }
         let c = Operand {
             input: 0,
             packed: false,
@@ -501,12 +519,26 @@ impl Contracting<'_> {
             None => unsafe { self.out.add(item * c.c_item) },
         };
         let beta = if c.accumulate && item > 0 { 1.0 } else { 0.0 };
+        // An implicit convolution with one group runs the epilogue on
+        // each block of rows as soon as the GEMM finishes it (still in
+        // cache), when the epilogue's units are the rows of C.
+        let fused = match (c.gemm, c.epilogue) {
+            (Gemm::Implicit(_), Some(e)) => c.groups == 1 && c.unpack.is_none() && e.units == c.m,
+            _ => false,
+        };
+        let rows_done = |r: Range<usize>| {
+            if let (true, Some(e)) = (fused, c.epilogue) {
+                // SAFETY: the GEMM has finished rows r of the item's C;
+                // blocks are disjoint.
+                unsafe { self.epilogue_rows(e, item * e.units + r.start..item * e.units + r.end) };
+            }
+        };
         for g in 0..c.groups {
             let (a, b) = (at(&c.a, g), at(&c.b, g));
             // SAFETY: validated to stay inside the output or the panel.
             let out = unsafe { c_base.add(g * c.c_group) };
             // SAFETY: operands validated; C never overlaps A or B.
-            unsafe { self.gemm(a, b, beta, out, slice, pool) };
+            unsafe { self.gemm(a, b, beta, out, slice, pool, &rows_done) };
         }
         if let Some(u) = c.unpack {
             let panel = [c_base as *const f32];
@@ -523,7 +555,7 @@ impl Contracting<'_> {
                 )
             };
         }
-        if let Some(e) = c.epilogue {
+        if let (false, Some(e)) = (fused, c.epilogue) {
             // SAFETY: the epilogue kernel rewrites the item's rows of C in place.
             unsafe {
                 ranges(
@@ -538,8 +570,28 @@ impl Contracting<'_> {
         }
     }
 
+    /// Runs the epilogue on its (global) units `units` on the calling
+    /// thread.
+    ///
+    /// # Safety
+    /// The units' rows of C are final and no one else writes them.
+    unsafe fn epilogue_rows(self, e: Epilogue, units: Range<usize>) {
+        // SAFETY: the epilogue kernel rewrites its units' rows in place
+        // (the kernel ABI; inputs validated at plan time).
+        unsafe {
+            (e.kernel)(
+                units.start as i64,
+                units.end as i64,
+                self.slots.add(e.input),
+                self.out,
+            )
+        };
+    }
+
     /// One GEMM `C = A·B + beta·C`, on the calling thread (tile buffers
-    /// `slice`) or split over `pool`.
+    /// `slice`) or split over `pool`; an implicit convolution calls
+    /// `rows_done` on each block of rows of C it has finished.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
         self,
         a: *const f32,
@@ -548,6 +600,7 @@ impl Contracting<'_> {
         out: *mut f32,
         slice: usize,
         pool: Option<&rayon::ThreadPool>,
+        rows_done: &(dyn Fn(Range<usize>) + Sync),
     ) {
         let c = self.c;
         let (sa, sb) = (c.a.strides, c.b.strides);
@@ -578,6 +631,18 @@ impl Contracting<'_> {
                     self.work
                 };
                 packed::gemm(c.m, c.n, c.k, 1.0, pa, pb, beta, out, c.ldc, threads, works)
+            },
+            // SAFETY: forwarded; A was validated to span the input, B its
+            // panels; `work` has an entry per pool thread.
+            Gemm::Implicit(geom) => unsafe {
+                let works = if threads <= 1 {
+                    self.work.add(slice)
+                } else {
+                    self.work
+                };
+                conv::gemm(
+                    &geom, a, b, c.n, beta, out, c.ldc, threads, works, rows_done,
+                )
             },
             Gemm::Tile(tile) if threads <= 1 => {
                 // SAFETY: `work[slice]` belongs to this task alone.
@@ -748,7 +813,7 @@ impl Executor {
                 if let Gemm::Tile(t) = c.gemm {
                     tile = (tile.0.max(t.mr), tile.1.max(t.nr));
                 }
-                packed |= matches!(c.gemm, Gemm::Packed(_));
+                packed |= matches!(c.gemm, Gemm::Packed(_) | Gemm::Implicit(_));
             }
             if let Work::Rows(r) = &s.work {
                 validate_rows(i, r, s)?;

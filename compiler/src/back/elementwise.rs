@@ -12,7 +12,10 @@
 //!   range. Operands are [`Bcast::Full`] (same shape as `x`) or
 //!   [`Bcast::Scalar`] (one element).
 //! - [`Domain::Rows`]: `x` is viewed as rows of `inner` contiguous elements;
-//!   row `r` belongs to channel `r % channels`. Work units are rows. This
+//!   row `r` belongs to channel `r % channels`. Work units are rows. The
+//!   output rows may be further apart than `inner` ([`OutStrided`]: row `r`
+//!   stored at `r·out_stride`, e.g. one piece of a concatenation written
+//!   straight into its columns of the result). This
 //!   adds [`Bcast::PerChannel`] (a `[channels]` vector, e.g. a conv bias over
 //!   `[N, C, H*W]`: `channels = C`, `inner = H*W`) and [`Bcast::PerColumn`]
 //!   (an `[inner]` vector, e.g. a linear bias over `[N, C]`: `channels = 1`,
@@ -360,16 +363,86 @@ impl KernelSource for Chain {
     }
 
     fn build(&self, b: &mut FunctionBuilder, entry: Block, ptr: Type) -> Result<(), BackError> {
-        self.validate()?;
-        let p = b.block_params(entry).to_vec();
-        let (start, end, ins, out) = (p[0], p[1], p[2], p[3]);
-        let gen = Gen::new(self, b, ins, ptr);
-        match self.domain {
-            Domain::Flat => gen.flat(b, start, end, out),
-            Domain::Rows { channels, inner } => gen.rows(b, start, end, out, channels, inner),
-        }
-        Ok(())
+        build(self, None, b, entry, ptr)
     }
+}
+
+/// A rows-domain [`Chain`] whose output row `r` starts at element
+/// `r·out_stride` instead of `r·inner` (inputs are indexed as usual): the
+/// rows land in `inner` columns of a wider output, whose other columns are
+/// left untouched.
+#[derive(Debug, Clone, Copy)]
+pub struct OutStrided<'c> {
+    /// The chain (rows domain).
+    pub chain: &'c Chain,
+    /// Elements between the starts of consecutive output rows (`>= inner`).
+    pub out_stride: u64,
+}
+
+impl OutStrided<'_> {
+    /// Compiles the kernel, or finds it in the cache; rejects a chain that
+    /// is not in the rows domain or a stride shorter than a row.
+    pub fn compile(&self, jit: &mut Jit) -> Result<KernelId, BackError> {
+        self.chain.validate()?;
+        match self.chain.domain {
+            Domain::Rows { inner, .. } if self.out_stride >= inner && self.out_stride <= 1 << 40 => {
+                jit.kernel(self)
+            }
+            _ => Err(BackError(format!(
+                "elementwise kernel `{}`: an output row stride of {} needs the rows domain and rows of at most that length",
+                self.chain.key(),
+                self.out_stride
+            ))),
+        }
+    }
+
+    /// Output elements the work units `[0, units)` span.
+    pub fn out_len(&self, units: u64) -> u64 {
+        let inner = match self.chain.domain {
+            Domain::Rows { inner, .. } => inner,
+            Domain::Flat => 1,
+        };
+        units
+            .checked_sub(1)
+            .map_or(0, |last| last * self.out_stride + inner)
+    }
+}
+
+impl KernelSource for OutStrided<'_> {
+    fn key(&self) -> String {
+        format!("{} out_stride={}", self.chain.key(), self.out_stride)
+    }
+
+    fn build(&self, b: &mut FunctionBuilder, entry: Block, ptr: Type) -> Result<(), BackError> {
+        build(self.chain, Some(self.out_stride), b, entry, ptr)
+    }
+}
+
+/// Emits `chain`'s kernel, with output rows `out_stride` apart when given.
+fn build(
+    chain: &Chain,
+    out_stride: Option<u64>,
+    b: &mut FunctionBuilder,
+    entry: Block,
+    ptr: Type,
+) -> Result<(), BackError> {
+    chain.validate()?;
+    let p = b.block_params(entry).to_vec();
+    let (start, end, ins, out) = (p[0], p[1], p[2], p[3]);
+    let gen = Gen::new(chain, b, ins, ptr);
+    match chain.domain {
+        Domain::Flat => gen.flat(b, start, end, out),
+        Domain::Rows { channels, inner } => gen.rows(
+            b,
+            start,
+            end,
+            out,
+            channels,
+            inner,
+            out_stride.unwrap_or(inner),
+        ),
+    }
+    Ok(())
 }
 
 /// Per-function generator state: the chain and its loop invariants.
@@ -448,14 +521,16 @@ impl<'c> Gen<'c> {
     }
 
     /// The chain applied to one lane group at element offset `ebytes` (and
-    /// column offset `cbytes` in the rows domain); `row` holds the current
-    /// row's per-channel values.
+    /// column offset `cbytes` in the rows domain), stored at byte offset
+    /// `obytes` of `out`; `row` holds the current row's per-channel values.
+    #[allow(clippy::too_many_arguments)]
     fn body(
         &self,
         b: &mut FunctionBuilder,
         lane: Lane,
         ebytes: Value,
         cbytes: Option<Value>,
+        obytes: Value,
         row: &[Option<Inv>],
         out: Value,
     ) {
@@ -491,7 +566,7 @@ impl<'c> Gen<'c> {
                 }
             };
         }
-        let a = b.ins().iadd(out, ebytes);
+        let a = b.ins().iadd(out, obytes);
         b.ins().store(flags(), x, a, 0);
     }
 
@@ -555,8 +630,9 @@ impl<'c> Gen<'c> {
 
     /// Emits a header-tested f32x4 loop over `[lo, vec_hi)` then a scalar
     /// loop over `[.., hi)`, continuing to `next` (with `next_args`).
-    /// `elem(j)` gives the element index of loop index `j`, and the column
-    /// index is `j` itself when `cols` is true.
+    /// In the rows domain `row_base` is the row's first element and
+    /// `out_base` its first output element, and the column index is the
+    /// loop index; otherwise the loop index is the element index.
     #[allow(clippy::too_many_arguments)]
     fn loops(
         &self,
@@ -564,7 +640,7 @@ impl<'c> Gen<'c> {
         lo: Value,
         vec_hi: Value,
         hi: Value,
-        row_base: Option<Value>,
+        row_base: Option<(Value, Value)>,
         row: &[Option<Inv>],
         out: Value,
         next: Block,
@@ -591,15 +667,24 @@ impl<'c> Gen<'c> {
                 b.ins().brif(more, body, &[], next, &args(next_args));
             }
             b.switch_to_block(body);
-            let e = match row_base {
-                Some(rb) => b.ins().iadd(rb, j),
-                None => j,
+            let (e, o) = match row_base {
+                Some((rb, ob)) => {
+                    let e = b.ins().iadd(rb, j);
+                    (e, if ob == rb { e } else { b.ins().iadd(ob, j) })
+                }
+                None => (j, j),
             };
             let ebytes = b.ins().ishl_imm_u(e, 2);
+            let obytes = if o == e {
+                ebytes
+            } else {
+                b.ins().ishl_imm_u(o, 2)
+            };
             let cbytes = row_base.map(|_| b.ins().ishl_imm_u(j, 2));
             let ebytes = self.to_ptr(b, ebytes);
+            let obytes = self.to_ptr(b, obytes);
             let cbytes = cbytes.map(|c| self.to_ptr(b, c));
-            self.body(b, lane, ebytes, cbytes, row, out);
+            self.body(b, lane, ebytes, cbytes, obytes, row, out);
             let j2 = b.ins().iadd_imm_s(j, step);
             b.ins().jump(head, &args(&[j2]));
         }
@@ -626,6 +711,7 @@ impl<'c> Gen<'c> {
         b.ins().return_(&[]);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn rows(
         &self,
         b: &mut FunctionBuilder,
@@ -634,6 +720,7 @@ impl<'c> Gen<'c> {
         out: Value,
         channels: u64,
         inner: u64,
+        out_stride: u64,
     ) {
         let i64t = types::I64;
         let (rhead, rbody, rnext, exit) = (
@@ -660,6 +747,11 @@ impl<'c> Gen<'c> {
 
         b.switch_to_block(rbody);
         let row_base = b.ins().imul_imm_s(r, inner as i64);
+        let out_base = if out_stride == inner {
+            row_base
+        } else {
+            b.ins().imul_imm_s(r, out_stride as i64)
+        };
         let cb = b.ins().ishl_imm_u(c, 2);
         let cb = self.to_ptr(b, cb);
         let row: Vec<Option<Inv>> = self
@@ -680,7 +772,17 @@ impl<'c> Gen<'c> {
         let zero = b.ins().iconst(i64t, 0);
         let vec_hi = b.ins().iconst(i64t, (inner & !3) as i64);
         let hi = b.ins().iconst(i64t, inner as i64);
-        self.loops(b, zero, vec_hi, hi, Some(row_base), &row, out, rnext, &[]);
+        self.loops(
+            b,
+            zero,
+            vec_hi,
+            hi,
+            Some((row_base, out_base)),
+            &row,
+            out,
+            rnext,
+            &[],
+        );
 
         b.switch_to_block(rnext);
         let r1 = b.ins().iadd_imm_s(r, 1);

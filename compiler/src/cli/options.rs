@@ -46,6 +46,10 @@ pub struct CompileFlags {
     /// them into the convolutions before them.
     #[arg(long)]
     pub no_fold_bn: bool,
+    /// Keep average pools after the 1×1 convolutions they read instead of
+    /// pooling first.
+    #[arg(long)]
+    pub no_pool_first: bool,
     /// Give every intermediate tensor its own arena bytes (no reuse between
     /// tensors whose lifetimes do not overlap).
     #[arg(long)]
@@ -96,6 +100,7 @@ impl CompileFlags {
             },
             fuse: !self.no_fuse,
             fold_bn: !self.no_fold_bn,
+            pool_first: !self.no_pool_first,
             reuse_arena: !self.no_arena_reuse,
             layout: match self.layout {
                 LayoutArg::Auto => LayoutChoice::Auto,

@@ -16,9 +16,15 @@
 //!   head's position, so node order stays valid).
 //!
 //! Parameter-only nodes are not fused: they run once, at weight load.
+//!
+//! A channels-last `concat` whose only reader is a channels-last batch
+//! norm heads a group too ([`concat_norm_group`]: DenseNet's concat →
+//! norm → relu): the norm and its unary followers are computed piece by
+//! piece, each concat input written straight into its columns of the
+//! result, so the concatenation itself is never stored.
 
 use super::rewrite;
-use crate::back::clif::node_kernel;
+use crate::back::clif::{node_kernel, unary_of};
 use crate::back::elementwise::{Bcast, Chain, Domain};
 use crate::back::lower::{contract, pointwise};
 use crate::ir::{Attr, Dim, Graph, Node, ValueDef, ValueId};
@@ -51,6 +57,19 @@ pub fn run(g: &mut Graph) -> FuseStats {
             continue;
         }
         if derived.contains(&head.outputs[0]) {
+            continue;
+        }
+        if head.op.name == "concat" {
+            let followers = concat_norm_group(g, h, &readers, &taken);
+            if !followers.is_empty() {
+                let key = g.nodes[h].outputs[0];
+                for f in &followers {
+                    g.nodes[*f].fused_into = Some(key);
+                    taken.insert(*f);
+                }
+                stats.groups += 1;
+                stats.fused += followers.len();
+            }
             continue;
         }
         let Some(initial) = head_domain(g, head) else {
@@ -94,6 +113,52 @@ pub fn run(g: &mut Graph) -> FuseStats {
         stats.fused += followers.len();
     }
     stats
+}
+
+/// The followers of the `concat` at `h` when it can head a concat → norm
+/// group: the concat joins channels-last tensors on their last axis and
+/// its only reader is a channels-last inference batch norm (whose
+/// parameters are not computed by nodes), followed by unary ops, each the
+/// only reader of the value before it. No value of the group but the last
+/// is a graph output. Empty when the concat cannot head such a group.
+fn concat_norm_group(
+    g: &Graph,
+    h: usize,
+    readers: &HashMap<ValueId, Vec<usize>>,
+    taken: &HashSet<usize>,
+) -> Vec<usize> {
+    let head = &g.nodes[h];
+    let rank = g.ty(head.outputs[0]).shape.len();
+    let last_axis =
+        matches!(head.op.attr("dim"), Some(Attr::Int(d)) if rank > 0 && *d as usize == rank - 1);
+    let channels_last = head
+        .inputs
+        .iter()
+        .all(|v| g.ty(*v).shape.len() == rank && rank == 4);
+    if !last_axis || !channels_last {
+        return Vec::new();
+    }
+    let mut running = head.outputs[0];
+    let mut followers = Vec::new();
+    while let Some([f]) = readers.get(&running).map(Vec::as_slice) {
+        let node = &g.nodes[*f];
+        let fits = if followers.is_empty() {
+            matches!(node.op.name, "batch_norm" | "frozen_batch_norm")
+                && is_nhwc(node)
+                && node.inputs.first() == Some(&running)
+                && node.inputs[1..]
+                    .iter()
+                    .all(|v| !matches!(g.value(*v).def, ValueDef::Node(..)))
+        } else {
+            unary_of(node).is_some() && node.inputs[..] == [running]
+        };
+        if !fits || node.train_only || taken.contains(f) || rewrite::is_output(g, running) {
+            break;
+        }
+        followers.push(*f);
+        running = node.outputs[0];
+    }
+    followers
 }
 
 /// The iteration space a head fixes for its group (`Some(None)`: flat so

@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod layout;
 pub mod memplan;
 pub mod pipeline;
+pub mod pool_first;
 pub mod rewrite;
 
 #[cfg(test)]

@@ -5,25 +5,29 @@
 //!
 //! 1. `fold_bn` (with `fuse` and `fold_bn`): batch norms folded into the convolutions
 //!    before them (`fold_bn`);
-//! 2. `layout` (with `layout = auto`): convolution chains in NHWC
+//! 2. `pool_first` (with `pool_first`): unpadded average pools moved in
+//!    front of the 1×1 convolutions they read (`pool_first`);
+//! 3. `layout` (with `layout = auto`): convolution chains in NHWC
 //!    (`layout`);
-//! 3. `fuse` (with `fuse`): elementwise followers marked `fused_into` their
+//! 4. `fuse` (with `fuse`): elementwise followers marked `fused_into` their
 //!    head (`fuse`).
 //!
 //! The result is an inference graph: training nodes are left as they are.
 
-use super::{fold_bn, fuse, layout, rewrite};
+use super::{fold_bn, fuse, layout, pool_first, rewrite};
 use crate::ir::Graph;
 use crate::options::{CompileOptions, LayoutChoice};
 
 /// The names of the passes, in the order they run.
-pub const PASS_NAMES: &[&str] = &["fold_bn", "layout", "fuse"];
+pub const PASS_NAMES: &[&str] = &["fold_bn", "pool_first", "layout", "fuse"];
 
 /// What the passes did to one graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// Batch norms folded into convolutions.
     pub folded: usize,
+    /// Average pools moved in front of their 1×1 convolutions.
+    pub pools_moved: usize,
     /// What the layout pass did.
     pub layout: layout::LayoutStats,
     /// What the fusion pass did.
@@ -54,6 +58,7 @@ pub fn optimize_with_report(
     for &pass in PASS_NAMES {
         match pass {
             "fold_bn" if options.fuse && options.fold_bn => report.folded = fold_bn::run(&mut g),
+            "pool_first" if options.pool_first => report.pools_moved = pool_first::run(&mut g),
             "layout" if options.layout == LayoutChoice::Auto => report.layout = layout::run(&mut g),
             "fuse" if options.fuse => report.fuse = fuse::run(&mut g),
             _ => {}

@@ -278,8 +278,60 @@ fn switches_and_stops() {
         .unwrap();
     assert_eq!(
         err,
-        "unknown pass `inline`; the passes are: fold_bn, layout, fuse"
+        "unknown pass `inline`; the passes are: fold_bn, pool_first, layout, fuse"
     );
+}
+
+/// Unpadded average pools (ceil mode included) move in front of the 1×1
+/// convolutions they read, with or without a bias, and the outputs stay
+/// the same; a padded pool, a 3×3 convolution, a max pool, a convolution
+/// read twice, and the switch off leave the graph as it was.
+#[test]
+fn pools_move_in_front_of_pointwise_convolutions() {
+    let g = program(
+        "model m() {
+            input x: f32[N, 6, 8, 8]
+            t = x |> n: batch_norm |> relu |> tc: conv2d(4, k = 1) |> avg_pool2d(2, stride = 2)
+            e = x |> ec: conv2d(4, k = 1, bias = false) |> avg_pool2d(3, stride = 2, ceil_mode = true)
+            u = x |> uc: conv2d(4, k = 1) |> avg_pool2d(3, stride = 2, pad = 1)
+            v = x |> vc: conv2d(4, k = 3, pad = 1) |> avg_pool2d(2, stride = 2)
+            w = x |> wc: conv2d(4, k = 1) |> max_pool2d(2, stride = 2)
+            c = x |> cc: conv2d(4, k = 1)
+            output y = concat([t, e, u, v, w], dim = 1)
+            output z = c |> avg_pool2d(2, stride = 2)
+            output c = c
+        }",
+    )
+    .unwrap();
+    let nchw = CompileOptions {
+        layout: LayoutChoice::Nchw,
+        ..Default::default()
+    };
+    let (after, report) = optimize_with_report(g.clone(), &nchw, Some("pool_first")).unwrap();
+    assert_eq!(report.pools_moved, 2, "{}", print_graph(&after));
+    let reads_a_pool = |path: &str| {
+        let conv = after.nodes.iter().find(|n| n.path == path).unwrap();
+        after
+            .nodes
+            .iter()
+            .any(|n| n.op.name == "avg_pool2d" && n.outputs[0] == conv.inputs[0])
+    };
+    assert!(reads_a_pool("tc") && reads_a_pool("ec"));
+    assert!(!["uc", "vc", "wc", "cc"].iter().any(|p| reads_a_pool(p)));
+    let params = random_params(&g, 3);
+    let inputs = random_inputs(&g, 5);
+    assert_close(
+        &run(&after, &inputs, &params),
+        &run(&g, &inputs, &params),
+        "pool first",
+    );
+    let off = CompileOptions {
+        pool_first: false,
+        ..nchw
+    };
+    let (kept, report) = optimize_with_report(g.clone(), &off, Some("pool_first")).unwrap();
+    assert_eq!(report.pools_moved, 0);
+    assert_eq!(print_graph(&kept), print_graph(&g));
 }
 
 /// A follower whose other operand is computed after the head is not fused

@@ -55,6 +55,56 @@ pub fn instance(mv: usize, ncols: usize, raw: bool) -> KernelFn {
     }
 }
 
+/// Rows of the tallest raw-A tile, for products at most [`NARROW`]
+/// columns wide: `14×2` accumulators, two B vectors and the broadcast
+/// fill the 32 zmm registers.
+pub const MR_TALL: usize = 14;
+/// The widest product (columns) the tall tiles serve.
+pub const NARROW: usize = 32;
+
+/// The raw-A instance for `mv` rows (`1..=MR_TALL`) and `ncols ≤ NARROW`
+/// columns (a tall tile: A read row-major in place).
+#[cfg(target_arch = "x86_64")]
+pub fn tall_instance(mv: usize, ncols: usize) -> KernelFn {
+    TABLE_TALL[mv.clamp(1, MR_TALL) - 1][ncols.div_ceil(16).clamp(1, 2) - 1]
+}
+
+/// The rows of a raw-A tile for a product `n` columns wide: [`MR_TALL`]
+/// when the tall tiles cover it, else [`MR`].
+pub fn raw_rows(n: usize) -> usize {
+    if n <= NARROW {
+        MR_TALL
+    } else {
+        MR
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! tall {
+    ($m:literal) => {
+        [kernel::<$m, 1, true>, kernel::<$m, 2, true>]
+    };
+}
+
+/// The tall raw-A instances, by `[rows − 1][column vectors − 1]`.
+#[cfg(target_arch = "x86_64")]
+static TABLE_TALL: [[KernelFn; 2]; MR_TALL] = [
+    tall!(1),
+    tall!(2),
+    tall!(3),
+    tall!(4),
+    tall!(5),
+    tall!(6),
+    tall!(7),
+    tall!(8),
+    tall!(9),
+    tall!(10),
+    tall!(11),
+    tall!(12),
+    tall!(13),
+    tall!(14),
+];
+
 #[cfg(target_arch = "x86_64")]
 macro_rules! row {
     ($m:literal, $raw:literal) => {

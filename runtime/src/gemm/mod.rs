@@ -12,12 +12,14 @@
 //!
 //! [`packed`] is the project's own GEMM: an AVX-512 micro-kernel
 //! ([`kernel_avx512`]) over panels, with the weight operand packed once by
-//! a plan's prepare step.
+//! a plan's prepare step. [`conv`] drives the same micro-kernel as an
+//! implicit-GEMM convolution: A read straight from an NHWC input.
 //!
 //! [`cases`] and [`sgemm_naive`] are the shared test cases and reference
 //! used by every GEMM path (this one, the packed one and the Cranelift
 //! tile of the compiler), so all are checked on exactly the same products.
 
+pub mod conv;
 pub mod kernel_avx512;
 pub mod packed;
 pub mod skinny;
@@ -298,6 +300,10 @@ pub enum Gemm {
     /// [`packed::gemm`] (the AVX-512 micro-kernel), with the operand the
     /// value names already in its panel format.
     Packed(packed::Prepacked),
+    /// [`conv::gemm`]: A is the implicit matrix of an NHWC convolution
+    /// window over the A operand's buffer (the whole batch, `m =
+    /// N·OH·OW`), B pre-packed.
+    Implicit(conv::ConvGeom),
 }
 
 /// K block of the tile driver: a packed B micro-panel (`KC·nr` floats)

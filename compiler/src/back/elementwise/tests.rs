@@ -874,3 +874,75 @@ fn transcendental_special_values_match_pytorch() {
         }
     }
 }
+
+/// A chain compiled with an output row stride stores row `r` at
+/// `r·out_stride`, computes what the plain kernel computes, and leaves
+/// the gap between rows untouched, on whole and split ranges.
+#[test]
+fn out_strided_rows_land_in_their_columns_only() {
+    let mut jit = Jit::new().unwrap();
+    // inner 7: one f32x4 group and a scalar tail per row; a per-column
+    // scale and shift, then relu (the concat + batch norm + relu piece).
+    let chain = Chain {
+        inputs: vec![Bcast::Full, Bcast::PerColumn, Bcast::PerColumn],
+        domain: Domain::Rows {
+            channels: 1,
+            inner: 7,
+        },
+        steps: vec![
+            Step::Binary {
+                op: Binary::Mul,
+                rhs: Operand::Input(1),
+                swap: false,
+            },
+            Step::Binary {
+                op: Binary::Add,
+                rhs: Operand::Input(2),
+                swap: false,
+            },
+            Step::Unary(Unary::Relu),
+        ],
+    };
+    let (rows, stride) = (11u64, 12u64);
+    let strided = OutStrided {
+        chain: &chain,
+        out_stride: stride,
+    };
+    let id = strided.compile(&mut jit).unwrap();
+    let code = jit.code(id).unwrap();
+    let ins = inputs_for(&chain, rows);
+    let ptrs: Vec<*const f32> = ins.iter().map(|v| v.as_ptr()).collect();
+    let refs: Vec<&[f32]> = ins.iter().map(|v| v.as_slice()).collect();
+    let len = strided.out_len(rows) as usize;
+    assert_eq!(len, 10 * 12 + 7);
+    for ranges in [vec![(0, rows)], vec![(0, 4), (4, 5), (5, rows)]] {
+        let mut out = vec![-777.0f32; len + 1];
+        for (s, e) in ranges {
+            // SAFETY: units [s, e) read rows of 7 from input 0 (11 rows
+            // given) and 7 columns of the per-column inputs, and write rows
+            // of 7 at multiples of 12 inside `out` (len + 1 elements).
+            unsafe { code(s as i64, e as i64, ptrs.as_ptr(), out.as_mut_ptr()) };
+        }
+        for (i, &got) in out.iter().enumerate() {
+            let (r, col) = (i / stride as usize, i % stride as usize);
+            if col < 7 && i < len {
+                let want = reference(&chain, &refs, r * 7 + col);
+                assert!(same(got, want), "row {r} col {col}: got {got}, want {want}");
+            } else {
+                assert_eq!(got, -777.0, "element {i} lies between rows");
+            }
+        }
+    }
+    // A stride shorter than a row, or a flat chain, is refused.
+    let short = OutStrided {
+        chain: &chain,
+        out_stride: 6,
+    };
+    assert!(short.compile(&mut jit).is_err());
+    let flat = Chain::unary(Unary::Relu);
+    let flat = OutStrided {
+        chain: &flat,
+        out_stride: 8,
+    };
+    assert!(flat.compile(&mut jit).is_err());
+}

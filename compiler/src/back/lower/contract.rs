@@ -28,6 +28,7 @@ use crate::back::im2col::{Col2im, Im2col};
 use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
+use netc_runtime::gemm::conv::ConvGeom;
 use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::skinny::{self, SkinnyLinear};
 use netc_runtime::gemm::{Gemm, Strides};
@@ -118,6 +119,9 @@ pub(super) enum Src {
     /// A buffer that is not a graph value (a re-laid-out weight), with
     /// its length.
     Buf(Buf, usize),
+    /// The implicit A of an NHWC convolution over a value (the input),
+    /// read through the window geometry (runs as [`Gemm::Implicit`]).
+    Implicit(ValueId, ConvGeom),
 }
 
 /// One GEMM operand: its source, first element, per-item and per-group
@@ -183,9 +187,16 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
     let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
     let out = cx.output(last)?;
     let out_len = cx.numel(last)?;
-    let gemm = match prepack::apply(cx, node, &mut spec)? {
-        Prepacked::Neither => gemm_choice(cx)?,
-        side => Gemm::Packed(side),
+    let gemm = match (prepack::apply(cx, node, &mut spec)?, spec.a.src) {
+        (Prepacked::B, Src::Implicit(_, geom)) => Gemm::Implicit(geom),
+        (_, Src::Implicit(..)) => {
+            return Err(BackError(format!(
+                "`{}` at {}: an implicit convolution without its weight packed as B",
+                node.op.name, node.path
+            )))
+        }
+        (Prepacked::Neither, _) => gemm_choice(cx)?,
+        (side, _) => Gemm::Packed(side),
     };
     let mut inputs: Vec<Buf> = Vec::new();
     let mut extents: Vec<usize> = Vec::new();
@@ -222,7 +233,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
                     node.op.name, node.path
                 )))
             }
-            (Src::Value(v), _) => (add(cx.buf(v)?, cx.numel(v)?), false),
+            (Src::Value(v) | Src::Implicit(v, _), _) => (add(cx.buf(v)?, cx.numel(v)?), false),
             (Src::Buf(buf, len), _) => (add(buf, len), false),
         };
         Ok(Operand {

@@ -2,7 +2,8 @@
 //!
 //! Every data-movement op is one strided copy per piece ([`CopyKernel`]):
 //! - `concat` / `stack`: each input is copied into its slice of the
-//!   output (the step writes a sub-range of the output buffer);
+//!   output (the step writes a sub-range of the output buffer); a concat
+//!   heading a concat → norm group is lowered by [`super::norm`] instead;
 //! - `split`: each output is a slice of the input;
 //! - `permute`: the input read through permuted strides;
 //! - `slice` / `select`: the input read from an offset with (scaled or
@@ -115,6 +116,10 @@ fn copy(
 
 /// `concat` and `stack` along `dim`: each input into its slice.
 fn join(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let followers = cx.followers(node);
+    if !followers.is_empty() {
+        return super::norm::concat_norm(cx, node, &followers);
+    }
     let d = int(node, "dim")?;
     let ys = cx.shape(node.outputs[0])?;
     let out = cx.output(node.outputs[0])?;

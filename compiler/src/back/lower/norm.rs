@@ -13,12 +13,20 @@
 //!   operands;
 //! - channels last (`layout = "nhwc"`, `[N, H, W, C]`) and `[N, C]`: rows
 //!   of `C`, `PerColumn` operands.
+//!
+//! A channels-last norm whose input is a `concat` on the channel axis is
+//! lowered with it when the fusion pass made the concat its group's head
+//! ([`concat_norm`]): one kernel per concat input, over rows of that
+//! input's channels, with the matching slice of `scale` and `shift`,
+//! storing each row into its columns of the result. The concatenation is
+//! never stored: DenseNet saves a write and a read of every block's
+//! growing feature map per layer.
 
 use super::{align, pointwise, LowerCx};
-use crate::back::elementwise::{Bcast, Binary, Chain, Domain, Operand, Step, Unary};
+use crate::back::elementwise::{Bcast, Binary, Chain, Domain, Operand, OutStrided, Step, Unary};
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
-use netc_runtime::plan::Buf;
+use netc_runtime::plan::{Buf, Step as PlanStep, Work};
 
 /// Lowers `batch_norm` and `frozen_batch_norm`; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -84,7 +92,18 @@ pub fn persistent_len(cx: &LowerCx, node: &Node) -> Result<usize, BackError> {
     Ok(2 * align(c))
 }
 
-fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+/// A norm's folded `scale` and `shift` (computed by prepare steps) and its
+/// channel count, after checking its input has those channels.
+struct Folded {
+    x: ValueId,
+    shape: Vec<usize>,
+    channels: usize,
+    last: bool,
+    scale: Buf,
+    shift: Buf,
+}
+
+fn folded(cx: &mut LowerCx, node: &Node) -> Result<Folded, BackError> {
     let ops = operands(node)?;
     let shape = cx.shape(ops.x)?;
     let c = cx.numel(ops.mean)?;
@@ -102,7 +121,46 @@ fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let (scale, shift) = (cx.persistent(c), cx.persistent(c));
     cx.preparing(|cx| fold(cx, &ops, eps, scale, shift, c))?;
+    Ok(Folded {
+        x: ops.x,
+        shape,
+        channels: c,
+        last,
+        scale,
+        shift,
+    })
+}
 
+/// `y = x · scale + shift` over the running value, `scale` and `shift`
+/// read per column (channels last) or per channel.
+fn affine(domain: Domain, per: Bcast) -> Chain {
+    Chain {
+        inputs: vec![Bcast::Full, per, per],
+        domain,
+        steps: vec![
+            Step::Binary {
+                op: Binary::Mul,
+                rhs: Operand::Input(1),
+                swap: false,
+            },
+            Step::Binary {
+                op: Binary::Add,
+                rhs: Operand::Input(2),
+                swap: false,
+            },
+        ],
+    }
+}
+
+fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let Folded {
+        x,
+        shape,
+        channels: c,
+        last,
+        scale,
+        shift,
+    } = folded(cx, node)?;
     let numel: usize = shape.iter().product();
     if numel == 0 {
         return Ok(());
@@ -124,22 +182,7 @@ fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             Bcast::PerChannel,
         )
     };
-    let mut chain = Chain {
-        inputs: vec![Bcast::Full, per, per],
-        domain,
-        steps: vec![
-            Step::Binary {
-                op: Binary::Mul,
-                rhs: Operand::Input(1),
-                swap: false,
-            },
-            Step::Binary {
-                op: Binary::Add,
-                rhs: Operand::Input(2),
-                swap: false,
-            },
-        ],
-    };
+    let mut chain = affine(domain, per);
     let followers = cx.followers(node);
     let mut values = Vec::new();
     let d = pointwise::extend(
@@ -153,11 +196,102 @@ fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     chain.domain = d.unwrap_or(domain);
     let result = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
     let out = cx.output(result)?;
-    let mut inputs = vec![cx.buf(ops.x)?, scale, shift];
+    let mut inputs = vec![cx.buf(x)?, scale, shift];
     for v in values {
         inputs.push(cx.buf(v)?);
     }
     cx.kernel(&chain, inputs, out, numel)
+}
+
+/// Lowers a channels-last `concat` with its `followers` (a batch norm,
+/// then unary ops; see the fusion pass): per concat input of `C_i`
+/// channels at column `at`, one rows kernel over its `[rows, C_i]` with
+/// `scale` and `shift` from `at` on, storing row `r` at `at + r·C` of the
+/// result.
+pub fn concat_norm(cx: &mut LowerCx, concat: &Node, followers: &[&Node]) -> Result<(), BackError> {
+    let bad = |why: String| {
+        BackError(format!(
+            "`concat` at {} fused with its batch norm: {why}",
+            concat.path
+        ))
+    };
+    let norm = followers[0];
+    let f = folded(cx, norm)?;
+    if !f.last || f.x != concat.outputs[0] || f.shape.len() != 4 {
+        return Err(bad(format!(
+            "the norm does not read the concat's [N, H, W, C] result ({:?})",
+            f.shape
+        )));
+    }
+    let c = f.channels;
+    let result = followers.last().map_or(norm.outputs[0], |n| n.outputs[0]);
+    let Buf::Arena { offset, len } = cx.output(result)? else {
+        return Err(bad("its result is not an arena value".into()));
+    };
+    let slice = |b: Buf, at: usize| match b {
+        Buf::Arena { offset, len } => Ok(Buf::Arena {
+            offset: offset + at,
+            len: len - at,
+        }),
+        other => Err(bad(format!("{other:?} cannot be sliced"))),
+    };
+    let mut at = 0;
+    for &x in &concat.inputs {
+        let xs = cx.shape(x)?;
+        let width = xs.last().copied().unwrap_or(0);
+        let rows: usize = xs[..xs.len().saturating_sub(1)].iter().product();
+        if xs.len() != 4 || xs[..3] != f.shape[..3] || at + width > c {
+            return Err(bad(format!(
+                "input {xs:?} does not fit the result {:?} at channel {at}",
+                f.shape
+            )));
+        }
+        if width == 0 || rows == 0 {
+            continue;
+        }
+        let domain = Domain::Rows {
+            channels: 1,
+            inner: width as u64,
+        };
+        let mut chain = affine(domain, Bcast::PerColumn);
+        let mut values = Vec::new();
+        pointwise::extend(
+            cx.g,
+            norm,
+            &followers[1..],
+            Some(domain),
+            &mut chain,
+            &mut values,
+        )?;
+        if !values.is_empty() {
+            return Err(bad("a follower reads another tensor".into()));
+        }
+        let strided = OutStrided {
+            chain: &chain,
+            out_stride: c as u64,
+        };
+        let id = strided.compile(cx.jit)?;
+        let kernel = cx.jit.code(id)?;
+        let out_len = strided.out_len(rows as u64) as usize;
+        cx.push(PlanStep {
+            work: Work::Kernel {
+                kernel,
+                units: rows,
+                grain: (4096 / width).max(1),
+            },
+            inputs: vec![cx.buf(x)?, slice(f.scale, at)?, slice(f.shift, at)?],
+            output: Buf::Arena {
+                offset: offset + at,
+                len: len - at,
+            },
+            extents: vec![rows * width, width, width, out_len],
+        });
+        at += width;
+    }
+    if at != c {
+        return Err(bad(format!("the inputs cover {at} of {c} channels")));
+    }
+    Ok(())
 }
 
 /// The prepare kernels: `scale = γ / sqrt(var + eps)` (or `1 / ...`

@@ -11,15 +11,22 @@
 //!   group, W read transposed through its strides; 1x1 stride-1 unpadded
 //!   convolutions multiply x itself as one `N·H·W`-row GEMM. The epilogue
 //!   runs over `Rows { channels: 1, inner: OC }` with the bias per column.
+//!   When the weight is packed ([`prepack`]; inference plans on the packed
+//!   GEMM), an NHWC convolution is instead **one implicit GEMM over the
+//!   whole batch** (per group): `out[N·OH·OW, OC/g] = A · Wᵀ` with A read
+//!   straight from x through the window geometry
+//!   ([`netc_runtime::gemm::conv`]), no im2col panel and no scratch.
 //!
 //! A 1-D convolution is the 2-D one with a height of 1.
 
-use super::{emit, ints, Side, Spec, Src};
+use super::{emit, ints, prepack, Side, Spec, Src};
 use crate::back::elementwise::{Bcast, Domain};
 use crate::back::im2col::{Im2col, Layout};
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
+use netc_runtime::gemm::conv::ConvGeom;
+use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::Strides;
 
 /// Whether `node` is a convolution in the NHWC layout (`layout = "nhwc"`).
@@ -154,7 +161,35 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             bias: node.inputs.get(2).map(|&b| (b, Bcast::PerChannel)),
         },
         Layout::Nhwc => {
-            let (items, m, a) = match pack {
+            let implicit =
+                prepack::weight_panels(cx, node).is_some_and(|(_, p)| p.side == Prepacked::B);
+            let geom = ConvGeom {
+                n,
+                h,
+                w,
+                c,
+                cg,
+                kh,
+                kw,
+                stride,
+                pad,
+                dilation,
+                oh,
+                ow,
+            };
+            let (items, m, a, pack) = match pack {
+                _ if implicit => (
+                    1,
+                    n * spatial,
+                    Side {
+                        src: Src::Implicit(x, geom),
+                        offset: 0,
+                        item: 0,
+                        group: cg,
+                        strides: Strides::row_major(c),
+                    },
+                    None,
+                ),
                 Some(_) => (
                     n,
                     spatial,
@@ -165,8 +200,14 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
                         group: kg,
                         strides: Strides::row_major(taps * c),
                     },
+                    pack,
                 ),
-                None => (1, n * spatial, Side::value(x, 0, cg, Strides::row_major(c))),
+                None => (
+                    1,
+                    n * spatial,
+                    Side::value(x, 0, cg, Strides::row_major(c)),
+                    None,
+                ),
             };
             Spec {
                 items,

@@ -8,6 +8,8 @@
 //! The weight's role follows the GEMM the node lowers to: an NCHW
 //! convolution is `W[OC/g, k]·col`, so W is A; `linear` (`x·Wᵀ`) and NHWC
 //! convolutions (`col·Wᵀ`) read W as B through transposed strides.
+//! An NHWC convolution with its weight packed runs as an implicit GEMM
+//! ([`conv`]).
 //! [`persistent_len`] sizes the region before lowering from the same
 //! description ([`weight_panels`]) that [`apply`] uses.
 
@@ -83,11 +85,14 @@ pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)>
         }
         _ => return None,
     };
-    // `auto` leaves a weight whose B side is narrower than two panels to
-    // the native GEMM: with a tall per-call A the accumulator tile is then
-    // at most half used, and `examples/packed_speed` measured the `gemm`
-    // crate ahead there (3136×32×1152, 12544×64×147).
-    let narrow = panels.side == Prepacked::B && panels.dim < 2 * kernel_avx512::NR;
+    // `auto` leaves a `linear` weight whose B side is narrower than two
+    // panels to the native GEMM: with a tall per-call A the accumulator
+    // tile is then at most half used, and `examples/packed_speed` measured
+    // the `gemm` crate ahead there (3136×32×1152, 12544×64×147). NHWC
+    // convolutions run the implicit GEMM, whose tall tiles cover narrow
+    // products.
+    let narrow =
+        panels.side == Prepacked::B && panels.dim < 2 * kernel_avx512::NR && !conv::is_nhwc(node);
     if narrow && cx.options.gemm == GemmChoice::Auto {
         return None;
     }

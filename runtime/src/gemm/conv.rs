@@ -1,0 +1,329 @@
+//! Implicit-GEMM convolution over an NHWC input: `C[N·OH·OW × n] =
+//! A·B`, where row `(img, oy, ox)` of A is the receptive field of output
+//! pixel `(oy, ox)` of image `img`, depth `(ty, tx, ch)` (tap row, tap
+//! column, channel of the group), read straight from the input `x` — no
+//! im2col panel — and B is a weight pre-packed in the packed GEMM's
+//! format ([`super::packed::packed_b_len`]).
+//!
+//! The whole batch is one product. The driver ([`gemm`]) hands blocks of
+//! [`MC`] rows to the threads as they come free; for each block and each
+//! `KC`-deep slice ([`KC`]) it gathers the block's A rows row-major into
+//! the thread's A buffer ([`ConvGeom::pack_rows`]: contiguous channel
+//! runs copied, the zero padding written as zeros), then runs the raw-A
+//! micro-kernel ([`super::kernel_avx512`]) over every B micro-panel of
+//! that slice. A block's C rows (at most `MC × n`) stay in L2 across the
+//! slices, and a caller's hook runs on them (the epilogue) as soon as they
+//! are final.
+//!
+//! Tiles are `8×48`, or `14×32` for products at most 32 columns wide
+//! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F a portable
+//! kernel with the same contract runs.
+
+use super::kernel_avx512::{self as avx, NR};
+use super::packed::{KC, MC, NC};
+use super::TileWork;
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The window geometry of an NHWC convolution read as the A operand of
+/// an implicit GEMM (a group's A: its `cg` channels, starting at the
+/// pointer the driver is given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvGeom {
+    /// Images.
+    pub n: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Channels per input pixel (all groups): the pixel stride of `x`.
+    pub c: usize,
+    /// Channels of one group, read by one GEMM.
+    pub cg: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Strides (height, width).
+    pub stride: [usize; 2],
+    /// Zero padding before the first row and column.
+    pub pad: [usize; 2],
+    /// Dilation (height, width).
+    pub dilation: [usize; 2],
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Rows of A (and C): `N·OH·OW`.
+    pub fn rows(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+
+    /// Depth of A: `KH·KW·cg`.
+    pub fn depth(&self) -> usize {
+        self.kh * self.kw * self.cg
+    }
+
+    /// Elements of `x` a group's A reaches from its first channel
+    /// (`None` on overflow): every pixel's `cg` channels.
+    pub fn span(&self) -> Option<usize> {
+        let pixels = self.n.checked_mul(self.h)?.checked_mul(self.w)?;
+        if pixels == 0 || self.cg == 0 {
+            return Some(0);
+        }
+        (pixels - 1).checked_mul(self.c)?.checked_add(self.cg)
+    }
+
+    /// Writes rows `rows` × depth `ks` of A row-major at `dst` (row
+    /// stride `ks.len()`): each row's contiguous channel runs copied from
+    /// `x`, taps in the padding written as zeros.
+    ///
+    /// # Safety
+    /// `x` holds [`ConvGeom::span`] floats; `rows` ⊆ `0..rows()`, `ks` ⊆
+    /// `0..depth()`; `dst` holds `rows.len()·ks.len()` floats.
+    pub unsafe fn pack_rows(
+        &self,
+        x: *const f32,
+        rows: Range<usize>,
+        ks: Range<usize>,
+        dst: *mut f32,
+    ) {
+        let (kb, cg, plane) = (ks.len(), self.cg, self.oh * self.ow);
+        // Taps of one kernel row are one contiguous run of x when the
+        // channels of a pixel are all the group's and columns are adjacent.
+        let merge = self.c == cg && self.dilation[1] == 1;
+        for (r, i) in rows.enumerate() {
+            // SAFETY: row r of the destination (caller's size).
+            let out = unsafe { std::slice::from_raw_parts_mut(dst.add(r * kb), kb) };
+            let (img, p) = (i / plane, i % plane);
+            let (oy, ox) = (p / self.ow, p % self.ow);
+            let iy0 = (oy * self.stride[0]) as isize - self.pad[0] as isize;
+            let ix0 = (ox * self.stride[1]) as isize - self.pad[1] as isize;
+            let mut q = ks.start;
+            while q < ks.end {
+                let (tap, ch) = (q / cg, q % cg);
+                let (ty, tx) = (tap / self.kw, tap % self.kw);
+                let iy = iy0 + (ty * self.dilation[0]) as isize;
+                let ix = ix0 + (tx * self.dilation[1]) as isize;
+                let o = q - ks.start;
+                if iy < 0 || iy >= self.h as isize {
+                    // The whole rest of this kernel row is padding.
+                    let len = ((self.kw - tx) * cg - ch).min(ks.end - q);
+                    out[o..o + len].fill(0.0);
+                    q += len;
+                    continue;
+                }
+                if ix < 0 || ix >= self.w as isize {
+                    let len = (cg - ch).min(ks.end - q);
+                    out[o..o + len].fill(0.0);
+                    q += len;
+                    continue;
+                }
+                let mut len = cg - ch;
+                if merge {
+                    let more = (self.kw - tx - 1).min(self.w - 1 - ix as usize);
+                    len += more * cg;
+                }
+                let len = len.min(ks.end - q);
+                let at = ((img * self.h + iy as usize) * self.w + ix as usize) * self.c + ch;
+                // SAFETY: pixel (img, iy, ix) is inside the input and the
+                // run stays in its row of taps (or its channels).
+                let src = unsafe { std::slice::from_raw_parts(x.add(at), len) };
+                // (An element loop: LLVM vectorizes it; a short
+                // `copy_from_slice` becomes a memmove call.)
+                for (d, &v) in out[o..o + len].iter_mut().zip(src) {
+                    *d = v;
+                }
+                q += len;
+            }
+        }
+    }
+}
+
+/// The portable raw-A micro-kernel (the contract of an
+/// [`avx::KernelFn`] reading A row-major, `mv ≤ 16` rows, `ncols ≤ NR`).
+///
+/// # Safety
+/// As [`avx::KernelFn`] for a raw instance.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_raw(
+    mv: usize,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    ncols: usize,
+    load_c: bool,
+) {
+    for i in 0..mv {
+        let mut acc = [0.0f32; NR];
+        for p in 0..kc {
+            // SAFETY: row i of A holds kc floats; row p of the B panel NR.
+            let (x, br) = unsafe {
+                (
+                    *a.add(i * lda + p),
+                    std::slice::from_raw_parts(b.add(p * NR), NR),
+                )
+            };
+            for (s, &y) in acc.iter_mut().zip(br) {
+                *s += x * y;
+            }
+        }
+        // SAFETY: row i < mv of the C tile holds ncols valid floats.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), ncols) };
+        for (d, &s) in dst.iter_mut().zip(&acc) {
+            *d = if load_c { *d + s } else { s };
+        }
+    }
+}
+
+/// Rows `rows` (all `n` columns) of `C = A·B + beta·C` on the calling
+/// thread, `A` the implicit matrix of `geom` over `x`, `B` pre-packed;
+/// calls `done(r)` once the rows `r` of C are final, block by block.
+///
+/// # Safety
+/// `x` holds [`ConvGeom::span`] floats, `b` [`super::packed::packed_b_len`]`(depth, n)`;
+/// C rows `rows` are `ldc ≥ n` apart, writable, not overlapping x or b;
+/// `work` has its packed buffers ([`TileWork::with_packed`]); `beta` is 0
+/// or 1.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_part(
+    geom: &ConvGeom,
+    x: *const f32,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: Range<usize>,
+    work: &mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
+    let k = geom.depth();
+    let wide = avx::available();
+    let mr = if wide { avx::raw_rows(n) } else { avx::MR };
+    let mc = (MC / mr) * mr;
+    let (abuf, _) = work.packed_bufs();
+    let panels = n.div_ceil(NR) * NR;
+    for ic in rows.clone().step_by(mc) {
+        let mb = mc.min(rows.end - ic);
+        if k == 0 && beta == 0.0 {
+            for i in ic..ic + mb {
+                // SAFETY: row i of C (caller's guarantee).
+                unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) }.fill(0.0);
+            }
+        }
+        for pc in (0..k).step_by(KC) {
+            let kb = KC.min(k - pc);
+            // SAFETY: the block is inside A; the buffer holds MC·KC ≥ mb·kb.
+            unsafe { geom.pack_rows(x, ic..ic + mb, pc..pc + kb, abuf) };
+            let load_c = beta != 0.0 || pc > 0;
+            for jc in (0..n).step_by(NC) {
+                let nb = NC.min(n - jc);
+                // SAFETY: K block pc/KC, panel jc/NR of the packed B.
+                let bpanels = unsafe { b.add(pc * panels + (jc / NR) * NR * KC) };
+                for (jp, j0) in (jc..jc + nb).step_by(NR).enumerate() {
+                    let ncols = NR.min(jc + nb - j0);
+                    // SAFETY: panel jp of the B block.
+                    let bp = unsafe { bpanels.add(jp * NR * KC) };
+                    for i0 in (0..mb).step_by(mr) {
+                        let mv = mr.min(mb - i0);
+                        // SAFETY: the A rows i0..i0+mv of the block hold kb
+                        // floats each (row stride kb); the B panel kb steps;
+                        // the C tile is rows ic+i0.., columns j0..j0+ncols.
+                        unsafe {
+                            let (a, ct) = (abuf.add(i0 * kb), c.add((ic + i0) * ldc + j0));
+                            #[cfg(target_arch = "x86_64")]
+                            if wide {
+                                let kernel = if n <= avx::NARROW {
+                                    avx::tall_instance(mv, ncols)
+                                } else {
+                                    avx::instance(mv, ncols, true)
+                                };
+                                kernel(kb, a, kb, bp, ct, ldc, ncols, load_c);
+                                continue;
+                            }
+                            portable_raw(mv, kb, a, kb, bp, ct, ldc, ncols, load_c);
+                        }
+                    }
+                }
+            }
+        }
+        done(ic..ic + mb);
+    }
+}
+
+/// The whole product of [`gemm_part`] on `threads` tasks of the current
+/// rayon pool: blocks of rows go to the tasks as they come free (task `t`
+/// uses `works[t]`), so a slower core takes fewer. `done` may run on any
+/// task, once per block.
+///
+/// # Safety
+/// As [`gemm_part`] for rows `0..geom.rows()`; `works` has
+/// `threads.max(1)` entries, each used by no one else during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    geom: &ConvGeom,
+    x: *const f32,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    works: *mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
+    let m = geom.rows();
+    let mr = if avx::available() {
+        avx::raw_rows(n)
+    } else {
+        avx::MR
+    };
+    let threads = threads.max(1);
+    // Blocks of MC rows, smaller when that leaves a task idle.
+    let block = (MC / mr * mr)
+        .min(m.div_ceil(threads).div_ceil(mr) * mr)
+        .max(mr);
+    let blocks = m.div_ceil(block);
+    if threads == 1 || blocks == 1 {
+        // SAFETY: forwarded; works[0] is ours.
+        unsafe { gemm_part(geom, x, b, n, beta, c, ldc, 0..m, &mut *works, done) };
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    // Pointers cross to the pool's threads as integers.
+    let (x, b, c, works) = (x as usize, b as usize, c as usize, works as usize);
+    (0..threads.min(blocks)).into_par_iter().for_each(|t| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= blocks {
+            break;
+        }
+        let rows = i * block..((i + 1) * block).min(m);
+        // SAFETY: each block of rows is taken by one task; works[t] is
+        // this task's alone.
+        unsafe {
+            gemm_part(
+                geom,
+                x as *const f32,
+                b as *const f32,
+                n,
+                beta,
+                c as *mut f32,
+                ldc,
+                rows,
+                &mut *(works as *mut TileWork).add(t),
+                done,
+            )
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! The implicit-GEMM convolution against an explicit reference: a plain
+//! im2col written here from the definition, multiplied by the weight
+//! with `sgemm_naive`, on awkward shapes (padding, stride 2, dilation,
+//! groups, sizes off the tile and block sizes, batch 1 and 3, narrow and
+//! wide products) on 1 and 2 threads.
+
+use super::*;
+use crate::gemm::packed::{PackPanels, Prepacked};
+use crate::gemm::{sgemm_naive, Strides};
+use crate::plan::RowKernel;
+
+/// Deterministic values in [-1, 1).
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// One case: geometry of the whole input (`c = groups·cg`), output
+/// channels per group `og`.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    n: usize,
+    hw: [usize; 2],
+    cg: usize,
+    groups: usize,
+    og: usize,
+    k: [usize; 2],
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+}
+
+impl Case {
+    fn geom(&self) -> ConvGeom {
+        let out = |a: usize| {
+            (self.hw[a] + 2 * self.pad - self.dilation * (self.k[a] - 1) - 1) / self.stride + 1
+        };
+        ConvGeom {
+            n: self.n,
+            h: self.hw[0],
+            w: self.hw[1],
+            c: self.cg * self.groups,
+            cg: self.cg,
+            kh: self.k[0],
+            kw: self.k[1],
+            stride: [self.stride; 2],
+            pad: [self.pad; 2],
+            dilation: [self.dilation; 2],
+            oh: out(0),
+            ow: out(1),
+        }
+    }
+}
+
+/// The explicit A of group `grp`: `[rows][kh·kw·cg]`, from the definition.
+fn im2col(g: &ConvGeom, x: &[f32], grp: usize) -> Vec<f32> {
+    let mut col = Vec::with_capacity(g.rows() * g.depth());
+    for img in 0..g.n {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                for ty in 0..g.kh {
+                    for tx in 0..g.kw {
+                        let iy =
+                            (oy * g.stride[0] + ty * g.dilation[0]) as isize - g.pad[0] as isize;
+                        let ix =
+                            (ox * g.stride[1] + tx * g.dilation[1]) as isize - g.pad[1] as isize;
+                        for ch in 0..g.cg {
+                            let inside =
+                                (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                            col.push(if inside {
+                                x[((img * g.h + iy as usize) * g.w + ix as usize) * g.c
+                                    + grp * g.cg
+                                    + ch]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// Runs the implicit GEMM of every group (output `[rows][groups·og]`,
+/// beta 0 then, when `beta_one`, once more adding) and compares with the
+/// reference; checks `done` covered every row exactly once per call.
+fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
+    let g = case.geom();
+    let (m, k, og) = (g.rows(), g.depth(), case.og);
+    let oc = og * case.groups;
+    let x = data(g.n * g.h * g.w * g.c, 1 + m as u64);
+    // Weight [oc][k], group grp's rows grp·og.., read as B = Wᵀ.
+    let wt = data(oc * k, 7 + k as u64);
+    let pack = PackPanels {
+        side: Prepacked::B,
+        dim: og,
+        k,
+        strides: Strides::transposed(k),
+        group_stride: og * k,
+        groups: case.groups,
+    };
+    let mut packed = vec![0.0; case.groups * pack.group_len()];
+    pack.rows(0, &[&wt], &mut packed)?;
+    let ldc = oc + 3;
+    let mut want = data(m * ldc, 3);
+    let mut got = want.clone();
+    for grp in 0..case.groups {
+        let col = im2col(&g, &x, grp);
+        let beta = if beta_one { 1.0 } else { 0.0 };
+        for _ in 0..1 + beta_one as usize {
+            sgemm_naive(
+                m,
+                og,
+                k,
+                1.0,
+                &col,
+                Strides::row_major(k),
+                &wt[grp * og * k..],
+                Strides::transposed(k),
+                beta,
+                &mut want[grp * og..],
+                ldc,
+            );
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut works: Vec<TileWork> = (0..threads)
+        .map(|_| TileWork::default().with_packed())
+        .collect();
+    for grp in 0..case.groups {
+        for round in 0..1 + beta_one as usize {
+            let seen: Vec<AtomicUsize> = (0..m).map(|_| AtomicUsize::new(0)).collect();
+            let done = |r: Range<usize>| {
+                for i in r {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            let beta = if beta_one { 1.0 } else { 0.0 };
+            let _ = round;
+            // SAFETY: x spans the geometry from channel grp·cg; the packed
+            // weight is group grp's; C has m rows of ldc ≥ oc floats.
+            pool.install(|| unsafe {
+                gemm(
+                    &g,
+                    x.as_ptr().add(grp * g.cg),
+                    packed.as_ptr().add(grp * pack.group_len()),
+                    og,
+                    beta,
+                    got.as_mut_ptr().add(grp * og),
+                    ldc,
+                    threads,
+                    works.as_mut_ptr(),
+                    &done,
+                )
+            });
+            if let Some(i) = seen.iter().position(|s| s.load(Ordering::Relaxed) != 1) {
+                return Err(format!("{case:?}: done saw row {i} {:?} times", seen[i]));
+            }
+        }
+    }
+    let tol = 1e-5 * (k as f32).sqrt().max(1.0) * 4.0 * if beta_one { 2.0 } else { 1.0 };
+    for i in 0..m {
+        for j in 0..ldc {
+            let (a, b) = (got[i * ldc + j], want[i * ldc + j]);
+            if (a - b).abs() > tol || a.is_nan() {
+                return Err(format!(
+                    "{case:?} {threads} threads beta {}: C[{i}][{j}] = {a}, want {b}",
+                    beta_one as u8
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn implicit_conv_matches_im2col_and_naive_gemm() {
+    let base = Case {
+        n: 1,
+        hw: [9, 7],
+        cg: 5,
+        groups: 1,
+        og: 13,
+        k: [3, 3],
+        stride: 1,
+        pad: 1,
+        dilation: 1,
+    };
+    let cases = [
+        base,
+        Case {
+            n: 3,
+            stride: 2,
+            pad: 0,
+            ..base
+        },
+        Case {
+            n: 3,
+            pad: 3,
+            dilation: 2,
+            groups: 2,
+            og: 33,
+            ..base
+        },
+        // Depthwise-like: one channel per group.
+        Case {
+            cg: 1,
+            groups: 4,
+            og: 2,
+            stride: 2,
+            ..base
+        },
+        // The stem's shape, small: 3 channels, 7×7, stride 2, pad 3.
+        Case {
+            n: 3,
+            hw: [20, 19],
+            cg: 3,
+            og: 64,
+            k: [7, 7],
+            stride: 2,
+            pad: 3,
+            ..base
+        },
+        // Narrow products (the tall tile) and K over two blocks.
+        Case {
+            n: 3,
+            hw: [11, 10],
+            cg: 40,
+            og: 32,
+            ..base
+        },
+        Case {
+            n: 1,
+            hw: [5, 6],
+            cg: 30,
+            og: 31,
+            k: [3, 2],
+            pad: 2,
+            ..base
+        },
+        // Wider than one N block, rows over several M blocks.
+        Case {
+            n: 2,
+            hw: [20, 21],
+            cg: 4,
+            og: 500,
+            k: [1, 1],
+            pad: 0,
+            ..base
+        },
+        // Pad larger than the window reach: whole rows of padding.
+        Case {
+            hw: [3, 3],
+            cg: 2,
+            og: 48,
+            k: [2, 2],
+            pad: 3,
+            stride: 1,
+            ..base
+        },
+    ];
+    for case in cases {
+        for threads in [1, 2] {
+            for beta_one in [false, true] {
+                check(case, threads, beta_one).unwrap();
+            }
+        }
+    }
+}

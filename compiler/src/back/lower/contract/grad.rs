@@ -5,7 +5,8 @@
 //!   with `col` the forward's im2col panel of `x` (1x1 stride-1 unpadded
 //!   convolutions read `x` itself) and `dy` read transposed through the
 //!   GEMM's strides, into scratch; one copy step then transposes it into
-//!   dW. The images accumulate into the one result (`beta = 1` from the
+//!   dW. (When the panel has fewer rows than `OC/g`, or a follower is fused
+//!   into dW, `dW_g += dy_g · col_gᵀ` straight into dW instead.) The images accumulate into the one result (`beta = 1` from the
 //!   second image on); the executor splits them over the threads, each
 //!   summing into its own partial result (`runtime/src/plan/accumulate.rs`).
 //! - `conv{1,2}d_grad_input(dy, w)`, stride 1 (padding at most
@@ -465,9 +466,10 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         domain,
         bias: None,
     };
-    if !cx.followers(node).is_empty() || cx.in_prepare {
+    if !cx.followers(node).is_empty() || cx.in_prepare || kg < og {
         // A fused follower runs on dW in place (and a prepare step is not
-        // the last run step): keep dW the GEMM's C.
+        // the last run step), and a panel shorter than dy is not worth the
+        // transposed form: keep dW the GEMM's C.
         let col_t = Side {
             strides: Strides::transposed(spatial),
             ..col
@@ -488,10 +490,11 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 /// transposing it into dW.
 ///
 /// Why transposed: the GEMM packs the operand it reads through rows
-/// cheaply and the one it reads through columns slowly; `col` is the
-/// long one (`C/g·KH·KW` rows against `OC/g`), so reading it row-major
-/// and `dy` through its transpose is the faster way round (1.2–2.5× in
-/// the `gemm` crate on the seed models' shapes, one thread).
+/// cheaply and the one it reads through columns slowly; when `col` is the
+/// long one (`C/g·KH·KW` rows, at least `OC/g`), reading it row-major and
+/// `dy` through its transpose is the faster way round (1.2–2.5× in the
+/// `gemm` crate on the seed models' shapes, one thread). vggish's first
+/// convolution (9 panel rows against 64 channels) was slower this way.
 fn transposed_weight_grad(
     cx: &mut LowerCx,
     node: &Node,

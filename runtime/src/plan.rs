@@ -17,6 +17,7 @@
 //! Work whose extent depends on the data (sparse bags) runs as
 //! [`Work::Rows`] steps: runtime code over whole buffers (see [`Rows`]).
 
+mod accumulate;
 mod rows;
 
 pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
@@ -177,8 +178,10 @@ pub struct Unpack {
 /// threads (and a scratch slice per thread), items run in parallel, each
 /// with a one-thread GEMM and its own slice; otherwise items run one at a
 /// time with a multi-threaded GEMM and pack/epilogue split over threads.
-/// An accumulating contraction (`accumulate`) always runs its items one
-/// at a time: they all add into the same C.
+/// An accumulating contraction (`accumulate`) adds all items into the
+/// same C: its items are split over the threads, each summing into its own
+/// partial C that are then added up (see `plan/accumulate.rs`), or, with
+/// a per-item epilogue or unpacking, run one at a time.
 #[derive(Clone, Copy, Debug)]
 pub struct Contraction {
     /// Items.
@@ -429,6 +432,9 @@ struct Contracting<'c> {
     slots: *const *const f32,
     out: *mut f32,
     work: *mut TileWork,
+    /// Partial Cs of a split accumulating contraction: `threads − 1` of
+    /// `accumulate::partial_len` elements each.
+    partials: *mut f32,
 }
 
 // SAFETY: items write disjoint parts of C and of the scratch (one slice per
@@ -453,7 +459,11 @@ impl Contracting<'_> {
             .map_or(usize::MAX, |p| slices(p.scratch, p.len))
             .min(c.unpack.map_or(usize::MAX, |u| slices(u.scratch, u.len)));
         let tasks = threads.min(c.items).min(slices);
-        if threads > 1 && c.items >= threads && tasks == threads && !c.accumulate {
+        if threads > 1 && tasks > 1 && accumulate::splits(c) {
+            // SAFETY: forwarded; the executor sized `partials` for its
+            // threads, and the scratch holds `tasks` panels.
+            unsafe { self.run_split(pool, tasks) };
+        } else if threads > 1 && c.items >= threads && tasks == threads && !c.accumulate {
             pool.install(|| {
                 (0..tasks).into_par_iter().for_each(|t| {
                     for item in c.items * t / tasks..c.items * (t + 1) / tasks {
@@ -774,6 +784,9 @@ pub struct Executor {
     /// Per thread, the packing buffers of the tile GEMM (empty when no
     /// step uses it).
     tile_work: Vec<TileWork>,
+    /// The partial Cs of split accumulating contractions
+    /// (`plan/accumulate.rs`): `threads − 1` times the largest a step needs.
+    partials: Vec<f32>,
     /// Whether the plan runs on the calling thread: with one thread, or
     /// when [`Executor::inline_when_small`] found every run step too small
     /// to gain from a split ([`Work::is_small`]). Handing a call to the pool costs a thread
@@ -806,10 +819,11 @@ impl Executor {
                 });
             }
         }
-        let (mut tile, mut packed) = ((0, 0), false);
+        let (mut tile, mut packed, mut partial) = ((0, 0), false, 0);
         for (i, s) in plan.prepare.iter().chain(&plan.steps).enumerate() {
             if let Work::Contraction(c) = &s.work {
                 c.validate(i, &s.extents)?;
+                partial = partial.max(accumulate::partial_len(c));
                 if let Gemm::Tile(t) = c.gemm {
                     tile = (tile.0.max(t.mr), tile.1.max(t.nr));
                 }
@@ -842,6 +856,7 @@ impl Executor {
             pointers: slots(&plan.steps),
             prepared: plan.prepare.is_empty(),
             tile_work,
+            partials: vec![0.0; partial * (threads - 1)],
             serial,
             plan,
             pool: Arc::new(pool),
@@ -972,6 +987,7 @@ impl Executor {
             pool.current_num_threads()
         };
         let work = self.tile_work.as_mut_ptr();
+        let partials = self.partials.as_mut_ptr();
         for (i, (step, slots)) in steps.iter().zip(pointers.iter_mut()).enumerate() {
             let started = (!times.is_empty()).then(Instant::now);
             let read = |b: &Buf| -> *const f32 {
@@ -1008,6 +1024,7 @@ impl Executor {
                         slots: slots.as_ptr(),
                         out,
                         work,
+                        partials,
                     };
                     // SAFETY: `check` verified every buffer covers its
                     // declared extent and `Executor::new` that the

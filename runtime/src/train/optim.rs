@@ -676,25 +676,7 @@ fn sgd_momentum(p: &mut [f32], g: &[f32], buf: &mut [f32], row: usize, k: &SgdCo
 fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], row: usize, k: &AdamConsts) {
     let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
         for_rows(g, row, |a, b| {
-            let it = p[a..b]
-                .iter_mut()
-                .zip(&g[a..b])
-                .zip(m[a..b].iter_mut().zip(&mut v[a..b]));
-            for ((p, &g), (m, v)) in it {
-                if k.decoupled {
-                    *p *= k.decay;
-                }
-                let g = if k.l2 != 0.0 { g + k.l2 * *p } else { g };
-                // torch.lerp's two forms, chosen by the weight as ATen does.
-                *m = if k.w1 < 0.5 {
-                    *m + k.w1 * (g - *m)
-                } else {
-                    g - (g - *m) * (1.0 - k.w1)
-                };
-                *v = *v * k.beta2 + k.w2 * g * g;
-                let denom = v.sqrt() / k.bc2_sqrt + k.eps;
-                *p += k.neg_step * (*m / denom);
-            }
+            adam_range(&mut p[a..b], &g[a..b], &mut m[a..b], &mut v[a..b], k)
         })
     };
     match chunk_len(p.len(), row) {
@@ -704,6 +686,51 @@ fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], row: usize, k: &
             .zip(g.par_chunks(c))
             .zip(m.par_chunks_mut(c).zip(v.par_chunks_mut(c)))
             .for_each(|((p, g), (m, v))| run(p, g, m, v)),
+    }
+}
+
+/// Adam's update of one range, with the per-step choices taken once
+/// outside the loop so that it vectorises (the same operations in the
+/// same order per element, so the same results as a scalar loop).
+fn adam_range(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) {
+    match (k.l2 != 0.0, k.w1 < 0.5) {
+        (false, false) => adam_span::<false, false>(p, g, m, v, k),
+        (false, true) => adam_span::<false, true>(p, g, m, v, k),
+        (true, false) => adam_span::<true, false>(p, g, m, v, k),
+        (true, true) => adam_span::<true, true>(p, g, m, v, k),
+    }
+}
+
+/// [`adam_range`] for one choice: `L2` adds Adam's L2 term to the
+/// gradient, `LOW` takes `torch.lerp`'s form for a weight below 0.5 (as
+/// ATen does). AdamW's decay multiplies every element, by 1 (exactly the
+/// identity) for Adam.
+#[inline(always)]
+fn adam_span<const L2: bool, const LOW: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: &AdamConsts,
+) {
+    let decay = if k.decoupled { k.decay } else { 1.0 };
+    let (l2, w1, beta2, w2) = (k.l2, k.w1, k.beta2, k.w2);
+    let (bc2_sqrt, eps, neg_step) = (k.bc2_sqrt, k.eps, k.neg_step);
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let pi = p[i] * decay;
+        let gi = if L2 { g[i] + l2 * pi } else { g[i] };
+        let mi = if LOW {
+            m[i] + w1 * (gi - m[i])
+        } else {
+            gi - (gi - m[i]) * (1.0 - w1)
+        };
+        let vi = v[i] * beta2 + w2 * gi * gi;
+        let denom = vi.sqrt() / bc2_sqrt + eps;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi + neg_step * (mi / denom);
     }
 }
 

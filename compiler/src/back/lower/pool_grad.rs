@@ -10,6 +10,10 @@
 //! PyTorch's CPU rule), for average pooling `dy / divisor` to every tap
 //! (the divisor of the forward kernel: the padded window with
 //! `count_include_pad`, else the taps read; adaptive bins their size).
+//! A strided window of at most 16 taps that lies wholly inside the input
+//! (all but the border windows) takes a branch with its taps unrolled at
+//! constant offsets from its first element: the same taps in the same
+//! order, without the per-tap loops.
 
 use super::data::call;
 use super::rows::input;
@@ -19,7 +23,10 @@ use crate::back::loops::{counted, elem, flags};
 use crate::back::pool::{Axis, PoolKernel, PoolLayout, PoolOp, Window};
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
-use cranelift_codegen::ir::{condcodes::FloatCC, types, Block, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{
+    condcodes::{FloatCC, IntCC},
+    types, Block, InstBuilder, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// Lowers the 2-D pooling gradients; `None` for other ops.
@@ -62,6 +69,51 @@ fn taps(a: &Axis, o: u64) -> i64 {
         Window::Adaptive => {
             let (i, out) = (a.input, a.output);
             ((o + 1) * i).div_ceil(out) as i64 - (o * i / out) as i64
+        }
+    }
+}
+
+/// The most taps a window may have to be unrolled.
+const MAX_UNROLLED: u64 = 16;
+
+/// The taps of a strided window along both axes: `(k, dilation)` each.
+struct Taps {
+    h: (u64, u64),
+    w: (u64, u64),
+}
+
+impl Taps {
+    /// Offsets of the taps from the window's first input element, in
+    /// row-major window order, for an input `w_in` wide.
+    fn offsets(&self, w_in: i64) -> Vec<i64> {
+        let ((kh, dh), (kw, dw)) = (self.h, self.w);
+        (0..kh as i64)
+            .flat_map(|i| (0..kw as i64).map(move |j| i * dh as i64 * w_in + j * dw as i64))
+            .collect()
+    }
+}
+
+impl PoolGradKernel {
+    /// The taps to unroll for windows inside the input: strided windows
+    /// of at most [`MAX_UNROLLED`] taps.
+    fn unrolled(&self) -> Option<Taps> {
+        match (self.h.window, self.w.window) {
+            (
+                Window::Strided {
+                    k: kh,
+                    dilation: dh,
+                    ..
+                },
+                Window::Strided {
+                    k: kw,
+                    dilation: dw,
+                    ..
+                },
+            ) if kh * kw <= MAX_UNROLLED => Some(Taps {
+                h: (kh, dh),
+                w: (kw, dw),
+            }),
+            _ => None,
         }
     }
 }
@@ -122,7 +174,7 @@ impl KernelSource for PoolGradKernel {
                         let new = b.ins().fadd(old, v);
                         b.ins().store(flags(), new, a, 0);
                     };
-                    match (self.op, xp) {
+                    let general = |b: &mut FunctionBuilder| match (self.op, xp) {
                         (PoolOp::Max, Some(xp)) => {
                             let first = tap(b, zero, zero);
                             let ninf = b.ins().f32const(f32::NEG_INFINITY);
@@ -161,6 +213,58 @@ impl KernelSource for PoolGradKernel {
                                 vec![]
                             });
                         }
+                    };
+                    match self.unrolled() {
+                        Some(taps) => {
+                            // Windows wholly inside the input (all but the
+                            // borders) take the unrolled taps.
+                            let (kh, kw) = (taps.h.0 as i64, taps.w.0 as i64);
+                            let full_h = b.ins().icmp_imm_s(IntCC::Equal, hs.count, kh);
+                            let full_w = b.ins().icmp_imm_s(IntCC::Equal, ws.count, kw);
+                            let full = b.ins().band(full_h, full_w);
+                            let (fast, slow, join) =
+                                (b.create_block(), b.create_block(), b.create_block());
+                            b.ins().brif(full, fast, &[], slow, &[]);
+                            b.switch_to_block(fast);
+                            let r = b.ins().imul_imm_s(hs.first, w_in);
+                            let corner = b.ins().iadd(r, ws.first);
+                            let offsets = taps.offsets(w_in);
+                            let at =
+                                |b: &mut FunctionBuilder, off: i64| b.ins().iadd_imm_s(corner, off);
+                            match (self.op, xp) {
+                                (PoolOp::Max, Some(xp)) => {
+                                    let mut best = b.ins().f32const(f32::NEG_INFINITY);
+                                    let mut idx = corner;
+                                    for &off in &offsets {
+                                        let t = at(b, off);
+                                        let a = elem(b, xp, t, ptr);
+                                        let v = b.ins().load(types::F32, flags(), a, 0);
+                                        let gt = b.ins().fcmp(FloatCC::GreaterThan, v, best);
+                                        let nan = b.ins().fcmp(FloatCC::Unordered, v, v);
+                                        let take = b.ins().bor(gt, nan);
+                                        best = b.ins().select(take, v, best);
+                                        idx = b.ins().select(take, t, idx);
+                                    }
+                                    add(b, idx, g);
+                                }
+                                _ => {
+                                    // Inside the input the padded window
+                                    // is the window: kh·kw taps either way.
+                                    let n = b.ins().f32const((kh * kw) as f32);
+                                    let gd = b.ins().fdiv(g, n);
+                                    for &off in &offsets {
+                                        let t = at(b, off);
+                                        add(b, t, gd);
+                                    }
+                                }
+                            }
+                            b.ins().jump(join, &[]);
+                            b.switch_to_block(slow);
+                            general(b);
+                            b.ins().jump(join, &[]);
+                            b.switch_to_block(join);
+                        }
+                        None => general(b),
                     }
                     vec![]
                 });

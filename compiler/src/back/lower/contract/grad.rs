@@ -1,12 +1,14 @@
 //! The gradients of the contractions as contraction steps (NCHW):
 //!
 //! - `conv{1,2}d_grad_weight(dy, x)`: per image and group,
-//!   `dW_g[OC/g, C/g·KH·KW] += dy_g[OC/g, OH·OW] · col_g[C/g·KH·KW, OH·OW]ᵀ`
-//!   with `col` the forward's im2col panel of `x` (read transposed through
-//!   the GEMM's strides; 1x1 stride-1 unpadded convolutions read `x`
-//!   itself). The images accumulate into the one result (`beta = 1` from
-//!   the second image on), so they run one at a time, each GEMM split over
-//!   the threads.
+//!   `dWᵀ_g[C/g·KH·KW, OC/g] += col_g[C/g·KH·KW, OH·OW] · dy_g[OC/g, OH·OW]ᵀ`
+//!   with `col` the forward's im2col panel of `x` (1x1 stride-1 unpadded
+//!   convolutions read `x` itself) and `dy` read transposed through the
+//!   GEMM's strides, into scratch; one copy step then transposes it into
+//!   dW. (When the panel has fewer rows than `OC/g`, or a follower is fused
+//!   into dW, `dW_g += dy_g · col_gᵀ` straight into dW instead.) The images accumulate into the one result (`beta = 1` from the
+//!   second image on); the executor splits them over the threads, each
+//!   summing into its own partial result (`runtime/src/plan/accumulate.rs`).
 //! - `conv{1,2}d_grad_input(dy, w)`, stride 1 (padding at most
 //!   `dilation·(k−1)`): a convolution of `dy` with the flipped kernel,
 //!   `dx_g[C/g, H·W] = W'_g[C/g, OC/g·KH·KW] · col'_g` where `col'` is the
@@ -424,10 +426,12 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     }
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());
-    let (b, pack) = if g.pointwise() {
+    // The panel `col_g[C/g·KH·KW, OH·OW]` (or x itself for 1x1 stride-1
+    // unpadded), read row by row: the long operand of the product.
+    let (col, pack) = if g.pointwise() {
         let hw = g.h * g.w;
         (
-            Side::value(x, g.c * hw, g.cg() * hw, Strides::transposed(hw)),
+            Side::value(x, g.c * hw, g.cg() * hw, Strides::row_major(hw)),
             None,
         )
     } else {
@@ -436,38 +440,106 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             offset: 0,
             item: 0,
             group: kg * spatial,
-            strides: Strides::transposed(spatial),
+            strides: Strides::row_major(spatial),
         };
         (side, Some((g.im2col(), x)))
     };
-    emit(
+    let dy_side = |strides| Side::value(dy, g.oc * spatial, og * spatial, strides);
+    let domain = Domain::Rows {
+        channels: 1,
+        inner: kg as u64,
+    };
+    let spec = |m, n, a, b, ldc| Spec {
+        items: g.n,
+        groups: g.groups,
+        m,
+        n,
+        k: spatial,
+        a,
+        b,
+        c_item: 0,
+        c_group: og * kg,
+        ldc,
+        pack,
+        unpack: None,
+        accumulate: true,
+        domain,
+        bias: None,
+    };
+    if !cx.followers(node).is_empty() || cx.in_prepare || kg < og {
+        // A fused follower runs on dW in place (and a prepare step is not
+        // the last run step), and a panel shorter than dy is not worth the
+        // transposed form: keep dW the GEMM's C.
+        let col_t = Side {
+            strides: Strides::transposed(spatial),
+            ..col
+        };
+        let spec = spec(og, kg, dy_side(Strides::row_major(spatial)), col_t, kg);
+        return emit(cx, node, spec);
+    }
+    transposed_weight_grad(
         cx,
         node,
-        Spec {
-            items: g.n,
-            groups: g.groups,
-            m: og,
-            n: kg,
-            k: spatial,
-            a: Side::value(
-                dy,
-                g.oc * spatial,
-                og * spatial,
-                Strides::row_major(spatial),
-            ),
-            b,
-            c_item: 0,
-            c_group: og * kg,
-            ldc: kg,
-            pack,
-            unpack: None,
-            accumulate: true,
-            domain: Domain::Rows {
-                channels: 1,
-                inner: kg as u64,
-            },
-            bias: None,
+        &g,
+        spec(kg, og, col, dy_side(Strides::transposed(spatial)), og),
+    )
+}
+
+/// Emits the weight gradient as `dWᵀ_g[C/g·KH·KW, OC/g] += col_g · dy_gᵀ`
+/// into the scratch region (after the packed panels), then one copy step
+/// transposing it into dW.
+///
+/// Why transposed: the GEMM packs the operand it reads through rows
+/// cheaply and the one it reads through columns slowly; when `col` is the
+/// long one (`C/g·KH·KW` rows, at least `OC/g`), reading it row-major and
+/// `dy` through its transpose is the faster way round (1.2–2.5× in the
+/// `gemm` crate on the seed models' shapes, one thread). vggish's first
+/// convolution (9 panel rows against 64 channels) was slower this way.
+fn transposed_weight_grad(
+    cx: &mut LowerCx,
+    node: &Node,
+    g: &Geometry,
+    spec: Spec,
+) -> Result<(), BackError> {
+    let (og, kg) = (g.og(), g.kg());
+    let len = g.groups * og * kg;
+    let after = spec
+        .pack
+        .as_ref()
+        .map_or(0, |(im2col, _)| pack_scratch_len(cx, spec.items, im2col));
+    let dwt = match cx.scratch(after + len) {
+        Buf::Arena { offset, .. } => Buf::Arena {
+            offset: offset + after,
+            len,
         },
+        other => {
+            return Err(bad(
+                node,
+                format!("the scratch region is {other:?}, not in the arena"),
+            ))
+        }
+    };
+    let dw = cx.output(node.outputs[0])?;
+    emit(cx, node, spec)?;
+    // `emit` wrote into dW; point the step at the scratch instead.
+    let step = cx
+        .steps
+        .last_mut()
+        .ok_or_else(|| bad(node, "no contraction step was emitted".into()))?;
+    step.output = dwt;
+    if let Some(e) = step.extents.last_mut() {
+        *e = len;
+    }
+    let copy = CopyKernel::new(&[g.groups, og, kg], &[kg * og, 1, og], &[og * kg, kg, 1], 0);
+    let id = copy.compile(cx.jit)?;
+    data::call(
+        cx,
+        id,
+        copy.units(),
+        copy.grain(),
+        vec![dwt],
+        vec![copy.in_extent(), copy.out_extent()],
+        dw,
     )
 }
 

@@ -102,6 +102,8 @@ impl Contracting<'_> {
                     dst.add(g * c.c_group),
                     slice,
                     None,
+                    // Partials take no epilogue: nothing to run per block.
+                    &|_| {},
                 )
             };
         }

@@ -487,44 +487,63 @@ impl Contracting<'_> {
         }
     }
 
+    /// Runs the packing kernel (if any) for `item` into scratch slice
+    /// `slice`, split over `pool` if given; returns the panel (null
+    /// without a packing kernel).
+    ///
+    /// # Safety
+    /// The scratch extent holds at least `slice + 1` panels.
+    unsafe fn pack(
+        self,
+        item: usize,
+        slice: usize,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> *const f32 {
+        let Some(p) = self.c.pack else {
+            return std::ptr::null();
+        };
+        // SAFETY: `slots` has an entry per step input (indices validated);
+        // the caller guarantees slice `slice` exists.
+        let base = unsafe { (*self.slots.add(p.scratch) as *mut f32).add(slice * p.len) };
+        // SAFETY: the pack kernel writes its item's panel into `base`.
+        unsafe {
+            ranges(
+                p.kernel,
+                item * p.units,
+                (item + 1) * p.units,
+                self.slots.add(p.input),
+                base,
+                pool,
+            )
+        };
+        base
+    }
+
+    /// Where group `g` of operand `o` starts for `item`: in the item's
+    /// packed `panel`, or in the operand's buffer.
+    fn operand(self, o: &Operand, item: usize, panel: *const f32, g: usize) -> *const f32 {
+        let (base, item_off) = if o.packed {
+            (panel, 0)
+        } else {
+            // SAFETY: `slots` has an entry per step input (indices validated).
+            (unsafe { *self.slots.add(o.input) }, item * o.item_stride)
+        };
+        // SAFETY: validated to stay inside the operand's buffer (or panel).
+        unsafe { base.add(o.offset + item_off + g * o.group_stride) }
+    }
+
     /// One item: pack, GEMMs, epilogue; split over `pool` if given, else
     /// on the calling thread with scratch slice and tile buffers `slice`.
     unsafe fn item(self, item: usize, slice: usize, pool: Option<&rayon::ThreadPool>) {
         let c = self.c;
-        // SAFETY: `slots` has an entry per step input (indices validated).
-        let slot = |i: usize| unsafe { *self.slots.add(i) };
-        let mut panel: *const f32 = std::ptr::null();
-        if let Some(p) = c.pack {
-            // SAFETY: the scratch extent holds at least `slice + 1` panels
-            // (tasks ≤ extent / len).
-            let base = unsafe { (slot(p.scratch) as *mut f32).add(slice * p.len) };
-            // SAFETY: the pack kernel writes its item's panel into `base`.
-            unsafe {
-                ranges(
-                    p.kernel,
-                    item * p.units,
-                    (item + 1) * p.units,
-                    self.slots.add(p.input),
-                    base,
-                    pool,
-                )
-            };
-            panel = base;
-        }
-        let at = |o: &Operand, g: usize| -> *const f32 {
-            let (base, item_off) = if o.packed {
-                (panel, 0)
-            } else {
-                (slot(o.input), item * o.item_stride)
-            };
-            // SAFETY: validated to stay inside the operand's buffer.
-            unsafe { base.add(o.offset + item_off + g * o.group_stride) }
-        };
+        // SAFETY: forwarded (the scratch holds a panel per slice).
+        let panel = unsafe { self.pack(item, slice, pool) };
+        let at = |o: &Operand, g: usize| self.operand(o, item, panel, g);
         // Where this item's C starts: its scratch panel or its place in
         // the output.
         let c_base = match c.unpack {
             // SAFETY: the scratch extent holds at least `slice + 1` panels.
-            Some(u) => unsafe { (slot(u.scratch) as *mut f32).add(slice * u.len) },
+            Some(u) => unsafe { (*self.slots.add(u.scratch) as *mut f32).add(slice * u.len) },
             // SAFETY: validated to stay inside the output.
             None => unsafe { self.out.add(item * c.c_item) },
         };

@@ -11,7 +11,7 @@
 //! the output, rows split over the threads. The sum is the same, only
 //! grouped differently.
 
-use super::{ranges, Contracting, Contraction, Operand};
+use super::{Contracting, Contraction, Operand};
 use rayon::prelude::*;
 
 /// The elements of one partial C of `c`: from the first element of group
@@ -64,34 +64,9 @@ impl Contracting<'_> {
     /// then every group's GEMM `C = A·B + beta·C` into `dst`.
     unsafe fn split_item(self, item: usize, slice: usize, dst: *mut f32, beta: f32) {
         let c = self.c;
-        // SAFETY: `slots` has an entry per step input (indices validated).
-        let slot = |i: usize| unsafe { *self.slots.add(i) };
-        let mut panel: *const f32 = std::ptr::null();
-        if let Some(p) = c.pack {
-            // SAFETY: the scratch holds a panel per task.
-            let base = unsafe { (slot(p.scratch) as *mut f32).add(slice * p.len) };
-            // SAFETY: the pack kernel writes its item's panel into `base`.
-            unsafe {
-                ranges(
-                    p.kernel,
-                    item * p.units,
-                    (item + 1) * p.units,
-                    self.slots.add(p.input),
-                    base,
-                    None,
-                )
-            };
-            panel = base;
-        }
-        let at = |o: &Operand, g: usize| -> *const f32 {
-            let (base, item_off) = if o.packed {
-                (panel, 0)
-            } else {
-                (slot(o.input), item * o.item_stride)
-            };
-            // SAFETY: validated to stay inside the operand's buffer.
-            unsafe { base.add(o.offset + item_off + g * o.group_stride) }
-        };
+        // SAFETY: the scratch holds a panel per task.
+        let panel = unsafe { self.pack(item, slice, None) };
+        let at = |o: &Operand, g: usize| self.operand(o, item, panel, g);
         for g in 0..c.groups {
             // SAFETY: `dst` spans the C of every group; operands validated.
             unsafe {

@@ -10,7 +10,8 @@
 //!   scalar accumulator in registers.
 //! - **NHWC**: input `[N, H, W, C]`, output `[N, OH, OW, C]`; a work unit is
 //!   one output row `(n, oh)` of `OW·C` values, vectorised over channels
-//!   (f32x4 accumulators, scalar tail for `C % 4`).
+//!   (four f32x4 accumulators per window pass, then single f32x4 groups,
+//!   then a scalar tail for `C % 4`).
 //!
 //! Window bounds are computed in the kernel per output index: for a
 //! strided window starting at `s = o·stride − pad`, the taps
@@ -29,6 +30,11 @@ use super::loops::{counted, elem, flags, smax, smin};
 use super::BackError;
 use cranelift_codegen::ir::{types, Block, InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
+
+/// f32x4 channel groups a channels-last kernel pools per pass over a
+/// window (16 channels: the window's addressing is paid once per 16, and
+/// the accumulators and loads fit the 16 xmm registers Cranelift uses).
+const WIDE: usize = 4;
 
 /// What a pooling kernel computes over each window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,7 +235,9 @@ impl PoolKernel {
 
     /// Folds the window `(hs, ws)` at input element offset `base` (the
     /// first channel of the row's image or the plane) and channel offset
-    /// `c` into an accumulator of type `ty`, returning the pooled value.
+    /// `c` into `width` accumulators of type `ty` (consecutive channel
+    /// groups, one register each, so the window loop runs once for all of
+    /// them), returning the pooled values.
     #[allow(clippy::too_many_arguments)]
     fn window(
         &self,
@@ -241,7 +249,8 @@ impl PoolKernel {
         hs: &Span,
         ws: &Span,
         ty: Type,
-    ) -> Value {
+        width: usize,
+    ) -> Vec<Value> {
         let i64t = types::I64;
         let (init, is_max) = match self.op {
             PoolOp::Max => (f32::NEG_INFINITY, true),
@@ -257,11 +266,14 @@ impl PoolKernel {
         let zero = b.ins().iconst(i64t, 0);
         let (wstep, hstep) = (ws.step, hs.step);
         let (wfirst, wcount) = (ws.first, ws.count);
-        let acc = counted(b, zero, hs.count, 1, &[acc0], &[ty], |b, i, acc| {
+        let inits = vec![acc0; width];
+        let tys = vec![ty; width];
+        let group = ty.bytes() as i32;
+        let accs = counted(b, zero, hs.count, 1, &inits, &tys, |b, i, acc| {
             let ih = b.ins().imul_imm_s(i, hstep);
             let ih = b.ins().iadd(ih, hs.first);
             let rowoff = b.ins().imul_imm_s(ih, win);
-            counted(b, zero, wcount, 1, acc, &[ty], |b, j, acc| {
+            counted(b, zero, wcount, 1, acc, &tys, |b, j, acc| {
                 let iw = b.ins().imul_imm_s(j, wstep);
                 let iw = b.ins().iadd(iw, wfirst);
                 let pix = b.ins().iadd(rowoff, iw);
@@ -269,16 +281,23 @@ impl PoolKernel {
                 let e = b.ins().iadd(e, base);
                 let e = b.ins().iadd(e, c);
                 let a = elem(b, src, e, ptr);
-                let x = b.ins().load(ty, flags(), a, 0);
-                vec![if is_max {
-                    b.ins().fmax(acc[0], x)
-                } else {
-                    b.ins().fadd(acc[0], x)
-                }]
+                let loads: Vec<Value> = (0..width as i32)
+                    .map(|g| b.ins().load(ty, flags(), a, g * group))
+                    .collect();
+                acc.iter()
+                    .zip(loads)
+                    .map(|(&acc, x)| {
+                        if is_max {
+                            b.ins().fmax(acc, x)
+                        } else {
+                            b.ins().fadd(acc, x)
+                        }
+                    })
+                    .collect()
             })
-        })[0];
+        });
         match self.op {
-            PoolOp::Max => acc,
+            PoolOp::Max => accs,
             PoolOp::Avg { include_pad } => {
                 // Adaptive spans have `padded == count`.
                 let n = if include_pad {
@@ -292,7 +311,7 @@ impl PoolKernel {
                 } else {
                     n
                 };
-                b.ins().fdiv(acc, n)
+                accs.into_iter().map(|acc| b.ins().fdiv(acc, n)).collect()
             }
         }
     }
@@ -325,19 +344,31 @@ impl KernelSource for PoolKernel {
                 let ws = self.w.span(b, ow);
                 let obase = b.ins().imul_imm_s(ow, ch);
                 let obase = b.ins().iadd(obase, orow);
+                let wide_hi = b.ins().iconst(i64t, ch & !(WIDE as i64 * 4 - 1));
                 let vec_hi = b.ins().iconst(i64t, ch & !3);
                 let hi = b.ins().iconst(i64t, ch);
-                // Only the loops this channel count needs.
+                // Only the loops this channel count needs: WIDE f32x4
+                // groups per window pass, then single groups, then scalars.
                 let loops = [
-                    (ch >= 4, zero, vec_hi, 4, types::F32X4),
+                    (ch >= 4 * WIDE as i64, zero, wide_hi, WIDE, types::F32X4),
+                    (
+                        ch % (4 * WIDE as i64) >= 4,
+                        wide_hi,
+                        vec_hi,
+                        1,
+                        types::F32X4,
+                    ),
                     (ch % 4 != 0, vec_hi, hi, 1, types::F32),
                 ];
-                for (_, lo, hi, step, ty) in loops.into_iter().filter(|l| l.0) {
+                for (_, lo, hi, width, ty) in loops.into_iter().filter(|l| l.0) {
+                    let step = (width * ty.lane_count() as usize) as i64;
                     counted(b, lo, hi, step, &[], &[], |b, c, _| {
-                        let v = self.window(b, ptr, src, base, c, &hs, &ws, ty);
+                        let vs = self.window(b, ptr, src, base, c, &hs, &ws, ty, width);
                         let oe = b.ins().iadd(obase, c);
                         let a = elem(b, out, oe, ptr);
-                        b.ins().store(flags(), v, a, 0);
+                        for (g, v) in vs.into_iter().enumerate() {
+                            b.ins().store(flags(), v, a, g as i32 * ty.bytes() as i32);
+                        }
                         vec![]
                     });
                 }

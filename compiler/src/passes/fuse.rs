@@ -22,6 +22,10 @@
 //! norm → relu): the norm and its unary followers are computed piece by
 //! piece, each concat input written straight into its columns of the
 //! result, so the concatenation itself is never stored.
+//!
+//! A training `batch_norm_train` takes the `relu` reading its normalised
+//! result ([`norm_train_relu`]): the norm's apply kernel writes the relu's
+//! result, and the normalised values are never stored.
 
 use super::rewrite;
 use crate::back::clif::{node_kernel, unary_of};
@@ -53,7 +57,19 @@ pub fn run(g: &mut Graph) -> FuseStats {
     let mut taken: HashSet<usize> = HashSet::new();
     for h in 0..g.nodes.len() {
         let head = &g.nodes[h];
-        if taken.contains(&h) || head.train_only || head.outputs.len() != 1 {
+        if taken.contains(&h) || head.train_only {
+            continue;
+        }
+        if head.op.name == "batch_norm_train" {
+            if let Some(f) = norm_train_relu(g, h, &readers, &taken) {
+                g.nodes[f].fused_into = Some(g.nodes[h].outputs[0]);
+                taken.insert(f);
+                stats.groups += 1;
+                stats.fused += 1;
+            }
+            continue;
+        }
+        if head.outputs.len() != 1 {
             continue;
         }
         if derived.contains(&head.outputs[0]) {
@@ -159,6 +175,29 @@ fn concat_norm_group(
         running = node.outputs[0];
     }
     followers
+}
+
+/// The `relu` reading the normalised result of the training batch norm at
+/// `h`, when it is that result's only reader and neither is a graph
+/// output (the norm's apply kernel then writes `max(y, 0)` straight into
+/// the relu's result; the backward reads the norm's input, not `y`).
+fn norm_train_relu(
+    g: &Graph,
+    h: usize,
+    readers: &HashMap<ValueId, Vec<usize>>,
+    taken: &HashSet<usize>,
+) -> Option<usize> {
+    let y = g.nodes[h].outputs[0];
+    let &[f] = readers.get(&y)?.as_slice() else {
+        return None;
+    };
+    let node = &g.nodes[f];
+    let fits = node.op.name == "relu"
+        && node.inputs[..] == [y]
+        && !node.train_only
+        && !taken.contains(&f)
+        && !rewrite::is_output(g, y);
+    fits.then_some(f)
 }
 
 /// The iteration space a head fixes for its group (`Some(None)`: flat so

@@ -17,7 +17,8 @@
 //!   running-stat updates folded into them) before the apply kernel
 //!   overwrites the staging area;
 //! - **apply** (a work unit is one `(n, c)` row): forward
-//!   `y = (x − mean)·(invstd·w) + b`; backward
+//!   `y = (x − mean)·(invstd·w) + b`, or `max(y, 0)` straight into the
+//!   result of a `relu` fused into the norm (`passes::fuse`); backward
 //!   `dx = (dy − dbias/M − (x − mean)·invstd·dweight/M)·invstd·w`
 //!   (PyTorch's formula).
 
@@ -59,6 +60,8 @@ enum Mode {
 #[derive(Debug, Clone, Copy)]
 struct BnKernel {
     mode: Mode,
+    /// Forward apply only: write `max(y, 0)` (a `relu` fused into the norm).
+    relu: bool,
     n: u64,
     c: u64,
     inner: u64,
@@ -116,8 +119,12 @@ impl BnKernel {
 impl KernelSource for BnKernel {
     fn key(&self) -> String {
         format!(
-            "bn_train.f32({:?};{}x{}x{})",
-            self.mode, self.n, self.c, self.inner
+            "bn_train.f32({:?}{};{}x{}x{})",
+            self.mode,
+            if self.relu { "+relu" } else { "" },
+            self.n,
+            self.c,
+            self.inner
         )
     }
 
@@ -192,7 +199,14 @@ impl KernelSource for BnKernel {
                                 (splat(b, ty, mean), splat(b, ty, a), splat(b, ty, bias));
                             let d = b.ins().fsub(v[0], mv);
                             let d = b.ins().fmul(d, av);
-                            b.ins().fadd(d, bv)
+                            let y = b.ins().fadd(d, bv);
+                            if self.relu {
+                                let z = b.ins().f32const(0.0);
+                                let z = splat(b, ty, z);
+                                b.ins().fmax(y, z)
+                            } else {
+                                y
+                            }
                         });
                     } else {
                         let (mean, invstd, w) = (at(b, 2), at(b, 3), at(b, 4));
@@ -313,15 +327,33 @@ fn forward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let m = float(node, "momentum", 0.1) as f32;
     let outs = node
         .outputs
+        .get(1..)
+        .unwrap_or_default()
         .iter()
         .map(|v| cx.output(*v))
         .collect::<Result<Vec<_>, _>>()?;
-    let [y, mean, invstd, new_rm, new_rv] = outs[..] else {
+    let [mean, invstd, new_rm, new_rv] = outs[..] else {
         return Err(BackError(format!(
             "`batch_norm_train` at {} has {} results, not 5",
             node.path,
-            outs.len()
+            outs.len() + 1
         )));
+    };
+    // A fused relu (passes::fuse) takes the normalised result's place.
+    let relu = match cx.followers(node)[..] {
+        [] => false,
+        [f] if f.op.name == "relu" => true,
+        ref other => {
+            return Err(BackError(format!(
+                "`batch_norm_train` at {} cannot run fused followers {:?}",
+                node.path,
+                other.iter().map(|f| f.op.name).collect::<Vec<_>>()
+            )))
+        }
+    };
+    let y = match cx.followers(node)[..] {
+        [f] => cx.output(f.outputs[0])?,
+        _ => cx.output(node.outputs[0])?,
     };
     let ins = node
         .inputs
@@ -331,6 +363,7 @@ fn forward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let numel = n * c * inner;
     let k = |mode| BnKernel {
         mode,
+        relu: relu && mode == Mode::ApplyForward,
         n: n as u64,
         c: c as u64,
         inner: inner as u64,
@@ -400,6 +433,7 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let numel = n * c * inner;
     let k = |mode| BnKernel {
         mode,
+        relu: false,
         n: n as u64,
         c: c as u64,
         inner: inner as u64,

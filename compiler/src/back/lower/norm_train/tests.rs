@@ -77,3 +77,71 @@ fn batch_norm_train_and_grad_match_the_interpreter() {
         check_rel(&g, &inputs, 1e-5, &format!("{shape:?}"));
     }
 }
+
+/// A `relu` reading the normalised result is fused into the norm by the
+/// fusion pass, and the fused group (the norm's kernel writing the relu's
+/// result) still matches the interpreter, the statistics and running
+/// stats included.
+#[test]
+fn batch_norm_train_with_a_fused_relu_matches_the_interpreter() {
+    for shape in [vec![4, 3, 5, 7], vec![3, 6, 2, 33]] {
+        let c = shape[1];
+        let dims = shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut g = model(&format!(
+            "input x: f32[{dims}]\ninput w: f32[{c}]\ninput b: f32[{c}]
+             input rm: f32[{c}]\ninput rv: f32[{c}]\noutput y = relu(x)"
+        ))
+        .unwrap();
+        let v: Vec<_> = g.inputs.iter().map(|(_, v)| *v).collect();
+        let op = Op::new("batch_norm_train")
+            .with("eps", Attr::Float(1e-5))
+            .with("momentum", Attr::Float(0.1));
+        let per = vec![c];
+        let f = append(
+            &mut g,
+            op,
+            vec![v[0], v[1], v[2], v[3], v[4]],
+            &[
+                shape.clone(),
+                per.clone(),
+                per.clone(),
+                per.clone(),
+                per.clone(),
+            ],
+        );
+        let r = append(&mut g, Op::new("relu"), vec![f[0]], &[shape.clone()]);
+        g.outputs = std::iter::once(r[0])
+            .chain(f[1..].iter().copied())
+            .enumerate()
+            .map(|(k, v)| (format!("r{k}"), v))
+            .collect();
+        let stats = crate::passes::fuse::run(&mut g);
+        assert_eq!(stats.fused, 1, "{shape:?}: the relu is fused");
+        assert!(g.nodes.iter().any(|n| n.fused_into == Some(f[0])));
+        let n: usize = shape.iter().product();
+        // Small biases: about half the normalised values are negative
+        // (the offset keeps the means away from 0 for the relative check).
+        let x = data(n, 0.7, 2.0).iter().map(|v| v + 1.5).collect();
+        let inputs = vec![
+            ("x", shape.clone(), x),
+            ("w", per.clone(), data(c, 2.0, 1.0)),
+            ("b", per.clone(), data(c, 2.5, 0.5)),
+            ("rm", per.clone(), data(c, 3.0, 1.0)),
+            (
+                "rv",
+                per.clone(),
+                data(c, 3.5, 1.0).iter().map(|v| v.abs() + 0.5).collect(),
+            ),
+        ];
+        let (got, _) = check_rel(&g, &inputs, 1e-5, &format!("fused {shape:?}"));
+        let negatives = got[0].iter().filter(|v| **v == 0.0).count();
+        assert!(
+            negatives > n / 8,
+            "{shape:?}: relu clipped {negatives} of {n}"
+        );
+    }
+}

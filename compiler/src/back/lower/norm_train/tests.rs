@@ -113,7 +113,12 @@ fn batch_norm_train_with_a_fused_relu_matches_the_interpreter() {
                 per.clone(),
             ],
         );
-        let r = append(&mut g, Op::new("relu"), vec![f[0]], &[shape.clone()]);
+        let r = append(
+            &mut g,
+            Op::new("relu"),
+            vec![f[0]],
+            std::slice::from_ref(&shape),
+        );
         g.outputs = std::iter::once(r[0])
             .chain(f[1..].iter().copied())
             .enumerate()

@@ -46,6 +46,7 @@ TECHNIQUES = {
     "prepack_densenet": ("weights packed once (packed GEMM vs the gemm crate)", DENSENET, 1, [], ["--gemm", "native"]),
     "threads_b1": ("both cores at batch 1 (2 threads vs 1)", DENSENET, 1, [], ["--threads", "1"]),
     "arena": ("arena reuse (memory)", DENSENET, 8, [], ["--no-arena-reuse"]),
+    "fuse_train": ("fusion in the training step (norm+relu, gradient epilogues)", DENSENET, 4, ["--train"], ["--train", "--no-fuse"]),
 }
 
 

@@ -7,7 +7,9 @@
 //! Layouts ([`PoolLayout`]):
 //! - **NCHW**: input `[planes, H, W]`, output `[planes, OH, OW]`; a work
 //!   unit is one output row `(plane, oh)`, computed output by output with a
-//!   scalar accumulator in registers.
+//!   scalar accumulator in registers, except that W windows of two taps at
+//!   stride 2 (the common `k = 2, stride = 2` pools) take four outputs at a
+//!   time: eight inputs split into even and odd lanes by shuffles.
 //! - **NHWC**: input `[N, H, W, C]`, output `[N, OH, OW, C]`; a work unit is
 //!   one output row `(n, oh)` of `OW·C` values, vectorised over channels
 //!   (four f32x4 accumulators per window pass, then single f32x4 groups,
@@ -28,7 +30,9 @@
 use super::jit::{Jit, KernelId, KernelSource};
 use super::loops::{counted, elem, flags, smax, smin};
 use super::BackError;
-use cranelift_codegen::ir::{types, Block, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{
+    types, Block, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// f32x4 channel groups a channels-last kernel pools per pass over a
@@ -227,6 +231,106 @@ impl PoolKernel {
         Ok(())
     }
 
+    /// Outputs at the start of each NCHW output row that [`Self::pairs`]
+    /// computes: a multiple of 4 when W's windows are unpadded, undilated
+    /// pairs at stride 2 (`k = 2, stride = 2`) and fully inside the row;
+    /// 0 otherwise (every output then takes the general path).
+    fn paired_outputs(&self) -> u64 {
+        let pair = Window::Strided {
+            k: 2,
+            stride: 2,
+            pad: 0,
+            dilation: 1,
+        };
+        if self.layout != PoolLayout::Nchw || self.w.window != pair {
+            return 0;
+        }
+        self.w.output.min(self.w.input / 2) & !3
+    }
+
+    /// The first `count` outputs of an NCHW output row whose W windows
+    /// are pairs (see [`Self::paired_outputs`]), four at a time: for each
+    /// input row of the H window, eight consecutive inputs are loaded as
+    /// two f32x4, split into even and odd lanes by shuffles, and combined
+    /// lane by lane.
+    #[allow(clippy::too_many_arguments)]
+    fn pairs(
+        &self,
+        b: &mut FunctionBuilder,
+        ptr: Type,
+        src: Value,
+        out: Value,
+        base: Value,
+        orow: Value,
+        hs: &Span,
+        count: u64,
+    ) {
+        let i64t = types::I64;
+        let lanes = MemFlagsData::new().with_endianness(Endianness::Little);
+        let mask = |b: &mut FunctionBuilder, odd: u8| {
+            let bytes: Vec<u8> = (0..4u8)
+                .flat_map(|j| (0..4u8).map(move |byte| 8 * j + 4 * odd + byte))
+                .collect();
+            b.func.dfg.immediates.push(ConstantData::from(bytes))
+        };
+        let (evens, odds) = (mask(b, 0), mask(b, 1));
+        let (win, hstep) = (self.w.input as i64, hs.step);
+        let is_max = self.op == PoolOp::Max;
+        let init = b
+            .ins()
+            .f32const(if is_max { f32::NEG_INFINITY } else { 0.0 });
+        let init = b.ins().splat(types::F32X4, init);
+        let zero = b.ins().iconst(i64t, 0);
+        let end = b.ins().iconst(i64t, count as i64);
+        counted(b, zero, end, 4, &[], &[], |b, ow, _| {
+            let col = b.ins().imul_imm_s(ow, 2);
+            let acc = counted(
+                b,
+                zero,
+                hs.count,
+                1,
+                &[init],
+                &[types::F32X4],
+                |b, i, acc| {
+                    let ih = b.ins().imul_imm_s(i, hstep);
+                    let ih = b.ins().iadd(ih, hs.first);
+                    let e = b.ins().imul_imm_s(ih, win);
+                    let e = b.ins().iadd(e, base);
+                    let e = b.ins().iadd(e, col);
+                    let a = elem(b, src, e, ptr);
+                    let lo = b.ins().load(types::I8X16, flags(), a, 0);
+                    let hi = b.ins().load(types::I8X16, flags(), a, 16);
+                    let ev = b.ins().shuffle(lo, hi, evens);
+                    let od = b.ins().shuffle(lo, hi, odds);
+                    let ev = b.ins().bitcast(types::F32X4, lanes, ev);
+                    let od = b.ins().bitcast(types::F32X4, lanes, od);
+                    vec![if is_max {
+                        let m = b.ins().fmax(ev, od);
+                        b.ins().fmax(acc[0], m)
+                    } else {
+                        let m = b.ins().fadd(ev, od);
+                        b.ins().fadd(acc[0], m)
+                    }]
+                },
+            )[0];
+            let v = match self.op {
+                PoolOp::Max => acc,
+                PoolOp::Avg { include_pad } => {
+                    // Every W window here is two taps inside the input.
+                    let rows = if include_pad { hs.padded } else { hs.count };
+                    let n = b.ins().imul_imm_s(rows, 2);
+                    let n = b.ins().fcvt_from_sint(types::F32, n);
+                    let n = b.ins().splat(types::F32X4, n);
+                    b.ins().fdiv(acc, n)
+                }
+            };
+            let oe = b.ins().iadd(orow, ow);
+            let a = elem(b, out, oe, ptr);
+            b.ins().store(flags(), v, a, 0);
+            vec![]
+        });
+    }
+
     /// Compiles this kernel, or finds it in the cache.
     pub fn compile(&self, jit: &mut Jit) -> Result<KernelId, BackError> {
         self.validate()?;
@@ -338,9 +442,14 @@ impl KernelSource for PoolKernel {
             let base = b.ins().imul_imm_s(outer, block);
             let orow = b.ins().imul_imm_s(u, row_len);
             let hs = self.h.span(b, oh);
+            let paired = self.paired_outputs();
+            if paired > 0 {
+                self.pairs(b, ptr, src, out, base, orow, &hs, paired);
+            }
             let zero = b.ins().iconst(i64t, 0);
+            let first = b.ins().iconst(i64t, paired as i64);
             let ow_n = b.ins().iconst(i64t, self.w.output as i64);
-            counted(b, zero, ow_n, 1, &[], &[], |b, ow, _| {
+            counted(b, first, ow_n, 1, &[], &[], |b, ow, _| {
                 let ws = self.w.span(b, ow);
                 let obase = b.ins().imul_imm_s(ow, ch);
                 let obase = b.ins().iadd(obase, orow);

@@ -13,6 +13,10 @@ const POOLS_2D: &[&str] = &[
     "max_pool2d(2, stride = 2)",
     "max_pool2d(2, stride = 2, ceil_mode = true)",
     "max_pool2d([3, 2], stride = [1, 2], pad = [1, 0], dilation = [2, 1])",
+    "max_pool2d([3, 2], stride = [2, 2], pad = [1, 0])",
+    "avg_pool2d([3, 2], stride = [2, 2], pad = [1, 0])",
+    "avg_pool2d([3, 2], stride = [2, 2], pad = [1, 0], count_include_pad = false)",
+    "avg_pool2d(2, stride = 2, ceil_mode = true)",
     "avg_pool2d(2, stride = 2)",
     "avg_pool2d(3, stride = 2, pad = 1)",
     "avg_pool2d(3, stride = 2, pad = 1, count_include_pad = false)",
@@ -25,16 +29,20 @@ const POOLS_2D: &[&str] = &[
     "adaptive_max_pool2d([3, 4])",
 ];
 
+/// Rows of 9 and 21 inputs: the pair windows (`k = 2, stride = 2` along
+/// W) run one or two four-output chunks, and the general path the rest.
 #[test]
 fn pools_2d_match_the_interpreter_channels_first() {
     for pool in POOLS_2D {
-        let g = program(&format!(
-            "model m() {{ input x: f32[N, 3, 7, 9]  output y = x |> {pool} }}"
-        ))
-        .unwrap();
-        for n in [1, 3] {
-            let x = data(n * 3 * 63, 0.25, 4.0);
-            check(&g, &[("N", n as i64)], &[("x", vec![n, 3, 7, 9], x)], 1e-5);
+        for (c, h, w) in [(3, 7, 9), (2, 5, 21)] {
+            let g = program(&format!(
+                "model m() {{ input x: f32[N, {c}, {h}, {w}]  output y = x |> {pool} }}"
+            ))
+            .unwrap();
+            for n in [1, 3] {
+                let x = data(n * c * h * w, 0.25, 4.0);
+                check(&g, &[("N", n as i64)], &[("x", vec![n, c, h, w], x)], 1e-5);
+            }
         }
     }
 }

@@ -183,9 +183,153 @@ unsafe fn portable_raw(
     }
 }
 
+/// A depth slice of A is read in place from `x` (no gather) only when
+/// the runs it lies in are at least this long; shorter runs (few input
+/// channels, as in a stem) would split the depth into slices too thin to
+/// pay for their accumulator loads and stores.
+const MIN_RUN: usize = 32;
+
+impl ConvGeom {
+    /// Depth of A that is one contiguous run of `x` for a pixel whose
+    /// taps are all inside the input: a whole kernel row when the group
+    /// has all of a pixel's channels and columns are adjacent, else one
+    /// tap.
+    fn run(&self) -> usize {
+        if self.c == self.cg && self.dilation[1] == 1 {
+            self.kw * self.cg
+        } else {
+            self.cg
+        }
+    }
+
+    /// The depth slices of one pass over A: `KC` blocks (the packed B's
+    /// K blocks), also split where a run ([`ConvGeom::run`]) ends when
+    /// tiles of `mr` rows follow the output rows (and may be read in
+    /// place).
+    fn slices(&self, mr: usize) -> Vec<Range<usize>> {
+        let (k, run) = (self.depth(), self.run());
+        let mut out = Vec::new();
+        let mut q = 0;
+        while q < k {
+            let mut end = (q / KC + 1) * KC;
+            if self.row_tiles(mr) {
+                end = end.min((q / run + 1) * run);
+            }
+            let end = end.min(k);
+            out.push(q..end);
+            q = end;
+        }
+        out
+    }
+
+    /// Whether tiles follow the output rows (each a run of output pixels
+    /// that can be read in place) rather than run `mr` rows across them
+    /// (always gathered): when the runs are long and splitting a row
+    /// into tiles of at most `mr` fills them at least three quarters.
+    fn row_tiles(&self, mr: usize) -> bool {
+        let per_row = self.ow.div_ceil(mr);
+        self.run() >= MIN_RUN && self.ow > 0 && 4 * self.ow >= 3 * per_row * mr
+    }
+
+    /// Rows of a block of C: a whole number of output rows of at most
+    /// `MC` rows when tiles follow the rows and one fits, else `MC`
+    /// rounded down to `mr`.
+    fn block_rows(&self, mr: usize) -> usize {
+        let mc = (MC / mr) * mr;
+        if self.row_tiles(mr) && self.ow <= mc {
+            (mc / self.ow) * self.ow
+        } else {
+            mc
+        }
+    }
+
+    /// Splits `rows` of C into tiles of at most `mr` rows: along each
+    /// output row in near-equal parts ([`ConvGeom::row_tiles`]), else in
+    /// `mr`-row tiles across rows. Pushes `(first row, rows)` to `out`.
+    fn tiles(&self, rows: Range<usize>, mr: usize, out: &mut Vec<(usize, usize)>) {
+        out.clear();
+        let ow = self.ow.max(1);
+        let per_row = ow.div_ceil(mr);
+        let along = self.row_tiles(mr);
+        let mut r = rows.start;
+        while r < rows.end {
+            let end = if along {
+                let ox = r % ow;
+                let row0 = r - ox;
+                // The part j of this output row holding ox; part j spans
+                // [j·ow/per_row, (j+1)·ow/per_row).
+                let mut j = ox * per_row / ow;
+                while j > 0 && j * ow / per_row > ox {
+                    j -= 1;
+                }
+                while (j + 1) * ow / per_row <= ox {
+                    j += 1;
+                }
+                row0 + (j + 1) * ow / per_row
+            } else {
+                r + mr
+            };
+            let end = end.min(rows.end).min(r + mr);
+            out.push((r, end - r));
+            r = end;
+        }
+    }
+
+    /// Where the `mv` rows from `row` of A, depth `ks`, sit in `x` when
+    /// they can be read in place: `(offset of row 0, row stride)`, all
+    /// in one output row with every tap of `ks` inside the input. `ks`
+    /// lies within one run ([`ConvGeom::slices`]) when tiles of `mr` rows
+    /// follow the output rows; else nothing is read in place.
+    fn in_place(
+        &self,
+        row: usize,
+        mv: usize,
+        ks: &Range<usize>,
+        mr: usize,
+    ) -> Option<(usize, usize)> {
+        let run = self.run();
+        if !self.row_tiles(mr) || ks.is_empty() {
+            return None;
+        }
+        let plane = self.oh * self.ow;
+        let (img, p) = (row / plane, row % plane);
+        let (oy, ox) = (p / self.ow, p % self.ow);
+        if ox + mv > self.ow {
+            return None;
+        }
+        let (cg, kw) = (self.cg, self.kw);
+        // The taps of ks: a kernel row's (merged) or one tap's.
+        let (ty, tx_lo, tx_hi, ch) = if run == kw * cg && self.c == cg && self.dilation[1] == 1 {
+            let (ty, q) = (ks.start / run, ks.start % run);
+            (ty, q / cg, (q + ks.len() - 1) / cg, q % cg)
+        } else {
+            let tap = ks.start / cg;
+            (tap / kw, tap % kw, tap % kw, ks.start % cg)
+        };
+        let iy = (oy * self.stride[0] + ty * self.dilation[0]).checked_sub(self.pad[0])?;
+        if iy >= self.h {
+            return None;
+        }
+        let ix = (ox * self.stride[1] + tx_lo * self.dilation[1]).checked_sub(self.pad[1])?;
+        let ix_last = (ox + mv - 1) * self.stride[1] + tx_hi * self.dilation[1] - self.pad[1];
+        if ix_last >= self.w {
+            return None;
+        }
+        Some((
+            ((img * self.h + iy) * self.w + ix) * self.c + ch,
+            self.stride[1] * self.c,
+        ))
+    }
+}
+
 /// Rows `rows` (all `n` columns) of `C = A·B + beta·C` on the calling
 /// thread, `A` the implicit matrix of `geom` over `x`, `B` pre-packed;
 /// calls `done(r)` once the rows `r` of C are final, block by block.
+///
+/// Per block of rows and depth slice ([`ConvGeom::slices`]), a tile of
+/// A rows that is one run of output pixels with all its taps inside the
+/// input is read in place from `x`; the others (borders, padding, thin
+/// runs) are gathered into the thread's A buffer first.
 ///
 /// # Safety
 /// `x` holds [`ConvGeom::span`] floats, `b` [`super::packed::packed_b_len`]`(depth, n)`;
@@ -208,9 +352,11 @@ pub unsafe fn gemm_part(
     let k = geom.depth();
     let wide = avx::available();
     let mr = if wide { avx::raw_rows(n) } else { avx::MR };
-    let mc = (MC / mr) * mr;
+    let mc = geom.block_rows(mr);
     let (abuf, _) = work.packed_bufs();
     let panels = n.div_ceil(NR) * NR;
+    let slices = geom.slices(mr);
+    let (mut tiles, mut a_at) = (Vec::new(), Vec::new());
     for ic in rows.clone().step_by(mc) {
         let mb = mc.min(rows.end - ic);
         if k == 0 && beta == 0.0 {
@@ -219,26 +365,42 @@ pub unsafe fn gemm_part(
                 unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) }.fill(0.0);
             }
         }
-        for pc in (0..k).step_by(KC) {
-            let kb = KC.min(k - pc);
-            // SAFETY: the block is inside A; the buffer holds MC·KC ≥ mb·kb.
-            unsafe { geom.pack_rows(x, ic..ic + mb, pc..pc + kb, abuf) };
-            let load_c = beta != 0.0 || pc > 0;
+        geom.tiles(ic..ic + mb, mr, &mut tiles);
+        for ks in &slices {
+            let kb = ks.len();
+            // Each tile's A: in place, or gathered into its rows of the
+            // buffer (row stride kb).
+            a_at.clear();
+            for &(r0, mv) in &tiles {
+                a_at.push(match geom.in_place(r0, mv, ks, mr) {
+                    // SAFETY: the run lies inside x (checked against the
+                    // input's bounds).
+                    Some((at, lda)) => (unsafe { x.add(at) }, lda),
+                    None => {
+                        // SAFETY: the tile is inside A and the block; the
+                        // buffer holds MC·KC ≥ mb·kb floats.
+                        let dst = unsafe { abuf.add((r0 - ic) * kb) };
+                        unsafe { geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst) };
+                        (dst as *const f32, kb)
+                    }
+                });
+            }
+            let load_c = beta != 0.0 || ks.start > 0;
+            // K block of the packed B and the slice's first step in it.
+            let (blk, off) = (ks.start / KC, ks.start % KC);
             for jc in (0..n).step_by(NC) {
                 let nb = NC.min(n - jc);
-                // SAFETY: K block pc/KC, panel jc/NR of the packed B.
-                let bpanels = unsafe { b.add(pc * panels + (jc / NR) * NR * KC) };
-                for (jp, j0) in (jc..jc + nb).step_by(NR).enumerate() {
+                for j0 in (jc..jc + nb).step_by(NR) {
                     let ncols = NR.min(jc + nb - j0);
-                    // SAFETY: panel jp of the B block.
-                    let bp = unsafe { bpanels.add(jp * NR * KC) };
-                    for i0 in (0..mb).step_by(mr) {
-                        let mv = mr.min(mb - i0);
-                        // SAFETY: the A rows i0..i0+mv of the block hold kb
-                        // floats each (row stride kb); the B panel kb steps;
-                        // the C tile is rows ic+i0.., columns j0..j0+ncols.
+                    // SAFETY: K block blk, panel j0/NR, step off of the
+                    // packed B.
+                    let bp = unsafe { b.add(blk * KC * panels + (j0 / NR) * NR * KC + off * NR) };
+                    for (&(r0, mv), &(a, lda)) in tiles.iter().zip(&a_at) {
+                        // SAFETY: the tile's A rows hold kb floats each,
+                        // lda apart; the B panel kb steps; the C tile is
+                        // rows r0.., columns j0..j0+ncols.
                         unsafe {
-                            let (a, ct) = (abuf.add(i0 * kb), c.add((ic + i0) * ldc + j0));
+                            let ct = c.add(r0 * ldc + j0);
                             #[cfg(target_arch = "x86_64")]
                             if wide {
                                 let kernel = if n <= avx::NARROW {
@@ -246,10 +408,10 @@ pub unsafe fn gemm_part(
                                 } else {
                                     avx::instance(mv, ncols, true)
                                 };
-                                kernel(kb, a, kb, bp, ct, ldc, ncols, load_c);
+                                kernel(kb, a, lda, bp, ct, ldc, ncols, load_c);
                                 continue;
                             }
-                            portable_raw(mv, kb, a, kb, bp, ct, ldc, ncols, load_c);
+                            portable_raw(mv, kb, a, lda, bp, ct, ldc, ncols, load_c);
                         }
                     }
                 }
@@ -287,8 +449,9 @@ pub unsafe fn gemm(
         avx::MR
     };
     let threads = threads.max(1);
-    // Blocks of MC rows, smaller when that leaves a task idle.
-    let block = (MC / mr * mr)
+    // Blocks of about MC rows, smaller when that leaves a task idle.
+    let block = geom
+        .block_rows(mr)
         .min(m.div_ceil(threads).div_ceil(mr) * mr)
         .max(mr);
     let blocks = m.div_ceil(block);

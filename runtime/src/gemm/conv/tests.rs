@@ -271,11 +271,98 @@ fn implicit_conv_matches_im2col_and_naive_gemm() {
             ..base
         },
     ];
-    for case in cases {
+    for case in cases.into_iter().chain(in_place_cases(base)) {
         for threads in [1, 2] {
             for beta_one in [false, true] {
                 check(case, threads, beta_one).unwrap();
             }
         }
     }
+}
+
+/// Shapes whose depth runs are long enough to be read in place
+/// ([`MIN_RUN`]): runs split at and across `KC` blocks, a run per tap
+/// (groups, dilation), stride 2 (every other pixel), outputs wider than
+/// a tile and narrower than half of one, tiles along rows of 5–9 pixels
+/// (the tile-height remainders), and every 16-column remainder of the
+/// 48- and 32-wide tiles.
+fn in_place_cases(base: Case) -> Vec<Case> {
+    let mut cases = vec![
+        // densenet's conv2: a 384-deep kernel row split at 128.
+        Case {
+            n: 2,
+            hw: [6, 29],
+            cg: 128,
+            og: 32,
+            ..base
+        },
+        // A 192-deep kernel row: slices 128, 64, 64, 128, ...
+        Case {
+            n: 3,
+            hw: [5, 9],
+            cg: 64,
+            og: 64,
+            ..base
+        },
+        // One run per tap: groups (the group's channels only) and
+        // dilation; then stride 2.
+        Case {
+            n: 2,
+            hw: [7, 12],
+            cg: 40,
+            groups: 2,
+            og: 20,
+            ..base
+        },
+        Case {
+            n: 2,
+            hw: [9, 11],
+            cg: 48,
+            og: 17,
+            dilation: 2,
+            pad: 2,
+            ..base
+        },
+        Case {
+            n: 3,
+            hw: [9, 17],
+            cg: 33,
+            og: 80,
+            stride: 2,
+            ..base
+        },
+        // Pointwise over a wide row (every tile in place) and a 2×2
+        // output narrower than half a tile (tiles across rows).
+        Case {
+            n: 2,
+            hw: [3, 37],
+            cg: 96,
+            og: 100,
+            k: [1, 1],
+            pad: 0,
+            ..base
+        },
+        Case {
+            n: 3,
+            hw: [2, 2],
+            cg: 64,
+            og: 24,
+            ..base
+        },
+    ];
+    // Output widths 5..=9 (tile heights) and every remainder of 16-wide
+    // column vectors.
+    for (i, og) in [1, 16, 17, 31, 33, 47, 48, 49, 64, 95, 112, 128]
+        .into_iter()
+        .enumerate()
+    {
+        cases.push(Case {
+            n: 1 + i % 3,
+            hw: [4, 5 + i % 5],
+            cg: 32,
+            og,
+            ..base
+        });
+    }
+    cases
 }

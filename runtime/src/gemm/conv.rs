@@ -225,10 +225,10 @@ impl ConvGeom {
     /// Whether tiles follow the output rows (each a run of output pixels
     /// that can be read in place) rather than run `mr` rows across them
     /// (always gathered): when the runs are long and splitting a row
-    /// into tiles of at most `mr` fills them at least three quarters.
+    /// into tiles of at most `mr` fills them at least half.
     fn row_tiles(&self, mr: usize) -> bool {
         let per_row = self.ow.div_ceil(mr);
-        self.run() >= MIN_RUN && self.ow > 0 && 4 * self.ow >= 3 * per_row * mr
+        self.run() >= MIN_RUN && self.ow > 0 && 2 * self.ow >= per_row * mr
     }
 
     /// Rows of a block of C: a whole number of output rows of at most
@@ -275,30 +275,27 @@ impl ConvGeom {
         }
     }
 
-    /// Where the `mv` rows from `row` of A, depth `ks`, sit in `x` when
-    /// they can be read in place: `(offset of row 0, row stride)`, all
-    /// in one output row with every tap of `ks` inside the input. `ks`
-    /// lies within one run ([`ConvGeom::slices`]) when tiles of `mr` rows
+    /// How the `mv` rows from `row` of A, depth `ks`, can be read in
+    /// place: `Some(Direct { rows, at, lda })` when the tile is one run
+    /// of output pixels whose rows `rows` (relative to `row`) have every
+    /// tap of `ks` inside the input and sit at `x + at + i·lda`, while
+    /// every other row has all its taps of `ks` in the padding (zero: it
+    /// adds nothing); `None` when the tile must be gathered. `ks` lies
+    /// within one run ([`ConvGeom::slices`]) when tiles of `mr` rows
     /// follow the output rows; else nothing is read in place.
-    fn in_place(
-        &self,
-        row: usize,
-        mv: usize,
-        ks: &Range<usize>,
-        mr: usize,
-    ) -> Option<(usize, usize)> {
+    fn in_place(&self, row: usize, mv: usize, ks: &Range<usize>, mr: usize) -> Option<Direct> {
         let run = self.run();
         if !self.row_tiles(mr) || ks.is_empty() {
             return None;
         }
         let plane = self.oh * self.ow;
         let (img, p) = (row / plane, row % plane);
-        let (oy, ox) = (p / self.ow, p % self.ow);
-        if ox + mv > self.ow {
+        let (oy, ox0) = (p / self.ow, p % self.ow);
+        if ox0 + mv > self.ow {
             return None;
         }
         let (cg, kw) = (self.cg, self.kw);
-        // The taps of ks: a kernel row's (merged) or one tap's.
+        // The taps of ks: part of a kernel row (merged) or of one tap.
         let (ty, tx_lo, tx_hi, ch) = if run == kw * cg && self.c == cg && self.dilation[1] == 1 {
             let (ty, q) = (ks.start / run, ks.start % run);
             (ty, q / cg, (q + ks.len() - 1) / cg, q % cg)
@@ -306,20 +303,59 @@ impl ConvGeom {
             let tap = ks.start / cg;
             (tap / kw, tap % kw, tap % kw, ks.start % cg)
         };
-        let iy = (oy * self.stride[0] + ty * self.dilation[0]).checked_sub(self.pad[0])?;
-        if iy >= self.h {
+        let skip = Direct {
+            rows: 0..0,
+            at: 0,
+            lda: 0,
+        };
+        let iy = (oy * self.stride[0] + ty * self.dilation[0]) as isize - self.pad[0] as isize;
+        if iy < 0 || iy >= self.h as isize {
+            return Some(skip);
+        }
+        // Input column of output column ox at tap tx.
+        let (s, d, pad, w) = (
+            self.stride[1] as isize,
+            self.dilation[1] as isize,
+            self.pad[1] as isize,
+            self.w as isize,
+        );
+        let ix = |ox: usize, tx: usize| ox as isize * s + tx as isize * d - pad;
+        // Output columns of the tile with every tap inside: ix(ox, tx_lo)
+        // ≥ 0 and ix(ox, tx_hi) < w.
+        let (first, last) = (ox0, ox0 + mv - 1);
+        let lo = (first..=last).find(|&ox| ix(ox, tx_lo) >= 0);
+        let hi = (first..=last).rev().find(|&ox| ix(ox, tx_hi) < w);
+        let (lo, hi) = match (lo, hi) {
+            (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+            // No column has all its taps inside: fine if none has any.
+            _ => {
+                let any = (first..=last).any(|ox| ix(ox, tx_hi) >= 0 && ix(ox, tx_lo) < w);
+                return (!any).then_some(skip);
+            }
+        };
+        // The columns outside lo..=hi must have no tap inside.
+        let partial =
+            (lo > first && ix(lo - 1, tx_hi) >= 0) || (hi < last && ix(hi + 1, tx_lo) < w);
+        if partial {
             return None;
         }
-        let ix = (ox * self.stride[1] + tx_lo * self.dilation[1]).checked_sub(self.pad[1])?;
-        let ix_last = (ox + mv - 1) * self.stride[1] + tx_hi * self.dilation[1] - self.pad[1];
-        if ix_last >= self.w {
-            return None;
-        }
-        Some((
-            ((img * self.h + iy) * self.w + ix) * self.c + ch,
-            self.stride[1] * self.c,
-        ))
+        Some(Direct {
+            rows: lo - ox0..hi + 1 - ox0,
+            at: ((img * self.h + iy as usize) * self.w + ix(lo, tx_lo) as usize) * self.c + ch,
+            lda: self.stride[1] * self.c,
+        })
     }
+}
+
+/// A tile of A read in place ([`ConvGeom::in_place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Direct {
+    /// The tile's rows with taps inside the input (the rest add nothing).
+    rows: Range<usize>,
+    /// Offset in `x` of the first of them.
+    at: usize,
+    /// Distance in `x` between consecutive rows.
+    lda: usize,
 }
 
 /// Rows `rows` (all `n` columns) of `C = A·B + beta·C` on the calling
@@ -356,10 +392,15 @@ pub unsafe fn gemm_part(
     let (abuf, _) = work.packed_bufs();
     let panels = n.div_ceil(NR) * NR;
     let slices = geom.slices(mr);
+    // With tiles read in place, rows whose taps of a slice are all in
+    // the padding are skipped, so C starts at zero and every slice adds.
+    let zero_first = beta == 0.0 && (k == 0 || geom.row_tiles(mr));
+    // Per tile of a block: its first row, rows, and where its A is read
+    // for the current slice (pointer, row stride, the rows that add).
     let (mut tiles, mut a_at) = (Vec::new(), Vec::new());
     for ic in rows.clone().step_by(mc) {
         let mb = mc.min(rows.end - ic);
-        if k == 0 && beta == 0.0 {
+        if zero_first {
             for i in ic..ic + mb {
                 // SAFETY: row i of C (caller's guarantee).
                 unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) }.fill(0.0);
@@ -373,19 +414,19 @@ pub unsafe fn gemm_part(
             a_at.clear();
             for &(r0, mv) in &tiles {
                 a_at.push(match geom.in_place(r0, mv, ks, mr) {
-                    // SAFETY: the run lies inside x (checked against the
+                    // SAFETY: the rows lie inside x (checked against the
                     // input's bounds).
-                    Some((at, lda)) => (unsafe { x.add(at) }, lda),
+                    Some(d) => (unsafe { x.add(d.at) }, d.lda, d.rows),
                     None => {
                         // SAFETY: the tile is inside A and the block; the
                         // buffer holds MC·KC ≥ mb·kb floats.
                         let dst = unsafe { abuf.add((r0 - ic) * kb) };
                         unsafe { geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst) };
-                        (dst as *const f32, kb)
+                        (dst as *const f32, kb, 0..mv)
                     }
                 });
             }
-            let load_c = beta != 0.0 || ks.start > 0;
+            let load_c = beta != 0.0 || ks.start > 0 || zero_first;
             // K block of the packed B and the slice's first step in it.
             let (blk, off) = (ks.start / KC, ks.start % KC);
             for jc in (0..n).step_by(NC) {
@@ -395,12 +436,16 @@ pub unsafe fn gemm_part(
                     // SAFETY: K block blk, panel j0/NR, step off of the
                     // packed B.
                     let bp = unsafe { b.add(blk * KC * panels + (j0 / NR) * NR * KC + off * NR) };
-                    for (&(r0, mv), &(a, lda)) in tiles.iter().zip(&a_at) {
-                        // SAFETY: the tile's A rows hold kb floats each,
-                        // lda apart; the B panel kb steps; the C tile is
-                        // rows r0.., columns j0..j0+ncols.
+                    for (&(r0, _), (a, lda, part)) in tiles.iter().zip(&a_at) {
+                        let (a, lda, mv) = (*a, *lda, part.len());
+                        if mv == 0 {
+                            continue;
+                        }
+                        // SAFETY: the tile's adding A rows hold kb floats
+                        // each, lda apart; the B panel kb steps; the C
+                        // tile is rows r0 + part, columns j0..j0+ncols.
                         unsafe {
-                            let ct = c.add(r0 * ldc + j0);
+                            let ct = c.add((r0 + part.start) * ldc + j0);
                             #[cfg(target_arch = "x86_64")]
                             if wide {
                                 let kernel = if n <= avx::NARROW {

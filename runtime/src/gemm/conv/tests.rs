@@ -349,6 +349,17 @@ fn in_place_cases(base: Case) -> Vec<Case> {
             og: 24,
             ..base
         },
+        // A kernel row wider than the input: no output column has all
+        // its taps inside, every one some.
+        Case {
+            n: 2,
+            hw: [5, 6],
+            cg: 8,
+            og: 64,
+            k: [1, 7],
+            pad: 3,
+            ..base
+        },
     ];
     // Output widths 5..=9 (tile heights) and every remainder of 16-wide
     // column vectors.

@@ -20,7 +20,7 @@
 //! kernel with the same contract runs.
 
 use super::kernel_avx512::{self as avx, NR};
-use super::packed::{KC, MC, NC};
+use super::packed::{self, KC, MC, NC};
 use super::TileWork;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -140,45 +140,6 @@ impl ConvGeom {
                 }
                 q += len;
             }
-        }
-    }
-}
-
-/// The portable raw-A micro-kernel (the contract of an
-/// [`avx::KernelFn`] reading A row-major, `mv ≤ 16` rows, `ncols ≤ NR`).
-///
-/// # Safety
-/// As [`avx::KernelFn`] for a raw instance.
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_raw(
-    mv: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    ncols: usize,
-    load_c: bool,
-) {
-    for i in 0..mv {
-        let mut acc = [0.0f32; NR];
-        for p in 0..kc {
-            // SAFETY: row i of A holds kc floats; row p of the B panel NR.
-            let (x, br) = unsafe {
-                (
-                    *a.add(i * lda + p),
-                    std::slice::from_raw_parts(b.add(p * NR), NR),
-                )
-            };
-            for (s, &y) in acc.iter_mut().zip(br) {
-                *s += x * y;
-            }
-        }
-        // SAFETY: row i < mv of the C tile holds ncols valid floats.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), ncols) };
-        for (d, &s) in dst.iter_mut().zip(&acc) {
-            *d = if load_c { *d + s } else { s };
         }
     }
 }
@@ -385,8 +346,44 @@ pub unsafe fn gemm_part(
     work: &mut TileWork,
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        part(
+            avx::available(),
+            geom,
+            x,
+            b,
+            n,
+            beta,
+            c,
+            ldc,
+            rows,
+            work,
+            done,
+        )
+    }
+}
+
+/// [`gemm_part`] on the AVX-512 micro-kernels (`wide`, the CPU has
+/// AVX-512F) or the portable one.
+///
+/// # Safety
+/// As [`gemm_part`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn part(
+    wide: bool,
+    geom: &ConvGeom,
+    x: *const f32,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: Range<usize>,
+    work: &mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
     let k = geom.depth();
-    let wide = avx::available();
     let mr = if wide { avx::raw_rows(n) } else { avx::MR };
     let mc = geom.block_rows(mr);
     let (abuf, _) = work.packed_bufs();
@@ -456,7 +453,7 @@ pub unsafe fn gemm_part(
                                 kernel(kb, a, lda, bp, ct, ldc, ncols, load_c);
                                 continue;
                             }
-                            portable_raw(mv, kb, a, lda, bp, ct, ldc, ncols, load_c);
+                            packed::portable_kernel(mv, kb, a, lda, 1, bp, ct, ldc, ncols, load_c);
                         }
                     }
                 }
@@ -487,12 +484,44 @@ pub unsafe fn gemm(
     works: *mut TileWork,
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        gemm_with(
+            avx::available(),
+            geom,
+            x,
+            b,
+            n,
+            beta,
+            c,
+            ldc,
+            threads,
+            works,
+            done,
+        )
+    }
+}
+
+/// [`gemm`] on the AVX-512 micro-kernels (`wide`) or the portable one.
+///
+/// # Safety
+/// As [`gemm`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(
+    wide: bool,
+    geom: &ConvGeom,
+    x: *const f32,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    works: *mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
     let m = geom.rows();
-    let mr = if avx::available() {
-        avx::raw_rows(n)
-    } else {
-        avx::MR
-    };
+    let mr = if wide { avx::raw_rows(n) } else { avx::MR };
     let threads = threads.max(1);
     // Blocks of about MC rows, smaller when that leaves a task idle.
     let block = geom
@@ -502,7 +531,7 @@ pub unsafe fn gemm(
     let blocks = m.div_ceil(block);
     if threads == 1 || blocks == 1 {
         // SAFETY: forwarded; works[0] is ours.
-        unsafe { gemm_part(geom, x, b, n, beta, c, ldc, 0..m, &mut *works, done) };
+        unsafe { part(wide, geom, x, b, n, beta, c, ldc, 0..m, &mut *works, done) };
         return;
     }
     let next = AtomicUsize::new(0);
@@ -517,7 +546,8 @@ pub unsafe fn gemm(
         // SAFETY: each block of rows is taken by one task; works[t] is
         // this task's alone.
         unsafe {
-            gemm_part(
+            part(
+                wide,
                 geom,
                 x as *const f32,
                 b as *const f32,

@@ -93,7 +93,7 @@ fn im2col(g: &ConvGeom, x: &[f32], grp: usize) -> Vec<f32> {
 /// Runs the implicit GEMM of every group (output `[rows][groups·og]`,
 /// beta 0 then, when `beta_one`, once more adding) and compares with the
 /// reference; checks `done` covered every row exactly once per call.
-fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
+fn check(case: Case, threads: usize, beta_one: bool, wide: bool) -> Result<(), String> {
     let g = case.geom();
     let (m, k, og) = (g.rows(), g.depth(), case.og);
     let oc = og * case.groups;
@@ -152,7 +152,8 @@ fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
             // SAFETY: x spans the geometry from channel grp·cg; the packed
             // weight is group grp's; C has m rows of ldc ≥ oc floats.
             pool.install(|| unsafe {
-                gemm(
+                gemm_with(
+                    wide,
                     &g,
                     x.as_ptr().add(grp * g.cg),
                     packed.as_ptr().add(grp * pack.group_len()),
@@ -176,7 +177,7 @@ fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
             let (a, b) = (got[i * ldc + j], want[i * ldc + j]);
             if (a - b).abs() > tol || a.is_nan() {
                 return Err(format!(
-                    "{case:?} {threads} threads beta {}: C[{i}][{j}] = {a}, want {b}",
+                    "{case:?} {threads} threads beta {} wide {wide}: C[{i}][{j}] = {a}, want {b}",
                     beta_one as u8
                 ));
             }
@@ -274,7 +275,11 @@ fn implicit_conv_matches_im2col_and_naive_gemm() {
     for case in cases.into_iter().chain(in_place_cases(base)) {
         for threads in [1, 2] {
             for beta_one in [false, true] {
-                check(case, threads, beta_one).unwrap();
+                // The AVX-512 kernels where the CPU has them, and always
+                // the portable one.
+                for wide in [false, avx::available()] {
+                    check(case, threads, beta_one, wide).unwrap();
+                }
             }
         }
     }

@@ -5,8 +5,11 @@
 //! ([`conv::gemm`]) against an explicit im2col per image followed by the
 //! packed GEMM (the path before it).
 //!
-//! `cargo run --release -p netc-runtime --example packed_speed [-- conv]`
-//! (a measurement, not a test).
+//! `cargo run --release -p netc-runtime --example packed_speed [-- conv
+//! [THREADS [FILTER [new]]]]` (a measurement, not a test): `conv` runs
+//! only the convolutions, on THREADS threads, those whose name contains
+//! FILTER, and with `new` only the implicit GEMM. `PACKED_SPEED_CPU=1`
+//! times one thread by its CPU time (steadier on a loaded machine).
 
 use netc_runtime::gemm::conv::{self, ConvGeom};
 use netc_runtime::gemm::packed::{self, PackPanels, Prepacked, Side};

@@ -6,18 +6,22 @@
 //! format ([`super::packed::packed_b_len`]).
 //!
 //! The whole batch is one product. The driver ([`gemm`]) hands blocks of
-//! [`MC`] rows to the threads as they come free; for each block and each
-//! `KC`-deep slice ([`KC`]) it gathers the block's A rows row-major into
-//! the thread's A buffer ([`ConvGeom::pack_rows`]: contiguous channel
-//! runs copied, the zero padding written as zeros), then runs the raw-A
-//! micro-kernel ([`super::kernel_avx512`]) over every B micro-panel of
-//! that slice. A block's C rows (at most `MC × n`) stay in L2 across the
-//! slices, and a caller's hook runs on them (the epilogue) as soon as they
-//! are final.
+//! about [`MC`] rows (whole output rows where tiles follow them) to the
+//! threads as they come free. Per block and depth slice (a `KC` block of
+//! the packed B, also cut where a contiguous run of `x` ends), each tile
+//! of A rows that is one run of output pixels is read **in place** from
+//! `x` by the raw-A micro-kernel ([`super::kernel_avx512`]), its rows
+//! whose taps all fall in the padding skipped; the other tiles (a row
+//! partly in the padding, thin runs such as a 3-channel stem, outputs
+//! narrower than half a tile) are gathered row-major into the thread's A
+//! buffer first ([`ConvGeom::pack_rows`]: contiguous channel runs copied,
+//! the padding written as zeros). A block's C rows (at most `MC × n`)
+//! stay in L2 across the slices, and a caller's hook runs on them (the
+//! epilogue) as soon as they are final.
 //!
 //! Tiles are `8×48`, or `14×32` for products at most 32 columns wide
-//! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F a portable
-//! kernel with the same contract runs.
+//! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F the portable
+//! kernel ([`super::packed`]'s, A through strides) runs.
 
 use super::kernel_avx512::{self as avx, NR};
 use super::packed::{self, KC, MC, NC};

@@ -5,8 +5,11 @@
 //! ([`conv::gemm`]) against an explicit im2col per image followed by the
 //! packed GEMM (the path before it).
 //!
-//! `cargo run --release -p netc-runtime --example packed_speed [-- conv]`
-//! (a measurement, not a test).
+//! `cargo run --release -p netc-runtime --example packed_speed [-- conv
+//! [THREADS [FILTER [new]]]]` (a measurement, not a test): `conv` runs
+//! only the convolutions, on THREADS threads, those whose name contains
+//! FILTER, and with `new` only the implicit GEMM. `PACKED_SPEED_CPU=1`
+//! times one thread by its CPU time (steadier on a loaded machine).
 
 use netc_runtime::gemm::conv::{self, ConvGeom};
 use netc_runtime::gemm::packed::{self, PackPanels, Prepacked, Side};
@@ -14,14 +17,45 @@ use netc_runtime::gemm::{sgemm, Strides, TileWork};
 use netc_runtime::plan::RowKernel;
 use std::time::Instant;
 
-/// Median seconds of `reps` runs of `f` after one warm-up run.
+/// Nanoseconds the calling thread has run on a CPU
+/// (`CLOCK_THREAD_CPUTIME_ID`; 0 off Linux).
+fn thread_cpu_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+        }
+        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: a valid clock id and a writable timespec.
+        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.sec as u64 * 1_000_000_000 + ts.nsec as u64;
+        }
+    }
+    0
+}
+
+/// Median seconds of `reps` runs of `f` after one warm-up run. With
+/// `PACKED_SPEED_CPU=1`, the calling thread's CPU seconds instead: on a
+/// loaded machine a one-thread figure that leaves out the time the
+/// thread waited for a CPU.
 fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
+    let cpu = std::env::var("PACKED_SPEED_CPU").is_ok_and(|v| v == "1");
     f();
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
-            let t0 = Instant::now();
+            let (t0, c0) = (Instant::now(), thread_cpu_ns());
             f();
-            t0.elapsed().as_secs_f64()
+            if cpu {
+                (thread_cpu_ns() - c0) as f64 * 1e-9
+            } else {
+                t0.elapsed().as_secs_f64()
+            }
         })
         .collect();
     t.sort_by(|a, b| a.total_cmp(b));
@@ -45,10 +79,21 @@ fn main() -> Result<(), String> {
         (32, 4096, 12288, Prepacked::B),
         (1, 4096, 12288, Prepacked::B),
     ];
-    let mut work = vec![TileWork::default().with_packed()];
-    // `-- conv`: the convolutions only.
+    // `-- conv [threads]`: the convolutions only, on `threads` threads.
+    let threads: usize = std::env::args()
+        .nth(2)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut work: Vec<TileWork> = (0..threads)
+        .map(|_| TileWork::default().with_packed())
+        .collect();
     if std::env::args().nth(1).as_deref() == Some("conv") {
-        return convs(&mut work);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| e.to_string())?;
+        return pool.install(|| convs(&mut work, threads));
     }
     println!("1 thread, median of 7");
     for (m, n, k, pre) in shapes {
@@ -106,7 +151,7 @@ fn main() -> Result<(), String> {
             flop / t_packed / 1e9
         );
     }
-    convs(&mut work)
+    convs(&mut work, 1)
 }
 
 /// The explicit im2col panel of image `img` (`[OH·OW][KH·KW·C]`).
@@ -133,21 +178,31 @@ fn im2col(g: &ConvGeom, x: &[f32], img: usize, col: &mut [f32]) {
     }
 }
 
-/// NHWC convolutions, one thread: implicit GEMM against im2col + packed.
-fn convs(work: &mut [TileWork]) -> Result<(), String> {
+/// NHWC convolutions on `threads` threads of the current pool: implicit
+/// GEMM against im2col + packed.
+fn convs(work: &mut [TileWork], threads: usize) -> Result<(), String> {
     // (name, images, h, w, c, oc, k, stride, pad)
     let shapes = [
         ("vggish features.3", 4, 48, 32, 64, 128, 3, 1, 1),
         ("vggish features.8", 4, 24, 16, 256, 256, 3, 1, 1),
         ("vggish features.13", 4, 12, 8, 512, 512, 3, 1, 1),
         ("densenet conv2 56x56", 2, 56, 56, 128, 32, 3, 1, 1),
+        ("densenet conv2 28x28", 8, 28, 28, 128, 32, 3, 1, 1),
+        ("densenet conv2 14x14", 8, 14, 14, 128, 32, 3, 1, 1),
         ("densenet conv2 7x7", 8, 7, 7, 128, 32, 3, 1, 1),
         ("densenet conv1 1x1", 2, 56, 56, 256, 128, 1, 1, 0),
         ("densenet stem 7x7", 1, 224, 224, 3, 64, 7, 2, 3),
         ("eeg_ccnn conv2", 64, 9, 9, 64, 128, 3, 1, 1),
     ];
-    println!("NHWC convolutions, 1 thread, median of 7");
+    // `-- conv THREADS FILTER`: only the shapes whose name contains FILTER.
+    let filter = std::env::args().nth(3).unwrap_or_default();
+    // `-- conv THREADS FILTER new`: the implicit GEMM only.
+    let skip_old = std::env::args().nth(4).as_deref() == Some("new");
+    println!("NHWC convolutions, {threads} thread(s), median of 7");
     for (name, n, h, w, c, oc, k, s, p) in shapes {
+        if !name.contains(&filter) {
+            continue;
+        }
         let out = |d: usize| (d + 2 * p - k) / s + 1;
         let g = ConvGeom {
             n,
@@ -184,28 +239,32 @@ fn convs(work: &mut [TileWork]) -> Result<(), String> {
         let flop = 2.0 * (m * oc * depth) as f64;
         let per_image = g.oh * g.ow;
         let mut col = vec![0.0f32; per_image * depth];
-        let t_old = median_secs(7, || {
-            for img in 0..n {
-                im2col(&g, &x, img, &mut col);
-                // SAFETY: the panel, packed weight and image's rows of y
-                // are sized above; one work buffer, one thread.
-                unsafe {
-                    packed::gemm(
-                        per_image,
-                        oc,
-                        depth,
-                        1.0,
-                        Side::Raw(col.as_ptr(), Strides::row_major(depth)),
-                        Side::Packed(wp.as_ptr()),
-                        0.0,
-                        y.as_mut_ptr().add(img * per_image * oc),
-                        oc,
-                        1,
-                        work.as_mut_ptr(),
-                    )
+        let t_old = if skip_old {
+            f64::NAN
+        } else {
+            median_secs(7, || {
+                for img in 0..n {
+                    im2col(&g, &x, img, &mut col);
+                    // SAFETY: the panel, packed weight and image's rows of y
+                    // are sized above; one work buffer, one thread.
+                    unsafe {
+                        packed::gemm(
+                            per_image,
+                            oc,
+                            depth,
+                            1.0,
+                            Side::Raw(col.as_ptr(), Strides::row_major(depth)),
+                            Side::Packed(wp.as_ptr()),
+                            0.0,
+                            y.as_mut_ptr().add(img * per_image * oc),
+                            oc,
+                            threads,
+                            work.as_mut_ptr(),
+                        )
+                    }
                 }
-            }
-        });
+            })
+        };
         let t_new = median_secs(7, || {
             // SAFETY: x spans the geometry; the packed weight and y are
             // sized above; one work buffer, one thread.
@@ -218,7 +277,7 @@ fn convs(work: &mut [TileWork]) -> Result<(), String> {
                     0.0,
                     y.as_mut_ptr(),
                     oc,
-                    1,
+                    threads,
                     work.as_mut_ptr(),
                     &|_| {},
                 )

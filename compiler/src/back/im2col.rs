@@ -28,6 +28,7 @@ use cranelift_codegen::ir::{
     condcodes::IntCC, types, Block, BlockArg, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
+use netc_runtime::gemm::conv::ConvGeom;
 
 /// The activation layout a packing kernel reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +75,25 @@ pub struct Im2col {
 }
 
 impl Im2col {
+    /// The same window as the runtime's implicit-GEMM geometry over `n`
+    /// images (one group's A: `c / groups` channels).
+    pub fn conv_geom(&self, n: usize) -> ConvGeom {
+        ConvGeom {
+            n,
+            h: self.h,
+            w: self.w,
+            c: self.c,
+            cg: self.c / self.groups.max(1),
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
+            oh: self.oh,
+            ow: self.ow,
+        }
+    }
+
     /// Work units per image (panel rows).
     pub fn units(&self) -> usize {
         match self.layout {

@@ -6,21 +6,25 @@
 //! format ([`super::packed::packed_b_len`]).
 //!
 //! The whole batch is one product. The driver ([`gemm`]) hands blocks of
-//! [`MC`] rows to the threads as they come free; for each block and each
-//! `KC`-deep slice ([`KC`]) it gathers the block's A rows row-major into
-//! the thread's A buffer ([`ConvGeom::pack_rows`]: contiguous channel
-//! runs copied, the zero padding written as zeros), then runs the raw-A
-//! micro-kernel ([`super::kernel_avx512`]) over every B micro-panel of
-//! that slice. A block's C rows (at most `MC × n`) stay in L2 across the
-//! slices, and a caller's hook runs on them (the epilogue) as soon as they
-//! are final.
+//! about [`MC`] rows (whole output rows where tiles follow them) to the
+//! threads as they come free. Per block and depth slice (a `KC` block of
+//! the packed B, also cut where a contiguous run of `x` ends), each tile
+//! of A rows that is one run of output pixels is read **in place** from
+//! `x` by the raw-A micro-kernel ([`super::kernel_avx512`]), its rows
+//! whose taps all fall in the padding skipped; the other tiles (a row
+//! partly in the padding, thin runs such as a 3-channel stem, outputs
+//! narrower than half a tile) are gathered row-major into the thread's A
+//! buffer first ([`ConvGeom::pack_rows`]: contiguous channel runs copied,
+//! the padding written as zeros). A block's C rows (at most `MC × n`)
+//! stay in L2 across the slices, and a caller's hook runs on them (the
+//! epilogue) as soon as they are final.
 //!
 //! Tiles are `8×48`, or `14×32` for products at most 32 columns wide
-//! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F a portable
-//! kernel with the same contract runs.
+//! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F the portable
+//! kernel ([`super::packed`]'s, A through strides) runs.
 
 use super::kernel_avx512::{self as avx, NR};
-use super::packed::{KC, MC, NC};
+use super::packed::{self, KC, MC, NC};
 use super::TileWork;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -144,48 +148,189 @@ impl ConvGeom {
     }
 }
 
-/// The portable raw-A micro-kernel (the contract of an
-/// [`avx::KernelFn`] reading A row-major, `mv ≤ 16` rows, `ncols ≤ NR`).
-///
-/// # Safety
-/// As [`avx::KernelFn`] for a raw instance.
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_raw(
-    mv: usize,
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    ncols: usize,
-    load_c: bool,
-) {
-    for i in 0..mv {
-        let mut acc = [0.0f32; NR];
-        for p in 0..kc {
-            // SAFETY: row i of A holds kc floats; row p of the B panel NR.
-            let (x, br) = unsafe {
-                (
-                    *a.add(i * lda + p),
-                    std::slice::from_raw_parts(b.add(p * NR), NR),
-                )
-            };
-            for (s, &y) in acc.iter_mut().zip(br) {
-                *s += x * y;
-            }
-        }
-        // SAFETY: row i < mv of the C tile holds ncols valid floats.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), ncols) };
-        for (d, &s) in dst.iter_mut().zip(&acc) {
-            *d = if load_c { *d + s } else { s };
+/// A depth slice of A is read in place from `x` (no gather) only when
+/// the runs it lies in are at least this long; shorter runs (few input
+/// channels, as in a stem) would split the depth into slices too thin to
+/// pay for their accumulator loads and stores.
+const MIN_RUN: usize = 32;
+
+impl ConvGeom {
+    /// Depth of A that is one contiguous run of `x` for a pixel whose
+    /// taps are all inside the input: a whole kernel row when the group
+    /// has all of a pixel's channels and columns are adjacent, else one
+    /// tap.
+    fn run(&self) -> usize {
+        if self.c == self.cg && self.dilation[1] == 1 {
+            self.kw * self.cg
+        } else {
+            self.cg
         }
     }
+
+    /// The depth slices of one pass over A: `KC` blocks (the packed B's
+    /// K blocks), also split where a run ([`ConvGeom::run`]) ends when
+    /// tiles of `mr` rows follow the output rows (and may be read in
+    /// place).
+    fn slices(&self, mr: usize) -> Vec<Range<usize>> {
+        let (k, run) = (self.depth(), self.run());
+        let mut out = Vec::new();
+        let mut q = 0;
+        while q < k {
+            let mut end = (q / KC + 1) * KC;
+            if self.row_tiles(mr) {
+                end = end.min((q / run + 1) * run);
+            }
+            let end = end.min(k);
+            out.push(q..end);
+            q = end;
+        }
+        out
+    }
+
+    /// Whether tiles follow the output rows (each a run of output pixels
+    /// that can be read in place) rather than run `mr` rows across them
+    /// (always gathered): when the runs are long and splitting a row
+    /// into tiles of at most `mr` fills them at least half.
+    fn row_tiles(&self, mr: usize) -> bool {
+        let per_row = self.ow.div_ceil(mr);
+        self.run() >= MIN_RUN && self.ow > 0 && 2 * self.ow >= per_row * mr
+    }
+
+    /// Rows of a block of C: a whole number of output rows of at most
+    /// `MC` rows when tiles follow the rows and one fits, else `MC`
+    /// rounded down to `mr`.
+    fn block_rows(&self, mr: usize) -> usize {
+        let mc = (MC / mr) * mr;
+        if self.row_tiles(mr) && self.ow <= mc {
+            (mc / self.ow) * self.ow
+        } else {
+            mc
+        }
+    }
+
+    /// Splits `rows` of C into tiles of at most `mr` rows: along each
+    /// output row in near-equal parts ([`ConvGeom::row_tiles`]), else in
+    /// `mr`-row tiles across rows. Pushes `(first row, rows)` to `out`.
+    fn tiles(&self, rows: Range<usize>, mr: usize, out: &mut Vec<(usize, usize)>) {
+        out.clear();
+        let ow = self.ow.max(1);
+        let per_row = ow.div_ceil(mr);
+        let along = self.row_tiles(mr);
+        let mut r = rows.start;
+        while r < rows.end {
+            let end = if along {
+                let ox = r % ow;
+                let row0 = r - ox;
+                // The part j of this output row holding ox; part j spans
+                // [j·ow/per_row, (j+1)·ow/per_row).
+                let mut j = ox * per_row / ow;
+                while j > 0 && j * ow / per_row > ox {
+                    j -= 1;
+                }
+                while (j + 1) * ow / per_row <= ox {
+                    j += 1;
+                }
+                row0 + (j + 1) * ow / per_row
+            } else {
+                r + mr
+            };
+            let end = end.min(rows.end).min(r + mr);
+            out.push((r, end - r));
+            r = end;
+        }
+    }
+
+    /// How the `mv` rows from `row` of A, depth `ks`, can be read in
+    /// place: `Some(Direct { rows, at, lda })` when the tile is one run
+    /// of output pixels whose rows `rows` (relative to `row`) have every
+    /// tap of `ks` inside the input and sit at `x + at + i·lda`, while
+    /// every other row has all its taps of `ks` in the padding (zero: it
+    /// adds nothing); `None` when the tile must be gathered. `ks` lies
+    /// within one run ([`ConvGeom::slices`]) when tiles of `mr` rows
+    /// follow the output rows; else nothing is read in place.
+    fn in_place(&self, row: usize, mv: usize, ks: &Range<usize>, mr: usize) -> Option<Direct> {
+        let run = self.run();
+        if !self.row_tiles(mr) || ks.is_empty() {
+            return None;
+        }
+        let plane = self.oh * self.ow;
+        let (img, p) = (row / plane, row % plane);
+        let (oy, ox0) = (p / self.ow, p % self.ow);
+        if ox0 + mv > self.ow {
+            return None;
+        }
+        let (cg, kw) = (self.cg, self.kw);
+        // The taps of ks: part of a kernel row (merged) or of one tap.
+        let (ty, tx_lo, tx_hi, ch) = if run == kw * cg && self.c == cg && self.dilation[1] == 1 {
+            let (ty, q) = (ks.start / run, ks.start % run);
+            (ty, q / cg, (q + ks.len() - 1) / cg, q % cg)
+        } else {
+            let tap = ks.start / cg;
+            (tap / kw, tap % kw, tap % kw, ks.start % cg)
+        };
+        let skip = Direct {
+            rows: 0..0,
+            at: 0,
+            lda: 0,
+        };
+        let iy = (oy * self.stride[0] + ty * self.dilation[0]) as isize - self.pad[0] as isize;
+        if iy < 0 || iy >= self.h as isize {
+            return Some(skip);
+        }
+        // Input column of output column ox at tap tx.
+        let (s, d, pad, w) = (
+            self.stride[1] as isize,
+            self.dilation[1] as isize,
+            self.pad[1] as isize,
+            self.w as isize,
+        );
+        let ix = |ox: usize, tx: usize| ox as isize * s + tx as isize * d - pad;
+        // Output columns of the tile with every tap inside: ix(ox, tx_lo)
+        // ≥ 0 and ix(ox, tx_hi) < w.
+        let (first, last) = (ox0, ox0 + mv - 1);
+        let lo = (first..=last).find(|&ox| ix(ox, tx_lo) >= 0);
+        let hi = (first..=last).rev().find(|&ox| ix(ox, tx_hi) < w);
+        let (lo, hi) = match (lo, hi) {
+            (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+            // No column has all its taps inside: fine if none has any.
+            _ => {
+                let any = (first..=last).any(|ox| ix(ox, tx_hi) >= 0 && ix(ox, tx_lo) < w);
+                return (!any).then_some(skip);
+            }
+        };
+        // The columns outside lo..=hi must have no tap inside.
+        let partial =
+            (lo > first && ix(lo - 1, tx_hi) >= 0) || (hi < last && ix(hi + 1, tx_lo) < w);
+        if partial {
+            return None;
+        }
+        Some(Direct {
+            rows: lo - ox0..hi + 1 - ox0,
+            at: ((img * self.h + iy as usize) * self.w + ix(lo, tx_lo) as usize) * self.c + ch,
+            lda: self.stride[1] * self.c,
+        })
+    }
+}
+
+/// A tile of A read in place ([`ConvGeom::in_place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Direct {
+    /// The tile's rows with taps inside the input (the rest add nothing).
+    rows: Range<usize>,
+    /// Offset in `x` of the first of them.
+    at: usize,
+    /// Distance in `x` between consecutive rows.
+    lda: usize,
 }
 
 /// Rows `rows` (all `n` columns) of `C = A·B + beta·C` on the calling
 /// thread, `A` the implicit matrix of `geom` over `x`, `B` pre-packed;
 /// calls `done(r)` once the rows `r` of C are final, block by block.
+///
+/// Per block of rows and depth slice ([`ConvGeom::slices`]), a tile of
+/// A rows that is one run of output pixels with all its taps inside the
+/// input is read in place from `x`; the others (borders, padding, thin
+/// runs) are gathered into the thread's A buffer first.
 ///
 /// # Safety
 /// `x` holds [`ConvGeom::span`] floats, `b` [`super::packed::packed_b_len`]`(depth, n)`;
@@ -205,40 +350,103 @@ pub unsafe fn gemm_part(
     work: &mut TileWork,
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        part(
+            avx::available(),
+            geom,
+            x,
+            b,
+            n,
+            beta,
+            c,
+            ldc,
+            rows,
+            work,
+            done,
+        )
+    }
+}
+
+/// [`gemm_part`] on the AVX-512 micro-kernels (`wide`, the CPU has
+/// AVX-512F) or the portable one.
+///
+/// # Safety
+/// As [`gemm_part`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn part(
+    wide: bool,
+    geom: &ConvGeom,
+    x: *const f32,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: Range<usize>,
+    work: &mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
     let k = geom.depth();
-    let wide = avx::available();
     let mr = if wide { avx::raw_rows(n) } else { avx::MR };
-    let mc = (MC / mr) * mr;
+    let mc = geom.block_rows(mr);
     let (abuf, _) = work.packed_bufs();
     let panels = n.div_ceil(NR) * NR;
+    let slices = geom.slices(mr);
+    // With tiles read in place, rows whose taps of a slice are all in
+    // the padding are skipped, so C starts at zero and every slice adds.
+    let zero_first = beta == 0.0 && (k == 0 || geom.row_tiles(mr));
+    // Per tile of a block: its first row, rows, and where its A is read
+    // for the current slice (pointer, row stride, the rows that add).
+    let (mut tiles, mut a_at) = (Vec::new(), Vec::new());
     for ic in rows.clone().step_by(mc) {
         let mb = mc.min(rows.end - ic);
-        if k == 0 && beta == 0.0 {
+        if zero_first {
             for i in ic..ic + mb {
                 // SAFETY: row i of C (caller's guarantee).
                 unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) }.fill(0.0);
             }
         }
-        for pc in (0..k).step_by(KC) {
-            let kb = KC.min(k - pc);
-            // SAFETY: the block is inside A; the buffer holds MC·KC ≥ mb·kb.
-            unsafe { geom.pack_rows(x, ic..ic + mb, pc..pc + kb, abuf) };
-            let load_c = beta != 0.0 || pc > 0;
+        geom.tiles(ic..ic + mb, mr, &mut tiles);
+        for ks in &slices {
+            let kb = ks.len();
+            // Each tile's A: in place, or gathered into its rows of the
+            // buffer (row stride kb).
+            a_at.clear();
+            for &(r0, mv) in &tiles {
+                a_at.push(match geom.in_place(r0, mv, ks, mr) {
+                    // SAFETY: the rows lie inside x (checked against the
+                    // input's bounds).
+                    Some(d) => (unsafe { x.add(d.at) }, d.lda, d.rows),
+                    None => {
+                        // SAFETY: the tile is inside A and the block; the
+                        // buffer holds MC·KC ≥ mb·kb floats.
+                        let dst = unsafe { abuf.add((r0 - ic) * kb) };
+                        unsafe { geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst) };
+                        (dst as *const f32, kb, 0..mv)
+                    }
+                });
+            }
+            let load_c = beta != 0.0 || ks.start > 0 || zero_first;
+            // K block of the packed B and the slice's first step in it.
+            let (blk, off) = (ks.start / KC, ks.start % KC);
             for jc in (0..n).step_by(NC) {
                 let nb = NC.min(n - jc);
-                // SAFETY: K block pc/KC, panel jc/NR of the packed B.
-                let bpanels = unsafe { b.add(pc * panels + (jc / NR) * NR * KC) };
-                for (jp, j0) in (jc..jc + nb).step_by(NR).enumerate() {
+                for j0 in (jc..jc + nb).step_by(NR) {
                     let ncols = NR.min(jc + nb - j0);
-                    // SAFETY: panel jp of the B block.
-                    let bp = unsafe { bpanels.add(jp * NR * KC) };
-                    for i0 in (0..mb).step_by(mr) {
-                        let mv = mr.min(mb - i0);
-                        // SAFETY: the A rows i0..i0+mv of the block hold kb
-                        // floats each (row stride kb); the B panel kb steps;
-                        // the C tile is rows ic+i0.., columns j0..j0+ncols.
+                    // SAFETY: K block blk, panel j0/NR, step off of the
+                    // packed B.
+                    let bp = unsafe { b.add(blk * KC * panels + (j0 / NR) * NR * KC + off * NR) };
+                    for (&(r0, _), (a, lda, part)) in tiles.iter().zip(&a_at) {
+                        let (a, lda, mv) = (*a, *lda, part.len());
+                        if mv == 0 {
+                            continue;
+                        }
+                        // SAFETY: the tile's adding A rows hold kb floats
+                        // each, lda apart; the B panel kb steps; the C
+                        // tile is rows r0 + part, columns j0..j0+ncols.
                         unsafe {
-                            let (a, ct) = (abuf.add(i0 * kb), c.add((ic + i0) * ldc + j0));
+                            let ct = c.add((r0 + part.start) * ldc + j0);
                             #[cfg(target_arch = "x86_64")]
                             if wide {
                                 let kernel = if n <= avx::NARROW {
@@ -246,10 +454,10 @@ pub unsafe fn gemm_part(
                                 } else {
                                     avx::instance(mv, ncols, true)
                                 };
-                                kernel(kb, a, kb, bp, ct, ldc, ncols, load_c);
+                                kernel(kb, a, lda, bp, ct, ldc, ncols, load_c);
                                 continue;
                             }
-                            portable_raw(mv, kb, a, kb, bp, ct, ldc, ncols, load_c);
+                            packed::portable_kernel(mv, kb, a, lda, 1, bp, ct, ldc, ncols, load_c);
                         }
                     }
                 }
@@ -280,21 +488,54 @@ pub unsafe fn gemm(
     works: *mut TileWork,
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        gemm_with(
+            avx::available(),
+            geom,
+            x,
+            b,
+            n,
+            beta,
+            c,
+            ldc,
+            threads,
+            works,
+            done,
+        )
+    }
+}
+
+/// [`gemm`] on the AVX-512 micro-kernels (`wide`) or the portable one.
+///
+/// # Safety
+/// As [`gemm`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(
+    wide: bool,
+    geom: &ConvGeom,
+    x: *const f32,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    works: *mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
     let m = geom.rows();
-    let mr = if avx::available() {
-        avx::raw_rows(n)
-    } else {
-        avx::MR
-    };
+    let mr = if wide { avx::raw_rows(n) } else { avx::MR };
     let threads = threads.max(1);
-    // Blocks of MC rows, smaller when that leaves a task idle.
-    let block = (MC / mr * mr)
+    // Blocks of about MC rows, smaller when that leaves a task idle.
+    let block = geom
+        .block_rows(mr)
         .min(m.div_ceil(threads).div_ceil(mr) * mr)
         .max(mr);
     let blocks = m.div_ceil(block);
     if threads == 1 || blocks == 1 {
         // SAFETY: forwarded; works[0] is ours.
-        unsafe { gemm_part(geom, x, b, n, beta, c, ldc, 0..m, &mut *works, done) };
+        unsafe { part(wide, geom, x, b, n, beta, c, ldc, 0..m, &mut *works, done) };
         return;
     }
     let next = AtomicUsize::new(0);
@@ -309,7 +550,8 @@ pub unsafe fn gemm(
         // SAFETY: each block of rows is taken by one task; works[t] is
         // this task's alone.
         unsafe {
-            gemm_part(
+            part(
+                wide,
                 geom,
                 x as *const f32,
                 b as *const f32,

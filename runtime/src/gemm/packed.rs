@@ -165,41 +165,45 @@ unsafe fn pack_b(
     }
 }
 
-/// The portable micro-kernel (the contract of a packed-A
-/// [`avx::KernelFn`] for `mv` rows), for CPUs without AVX-512F.
+/// The portable micro-kernel, for CPUs without AVX-512F: the contract
+/// of an [`avx::KernelFn`] for `mv` rows, with A read through strides,
+/// `A(i, p) = a[i·a_row + p·a_step]` (a packed panel: `a_row = 1`,
+/// `a_step = MR`; row-major: `a_row = lda`, `a_step = 1`).
 ///
 /// # Safety
-/// As [`avx::KernelFn`].
+/// As [`avx::KernelFn`], A's `mv×kc` elements readable through the
+/// strides.
 #[allow(clippy::too_many_arguments)]
-unsafe fn portable_kernel(
+pub(super) unsafe fn portable_kernel(
     mv: usize,
     kc: usize,
     a: *const f32,
+    a_row: usize,
+    a_step: usize,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
     ncols: usize,
     load_c: bool,
 ) {
-    let mut acc = [[0.0f32; NR]; MR];
-    for p in 0..kc {
-        // SAFETY: the panels hold kc rows of MR (NR) floats.
-        let (ar, br) = unsafe {
-            (
-                std::slice::from_raw_parts(a.add(p * MR), MR),
-                std::slice::from_raw_parts(b.add(p * NR), NR),
-            )
-        };
-        for (row, &x) in acc.iter_mut().zip(ar) {
-            for (s, &y) in row.iter_mut().zip(br) {
+    for i in 0..mv {
+        let mut acc = [0.0f32; NR];
+        for p in 0..kc {
+            // SAFETY: A(i, p) is readable (caller's guarantee); row p of
+            // the B panel holds NR floats.
+            let (x, br) = unsafe {
+                (
+                    *a.add(i * a_row + p * a_step),
+                    std::slice::from_raw_parts(b.add(p * NR), NR),
+                )
+            };
+            for (s, &y) in acc.iter_mut().zip(br) {
                 *s += x * y;
             }
         }
-    }
-    for (i, row) in acc.iter().enumerate().take(mv) {
         // SAFETY: row i < mv of the C tile holds ncols valid floats.
         let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), ncols) };
-        for (d, &s) in dst.iter_mut().zip(row) {
+        for (d, &s) in dst.iter_mut().zip(&acc) {
             *d = if load_c { *d + s } else { s };
         }
     }
@@ -231,8 +235,8 @@ unsafe fn tile(
         return;
     }
     let _ = (wide, lda);
-    // SAFETY: forwarded.
-    unsafe { portable_kernel(mv, kc, a, b, c, ldc, ncols, load_c) }
+    // SAFETY: forwarded (without AVX-512F, A is always a packed panel).
+    unsafe { portable_kernel(mv, kc, a, 1, MR, b, c, ldc, ncols, load_c) }
 }
 
 /// Rows `rows` × columns `cols` of `C = alpha·A·B + beta·C` on the calling
@@ -248,6 +252,47 @@ unsafe fn tile(
 /// [`work_lens`] floats in its A and B buffers.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_part(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Side,
+    b: Side,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    work: &mut TileWork,
+) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        part(
+            avx::available(),
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+            ldc,
+            rows,
+            cols,
+            work,
+        )
+    }
+}
+
+/// [`gemm_part`] on the AVX-512 micro-kernels (`wide`, the CPU has
+/// AVX-512F) or the portable one.
+///
+/// # Safety
+/// As [`gemm_part`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn part(
+    wide: bool,
     m: usize,
     n: usize,
     k: usize,
@@ -281,7 +326,6 @@ pub unsafe fn gemm_part(
     }
     // From here C either starts at zero (beta = 0) or is added to.
     let keep_c = beta != 0.0;
-    let wide = avx::available();
     let (abuf, bbuf) = work.packed_bufs();
     for jc in cols.clone().step_by(NC) {
         let nb = NC.min(cols.end - jc);
@@ -384,9 +428,63 @@ pub unsafe fn gemm(
     threads: usize,
     works: *mut TileWork,
 ) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        gemm_with(
+            avx::available(),
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+            ldc,
+            threads,
+            works,
+        )
+    }
+}
+
+/// [`gemm`] on the AVX-512 micro-kernels (`wide`) or the portable one.
+///
+/// # Safety
+/// As [`gemm`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(
+    wide: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Side,
+    b: Side,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    works: *mut TileWork,
+) {
     if threads <= 1 {
         // SAFETY: forwarded; works[0] is ours.
-        unsafe { gemm_part(m, n, k, alpha, a, b, beta, c, ldc, 0..m, 0..n, &mut *works) };
+        unsafe {
+            part(
+                wide,
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                b,
+                beta,
+                c,
+                ldc,
+                0..m,
+                0..n,
+                &mut *works,
+            )
+        };
         return;
     }
     // Pointers cross to the pool's threads as integers.
@@ -404,7 +502,8 @@ pub unsafe fn gemm(
         // SAFETY: part t covers disjoint rows/columns of C at panel
         // boundaries, and works[t] is this task's alone.
         unsafe {
-            gemm_part(
+            part(
+                wide,
                 m,
                 n,
                 k,
@@ -443,6 +542,40 @@ pub fn sgemm(
     prepack: Prepacked,
     threads: usize,
 ) -> Result<(), super::GemmError> {
+    sgemm_with(
+        avx::available(),
+        m,
+        n,
+        k,
+        alpha,
+        (a, sa),
+        (b, sb),
+        beta,
+        c,
+        ldc,
+        prepack,
+        threads,
+    )
+}
+
+/// [`sgemm`] on the AVX-512 micro-kernels (`wide`, only where the CPU has
+/// AVX-512F) or the portable one.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_with(
+    wide: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    (a, sa): (&[f32], Strides),
+    (b, sb): (&[f32], Strides),
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    prepack: Prepacked,
+    threads: usize,
+) -> Result<(), super::GemmError> {
+    let wide = wide && avx::available();
     super::check_operands(m, n, k, a.len(), sa, b.len(), sb, c.len(), ldc)?;
     let threads = threads.max(1);
     let mut works: Vec<TileWork> = (0..threads)
@@ -482,7 +615,8 @@ pub fn sgemm(
     // packed copies are `packed_*_len` floats; C is a unique borrow; one
     // work buffer per task. `gemm` splits at panel boundaries.
     unsafe {
-        gemm(
+        gemm_with(
+            wide,
             m,
             n,
             k,

@@ -93,7 +93,7 @@ fn im2col(g: &ConvGeom, x: &[f32], grp: usize) -> Vec<f32> {
 /// Runs the implicit GEMM of every group (output `[rows][groups·og]`,
 /// beta 0 then, when `beta_one`, once more adding) and compares with the
 /// reference; checks `done` covered every row exactly once per call.
-fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
+fn check(case: Case, threads: usize, beta_one: bool, wide: bool) -> Result<(), String> {
     let g = case.geom();
     let (m, k, og) = (g.rows(), g.depth(), case.og);
     let oc = og * case.groups;
@@ -152,7 +152,8 @@ fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
             // SAFETY: x spans the geometry from channel grp·cg; the packed
             // weight is group grp's; C has m rows of ldc ≥ oc floats.
             pool.install(|| unsafe {
-                gemm(
+                gemm_with(
+                    wide,
                     &g,
                     x.as_ptr().add(grp * g.cg),
                     packed.as_ptr().add(grp * pack.group_len()),
@@ -176,7 +177,7 @@ fn check(case: Case, threads: usize, beta_one: bool) -> Result<(), String> {
             let (a, b) = (got[i * ldc + j], want[i * ldc + j]);
             if (a - b).abs() > tol || a.is_nan() {
                 return Err(format!(
-                    "{case:?} {threads} threads beta {}: C[{i}][{j}] = {a}, want {b}",
+                    "{case:?} {threads} threads beta {} wide {wide}: C[{i}][{j}] = {a}, want {b}",
                     beta_one as u8
                 ));
             }
@@ -271,11 +272,113 @@ fn implicit_conv_matches_im2col_and_naive_gemm() {
             ..base
         },
     ];
-    for case in cases {
+    for case in cases.into_iter().chain(in_place_cases(base)) {
         for threads in [1, 2] {
             for beta_one in [false, true] {
-                check(case, threads, beta_one).unwrap();
+                // The AVX-512 kernels where the CPU has them, and always
+                // the portable one.
+                for wide in [false, avx::available()] {
+                    check(case, threads, beta_one, wide).unwrap();
+                }
             }
         }
     }
+}
+
+/// Shapes whose depth runs are long enough to be read in place
+/// ([`MIN_RUN`]): runs split at and across `KC` blocks, a run per tap
+/// (groups, dilation), stride 2 (every other pixel), outputs wider than
+/// a tile and narrower than half of one, tiles along rows of 5–9 pixels
+/// (the tile-height remainders), and every 16-column remainder of the
+/// 48- and 32-wide tiles.
+fn in_place_cases(base: Case) -> Vec<Case> {
+    let mut cases = vec![
+        // densenet's conv2: a 384-deep kernel row split at 128.
+        Case {
+            n: 2,
+            hw: [6, 29],
+            cg: 128,
+            og: 32,
+            ..base
+        },
+        // A 192-deep kernel row: slices 128, 64, 64, 128, ...
+        Case {
+            n: 3,
+            hw: [5, 9],
+            cg: 64,
+            og: 64,
+            ..base
+        },
+        // One run per tap: groups (the group's channels only) and
+        // dilation; then stride 2.
+        Case {
+            n: 2,
+            hw: [7, 12],
+            cg: 40,
+            groups: 2,
+            og: 20,
+            ..base
+        },
+        Case {
+            n: 2,
+            hw: [9, 11],
+            cg: 48,
+            og: 17,
+            dilation: 2,
+            pad: 2,
+            ..base
+        },
+        Case {
+            n: 3,
+            hw: [9, 17],
+            cg: 33,
+            og: 80,
+            stride: 2,
+            ..base
+        },
+        // Pointwise over a wide row (every tile in place) and a 2×2
+        // output narrower than half a tile (tiles across rows).
+        Case {
+            n: 2,
+            hw: [3, 37],
+            cg: 96,
+            og: 100,
+            k: [1, 1],
+            pad: 0,
+            ..base
+        },
+        Case {
+            n: 3,
+            hw: [2, 2],
+            cg: 64,
+            og: 24,
+            ..base
+        },
+        // A kernel row wider than the input: no output column has all
+        // its taps inside, every one some.
+        Case {
+            n: 2,
+            hw: [5, 6],
+            cg: 8,
+            og: 64,
+            k: [1, 7],
+            pad: 3,
+            ..base
+        },
+    ];
+    // Output widths 5..=9 (tile heights) and every remainder of 16-wide
+    // column vectors.
+    for (i, og) in [1, 16, 17, 31, 33, 47, 48, 49, 64, 95, 112, 128]
+        .into_iter()
+        .enumerate()
+    {
+        cases.push(Case {
+            n: 1 + i % 3,
+            hw: [4, 5 + i % 5],
+            cg: 32,
+            og,
+            ..base
+        });
+    }
+    cases
 }

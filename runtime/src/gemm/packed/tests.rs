@@ -7,21 +7,36 @@ use crate::gemm::{cases, GemmCase};
 
 const PREPACKS: [Prepacked; 3] = [Prepacked::Neither, Prepacked::A, Prepacked::B];
 
+/// Runs `case` on the AVX-512 kernels (where the CPU has them) and on the
+/// portable one.
 fn run(case: &GemmCase, prepack: Prepacked, threads: usize) -> Result<(), String> {
-    let mut d = case.data();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| e.to_string())?;
-    pool.install(|| {
-        sgemm(
-            case.m, case.n, case.k, case.alpha, &d.a, d.sa, &d.b, d.sb, case.beta, &mut d.c, d.ldc,
-            prepack, threads,
-        )
-    })
-    .map_err(|e| e.to_string())?;
-    case.check(&d.c)
-        .map_err(|e| format!("{e} (prepack {prepack:?}, {threads} threads)"))
+    for wide in [false, avx::available()] {
+        let mut d = case.data();
+        pool.install(|| {
+            sgemm_with(
+                wide,
+                case.m,
+                case.n,
+                case.k,
+                case.alpha,
+                (&d.a, d.sa),
+                (&d.b, d.sb),
+                case.beta,
+                &mut d.c,
+                d.ldc,
+                prepack,
+                threads,
+            )
+        })
+        .map_err(|e| e.to_string())?;
+        case.check(&d.c)
+            .map_err(|e| format!("{e} (prepack {prepack:?}, {threads} threads, wide {wide})"))?;
+    }
+    Ok(())
 }
 
 #[test]

@@ -25,7 +25,6 @@ use crate::back::im2col::{Im2col, Layout};
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
-use netc_runtime::gemm::conv::ConvGeom;
 use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::Strides;
 
@@ -108,26 +107,22 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     }
     let (og, taps, spatial) = (oc / groups, kh * kw, oh * ow);
     let pointwise = taps == 1 && stride == [1, 1] && pad == [0, 0];
-    let pack = (!pointwise).then(|| {
-        (
-            Im2col {
-                layout,
-                c,
-                groups,
-                h,
-                w,
-                kh,
-                kw,
-                stride,
-                pad,
-                dilation,
-                oh,
-                ow,
-                flip: false,
-            },
-            node.inputs[0],
-        )
-    });
+    let unfold = Im2col {
+        layout,
+        c,
+        groups,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        pad,
+        dilation,
+        oh,
+        ow,
+        flip: false,
+    };
+    let pack = (!pointwise).then_some((unfold, node.inputs[0]));
     let (x, wt) = (node.inputs[0], node.inputs[1]);
     let kg = cg * taps;
     let spec = match layout {
@@ -163,20 +158,7 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         Layout::Nhwc => {
             let implicit =
                 prepack::weight_panels(cx, node).is_some_and(|(_, p)| p.side == Prepacked::B);
-            let geom = ConvGeom {
-                n,
-                h,
-                w,
-                c,
-                cg,
-                kh,
-                kw,
-                stride,
-                pad,
-                dilation,
-                oh,
-                ow,
-            };
+            let geom = unfold.conv_geom(n);
             let (items, m, a, pack) = match pack {
                 _ if implicit => (
                     1,

@@ -22,8 +22,8 @@ mod rows;
 
 pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
 
-use crate::gemm::{conv, gemv};
 use crate::gemm::packed::{self, Prepacked};
+use crate::gemm::{conv, gemv};
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -680,7 +680,9 @@ impl Contracting<'_> {
             // SAFETY: forwarded; `validate` checked that A has unit
             // column stride and B unit row stride.
             Gemm::Gemv => unsafe {
-                gemv::gemv(c.m, c.n, c.k, a, sa.row, b, sb.col, beta, out, c.ldc, threads)
+                gemv::gemv(
+                    c.m, c.n, c.k, a, sa.row, b, sb.col, beta, out, c.ldc, threads,
+                )
             },
             Gemm::Tile(tile) if threads <= 1 => {
                 // SAFETY: `work[slice]` belongs to this task alone.

@@ -387,7 +387,21 @@ mod tests {
         );
         let mut y = vec![f32::NAN; m * n];
         // SAFETY: the buffers hold the sizes above.
-        unsafe { gemv(m, n, k, x.as_ptr(), k, w.as_ptr(), k, 0.0, y.as_mut_ptr(), n, 4) };
+        unsafe {
+            gemv(
+                m,
+                n,
+                k,
+                x.as_ptr(),
+                k,
+                w.as_ptr(),
+                k,
+                0.0,
+                y.as_mut_ptr(),
+                n,
+                4,
+            )
+        };
         for (g, v) in y.iter().zip(&want) {
             assert!((g - v).abs() <= 1e-5, "{g} vs {v}");
         }

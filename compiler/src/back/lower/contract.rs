@@ -31,8 +31,8 @@ use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
 use netc_runtime::gemm::conv::ConvGeom;
-use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::gemv;
+use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::skinny::{self, SkinnyLinear};
 use netc_runtime::gemm::{Gemm, Strides};
 use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Rows, Step, Unpack, Work};
@@ -405,9 +405,7 @@ pub(super) fn gemv_linear(cx: &LowerCx, node: &Node) -> bool {
 
 /// Whether a `linear` of `n` outputs runs on the skinny-N kernel.
 fn skinny_takes(cx: &LowerCx, node: &Node, n: usize) -> bool {
-    n <= skinny::MAX_OUTPUTS
-        && cx.options.gemm == GemmChoice::Auto
-        && cx.followers(node).is_empty()
+    n <= skinny::MAX_OUTPUTS && cx.options.gemm == GemmChoice::Auto && cx.followers(node).is_empty()
 }
 
 /// A `linear` with few outputs and nothing fused after it, as a row step

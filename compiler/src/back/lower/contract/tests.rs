@@ -682,9 +682,10 @@ fn batch_one_linears_run_the_gemv_and_match_the_interpreter() {
             let symbols = [("N".to_string(), batch as i64)];
             let mut jit = Jit::new().unwrap();
             let lowered = lower(&g, &symbols, CompileOptions::default(), &mut jit).unwrap();
-            let gemv = lowered.plan.steps.iter().any(|s| {
-                matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Gemv))
-            });
+            let gemv =
+                lowered.plan.steps.iter().any(
+                    |s| matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Gemv)),
+                );
             assert_eq!(gemv, batch <= 4, "{src} batch {batch}");
             if batch <= 4 {
                 assert!(lowered.plan.prepare.is_empty(), "{src}: weight packed");

@@ -10,7 +10,7 @@
 //! `netc_runtime::gemm::skinny::MAX_OUTPUTS` outputs and no fused
 //! followers is a row step of the skinny-N kernel instead (under
 //! `--gemm auto`); one with at most `netc_runtime::gemm::gemv::MAX_ROWS`
-//! rows of input (batch 1) runs the GEMV over its unpacked weight
+//! rows of input (batch 1) and a large weight runs the GEMV over its unpacked weight
 //! ([`gemv_linear`]). The epilogue's iteration space is
 //! [`epilogue_domain`], which the fusion pass also asks before fusing a
 //! follower.
@@ -384,8 +384,9 @@ fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 
 /// Whether `node` is a `linear` that runs as a GEMV
 /// ([`netc_runtime::gemm::gemv`], under `--gemm auto`): at most
-/// `gemv::MAX_ROWS` rows of input, so each weight is used at most that
-/// many times and the product is as fast as the weight streams; its
+/// `gemv::MAX_ROWS` rows of input and a weight larger than one core's L2
+/// ([`GEMV_MIN_WEIGHTS`]), so each weight is used at most that many times
+/// and the product is as fast as the weight streams from memory; its
 /// weight is then read in place, not packed. (A few outputs and nothing
 /// fused after it take the skinny kernel instead.)
 pub(super) fn gemv_linear(cx: &LowerCx, node: &Node) -> bool {
@@ -400,8 +401,17 @@ pub(super) fn gemv_linear(cx: &LowerCx, node: &Node) -> bool {
     node.op.name == "linear"
         && cx.options.gemm == GemmChoice::Auto
         && (1..=gemv::MAX_ROWS).contains(&m)
+        && n * k >= GEMV_MIN_WEIGHTS
         && !skinny_takes(cx, node, n)
 }
+
+/// The fewest weights (2 MiB of f32, one core's L2) for which a batch-1
+/// `linear` runs the GEMV. A smaller weight is read from L2 on every call,
+/// where the packed GEMM's contiguous panels went faster
+/// (`examples/gemv_speed`: eeg_mlp fc2, 256×512, 6 µs packed against
+/// 10 µs; vggish 4096×12288 and eeg_ccnn's 1024×5184, read from memory,
+/// went faster as a GEMV).
+const GEMV_MIN_WEIGHTS: usize = 1 << 19;
 
 /// Whether a `linear` of `n` outputs runs on the skinny-N kernel.
 fn skinny_takes(cx: &LowerCx, node: &Node, n: usize) -> bool {

@@ -22,8 +22,8 @@ mod rows;
 
 pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
 
-use crate::gemm::conv;
 use crate::gemm::packed::{self, Prepacked};
+use crate::gemm::{conv, gemv};
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -382,6 +382,10 @@ impl Contraction {
                 return Err(bad("implicit A", self.m, geom.rows()));
             }
         }
+        let gemv_shaped = self.a.strides.col == 1 && self.b.strides.row == 1 && !self.a.packed;
+        if matches!(self.gemm, Gemm::Gemv) && !gemv_shaped {
+            return Err(bad("GEMV A and B", self.m, 0));
+        }
         let c = Operand {
             input: 0,
             packed: false,
@@ -671,6 +675,13 @@ impl Contracting<'_> {
                 };
                 conv::gemm(
                     &geom, a, b, c.n, beta, out, c.ldc, threads, works, rows_done,
+                )
+            },
+            // SAFETY: forwarded; `validate` checked that A has unit
+            // column stride and B unit row stride.
+            Gemm::Gemv => unsafe {
+                gemv::gemv(
+                    c.m, c.n, c.k, a, sa.row, b, sb.col, beta, out, c.ldc, threads,
                 )
             },
             Gemm::Tile(tile) if threads <= 1 => {

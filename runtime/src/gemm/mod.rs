@@ -20,6 +20,7 @@
 //! tile of the compiler), so all are checked on exactly the same products.
 
 pub mod conv;
+pub mod gemv;
 pub mod kernel_avx512;
 pub mod packed;
 pub mod skinny;
@@ -304,6 +305,10 @@ pub enum Gemm {
     /// window over the A operand's buffer (the whole batch, `m =
     /// N·OH·OW`), B pre-packed.
     Implicit(conv::ConvGeom),
+    /// [`gemv::gemv`]: a `linear` with at most [`gemv::MAX_ROWS`] rows,
+    /// A row-major and B the weight `[n, k]` read in place (transposed
+    /// strides), streamed once over the threads.
+    Gemv,
 }
 
 /// K block of the tile driver: a packed B micro-panel (`KC·nr` floats)

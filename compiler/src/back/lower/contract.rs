@@ -9,7 +9,9 @@
 //! ([`gemm_choice`]). A `linear` with at most
 //! `netc_runtime::gemm::skinny::MAX_OUTPUTS` outputs and no fused
 //! followers is a row step of the skinny-N kernel instead (under
-//! `--gemm auto`). The epilogue's iteration space is
+//! `--gemm auto`); one with at most `netc_runtime::gemm::gemv::MAX_ROWS`
+//! rows of input (batch 1) and a large weight runs the GEMV over its unpacked weight
+//! ([`gemv_linear`]). The epilogue's iteration space is
 //! [`epilogue_domain`], which the fusion pass also asks before fusing a
 //! follower.
 
@@ -29,6 +31,7 @@ use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
 use netc_runtime::gemm::conv::ConvGeom;
+use netc_runtime::gemm::gemv;
 use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::skinny::{self, SkinnyLinear};
 use netc_runtime::gemm::{Gemm, Strides};
@@ -195,6 +198,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
                 node.op.name, node.path
             )))
         }
+        (Prepacked::Neither, _) if gemv_linear(cx, node) => Gemm::Gemv,
         (Prepacked::Neither, _) => gemm_choice(cx)?,
         (side, _) => Gemm::Packed(side),
     };
@@ -349,10 +353,7 @@ fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let w_shape = cx.shape(node.inputs[1])?;
     let (n, k) = (w_shape[0], w_shape[1]);
     let m = cx.numel(node.inputs[0])? / k.max(1);
-    if n <= skinny::MAX_OUTPUTS
-        && cx.options.gemm == GemmChoice::Auto
-        && cx.followers(node).is_empty()
-    {
+    if skinny_takes(cx, node, n) {
         return skinny_linear(cx, node, (m, n, k));
     }
     emit(
@@ -379,6 +380,42 @@ fn linear(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             bias: node.inputs.get(2).map(|&b| (b, Bcast::PerColumn)),
         },
     )
+}
+
+/// Whether `node` is a `linear` that runs as a GEMV
+/// ([`netc_runtime::gemm::gemv`], under `--gemm auto`): at most
+/// `gemv::MAX_ROWS` rows of input and a weight larger than one core's L2
+/// ([`GEMV_MIN_WEIGHTS`]), so each weight is used at most that many times
+/// and the product is as fast as the weight streams from memory; its
+/// weight is then read in place, not packed. (A few outputs and nothing
+/// fused after it take the skinny kernel instead.)
+pub(super) fn gemv_linear(cx: &LowerCx, node: &Node) -> bool {
+    let shape = |i: usize| node.inputs.get(i).and_then(|&v| cx.shape(v).ok());
+    let (Some(w), Some(x)) = (shape(1), shape(0)) else {
+        return false;
+    };
+    let [n, k] = w[..] else {
+        return false;
+    };
+    let m = x.iter().product::<usize>() / k.max(1);
+    node.op.name == "linear"
+        && cx.options.gemm == GemmChoice::Auto
+        && (1..=gemv::MAX_ROWS).contains(&m)
+        && n * k >= GEMV_MIN_WEIGHTS
+        && !skinny_takes(cx, node, n)
+}
+
+/// The fewest weights (2 MiB of f32, one core's L2) for which a batch-1
+/// `linear` runs the GEMV. A smaller weight is read from L2 on every call,
+/// where the packed GEMM's contiguous panels went faster
+/// (`examples/gemv_speed`: eeg_mlp fc2, 256×512, 6 µs packed against
+/// 10 µs; vggish 4096×12288 and eeg_ccnn's 1024×5184, read from memory,
+/// went faster as a GEMV).
+const GEMV_MIN_WEIGHTS: usize = 1 << 19;
+
+/// Whether a `linear` of `n` outputs runs on the skinny-N kernel.
+fn skinny_takes(cx: &LowerCx, node: &Node, n: usize) -> bool {
+    n <= skinny::MAX_OUTPUTS && cx.options.gemm == GemmChoice::Auto && cx.followers(node).is_empty()
 }
 
 /// A `linear` with few outputs and nothing fused after it, as a row step

@@ -629,3 +629,89 @@ fn parameter_weights_are_packed_once_on_their_gemm_side() {
     assert_eq!(packs, 0);
     assert!(gemms.iter().all(|g| matches!(g, Gemm::Native)), "{gemms:?}");
 }
+
+/// Under `--gemm auto`, a `linear` with 1–4 rows of input and a weight
+/// past one core's L2 runs the GEMV over its unpacked weight (no prepare
+/// step packs it), with the bias and the fused ReLU and residual add in
+/// the epilogue, and equals the interpreter: `k` and `n` off the vector
+/// width (37 × 14173, 131 × 4003), with and without a bias and
+/// followers, one and two threads. At 5 rows, or with a small weight
+/// (21 × 37), the packed GEMM takes it back.
+#[test]
+fn batch_one_linears_run_the_gemv_and_match_the_interpreter() {
+    for (k, n_out, bias, follow) in [
+        (37, 14173, true, true),
+        (131, 4003, false, false),
+        (37, 21, true, true),
+    ] {
+        let big = k * n_out >= 1 << 19;
+        let tail = if follow { " |> relu |> add(r)" } else { "" };
+        let src = format!(
+            "model m() {{ input x: f32[N, {k}]  input r: f32[N, {n_out}]
+                 output y = x |> l: linear({n_out}, bias = {bias}){tail} }}"
+        );
+        let mut g = program(&src).unwrap();
+        fuse_after(&mut g, "linear");
+        for batch in [1, 3, 4, 5] {
+            let xs = data(batch * k, 1.0);
+            let rs = data(batch * n_out, 2.0);
+            let params: Vec<Vec<f32>> = g
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    data(
+                        p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
+                        5.0 + i as f32,
+                    )
+                })
+                .collect();
+            let named: HashMap<String, Array> = g
+                .params
+                .iter()
+                .zip(&params)
+                .map(|(p, d)| {
+                    let shape: Vec<usize> =
+                        p.ty.known_shape()
+                            .unwrap()
+                            .iter()
+                            .map(|&d| d as usize)
+                            .collect();
+                    (p.path.clone(), Array::new(&shape, f64s(d)))
+                })
+                .collect();
+            let ins = [
+                ("x", Array::new(&[batch, k], f64s(&xs))),
+                ("r", Array::new(&[batch, n_out], f64s(&rs))),
+            ];
+            let want = interp::run(&g, &ins, &named).unwrap().remove(0).1;
+            let symbols = [("N".to_string(), batch as i64)];
+            let mut jit = Jit::new().unwrap();
+            let lowered = lower(&g, &symbols, CompileOptions::default(), &mut jit).unwrap();
+            let gemv =
+                lowered.plan.steps.iter().any(
+                    |s| matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Gemv)),
+                );
+            assert_eq!(gemv, batch <= 4 && big, "{src} batch {batch}");
+            if gemv {
+                assert!(lowered.plan.prepare.is_empty(), "{src}: weight packed");
+            }
+            let inputs: Vec<&[f32]> = vec![&xs, &rs];
+            let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+            for threads in [1, 2] {
+                let got = run_plan(
+                    &g,
+                    &symbols,
+                    CompileOptions {
+                        threads,
+                        ..CompileOptions::default()
+                    },
+                    threads,
+                    &inputs,
+                    &param_refs,
+                );
+                assert_close(&got, &want.data, &format!("{src} batch {batch}/{threads}"));
+            }
+        }
+    }
+}

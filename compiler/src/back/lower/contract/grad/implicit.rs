@@ -39,11 +39,26 @@ use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, RowKernel, Rows, S
 use netc_runtime::train::layout::{ChannelsLast, ConvWeightRows};
 use std::sync::Arc;
 
-/// Whether `node` of this plan may run as an implicit GEMM: a training
-/// plan (inference plans have their own NHWC path), outside the prepare
-/// steps, with the packed GEMM's micro-kernel enabled, one group.
+/// The largest per-image map (pixels) that runs as an implicit GEMM.
+/// Above it the per-image GEMMs are long enough already, and the two
+/// transposes cost more than they save: densenet121 at batch 8 (maps up to
+/// 112×112) took 1.15–1.25× longer per step with every convolution
+/// implicit, vggish at batch 32 (up to 96×64) was level.
+const MAX_PIXELS: usize = 1024;
+
+/// Whether a convolution of `g` in this plan runs as an implicit GEMM: a
+/// training plan (inference plans have their own NHWC path), outside the
+/// prepare steps, with the packed GEMM's micro-kernel enabled, one group,
+/// a kernel of more than one tap (a 1×1 convolution reads its input as
+/// the GEMM operand directly, no im2col to save) and maps of at most
+/// [`MAX_PIXELS`].
 pub(super) fn applies(cx: &LowerCx, g: &Geometry) -> bool {
-    cx.training && !cx.in_prepare && prepack::enabled(cx) && g.groups == 1
+    cx.training
+        && !cx.in_prepare
+        && prepack::enabled(cx)
+        && g.groups == 1
+        && g.kh * g.kw > 1
+        && g.spatial().max(g.h * g.w) <= MAX_PIXELS
 }
 
 /// Which convolution of `g` to run.

@@ -43,8 +43,10 @@ use std::sync::Arc;
 /// Above it the per-image GEMMs are long enough already, and the two
 /// transposes cost more than they save: densenet121 at batch 8 (maps up to
 /// 112×112) took 1.15–1.25× longer per step with every convolution
-/// implicit, vggish at batch 32 (up to 96×64) was level.
-const MAX_PIXELS: usize = 1024;
+/// implicit, vggish at batch 32 (up to 96×64) was level; with maps up to
+/// 1024 pixels (densenet's 28×28 included) densenet121 was still 2–11%
+/// slower (loaded machine). eeg_ccnn's 9×9 maps gain 1.2–1.3×.
+const MAX_PIXELS: usize = 256;
 
 /// Whether a convolution of `g` in this plan runs as an implicit GEMM: a
 /// training plan (inference plans have their own NHWC path), outside the

@@ -35,6 +35,9 @@ pub(super) fn is_nhwc(node: &Node) -> bool {
 
 /// Lowers a `conv1d` or `conv2d` node.
 pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    if let Some(done) = super::grad::implicit_forward(cx, node) {
+        return done;
+    }
     let nd = if node.op.name == "conv1d" { 1 } else { 2 };
     let bad = |what: String| {
         BackError(format!(

@@ -156,11 +156,11 @@ fn bad(node: &Node, what: String) -> BackError {
     ))
 }
 
-/// The forward convolution of a gradient node: `dy` is input 0, the
-/// forward's input `x` and weight shapes come from input 1 or the result.
+/// The convolution of a forward or gradient node from the shapes of its
+/// result (`dy_shape`), input and weight.
 fn geometry(
-    cx: &LowerCx,
     node: &Node,
+    dy_shape: &[usize],
     x_shape: &[usize],
     w_shape: &[usize],
 ) -> Result<Geometry, BackError> {
@@ -201,7 +201,6 @@ fn geometry(
     if stride.contains(&0) || dilation.contains(&0) {
         return Err(bad(node, "strides and dilations must be at least 1".into()));
     }
-    let dy_shape = cx.shape(node.inputs[0])?;
     let two_d = |s: &[usize]| -> Option<[usize; 4]> {
         match (nd, s) {
             (1, &[a, b, c]) => Some([a, b, 1, c]),
@@ -210,7 +209,7 @@ fn geometry(
         }
     };
     let shapes = || format!("dy {dy_shape:?}, input {x_shape:?}, weight {w_shape:?}");
-    let (Some(dy), Some(x), Some(w)) = (two_d(&dy_shape), two_d(x_shape), two_d(w_shape)) else {
+    let (Some(dy), Some(x), Some(w)) = (two_d(dy_shape), two_d(x_shape), two_d(w_shape)) else {
         return Err(bad(
             node,
             format!("{} are not all rank {}", shapes(), nd + 2),
@@ -256,6 +255,40 @@ fn geometry(
     Ok(g)
 }
 
+/// The forward `conv2d` of a training plan as one implicit GEMM over
+/// the batch ([`implicit`]); `None` when that does not apply (an
+/// inference plan, NHWC, groups, a 1-D convolution), and the caller
+/// lowers it per image.
+pub(super) fn implicit_forward(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    let nchw = match node.op.attr("layout") {
+        None => true,
+        Some(Attr::Str(s)) => s == "nchw",
+        Some(_) => false,
+    };
+    if node.op.name != "conv2d" || !nchw || !cx.training {
+        return None;
+    }
+    let shape = |v| cx.shape(v).ok();
+    let (x, w, y) = (
+        shape(node.inputs[0])?,
+        shape(*node.inputs.get(1)?)?,
+        shape(node.outputs[0])?,
+    );
+    let g = geometry(node, &y, &x, &w).ok()?;
+    if !implicit::applies(cx, &g) {
+        return None;
+    }
+    let role = implicit::Role::Forward(node.inputs.get(2).copied());
+    Some(implicit::emit(
+        cx,
+        node,
+        &g,
+        node.inputs[0],
+        node.inputs[1],
+        role,
+    ))
+}
+
 /// `dx = col2im(Wᵀ·dy)` per image and group.
 fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (x_shape, w_shape) = (cx.shape(node.outputs[0])?, cx.shape(node.inputs[1])?);
@@ -272,10 +305,14 @@ fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             ));
         }
     }
-    let g = geometry(cx, node, &x_shape, &w_shape)?;
+    let dy_shape = cx.shape(node.inputs[0])?;
+    let g = geometry(node, &dy_shape, &x_shape, &w_shape)?;
     let (dy, wt) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());
     let direct = g.pointwise();
+    if let (Some(pad), true) = (g.flipped_pad(), implicit::applies(cx, &g)) {
+        return implicit::emit(cx, node, &g, dy, wt, implicit::Role::GradInput(pad));
+    }
     if let (Some(pad), false) = (g.flipped_pad(), direct) {
         return conv_grad_input_flipped(cx, node, &g, pad);
     }
@@ -410,7 +447,8 @@ fn conv_grad_input_flipped(
 /// `dW += dy · colᵀ` per image and group, summed over the images.
 fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (x_shape, w_shape) = (cx.shape(node.inputs[1])?, cx.shape(node.outputs[0])?);
-    let g = geometry(cx, node, &x_shape, &w_shape)?;
+    let dy_shape = cx.shape(node.inputs[0])?;
+    let g = geometry(node, &dy_shape, &x_shape, &w_shape)?;
     if let Ok(k) = ints(node, "kernel") {
         let want: Vec<i64> = if k.len() == 1 {
             vec![g.kw as i64]
@@ -624,5 +662,6 @@ fn linear_gemm(
     )
 }
 
+mod implicit;
 #[cfg(test)]
 mod tests;

@@ -253,20 +253,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gemm::{sgemm_naive, Strides};
-
-    /// Deterministic values in `[-1, 1)`.
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::gemm::{sgemm_naive, test_data as data, Strides};
 
     /// The GEMV equals `x·Wᵀ (+ y)` by [`sgemm_naive`] (f64 sums) on
     /// sizes around its tiles and vectors: rows 1–5 (5 takes two row

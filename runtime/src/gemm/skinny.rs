@@ -175,22 +175,9 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gemm::{sgemm_naive, Strides};
+    use crate::gemm::{sgemm_naive, test_data as data, Strides};
     use crate::plan::{Buf, Executor, Plan, Rows, Step, Work};
     use std::sync::Arc;
-
-    /// Deterministic values in `[-1, 1)`.
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The kernel, in a plan of one row step split over 1 or 2 threads in
     /// pieces of 3 rows, equals `x·Wᵀ + b` by [`sgemm_naive`] on sizes

@@ -6,21 +6,8 @@
 
 use super::*;
 use crate::gemm::packed::{PackPanels, Prepacked};
-use crate::gemm::{sgemm_naive, Strides};
+use crate::gemm::{sgemm_naive, test_data as data, Strides};
 use crate::plan::RowKernel;
-
-/// Deterministic values in [-1, 1).
-fn data(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// One case: geometry of the whole input (`c = groups·cg`), output
 /// channels per group `og`.

@@ -31,7 +31,7 @@ use super::jit::{Jit, KernelId, KernelSource};
 use super::loops::{counted, elem, flags, smax, smin};
 use super::BackError;
 use cranelift_codegen::ir::{
-    types, Block, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+    types, Block, ConstantData, Endianness, Immediate, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 
@@ -177,6 +177,43 @@ impl Axis {
     }
 }
 
+/// A shuffle immediate of two f32x4 vectors (as i8x16): lane `j` of the
+/// result is lane `pick[j].1` of the second operand if `pick[j].0`, of
+/// the first otherwise.
+pub(crate) fn f32_lanes(b: &mut FunctionBuilder, pick: [(bool, u8); 4]) -> Immediate {
+    let bytes: Vec<u8> = pick
+        .iter()
+        .flat_map(|&(second, lane)| (0..4u8).map(move |byte| 16 * second as u8 + 4 * lane + byte))
+        .collect();
+    b.func.dfg.immediates.push(ConstantData::from(bytes))
+}
+
+/// The lane order of vectors bitcast between f32x4 and i8x16.
+pub(crate) fn lanes() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
+/// Loads the eight f32 at element `e` of `src` as two f32x4 of its even
+/// and its odd elements (the first and second taps of four pair windows).
+pub(crate) fn load_pairs(
+    b: &mut FunctionBuilder,
+    ptr: Type,
+    src: Value,
+    e: Value,
+) -> (Value, Value) {
+    let evens = f32_lanes(b, [(false, 0), (false, 2), (true, 0), (true, 2)]);
+    let odds = f32_lanes(b, [(false, 1), (false, 3), (true, 1), (true, 3)]);
+    let a = elem(b, src, e, ptr);
+    let lo = b.ins().load(types::I8X16, flags(), a, 0);
+    let hi = b.ins().load(types::I8X16, flags(), a, 16);
+    let ev = b.ins().shuffle(lo, hi, evens);
+    let od = b.ins().shuffle(lo, hi, odds);
+    (
+        b.ins().bitcast(types::F32X4, lanes(), ev),
+        b.ins().bitcast(types::F32X4, lanes(), od),
+    )
+}
+
 impl PoolKernel {
     /// Output rows: `planes·OH` (NCHW) or `N·OH` (NHWC) for `outer` planes
     /// or images.
@@ -235,7 +272,7 @@ impl PoolKernel {
     /// computes: a multiple of 4 when W's windows are unpadded, undilated
     /// pairs at stride 2 (`k = 2, stride = 2`) and fully inside the row;
     /// 0 otherwise (every output then takes the general path).
-    fn paired_outputs(&self) -> u64 {
+    pub(crate) fn paired_outputs(&self) -> u64 {
         let pair = Window::Strided {
             k: 2,
             stride: 2,
@@ -266,14 +303,6 @@ impl PoolKernel {
         count: u64,
     ) {
         let i64t = types::I64;
-        let lanes = MemFlagsData::new().with_endianness(Endianness::Little);
-        let mask = |b: &mut FunctionBuilder, odd: u8| {
-            let bytes: Vec<u8> = (0..4u8)
-                .flat_map(|j| (0..4u8).map(move |byte| 8 * j + 4 * odd + byte))
-                .collect();
-            b.func.dfg.immediates.push(ConstantData::from(bytes))
-        };
-        let (evens, odds) = (mask(b, 0), mask(b, 1));
         let (win, hstep) = (self.w.input as i64, hs.step);
         let is_max = self.op == PoolOp::Max;
         let init = b
@@ -297,13 +326,7 @@ impl PoolKernel {
                     let e = b.ins().imul_imm_s(ih, win);
                     let e = b.ins().iadd(e, base);
                     let e = b.ins().iadd(e, col);
-                    let a = elem(b, src, e, ptr);
-                    let lo = b.ins().load(types::I8X16, flags(), a, 0);
-                    let hi = b.ins().load(types::I8X16, flags(), a, 16);
-                    let ev = b.ins().shuffle(lo, hi, evens);
-                    let od = b.ins().shuffle(lo, hi, odds);
-                    let ev = b.ins().bitcast(types::F32X4, lanes, ev);
-                    let od = b.ins().bitcast(types::F32X4, lanes, od);
+                    let (ev, od) = load_pairs(b, ptr, src, e);
                     vec![if is_max {
                         let m = b.ins().fmax(ev, od);
                         b.ins().fmax(acc[0], m)

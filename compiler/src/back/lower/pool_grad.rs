@@ -13,19 +13,26 @@
 //! A strided window of at most 16 taps that lies wholly inside the input
 //! (all but the border windows) takes a branch with its taps unrolled at
 //! constant offsets from its first element: the same taps in the same
-//! order, without the per-tap loops.
+//! order, without the per-tap loops. 2×2 windows at stride 2 (VGG's and
+//! DenseNet's transitions' pools) take four windows per pass: the taps
+//! as f32x4 of the even and odd elements of the two input rows (the
+//! forward kernel's pair loads), the max tap picked lane by lane with the
+//! same rule, and the gradients interleaved back and stored, since such
+//! windows never overlap.
 
 use super::data::call;
 use super::rows::input;
 use super::LowerCx;
 use crate::back::jit::KernelSource;
 use crate::back::loops::{counted, elem, flags};
-use crate::back::pool::{Axis, PoolKernel, PoolLayout, PoolOp, Window};
+use crate::back::pool::{
+    f32_lanes, lanes, load_pairs, Axis, PoolKernel, PoolLayout, PoolOp, Window,
+};
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
 use cranelift_codegen::ir::{
     condcodes::{FloatCC, IntCC},
-    types, Block, InstBuilder, Type, Value,
+    types, Block, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 
@@ -118,6 +125,110 @@ impl PoolGradKernel {
     }
 }
 
+impl PoolGradKernel {
+    /// Outputs at the start of each output row that [`Self::pairs`]
+    /// computes: those of the forward kernel's pair path when the H
+    /// windows are the same unpadded pairs at stride 2 as the W windows
+    /// (the 2×2 pools), so the windows of those outputs tile their inputs
+    /// without overlap; 0 otherwise.
+    fn paired_outputs(&self) -> u64 {
+        let forward = PoolKernel {
+            op: self.op,
+            layout: PoolLayout::Nchw,
+            h: self.h,
+            w: self.w,
+        };
+        if self.h.window == self.w.window {
+            forward.paired_outputs()
+        } else {
+            0
+        }
+    }
+
+    /// The gradient of the first `count` (a multiple of 4) outputs of
+    /// output row `row` (element index into `dy`) whose 2×2 windows start
+    /// at input row `first` of the plane at `dx`: four windows per pass,
+    /// their four taps as f32x4 of even and odd elements of the two input
+    /// rows. A max window's gradient goes to the tap the scalar path
+    /// picks (scanned in the same order with the same rule), an average
+    /// window's to every tap; each pair of taps is interleaved back and
+    /// stored, as the windows do not overlap.
+    #[allow(clippy::too_many_arguments)]
+    fn pairs(
+        &self,
+        b: &mut FunctionBuilder,
+        ptr: Type,
+        dy: Value,
+        x: Option<Value>,
+        dx: Value,
+        row: Value,
+        first: Value,
+        count: Value,
+    ) {
+        let i64t = types::I64;
+        let w_in = self.w.input as i64;
+        let low = f32_lanes(b, [(false, 0), (true, 0), (false, 1), (true, 1)]);
+        let high = f32_lanes(b, [(false, 2), (true, 2), (false, 3), (true, 3)]);
+        let bytes = |b: &mut FunctionBuilder, v: Value| b.ins().bitcast(types::I8X16, lanes(), v);
+        let store = |b: &mut FunctionBuilder, e: Value, ev: Value, od: Value| {
+            let a = elem(b, dx, e, ptr);
+            let lo = b.ins().shuffle(ev, od, low);
+            let hi = b.ins().shuffle(ev, od, high);
+            b.ins().store(flags(), lo, a, 0);
+            b.ins().store(flags(), hi, a, 16);
+        };
+        let zero = b.ins().iconst(i64t, 0);
+        counted(b, zero, count, 4, &[], &[], |b, ow, _| {
+            let o = b.ins().iadd(row, ow);
+            let a = elem(b, dy, o, ptr);
+            let g = b.ins().load(types::F32X4, flags(), a, 0);
+            let e0 = b.ins().imul_imm_s(first, w_in);
+            let col = b.ins().imul_imm_s(ow, 2);
+            let e0 = b.ins().iadd(e0, col);
+            let e1 = b.ins().iadd_imm_s(e0, w_in);
+            let taps: Vec<Value> = match (self.op, x) {
+                (PoolOp::Max, Some(x)) => {
+                    let (t0, t1) = load_pairs(b, ptr, x, e0);
+                    let (t2, t3) = load_pairs(b, ptr, x, e1);
+                    let tap_id = |b: &mut FunctionBuilder, t: i64| {
+                        let t = b.ins().iconst(types::I32, t);
+                        b.ins().splat(types::I32X4, t)
+                    };
+                    let (mut best, mut pick) = (t0, tap_id(b, 0));
+                    for (t, v) in [t1, t2, t3].into_iter().enumerate() {
+                        let gt = b.ins().fcmp(FloatCC::GreaterThan, v, best);
+                        let nan = b.ins().fcmp(FloatCC::Unordered, v, v);
+                        let take = b.ins().bor(gt, nan);
+                        let take_f = b.ins().bitcast(types::F32X4, MemFlagsData::new(), take);
+                        best = b.ins().bitselect(take_f, v, best);
+                        let id = tap_id(b, t as i64 + 1);
+                        pick = b.ins().bitselect(take, id, pick);
+                    }
+                    let gi = b.ins().bitcast(types::I32X4, MemFlagsData::new(), g);
+                    (0..4)
+                        .map(|t| {
+                            let id = tap_id(b, t);
+                            let hit = b.ins().icmp(IntCC::Equal, pick, id);
+                            let v = b.ins().band(hit, gi);
+                            bytes(b, v)
+                        })
+                        .collect()
+                }
+                _ => {
+                    // The window is its four taps, inside the input.
+                    let n = b.ins().f32const(4.0);
+                    let n = b.ins().splat(types::F32X4, n);
+                    let gd = b.ins().fdiv(g, n);
+                    vec![bytes(b, gd); 4]
+                }
+            };
+            store(b, e0, taps[0], taps[1]);
+            store(b, e1, taps[2], taps[3]);
+            vec![]
+        });
+    }
+}
+
 impl KernelSource for PoolGradKernel {
     fn key(&self) -> String {
         format!("pool_grad.f32({:?})", self)
@@ -149,10 +260,24 @@ impl KernelSource for PoolGradKernel {
             let xp = x.map(|x| elem(b, x, base, ptr));
             let ob = b.ins().imul_imm_s(pl, oh_n * ow_n);
             let oh_hi = b.ins().iconst(i64t, oh_n);
+            let paired = self.paired_outputs();
             counted(b, zero, oh_hi, 1, &[], &[], |b, oh, _| {
                 let hs = self.h.span(b, oh);
+                let ow_first = if paired > 0 {
+                    // Rows whose H window is two rows inside the input
+                    // start with the paired outputs.
+                    let full = b.ins().icmp_imm_s(IntCC::Equal, hs.count, 2);
+                    let p = b.ins().iconst(i64t, paired as i64);
+                    let first = b.ins().select(full, p, zero);
+                    let row = b.ins().imul_imm_s(oh, ow_n);
+                    let row = b.ins().iadd(row, ob);
+                    self.pairs(b, ptr, dy, xp, dxp, row, hs.first, first);
+                    first
+                } else {
+                    zero
+                };
                 let ow_hi = b.ins().iconst(i64t, ow_n);
-                counted(b, zero, ow_hi, 1, &[], &[], |b, ow, _| {
+                counted(b, ow_first, ow_hi, 1, &[], &[], |b, ow, _| {
                     let ws = self.w.span(b, ow);
                     let o = b.ins().imul_imm_s(oh, ow_n);
                     let o = b.ins().iadd(o, ow);

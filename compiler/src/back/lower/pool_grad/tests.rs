@@ -73,7 +73,7 @@ fn check_pool(shape: [usize; 4], pool: &str, values: &dyn Fn(usize) -> Vec<f32>)
 #[test]
 fn pool_grads_match_the_interpreter() {
     for pool in POOLS {
-        for shape in [[2, 3, 7, 9], [1, 2, 6, 8], [3, 1, 5, 5]] {
+        for shape in [[2, 3, 7, 9], [1, 2, 6, 8], [3, 1, 5, 5], [1, 2, 5, 21]] {
             check_pool(shape, pool, &|n| data(n, 0.25, 4.0));
         }
     }
@@ -86,6 +86,23 @@ fn max_pool_grad_ties_match_the_interpreter() {
     for pool in &POOLS[..6] {
         check_pool([2, 2, 7, 9], pool, &|n| {
             (0..n).map(|i| ((i * 7) % 5) as f32).collect()
+        });
+    }
+}
+
+/// NaNs and ties in the paired (2×2, four windows per pass) path and its
+/// scalar tail: every window's gradient goes to the tap PyTorch picks (the
+/// last NaN, else the first maximum).
+#[test]
+fn max_pool_grad_nans_and_ties_match_the_interpreter() {
+    for pool in [POOLS[2], POOLS[3]] {
+        check_pool([2, 2, 5, 19], pool, &|n| {
+            (0..n)
+                .map(|i| match (i * 11) % 7 {
+                    0 | 3 => f32::NAN,
+                    k => (k % 3) as f32,
+                })
+                .collect()
         });
     }
 }

@@ -183,6 +183,7 @@ fn im2col(g: &ConvGeom, x: &[f32], img: usize, col: &mut [f32]) {
 fn convs(work: &mut [TileWork], threads: usize) -> Result<(), String> {
     // (name, images, h, w, c, oc, k, stride, pad)
     let shapes = [
+        ("vggish features.0", 4, 96, 64, 1, 64, 3, 1, 1),
         ("vggish features.3", 4, 48, 32, 64, 128, 3, 1, 1),
         ("vggish features.8", 4, 24, 16, 256, 256, 3, 1, 1),
         ("vggish features.13", 4, 12, 8, 512, 512, 3, 1, 1),

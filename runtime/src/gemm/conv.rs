@@ -96,53 +96,77 @@ impl ConvGeom {
         ks: Range<usize>,
         dst: *mut f32,
     ) {
-        let (kb, cg, plane) = (ks.len(), self.cg, self.oh * self.ow);
+        let (kb, cg, kw) = (ks.len(), self.cg, self.kw);
+        if kb == 0 || rows.is_empty() {
+            return;
+        }
         // Taps of one kernel row are one contiguous run of x when the
         // channels of a pixel are all the group's and columns are adjacent.
         let merge = self.c == cg && self.dilation[1] == 1;
-        for (r, i) in rows.enumerate() {
+        // Every row starts its depth at the same tap and channel; the walk
+        // below advances them run by run (no division per run: with a few
+        // channels, as in a stem, the runs are a handful of floats).
+        let (tap0, ch0) = (ks.start / cg, ks.start % cg);
+        let (ty0, tx0) = (tap0 / kw, tap0 % kw);
+        let (mut img, p) = (
+            rows.start / (self.oh * self.ow),
+            rows.start % (self.oh * self.ow),
+        );
+        let (mut oy, mut ox) = (p / self.ow, p % self.ow);
+        for r in 0..rows.len() {
             // SAFETY: row r of the destination (caller's size).
             let out = unsafe { std::slice::from_raw_parts_mut(dst.add(r * kb), kb) };
-            let (img, p) = (i / plane, i % plane);
-            let (oy, ox) = (p / self.ow, p % self.ow);
             let iy0 = (oy * self.stride[0]) as isize - self.pad[0] as isize;
             let ix0 = (ox * self.stride[1]) as isize - self.pad[1] as isize;
-            let mut q = ks.start;
-            while q < ks.end {
-                let (tap, ch) = (q / cg, q % cg);
-                let (ty, tx) = (tap / self.kw, tap % self.kw);
+            let (mut ty, mut tx, mut ch) = (ty0, tx0, ch0);
+            let mut o = 0;
+            while o < kb {
                 let iy = iy0 + (ty * self.dilation[0]) as isize;
                 let ix = ix0 + (tx * self.dilation[1]) as isize;
-                let o = q - ks.start;
+                // Taps this run covers past the first (merged columns).
+                let mut more = 0;
                 if iy < 0 || iy >= self.h as isize {
                     // The whole rest of this kernel row is padding.
-                    let len = ((self.kw - tx) * cg - ch).min(ks.end - q);
+                    let len = ((kw - tx) * cg - ch).min(kb - o);
                     out[o..o + len].fill(0.0);
-                    q += len;
+                    o += len;
+                    (ty, tx, ch) = (ty + 1, 0, 0);
                     continue;
                 }
                 if ix < 0 || ix >= self.w as isize {
-                    let len = (cg - ch).min(ks.end - q);
+                    let len = (cg - ch).min(kb - o);
                     out[o..o + len].fill(0.0);
-                    q += len;
-                    continue;
+                    o += len;
+                } else {
+                    if merge {
+                        more = (kw - tx - 1).min(self.w - 1 - ix as usize);
+                    }
+                    let len = (cg - ch + more * cg).min(kb - o);
+                    let at = ((img * self.h + iy as usize) * self.w + ix as usize) * self.c + ch;
+                    // SAFETY: pixel (img, iy, ix) is inside the input and
+                    // the run stays in its row of taps (or its channels).
+                    let src = unsafe { std::slice::from_raw_parts(x.add(at), len) };
+                    // (An element loop: LLVM vectorizes it; a short
+                    // `copy_from_slice` becomes a memmove call.)
+                    for (d, &v) in out[o..o + len].iter_mut().zip(src) {
+                        *d = v;
+                    }
+                    o += len;
                 }
-                let mut len = cg - ch;
-                if merge {
-                    let more = (self.kw - tx - 1).min(self.w - 1 - ix as usize);
-                    len += more * cg;
+                // The next run starts at the tap after this one's last
+                // (a run cut short by the slice's end ends the walk).
+                (tx, ch) = (tx + 1 + more, 0);
+                if tx == kw {
+                    (ty, tx) = (ty + 1, 0);
                 }
-                let len = len.min(ks.end - q);
-                let at = ((img * self.h + iy as usize) * self.w + ix as usize) * self.c + ch;
-                // SAFETY: pixel (img, iy, ix) is inside the input and the
-                // run stays in its row of taps (or its channels).
-                let src = unsafe { std::slice::from_raw_parts(x.add(at), len) };
-                // (An element loop: LLVM vectorizes it; a short
-                // `copy_from_slice` becomes a memmove call.)
-                for (d, &v) in out[o..o + len].iter_mut().zip(src) {
-                    *d = v;
+            }
+            // The next output pixel.
+            ox += 1;
+            if ox == self.ow {
+                (ox, oy) = (0, oy + 1);
+                if oy == self.oh {
+                    (oy, img) = (0, img + 1);
                 }
-                q += len;
             }
         }
     }
@@ -387,34 +411,27 @@ unsafe fn part(
     work: &mut TileWork,
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
-    let k = geom.depth();
     let mr = if wide { avx::raw_rows(n) } else { avx::MR };
     let mc = geom.block_rows(mr);
     let (abuf, _) = work.packed_bufs();
     let panels = n.div_ceil(NR) * NR;
     let slices = geom.slices(mr);
-    // With tiles read in place, rows whose taps of a slice are all in
-    // the padding are skipped, so C starts at zero and every slice adds.
-    let zero_first = beta == 0.0 && (k == 0 || geom.row_tiles(mr));
     // Per tile of a block: its first row, rows, and where its A is read
-    // for the current slice (pointer, row stride, the rows that add).
-    let (mut tiles, mut a_at) = (Vec::new(), Vec::new());
+    // for the current slice (pointer, row stride, the rows that add,
+    // whether they add to C), and whether C holds the tile's sum so far.
+    let (mut tiles, mut a_at, mut started) = (Vec::new(), Vec::new(), Vec::new());
     for ic in rows.clone().step_by(mc) {
         let mb = mc.min(rows.end - ic);
-        if zero_first {
-            for i in ic..ic + mb {
-                // SAFETY: row i of C (caller's guarantee).
-                unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), n) }.fill(0.0);
-            }
-        }
         geom.tiles(ic..ic + mb, mr, &mut tiles);
+        started.clear();
+        started.resize(tiles.len(), beta != 0.0);
         for ks in &slices {
             let kb = ks.len();
             // Each tile's A: in place, or gathered into its rows of the
             // buffer (row stride kb).
             a_at.clear();
-            for &(r0, mv) in &tiles {
-                a_at.push(match geom.in_place(r0, mv, ks, mr) {
+            for (&(r0, mv), started) in tiles.iter().zip(&mut started) {
+                let (a, lda, part) = match geom.in_place(r0, mv, ks, mr) {
                     // SAFETY: the rows lie inside x (checked against the
                     // input's bounds).
                     Some(d) => (unsafe { x.add(d.at) }, d.lda, d.rows),
@@ -425,9 +442,17 @@ unsafe fn part(
                         unsafe { geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst) };
                         (dst as *const f32, kb, 0..mv)
                     }
-                });
+                };
+                // A tile's first adding slice stores its rows (rows whose
+                // taps so far are all padding get zeros); later ones add.
+                let load = *started;
+                if !load && !part.is_empty() {
+                    // SAFETY: rows of the tile (caller's guarantee).
+                    unsafe { zero_rows(c, ldc, n, r0, (0..part.start).chain(part.end..mv)) };
+                    *started = true;
+                }
+                a_at.push((a, lda, part, load));
             }
-            let load_c = beta != 0.0 || ks.start > 0 || zero_first;
             // K block of the packed B and the slice's first step in it.
             let (blk, off) = (ks.start / KC, ks.start % KC);
             for jc in (0..n).step_by(NC) {
@@ -437,8 +462,8 @@ unsafe fn part(
                     // SAFETY: K block blk, panel j0/NR, step off of the
                     // packed B.
                     let bp = unsafe { b.add(blk * KC * panels + (j0 / NR) * NR * KC + off * NR) };
-                    for (&(r0, _), (a, lda, part)) in tiles.iter().zip(&a_at) {
-                        let (a, lda, mv) = (*a, *lda, part.len());
+                    for (&(r0, _), (a, lda, part, load_c)) in tiles.iter().zip(&a_at) {
+                        let (a, lda, mv, load_c) = (*a, *lda, part.len(), *load_c);
                         if mv == 0 {
                             continue;
                         }
@@ -463,7 +488,31 @@ unsafe fn part(
                 }
             }
         }
+        // Tiles no slice added to (every tap in the padding) are zero.
+        for (&(r0, mv), &started) in tiles.iter().zip(&started) {
+            if !started {
+                // SAFETY: rows of the tile (caller's guarantee).
+                unsafe { zero_rows(c, ldc, n, r0, 0..mv) };
+            }
+        }
         done(ic..ic + mb);
+    }
+}
+
+/// Zeroes columns `0..n` of C rows `r0 + i` for `i` in `rows`.
+///
+/// # Safety
+/// Those rows of C (`ldc` apart) are writable for `n` floats.
+unsafe fn zero_rows(
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    r0: usize,
+    rows: impl Iterator<Item = usize>,
+) {
+    for i in rows {
+        // SAFETY: row r0 + i of C (caller's guarantee).
+        unsafe { std::slice::from_raw_parts_mut(c.add((r0 + i) * ldc), n) }.fill(0.0);
     }
 }
 

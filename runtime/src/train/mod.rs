@@ -3,7 +3,8 @@
 //! checkpoints in one safetensors file ([`checkpoint`]) and seeded,
 //! allocation-free batching of a data set ([`data`]), and the layout
 //! changes around the implicit-GEMM convolutions of training plans
-//! ([`layout`]). The training loop
+//! ([`layout`]) and their weight gradients over the whole batch
+//! ([`weight_grad`]). The training loop
 //! itself (the compiled step, the CLI) lives in the compiler crate.
 
 pub mod checkpoint;
@@ -11,6 +12,7 @@ pub mod data;
 pub mod layout;
 pub mod optim;
 pub mod schedule;
+pub mod weight_grad;
 
 #[cfg(test)]
 mod fixture;

@@ -9,9 +9,6 @@
 //!   into dW, `dW_g += dy_g · col_gᵀ` straight into dW instead.) The images accumulate into the one result (`beta = 1` from the
 //!   second image on); the executor splits them over the threads, each
 //!   summing into its own partial result (`runtime/src/plan/accumulate.rs`).
-//!   Where the training plan runs its convolution as an implicit GEMM
-//!   (small maps, [`implicit`]), the weight gradient is instead one product
-//!   over the whole batch, `K = N·OH·OW` ([`implicit::weight_grad`]).
 //! - `conv{1,2}d_grad_input(dy, w)`, stride 1 (padding at most
 //!   `dilation·(k−1)`): a convolution of `dy` with the flipped kernel,
 //!   `dx_g[C/g, H·W] = W'_g[C/g, OC/g·KH·KW] · col'_g` where `col'` is the
@@ -464,9 +461,6 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
                 format!("attribute kernel {k:?} disagrees with the result {w_shape:?}"),
             ));
         }
-    }
-    if cx.followers(node).is_empty() && implicit::applies(cx, &g) {
-        return implicit::weight_grad(cx, node, &g);
     }
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());

@@ -6,9 +6,7 @@
 //!   `B[(ty, tx, c), o] = W[o, c, ty, tx]`), and
 //! - the stride-1 input gradient, the convolution of `dy` with the
 //!   flipped kernel (`B[(ty, tx, o), c] = W[o, c, KH−1−ty, KW−1−tx]`,
-//!   padding `dilation·(k−1) − pad`), and
-//! - the weight gradient, as one product over the batch whose depth is
-//!   the batch's output pixels ([`weight_grad`]).
+//!   padding `dilation·(k−1) − pad`).
 //!
 //! Training plans stay NCHW, so one convolution is five steps, all in the
 //! scratch region: the weight written as B ([`ConvWeightRows`]) and packed
@@ -38,8 +36,7 @@ use netc_runtime::gemm::conv::ConvGeom;
 use netc_runtime::gemm::packed::{packed_b_len, PackPanels, Prepacked};
 use netc_runtime::gemm::{Gemm, Strides};
 use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, RowKernel, Rows, Step, Work};
-use netc_runtime::train::layout::{BatchInner, ChannelsLast, ConvWeightRows};
-use netc_runtime::train::weight_grad::{ConvWeightGrad, WeightFromParts};
+use netc_runtime::train::layout::{ChannelsLast, ConvWeightRows};
 use std::sync::Arc;
 
 /// The largest per-image map (pixels) that runs as an implicit GEMM.
@@ -95,7 +92,20 @@ pub(super) fn emit(
 ) -> Result<(), BackError> {
     let (geom, weight, bias) = match role {
         Role::Forward(bias) => (
-            forward_geom(g),
+            ConvGeom {
+                n: g.n,
+                h: g.h,
+                w: g.w,
+                c: g.c,
+                cg: g.c,
+                kh: g.kh,
+                kw: g.kw,
+                stride: g.stride,
+                pad: g.pad,
+                dilation: g.dilation,
+                oh: g.oh,
+                ow: g.ow,
+            },
             ConvWeightRows {
                 oc: g.oc,
                 c: g.c,
@@ -140,7 +150,25 @@ pub(super) fn emit(
         packed_b_len(depth, cols),
         rows * cols,
     ];
-    let [xs, wr, wp, cs] = scratch_parts(cx, node, lens)?;
+    let mut at = [0; 4];
+    let mut total = 0;
+    for (a, len) in at.iter_mut().zip(lens) {
+        *a = total;
+        total += len.div_ceil(16) * 16;
+    }
+    let base = match cx.scratch(total) {
+        Buf::Arena { offset, .. } => offset,
+        other => {
+            return Err(BackError(format!(
+                "`{}` at {}: the scratch region is {other:?}, not in the arena",
+                node.op.name, node.path
+            )))
+        }
+    };
+    let [xs, wr, wp, cs] = [0, 1, 2, 3].map(|i| Buf::Arena {
+        offset: base + at[i],
+        len: lens[i],
+    });
     // The weight as B, then packed.
     let (wbuf, wlen) = (cx.buf(w)?, cx.numel(w)?);
     cx.push(rows_step(Arc::new(weight), depth, cols, (wbuf, wlen), wr));
@@ -284,114 +312,6 @@ pub(super) fn emit(
         }
         cx.kernel(&chain, bufs, out, geom.n * cols * out_p)?;
     }
-    Ok(())
-}
-
-/// The forward convolution of `g` over its NHWC input (one group).
-fn forward_geom(g: &Geometry) -> ConvGeom {
-    ConvGeom {
-        n: g.n,
-        h: g.h,
-        w: g.w,
-        c: g.c,
-        cg: g.c,
-        kh: g.kh,
-        kw: g.kw,
-        stride: g.stride,
-        pad: g.pad,
-        dilation: g.dilation,
-        oh: g.oh,
-        ow: g.ow,
-    }
-}
-
-/// `K` consecutive buffers of `lens` floats in the scratch region (each
-/// starting on a 16-float boundary).
-fn scratch_parts<const K: usize>(
-    cx: &mut LowerCx,
-    node: &Node,
-    lens: [usize; K],
-) -> Result<[Buf; K], BackError> {
-    let mut at = [0; K];
-    let mut total = 0;
-    for (a, len) in at.iter_mut().zip(lens) {
-        *a = total;
-        total += len.div_ceil(16) * 16;
-    }
-    match cx.scratch(total) {
-        Buf::Arena { offset, .. } => Ok(std::array::from_fn(|i| Buf::Arena {
-            offset: offset + at[i],
-            len: lens[i],
-        })),
-        other => Err(BackError(format!(
-            "`{}` at {}: the scratch region is {other:?}, not in the arena",
-            node.op.name, node.path
-        ))),
-    }
-}
-
-/// Emits the weight gradient `conv2d_grad_weight(dy, x)` of `g` as one
-/// long-K product over the batch ([`netc_runtime::train::weight_grad`]):
-/// `x` transposed to NHWC, `dy` laid out `[OC, N·OH·OW]`, the per-task
-/// products over the batch into the scratch, then the parts into dW.
-pub(super) fn weight_grad(cx: &mut LowerCx, node: &Node, g: &Geometry) -> Result<(), BackError> {
-    let (dy, x) = (node.inputs[0], node.inputs[1]);
-    let geom = forward_geom(g);
-    let (in_p, out_p) = (g.h * g.w, g.spatial());
-    let kernel = ConvWeightGrad::new(geom, g.oc, cx.options.threads);
-    let split = kernel.split();
-    let lens = [
-        g.n * in_p * g.c,
-        g.oc * g.n * out_p,
-        split.tasks * split.width(),
-    ];
-    let [xs, ds, parts] = scratch_parts(cx, node, lens)?;
-    let to_nhwc = ChannelsLast {
-        c: g.c,
-        p: in_p,
-        channels_last: true,
-    };
-    let (xbuf, xlen) = (cx.buf(x)?, cx.numel(x)?);
-    cx.push(rows_step(
-        Arc::new(to_nhwc),
-        g.n,
-        to_nhwc.width(),
-        (xbuf, xlen),
-        xs,
-    ));
-    let dy_rows = BatchInner {
-        n: g.n,
-        c: g.oc,
-        p: out_p,
-    };
-    let (dbuf, dlen) = (cx.buf(dy)?, cx.numel(dy)?);
-    cx.push(rows_step(
-        Arc::new(dy_rows),
-        g.oc,
-        dy_rows.width(),
-        (dbuf, dlen),
-        ds,
-    ));
-    cx.push(Step {
-        work: Work::Rows(Rows {
-            kernel: Arc::new(kernel),
-            rows: split.tasks,
-            width: split.width(),
-            grain: 1,
-        }),
-        inputs: vec![xs, ds],
-        output: parts,
-        extents: vec![lens[0], lens[1], lens[2]],
-    });
-    let gather = WeightFromParts { split, c: g.c };
-    let dw = cx.output(node.outputs[0])?;
-    cx.push(rows_step(
-        Arc::new(gather),
-        g.oc,
-        gather.width(),
-        (parts, lens[2]),
-        dw,
-    ));
     Ok(())
 }
 

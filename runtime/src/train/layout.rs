@@ -4,9 +4,6 @@
 //!
 //! - [`ChannelsLast`]: `[N, C, P] → [N, P, C]` (one output row per image),
 //!   and back with `channels_last: false`: a blocked transpose per image.
-//! - [`BatchInner`]: `[N, C, P] → [C, N·P]` (one output row per channel),
-//!   the layout in which the weight gradient reads `dy` as a GEMM operand
-//!   whose depth runs over the whole batch ([`super::weight_grad`]).
 //! - [`ConvWeightRows`]: a convolution weight `[OC, C, KH, KW]` as the
 //!   implicit GEMM's B matrix, row-major, ready for
 //!   [`crate::gemm::packed::PackPanels`]: for the forward convolution
@@ -64,52 +61,6 @@ impl RowKernel for ChannelsLast {
         for (i, dst) in out.chunks_exact_mut(width).enumerate() {
             let s = &src[(first + i) * width..(first + i + 1) * width];
             transpose(s, dst, rows, cols);
-        }
-        Ok(())
-    }
-}
-
-/// `[N, C, P] → [C, N·P]` (see the module docs); an output row is one
-/// channel, `n` runs of `p` floats copied from the images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchInner {
-    /// Images.
-    pub n: usize,
-    /// Channels.
-    pub c: usize,
-    /// Pixels per channel (`H·W`).
-    pub p: usize,
-}
-
-impl BatchInner {
-    /// Elements of one channel over the batch (the row width).
-    pub fn width(&self) -> usize {
-        self.n * self.p
-    }
-}
-
-impl RowKernel for BatchInner {
-    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
-        let (width, p) = (self.width(), self.p);
-        if width == 0 {
-            return Ok(());
-        }
-        let src = inputs.first().copied().unwrap_or(&[]);
-        if src.len() < self.n * self.c * p {
-            return Err(format!(
-                "[{}, {}, {}] to channels first: the input holds {} elements, too few",
-                self.n,
-                self.c,
-                p,
-                src.len()
-            ));
-        }
-        for (i, row) in out.chunks_exact_mut(width).enumerate() {
-            let ch = first + i;
-            for (img, dst) in row.chunks_exact_mut(p).enumerate() {
-                let at = (img * self.c + ch) * p;
-                dst.copy_from_slice(&src[at..at + p]);
-            }
         }
         Ok(())
     }

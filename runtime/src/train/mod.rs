@@ -3,8 +3,7 @@
 //! checkpoints in one safetensors file ([`checkpoint`]) and seeded,
 //! allocation-free batching of a data set ([`data`]), and the layout
 //! changes around the implicit-GEMM convolutions of training plans
-//! ([`layout`]) and their weight gradients over the whole batch
-//! ([`weight_grad`]). The training loop
+//! ([`layout`]). The training loop
 //! itself (the compiled step, the CLI) lives in the compiler crate.
 
 pub mod checkpoint;
@@ -12,7 +11,6 @@ pub mod data;
 pub mod layout;
 pub mod optim;
 pub mod schedule;
-pub mod weight_grad;
 
 #[cfg(test)]
 mod fixture;

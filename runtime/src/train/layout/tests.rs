@@ -82,22 +82,3 @@ fn conv_weight_rows_match_the_index_formula() {
         }
     }
 }
-
-#[test]
-fn batch_inner_matches_the_index_formula() {
-    let (n, c, p) = (3, 4, 5);
-    let x = ramp(n * c * p);
-    let k = BatchInner { n, c, p };
-    let mut y = vec![0.0; n * c * p];
-    // Rows 1.. (a thread's piece), then row 0.
-    k.rows(1, &[&x], &mut y[n * p..]).unwrap();
-    k.rows(0, &[&x], &mut y[..n * p]).unwrap();
-    for img in 0..n {
-        for ch in 0..c {
-            for q in 0..p {
-                assert_eq!(y[(ch * n + img) * p + q], x[(img * c + ch) * p + q]);
-            }
-        }
-    }
-    assert!(k.rows(0, &[&x[..10]], &mut y).is_err());
-}

@@ -31,6 +31,7 @@ NETC = ROOT / "target" / "release" / "netc"
 
 DENSENET = ["models/densenet.net", "--model", "densenet121"]
 VGGISH = ["models/vggish.net", "--model", "vggish"]
+EEG_MLP = ["models/eeg_mlp.net", "--model", "eeg_mlp"]
 
 # name -> (what, model args, batch, flags with the technique, flags without it)
 # The two fusion rows separate what `--no-fuse` switches off together:
@@ -45,6 +46,7 @@ TECHNIQUES = {
     "prepack": ("weights packed once (packed GEMM vs the gemm crate)", VGGISH, 1, [], ["--gemm", "native"]),
     "prepack_densenet": ("weights packed once (packed GEMM vs the gemm crate)", DENSENET, 1, [], ["--gemm", "native"]),
     "threads_b1": ("both cores at batch 1 (2 threads vs 1)", DENSENET, 1, [], ["--threads", "1"]),
+    "team": ("spinning helper splitting a small model's GEMMs (vs the calling thread alone)", EEG_MLP, 1, [], ["--no-team"]),
     "arena": ("arena reuse (memory)", DENSENET, 8, [], ["--no-arena-reuse"]),
     "fuse_train": ("fusion in the training step (norm+relu, gradient epilogues)", DENSENET, 4, ["--train"], ["--train", "--no-fuse"]),
 }

@@ -64,6 +64,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         pool_first: true,
         reuse_arena: true,
         layout: LayoutChoice::Auto,
+        team: true,
     };
     let t0 = Instant::now();
     let mut model = CompiledModel::new(graph, &shapes, options)?;

@@ -51,6 +51,10 @@ pub struct CompileOptions {
     pub reuse_arena: bool,
     /// The layout of convolution activations.
     pub layout: LayoutChoice,
+    /// Split the larger GEMMs of a plan too small for the thread pool
+    /// between the calling thread and spinning helpers
+    /// (`Executor::with_team`); off, such a plan runs on one thread.
+    pub team: bool,
 }
 
 impl Default for CompileOptions {
@@ -63,6 +67,7 @@ impl Default for CompileOptions {
             pool_first: true,
             reuse_arena: true,
             layout: LayoutChoice::Auto,
+            team: true,
         }
     }
 }

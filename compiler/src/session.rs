@@ -101,7 +101,11 @@ impl CompiledModel {
         let output_shapes = graph.outputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let mut jit = Jit::new()?;
         let lowered = lower(&graph, &symbols, options, &mut jit)?;
-        let executor = Executor::new(lowered.plan.clone(), options.threads)?.inline_when_small();
+        let mut executor =
+            Executor::new(lowered.plan.clone(), options.threads)?.inline_when_small();
+        if options.team {
+            executor = executor.with_team();
+        }
         let params = graph
             .params
             .iter()

@@ -19,8 +19,10 @@
 
 mod accumulate;
 mod rows;
+mod team;
 
 pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
+use team::Team;
 
 use crate::gemm::packed::{self, Prepacked};
 use crate::gemm::{conv, gemv};
@@ -78,6 +80,11 @@ pub enum Work {
 /// counts as small: about 0.5 MFLOP, a few microseconds on one core, the
 /// order of what waking a second thread costs.
 const SMALL_CONTRACTION_MACS: usize = 1 << 18;
+
+/// The fewest multiply-adds of one GEMM that a [`Team`] splits
+/// ([`Contraction::team_splits`]): about 3 µs on one core, against well
+/// under a microsecond to hand half of it to a spinning helper.
+const TEAM_MIN_MACS: usize = 1 << 15;
 
 impl Work {
     /// Whether the work is too small to gain from running on more than one
@@ -439,6 +446,9 @@ struct Contracting<'c> {
     /// Partial Cs of a split accumulating contraction: `threads − 1` of
     /// `accumulate::partial_len` elements each.
     partials: *mut f32,
+    /// The executor's team, when the plan runs on the calling thread with
+    /// helpers ([`Executor::with_team`]); `work` then has an entry per part.
+    team: Option<&'c Team>,
 }
 
 // SAFETY: items write disjoint parts of C and of the scratch (one slice per
@@ -446,6 +456,14 @@ struct Contracting<'c> {
 unsafe impl Send for Contracting<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Contracting<'_> {}
+
+impl Contraction {
+    /// Whether a [`Team`] splits this contraction's GEMMs: packed GEMMs
+    /// of at least [`TEAM_MIN_MACS`] multiply-adds.
+    fn team_splits(&self) -> bool {
+        matches!(self.gemm, Gemm::Packed(_)) && self.m * self.n * self.k >= TEAM_MIN_MACS
+    }
+}
 
 impl Contracting<'_> {
     /// Runs all items on up to `threads` of the pool's threads (1: on the
@@ -658,6 +676,32 @@ impl Contracting<'_> {
                     side(a, sa, pre == Prepacked::A),
                     side(b, sb, pre == Prepacked::B),
                 );
+                if let (None, Some(team)) = (pool, self.team.filter(|_| c.team_splits())) {
+                    // Addresses cross to the helpers as integers.
+                    let (a, b, out) = (a as usize, b as usize, out as usize);
+                    let (works, parts) = (self.work as usize, team.parts());
+                    team.run(&|t| {
+                        let (pa, pb) = (
+                            side(a as *const f32, sa, pre == Prepacked::A),
+                            side(b as *const f32, sb, pre == Prepacked::B),
+                        );
+                        // Part t of the product: disjoint rows or columns
+                        // of C, and `work[t]` is part t's alone.
+                        packed::gemm_share(
+                            c.m,
+                            c.n,
+                            c.k,
+                            pa,
+                            pb,
+                            beta,
+                            out as *mut f32,
+                            c.ldc,
+                            (t, parts),
+                            &mut *(works as *mut TileWork).add(t),
+                        )
+                    });
+                    return;
+                }
                 let works = if threads <= 1 {
                     self.work.add(slice)
                 } else {
@@ -823,6 +867,9 @@ pub struct Executor {
     /// wake-up, several microseconds, on every call (`bench/empty.net`:
     /// 9 µs per call through the pool, 0.4 µs without).
     serial: bool,
+    /// Spinning helpers that split the larger GEMMs of a plan run on the
+    /// calling thread ([`Executor::with_team`]).
+    team: Option<Team>,
 }
 
 /// Which of a plan's step lists to run.
@@ -888,6 +935,7 @@ impl Executor {
             tile_work,
             partials: vec![0.0; partial * (threads - 1)],
             serial,
+            team: None,
             plan,
             pool: Arc::new(pool),
         })
@@ -902,6 +950,29 @@ impl Executor {
     pub fn inline_when_small(mut self) -> Executor {
         self.serial |= self.plan.steps.iter().all(|s| s.work.is_small());
         self
+    }
+
+    /// Gives a plan that runs on the calling thread
+    /// ([`Executor::inline_when_small`]) but was asked for several threads
+    /// a team of spinning helpers ([`Team`], `plan/team.rs`) that split
+    /// its larger GEMMs ([`Contraction::team_splits`]), each part of a
+    /// product on the same thread every call. Without such a GEMM (or on
+    /// the pool) nothing changes.
+    pub fn with_team(mut self) -> Executor {
+        let threads = self.pool.current_num_threads();
+        let splits = self.plan.steps.iter().any(|s| match &s.work {
+            Work::Contraction(c) => c.team_splits(),
+            _ => false,
+        });
+        if self.serial && threads > 1 && splits && self.tile_work.len() >= threads {
+            self.team = Team::new(threads);
+        }
+        self
+    }
+
+    /// The parts a team splits a GEMM into (1: no team).
+    pub fn team_parts(&self) -> usize {
+        self.team.as_ref().map_or(1, Team::parts)
     }
 
     /// The arena's base address (stable across runs: the arena never moves).
@@ -1018,6 +1089,7 @@ impl Executor {
         };
         let work = self.tile_work.as_mut_ptr();
         let partials = self.partials.as_mut_ptr();
+        let team = if self.serial { &self.team } else { &None };
         for (i, (step, slots)) in steps.iter().zip(pointers.iter_mut()).enumerate() {
             let started = (!times.is_empty()).then(Instant::now);
             let read = |b: &Buf| -> *const f32 {
@@ -1055,6 +1127,7 @@ impl Executor {
                         out,
                         work,
                         partials,
+                        team: team.as_ref(),
                     };
                     // SAFETY: `check` verified every buffer covers its
                     // declared extent and `Executor::new` that the

@@ -58,6 +58,10 @@ pub struct CompileFlags {
     /// or NCHW everywhere (the layout pass off).
     #[arg(long, value_enum, default_value = "auto")]
     pub layout: LayoutArg,
+    /// Run a model too small for the thread pool on the calling thread
+    /// alone, without spinning helpers splitting its larger products.
+    #[arg(long)]
+    pub no_team: bool,
 }
 
 /// `--gemm` values.
@@ -106,6 +110,7 @@ impl CompileFlags {
                 LayoutArg::Auto => LayoutChoice::Auto,
                 LayoutArg::Nchw => LayoutChoice::Nchw,
             },
+            team: !self.no_team,
         })
     }
 }

@@ -498,27 +498,81 @@ unsafe fn gemm_with(
     };
     let (a, b, c, works) = (addr(a), addr(b), c as usize, works as usize);
     (0..threads).into_par_iter().for_each(move |t| {
-        let (rows, cols) = split_product(m, n, MR, NR, threads, t);
         // SAFETY: part t covers disjoint rows/columns of C at panel
         // boundaries, and works[t] is this task's alone.
         unsafe {
-            part(
+            share(
                 wide,
-                m,
-                n,
-                k,
+                (m, n, k),
                 alpha,
                 back(a),
                 back(b),
                 beta,
-                c as *mut f32,
-                ldc,
-                rows,
-                cols,
+                (c as *mut f32, ldc),
+                (t, threads),
                 &mut *(works as *mut TileWork).add(t),
             )
         }
     });
+}
+
+/// Part `t` of `parts` of the product that [`gemm`] splits over `parts`
+/// threads (C cut along its longer side at panel boundaries), on the
+/// calling thread: for a caller with its own threads
+/// (`plan/team.rs`). The same `t` always gets the same rows or columns.
+///
+/// # Safety
+/// As [`gemm_part`] for the full ranges; `work` is used by no one else
+/// during the call, and the parts run concurrently write disjoint parts
+/// of C.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_share(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Side,
+    b: Side,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    (t, parts): (usize, usize),
+    work: &mut TileWork,
+) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        share(
+            avx::available(),
+            (m, n, k),
+            1.0,
+            a,
+            b,
+            beta,
+            (c, ldc),
+            (t, parts),
+            work,
+        )
+    }
+}
+
+/// Part `t` of `parts` of `C = alpha·A·B + beta·C` ([`gemm_share`]).
+///
+/// # Safety
+/// As [`gemm_share`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn share(
+    wide: bool,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Side,
+    b: Side,
+    beta: f32,
+    (c, ldc): (*mut f32, usize),
+    (t, parts): (usize, usize),
+    work: &mut TileWork,
+) {
+    let (rows, cols) = split_product(m, n, MR, NR, parts, t);
+    // SAFETY: forwarded; the split is at panel boundaries.
+    unsafe { part(wide, m, n, k, alpha, a, b, beta, c, ldc, rows, cols, work) }
 }
 
 /// `C = alpha·A·B + beta·C` through the packed driver, checked like

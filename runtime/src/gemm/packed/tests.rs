@@ -128,3 +128,82 @@ fn pack_panels_packs_groups_and_refuses_short_weights() {
     let err = p.rows(0, &[&w[..w.len() - 1]], &mut out).unwrap_err();
     assert!(err.contains("too few"), "{err}");
 }
+
+/// [`gemm_share`]: the parts of a product, run one after another in
+/// reverse order on the calling thread, make the whole product (no part
+/// left out, none writing another's rows or columns, a pre-packed
+/// operand addressed at its panel boundaries): 1–3 parts, each operand
+/// pre-packed or not, a single row (batch-1 `linear`), a single column,
+/// sizes off the tiles and blocks, beta 0 and 1.
+#[test]
+fn shares_of_a_product_make_the_whole() {
+    let sizes = [
+        (1, 512, 324),
+        (1, 2 * NR + 3, KC + 1),
+        (3, NR - 1, 5),
+        (2 * MR + 3, 7, 2 * KC + 3),
+        (MC + 5, NC + 9, 9),
+    ];
+    for (m, n, k) in sizes {
+        for (pad, trans_b, beta) in [(0, true, 0.0), (3, false, 1.0)] {
+            let case = GemmCase {
+                m,
+                n,
+                k,
+                pad,
+                trans_b,
+                alpha: 1.0,
+                beta,
+            };
+            for prepack in PREPACKS {
+                for parts in 1..=3 {
+                    let mut d = case.data();
+                    let pack = |side, dim, strides, src: &[f32]| {
+                        let p = PackPanels {
+                            side,
+                            dim,
+                            k,
+                            strides,
+                            group_stride: 0,
+                            groups: 1,
+                        };
+                        let mut out = vec![f32::NAN; p.group_len()];
+                        p.rows(0, &[src], &mut out).unwrap();
+                        out
+                    };
+                    let pa = pack(Prepacked::A, m, d.sa, &d.a);
+                    let pb = pack(Prepacked::B, n, d.sb, &d.b);
+                    let a = match prepack {
+                        Prepacked::A => Side::Packed(pa.as_ptr()),
+                        _ => Side::Raw(d.a.as_ptr(), d.sa),
+                    };
+                    let b = match prepack {
+                        Prepacked::B => Side::Packed(pb.as_ptr()),
+                        _ => Side::Raw(d.b.as_ptr(), d.sb),
+                    };
+                    let mut work = TileWork::default().with_packed();
+                    for t in (0..parts).rev() {
+                        // SAFETY: the case's buffers cover its strides;
+                        // the packed copies are whole.
+                        unsafe {
+                            gemm_share(
+                                m,
+                                n,
+                                k,
+                                a,
+                                b,
+                                beta,
+                                d.c.as_mut_ptr(),
+                                d.ldc,
+                                (t, parts),
+                                &mut work,
+                            )
+                        };
+                    }
+                    case.check(&d.c)
+                        .unwrap_or_else(|e| panic!("{e} (prepack {prepack:?}, {parts} parts)"));
+                }
+            }
+        }
+    }
+}

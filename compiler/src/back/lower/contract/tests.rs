@@ -715,3 +715,85 @@ fn batch_one_linears_run_the_gemv_and_match_the_interpreter() {
         }
     }
 }
+
+/// A model too small for the pool (every contraction at most 2¹⁸
+/// multiply-adds) with a packed `linear` of at least 2¹⁵ runs on the
+/// calling thread with a team of two parts that split that GEMM's
+/// columns, and equals the interpreter: eeg_mlp's fc1 shape (324 → 512)
+/// and sizes off the panel width, 1 and 3 rows, with and without a bias
+/// and fused followers. A smaller product, or a plan with a larger one
+/// (it runs on the pool), gets no team.
+#[test]
+fn small_linears_split_over_a_team_match_the_interpreter() {
+    for (k, n_out, bias, follow, batches) in [
+        (324, 512, true, true, [1, 3]),
+        (131, 291, false, false, [1, 3]),
+        (300, 150, true, false, [1, 3]),
+        (37, 21, true, true, [1, 3]),
+    ] {
+        let tail = if follow { " |> relu |> add(r)" } else { "" };
+        let src = format!(
+            "model m() {{ input x: f32[N, {k}]  input r: f32[N, {n_out}]
+                 output y = x |> l: linear({n_out}, bias = {bias}){tail} }}"
+        );
+        let mut g = program(&src).unwrap();
+        fuse_after(&mut g, "linear");
+        for batch in batches {
+            let xs = data(batch * k, 1.0);
+            let rs = data(batch * n_out, 2.0);
+            let params: Vec<Vec<f32>> = g
+                .params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    data(
+                        p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
+                        5.0 + i as f32,
+                    )
+                })
+                .collect();
+            let named: HashMap<String, Array> = g
+                .params
+                .iter()
+                .zip(&params)
+                .map(|(p, d)| {
+                    let shape: Vec<usize> =
+                        p.ty.known_shape()
+                            .unwrap()
+                            .iter()
+                            .map(|&d| d as usize)
+                            .collect();
+                    (p.path.clone(), Array::new(&shape, f64s(d)))
+                })
+                .collect();
+            let ins = [
+                ("x", Array::new(&[batch, k], f64s(&xs))),
+                ("r", Array::new(&[batch, n_out], f64s(&rs))),
+            ];
+            let want = interp::run(&g, &ins, &named).unwrap().remove(0).1;
+            let symbols = [("N".to_string(), batch as i64)];
+            let options = CompileOptions {
+                threads: 2,
+                ..CompileOptions::default()
+            };
+            let mut jit = Jit::new().unwrap();
+            let lowered = lower(&g, &symbols, options, &mut jit).unwrap();
+            let mut ex = Executor::new(lowered.plan, 2)
+                .unwrap()
+                .inline_when_small()
+                .with_team();
+            let macs = batch * k * n_out;
+            let what = format!("{src} batch {batch}");
+            let team = (1 << 15..=1 << 18).contains(&macs);
+            assert_eq!(ex.team_parts(), if team { 2 } else { 1 }, "{what}");
+            let inputs: Vec<&[f32]> = vec![&xs, &rs];
+            let param_refs: Vec<&[f32]> = params.iter().map(Vec::as_slice).collect();
+            ex.prepare(&param_refs).unwrap();
+            for round in 0..3 {
+                let mut y = vec![f32::NAN; lowered.outputs[0].1];
+                ex.run(&inputs, &param_refs, &mut [&mut y]).unwrap();
+                assert_close(&y, &want.data, &format!("{what} round {round}"));
+            }
+        }
+    }
+}

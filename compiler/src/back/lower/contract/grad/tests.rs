@@ -5,17 +5,20 @@
 //! 7x7/2/3 stem, 1x1, conv1d, batch 1 and 3 — the input gradient through
 //! its flipped-convolution (stride 1), scatter (stride 2, or padding
 //! beyond the kernel's reach) and direct (1x1) schemes; linear with rank-2 and rank-3 inputs; on
-//! both GEMMs, lowered for and run on 1 and 2 threads. Plus an ignored
+//! both GEMMs, lowered for and run on 1 and 2 threads. The forward and
+//! input-gradient convolutions of a training plan (outputs in place) on
+//! batches large enough for their implicit-GEMM path. Plus an ignored
 //! release-mode timing of two real layers.
 
 use crate::back::jit::Jit;
-use crate::back::lower::lower;
 use crate::back::lower::oracle::{data, params, reference};
+use crate::back::lower::{lower, lower_with, OutputMode};
 use crate::ir::{Attr, Dim, Graph, Op};
 use crate::options::{CompileOptions, GemmChoice};
 use crate::passes::rewrite::{new_node, set_nodes};
 use crate::testing::program;
-use netc_runtime::plan::Executor;
+use netc_runtime::gemm::Gemm;
+use netc_runtime::plan::{Buf, Executor, Work};
 
 /// A convolution: (nd, batch, channels, spatial, out channels, kernel,
 /// stride, pad, dilation, groups).
@@ -54,8 +57,9 @@ fn dims(rest: &[usize]) -> String {
 }
 
 /// The graph `dx = convNd_grad_input(dy, W)`, `dW = convNd_grad_weight(dy, x)`
-/// for the convolution of `case` (only the ops in `wanted`), as the
-/// autodiff rules emit them; inputs `x`, `dy`, parameter `c.weight`.
+/// for the convolution of `case` (only the ops in `wanted`; `"forward"`
+/// keeps the convolution itself, output `y`), as the autodiff rules emit
+/// them; inputs `x`, `dy`, parameter `c.weight`.
 fn conv_graph(case: Case, wanted: &[&str]) -> (Graph, Vec<usize>, Vec<usize>) {
     let (nd, n, c, sp, oc, k, s, p, d, g) = case;
     let out: Vec<usize> = sp
@@ -79,7 +83,7 @@ fn conv_graph(case: Case, wanted: &[&str]) -> (Graph, Vec<usize>, Vec<usize>) {
     let dy = graph.inputs[1].1;
     let (x_ty, w_ty) = (graph.ty(x).clone(), graph.ty(w).clone());
     let mut nodes = Vec::new();
-    for which in wanted {
+    for which in wanted.iter().filter(|w| **w != "forward") {
         let mut attrs: Vec<(&'static str, Attr)> = conv
             .op
             .attrs
@@ -118,9 +122,14 @@ fn conv_graph(case: Case, wanted: &[&str]) -> (Graph, Vec<usize>, Vec<usize>) {
     }
     graph.outputs = wanted
         .iter()
+        .filter(|w| **w != "forward")
         .zip(&nodes)
         .map(|(which, node)| (format!("d{which}"), node.outputs[0]))
         .collect();
+    if wanted.contains(&"forward") {
+        graph.outputs.insert(0, ("y".into(), conv.outputs[0]));
+        nodes.insert(0, conv);
+    }
     set_nodes(&mut graph, nodes);
     let mut full_x = vec![n];
     full_x.extend(xs);
@@ -256,4 +265,62 @@ fn linear_gradients_match_the_interpreter() {
         *ys.last_mut().unwrap() = out;
         check(&g, n, xs, ys, &format!("linear [{n}, {rest:?}] -> {out}"));
     }
+}
+
+/// A training plan's lowering of `case`'s forward, input-gradient and
+/// weight-gradient convolutions (outputs left in the arena), lowered for
+/// and run on 1 and 2 threads, against the interpreter; the forward and
+/// input-gradient convolutions must run as implicit GEMMs.
+fn check_training_plan(case: Case) {
+    let (g, xs, ys) = conv_graph(case, &["forward", "input", "weight"]);
+    let x = data(xs.iter().product(), 0.4, 1.0);
+    let dy = data(ys.iter().product(), 1.3, 1.0);
+    let ps = params(&g);
+    let want = reference(&g, &[("x", xs, x.clone()), ("dy", ys, dy.clone())], &ps);
+    let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
+    for lowered in [1, 2] {
+        for threads in [1, 2] {
+            let options = CompileOptions {
+                threads: lowered,
+                gemm: GemmChoice::Packed,
+                ..CompileOptions::default()
+            };
+            let mut jit = Jit::new().unwrap();
+            let symbols = [("N".to_string(), case.1 as i64)];
+            let l = lower_with(&g, &symbols, options, &mut jit, OutputMode::InPlace).unwrap();
+            let implicit = l
+                .plan
+                .steps
+                .iter()
+                .filter(|s| matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Implicit(_))))
+                .count();
+            assert_eq!(
+                implicit, 2,
+                "{case:?}: forward and input gradient as implicit GEMMs"
+            );
+            let bufs = l.output_bufs.clone();
+            let mut ex = Executor::new(l.plan, threads).unwrap();
+            ex.prepare(&p).unwrap();
+            ex.run(&[&x, &dy], &p, &mut []).unwrap();
+            for (((name, _), buf), e) in g.outputs.iter().zip(&bufs).zip(&want) {
+                let Buf::Arena { offset, len } = *buf else {
+                    panic!("{name} is not in the arena: {buf:?}");
+                };
+                let err = rel_l2(&ex.arena()[offset..offset + len], e);
+                assert!(
+                    err <= 1e-5,
+                    "{case:?} {name}: lowered for {lowered}, run on {threads}: rel L2 {err:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn implicit_training_convolutions_match_the_interpreter() {
+    // At least 3072 output pixels over the batch on maps of at most 256
+    // pixels: 3x3 with padding 1 (eeg_ccnn's), and 2x2 unpadded with
+    // dilation 2 and more output than input channels.
+    check_training_plan((2, 40, 3, &[9, 9], 5, 3, 1, 1, 1, 1));
+    check_training_plan((2, 24, 4, &[13, 15], 6, 2, 1, 0, 2, 1));
 }

@@ -637,6 +637,62 @@ fn parameter_weights_are_packed_once_on_their_gemm_side() {
 /// width (37 × 14173, 131 × 4003), with and without a bias and
 /// followers, one and two threads. At 5 rows, or with a small weight
 /// (21 × 37), the packed GEMM takes it back.
+/// The model `y = x |> linear(n_out, bias)`, with `|> relu |> add(r)`
+/// fused after it when `follow`: its source and its fused graph.
+fn linear_model(k: usize, n_out: usize, bias: bool, follow: bool) -> (String, Graph) {
+    let tail = if follow { " |> relu |> add(r)" } else { "" };
+    let src = format!(
+        "model m() {{ input x: f32[N, {k}]  input r: f32[N, {n_out}]
+             output y = x |> l: linear({n_out}, bias = {bias}){tail} }}"
+    );
+    let mut g = program(&src).unwrap();
+    fuse_after(&mut g, "linear");
+    (src, g)
+}
+
+/// Inputs `x: [batch, k]`, `r: [batch, n_out]` and parameters for a
+/// [`linear_model`], and the interpreter's output on them.
+fn linear_data(
+    g: &Graph,
+    batch: usize,
+    k: usize,
+    n_out: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>, Array) {
+    let xs = data(batch * k, 1.0);
+    let rs = data(batch * n_out, 2.0);
+    let params: Vec<Vec<f32>> = g
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            data(
+                p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
+                5.0 + i as f32,
+            )
+        })
+        .collect();
+    let named: HashMap<String, Array> = g
+        .params
+        .iter()
+        .zip(&params)
+        .map(|(p, d)| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            (p.path.clone(), Array::new(&shape, f64s(d)))
+        })
+        .collect();
+    let ins = [
+        ("x", Array::new(&[batch, k], f64s(&xs))),
+        ("r", Array::new(&[batch, n_out], f64s(&rs))),
+    ];
+    let want = interp::run(g, &ins, &named).unwrap().remove(0).1;
+    (xs, rs, params, want)
+}
+
 #[test]
 fn batch_one_linears_run_the_gemv_and_match_the_interpreter() {
     for (k, n_out, bias, follow) in [
@@ -645,46 +701,9 @@ fn batch_one_linears_run_the_gemv_and_match_the_interpreter() {
         (37, 21, true, true),
     ] {
         let big = k * n_out >= 1 << 19;
-        let tail = if follow { " |> relu |> add(r)" } else { "" };
-        let src = format!(
-            "model m() {{ input x: f32[N, {k}]  input r: f32[N, {n_out}]
-                 output y = x |> l: linear({n_out}, bias = {bias}){tail} }}"
-        );
-        let mut g = program(&src).unwrap();
-        fuse_after(&mut g, "linear");
+        let (src, g) = linear_model(k, n_out, bias, follow);
         for batch in [1, 3, 4, 5] {
-            let xs = data(batch * k, 1.0);
-            let rs = data(batch * n_out, 2.0);
-            let params: Vec<Vec<f32>> = g
-                .params
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    data(
-                        p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
-                        5.0 + i as f32,
-                    )
-                })
-                .collect();
-            let named: HashMap<String, Array> = g
-                .params
-                .iter()
-                .zip(&params)
-                .map(|(p, d)| {
-                    let shape: Vec<usize> =
-                        p.ty.known_shape()
-                            .unwrap()
-                            .iter()
-                            .map(|&d| d as usize)
-                            .collect();
-                    (p.path.clone(), Array::new(&shape, f64s(d)))
-                })
-                .collect();
-            let ins = [
-                ("x", Array::new(&[batch, k], f64s(&xs))),
-                ("r", Array::new(&[batch, n_out], f64s(&rs))),
-            ];
-            let want = interp::run(&g, &ins, &named).unwrap().remove(0).1;
+            let (xs, rs, params, want) = linear_data(&g, batch, k, n_out);
             let symbols = [("N".to_string(), batch as i64)];
             let mut jit = Jit::new().unwrap();
             let lowered = lower(&g, &symbols, CompileOptions::default(), &mut jit).unwrap();
@@ -731,46 +750,9 @@ fn small_linears_split_over_a_team_match_the_interpreter() {
         (300, 150, true, false, [1, 3]),
         (37, 21, true, true, [1, 3]),
     ] {
-        let tail = if follow { " |> relu |> add(r)" } else { "" };
-        let src = format!(
-            "model m() {{ input x: f32[N, {k}]  input r: f32[N, {n_out}]
-                 output y = x |> l: linear({n_out}, bias = {bias}){tail} }}"
-        );
-        let mut g = program(&src).unwrap();
-        fuse_after(&mut g, "linear");
+        let (src, g) = linear_model(k, n_out, bias, follow);
         for batch in batches {
-            let xs = data(batch * k, 1.0);
-            let rs = data(batch * n_out, 2.0);
-            let params: Vec<Vec<f32>> = g
-                .params
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    data(
-                        p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
-                        5.0 + i as f32,
-                    )
-                })
-                .collect();
-            let named: HashMap<String, Array> = g
-                .params
-                .iter()
-                .zip(&params)
-                .map(|(p, d)| {
-                    let shape: Vec<usize> =
-                        p.ty.known_shape()
-                            .unwrap()
-                            .iter()
-                            .map(|&d| d as usize)
-                            .collect();
-                    (p.path.clone(), Array::new(&shape, f64s(d)))
-                })
-                .collect();
-            let ins = [
-                ("x", Array::new(&[batch, k], f64s(&xs))),
-                ("r", Array::new(&[batch, n_out], f64s(&rs))),
-            ];
-            let want = interp::run(&g, &ins, &named).unwrap().remove(0).1;
+            let (xs, rs, params, want) = linear_data(&g, batch, k, n_out);
             let symbols = [("N".to_string(), batch as i64)];
             let options = CompileOptions {
                 threads: 2,

@@ -10,7 +10,7 @@ use super::*;
 use crate::back::jit::Jit;
 use crate::back::lower::lower;
 use crate::interp::{self, Array};
-use crate::ir::{Dim, Graph};
+use crate::ir::{Dim, Graph, Param};
 use crate::options::CompileOptions;
 use crate::testing::program;
 use netc_runtime::plan::Executor;
@@ -321,6 +321,31 @@ fn to_nhwc(g: &Graph) -> Graph {
     g
 }
 
+/// Deterministic data for every parameter of `g` (parameter `i` from
+/// seed `seed + i`), and the same values by path for the interpreter.
+fn param_data(g: &Graph, seed: f32) -> (Vec<Vec<f32>>, HashMap<String, Array>) {
+    let shape = |p: &Param| -> Vec<usize> {
+        p.ty.known_shape()
+            .unwrap()
+            .iter()
+            .map(|&d| d as usize)
+            .collect()
+    };
+    let params: Vec<Vec<f32>> = g
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| data(shape(p).iter().product(), seed + i as f32))
+        .collect();
+    let named = g
+        .params
+        .iter()
+        .zip(&params)
+        .map(|(p, d)| (p.path.clone(), Array::new(&shape(p), f64s(d))))
+        .collect();
+    (params, named)
+}
+
 #[test]
 fn convolutions_match_the_interpreter() {
     for case in conv_cases() {
@@ -330,29 +355,7 @@ fn convolutions_match_the_interpreter() {
         let x = data(xs.iter().product(), 0.5);
         let r = data(ys.iter().product(), 2.5);
         let residual = matches!(case.follow, Follow::Residual | Follow::ResidualRelu);
-        let params: Vec<Vec<f32>> = g
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let n: usize = p.ty.known_shape().unwrap().iter().product::<i64>() as usize;
-                data(n, 7.0 + i as f32)
-            })
-            .collect();
-        let named: HashMap<String, Array> = g
-            .params
-            .iter()
-            .zip(&params)
-            .map(|(p, d)| {
-                let shape: Vec<usize> =
-                    p.ty.known_shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| d as usize)
-                        .collect();
-                (p.path.clone(), Array::new(&shape, f64s(d)))
-            })
-            .collect();
+        let (params, named) = param_data(&g, 7.0);
         let mut ins = vec![("x", Array::new(&xs, f64s(&x)))];
         if residual {
             ins.push(("r", Array::new(&ys, f64s(&r))));
@@ -449,31 +452,7 @@ fn linear_and_matmul_match_the_interpreter() {
             .enumerate()
             .map(|(i, s)| data(s.iter().product(), i as f32 * 3.0))
             .collect();
-        let params: Vec<Vec<f32>> = g
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                data(
-                    p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
-                    9.0 + i as f32,
-                )
-            })
-            .collect();
-        let named: HashMap<String, Array> = g
-            .params
-            .iter()
-            .zip(&params)
-            .map(|(p, d)| {
-                let shape: Vec<usize> =
-                    p.ty.known_shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| d as usize)
-                        .collect();
-                (p.path.clone(), Array::new(&shape, f64s(d)))
-            })
-            .collect();
+        let (params, named) = param_data(&g, 9.0);
         let ins: Vec<(&str, Array)> = g
             .inputs
             .iter()
@@ -660,31 +639,7 @@ fn linear_data(
 ) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>, Array) {
     let xs = data(batch * k, 1.0);
     let rs = data(batch * n_out, 2.0);
-    let params: Vec<Vec<f32>> = g
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            data(
-                p.ty.known_shape().unwrap().iter().product::<i64>() as usize,
-                5.0 + i as f32,
-            )
-        })
-        .collect();
-    let named: HashMap<String, Array> = g
-        .params
-        .iter()
-        .zip(&params)
-        .map(|(p, d)| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
-            (p.path.clone(), Array::new(&shape, f64s(d)))
-        })
-        .collect();
+    let (params, named) = param_data(g, 5.0);
     let ins = [
         ("x", Array::new(&[batch, k], f64s(&xs))),
         ("r", Array::new(&[batch, n_out], f64s(&rs))),

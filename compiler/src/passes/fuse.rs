@@ -23,9 +23,10 @@
 //! piece, each concat input written straight into its columns of the
 //! result, so the concatenation itself is never stored.
 //!
-//! A training `batch_norm_train` takes the `relu` reading its normalised
-//! result ([`norm_train_relu`]): the norm's apply kernel writes the relu's
-//! result, and the normalised values are never stored.
+//! A training `batch_norm_train` and a `group_norm` take the `relu`
+//! reading their normalised result ([`norm_relu`]): the norm's apply
+//! kernel writes the relu's result, and the normalised values are never
+//! stored.
 
 use super::rewrite;
 use crate::back::clif::{node_kernel, unary_of};
@@ -60,8 +61,8 @@ pub fn run(g: &mut Graph) -> FuseStats {
         if taken.contains(&h) || head.train_only {
             continue;
         }
-        if head.op.name == "batch_norm_train" {
-            if let Some(f) = norm_train_relu(g, h, &readers, &taken) {
+        if matches!(head.op.name, "batch_norm_train" | "group_norm") {
+            if let Some(f) = norm_relu(g, h, &readers, &taken) {
                 g.nodes[f].fused_into = Some(g.nodes[h].outputs[0]);
                 taken.insert(f);
                 stats.groups += 1;
@@ -177,11 +178,12 @@ fn concat_norm_group(
     followers
 }
 
-/// The `relu` reading the normalised result of the training batch norm at
-/// `h`, when it is that result's only reader and neither is a graph
-/// output (the norm's apply kernel then writes `max(y, 0)` straight into
-/// the relu's result; the backward reads the norm's input, not `y`).
-fn norm_train_relu(
+/// The `relu` reading the normalised result of the norm at `h` (a
+/// training batch norm or a group norm), when it is that result's only
+/// reader and neither is a graph output (the norm's apply kernel then
+/// writes `max(y, 0)` straight into the relu's result; a training norm's
+/// backward reads the norm's input, not `y`).
+fn norm_relu(
     g: &Graph,
     h: usize,
     readers: &HashMap<ValueId, Vec<usize>>,

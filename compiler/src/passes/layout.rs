@@ -2,7 +2,8 @@
 //!
 //! A *chain* is a connected group of inference nodes that can work in
 //! either layout, linked by the 4-D activations they pass each other:
-//! `conv2d`, `batch_norm`/`frozen_batch_norm`, `max_pool2d`/`avg_pool2d`,
+//! `conv2d`, `batch_norm`/`frozen_batch_norm`/`group_norm`,
+//! `max_pool2d`/`avg_pool2d`, `resize_nearest`/`upsample_nearest`,
 //! `concat` on the channel axis, `dropout` and elementwise ops whose other
 //! operands are of the same shape or scalars. A chain goes NHWC when it
 //! contains a `conv2d` with at least [`MIN_CHANNELS`] input channels (see
@@ -170,7 +171,10 @@ fn activation_slots(g: &Graph, node: &Node) -> Option<Vec<usize>> {
     let plain = node.op.attr("layout").is_none();
     match node.op.name {
         "conv2d" if plain && image(x) => Some(vec![0]),
-        "batch_norm" | "frozen_batch_norm" | "max_pool2d" | "avg_pool2d" if plain && image(x) => {
+        "batch_norm" | "frozen_batch_norm" | "group_norm" | "max_pool2d" | "avg_pool2d"
+        | "resize_nearest" | "upsample_nearest"
+            if plain && image(x) =>
+        {
             Some(vec![0])
         }
         "concat"
@@ -273,7 +277,8 @@ fn to_nhwc_op(g: &mut Graph, node: &mut Node, t: &mut Transforms) {
             node.inputs[1] = t.convert(g, w, &TO_NHWC, ty, &like);
             node.op.attrs.push(("layout", Attr::Str("nhwc".into())));
         }
-        "batch_norm" | "frozen_batch_norm" | "max_pool2d" | "avg_pool2d" => {
+        "batch_norm" | "frozen_batch_norm" | "group_norm" | "max_pool2d" | "avg_pool2d"
+        | "resize_nearest" | "upsample_nearest" => {
             node.op.attrs.push(("layout", Attr::Str("nhwc".into())));
         }
         "concat" => {

@@ -16,6 +16,8 @@
 //! - [`pointwise`]: elementwise nodes and fused elementwise chains;
 //! - [`contract`]: linear, matmul, conv1d and conv2d (GEMM + fused epilogue);
 //! - [`norm`]: batch norms (scale and shift folded in prepare steps);
+//! - [`group_norm`]: group norms (row steps, a fused relu included);
+//! - [`resize`]: nearest-neighbour resizing (row steps);
 //! - [`pool`]: max, average and adaptive pooling;
 //! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`;
 //! - training ops: [`norm_train`] (batch norm with batch statistics and its
@@ -33,6 +35,7 @@ pub mod broadcast;
 pub mod contract;
 pub mod data;
 pub mod dropout;
+pub mod group_norm;
 pub mod loss;
 pub mod norm;
 pub mod norm_train;
@@ -42,6 +45,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod pool_grad;
 pub mod reduce;
+pub mod resize;
 pub mod rnn;
 mod rows;
 pub mod signal;
@@ -257,6 +261,8 @@ pub fn lower_with(
         let lowered = pointwise::try_lower(&mut cx, node)
             .or_else(|| contract::try_lower(&mut cx, node))
             .or_else(|| norm::try_lower(&mut cx, node))
+            .or_else(|| group_norm::try_lower(&mut cx, node))
+            .or_else(|| resize::try_lower(&mut cx, node))
             .or_else(|| norm_train::try_lower(&mut cx, node))
             .or_else(|| reduce::try_lower(&mut cx, node))
             .or_else(|| broadcast::try_lower(&mut cx, node))

@@ -1,0 +1,67 @@
+//! Lowering of `resize_nearest` and `upsample_nearest` (the FPN's top-down
+//! path, the UNet's upsampler) to a row step (kernel
+//! [`netc_runtime::resize::ResizeNearest`]): channels first
+//! (`[N, C, *spatial]`, 1 to 3 spatial dims) or, with `layout = "nhwc"`
+//! (the layout pass keeps the FPN's resize in its convolutions' chain),
+//! channels last (`[N, H, W, C]`).
+
+use super::norm::channels_last;
+use super::LowerCx;
+use crate::back::BackError;
+use crate::ir::Node;
+use netc_runtime::group_norm::ChannelAxis;
+use netc_runtime::plan::{Rows, Step, Work};
+use netc_runtime::resize::ResizeNearest;
+use std::sync::Arc;
+
+/// Elements worth giving a thread.
+const GRAIN_ELEMS: usize = 1 << 14;
+
+/// Lowers `resize_nearest` and `upsample_nearest`; `None` for other ops.
+pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    matches!(node.op.name, "resize_nearest" | "upsample_nearest").then(|| resize(cx, node))
+}
+
+fn resize(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let x = node.inputs[0];
+    let (xs, ys) = (cx.shape(x)?, cx.shape(node.outputs[0])?);
+    let last = channels_last(node);
+    if xs.len() != ys.len() || xs.len() < 3 || (last && xs.len() != 4) {
+        return Err(BackError(format!(
+            "`{}` at {}: cannot resize {xs:?} to {ys:?}",
+            node.op.name, node.path
+        )));
+    }
+    let (channels, spatial) = if last {
+        (xs[3], 1..3)
+    } else {
+        (xs[1], 2..xs.len())
+    };
+    let axis = if last {
+        ChannelAxis::Last
+    } else {
+        ChannelAxis::First
+    };
+    let kernel = ResizeNearest::new(&xs[spatial.clone()], &ys[spatial], channels, axis);
+    let (rows, width) = kernel.shape(xs[0]);
+    let input = cx.buf(x)?;
+    let output = cx.output(node.outputs[0])?;
+    if rows * width == 0 {
+        return Ok(());
+    }
+    cx.push(Step {
+        work: Work::Rows(Rows {
+            kernel: Arc::new(kernel),
+            rows,
+            width,
+            grain: (GRAIN_ELEMS / width).max(1),
+        }),
+        inputs: vec![input],
+        output,
+        extents: vec![xs.iter().product(), rows * width],
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

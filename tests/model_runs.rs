@@ -98,6 +98,14 @@ const VGGISH_POSTPROCESS: Case = Case {
     sets: &[],
     fixture: "vggish_postprocess",
 };
+/// FCOS's backbone and head on a 64 x 80 image (the FPN resizes 2 x 3 to
+/// 4 x 5), against torchvision's FCOS with frozen batch norms.
+const FCOS: Case = Case {
+    file: "fcos.net",
+    model: "fcos_resnet50_fpn",
+    sets: &[("height", Set::Int(64)), ("width", Set::Int(80))],
+    fixture: "fcos_resnet50_fpn",
+};
 /// The EEG differential-entropy features on 2 trials of 1024 samples (5
 /// trial segments after the 3 s baseline); the NumPy/SciPy reference of
 /// `tests/fixtures/signal/make_de_reference.py`.
@@ -469,6 +477,20 @@ fn densenet169_matches_pytorch() {
 #[test]
 fn densenet169_unfused_matches_pytorch() {
     check_compiled(&DENSENET169, unfused_options());
+}
+
+/// Default options (group norms and resizes channels last in the NHWC
+/// chain, relus fused into the norms) and channels first, unfused.
+#[test]
+fn fcos_matches_pytorch() {
+    check_compiled(&FCOS, default_options());
+    check_compiled(
+        &FCOS,
+        CompileOptions {
+            layout: LayoutChoice::Nchw,
+            ..unfused_options()
+        },
+    );
 }
 
 #[test]

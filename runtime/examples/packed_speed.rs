@@ -8,8 +8,12 @@
 //! `cargo run --release -p netc-runtime --example packed_speed [-- conv
 //! [THREADS [FILTER [new]]]]` (a measurement, not a test): `conv` runs
 //! only the convolutions, on THREADS threads, those whose name contains
-//! FILTER, and with `new` only the implicit GEMM. `PACKED_SPEED_CPU=1`
-//! times one thread by its CPU time (steadier on a loaded machine).
+//! FILTER, and with `new` only the implicit GEMM. `-- train [THREADS]`
+//! runs only the products of eeg_ccnn's training step that the `gemm`
+//! crate computes (fc and its gradients, the per-image convolution weight
+//! gradients) against the packed GEMM with both operands packed per call.
+//! `PACKED_SPEED_CPU=1` times one thread by its CPU time (steadier on a
+//! loaded machine).
 
 use netc_runtime::gemm::conv::{self, ConvGeom};
 use netc_runtime::gemm::packed::{self, PackPanels, Prepacked, Side};
@@ -94,6 +98,14 @@ fn main() -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         return pool.install(|| convs(&mut work, threads));
+    }
+    if std::env::args().nth(1).as_deref() == Some("train") {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| e.to_string())?;
+        pool.install(|| train(&mut work, threads));
+        return Ok(());
     }
     println!("1 thread, median of 7");
     for (m, n, k, pre) in shapes {
@@ -291,4 +303,70 @@ fn convs(work: &mut [TileWork], threads: usize) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The products of eeg_ccnn's training step at batch 256 that run on the
+/// `gemm` crate (`compiler/src/back/lower/contract/grad.rs`), with the
+/// strides the plan reads them through, against [`packed::gemm`] with
+/// both operands [`Side::Raw`], on `threads` threads of the current pool.
+fn train(work: &mut [TileWork], threads: usize) {
+    // (name, [m, n, k], whether A and B are read transposed, calls per
+    // timed run): the per-image weight gradients accumulate (beta 1).
+    let shapes = [
+        ("fc forward x·Wᵀ", [256, 1024, 5184], [false, true], 1),
+        ("fc dW = dyᵀ·x", [1024, 5184, 256], [true, false], 1),
+        ("fc dx = dy·W", [256, 5184, 1024], [false, false], 1),
+        ("conv2 dWᵀ/image", [576, 128, 81], [false, true], 32),
+        ("conv3 dWᵀ/image", [1152, 256, 81], [false, true], 32),
+        ("conv4 dWᵀ/image", [2304, 64, 81], [false, true], 32),
+    ];
+    println!("{threads} thread(s), median of 7");
+    for (name, [m, n, k], [a_t, b_t], calls) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let mut c = vec![0.0f32; m * n];
+        // A is m×k, B k×n, each packed densely in its own order.
+        let sa = if a_t {
+            Strides::transposed(m)
+        } else {
+            Strides::row_major(k)
+        };
+        let sb = if b_t {
+            Strides::transposed(k)
+        } else {
+            Strides::row_major(n)
+        };
+        let beta = if calls > 1 { 1.0 } else { 0.0 };
+        let flop = 2.0 * (m * n * k * calls) as f64;
+        let t_crate = median_secs(7, || {
+            for _ in 0..calls {
+                sgemm(m, n, k, 1.0, &a, sa, &b, sb, beta, &mut c, n, threads).expect("sgemm");
+            }
+        });
+        let t_packed = median_secs(7, || {
+            for _ in 0..calls {
+                // SAFETY: operands sized above; one work buffer per thread.
+                unsafe {
+                    packed::gemm(
+                        m,
+                        n,
+                        k,
+                        1.0,
+                        Side::Raw(a.as_ptr(), sa),
+                        Side::Raw(b.as_ptr(), sb),
+                        beta,
+                        c.as_mut_ptr(),
+                        n,
+                        threads,
+                        work.as_mut_ptr(),
+                    )
+                }
+            }
+        });
+        println!(
+            "{name:16} {m:4}x{n:4}x{k:4}: gemm crate {:6.1} GFLOP/s | packed (raw) {:6.1} GFLOP/s",
+            flop / t_crate / 1e9,
+            flop / t_packed / 1e9
+        );
+    }
 }

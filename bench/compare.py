@@ -48,7 +48,47 @@ MODELS = {
     "dssm": ("models/dssm.net", "dssm", "dssm", "q", 64),
     "cnn_dssm": ("models/dssm.net", "cnn_dssm", "cnn_dssm", "q", 64),
     "lstm_dssm": ("models/dssm.net", "lstm_dssm", "lstm_dssm", "q", 64, ["--set", "peephole=false"]),
+    "fcos": ("models/fcos.net", "fcos_resnet50_fpn", "fcos_backbone_head", "image", 2),
 }
+
+
+def fcos_backbone_head():
+    """torchvision's FCOS at 512 x 512 as built with pretrained weights
+    (FrozenBatchNorm2d), backbone and head only: what netc's
+    fcos_resnet50_fpn computes. (The peers' `fcos` also times the
+    transform and the post-processing, which netc runs as a separate
+    model.)"""
+    import torch
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_nn_ops
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    body = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(
+        body, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)
+    )
+    fcos = FCOS(backbone, num_classes=91)
+
+    class BackboneHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = fcos.backbone, fcos.head
+
+        def forward(self, image):
+            out = self.head(list(self.backbone(image).values()))
+            return out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"]
+
+    def inputs(batch: int):
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(batch, 3, 512, 512, generator=g),)
+
+    return BackboneHead().eval(), inputs
+
+
+# Peers defined here rather than in ../shared/peers/models.py.
+LOCAL_PEERS = {"fcos_backbone_head": fcos_backbone_head}
 
 
 def cpu_model() -> str:
@@ -95,7 +135,8 @@ def peer_runners(name: str, batch: int, with_compile: bool, with_ort: bool):
     sys.path.insert(0, str(PEERS))
     import models as peer_models  # noqa: E402  (the shared PyTorch definitions)
 
-    model, make_inputs = getattr(peer_models, MODELS[name][2])()
+    builder = MODELS[name][2]
+    model, make_inputs = (LOCAL_PEERS.get(builder) or getattr(peer_models, builder))()
     model.eval()
     inputs = make_inputs(batch)
     runners = {}

@@ -493,6 +493,80 @@ fn fcos_matches_pytorch() {
     );
 }
 
+/// The Stable Diffusion UNet's small configuration (8 x 8 latents, a
+/// 5-token context of 32 channels, batch 2) compiled against the f64
+/// interpreter, whose ops (attention, timestep embedding, group and layer
+/// norms, nearest upsampling) are each checked against PyTorch by
+/// `compiler/src/interp/tests.rs`: no PyTorch fixture, since the peers'
+/// diffusers UNet is not on the machines that build the fixtures.
+#[test]
+fn sd_unet_small_matches_the_interpreter() {
+    let case = Case {
+        file: "sd_unet.net",
+        model: "sd_unet_small",
+        sets: &[
+            ("size", Set::Int(8)),
+            ("context_len", Set::Int(5)),
+            ("context_dim", Set::Int(32)),
+        ],
+        fixture: "",
+    };
+    let graph = case.graph();
+    let values = |n: usize, seed: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.37 + seed).sin() + (i as f32 * 0.11).cos()) * 0.8)
+            .collect()
+    };
+    let sample = Tensor::from_f32(&[2, 4, 8, 8], values(512, 0.3)).unwrap();
+    let context = Tensor::from_f32(&[2, 5, 32], values(320, 1.9)).unwrap();
+    let timestep = Tensor::new(&[2], Storage::I64(vec![3, 500])).unwrap();
+    let inputs = [
+        ("sample", &sample),
+        ("timestep", &timestep),
+        ("encoder_hidden_states", &context),
+    ];
+    let shapes: Vec<(&str, &[usize])> = inputs.iter().map(|(n, t)| (*n, t.shape())).collect();
+    let mut model = CompiledModel::new(graph.clone(), &shapes, default_options())
+        .unwrap_or_else(|e| panic!("sd_unet_small: {e}"));
+    let weights: Vec<Tensor> = model
+        .weight_specs()
+        .iter()
+        .map(|s| counter::tensor(SEED, &s.name, s.dtype, &s.shape))
+        .collect();
+    model.set_weights(weights).unwrap();
+    let got = model.run(&inputs).unwrap();
+
+    let array = |t: &Tensor| Array::new(t.shape(), to_f64(t));
+    let ins: Vec<(&str, Array)> = inputs.iter().map(|(n, t)| (*n, array(t))).collect();
+    let params: HashMap<String, Array> = graph
+        .params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            (
+                p.path.clone(),
+                array(&counter::tensor(SEED, &p.path, p.ty.dtype, &shape)),
+            )
+        })
+        .collect();
+    let want = interp::run(&graph, &ins, &params).unwrap();
+    assert_eq!(got.len(), want.len());
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        assert_eq!(g.shape(), &w.shape[..], "`{name}` shape");
+        let err = rel_l2(&to_f64(g), &w.data);
+        assert!(
+            err <= F32_TOLERANCE,
+            "sd_unet_small: `{name}` relative L2 error {err:.3e}"
+        );
+        eprintln!("sd_unet_small: `{name}` relative L2 error {err:.2e}");
+    }
+}
+
 #[test]
 fn vggish_matches_pytorch() {
     check_compiled(&VGGISH, default_options());

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod amax;
+pub mod attention;
 pub mod counter;
 pub mod deap;
 mod dtype;
@@ -17,6 +18,7 @@ pub mod fsutil;
 pub mod gemm;
 pub mod group_norm;
 mod init;
+pub mod layer_norm;
 pub mod npy;
 pub mod plan;
 pub mod resize;
@@ -26,6 +28,7 @@ pub mod sparse;
 mod tensor;
 pub mod text;
 pub mod text_grad;
+pub mod timestep;
 pub mod train;
 pub mod weights;
 

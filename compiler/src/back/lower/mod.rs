@@ -18,6 +18,8 @@
 //! - [`norm`]: batch norms (scale and shift folded in prepare steps);
 //! - [`group_norm`]: group norms (row steps, a fused relu included);
 //! - [`resize`]: nearest-neighbour resizing (row steps);
+//! - [`layer_norm`], [`attention`] (with `timestep_embedding`): the
+//!   UNet's transformer blocks (row steps);
 //! - [`pool`]: max, average and adaptive pooling;
 //! - [`data`]: data movement (concat, permute, frame, ...) and `quantize_u8`;
 //! - training ops: [`norm_train`] (batch norm with batch statistics and its
@@ -31,11 +33,13 @@
 //! - [`amax`]: `amax` over adjacent dims and its gradient (row steps).
 
 pub mod amax;
+pub mod attention;
 pub mod broadcast;
 pub mod contract;
 pub mod data;
 pub mod dropout;
 pub mod group_norm;
+pub mod layer_norm;
 pub mod loss;
 pub mod norm;
 pub mod norm_train;
@@ -263,6 +267,8 @@ pub fn lower_with(
             .or_else(|| norm::try_lower(&mut cx, node))
             .or_else(|| group_norm::try_lower(&mut cx, node))
             .or_else(|| resize::try_lower(&mut cx, node))
+            .or_else(|| layer_norm::try_lower(&mut cx, node))
+            .or_else(|| attention::try_lower(&mut cx, node))
             .or_else(|| norm_train::try_lower(&mut cx, node))
             .or_else(|| reduce::try_lower(&mut cx, node))
             .or_else(|| broadcast::try_lower(&mut cx, node))

@@ -1,0 +1,153 @@
+//! Lowering of `attention` and `timestep_embedding` (the UNet's
+//! transformer blocks and first step) to row steps: kernels
+//! [`netc_runtime::attention::Attention`] (a row per query token) and
+//! [`netc_runtime::timestep::TimestepEmbedding`] (a row per timestep; an
+//! integer input arrives as f32 values, as ids do).
+
+use super::LowerCx;
+use crate::back::BackError;
+use crate::ir::{Attr, Node, ValueId};
+use netc_runtime::attention::Attention;
+use netc_runtime::plan::{RowKernel, Rows, Step, Work};
+use netc_runtime::timestep::TimestepEmbedding;
+use std::sync::Arc;
+
+/// Elements of work worth giving a thread.
+const GRAIN_WORK: usize = 1 << 15;
+
+/// Lowers `attention` and `timestep_embedding`; `None` for other ops.
+pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    match node.op.name {
+        "attention" => Some(attention(cx, node)),
+        "timestep_embedding" => Some(timestep_embedding(cx, node)),
+        _ => None,
+    }
+}
+
+fn fail(node: &Node, what: String) -> BackError {
+    BackError(format!("`{}` at {}: {what}", node.op.name, node.path))
+}
+
+fn float(node: &Node, key: &str, default: f64) -> f64 {
+    match node.op.attr(key) {
+        Some(Attr::Float(v)) => *v,
+        Some(Attr::Int(v)) => *v as f64,
+        _ => default,
+    }
+}
+
+/// Appends one row step of `kernel` over `rows` rows of `width`.
+#[allow(clippy::too_many_arguments)]
+fn push_rows(
+    cx: &mut LowerCx,
+    kernel: Arc<dyn RowKernel>,
+    rows: usize,
+    width: usize,
+    work_per_row: usize,
+    inputs: &[ValueId],
+    extents: Vec<usize>,
+    out: ValueId,
+) -> Result<(), BackError> {
+    let inputs = inputs
+        .iter()
+        .map(|v| cx.buf(*v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let output = cx.output(out)?;
+    if rows * width == 0 {
+        return Ok(());
+    }
+    cx.push(Step {
+        work: Work::Rows(Rows {
+            kernel,
+            rows,
+            width,
+            grain: (GRAIN_WORK / work_per_row.max(1)).max(1),
+        }),
+        inputs,
+        output,
+        extents,
+    });
+    Ok(())
+}
+
+/// `attention(q, k, v, heads, scale)` over `[..., L, C]`, `[..., S, C]`,
+/// `[..., S, Cv]`.
+fn attention(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let [q, k, v] = node.inputs[..] else {
+        return Err(fail(node, format!("{} operands, not 3", node.inputs.len())));
+    };
+    let (qs, ks, vs) = (cx.shape(q)?, cx.shape(k)?, cx.shape(v)?);
+    let r = qs.len();
+    if r < 2
+        || ks.len() != r
+        || vs.len() != r
+        || qs[..r - 2] != ks[..r - 2]
+        || ks[..r - 1] != vs[..r - 1]
+    {
+        return Err(fail(
+            node,
+            format!("cannot attend {qs:?} over {ks:?} and {vs:?}"),
+        ));
+    }
+    let heads = match node.op.attr("heads") {
+        Some(Attr::Int(h)) if *h > 0 => *h as usize,
+        other => return Err(fail(node, format!("bad `heads` {other:?}"))),
+    };
+    let (l, c, s, cv) = (qs[r - 2], qs[r - 1], ks[r - 2], vs[r - 1]);
+    let batch: usize = qs[..r - 2].iter().product();
+    let kernel = Attention {
+        queries: l,
+        keys: s,
+        dim: c,
+        value_dim: cv,
+        heads,
+        scale: float(node, "scale", 1.0) as f32,
+    };
+    let extents = vec![batch * l * c, batch * s * c, batch * s * cv, batch * l * cv];
+    push_rows(
+        cx,
+        Arc::new(kernel),
+        batch * l,
+        cv,
+        s * (c + cv),
+        &[q, k, v],
+        extents,
+        node.outputs[0],
+    )
+}
+
+/// `timestep_embedding(t, dim, ...)`: `t [N]` → `[N, dim]`.
+fn timestep_embedding(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let t = node.inputs[0];
+    let n: usize =
+        cx.g.ty(t)
+            .shape
+            .iter()
+            .map(|d| cx.eval(d).and_then(|x| usize::try_from(x).ok()))
+            .product::<Option<usize>>()
+            .ok_or_else(|| fail(node, "the number of timesteps is not given".into()))?;
+    let dim = match node.op.attr("dim") {
+        Some(Attr::Int(d)) if *d >= 0 => *d as usize,
+        other => return Err(fail(node, format!("bad `dim` {other:?}"))),
+    };
+    let kernel = TimestepEmbedding {
+        dim,
+        flip_sin_to_cos: !matches!(node.op.attr("flip_sin_to_cos"), Some(Attr::Bool(false))),
+        shift: float(node, "shift", 0.0),
+        max_period: float(node, "max_period", 10000.0),
+        scale: float(node, "scale", 1.0),
+    };
+    push_rows(
+        cx,
+        Arc::new(kernel),
+        n,
+        dim,
+        dim * 16,
+        &[t],
+        vec![n, n * dim],
+        node.outputs[0],
+    )
+}
+
+#[cfg(test)]
+mod tests;

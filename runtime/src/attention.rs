@@ -1,0 +1,253 @@
+//! Multi-head scaled dot-product attention (`attention(q, k, v, heads)`,
+//! the UNet's transformer blocks) as a row step ([`crate::plan::Rows`]):
+//! a row is one query token, `q [B, L, C]`, `k [B, S, C]`, `v [B, S, Cv]`,
+//! the output `[B, L, Cv]`. Per head `h` (channels `h·C/heads ..`), the
+//! row's logits against the `S` keys are scaled, turned into
+//! probabilities by a softmax with the maximum subtracted, and the values
+//! summed with those weights. Rows are independent, so they split over
+//! threads without scratch space in the arena.
+//!
+//! The UNet's heads are 8 channels wide, too short a loop to vectorise;
+//! so each call transposes its batch items' `k` and `v` to channel-major
+//! rows of `S` and runs every loop over the keys instead (logits 16 keys
+//! at a time over the head's channels, outputs as `S`-long dot products), with an exponential that
+//! vectorises ([`exp_nonpositive`]), compiled for AVX-512 where the CPU
+//! has it.
+
+use crate::plan::RowKernel;
+
+/// Attention of `queries` tokens over `keys` tokens per batch item.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// Query tokens per batch item (`L`).
+    pub queries: usize,
+    /// Key and value tokens per batch item (`S`).
+    pub keys: usize,
+    /// Channels of a query or key token (`C`), all heads.
+    pub dim: usize,
+    /// Channels of a value token (`Cv`), all heads.
+    pub value_dim: usize,
+    /// Heads; divides `dim` and `value_dim`.
+    pub heads: usize,
+    /// The logits' factor (`1 / sqrt(C / heads)` by default).
+    pub scale: f32,
+}
+
+/// Lanes of the reductions: independent accumulators the compiler keeps
+/// in vector registers.
+const LANES: usize = 16;
+
+/// Lanes of a dot product: four vectors of [`LANES`], so the additions of
+/// consecutive chunks do not wait on each other.
+const DOT_LANES: usize = 4 * LANES;
+
+/// `Σ a·b` in [`DOT_LANES`] independent lanes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; DOT_LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..DOT_LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest element (NaN-free input) in [`LANES`] lanes.
+#[inline(always)]
+fn max_of(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    for x in &mut ca {
+        for i in 0..LANES {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    ca.remainder()
+        .iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// `e^x` for `x <= 0` (a logit minus the row's maximum) without a libm
+/// call, so that a loop of it vectorises: `x = n·ln 2 + r` with `n`
+/// rounded to nearest by the 1.5·2²³ trick and `|r| <= ln 2 / 2`, the
+/// degree-6 Taylor polynomial of `e^r` (relative error below 2e-7), and
+/// `2^n` from its exponent bits. Inputs below −87 give `e^−87` (a weight
+/// under 1e-37 of the maximum's).
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r / 720.0)))));
+    let bits = (t.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
+    p * f32::from_bits(bits as u32)
+}
+
+/// Replaces the logits `p` by `e^(p − max p)` and returns their sum (in
+/// [`LANES`] lanes: a single running sum would be a chain of dependent
+/// additions).
+#[inline(always)]
+fn softmax_weights(p: &mut [f32]) -> f32 {
+    let max = max_of(p);
+    let mut acc = [0f32; LANES];
+    let mut chunks = p.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            let e = exp_nonpositive(c[i] - max);
+            c[i] = e;
+            acc[i] += e;
+        }
+    }
+    let mut total = acc.iter().sum::<f32>();
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive(*x - max);
+        total += *x;
+    }
+    total
+}
+
+impl Attention {
+    /// `k` and `v` of one batch item transposed to channel-major rows of
+    /// `S` (`kt[ch·S + j] = k[j, ch]`), so that a query's logits and
+    /// outputs are long contiguous loops over the keys.
+    fn transposed(&self, k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let s = self.keys;
+        let t = |x: &[f32], c: usize| {
+            let mut out = vec![0f32; c * s];
+            for (j, row) in x.chunks_exact(c).enumerate() {
+                for (ch, &val) in row.iter().enumerate() {
+                    out[ch * s + j] = val;
+                }
+            }
+            out
+        };
+        (t(k, self.dim), t(v, self.value_dim))
+    }
+
+    /// One query row `q` (`C`) into `o` (`Cv`); `p` holds `S` logits.
+    /// The logits go [`LANES`] keys at a time, summed over the head's
+    /// channels in registers and stored once.
+    #[inline(always)]
+    fn row(&self, q: &[f32], kt: &[f32], vt: &[f32], p: &mut [f32], o: &mut [f32]) {
+        let s = self.keys;
+        let (dh, dv) = (self.dim / self.heads, self.value_dim / self.heads);
+        for h in 0..self.heads {
+            let channels = h * dh..(h + 1) * dh;
+            let full = s - s % LANES;
+            for at in (0..full).step_by(LANES) {
+                let mut acc = [0f32; LANES];
+                for d in channels.clone() {
+                    let a = q[d] * self.scale;
+                    let keys = &kt[d * s + at..][..LANES];
+                    for i in 0..LANES {
+                        acc[i] += a * keys[i];
+                    }
+                }
+                p[at..at + LANES].copy_from_slice(&acc);
+            }
+            for (j, pj) in p.iter_mut().enumerate().skip(full) {
+                *pj = channels
+                    .clone()
+                    .map(|d| q[d] * self.scale * kt[d * s + j])
+                    .sum();
+            }
+            let inv = 1.0 / softmax_weights(p);
+            for e in h * dv..(h + 1) * dv {
+                o[e] = dot(p, &vt[e * s..(e + 1) * s]) * inv;
+            }
+        }
+    }
+
+    /// Rows `first..` of one batch item into `out`.
+    #[inline(always)]
+    fn item_rows(&self, q: &[f32], kt: &[f32], vt: &[f32], out: &mut [f32]) {
+        let mut p = vec![0f32; self.keys];
+        for (qr, o) in q
+            .chunks_exact(self.dim)
+            .zip(out.chunks_exact_mut(self.value_dim))
+        {
+            self.row(qr, kt, vt, &mut p, o);
+        }
+    }
+
+    /// [`Attention::item_rows`] compiled for AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn item_rows_avx512(&self, q: &[f32], kt: &[f32], vt: &[f32], out: &mut [f32]) {
+        self.item_rows(q, kt, vt, out);
+    }
+}
+
+impl RowKernel for Attention {
+    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        let (l, s, c, cv, heads) = (
+            self.queries,
+            self.keys,
+            self.dim,
+            self.value_dim,
+            self.heads,
+        );
+        if heads == 0 || !c.is_multiple_of(heads) || !cv.is_multiple_of(heads) {
+            return Err(format!("{heads} heads do not divide {c} and {cv} channels"));
+        }
+        if inputs.len() < 3 {
+            return Err("expects q, k and v".into());
+        }
+        if cv == 0 || l == 0 {
+            return Ok(());
+        }
+        let rows = out.len() / cv;
+        let batches = (first + rows).div_ceil(l);
+        let need = [(first + rows) * c, batches * s * c, batches * s * cv];
+        for ((name, x), n) in ["q", "k", "v"].iter().zip(inputs).zip(need) {
+            if x.len() < n {
+                return Err(format!("`{name}` holds {} elements, {n} needed", x.len()));
+            }
+        }
+        let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+        let avx512 = crate::gemm::kernel_avx512::available();
+        let mut r = first;
+        let mut rest = &mut out[..rows * cv];
+        while !rest.is_empty() {
+            let b = r / l;
+            let end = ((b + 1) * l).min(first + rows);
+            let (o, tail) = rest.split_at_mut((end - r) * cv);
+            let (kt, vt) = self.transposed(
+                &k[b * s * c..(b + 1) * s * c],
+                &v[b * s * cv..(b + 1) * s * cv],
+            );
+            let qb = &q[r * c..end * c];
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { self.item_rows_avx512(qb, &kt, &vt, o) };
+            } else {
+                self.item_rows(qb, &kt, &vt, o);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = avx512;
+                self.item_rows(qb, &kt, &vt, o);
+            }
+            rest = tail;
+            r = end;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,16 +8,19 @@
 //! The whole batch is one product. The driver ([`gemm`]) hands blocks of
 //! about [`MC`] rows (whole output rows where tiles follow them) to the
 //! threads as they come free. Per block and depth slice (a `KC` block of
-//! the packed B, also cut where a contiguous run of `x` ends), each tile
-//! of A rows that is one run of output pixels is read **in place** from
-//! `x` by the raw-A micro-kernel ([`super::kernel_avx512`]), its rows
-//! whose taps all fall in the padding skipped; the other tiles (a row
-//! partly in the padding, thin runs such as a 3-channel stem, outputs
-//! narrower than half a tile) are gathered row-major into the thread's A
-//! buffer first ([`ConvGeom::pack_rows`]: contiguous channel runs copied,
-//! the padding written as zeros). A block's C rows (at most `MC × n`)
-//! stay in L2 across the slices, and a caller's hook runs on them (the
-//! epilogue) as soon as they are final.
+//! the packed B), each tile of A rows that is one run of output pixels
+//! is read **in place** from `x`, its rows whose taps all fall in the
+//! padding skipped: a slice inside one contiguous run of `x` by the
+//! raw-A micro-kernel ([`super::kernel_avx512`]), a slice across several
+//! (the rows of taps of a stem's 21-float runs, a slice across two kernel
+//! rows) by [`kernel`]'s, which keeps the accumulators from one stretch
+//! to the next. The other tiles (a row partly in the padding, single
+//! taps of a few channels, outputs narrower than half a tile) are
+//! gathered row-major into the thread's A buffer first
+//! ([`ConvGeom::pack_rows`]: contiguous channel runs copied, the padding
+//! written as zeros). A block's C rows (at most `MC × n`) stay in L2
+//! across the slices, and a caller's hook runs on them (the epilogue) as
+//! soon as they are final.
 //!
 //! Tiles are `8×48`, or `14×32` for products at most 32 columns wide
 //! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F the portable
@@ -26,6 +29,7 @@
 use super::kernel_avx512::{self as avx, NR};
 use super::packed::{self, KC, MC, NC};
 use super::TileWork;
+use kernel::Seg;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,52 +176,68 @@ impl ConvGeom {
     }
 }
 
-/// A depth slice of A is read in place from `x` (no gather) only when
-/// the runs it lies in are at least this long; shorter runs (few input
-/// channels, as in a stem) would split the depth into slices too thin to
-/// pay for their accumulator loads and stores.
+/// Tiles follow the output rows (and may be read in place) when the
+/// depth runs of `x` are at least this long, or whole kernel rows
+/// ([`ConvGeom::merged`]); shorter runs of single taps (few channels per
+/// group, as in a depthwise convolution) would make many stretches per
+/// depth slice ([`Seg`]), each a handful of steps.
 const MIN_RUN: usize = 32;
 
 impl ConvGeom {
+    /// Whether the taps of one kernel row are one contiguous run of `x`:
+    /// the group has all of a pixel's channels and columns are adjacent.
+    fn merged(&self) -> bool {
+        self.c == self.cg && self.dilation[1] == 1
+    }
+
     /// Depth of A that is one contiguous run of `x` for a pixel whose
-    /// taps are all inside the input: a whole kernel row when the group
-    /// has all of a pixel's channels and columns are adjacent, else one
-    /// tap.
+    /// taps are all inside the input: a whole kernel row when
+    /// [`ConvGeom::merged`], else one tap.
     fn run(&self) -> usize {
-        if self.c == self.cg && self.dilation[1] == 1 {
+        if self.merged() {
             self.kw * self.cg
         } else {
             self.cg
         }
     }
 
-    /// The depth slices of one pass over A: `KC` blocks (the packed B's
-    /// K blocks), also split where a run ([`ConvGeom::run`]) ends when
-    /// tiles of `mr` rows follow the output rows (and may be read in
-    /// place).
-    fn slices(&self, mr: usize) -> Vec<Range<usize>> {
-        let (k, run) = (self.depth(), self.run());
-        let mut out = Vec::new();
-        let mut q = 0;
-        while q < k {
-            let mut end = (q / KC + 1) * KC;
-            if self.row_tiles(mr) {
-                end = end.min((q / run + 1) * run);
-            }
-            let end = end.min(k);
-            out.push(q..end);
-            q = end;
-        }
-        out
+    /// The depth slices of one pass over A: the `KC` blocks of the
+    /// packed B, each with the runs of `x` it crosses ([`Stretch`]; the
+    /// in-place kernels walk them one after the other).
+    fn slices(&self) -> Vec<Slice> {
+        let (k, cg, kw, run) = (self.depth(), self.cg, self.kw, self.run());
+        (0..k)
+            .step_by(KC)
+            .map(|q0| {
+                let ks = q0..(q0 + KC).min(k);
+                let mut stretches = Vec::new();
+                let mut q = ks.start;
+                while q < ks.end {
+                    let len = (run - q % run).min(ks.end - q);
+                    let (tap, ch) = (q / cg, q % cg);
+                    stretches.push(Stretch {
+                        ty: tap / kw,
+                        tx: tap % kw,
+                        tx_hi: tap % kw + (ch + len - 1) / cg,
+                        ch,
+                        step: q - ks.start,
+                        len,
+                    });
+                    q += len;
+                }
+                Slice { ks, stretches }
+            })
+            .collect()
     }
 
     /// Whether tiles follow the output rows (each a run of output pixels
     /// that can be read in place) rather than run `mr` rows across them
-    /// (always gathered): when the runs are long and splitting a row
-    /// into tiles of at most `mr` fills them at least half.
+    /// (always gathered): when the runs are whole kernel rows or long
+    /// ([`MIN_RUN`]) and splitting a row into tiles of at most `mr` fills
+    /// them at least half.
     fn row_tiles(&self, mr: usize) -> bool {
         let per_row = self.ow.div_ceil(mr);
-        self.run() >= MIN_RUN && self.ow > 0 && 2 * self.ow >= per_row * mr
+        (self.merged() || self.run() >= MIN_RUN) && self.ow > 0 && 2 * self.ow >= per_row * mr
     }
 
     /// Rows of a block of C: a whole number of output rows of at most
@@ -264,17 +284,25 @@ impl ConvGeom {
         }
     }
 
-    /// How the `mv` rows from `row` of A, depth `ks`, can be read in
-    /// place: `Some(Direct { rows, at, lda })` when the tile is one run
-    /// of output pixels whose rows `rows` (relative to `row`) have every
-    /// tap of `ks` inside the input and sit at `x + at + i·lda`, while
-    /// every other row has all its taps of `ks` in the padding (zero: it
-    /// adds nothing); `None` when the tile must be gathered. `ks` lies
-    /// within one run ([`ConvGeom::slices`]) when tiles of `mr` rows
-    /// follow the output rows; else nothing is read in place.
-    fn in_place(&self, row: usize, mv: usize, ks: &Range<usize>, mr: usize) -> Option<Direct> {
-        let run = self.run();
-        if !self.row_tiles(mr) || ks.is_empty() {
+    /// How the `mv` rows from `row` of A, depth slice `slice`, can be
+    /// read in place: `Some(Direct { rows, at, lda, segs })` when the tile
+    /// is one run of output pixels whose rows `rows` (relative to `row`)
+    /// have every tap of the slice inside the input and read the
+    /// stretches pushed to `segs` (those of kernel rows in the padding
+    /// left out) from `x + at + i·lda`, while every other row has all
+    /// its taps of the slice in the padding (zero: it adds
+    /// nothing); `None` (and `segs` unchanged) when the tile must be
+    /// gathered. Nothing is read in place unless tiles of `mr` rows
+    /// follow the output rows.
+    fn in_place(
+        &self,
+        row: usize,
+        mv: usize,
+        slice: &Slice,
+        mr: usize,
+        segs: &mut Vec<Seg>,
+    ) -> Option<Direct> {
+        if !self.row_tiles(mr) || slice.ks.is_empty() {
             return None;
         }
         let plane = self.oh * self.ow;
@@ -283,57 +311,142 @@ impl ConvGeom {
         if ox0 + mv > self.ow {
             return None;
         }
-        let (cg, kw) = (self.cg, self.kw);
-        // The taps of ks: part of a kernel row (merged) or of one tap.
-        let (ty, tx_lo, tx_hi, ch) = if run == kw * cg && self.c == cg && self.dilation[1] == 1 {
-            let (ty, q) = (ks.start / run, ks.start % run);
-            (ty, q / cg, (q + ks.len() - 1) / cg, q % cg)
-        } else {
-            let tap = ks.start / cg;
-            (tap / kw, tap % kw, tap % kw, ks.start % cg)
-        };
-        let skip = Direct {
-            rows: 0..0,
-            at: 0,
-            lda: 0,
-        };
-        let iy = (oy * self.stride[0] + ty * self.dilation[0]) as isize - self.pad[0] as isize;
-        if iy < 0 || iy >= self.h as isize {
-            return Some(skip);
-        }
-        // Input column of output column ox at tap tx.
+        let first = segs.len();
         let (s, d, pad, w) = (
             self.stride[1] as isize,
             self.dilation[1] as isize,
             self.pad[1] as isize,
             self.w as isize,
         );
+        // Input column of output column ox at tap tx.
         let ix = |ox: usize, tx: usize| ox as isize * s + tx as isize * d - pad;
-        // Output columns of the tile with every tap inside: ix(ox, tx_lo)
-        // ≥ 0 and ix(ox, tx_hi) < w.
-        let (first, last) = (ox0, ox0 + mv - 1);
-        let lo = (first..=last).find(|&ox| ix(ox, tx_lo) >= 0);
-        let hi = (first..=last).rev().find(|&ox| ix(ox, tx_hi) < w);
-        let (lo, hi) = match (lo, hi) {
-            (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
-            // No column has all its taps inside: fine if none has any.
-            _ => {
-                let any = (first..=last).any(|ox| ix(ox, tx_hi) >= 0 && ix(ox, tx_lo) < w);
-                return (!any).then_some(skip);
+        // Per tile row: whether every tap so far is inside, and whether
+        // none is (a row with some inside and some not is gathered).
+        let (mut all, mut none) = ([true; avx::MR_TALL], [true; avx::MR_TALL]);
+        // Whether a stretch has every row's taps inside, and whether one
+        // has not (then the rows are checked one by one).
+        let (mut inside_all, mut border) = (false, false);
+        // The stretches in the input's rows, pushed with their offset in
+        // x for output column ox0 (made relative below).
+        for &Stretch {
+            ty,
+            tx,
+            tx_hi,
+            ch,
+            step,
+            len,
+        } in &slice.stretches
+        {
+            let iy = (oy * self.stride[0] + ty * self.dilation[0]) as isize - self.pad[0] as isize;
+            if (0..self.h as isize).contains(&iy) {
+                // Every row has all these taps inside when the first and
+                // last have (the common case, checked first).
+                if ix(ox0, tx) >= 0 && ix(ox0 + mv - 1, tx_hi) < w {
+                    inside_all = true;
+                } else {
+                    border = true;
+                    for i in 0..mv {
+                        let (lo, hi) = (ix(ox0 + i, tx), ix(ox0 + i, tx_hi));
+                        all[i] &= lo >= 0 && hi < w;
+                        none[i] &= hi < 0 || lo >= w;
+                    }
+                }
+                let pixel = ((img * self.h + iy as usize) * self.w) as isize + ix(ox0, tx);
+                segs.push(Seg {
+                    off: pixel * self.c as isize + ch as isize,
+                    step,
+                    len,
+                });
+            }
+        }
+        let skip = Direct {
+            rows: 0..0,
+            at: 0,
+            lda: 0,
+            segs: first..first,
+        };
+        let rows = if !border {
+            if !inside_all {
+                // Every row of taps of the slice is in the padding.
+                return Some(skip);
+            }
+            0..mv
+        } else {
+            if inside_all {
+                none = [false; avx::MR_TALL];
+            }
+            // Each row has all its taps inside or none; the former are
+            // contiguous (ix grows with ox).
+            let mut full: Option<Range<usize>> = None;
+            for i in 0..mv {
+                let contiguous = match &mut full {
+                    _ if none[i] => true,
+                    _ if !all[i] => false,
+                    Some(r) if r.end == i => {
+                        r.end += 1;
+                        true
+                    }
+                    Some(_) => false,
+                    None => {
+                        full = Some(i..i + 1);
+                        true
+                    }
+                };
+                if !contiguous {
+                    segs.truncate(first);
+                    return None;
+                }
+            }
+            match full {
+                Some(rows) => rows,
+                None => {
+                    segs.truncate(first);
+                    return Some(skip);
+                }
             }
         };
-        // The columns outside lo..=hi must have no tap inside.
-        let partial =
-            (lo > first && ix(lo - 1, tx_hi) >= 0) || (hi < last && ix(hi + 1, tx_lo) < w);
-        if partial {
-            return None;
+        // Row lo of the first stretch is the tile's A; the stretches'
+        // offsets become relative to it.
+        let lda = self.stride[1] * self.c;
+        let base = segs[first].off;
+        for seg in &mut segs[first..] {
+            seg.off -= base;
         }
         Some(Direct {
-            rows: lo - ox0..hi + 1 - ox0,
-            at: ((img * self.h + iy as usize) * self.w + ix(lo, tx_lo) as usize) * self.c + ch,
-            lda: self.stride[1] * self.c,
+            at: (base + (rows.start * lda) as isize) as usize,
+            rows,
+            lda,
+            segs: first..segs.len(),
         })
     }
+}
+
+/// A depth slice of A ([`ConvGeom::slices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slice {
+    /// Its depth.
+    ks: Range<usize>,
+    /// The runs of `x` it crosses, in depth order.
+    stretches: Vec<Stretch>,
+}
+
+/// The part of a depth slice that lies in one run of `x` (for a pixel
+/// with all its taps inside): taps `tx..=tx_hi` of kernel row `ty`, from
+/// channel `ch` of the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stretch {
+    /// Kernel row.
+    ty: usize,
+    /// First tap (kernel column).
+    tx: usize,
+    /// Last tap.
+    tx_hi: usize,
+    /// Channel of the first tap it starts at.
+    ch: usize,
+    /// Its first step in the slice.
+    step: usize,
+    /// Depth steps.
+    len: usize,
 }
 
 /// A tile of A read in place ([`ConvGeom::in_place`]).
@@ -345,6 +458,8 @@ struct Direct {
     at: usize,
     /// Distance in `x` between consecutive rows.
     lda: usize,
+    /// Its stretches, in the caller's list.
+    segs: Range<usize>,
 }
 
 /// Rows `rows` (all `n` columns) of `C = A·B + beta·C` on the calling
@@ -415,32 +530,40 @@ unsafe fn part(
     let mc = geom.block_rows(mr);
     let (abuf, _) = work.packed_bufs();
     let panels = n.div_ceil(NR) * NR;
-    let slices = geom.slices(mr);
+    let slices = geom.slices();
     // Per tile of a block: its first row, rows, and where its A is read
-    // for the current slice (pointer, row stride, the rows that add,
-    // whether they add to C), and whether C holds the tile's sum so far.
-    let (mut tiles, mut a_at, mut started) = (Vec::new(), Vec::new(), Vec::new());
+    // for the current slice (pointer, row stride, the rows that add, its
+    // stretches in `segs`, whether they add to C), and whether C holds
+    // the tile's sum so far.
+    let (mut tiles, mut a_at, mut started, mut segs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ic in rows.clone().step_by(mc) {
         let mb = mc.min(rows.end - ic);
         geom.tiles(ic..ic + mb, mr, &mut tiles);
         started.clear();
         started.resize(tiles.len(), beta != 0.0);
-        for ks in &slices {
-            let kb = ks.len();
+        for slice in &slices {
+            let (ks, kb) = (&slice.ks, slice.ks.len());
             // Each tile's A: in place, or gathered into its rows of the
-            // buffer (row stride kb).
+            // buffer (row stride kb, one stretch).
             a_at.clear();
+            segs.clear();
             for (&(r0, mv), started) in tiles.iter().zip(&mut started) {
-                let (a, lda, part) = match geom.in_place(r0, mv, ks, mr) {
+                let (a, lda, part, seg) = match geom.in_place(r0, mv, slice, mr, &mut segs) {
                     // SAFETY: the rows lie inside x (checked against the
                     // input's bounds).
-                    Some(d) => (unsafe { x.add(d.at) }, d.lda, d.rows),
+                    Some(d) => (unsafe { x.add(d.at) }, d.lda, d.rows, d.segs),
                     None => {
                         // SAFETY: the tile is inside A and the block; the
                         // buffer holds MC·KC ≥ mb·kb floats.
                         let dst = unsafe { abuf.add((r0 - ic) * kb) };
                         unsafe { geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst) };
-                        (dst as *const f32, kb, 0..mv)
+                        segs.push(Seg {
+                            off: 0,
+                            step: 0,
+                            len: kb,
+                        });
+                        (dst as *const f32, kb, 0..mv, segs.len() - 1..segs.len())
                     }
                 };
                 // A tile's first adding slice stores its rows (rows whose
@@ -451,7 +574,7 @@ unsafe fn part(
                     unsafe { zero_rows(c, ldc, n, r0, (0..part.start).chain(part.end..mv)) };
                     *started = true;
                 }
-                a_at.push((a, lda, part, load));
+                a_at.push((a, lda, part, seg, load));
             }
             // K block of the packed B and the slice's first step in it.
             let (blk, off) = (ks.start / KC, ks.start % KC);
@@ -462,27 +585,30 @@ unsafe fn part(
                     // SAFETY: K block blk, panel j0/NR, step off of the
                     // packed B.
                     let bp = unsafe { b.add(blk * KC * panels + (j0 / NR) * NR * KC + off * NR) };
-                    for (&(r0, _), (a, lda, part, load_c)) in tiles.iter().zip(&a_at) {
-                        let (a, lda, mv, load_c) = (*a, *lda, part.len(), *load_c);
-                        if mv == 0 {
+                    for (&(r0, _), (a, lda, part, seg, load_c)) in tiles.iter().zip(&a_at) {
+                        let (lda, mv, load_c) = (*lda, part.len(), *load_c);
+                        if mv == 0 || seg.is_empty() {
                             continue;
                         }
-                        // SAFETY: the tile's adding A rows hold kb floats
-                        // each, lda apart; the B panel kb steps; the C
-                        // tile is rows r0 + part, columns j0..j0+ncols.
+                        // SAFETY: the tile's adding A rows hold each
+                        // stretch, lda apart; the B panel the slice's kb
+                        // steps; the C tile is rows r0 + part, columns
+                        // j0..j0+ncols.
                         unsafe {
                             let ct = c.add((r0 + part.start) * ldc + j0);
-                            #[cfg(target_arch = "x86_64")]
-                            if wide {
-                                let kernel = if n <= avx::NARROW {
-                                    avx::tall_instance(mv, ncols)
-                                } else {
-                                    avx::instance(mv, ncols, true)
-                                };
-                                kernel(kb, a, lda, bp, ct, ldc, ncols, load_c);
-                                continue;
-                            }
-                            packed::portable_kernel(mv, kb, a, lda, 1, bp, ct, ldc, ncols, load_c);
+                            tile(
+                                wide,
+                                n,
+                                mv,
+                                ncols,
+                                &segs[seg.clone()],
+                                *a,
+                                lda,
+                                bp,
+                                ct,
+                                ldc,
+                                load_c,
+                            );
                         }
                     }
                 }
@@ -496,6 +622,76 @@ unsafe fn part(
             }
         }
         done(ic..ic + mb);
+    }
+}
+
+/// `C[mv×ncols] (+)= A·B` for one tile over the stretches `segs` of a
+/// depth slice (A row `i` of stretch `s` at `a + s.off + i·lda`, B from
+/// the slice's first step `bp`): one stretch on the shared raw-A
+/// kernels, several on [`kernel`]'s (accumulators kept across them), or
+/// the portable kernel a stretch at a time.
+///
+/// # Safety
+/// As [`kernel::SegKernelFn`]'s instances; `wide` only if
+/// [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    wide: bool,
+    n: usize,
+    mv: usize,
+    ncols: usize,
+    segs: &[Seg],
+    a: *const f32,
+    lda: usize,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load_c: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        if let [seg] = segs {
+            let kernel = if n <= avx::NARROW {
+                avx::tall_instance(mv, ncols)
+            } else {
+                avx::instance(mv, ncols, true)
+            };
+            // SAFETY: the stretch's rows and B steps (caller's guarantee).
+            unsafe {
+                kernel(
+                    seg.len,
+                    a.offset(seg.off),
+                    lda,
+                    bp.add(seg.step * NR),
+                    c,
+                    ldc,
+                    ncols,
+                    load_c,
+                )
+            };
+        } else {
+            // SAFETY: forwarded.
+            unsafe { kernel::instance(n, mv, ncols)(segs, a, lda, bp, c, ldc, ncols, load_c) };
+        }
+        return;
+    }
+    let _ = wide;
+    for (i, seg) in segs.iter().enumerate() {
+        // SAFETY: as above, a stretch at a time (the later ones add).
+        unsafe {
+            packed::portable_kernel(
+                mv,
+                seg.len,
+                a.offset(seg.off),
+                lda,
+                1,
+                bp.add(seg.step * NR),
+                c,
+                ldc,
+                ncols,
+                load_c || i > 0,
+            )
+        };
     }
 }
 
@@ -616,5 +812,6 @@ unsafe fn gemm_with(
     });
 }
 
+mod kernel;
 #[cfg(test)]
 mod tests;

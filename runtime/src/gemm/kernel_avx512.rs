@@ -221,7 +221,7 @@ unsafe fn kernel<const M: usize, const V: usize, const RAW: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store<const M: usize, const V: usize>(
+pub(crate) unsafe fn store<const M: usize, const V: usize>(
     acc: &[[__m512; V]; M],
     c: *mut f32,
     ldc: usize,

@@ -288,7 +288,7 @@ fn in_place_cases(base: Case) -> Vec<Case> {
             og: 32,
             ..base
         },
-        // A 192-deep kernel row: slices 128, 64, 64, 128, ...
+        // A 192-deep kernel row: slices of 128 across two rows of taps.
         Case {
             n: 3,
             hw: [5, 9],
@@ -352,6 +352,35 @@ fn in_place_cases(base: Case) -> Vec<Case> {
             pad: 3,
             ..base
         },
+        // Short runs of whole kernel rows, read in place a slice of
+        // several rows of taps at a time: the stem's (3 channels, 7×7,
+        // stride 2; K = 147 cut at 128 inside a row) with interior tiles,
+        // one channel 3×3 (vggish's first), and a narrow product (the
+        // tall tile) whose slice spans three rows of taps.
+        Case {
+            n: 2,
+            hw: [13, 40],
+            cg: 3,
+            og: 64,
+            k: [7, 7],
+            stride: 2,
+            pad: 3,
+            ..base
+        },
+        Case {
+            n: 2,
+            hw: [6, 20],
+            cg: 1,
+            og: 64,
+            ..base
+        },
+        Case {
+            n: 2,
+            hw: [5, 30],
+            cg: 8,
+            og: 32,
+            ..base
+        },
     ];
     // Output widths 5..=9 (tile heights) and every remainder of 16-wide
     // column vectors.
@@ -368,4 +397,54 @@ fn in_place_cases(base: Case) -> Vec<Case> {
         });
     }
     cases
+}
+
+/// The stem's interior tiles are read in place as several stretches (one
+/// per row of taps; the slice after the first `KC` block starts inside
+/// a row), and a tile with a column in the padding is gathered.
+#[test]
+fn stem_tiles_read_in_place_by_stretches() {
+    let g = Case {
+        n: 1,
+        hw: [13, 40],
+        cg: 3,
+        groups: 1,
+        og: 64,
+        k: [7, 7],
+        stride: 2,
+        pad: 3,
+        dilation: 1,
+    }
+    .geom();
+    let mr = avx::MR;
+    let (run, ow) = (7 * 3, g.ow);
+    let slices = g.slices();
+    assert_eq!(slices.len(), 2);
+    let mut segs = Vec::new();
+    // Output row 3 (every row of taps inside), columns 6..13.
+    let row = 3 * ow + 6;
+    let d = g.in_place(row, 7, &slices[0], mr, &mut segs).unwrap();
+    assert_eq!(d.rows, 0..7);
+    let want: Vec<_> = (0..7)
+        .map(|ty| Seg {
+            off: (ty * g.w * g.c) as isize,
+            step: ty * run,
+            len: run.min(KC - ty * run),
+        })
+        .collect();
+    assert_eq!(segs[d.segs.clone()], want[..]);
+    segs.clear();
+    let d = g.in_place(row, 7, &slices[1], mr, &mut segs).unwrap();
+    assert_eq!(
+        segs[d.segs],
+        [Seg {
+            off: 0,
+            step: 0,
+            len: g.depth() - KC
+        }]
+    );
+    // Output column 0 reads the padding on its left: gathered.
+    segs.clear();
+    assert_eq!(g.in_place(3 * ow, 6, &slices[0], mr, &mut segs), None);
+    assert!(segs.is_empty());
 }

@@ -572,9 +572,20 @@ impl Contracting<'_> {
         let beta = if c.accumulate && item > 0 { 1.0 } else { 0.0 };
         // An implicit convolution with one group runs the epilogue on
         // each block of rows as soon as the GEMM finishes it (still in
-        // cache), when the epilogue's units are the rows of C.
+        // cache), when the epilogue's units are the rows of C; so does a
+        // packed GEMM whose parts each compute whole rows.
+        let rows_of_c = c.groups == 1 && c.unpack.is_none();
         let fused = match (c.gemm, c.epilogue) {
-            (Gemm::Implicit(_), Some(e)) => c.groups == 1 && c.unpack.is_none() && e.units == c.m,
+            (Gemm::Implicit(_), Some(e)) => rows_of_c && e.units == c.m,
+            (Gemm::Packed(pre), Some(e)) => {
+                let parts = match (pool, self.team.filter(|_| c.team_splits())) {
+                    (Some(p), _) => p.current_num_threads(),
+                    (None, Some(team)) => team.parts(),
+                    (None, None) => 1,
+                };
+                let b_packed = pre == Prepacked::B;
+                rows_of_c && e.units == c.m && packed::whole_rows((c.m, c.n, c.k), b_packed, parts)
+            }
             _ => false,
         };
         let rows_done = |r: Range<usize>| {
@@ -640,8 +651,9 @@ impl Contracting<'_> {
     }
 
     /// One GEMM `C = A·B + beta·C`, on the calling thread (tile buffers
-    /// `slice`) or split over `pool`; an implicit convolution calls
-    /// `rows_done` on each block of rows of C it has finished.
+    /// `slice`) or split over `pool`; an implicit convolution, and a
+    /// packed GEMM whose parts compute whole rows, call `rows_done` on
+    /// each block of rows of C they have finished.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
         self,
@@ -698,6 +710,7 @@ impl Contracting<'_> {
                             c.ldc,
                             (t, parts),
                             &mut *(works as *mut TileWork).add(t),
+                            rows_done,
                         )
                     });
                     return;
@@ -707,7 +720,9 @@ impl Contracting<'_> {
                 } else {
                     self.work
                 };
-                packed::gemm(c.m, c.n, c.k, 1.0, pa, pb, beta, out, c.ldc, threads, works)
+                packed::gemm_then(
+                    c.m, c.n, c.k, 1.0, pa, pb, beta, out, c.ldc, threads, works, rows_done,
+                )
             },
             // SAFETY: forwarded; A was validated to span the input, B its
             // panels; `work` has an entry per pool thread.

@@ -35,6 +35,39 @@ pub const MC: usize = (384 / MR) * MR;
 /// N block: a packed `KC×NC` B block (480 KiB) stays in L2.
 pub const NC: usize = (512 / NR) * NR;
 
+/// The largest pre-packed B (bytes) that the split over threads gives
+/// whole to every part ([`share_of`]): half a core's L2, so the weight
+/// stays there from call to call next to the part's rows of A and C.
+pub const B_SHARED: usize = 1 << 20;
+
+/// The rows and columns of C that part `t` of `parts` computes when a
+/// product is split over threads. A pre-packed B of at most
+/// [`B_SHARED`] bytes is read whole by every part and the rows of C are
+/// split (each part then owns whole rows: the caller can finish them, an
+/// epilogue while they are in cache, and the parts are as even as the
+/// `MR`-row panels allow); otherwise C is cut along its longer side at
+/// panel boundaries ([`split_product`]).
+pub fn share_of(
+    (m, n, k): (usize, usize, usize),
+    b_packed: bool,
+    (t, parts): (usize, usize),
+) -> (Range<usize>, Range<usize>) {
+    if whole_rows((m, n, k), b_packed, parts) {
+        let panels = m.div_ceil(MR);
+        let cut = |t: usize| (panels * t / parts * MR).min(m);
+        return (cut(t)..cut(t + 1), 0..n);
+    }
+    split_product(m, n, MR, NR, parts, t)
+}
+
+/// Whether every part of a product split over `parts` threads
+/// ([`share_of`]) computes whole rows of C (all `n` columns): one part, or
+/// a pre-packed B that fits [`B_SHARED`] with at least a panel of rows per
+/// part.
+pub fn whole_rows((m, n, k): (usize, usize, usize), b_packed: bool, parts: usize) -> bool {
+    parts <= 1 || b_packed && m >= parts * MR && packed_b_len(k, n) * 4 <= B_SHARED
+}
+
 /// Which operand of a packed-GEMM contraction comes pre-packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prepacked {
@@ -408,8 +441,8 @@ unsafe fn part(
 }
 
 /// The whole `m×n` product of [`gemm_part`], split over `threads` tasks
-/// of the current rayon pool (along the longer side of C, at panel
-/// boundaries) when `threads > 1`; task `t` uses `works[t]`.
+/// of the current rayon pool ([`share_of`]) when `threads > 1`; task `t`
+/// uses `works[t]`.
 ///
 /// # Safety
 /// As [`gemm_part`] for the full ranges; `works` has `threads.max(1)`
@@ -428,32 +461,18 @@ pub unsafe fn gemm(
     threads: usize,
     works: *mut TileWork,
 ) {
-    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
-    unsafe {
-        gemm_with(
-            avx::available(),
-            m,
-            n,
-            k,
-            alpha,
-            a,
-            b,
-            beta,
-            c,
-            ldc,
-            threads,
-            works,
-        )
-    }
+    // SAFETY: forwarded.
+    unsafe { gemm_then(m, n, k, alpha, a, b, beta, c, ldc, threads, works, &|_| {}) }
 }
 
-/// [`gemm`] on the AVX-512 micro-kernels (`wide`) or the portable one.
+/// [`gemm`], and every task that computed whole rows of C (all `n`
+/// columns: every task when [`whole_rows`] holds) then calls `done` with
+/// them on its own thread, while they are still in its cache.
 ///
 /// # Safety
-/// As [`gemm`]; `wide` only if [`avx::available`].
+/// As [`gemm`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_with(
-    wide: bool,
+pub unsafe fn gemm_then(
     m: usize,
     n: usize,
     k: usize,
@@ -465,24 +484,55 @@ unsafe fn gemm_with(
     ldc: usize,
     threads: usize,
     works: *mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        gemm_with(
+            avx::available(),
+            (m, n, k),
+            alpha,
+            (a, b),
+            beta,
+            (c, ldc),
+            threads,
+            works,
+            done,
+        )
+    }
+}
+
+/// [`gemm_then`] on the AVX-512 micro-kernels (`wide`) or the portable
+/// one.
+///
+/// # Safety
+/// As [`gemm`]; `wide` only if [`avx::available`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_with(
+    wide: bool,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, b): (Side, Side),
+    beta: f32,
+    (c, ldc): (*mut f32, usize),
+    threads: usize,
+    works: *mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
 ) {
     if threads <= 1 {
         // SAFETY: forwarded; works[0] is ours.
         unsafe {
-            part(
+            share(
                 wide,
-                m,
-                n,
-                k,
+                (m, n, k),
                 alpha,
                 a,
                 b,
                 beta,
-                c,
-                ldc,
-                0..m,
-                0..n,
+                (c, ldc),
+                (0, 1),
                 &mut *works,
+                done,
             )
         };
         return;
@@ -511,14 +561,15 @@ unsafe fn gemm_with(
                 (c as *mut f32, ldc),
                 (t, threads),
                 &mut *(works as *mut TileWork).add(t),
+                done,
             )
         }
     });
 }
 
-/// Part `t` of `parts` of the product that [`gemm`] splits over `parts`
-/// threads (C cut along its longer side at panel boundaries), on the
-/// calling thread: for a caller with its own threads
+/// Part `t` of `parts` of the product that [`gemm_then`] splits over
+/// `parts` threads ([`share_of`]), on the calling thread, calling `done`
+/// as [`gemm_then`] does: for a caller with its own threads
 /// (`plan/team.rs`). The same `t` always gets the same rows or columns.
 ///
 /// # Safety
@@ -537,6 +588,7 @@ pub unsafe fn gemm_share(
     ldc: usize,
     (t, parts): (usize, usize),
     work: &mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
 ) {
     // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
     unsafe {
@@ -550,6 +602,7 @@ pub unsafe fn gemm_share(
             (c, ldc),
             (t, parts),
             work,
+            done,
         )
     }
 }
@@ -569,10 +622,31 @@ unsafe fn share(
     (c, ldc): (*mut f32, usize),
     (t, parts): (usize, usize),
     work: &mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
 ) {
-    let (rows, cols) = split_product(m, n, MR, NR, parts, t);
+    let b_packed = matches!(b, Side::Packed(_));
+    let (rows, cols) = share_of((m, n, k), b_packed, (t, parts));
     // SAFETY: forwarded; the split is at panel boundaries.
-    unsafe { part(wide, m, n, k, alpha, a, b, beta, c, ldc, rows, cols, work) }
+    unsafe {
+        part(
+            wide,
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+            ldc,
+            rows.clone(),
+            cols.clone(),
+            work,
+        )
+    };
+    if cols == (0..n) && !rows.is_empty() {
+        done(rows);
+    }
 }
 
 /// `C = alpha·A·B + beta·C` through the packed driver, checked like
@@ -671,17 +745,14 @@ fn sgemm_with(
     unsafe {
         gemm_with(
             wide,
-            m,
-            n,
-            k,
+            (m, n, k),
             alpha,
-            sa_,
-            sb_,
+            (sa_, sb_),
             beta,
-            c.as_mut_ptr(),
-            ldc,
+            (c.as_mut_ptr(), ldc),
             threads,
             works.as_mut_ptr(),
+            &|_| {},
         )
     };
     Ok(())

@@ -197,6 +197,7 @@ fn shares_of_a_product_make_the_whole() {
                                 d.ldc,
                                 (t, parts),
                                 &mut work,
+                                &|_| {},
                             )
                         };
                     }
@@ -206,4 +207,161 @@ fn shares_of_a_product_make_the_whole() {
             }
         }
     }
+}
+
+/// [`gemm_then`] on a 2-thread pool and [`gemm_share`] part by part call
+/// `done` only with rows that are final (checked against the naive
+/// product at the moment of the call), never twice for a row, and, where
+/// [`whole_rows`] holds (a pre-packed B within [`B_SHARED`], or one
+/// part), for every row: batch-256 `linear` shapes of eeg_mlp, one whose
+/// packed weight exceeds [`B_SHARED`], edge sizes, 1–3 parts.
+#[test]
+fn done_sees_final_whole_rows() {
+    let big_k = B_SHARED / 4 / NR + 1;
+    let sizes = [
+        (256, 512, 324),
+        (256, 256, 512),
+        (2 * MR + 3, NR + 5, KC + 1),
+        (MR, 7, 3),
+        (64, NR, big_k),
+        (5, 300, 9),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    for (m, n, k) in sizes {
+        let case = GemmCase {
+            m,
+            n,
+            k,
+            pad: 1,
+            trans_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        let d0 = case.data();
+        let mut want = d0.c.clone();
+        crate::gemm::sgemm_naive(
+            m, n, k, 1.0, &d0.a, d0.sa, &d0.b, d0.sb, 0.0, &mut want, d0.ldc,
+        );
+        let p = PackPanels {
+            side: Prepacked::B,
+            dim: n,
+            k,
+            strides: d0.sb,
+            group_stride: 0,
+            groups: 1,
+        };
+        let mut pb = vec![f32::NAN; p.group_len()];
+        p.rows(0, &[&d0.b], &mut pb).unwrap();
+        for b_packed in [true, false] {
+            for (parts, pooled) in [(1, false), (2, false), (3, false), (2, true)] {
+                let mut d = case.data();
+                // Addresses cross to the pool as integers.
+                let (pa_, pb_, raw_b, sb) = (
+                    d.a.as_ptr() as usize,
+                    pb.as_ptr() as usize,
+                    d.b.as_ptr() as usize,
+                    d.sb,
+                );
+                let (sa, packed) = (d.sa, b_packed);
+                let sides = move || {
+                    let b = match packed {
+                        true => Side::Packed(pb_ as *const f32),
+                        false => Side::Raw(raw_b as *const f32, sb),
+                    };
+                    (Side::Raw(pa_ as *const f32, sa), b)
+                };
+                let (c, ldc) = (d.c.as_mut_ptr() as usize, d.ldc);
+                let seen = std::sync::Mutex::new(vec![0u8; m]);
+                let tol = 1e-5 * (k as f32).sqrt() * 4.0;
+                let done = |rows: Range<usize>| {
+                    for i in rows.clone() {
+                        for j in 0..n {
+                            // SAFETY: row i is final and written by no one now.
+                            let got = unsafe { *(c as *const f32).add(i * ldc + j) };
+                            let w = want[i * ldc + j];
+                            assert!(
+                                (got - w).abs() <= tol * w.abs().max(1.0),
+                                "{m}x{n}x{k}: C[{i}][{j}] = {got}, want {w} when done"
+                            );
+                        }
+                    }
+                    let mut seen = seen.lock().unwrap();
+                    for i in rows {
+                        seen[i] += 1;
+                    }
+                };
+                let mut works: Vec<TileWork> = (0..parts)
+                    .map(|_| TileWork::default().with_packed())
+                    .collect();
+                if pooled {
+                    let w = works.as_mut_ptr() as usize;
+                    // SAFETY: the case's buffers cover its strides; the
+                    // packed B is whole; one work buffer per task.
+                    pool.install(|| unsafe {
+                        let (a, b) = sides();
+                        gemm_then(
+                            m,
+                            n,
+                            k,
+                            1.0,
+                            a,
+                            b,
+                            0.0,
+                            c as *mut f32,
+                            ldc,
+                            parts,
+                            w as *mut TileWork,
+                            &done,
+                        )
+                    });
+                } else {
+                    let (a, b) = sides();
+                    for (t, work) in works.iter_mut().enumerate() {
+                        // SAFETY: as above, parts one after another.
+                        unsafe {
+                            gemm_share(
+                                m,
+                                n,
+                                k,
+                                a,
+                                b,
+                                0.0,
+                                c as *mut f32,
+                                ldc,
+                                (t, parts),
+                                work,
+                                &done,
+                            )
+                        };
+                    }
+                }
+                case.check(&d.c).unwrap();
+                let seen = seen.into_inner().unwrap();
+                let whole = whole_rows((m, n, k), b_packed, parts);
+                let label = format!("{m}x{n}x{k}, B packed {b_packed}, {parts} parts");
+                assert!(seen.iter().all(|&s| s <= 1), "{label}: a row done twice");
+                if whole {
+                    assert!(seen.iter().all(|&s| s == 1), "{label}: a row never done");
+                }
+            }
+        }
+    }
+}
+
+/// The split policy: eeg_mlp's batch-256 weights are read whole by both
+/// threads and their rows split evenly; a weight past [`B_SHARED`], or
+/// one not pre-packed, keeps the cut along the longer side.
+#[test]
+fn whole_rows_split_is_even_and_bounded() {
+    assert!(whole_rows((256, 512, 324), true, 2));
+    assert_eq!(share_of((256, 512, 324), true, (0, 2)), (0..128, 0..512));
+    assert_eq!(share_of((256, 512, 324), true, (1, 2)), (128..256, 0..512));
+    assert!(!whole_rows((256, 512, 324), false, 2));
+    assert!(!whole_rows((256, 1024, 5184), true, 2));
+    assert!(!whole_rows((MR, 512, 324), true, 2));
+    assert!(whole_rows((1, 512, 324), true, 1));
+    assert_eq!(share_of((256, 1024, 5184), true, (1, 2)).1, 528..1024);
 }

@@ -407,17 +407,17 @@ fn convolutions_match_the_interpreter() {
 }
 
 /// The EEG-style head: flatten, linear + bias with a fused ReLU and a
-/// residual add, and matmuls (2-D, batched, broadcast over a shared right
-/// operand, two-level broadcast) — each on both GEMMs and thread counts.
+/// residual add (5 rows, and 40: two threads then split the rows of the
+/// packed GEMM and run the epilogue on their own), and matmuls (2-D,
+/// batched, broadcast over a shared right operand, two-level broadcast)
+/// — each on both GEMMs and thread counts.
 #[test]
 fn linear_and_matmul_match_the_interpreter() {
+    let head = "model m() { input x: f32[N, 3, 4]  input r: f32[N, 7]
+                 output y = reshape(x, [-1, 12]) |> l: linear(7) |> relu |> add(r) }";
     let sources = [
-        (
-            "model m() { input x: f32[N, 3, 4]  input r: f32[N, 7]
-                 output y = reshape(x, [-1, 12]) |> l: linear(7) |> relu |> add(r) }",
-            "linear",
-            vec![vec![5, 3, 4], vec![5, 7]],
-        ),
+        (head, "linear", vec![vec![5, 3, 4], vec![5, 7]]),
+        (head, "linear", vec![vec![40, 3, 4], vec![40, 7]]),
         (
             "model m() { input a: f32[N, 9]  input b: f32[9, 11]
                  output y = matmul(a, b) |> relu }",
@@ -693,20 +693,23 @@ fn batch_one_linears_run_the_gemv_and_match_the_interpreter() {
 /// A model too small for the pool (every contraction at most 2¹⁸
 /// multiply-adds) with a packed `linear` of at least 2¹⁵ runs on the
 /// calling thread with a team of two parts that split that GEMM's
-/// columns, and equals the interpreter: eeg_mlp's fc1 shape (324 → 512)
-/// and sizes off the panel width, 1 and 3 rows, with and without a bias
-/// and fused followers. A smaller product, or a plan with a larger one
-/// (it runs on the pool), gets no team.
+/// columns (or, from 16 rows on, its rows, each part then running the
+/// epilogue on its own rows), and equals the interpreter: eeg_mlp's fc1
+/// shape (324 → 512) and sizes off the panel width, 1 and 3 rows (and 20
+/// for 64 → 96), with and without a bias and fused followers. A
+/// smaller product, or a plan with a larger one (it runs on the pool),
+/// gets no team.
 #[test]
 fn small_linears_split_over_a_team_match_the_interpreter() {
     for (k, n_out, bias, follow, batches) in [
-        (324, 512, true, true, [1, 3]),
-        (131, 291, false, false, [1, 3]),
-        (300, 150, true, false, [1, 3]),
-        (37, 21, true, true, [1, 3]),
+        (324, 512, true, true, &[1, 3][..]),
+        (131, 291, false, false, &[1, 3]),
+        (300, 150, true, false, &[1, 3]),
+        (37, 21, true, true, &[1, 3]),
+        (64, 96, true, true, &[1, 3, 20]),
     ] {
         let (src, g) = linear_model(k, n_out, bias, follow);
-        for batch in batches {
+        for &batch in batches {
             let (xs, rs, params, want) = linear_data(&g, batch, k, n_out);
             let symbols = [("N".to_string(), batch as i64)];
             let options = CompileOptions {

@@ -49,6 +49,8 @@ MODELS = {
     "cnn_dssm": ("models/dssm.net", "cnn_dssm", "cnn_dssm", "q", 64),
     "lstm_dssm": ("models/dssm.net", "lstm_dssm", "lstm_dssm", "q", 64, ["--set", "peephole=false"]),
     "fcos": ("models/fcos.net", "fcos_resnet50_fpn", "fcos_backbone_head", "image", 2),
+    # The peers' small diffusers config (needs `pip install diffusers`).
+    "unet": ("models/sd_unet.net", "sd_unet_small", "unet", "sample", 2),
 }
 
 

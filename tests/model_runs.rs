@@ -327,6 +327,25 @@ fn leading(t: &Tensor, rows: usize) -> Tensor {
         .expect("a prefix of whole rows")
 }
 
+/// The generator's weights of every parameter of `graph`, as the
+/// interpreter's f64 arrays.
+fn generated_params(graph: &Graph) -> HashMap<String, Array> {
+    graph
+        .params
+        .iter()
+        .map(|p| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            let t = counter::tensor(SEED, &p.path, p.ty.dtype, &shape);
+            (p.path.clone(), Array::new(t.shape(), to_f64(&t)))
+        })
+        .collect()
+}
+
 /// Runs `case` on the f64 reference interpreter and checks every output.
 /// With `rows`, only the first `rows` examples of every input and output
 /// (the interpreter is slow; the examples of these models are independent).
@@ -344,21 +363,7 @@ fn check_interpreter(case: &Case, rows: Option<usize>) {
         .iter()
         .map(|(name, _)| (name.as_str(), array(&fixture[&format!("input.{name}")])))
         .collect();
-    let params: HashMap<String, Array> = graph
-        .params
-        .iter()
-        .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
-            let t = counter::tensor(SEED, &p.path, p.ty.dtype, &shape);
-            (p.path.clone(), array(&t))
-        })
-        .collect();
-    let outputs = interp::run(&graph, &inputs, &params)
+    let outputs = interp::run(&graph, &inputs, &generated_params(&graph))
         .unwrap_or_else(|e| panic!("{} (interpreter): {e}", case.model));
     for (name, a) in &outputs {
         check_output(
@@ -538,23 +543,7 @@ fn sd_unet_small_matches_the_interpreter() {
 
     let array = |t: &Tensor| Array::new(t.shape(), to_f64(t));
     let ins: Vec<(&str, Array)> = inputs.iter().map(|(n, t)| (*n, array(t))).collect();
-    let params: HashMap<String, Array> = graph
-        .params
-        .iter()
-        .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
-            (
-                p.path.clone(),
-                array(&counter::tensor(SEED, &p.path, p.ty.dtype, &shape)),
-            )
-        })
-        .collect();
-    let want = interp::run(&graph, &ins, &params).unwrap();
+    let want = interp::run(&graph, &ins, &generated_params(&graph)).unwrap();
     assert_eq!(got.len(), want.len());
     for ((name, g), (_, w)) in got.iter().zip(&want) {
         assert_eq!(g.shape(), &w.shape[..], "`{name}` shape");

@@ -9,8 +9,10 @@
 //!
 //! The UNet's heads are 8 channels wide, too short a loop to vectorise;
 //! so each call transposes its batch items' `k` and `v` to channel-major
-//! rows of `S` and runs every loop over the keys instead (logits 16 keys
-//! at a time over the head's channels, outputs as `S`-long dot products), with an exponential that
+//! rows of `S` and runs every loop over the keys instead, four query rows
+//! at a time so that each key and value chunk loaded serves four rows
+//! (logits 16 keys at a time over the head's channels, outputs as
+//! `S`-long dot products), with an exponential that
 //! vectorises ([`exp_nonpositive`]), compiled for AVX-512 where the CPU
 //! has it.
 
@@ -37,27 +39,31 @@ pub struct Attention {
 /// in vector registers.
 const LANES: usize = 16;
 
-/// Lanes of a dot product: four vectors of [`LANES`], so the additions of
-/// consecutive chunks do not wait on each other.
-const DOT_LANES: usize = 4 * LANES;
+/// Query rows computed together: each load of a transposed key or value
+/// chunk serves this many rows, and their sums are independent chains.
+const BLOCK_ROWS: usize = 4;
 
-/// `Σ a·b` in [`DOT_LANES`] independent lanes.
+/// `Σ_j p[r·s + j] · v[j]` for the [`BLOCK_ROWS`] rows `r` of `p`, in
+/// [`LANES`] lanes per row.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; DOT_LANES];
-    let (mut ca, mut cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..DOT_LANES {
-            acc[i] += x[i] * y[i];
+fn dot_rows(p: &[f32], s: usize, v: &[f32]) -> [f32; BLOCK_ROWS] {
+    let full = s - s % LANES;
+    let mut acc = [[0f32; LANES]; BLOCK_ROWS];
+    for at in (0..full).step_by(LANES) {
+        let vv = &v[at..][..LANES];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let pr = &p[r * s + at..][..LANES];
+            for i in 0..LANES {
+                a[i] += pr[i] * vv[i];
+            }
         }
     }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
+    let mut out = [0f32; BLOCK_ROWS];
+    for (r, o) in out.iter_mut().enumerate() {
+        let tail: f32 = (full..s).map(|j| p[r * s + j] * v[j]).sum();
+        *o = acc[r].iter().sum::<f32>() + tail;
+    }
+    out
 }
 
 /// The largest element (NaN-free input) in [`LANES`] lanes.
@@ -137,49 +143,71 @@ impl Attention {
         (t(k, self.dim), t(v, self.value_dim))
     }
 
-    /// One query row `q` (`C`) into `o` (`Cv`); `p` holds `S` logits.
-    /// The logits go [`LANES`] keys at a time, summed over the head's
-    /// channels in registers and stored once.
+    /// [`BLOCK_ROWS`] query rows `q` (`[BLOCK_ROWS, C]`) into `o`
+    /// (`[BLOCK_ROWS, Cv]`); `p` holds their `S` logits each. The logits
+    /// go [`LANES`] keys at a time, summed over the head's channels in
+    /// registers and stored once.
     #[inline(always)]
-    fn row(&self, q: &[f32], kt: &[f32], vt: &[f32], p: &mut [f32], o: &mut [f32]) {
-        let s = self.keys;
-        let (dh, dv) = (self.dim / self.heads, self.value_dim / self.heads);
+    fn block(&self, q: &[f32], kt: &[f32], vt: &[f32], p: &mut [f32], o: &mut [f32]) {
+        let (s, c, cv) = (self.keys, self.dim, self.value_dim);
+        let (dh, dv) = (c / self.heads, cv / self.heads);
+        let full = s - s % LANES;
         for h in 0..self.heads {
             let channels = h * dh..(h + 1) * dh;
-            let full = s - s % LANES;
             for at in (0..full).step_by(LANES) {
-                let mut acc = [0f32; LANES];
+                let mut acc = [[0f32; LANES]; BLOCK_ROWS];
                 for d in channels.clone() {
-                    let a = q[d] * self.scale;
                     let keys = &kt[d * s + at..][..LANES];
-                    for i in 0..LANES {
-                        acc[i] += a * keys[i];
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let x = q[r * c + d] * self.scale;
+                        for i in 0..LANES {
+                            a[i] += x * keys[i];
+                        }
                     }
                 }
-                p[at..at + LANES].copy_from_slice(&acc);
+                for (r, a) in acc.iter().enumerate() {
+                    p[r * s + at..][..LANES].copy_from_slice(a);
+                }
             }
-            for (j, pj) in p.iter_mut().enumerate().skip(full) {
-                *pj = channels
-                    .clone()
-                    .map(|d| q[d] * self.scale * kt[d * s + j])
-                    .sum();
+            let mut inv = [0f32; BLOCK_ROWS];
+            for (r, w) in inv.iter_mut().enumerate() {
+                let pr = &mut p[r * s..(r + 1) * s];
+                for (j, pj) in pr.iter_mut().enumerate().skip(full) {
+                    *pj = channels
+                        .clone()
+                        .map(|d| q[r * c + d] * self.scale * kt[d * s + j])
+                        .sum();
+                }
+                *w = 1.0 / softmax_weights(pr);
             }
-            let inv = 1.0 / softmax_weights(p);
             for e in h * dv..(h + 1) * dv {
-                o[e] = dot(p, &vt[e * s..(e + 1) * s]) * inv;
+                let sums = dot_rows(p, s, &vt[e * s..(e + 1) * s]);
+                for r in 0..BLOCK_ROWS {
+                    o[r * cv + e] = sums[r] * inv[r];
+                }
             }
         }
     }
 
-    /// Rows `first..` of one batch item into `out`.
+    /// The query rows `q` of one batch item into `out`, [`BLOCK_ROWS`] at a
+    /// time (a last, shorter block padded with zero queries).
     #[inline(always)]
     fn item_rows(&self, q: &[f32], kt: &[f32], vt: &[f32], out: &mut [f32]) {
-        let mut p = vec![0f32; self.keys];
-        for (qr, o) in q
-            .chunks_exact(self.dim)
-            .zip(out.chunks_exact_mut(self.value_dim))
+        let (c, cv) = (self.dim, self.value_dim);
+        let mut p = vec![0f32; BLOCK_ROWS * self.keys];
+        let (mut qb, mut ob) = (vec![0f32; BLOCK_ROWS * c], vec![0f32; BLOCK_ROWS * cv]);
+        for (qs, os) in q
+            .chunks(BLOCK_ROWS * c)
+            .zip(out.chunks_mut(BLOCK_ROWS * cv))
         {
-            self.row(qr, kt, vt, &mut p, o);
+            if qs.len() == qb.len() {
+                self.block(qs, kt, vt, &mut p, os);
+            } else {
+                qb[..qs.len()].copy_from_slice(qs);
+                qb[qs.len()..].fill(0.0);
+                self.block(&qb, kt, vt, &mut p, &mut ob);
+                os.copy_from_slice(&ob[..os.len()]);
+            }
         }
     }
 

@@ -502,8 +502,8 @@ fn fcos_matches_pytorch() {
 /// 5-token context of 32 channels, batch 2) compiled against the f64
 /// interpreter, whose ops (attention, timestep embedding, group and layer
 /// norms, nearest upsampling) are each checked against PyTorch by
-/// `compiler/src/interp/tests.rs`: no PyTorch fixture, since the peers'
-/// diffusers UNet is not on the machines that build the fixtures.
+/// `compiler/src/interp/tests.rs`. A whole-model fixture from the peers'
+/// diffusers UNet (weights mapped to netc's paths) is not built yet.
 #[test]
 fn sd_unet_small_matches_the_interpreter() {
     let case = Case {

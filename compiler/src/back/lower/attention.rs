@@ -119,13 +119,11 @@ fn attention(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 /// `timestep_embedding(t, dim, ...)`: `t [N]` → `[N, dim]`.
 fn timestep_embedding(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let t = node.inputs[0];
-    let n: usize =
-        cx.g.ty(t)
-            .shape
-            .iter()
-            .map(|d| cx.eval(d).and_then(|x| usize::try_from(x).ok()))
-            .product::<Option<usize>>()
-            .ok_or_else(|| fail(node, "the number of timesteps is not given".into()))?;
+    let n: usize = cx
+        .sizes(t)
+        .ok_or_else(|| fail(node, "the number of timesteps is not given".into()))?
+        .iter()
+        .product();
     let dim = match node.op.attr("dim") {
         Some(Attr::Int(d)) if *d >= 0 => *d as usize,
         other => return Err(fail(node, format!("bad `dim` {other:?}"))),

@@ -484,6 +484,17 @@ impl<'a> LowerCx<'a> {
             .collect()
     }
 
+    /// The concrete shape of `v` of any dtype (integer ids and timesteps
+    /// included, which the arena holds as f32), if its sizes are bound.
+    pub fn sizes(&self, v: ValueId) -> Option<Vec<usize>> {
+        self.g
+            .ty(v)
+            .shape
+            .iter()
+            .map(|d| self.eval(d).and_then(|n| usize::try_from(n).ok()))
+            .collect()
+    }
+
     /// The value of a size expression at the bound symbols, if known.
     fn eval(&self, d: &Dim) -> Option<i64> {
         let value_of = |s: SymId| {

@@ -62,17 +62,12 @@ fn fail(node: &Node, what: String) -> BackError {
 
 /// The concrete shape of `v` of any dtype (ids are integers).
 fn dims(cx: &LowerCx, node: &Node, v: ValueId) -> Result<Vec<usize>, BackError> {
-    let ty = cx.g.ty(v);
-    ty.shape
-        .iter()
-        .map(|d| cx.eval(d).and_then(|n| usize::try_from(n).ok()))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            fail(
-                node,
-                format!("the sizes of {} are not given", cx.g.type_text(ty)),
-            )
-        })
+    cx.sizes(v).ok_or_else(|| {
+        fail(
+            node,
+            format!("the sizes of {} are not given", cx.g.type_text(cx.g.ty(v))),
+        )
+    })
 }
 
 fn int(node: &Node, k: &str) -> Result<usize, BackError> {

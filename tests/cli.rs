@@ -1043,3 +1043,21 @@ fn train_reads_text_pairs_from_tsv() {
         "{err}"
     );
 }
+
+/// A model whose loss cannot be differentiated is refused by `netc bench
+/// --train` and `netc time --train` at the op, with the source line and
+/// a hint, as a malformed file is.
+#[test]
+fn an_op_without_a_backward_rule_is_reported_at_its_source_line() {
+    let file = "tests/malformed/train_op_without_backward_rule.net";
+    for command in ["bench", "time"] {
+        let (ok, _, err) = netc(&[command, file, "--batch", "2", "--train"]);
+        assert!(!ok, "{command}: {err}");
+        assert!(
+            err.contains("train_op_without_backward_rule.net:5:42"),
+            "{command}: no file:line:col in\n{err}"
+        );
+        assert!(err.contains("`clip_boxes` has no backward rule"), "{err}");
+        assert!(err.contains("help: ops with backward rules"), "{err}");
+    }
+}

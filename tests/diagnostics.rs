@@ -34,14 +34,25 @@ fn corpus() -> Vec<PathBuf> {
 }
 
 /// Loads `rel` (relative to `tests/`) and elaborates every model of it;
-/// returns every diagnostic and the program (for its sources).
+/// differentiates those with a `train` section; returns every diagnostic
+/// and the program (for its sources).
 fn check(rel: &Path) -> (Program, Vec<Diagnostic>) {
     // Load with the relative path so that rendered locations do not depend on
     // where the repository is checked out; imports resolve relative to it.
     let (program, mut diags) = Program::load(rel);
     for model in &program.models {
-        if let Err(errs) = netc::elab::elaborate(&program, model, &[]) {
-            diags.extend(errs);
+        match netc::elab::elaborate(&program, model, &[]) {
+            Err(errs) => diags.extend(errs),
+            // A model that elaborates is also differentiated when it has a
+            // `train` section: those errors point at an op too.
+            Ok(graph) if graph.train.is_some() => {
+                if let Err(e) = netc::grad::training_graph(&graph) {
+                    diags.push(e.diagnostic().unwrap_or_else(|| {
+                        panic!("{}: gradient error without a position: {e}", rel.display())
+                    }));
+                }
+            }
+            Ok(_) => {}
         }
     }
     (program, diags)

@@ -25,6 +25,7 @@ use crate::back::lower::{lower, sparse, Lowered, StepLabel};
 use crate::back::BackError;
 use crate::diag::render_all;
 use crate::elab::{elaborate, Value};
+use crate::grad::GradError;
 use crate::ir::{Graph, SymId, ValueId};
 use crate::options::CompileOptions;
 use crate::program::Program;
@@ -46,6 +47,10 @@ pub enum RunError {
     /// Inputs do not fit the model's input types.
     #[error("{0}")]
     Inputs(String),
+    /// The training graph cannot be built (an op without a backward rule,
+    /// a gradient that is not defined); at the op's source position.
+    #[error(transparent)]
+    Gradient(#[from] GradError),
     /// The back end cannot compile the graph (yet).
     #[error("cannot compile: {0}")]
     Back(#[from] BackError),

@@ -11,6 +11,7 @@ use super::Failure;
 use netc::bench::{forward_flops, measure, measure_training, BenchConfig};
 use netc::ir::Graph;
 use netc::session::CompiledModel;
+use netc::source::SourceMap;
 use netc::train::trainer::{TrainConfig, Trainer};
 use netc_runtime::train::data::DataSet;
 use netc_runtime::{DType, Storage, Tensor};
@@ -87,7 +88,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
                     t.recompute.clear();
                 }
             }
-            train_row(args, graph, batch, config, i == 0)?;
+            train_row(args, graph, &loaded.sources, batch, config, i == 0)?;
             continue;
         }
         let flops = forward_flops(&loaded.graph, &shape_refs(&shapes)).map_err(Failure::error)?;
@@ -137,6 +138,7 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
 fn train_row(
     args: &BenchArgs,
     graph: Graph,
+    sources: &SourceMap,
     batch: usize,
     config: BenchConfig,
     first: bool,
@@ -150,7 +152,7 @@ fn train_row(
         seed: 0,
         lr: None,
     };
-    let mut trainer = Trainer::new(graph, trainer_config).map_err(Failure::error)?;
+    let mut trainer = Trainer::new(graph, trainer_config).map_err(|e| Failure::run(e, sources))?;
     let data = random_data(&trainer, batch)?;
     let indices: Vec<usize> = (0..batch).collect();
     trainer

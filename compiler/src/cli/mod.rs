@@ -19,6 +19,9 @@ pub mod text_data;
 pub mod time;
 pub mod train;
 
+use netc::diag::render_all;
+use netc::session::RunError;
+use netc::source::SourceMap;
 use std::fmt::Display;
 use std::process::ExitCode;
 
@@ -37,6 +40,19 @@ impl Failure {
     /// A failure from any error.
     pub fn error(e: impl Display) -> Failure {
         Failure::Error(e.to_string())
+    }
+
+    /// A failure from a compile or run error: an error about one op of
+    /// the model (a gradient that cannot be built) rendered at its place
+    /// in `sources`, the others as [`Failure::error`].
+    pub fn run(e: RunError, sources: &SourceMap) -> Failure {
+        match e {
+            RunError::Gradient(g) => match g.diagnostic() {
+                Some(d) => Failure::Diagnostics(render_all(&[d], sources)),
+                None => Failure::error(g),
+            },
+            e => Failure::error(e),
+        }
     }
 
     /// Prints the failure to stderr and returns the exit code.

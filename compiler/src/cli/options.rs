@@ -10,6 +10,7 @@ use netc::elab::{elaborate, Value};
 use netc::ir::{Graph, SymKind};
 use netc::options::{CompileOptions, GemmChoice, LayoutChoice};
 use netc::program::Program;
+use netc::source::SourceMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -123,6 +124,8 @@ pub struct Loaded {
     pub graph: Graph,
     /// `--set` sizes, in command-line order.
     pub sizes: Vec<(String, i64)>,
+    /// The model's source files, for errors found after elaboration.
+    pub sources: SourceMap,
 }
 
 /// Loads the file, picks the model and elaborates it with the model
@@ -148,7 +151,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, Failure> {
             ))),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Loaded { graph, sizes })
+    Ok(Loaded {
+        graph,
+        sizes,
+        sources: program.sources,
+    })
 }
 
 /// `--set` pairs: a name and its value.

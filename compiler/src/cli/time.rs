@@ -53,7 +53,8 @@ pub fn time(args: &TimeArgs) -> Result<(), Failure> {
             seed: 0,
             lr: None,
         };
-        let mut trainer = Trainer::new(loaded.graph, config).map_err(Failure::error)?;
+        let mut trainer =
+            Trainer::new(loaded.graph, config).map_err(|e| Failure::run(e, &loaded.sources))?;
         let data = random_data(&trainer, args.batch)?;
         let indices: Vec<usize> = (0..args.batch).collect();
         let mut layers = trainer

@@ -96,7 +96,8 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         seed: args.seed,
         lr: args.lr,
     };
-    let mut trainer = Trainer::new(loaded.graph, config).map_err(Failure::error)?;
+    let mut trainer =
+        Trainer::new(loaded.graph, config).map_err(|e| Failure::run(e, &loaded.sources))?;
     let columns = trainer.data_columns();
     let specs: Vec<ColumnSpec> = columns
         .iter()

@@ -39,11 +39,16 @@ impl<'g> GradCx<'g> {
         self.g.ty(v).clone()
     }
 
-    /// An error about the forward node being differentiated.
+    /// An error about the forward node being differentiated, at its
+    /// source position.
     pub fn error(&self, msg: impl std::fmt::Display) -> GradError {
         match &self.like {
-            Some(n) => GradError(format!("`{}` at {}: {msg}", n.op.name, n.path)),
-            None => GradError(msg.to_string()),
+            Some(n) => GradError {
+                message: format!("{}: {msg}", subject(n)),
+                span: Some(n.span),
+                hint: None,
+            },
+            None => GradError::new(msg.to_string()),
         }
     }
 
@@ -210,5 +215,15 @@ impl<'g> GradCx<'g> {
         }
         let s = self.sum(dy, &dims, true);
         Ok(self.reshape(s, want))
+    }
+}
+
+/// How errors name a forward node: its op, and its layer path when it has
+/// one (the ops of a `train` section have none).
+pub(crate) fn subject(n: &Node) -> String {
+    if n.path.is_empty() {
+        format!("`{}`", n.op.name)
+    } else {
+        format!("`{}` at {}", n.op.name, n.path)
     }
 }

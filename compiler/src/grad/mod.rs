@@ -27,13 +27,48 @@ mod train_mode;
 
 pub use cx::GradCx;
 
+use crate::diag::Diagnostic;
 use crate::ir::{Graph, ValueId};
+use crate::source::Span;
 
 /// An error building the training graph: an op without a backward rule,
 /// a model without a `train` section, or a malformed operand.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct GradError(pub String);
+#[error("{message}")]
+pub struct GradError {
+    /// What went wrong.
+    pub message: String,
+    /// Where in the source the op being differentiated was written, when
+    /// the error is about one op.
+    pub span: Option<Span>,
+    /// What the user can do about it, when more specific than the default.
+    pub hint: Option<String>,
+}
+
+impl GradError {
+    /// An error about the model as a whole (no source position).
+    pub fn new(message: impl Into<String>) -> GradError {
+        GradError {
+            message: message.into(),
+            span: None,
+            hint: None,
+        }
+    }
+
+    /// The error as a diagnostic at the op's source position (`None` for
+    /// an error about the model as a whole).
+    pub fn diagnostic(&self) -> Option<Diagnostic> {
+        let hint = self.hint.clone().unwrap_or_else(|| {
+            "training differentiates the loss through this op back to every trained parameter"
+                .into()
+        });
+        Some(
+            Diagnostic::new(self.span?, self.message.clone())
+                .label("differentiated here")
+                .hint(hint),
+        )
+    }
+}
 
 /// Name of the plan input carrying the step's random seed (dropout masks):
 /// `f32[2]` holding the bit patterns of the low and high 32 bits of a u64.
@@ -66,7 +101,7 @@ pub struct TrainingGraph {
 /// Builds the training graph of `g`, which must have a `train` section.
 pub fn training_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
     let train = g.train.clone().ok_or_else(|| {
-        GradError(format!(
+        GradError::new(format!(
             "model `{}` has no `train` section: add `train {} {{ loss = ...; optimizer = ... }}`",
             g.name, g.name
         ))
@@ -96,7 +131,7 @@ pub fn training_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
         let name = format!("{STATE_PREFIX}{}", graph.params[pi].path);
         graph.outputs.push((name, v));
     }
-    crate::passes::rewrite::verify(&graph).map_err(GradError)?;
+    crate::passes::rewrite::verify(&graph).map_err(GradError::new)?;
     Ok(TrainingGraph {
         graph,
         grads: grad_outputs,
@@ -114,7 +149,7 @@ pub fn evaluation_graph(g: &Graph) -> Result<TrainingGraph, GradError> {
     let train = g
         .train
         .clone()
-        .ok_or_else(|| GradError(format!("model `{}` has no `train` section", g.name)))?;
+        .ok_or_else(|| GradError::new(format!("model `{}` has no `train` section", g.name)))?;
     let mut graph = g.clone();
     for n in &mut graph.nodes {
         n.train_only = false;

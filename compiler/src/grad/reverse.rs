@@ -9,6 +9,7 @@
 //! then read by nothing after the forward pass, so the memory planner
 //! frees them early: memory traded for one more forward of the block.
 
+use super::cx::subject;
 use super::rules;
 use super::{GradCx, GradError};
 use crate::ir::{Graph, Node, RegionId, ValueId};
@@ -24,7 +25,7 @@ pub(crate) fn differentiate(
 ) -> Result<Vec<(usize, ValueId)>, GradError> {
     let loss_ty = g.ty(loss).clone();
     if !loss_ty.shape.is_empty() || !loss_ty.dtype.is_float() {
-        return Err(GradError(format!(
+        return Err(GradError::new(format!(
             "the loss must be a float scalar, got {}",
             g.type_text(&loss_ty)
         )));
@@ -58,12 +59,13 @@ pub(crate) fn differentiate(
             None => node.clone(),
         };
         cx.attribute_to(node);
-        let rule = rules::lookup(node.op.name).ok_or_else(|| {
-            cx.error(format!(
-                "no backward rule for `{}`; ops with rules: {}",
-                node.op.name,
+        let rule = rules::lookup(node.op.name).ok_or_else(|| GradError {
+            message: format!("{} has no backward rule", subject(node)),
+            span: Some(node.span),
+            hint: Some(format!(
+                "ops with backward rules: {}",
                 rules::names().collect::<Vec<_>>().join(", ")
-            ))
+            )),
         })?;
         let dxs = rule(&mut cx, &view, &dys, &needs)?;
         for ((&v, dx), &need) in node.inputs.iter().zip(dxs).zip(&needs) {
@@ -97,7 +99,7 @@ pub(crate) fn differentiate(
 }
 
 /// Values that depend on a trained parameter through float-valued ops.
-fn requires_grad(g: &Graph, nodes: &[Node]) -> HashSet<ValueId> {
+pub(super) fn requires_grad(g: &Graph, nodes: &[Node]) -> HashSet<ValueId> {
     let mut active: HashSet<ValueId> = g
         .params
         .iter()
@@ -105,11 +107,26 @@ fn requires_grad(g: &Graph, nodes: &[Node]) -> HashSet<ValueId> {
         .map(|p| p.value)
         .collect();
     for n in nodes {
-        if n.inputs.iter().any(|v| active.contains(v)) {
-            active.extend(n.outputs.iter().filter(|v| g.ty(**v).dtype.is_float()));
+        for (i, &out) in n.outputs.iter().enumerate() {
+            if g.ty(out).dtype.is_float() && operands_of_result(n, i).any(|v| active.contains(&v)) {
+                active.insert(out);
+            }
         }
     }
     active
+}
+
+/// The operands result `i` of `n` is computed from: result `i` of a
+/// `boolean_mask` over a list selects from operand `i` only (a label
+/// masked beside a prediction does not need a gradient); any other
+/// result from all operands.
+fn operands_of_result(n: &Node, i: usize) -> impl Iterator<Item = ValueId> + '_ {
+    let only = (n.op.name == "boolean_mask").then_some(i);
+    n.inputs
+        .iter()
+        .enumerate()
+        .filter(move |&(j, _)| only.is_none_or(|i| j == i))
+        .map(|(_, &v)| v)
 }
 
 /// The outermost enclosing call of a block listed in `recompute`.

@@ -86,7 +86,8 @@ fn batch_norm_state_and_dropout_seed_are_wired() {
 fn a_model_without_train_section_is_an_error() {
     let g = crate::testing::model("input x: f32[N, 3]\noutput y = x |> l: linear(2)").unwrap();
     let e = training_graph(&g).unwrap_err();
-    assert!(e.0.contains("no `train` section"), "{e}");
+    assert!(e.message.contains("no `train` section"), "{e}");
+    assert!(e.diagnostic().is_none(), "no op to point at");
 }
 
 #[test]
@@ -97,7 +98,12 @@ fn an_op_without_rule_is_named() {
     )
     .unwrap();
     let e = training_graph(&g).unwrap_err();
-    assert!(e.0.contains("no backward rule for `abs`"), "{e}");
+    assert!(e.message.contains("`abs` has no backward rule"), "{e}");
+    assert!(
+        e.hint.is_some_and(|h| h.contains("linear")),
+        "the hint lists the rules"
+    );
+    assert!(e.span.is_some(), "the error points at the op");
 }
 
 #[test]
@@ -105,4 +111,25 @@ fn mlp_training_graph_snapshot() {
     let g = model_graph("eeg_mlp.net", "eeg_mlp", &[]);
     let t = training_graph(&g).unwrap();
     insta::assert_snapshot!(crate::ir::print_graph(&t.graph));
+}
+
+/// A label masked by the same `boolean_mask` as a prediction needs no
+/// gradient: the masked prediction does, the masked label does not.
+#[test]
+fn a_label_masked_beside_a_prediction_needs_no_gradient() {
+    let g = crate::testing::program(
+        "model m {\n    input x: f32[N, 3]\n    output y = x |> l: linear(2)\n}\n\
+         train m {\n    label t: f32[N, 2]\n    label keep: bool[N]\n    \
+         p, q = boolean_mask([y, t], keep)\n    loss = mse(p, q)\n    \
+         optimizer = sgd(lr = 0.1)\n}\n",
+    )
+    .unwrap();
+    let active = reverse::requires_grad(&g, &g.nodes);
+    let mask = g
+        .nodes
+        .iter()
+        .find(|n| n.op.name == "boolean_mask")
+        .expect("the model masks");
+    assert!(active.contains(&mask.outputs[0]), "the masked prediction");
+    assert!(!active.contains(&mask.outputs[1]), "the masked label");
 }

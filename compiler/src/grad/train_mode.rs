@@ -58,7 +58,7 @@ pub(crate) fn rewrite(g: &mut Graph) -> Result<Moded, GradError> {
 
 fn batch_norm(g: &mut Graph, mut node: Node, moded: &mut Moded) -> Result<Node, GradError> {
     let bad = || {
-        GradError(format!(
+        GradError::new(format!(
             "`batch_norm` at {} has {} operands, expected x, weight, bias, running_mean, running_var",
             node.path,
             node.inputs.len()
@@ -69,7 +69,7 @@ fn batch_norm(g: &mut Graph, mut node: Node, moded: &mut Moded) -> Result<Node, 
         (true, [x, w, b, rm, rv, ..]) => (*x, *w, *b, *rm, *rv),
         (false, [x, rm, rv, ..]) => {
             let c = g.ty(*rm).shape[0].as_known().ok_or_else(|| {
-                GradError(format!(
+                GradError::new(format!(
                     "`batch_norm` at {}: unknown channel count",
                     node.path
                 ))
@@ -105,7 +105,7 @@ fn batch_norm(g: &mut Graph, mut node: Node, moded: &mut Moded) -> Result<Node, 
             .iter()
             .position(|p| p.value == buffer)
             .ok_or_else(|| {
-                GradError(format!(
+                GradError::new(format!(
                     "`batch_norm` at {}: the running statistics must be buffers",
                     node.path
                 ))

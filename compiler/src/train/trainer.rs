@@ -130,8 +130,8 @@ impl Trainer {
     /// from PyTorch's default initialisation seeded with `config.seed`.
     pub fn new(graph: Graph, config: TrainConfig) -> Result<Trainer, RunError> {
         let bad = |e: String| RunError::Inputs(e);
-        let mut train = training_graph(&graph).map_err(|e| bad(e.to_string()))?;
-        let mut eval = evaluation_graph(&graph).map_err(|e| bad(e.to_string()))?;
+        let mut train = training_graph(&graph)?;
+        let mut eval = evaluation_graph(&graph)?;
         let row_params = rows_layout(&mut train, &mut eval);
         let section = graph
             .train

@@ -41,9 +41,12 @@ fn loss(
     out[0] = Some(dpred);
     if needs.get(1) == Some(&true) {
         if name != "mse_grad" {
-            return Err(
-                cx.error("the gradient with respect to the target is only defined for `mse`")
-            );
+            return Err(GradError {
+                hint: Some(
+                    "compute the target from labels and inputs only, or use `mse`, whose target gradient is defined".into(),
+                ),
+                ..cx.error("the gradient with respect to the target is only defined for `mse`")
+            });
         }
         out[1] = Some(cx.pointwise(Op::new("neg"), vec![dpred], dpred));
     }

@@ -193,6 +193,39 @@ fn batch_norm_in_training_mode() {
     check("batch_norm", &weighted_sum(body, "[N, 40]"), 3);
 }
 
+/// The per-sample norms of FCOS's heads and the UNet, with and without
+/// their affine terms; a layer before each so its gradient flows through
+/// the norm's `dx`.
+#[test]
+fn group_and_layer_norms() {
+    let cases = [
+        ("group_norm", "group_norm(2)", "[N, 40]"),
+        ("group_norm one group", "group_norm(1)", "[N, 40]"),
+        (
+            "group_norm no affine",
+            "group_norm(4, affine = false)",
+            "[N, 40]",
+        ),
+    ];
+    for (name, norm, y_shape) in cases {
+        let body = format!(
+            "input x: f32[N, 2, 5, 4]\n output y = x |> c: conv2d(4, k = 3, pad = 1) |> n: {norm} |> silu |> c2: conv2d(2, k = 1) |> flatten"
+        );
+        check(name, &weighted_sum(&body, y_shape), 3);
+    }
+    let cases = [
+        ("layer_norm", "layer_norm"),
+        ("layer_norm two dims", "layer_norm(shape = [3, 4])"),
+        ("layer_norm no affine", "layer_norm(affine = false)"),
+    ];
+    for (name, norm) in cases {
+        let body = format!(
+            "input x: f32[N, 3, 5]\n output y = x |> l: linear(4) |> n: {norm} |> l2: linear(2)"
+        );
+        check(name, &weighted_sum(&body, "[N, 3, 2]"), 3);
+    }
+}
+
 #[test]
 fn pools() {
     let cases = [

@@ -1,8 +1,9 @@
-//! Reference semantics of the training ops of batch norm, broadcast and
-//! dropout (docs: `/work/notes/gradops.md`): `batch_norm_train` (batch
-//! statistics and running-stat updates), `batch_norm_grad` (PyTorch's
-//! training-mode backward), `expand` (numpy broadcast) and `dropout_train`
-//! (the counter generator's mask).
+//! Reference semantics of the training ops of the norms, broadcast and
+//! dropout: `batch_norm_train` (batch statistics and running-stat
+//! updates), `batch_norm_grad` (PyTorch's training-mode backward),
+//! `group_norm_grad` and `layer_norm_grad` (the backward of the norms over
+//! each sample's groups or trailing dims), `expand` (numpy broadcast) and
+//! `dropout_train` (the counter generator's mask).
 
 use super::array::{broadcast_index, unravel, Array};
 use super::dense::Attrs;
@@ -16,11 +17,85 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
     let r = match name {
         "batch_norm_train" => batch_norm_train(x, a.float("eps", 1e-5), a.float("momentum", 0.1)),
         "batch_norm_grad" => batch_norm_grad(x),
+        "group_norm_grad" | "layer_norm_grad" => {
+            let forward = name.trim_end_matches("_grad");
+            let (chunk, param) = norm_geometry(forward, a, x[1]);
+            chunk_norm_grad(x, a.float("eps", 1e-5), chunk, param)
+        }
         "expand" => Ok(vec![expand(x[0], &out[0])]),
         "dropout_train" => dropout_train(x, a.float("p", 0.5), a.str("key")).map(|y| vec![y]),
         _ => return None,
     };
     Some(r)
+}
+
+/// How `group_norm` or `layer_norm` (`name`) splits `x`: the length of
+/// the consecutive chunks normalised together (a sample's group, or the
+/// trailing `shape` dims) and the affine parameter index of each flat
+/// element (its channel, or its position in the trailing dims).
+pub fn norm_geometry(name: &str, a: &Attrs, x: &Array) -> (usize, Box<dyn Fn(usize) -> usize>) {
+    if name == "group_norm" {
+        let (c, groups) = (x.shape[1], a.int("groups") as usize);
+        let inner: usize = x.shape[2..].iter().product();
+        (c / groups * inner, Box::new(move |i| (i / inner) % c))
+    } else {
+        let n = a.ints("shape").iter().product::<i64>() as usize;
+        (n, Box::new(move |i| i % n))
+    }
+}
+
+/// `(dy, x[, weight]) -> dx[, dweight, dbias]` of a norm over consecutive
+/// chunks of `chunk` elements with biased statistics, the affine
+/// parameter of flat element `i` being `param(i)`: per chunk, with
+/// `x̂ = (x − μ)·invstd` and `g = dy·w`, `dx = invstd·(g − mean(g) −
+/// x̂·mean(g·x̂))`; `dweight = Σ dy·x̂` and `dbias = Σ dy` per parameter.
+fn chunk_norm_grad(
+    x: &[&Array],
+    eps: f64,
+    chunk: usize,
+    param: Box<dyn Fn(usize) -> usize>,
+) -> Result<Vec<Array>, String> {
+    let (dy, xs, w) = match x {
+        [dy, xs] => (*dy, *xs, None),
+        [dy, xs, w] => (*dy, *xs, Some(*w)),
+        _ => return Err(format!("takes 2 or 3 operands, given {}", x.len())),
+    };
+    if dy.data.len() != xs.data.len() || chunk == 0 || xs.data.len() % chunk != 0 {
+        return Err(format!(
+            "dy {:?} and x {:?} do not split into chunks of {chunk}",
+            dy.shape, xs.shape
+        ));
+    }
+    let params = w.map_or(0, |w| w.data.len());
+    let (mut dx, mut dw, mut db) = (
+        vec![0.0; xs.data.len()],
+        vec![0.0; params],
+        vec![0.0; params],
+    );
+    for start in (0..xs.data.len()).step_by(chunk) {
+        let part = &xs.data[start..start + chunk];
+        let mean = part.iter().sum::<f64>() / chunk as f64;
+        let var = part.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / chunk as f64;
+        let invstd = 1.0 / (var + eps).sqrt();
+        let xhat = |j: usize| (part[j] - mean) * invstd;
+        let g = |j: usize| dy.data[start + j] * w.map_or(1.0, |w| w.data[param(start + j)]);
+        let mean_g = (0..chunk).map(g).sum::<f64>() / chunk as f64;
+        let mean_gx = (0..chunk).map(|j| g(j) * xhat(j)).sum::<f64>() / chunk as f64;
+        for j in 0..chunk {
+            dx[start + j] = invstd * (g(j) - mean_g - xhat(j) * mean_gx);
+            if params > 0 {
+                let k = param(start + j);
+                dw[k] += dy.data[start + j] * xhat(j);
+                db[k] += dy.data[start + j];
+            }
+        }
+    }
+    let mut out = vec![Array::new(&xs.shape, dx)];
+    if let Some(w) = w {
+        out.push(Array::new(&w.shape, dw));
+        out.push(Array::new(&w.shape, db));
+    }
+    Ok(out)
 }
 
 /// Channels, elements per (sample, channel) and elements per channel of a

@@ -360,17 +360,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         }
         "group_norm" | "layer_norm" => {
             let eps = a.float("eps", 1e-5);
-            let (chunk, per_channel) = if name == "group_norm" {
-                let g = a.int("groups") as usize;
-                let c = x[0].shape[1];
-                (
-                    x[0].data.len() / x[0].shape[0] / g,
-                    x[0].data.len() / x[0].shape[0] / c,
-                )
-            } else {
-                let n: usize = a.ints("shape").iter().product::<i64>() as usize;
-                (n, 1)
-            };
+            let (chunk, param) = grad_norm::norm_geometry(name, a, x[0]);
             let mut data = Vec::with_capacity(x[0].data.len());
             for part in x[0].data.chunks(chunk) {
                 data.extend(normalize(part, eps));
@@ -378,11 +368,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
             if x.len() > 1 {
                 let (w, b) = (x[1], x[2]);
                 for (i, v) in data.iter_mut().enumerate() {
-                    let k = if name == "group_norm" {
-                        (i / per_channel) % w.data.len()
-                    } else {
-                        i % w.data.len()
-                    };
+                    let k = param(i);
                     *v = *v * w.data[k] + b.data[k];
                 }
             }

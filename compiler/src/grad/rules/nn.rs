@@ -1,5 +1,6 @@
 //! Backward rules of the layers: linear and convolutions (gradient
-//! contractions), training-mode batch norm, dropout, pools and reductions.
+//! contractions), training-mode batch norm, group and layer norm, dropout,
+//! pools and reductions.
 
 use super::{only, GradCx, GradError, Rule};
 use crate::ir::{Attr, Dim, Node, Op, TensorType, ValueId};
@@ -11,6 +12,12 @@ pub const RULES: &[(&str, Rule)] = &[
     ("conv1d", |cx, n, d, needs| conv(cx, n, d, needs, "conv1d")),
     ("conv2d", |cx, n, d, needs| conv(cx, n, d, needs, "conv2d")),
     ("batch_norm_train", batch_norm_train),
+    ("group_norm", |cx, n, d, _| {
+        sample_norm(cx, n, d, "group_norm_grad")
+    }),
+    ("layer_norm", |cx, n, d, _| {
+        sample_norm(cx, n, d, "layer_norm_grad")
+    }),
     ("dropout_train", dropout_train),
     ("max_pool2d", max_pool2d),
     ("avg_pool2d", |cx, n, d, _| {
@@ -113,6 +120,28 @@ fn batch_norm_train(cx: &mut GradCx, n: &Node, d: &[Option<ValueId>], _: &[bool]
         flops,
     );
     Ok(vec![Some(r[0]), Some(r[1]), Some(r[2]), None, None])
+}
+
+/// `group_norm` and `layer_norm`, whose statistics are each sample's own
+/// (no running state): `*_norm_grad(dy, x[, weight]) -> dx[, dweight,
+/// dbias]` with the forward's attributes; the statistics are recomputed
+/// from `x`.
+fn sample_norm(cx: &mut GradCx, n: &Node, d: &[Option<ValueId>], name: &'static str) -> Grads {
+    let dy = only(cx, d)?;
+    let mut inputs = vec![dy, n.inputs[0]];
+    let mut types = vec![cx.ty(n.inputs[0])];
+    if let [_, w, b] = n.inputs[..] {
+        inputs.push(w);
+        types.extend([cx.ty(w), cx.ty(b)]);
+    }
+    let mut op = Op::new(name);
+    op.attrs = n.op.attrs.clone();
+    let flops = per_element(&cx.ty(n.inputs[0])).scale(8);
+    Ok(cx
+        .emit(op, inputs, types, flops)
+        .into_iter()
+        .map(Some)
+        .collect())
 }
 
 /// Dropout is linear with a fixed mask: its backward is the same op.

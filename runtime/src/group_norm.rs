@@ -185,20 +185,35 @@ impl GroupNorm {
         }
     }
 
+    /// Channels per group.
+    fn per_group(&self) -> usize {
+        (self.channels / self.groups.max(1)).max(1)
+    }
+
+    /// Each group's `(mean, 1 / sqrt(var + eps))` from its channels'
+    /// moments (the parallel-variance rule).
+    fn group_stats(&self, moments: &[Moments]) -> Vec<(f64, f64)> {
+        moments
+            .chunks(self.per_group())
+            .map(|group| {
+                let mean = group.iter().map(|m| m.mean).sum::<f64>() / group.len() as f64;
+                let m2: f64 = group
+                    .iter()
+                    .map(|m| m.m2 + self.inner as f64 * (m.mean - mean).powi(2))
+                    .sum();
+                let var = m2 / (group.len() * self.inner).max(1) as f64;
+                (mean, 1.0 / (var + f64::from(self.eps)).sqrt())
+            })
+            .collect()
+    }
+
     /// The per-channel `(a, b)` of `y = x · a + b` from the channel
     /// moments and the affine parameters.
     fn coefficients(&self, moments: &[Moments], weight: &[f32], bias: &[f32]) -> Vec<(f32, f32)> {
-        let per = self.channels / self.groups.max(1);
+        let per = self.per_group();
         let mut out = Vec::with_capacity(self.channels);
-        for (g, group) in moments.chunks(per.max(1)).enumerate() {
-            let mean = group.iter().map(|m| m.mean).sum::<f64>() / group.len() as f64;
-            let m2: f64 = group
-                .iter()
-                .map(|m| m.m2 + self.inner as f64 * (m.mean - mean).powi(2))
-                .sum();
-            let var = m2 / (group.len() * self.inner).max(1) as f64;
-            let rstd = 1.0 / (var + f64::from(self.eps)).sqrt();
-            for k in g * per..g * per + group.len() {
+        for (g, (mean, rstd)) in self.group_stats(moments).into_iter().enumerate() {
+            for k in g * per..(g + 1) * per {
                 let (w, b) = if self.affine {
                     (f64::from(weight[k]), f64::from(bias[k]))
                 } else {
@@ -290,6 +305,8 @@ impl RowKernel for GroupNorm {
         self.threads
     }
 }
+
+pub mod grad;
 
 #[cfg(test)]
 mod tests;

@@ -6,14 +6,14 @@
 use super::*;
 
 /// Deterministic values around `offset`.
-fn values(n: usize, seed: f32, offset: f32) -> Vec<f32> {
+pub(super) fn values(n: usize, seed: f32, offset: f32) -> Vec<f32> {
     (0..n)
         .map(|i| offset + ((i as f32 * 0.913 + seed).sin() * 1.7 + (i as f32 * 0.37).cos()))
         .collect()
 }
 
 /// `group_norm` of NCHW `x` (`[n, c, inner]`) by the definition.
-fn definition(
+pub(super) fn definition(
     x: &[f32],
     (n, c, inner): (usize, usize, usize),
     groups: usize,
@@ -68,7 +68,7 @@ fn run(kernel: &GroupNorm, n: usize, x: &[f32], params: &[&[f32]]) -> Vec<f32> {
 }
 
 /// Largest error relative to the reference's largest magnitude.
-fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+pub(super) fn max_rel(got: &[f32], want: &[f64]) -> f64 {
     let scale = want.iter().fold(1e-30_f64, |m, v| m.max(v.abs()));
     got.iter()
         .zip(want)

@@ -2,13 +2,14 @@
 //! channels first and last, with and without the affine parameters, 1 and
 //! 2 threads; and through the optimisation passes, where the layout pass
 //! keeps the norm in its convolutions' NHWC chain and the fusion pass
-//! hands it the following `relu`.
+//! hands it the following `relu`. And `group_norm_grad`, compiled
+//! against the interpreter.
 
 use super::super::oracle::{
     assert_close, check, compiled, data, make_nhwc, params, reference, to_nhwc,
 };
-use super::super::train_oracle::rel_l2;
-use crate::ir::Attr;
+use super::super::train_oracle::{append, check_rel, rel_l2};
+use crate::ir::{Attr, Op};
 use crate::options::CompileOptions;
 use crate::passes::pipeline::optimize;
 use crate::testing::model;
@@ -83,5 +84,53 @@ fn fcos_tower_steps_run_channels_last_with_the_relu_fused() {
             let err = rel_l2(a, e);
             assert!(err < 1e-5, "output {k}, {threads} threads: rel L2 {err}");
         }
+    }
+}
+
+/// `group_norm_grad` (training plans, channels first): `dx`, `dweight`
+/// and `dbias` compiled against the interpreter's definition (itself
+/// checked by finite differences), with and without the affine terms, one
+/// position per channel, and data offset per channel.
+#[test]
+fn group_norm_grads_equal_the_interpreter() {
+    for (shape, groups, affine) in [
+        (vec![2, 8, 5, 3], 2, true),
+        (vec![3, 6, 4], 3, false),
+        (vec![4, 6], 2, true),
+        (vec![2, 32, 9, 7], 8, true),
+    ] {
+        let c = shape[1];
+        let dims = format!("{shape:?}");
+        let mut g = model(&format!(
+            "input x: f32{dims}\ninput dy: f32{dims}\ninput w: f32[{c}]\noutput y = relu(x)"
+        ))
+        .unwrap();
+        let v: Vec<_> = g.inputs.iter().map(|(_, v)| *v).collect();
+        let op = Op::new("group_norm_grad")
+            .with("groups", Attr::Int(groups))
+            .with("eps", Attr::Float(1e-5))
+            .with("affine", Attr::Bool(affine));
+        let (inputs, results) = if affine {
+            (
+                vec![v[1], v[0], v[2]],
+                vec![shape.clone(), vec![c], vec![c]],
+            )
+        } else {
+            (vec![v[1], v[0]], vec![shape.clone()])
+        };
+        append(&mut g, op, inputs, &results);
+        let n: usize = shape.iter().product();
+        let inner = n / shape[0] / c;
+        let x: Vec<f32> = data(n, 0.3, 2.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 3.0 * ((i / inner) % c) as f32)
+            .collect();
+        let inputs = vec![
+            ("x", shape.clone(), x),
+            ("dy", shape.clone(), data(n, 1.1, 1.0)),
+            ("w", vec![c], data(c, 2.0, 1.0)),
+        ];
+        check_rel(&g, &inputs, 1e-5, &format!("{dims} groups {groups}"));
     }
 }

@@ -3,6 +3,7 @@
 //! elements normalised together, with an elementwise affine of the same
 //! shape. Mean and variance (biased, as PyTorch's) are two passes in f64
 //! over the row, which at transformer widths (a few hundred) sits in L1.
+//! The backward is in [`grad`].
 
 use crate::plan::RowKernel;
 
@@ -18,6 +19,32 @@ pub struct LayerNorm {
     pub affine: bool,
 }
 
+/// A row's mean and `1 / sqrt(var + eps)` (two passes in f64, the
+/// variance biased), rounded to f32.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len().max(1) as f64;
+    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
+}
+
+/// Checks that `x` holds rows `first..first + rows` of `width` elements.
+fn check_rows(x: &[f32], first: usize, rows: usize, width: usize) -> Result<(), String> {
+    if x.len() < (first + rows) * width {
+        return Err(format!(
+            "the input holds {} elements, rows {first}..{} need {}",
+            x.len(),
+            first + rows,
+            (first + rows) * width
+        ));
+    }
+    Ok(())
+}
+
 impl RowKernel for LayerNorm {
     fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
         let width = self.width;
@@ -25,15 +52,7 @@ impl RowKernel for LayerNorm {
             return Ok(());
         }
         let x = inputs.first().copied().unwrap_or(&[]);
-        let rows = out.len() / width;
-        if x.len() < (first + rows) * width {
-            return Err(format!(
-                "the input holds {} elements, rows {first}..{} need {}",
-                x.len(),
-                first + rows,
-                (first + rows) * width
-            ));
-        }
+        check_rows(x, first, out.len() / width, width)?;
         let affine = if self.affine {
             match inputs.get(1..3) {
                 Some([w, b]) if w.len() >= width && b.len() >= width => Some((*w, *b)),
@@ -44,14 +63,7 @@ impl RowKernel for LayerNorm {
         };
         for (i, y) in out.chunks_exact_mut(width).enumerate() {
             let row = &x[(first + i) * width..(first + i + 1) * width];
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64;
-            let var = row
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / width as f64;
-            let rstd = 1.0 / (var + f64::from(self.eps)).sqrt();
-            let (mean, rstd) = (mean as f32, rstd as f32);
+            let (mean, rstd) = row_stats(row, self.eps);
             match affine {
                 Some((w, b)) => {
                     for (((o, &v), &wi), &bi) in y.iter_mut().zip(row).zip(w).zip(b) {
@@ -68,3 +80,5 @@ impl RowKernel for LayerNorm {
         Ok(())
     }
 }
+
+pub mod grad;

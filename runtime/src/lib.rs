@@ -14,6 +14,8 @@ pub mod attention;
 pub mod counter;
 pub mod deap;
 mod dtype;
+#[cfg(test)]
+mod finite_diff;
 pub mod fsutil;
 pub mod gemm;
 pub mod group_norm;

@@ -7,6 +7,7 @@
 
 use super::super::tests::{definition, max_rel, values};
 use super::*;
+use crate::finite_diff::central;
 
 /// `(dx, dweight, dbias)` from the three steps on a pool of `threads`.
 fn backward(
@@ -47,26 +48,8 @@ fn backward(
     })
 }
 
-/// `∂L/∂v_i` for `L = Σ r·definition(...)` by central differences over
-/// each element of `v` (the step is the f32 difference actually taken).
-fn finite_differences(v: &[f32], loss: impl Fn(&[f32]) -> f64) -> Vec<f64> {
-    let mut moved = v.to_vec();
-    (0..v.len())
-        .map(|i| {
-            let h = 1e-2;
-            let (up, down) = (v[i] + h, v[i] - h);
-            moved[i] = up;
-            let lu = loss(&moved);
-            moved[i] = down;
-            let ld = loss(&moved);
-            moved[i] = v[i];
-            (lu - ld) / (f64::from(up) - f64::from(down))
-        })
-        .collect()
-}
-
 #[test]
-fn group_norm_backward_equals_finite_differences() {
+fn group_norm_backward_equals_central() {
     // (n, c, inner), groups, affine, offset of the data.
     for (dims, groups, affine, offset) in [
         ((2, 8, 5), 2, true, 0.3),
@@ -100,15 +83,15 @@ fn group_norm_backward_equals_finite_differences() {
         };
         let (dx, dw, db) = backward(&norm, n, &r, &x, affine.then_some(&w[..]));
         let what = format!("{dims:?} groups {groups} affine {affine} offset {offset}");
-        let want_dx = finite_differences(&x, |x| loss(x, &w, &b));
+        let want_dx = central(&x, |x| loss(x, &w, &b));
         assert!(
             max_rel(&dx, &want_dx) < 2e-3,
             "dx {what}: {}",
             max_rel(&dx, &want_dx)
         );
         if affine {
-            let want_dw = finite_differences(&w, |w| loss(&x, w, &b));
-            let want_db = finite_differences(&b, |b| loss(&x, &w, b));
+            let want_dw = central(&w, |w| loss(&x, w, &b));
+            let want_db = central(&b, |b| loss(&x, &w, b));
             assert!(max_rel(&dw, &want_dw) < 1e-3, "dweight {what}");
             assert!(max_rel(&db, &want_db) < 1e-3, "dbias {what}");
         }

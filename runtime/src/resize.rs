@@ -11,6 +11,9 @@
 //!   the output, each element read from the table;
 //! - channels last (`[N, *spatial, C]`): a row is one output position, a
 //!   copy of the `C` channels of its source position.
+//!
+//! [`ResizeNearestGrad`] is the backward (channels first, as training
+//! plans are): each input element sums the output gradients read from it.
 
 use crate::group_norm::ChannelAxis;
 use crate::plan::RowKernel;
@@ -119,6 +122,71 @@ impl RowKernel for ResizeNearest {
     }
 }
 
+/// The gradient of a channels-first [`ResizeNearest`]: a row is one
+/// `(n, c)` plane of the input, each element the sum of the output
+/// gradients read from it, in output order (deterministic). Input 0 is
+/// `dy`.
+#[derive(Clone, Debug)]
+pub struct ResizeNearestGrad {
+    /// Per input position `p`, its readers are `readers[starts[p]..starts[p + 1]]`.
+    starts: Vec<usize>,
+    /// Output positions, grouped by the input position they read.
+    readers: Vec<usize>,
+}
+
+impl ResizeNearestGrad {
+    /// The gradient's kernel for a resize of `in_sizes` → `out_sizes`
+    /// (the spatial dims).
+    pub fn new(in_sizes: &[usize], out_sizes: &[usize]) -> Self {
+        let forward = ResizeNearest::new(in_sizes, out_sizes, 1, ChannelAxis::First);
+        let mut starts = vec![0usize; forward.in_positions + 1];
+        for &s in &forward.source {
+            starts[s + 1] += 1;
+        }
+        for p in 0..forward.in_positions {
+            starts[p + 1] += starts[p];
+        }
+        let mut next = starts.clone();
+        let mut readers = vec![0usize; forward.source.len()];
+        for (o, &s) in forward.source.iter().enumerate() {
+            readers[next[s]] = o;
+            next[s] += 1;
+        }
+        ResizeNearestGrad { starts, readers }
+    }
+
+    /// Spatial positions of one input plane (the row width).
+    pub fn in_positions(&self) -> usize {
+        self.starts.len() - 1
+    }
+}
+
+impl RowKernel for ResizeNearestGrad {
+    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        let dy = inputs.first().copied().unwrap_or(&[]);
+        let (width, plane) = (self.in_positions(), self.readers.len());
+        let rows = out.len().checked_div(width).unwrap_or(0);
+        if dy.len() < (first + rows) * plane {
+            return Err(format!(
+                "dy holds {} elements, planes {first}..{} need {}",
+                dy.len(),
+                first + rows,
+                (first + rows) * plane
+            ));
+        }
+        for (k, row) in out.chunks_exact_mut(width).enumerate() {
+            let src = &dy[(first + k) * plane..(first + k + 1) * plane];
+            for (p, o) in row.iter_mut().enumerate() {
+                *o = self.readers[self.starts[p]..self.starts[p + 1]]
+                    .iter()
+                    .map(|&r| src[r])
+                    .sum();
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +252,43 @@ mod tests {
         let mut y = vec![0.0; 16 * 3];
         let err = kernel.rows(0, &[&[0.0; 11]], &mut y).unwrap_err();
         assert!(err.contains("holds 11"), "{err}");
+    }
+
+    /// The gradient is the resize's adjoint: `⟨resize(x), dy⟩ = ⟨x,
+    /// grad(dy)⟩` for any `x` and `dy`, upsampling by 2, to sizes that are
+    /// not multiples, and downsampling (some inputs read by nobody).
+    #[test]
+    fn the_gradient_is_the_adjoint_of_the_resize() {
+        for (ins, outs) in [
+            (vec![3, 4], vec![6, 8]),
+            (vec![4, 5], vec![7, 3]),
+            (vec![5], vec![11]),
+            (vec![2, 3, 2], vec![4, 5, 3]),
+        ] {
+            let planes = 3;
+            let (pin, pout): (usize, usize) = (ins.iter().product(), outs.iter().product());
+            let x: Vec<f32> = (0..planes * pin).map(|i| (i as f32 * 0.37).sin()).collect();
+            let dy: Vec<f32> = (0..planes * pout)
+                .map(|i| (i as f32 * 0.91).cos())
+                .collect();
+            let forward = ResizeNearest::new(&ins, &outs, planes, ChannelAxis::First);
+            let mut y = vec![0.0; planes * pout];
+            forward.rows(0, &[&x], &mut y).unwrap();
+            let mut dx = vec![f32::NAN; planes * pin];
+            ResizeNearestGrad::new(&ins, &outs)
+                .rows(0, &[&dy], &mut dx)
+                .unwrap();
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                    .sum()
+            };
+            let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
+            assert!(
+                (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+                "{ins:?} -> {outs:?}: {lhs} vs {rhs}"
+            );
+        }
     }
 }

@@ -226,6 +226,21 @@ fn group_and_layer_norms() {
     }
 }
 
+/// The FPN's and the UNet's nearest upsampling, by a factor and to a
+/// size that is not a multiple of the input's.
+#[test]
+fn nearest_resizing() {
+    for (name, resize) in [
+        ("upsample_nearest", "upsample_nearest(scale = 2)"),
+        ("resize_nearest", "resize_nearest(size = [7, 5])"),
+    ] {
+        let body = format!(
+            "input x: f32[N, 2, 3, 4]\n output y = x |> c: conv2d(3, k = 3, pad = 1) |> {resize} |> c2: conv2d(2, k = 3) |> global_avg_pool"
+        );
+        check(name, &weighted_sum(&body, "[N, 2]"), 3);
+    }
+}
+
 #[test]
 fn pools() {
     let cases = [

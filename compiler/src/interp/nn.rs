@@ -20,6 +20,7 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
         ),
         "timestep_embedding" => timestep_embedding(x[0], a),
         "upsample_nearest" | "resize_nearest" => resize_nearest(x[0], &out[0]),
+        "resize_nearest_grad" => resize_nearest_grad(x[0], &out[0]),
         "lstm" => return Some(lstm(x, a)),
         _ => return None,
     };
@@ -96,23 +97,40 @@ fn timestep_embedding(t: &Array, a: &Attrs) -> Array {
 /// output index `o` reads `min(floor(o * scale), in - 1)` with `scale =
 /// in / out` computed in f32, exactly as PyTorch's CPU kernel.
 fn resize_nearest(x: &Array, out_shape: &[usize]) -> Array {
-    let nd = x.shape.len() - 2;
-    let xs = x.strides();
     let mut out = Array::zeros(out_shape);
-    let src = |o: usize, d: usize| -> usize {
-        let (inn, outn) = (x.shape[2 + d], out_shape[2 + d]);
-        let scale = inn as f32 / outn as f32;
-        ((o as f32 * scale).floor() as usize).min(inn - 1)
-    };
     for (i, v) in out.data.iter_mut().enumerate() {
-        let idx = unravel(i, out_shape);
-        let mut off = idx[0] * xs[0] + idx[1] * xs[1];
-        for d in 0..nd {
-            off += src(idx[2 + d], d) * xs[2 + d];
-        }
-        *v = x.data[off];
+        *v = x.data[resize_source(&x.shape, out_shape, i)];
     }
     out
+}
+
+/// The gradient of a nearest resize to `dy`'s shape from `x_shape`: each
+/// element of `dy` added to the input element it was read from.
+fn resize_nearest_grad(dy: &Array, x_shape: &[usize]) -> Array {
+    let mut dx = Array::zeros(x_shape);
+    for (i, v) in dy.data.iter().enumerate() {
+        dx.data[resize_source(x_shape, &dy.shape, i)] += v;
+    }
+    dx
+}
+
+/// The flat input index (of `in_shape`) nearest-resized output element `i`
+/// (of `out_shape`) reads: PyTorch's `min(floor(o · f32(in / out)), in −
+/// 1)` along every spatial dim.
+fn resize_source(in_shape: &[usize], out_shape: &[usize], i: usize) -> usize {
+    let idx = unravel(i, out_shape);
+    let mut off = 0;
+    for d in 0..in_shape.len() {
+        let k = if d < 2 {
+            idx[d]
+        } else {
+            let (inn, outn) = (in_shape[d], out_shape[d]);
+            let scale = inn as f32 / outn as f32;
+            ((idx[d] as f32 * scale).floor() as usize).min(inn - 1)
+        };
+        off = off * in_shape[d] + k;
+    }
+    off
 }
 
 fn sigmoid(v: f64) -> f64 {

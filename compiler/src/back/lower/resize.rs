@@ -3,7 +3,8 @@
 //! [`netc_runtime::resize::ResizeNearest`]): channels first
 //! (`[N, C, *spatial]`, 1 to 3 spatial dims) or, with `layout = "nhwc"`
 //! (the layout pass keeps the FPN's resize in its convolutions' chain),
-//! channels last (`[N, H, W, C]`).
+//! channels last (`[N, H, W, C]`). `resize_nearest_grad`, their backward,
+//! lowers channels first ([`netc_runtime::resize::ResizeNearestGrad`]).
 
 use super::norm::channels_last;
 use super::LowerCx;
@@ -11,15 +12,51 @@ use crate::back::BackError;
 use crate::ir::Node;
 use netc_runtime::group_norm::ChannelAxis;
 use netc_runtime::plan::{Rows, Step, Work};
-use netc_runtime::resize::ResizeNearest;
+use netc_runtime::resize::{ResizeNearest, ResizeNearestGrad};
 use std::sync::Arc;
 
 /// Elements worth giving a thread.
 const GRAIN_ELEMS: usize = 1 << 14;
 
-/// Lowers `resize_nearest` and `upsample_nearest`; `None` for other ops.
+/// Lowers `resize_nearest`, `upsample_nearest` and `resize_nearest_grad`;
+/// `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
-    matches!(node.op.name, "resize_nearest" | "upsample_nearest").then(|| resize(cx, node))
+    match node.op.name {
+        "resize_nearest" | "upsample_nearest" => Some(resize(cx, node)),
+        "resize_nearest_grad" => Some(backward(cx, node)),
+        _ => None,
+    }
+}
+
+/// `resize_nearest_grad(dy)` (training plans, channels first): one row
+/// per `(n, c)` plane of the input gradient.
+fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let (dys, xs) = (cx.shape(node.inputs[0])?, cx.shape(node.outputs[0])?);
+    if xs.len() != dys.len() || xs.len() < 3 || xs[..2] != dys[..2] {
+        return Err(BackError(format!(
+            "`resize_nearest_grad` at {}: cannot take {dys:?} back to {xs:?}",
+            node.path
+        )));
+    }
+    let kernel = ResizeNearestGrad::new(&xs[2..], &dys[2..]);
+    let (rows, width) = (xs[0] * xs[1], kernel.in_positions());
+    let input = cx.buf(node.inputs[0])?;
+    let output = cx.output(node.outputs[0])?;
+    if rows * width == 0 {
+        return Ok(());
+    }
+    cx.push(Step {
+        work: Work::Rows(Rows {
+            kernel: Arc::new(kernel),
+            rows,
+            width,
+            grain: (GRAIN_ELEMS / width).max(1),
+        }),
+        inputs: vec![input],
+        output,
+        extents: vec![dys.iter().product(), rows * width],
+    });
+    Ok(())
 }
 
 fn resize(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {

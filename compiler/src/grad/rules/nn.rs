@@ -1,6 +1,6 @@
 //! Backward rules of the layers: linear and convolutions (gradient
 //! contractions), training-mode batch norm, group and layer norm, dropout,
-//! pools and reductions.
+//! pools, nearest resizing and reductions.
 
 use super::{only, GradCx, GradError, Rule};
 use crate::ir::{Attr, Dim, Node, Op, TensorType, ValueId};
@@ -27,6 +27,8 @@ pub const RULES: &[(&str, Rule)] = &[
         pool_with_shape(cx, n, d, "adaptive_avg_pool2d_grad", false)
     }),
     ("global_avg_pool", global_avg_pool),
+    ("resize_nearest", resize_nearest),
+    ("upsample_nearest", resize_nearest),
     ("sum", |cx, n, d, _| reduce(cx, n, d, false)),
     ("mean", |cx, n, d, _| reduce(cx, n, d, true)),
 ];
@@ -178,6 +180,21 @@ fn pool_with_shape(
     let op = op.with("input_shape", Attr::Dims(tx.shape.clone()));
     let flops = per_element(&tx);
     Ok(vec![Some(cx.emit1(op, vec![dy], tx, flops))])
+}
+
+/// A nearest resize (or upsampling): `resize_nearest_grad(dy)` adds each
+/// element of `dy` into the input element it was read from (the input's
+/// shape is the result's).
+fn resize_nearest(cx: &mut GradCx, n: &Node, d: &[Option<ValueId>], _: &[bool]) -> Grads {
+    let dy = only(cx, d)?;
+    let flops = per_element(&cx.ty(dy));
+    let tx = cx.ty(n.inputs[0]);
+    Ok(vec![Some(cx.emit1(
+        Op::new("resize_nearest_grad"),
+        vec![dy],
+        tx,
+        flops,
+    ))])
 }
 
 /// `[N, C, spatial...] -> [N, C]`: every position gets `dy / positions`.

@@ -35,16 +35,18 @@ pub struct Attention {
     pub scale: f32,
 }
 
-/// `x` (`[S, c]` row-major, `S = x.len() / c`) channel-major with rows
-/// of `stride >= S` floats, zero-padded: `out[ch·stride + j] = x[j, ch]`,
-/// so that a query's logits and outputs are long contiguous loops over
-/// the keys. Sixteen keys at a time, whose rows stay in cache while each
-/// channel row is written.
-fn channel_major(x: &[f32], c: usize, stride: usize) -> Vec<f32> {
-    let mut out = vec![0f32; c * stride];
-    for (j0, rows) in x.chunks(16 * c).enumerate() {
+/// `x` (`[S, c]` row-major, `S = x.len() / c`) channel-major within
+/// blocks of `block` keys, the last one zero-padded:
+/// `out[(t·c + ch)·block + i] = x[t·block + i, ch]`. With one block of
+/// `S` keys a query's logits and outputs are `S`-long contiguous loops;
+/// with 16-key blocks (the AVX-512 path) a key vector's channels are
+/// 64 bytes apart.
+fn channel_major(x: &[f32], c: usize, block: usize) -> Vec<f32> {
+    let blocks = (x.len() / c).div_ceil(block);
+    let mut out = vec![0f32; blocks * c * block];
+    for (t, rows) in x.chunks(block * c).enumerate() {
         for ch in 0..c {
-            let dst = &mut out[ch * stride + 16 * j0..];
+            let dst = &mut out[(t * c + ch) * block..];
             for (o, row) in dst.iter_mut().zip(rows.chunks_exact(c)) {
                 *o = row[ch];
             }
@@ -53,15 +55,16 @@ fn channel_major(x: &[f32], c: usize, stride: usize) -> Vec<f32> {
     out
 }
 
-/// One batch item's keys and values, channel-major with rows of `stride`
-/// (at least the key count; a multiple of 16 for the AVX-512 path) zero-padded floats.
+/// One batch item's keys and values laid out by [`channel_major`] in
+/// blocks of `block` keys.
 struct Keys<'a> {
-    /// `kt[ch·stride + j] = k[j, ch]`.
+    /// The keys, `[blocks, C, block]`.
     kt: &'a [f32],
-    /// `vt[ch·stride + j] = v[j, ch]`.
+    /// The values, `[blocks, Cv, block]`.
     vt: &'a [f32],
-    /// Floats per channel row.
-    stride: usize,
+    /// Keys per block: `S` (one block) on the portable path, 16 on the
+    /// AVX-512 one.
+    block: usize,
 }
 
 /// Lanes of the reductions: independent accumulators the compiler keeps
@@ -268,7 +271,7 @@ impl Attention {
         let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
         let avx512 = avx512 && s > 0 && crate::gemm::kernel_avx512::available();
         // The AVX-512 path walks whole 16-key vectors.
-        let stride = if avx512 { s.next_multiple_of(16) } else { s };
+        let block = if avx512 { 16 } else { s.max(1) };
         let mut r = first;
         let mut rest = &mut out[..rows * cv];
         while !rest.is_empty() {
@@ -276,9 +279,9 @@ impl Attention {
             let end = ((b + 1) * l).min(first + rows);
             let (o, tail) = rest.split_at_mut((end - r) * cv);
             let keys = Keys {
-                kt: &channel_major(&k[b * s * c..(b + 1) * s * c], c, stride),
-                vt: &channel_major(&v[b * s * cv..(b + 1) * s * cv], cv, stride),
-                stride,
+                kt: &channel_major(&k[b * s * c..(b + 1) * s * c], c, block),
+                vt: &channel_major(&v[b * s * cv..(b + 1) * s * cv], cv, block),
+                block,
             };
             let qb = &q[r * c..end * c];
             #[cfg(target_arch = "x86_64")]

@@ -47,11 +47,18 @@ fn definition(q: &[f32], k: &[f32], v: &[f32], a: &Attention, batch: usize) -> V
 
 /// `a` over `batch` items on the AVX-512 path (where the CPU has it) or
 /// the portable one, in two calls split at `split` rows (two threads' way),
-/// against the definition.
-fn check(a: &Attention, batch: usize, mag: f32, split: usize, avx512: bool) {
+/// against the definition; queries and keys of magnitude `mag` around
+/// `−shift` and `shift`.
+fn check(a: &Attention, batch: usize, mag: f32, shift: f32, split: usize, avx512: bool) {
     let (l, s, c, cv) = (a.queries, a.keys, a.dim, a.value_dim);
-    let q = values(batch * l * c, 0.1, mag);
-    let k = values(batch * s * c, 1.3, mag);
+    let q: Vec<f32> = values(batch * l * c, 0.1, mag)
+        .iter()
+        .map(|x| x - shift)
+        .collect();
+    let k: Vec<f32> = values(batch * s * c, 1.3, mag)
+        .iter()
+        .map(|x| x + shift)
+        .collect();
     let v = values(batch * s * cv, 2.9, 1.0);
     let want = definition(&q, &k, &v, a, batch);
     let mut got = vec![f32::NAN; batch * l * cv];
@@ -102,9 +109,26 @@ fn attention_equals_the_definition() {
         };
         for avx512 in [false, true] {
             for split in [0, batch * l / 2, batch * l] {
-                check(&a, batch, mag, split, avx512);
+                check(&a, batch, mag, 0.0, split, avx512);
             }
         }
+    }
+}
+
+/// Every logit near −280, far below the padding keys' zeros: the maximum
+/// must be that of the real keys (or every weight underflows alike).
+#[test]
+fn all_negative_logits_keep_their_softmax() {
+    let a = Attention {
+        queries: 6,
+        keys: 20,
+        dim: 16,
+        value_dim: 16,
+        heads: 2,
+        scale: 0.35,
+    };
+    for avx512 in [false, true] {
+        check(&a, 1, 5.0, 10.0, 3, avx512);
     }
 }
 
@@ -120,7 +144,7 @@ fn the_unet_self_attention_equals_the_definition() {
         heads: 8,
         scale: 8f32.powf(-0.5),
     };
-    check(&a, 1, 2.0, 512, true);
+    check(&a, 1, 2.0, 0.0, 512, true);
 }
 
 #[test]

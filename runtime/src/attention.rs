@@ -13,8 +13,10 @@
 //! at a time so that each key and value chunk loaded serves four rows
 //! (logits 16 keys at a time over the head's channels, outputs as
 //! `S`-long dot products), with an exponential that
-//! vectorises ([`exp_nonpositive`]), compiled for AVX-512 where the CPU
-//! has it.
+//! vectorises ([`exp_nonpositive`]). Where the CPU has AVX-512 the same
+//! passes run as intrinsics over 16-key blocks (`avx512`: this code
+//! compiled for AVX-512 ran without FMA and spilled); this portable code
+//! is the path elsewhere.
 
 use crate::plan::RowKernel;
 

@@ -13,8 +13,10 @@
 //! at a time so that each key and value chunk loaded serves four rows
 //! (logits 16 keys at a time over the head's channels, outputs as
 //! `S`-long dot products), with an exponential that
-//! vectorises ([`exp_nonpositive`]), compiled for AVX-512 where the CPU
-//! has it.
+//! vectorises ([`exp_nonpositive`]). Where the CPU has AVX-512 the same
+//! passes run as intrinsics over 16-key blocks (`avx512`: this code
+//! compiled for AVX-512 ran without FMA and spilled); this portable code
+//! is the path elsewhere.
 
 use crate::plan::RowKernel;
 
@@ -33,6 +35,38 @@ pub struct Attention {
     pub heads: usize,
     /// The logits' factor (`1 / sqrt(C / heads)` by default).
     pub scale: f32,
+}
+
+/// `x` (`[S, c]` row-major, `S = x.len() / c`) channel-major within
+/// blocks of `block` keys, the last one zero-padded:
+/// `out[(t·c + ch)·block + i] = x[t·block + i, ch]`. With one block of
+/// `S` keys a query's logits and outputs are `S`-long contiguous loops;
+/// with 16-key blocks (the AVX-512 path) a key vector's channels are
+/// 64 bytes apart.
+fn channel_major(x: &[f32], c: usize, block: usize) -> Vec<f32> {
+    let blocks = (x.len() / c).div_ceil(block);
+    let mut out = vec![0f32; blocks * c * block];
+    for (t, rows) in x.chunks(block * c).enumerate() {
+        for ch in 0..c {
+            let dst = &mut out[(t * c + ch) * block..];
+            for (o, row) in dst.iter_mut().zip(rows.chunks_exact(c)) {
+                *o = row[ch];
+            }
+        }
+    }
+    out
+}
+
+/// One batch item's keys and values laid out by [`channel_major`] in
+/// blocks of `block` keys.
+struct Keys<'a> {
+    /// The keys, `[blocks, C, block]`.
+    kt: &'a [f32],
+    /// The values, `[blocks, Cv, block]`.
+    vt: &'a [f32],
+    /// Keys per block: `S` (one block) on the portable path, 16 on the
+    /// AVX-512 one.
+    block: usize,
 }
 
 /// Lanes of the reductions: independent accumulators the compiler keeps
@@ -126,23 +160,6 @@ fn softmax_weights(p: &mut [f32]) -> f32 {
 }
 
 impl Attention {
-    /// `k` and `v` of one batch item transposed to channel-major rows of
-    /// `S` (`kt[ch·S + j] = k[j, ch]`), so that a query's logits and
-    /// outputs are long contiguous loops over the keys.
-    fn transposed(&self, k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let s = self.keys;
-        let t = |x: &[f32], c: usize| {
-            let mut out = vec![0f32; c * s];
-            for (j, row) in x.chunks_exact(c).enumerate() {
-                for (ch, &val) in row.iter().enumerate() {
-                    out[ch * s + j] = val;
-                }
-            }
-            out
-        };
-        (t(k, self.dim), t(v, self.value_dim))
-    }
-
     /// [`BLOCK_ROWS`] query rows `q` (`[BLOCK_ROWS, C]`) into `o`
     /// (`[BLOCK_ROWS, Cv]`); `p` holds their `S` logits each. The logits
     /// go [`LANES`] keys at a time, summed over the head's channels in
@@ -192,7 +209,8 @@ impl Attention {
     /// The query rows `q` of one batch item into `out`, [`BLOCK_ROWS`] at a
     /// time (a last, shorter block padded with zero queries).
     #[inline(always)]
-    fn item_rows(&self, q: &[f32], kt: &[f32], vt: &[f32], out: &mut [f32]) {
+    fn item_rows(&self, q: &[f32], keys: &Keys, out: &mut [f32]) {
+        let (kt, vt) = (keys.kt, keys.vt);
         let (c, cv) = (self.dim, self.value_dim);
         let mut p = vec![0f32; BLOCK_ROWS * self.keys];
         let (mut qb, mut ob) = (vec![0f32; BLOCK_ROWS * c], vec![0f32; BLOCK_ROWS * cv]);
@@ -210,17 +228,24 @@ impl Attention {
             }
         }
     }
-
-    /// [`Attention::item_rows`] compiled for AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn item_rows_avx512(&self, q: &[f32], kt: &[f32], vt: &[f32], out: &mut [f32]) {
-        self.item_rows(q, kt, vt, out);
-    }
 }
 
 impl RowKernel for Attention {
     fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        self.rows_on(true, first, inputs, out)
+    }
+}
+
+impl Attention {
+    /// [`RowKernel::rows`] on the AVX-512 path where `avx512` asks for it
+    /// and the CPU has it, else on the portable one.
+    fn rows_on(
+        &self,
+        avx512: bool,
+        first: usize,
+        inputs: &[&[f32]],
+        out: &mut [f32],
+    ) -> Result<(), String> {
         let (l, s, c, cv, heads) = (
             self.queries,
             self.keys,
@@ -246,36 +271,39 @@ impl RowKernel for Attention {
             }
         }
         let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let avx512 = crate::gemm::kernel_avx512::available();
+        let avx512 = avx512 && s > 0 && crate::gemm::kernel_avx512::available();
+        // The AVX-512 path walks whole 16-key vectors.
+        let block = if avx512 { 16 } else { s.max(1) };
         let mut r = first;
         let mut rest = &mut out[..rows * cv];
         while !rest.is_empty() {
             let b = r / l;
             let end = ((b + 1) * l).min(first + rows);
             let (o, tail) = rest.split_at_mut((end - r) * cv);
-            let (kt, vt) = self.transposed(
-                &k[b * s * c..(b + 1) * s * c],
-                &v[b * s * cv..(b + 1) * s * cv],
-            );
+            let keys = Keys {
+                kt: &channel_major(&k[b * s * c..(b + 1) * s * c], c, block),
+                vt: &channel_major(&v[b * s * cv..(b + 1) * s * cv], cv, block),
+                block,
+            };
             let qb = &q[r * c..end * c];
             #[cfg(target_arch = "x86_64")]
             if avx512 {
                 // SAFETY: the CPU has AVX-512F.
-                unsafe { self.item_rows_avx512(qb, &kt, &vt, o) };
+                unsafe { avx512::item_rows(self, qb, &keys, o) };
             } else {
-                self.item_rows(qb, &kt, &vt, o);
+                self.item_rows(qb, &keys, o);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            {
-                let _ = avx512;
-                self.item_rows(qb, &kt, &vt, o);
-            }
+            self.item_rows(qb, &keys, o);
             rest = tail;
             r = end;
         }
         Ok(())
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests;

@@ -14,8 +14,6 @@ pub mod attention;
 pub mod counter;
 pub mod deap;
 mod dtype;
-#[cfg(test)]
-mod finite_diff;
 pub mod fsutil;
 pub mod gemm;
 pub mod group_norm;
@@ -28,6 +26,8 @@ pub mod rnn;
 pub mod similarity;
 pub mod sparse;
 mod tensor;
+#[cfg(test)]
+mod test_support;
 pub mod text;
 pub mod text_grad;
 pub mod timestep;

@@ -4,6 +4,7 @@
 //! two threads, and on data whose mean is far from zero.
 
 use super::*;
+use crate::test_support::max_rel;
 
 /// Deterministic values around `offset`.
 pub(super) fn values(n: usize, seed: f32, offset: f32) -> Vec<f32> {
@@ -65,15 +66,6 @@ fn run(kernel: &GroupNorm, n: usize, x: &[f32], params: &[&[f32]]) -> Vec<f32> {
         .unwrap();
     pool.install(|| kernel.rows(0, &inputs, &mut y)).unwrap();
     y
-}
-
-/// Largest error relative to the reference's largest magnitude.
-pub(super) fn max_rel(got: &[f32], want: &[f64]) -> f64 {
-    let scale = want.iter().fold(1e-30_f64, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (f64::from(*g) - w).abs() / scale)
-        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -88,11 +88,7 @@ fn group_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             )))
         }
     };
-    let inputs = node
-        .inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = cx.buf_list(&node.inputs)?;
     let output = match cx.followers(node)[..] {
         [f] => cx.output(f.outputs[0])?,
         _ => cx.output(node.outputs[0])?,
@@ -132,16 +128,8 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             1 + 2 * usize::from(affine)
         )));
     }
-    let inputs = node
-        .inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let outputs = node
-        .outputs
-        .iter()
-        .map(|v| cx.output(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = cx.buf_list(&node.inputs)?;
+    let outputs = cx.output_list(&node.outputs)?;
     if numel == 0 {
         return Ok(());
     }

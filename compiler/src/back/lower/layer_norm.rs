@@ -47,11 +47,7 @@ fn layer_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let numel = cx.numel(x)?;
     let (width, eps) = row_and_eps(node)?;
     let affine = node.inputs.len() == 3;
-    let inputs = node
-        .inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = cx.buf_list(&node.inputs)?;
     let output = cx.output(node.outputs[0])?;
     if numel == 0 || width == 0 {
         return Ok(());
@@ -88,16 +84,8 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             node.outputs.len()
         )));
     }
-    let inputs = node
-        .inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let outputs = node
-        .outputs
-        .iter()
-        .map(|v| cx.output(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = cx.buf_list(&node.inputs)?;
+    let outputs = cx.output_list(&node.outputs)?;
     if numel == 0 || width == 0 {
         return Ok(());
     }

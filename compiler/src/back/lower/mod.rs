@@ -380,6 +380,17 @@ impl<'a> LowerCx<'a> {
         })
     }
 
+    /// The buffers of already lowered values, in order (a node's operands).
+    pub fn buf_list(&self, vs: &[ValueId]) -> Result<Vec<Buf>, BackError> {
+        vs.iter().map(|&v| self.buf(v)).collect()
+    }
+
+    /// Allocates the buffers of a node's results `vs`, in order (see
+    /// [`LowerCx::output`]).
+    pub fn output_list(&mut self, vs: &[ValueId]) -> Result<Vec<Buf>, BackError> {
+        vs.iter().map(|&v| self.output(v)).collect()
+    }
+
     /// Allocates the buffer a node writes for its result `v`: the memory
     /// planner's slot, or a slot of the persistent region for
     /// parameter-derived values.

@@ -355,11 +355,7 @@ fn forward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         [f] => cx.output(f.outputs[0])?,
         _ => cx.output(node.outputs[0])?,
     };
-    let ins = node
-        .inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ins = cx.buf_list(&node.inputs)?;
     let numel = n * c * inner;
     let k = |mode| BnKernel {
         mode,
@@ -413,11 +409,7 @@ fn forward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 
 fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (n, c, inner) = geometry(cx, node)?;
-    let outs = node
-        .outputs
-        .iter()
-        .map(|v| cx.output(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let outs = cx.output_list(&node.outputs)?;
     let [dx, dw, db] = outs[..] else {
         return Err(BackError(format!(
             "`batch_norm_grad` at {} has {} results, not 3",
@@ -425,11 +417,7 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             outs.len()
         )));
     };
-    let ins = node
-        .inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ins = cx.buf_list(&node.inputs)?;
     let numel = n * c * inner;
     let k = |mode| BnKernel {
         mode,

@@ -11,7 +11,7 @@ use super::LowerCx;
 use crate::back::BackError;
 use crate::ir::Node;
 use netc_runtime::group_norm::ChannelAxis;
-use netc_runtime::plan::{Rows, Step, Work};
+use netc_runtime::plan::{RowKernel, Rows, Step, Work};
 use netc_runtime::resize::{ResizeNearest, ResizeNearestGrad};
 use std::sync::Arc;
 
@@ -40,6 +40,24 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     }
     let kernel = ResizeNearestGrad::new(&xs[2..], &dys[2..]);
     let (rows, width) = (xs[0] * xs[1], kernel.in_positions());
+    push_rows(
+        cx,
+        node,
+        Arc::new(kernel),
+        (rows, width),
+        dys.iter().product(),
+    )
+}
+
+/// Pushes the row step of a one-operand node: `rows × width` results from
+/// an operand of `in_len` elements.
+fn push_rows(
+    cx: &mut LowerCx,
+    node: &Node,
+    kernel: Arc<dyn RowKernel>,
+    (rows, width): (usize, usize),
+    in_len: usize,
+) -> Result<(), BackError> {
     let input = cx.buf(node.inputs[0])?;
     let output = cx.output(node.outputs[0])?;
     if rows * width == 0 {
@@ -47,14 +65,14 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     }
     cx.push(Step {
         work: Work::Rows(Rows {
-            kernel: Arc::new(kernel),
+            kernel,
             rows,
             width,
             grain: (GRAIN_ELEMS / width).max(1),
         }),
         inputs: vec![input],
         output,
-        extents: vec![dys.iter().product(), rows * width],
+        extents: vec![in_len, rows * width],
     });
     Ok(())
 }
@@ -80,24 +98,8 @@ fn resize(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         ChannelAxis::First
     };
     let kernel = ResizeNearest::new(&xs[spatial.clone()], &ys[spatial], channels, axis);
-    let (rows, width) = kernel.shape(xs[0]);
-    let input = cx.buf(x)?;
-    let output = cx.output(node.outputs[0])?;
-    if rows * width == 0 {
-        return Ok(());
-    }
-    cx.push(Step {
-        work: Work::Rows(Rows {
-            kernel: Arc::new(kernel),
-            rows,
-            width,
-            grain: (GRAIN_ELEMS / width).max(1),
-        }),
-        inputs: vec![input],
-        output,
-        extents: vec![xs.iter().product(), rows * width],
-    });
-    Ok(())
+    let shape = kernel.shape(xs[0]);
+    push_rows(cx, node, Arc::new(kernel), shape, xs.iter().product())
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 //! groups, one position per channel, a mean far from zero, and a sample
 //! large enough to split over a pool of two threads.
 
-use super::super::tests::{definition, max_rel, values};
+use super::super::tests::{definition, values};
 use super::*;
-use crate::finite_diff::central;
+use crate::test_support::{central, max_rel};
 
 /// `(dx, dweight, dbias)` from the three steps on a pool of `threads`.
 fn backward(

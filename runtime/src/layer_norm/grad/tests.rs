@@ -3,7 +3,7 @@
 //! `dbias`, with and without the affine terms, and on rows far from zero.
 
 use super::*;
-use crate::finite_diff::central;
+use crate::test_support::{central, max_rel};
 
 /// Deterministic values around `offset`.
 fn values(n: usize, seed: f32, offset: f32) -> Vec<f32> {
@@ -25,15 +25,6 @@ fn definition(x: &[f32], width: usize, eps: f64, affine: Option<(&[f32], &[f32])
         }
     }
     y
-}
-
-/// Largest error relative to the reference's largest magnitude.
-fn max_rel(got: &[f32], want: &[f64]) -> f64 {
-    let scale = want.iter().fold(1e-30_f64, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (f64::from(*g) - w).abs() / scale)
-        .fold(0.0, f64::max)
 }
 
 #[test]

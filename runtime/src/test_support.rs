@@ -1,5 +1,6 @@
-//! Test support: gradients by central finite differences, the independent
-//! reference of the backward kernels' tests.
+//! Test support for the kernels' tests: gradients by central finite
+//! differences (the backward kernels' independent reference) and the
+//! error measure the norm tests compare with.
 
 /// `∂loss/∂v_i` for every element of `v` by central differences with a
 /// step of 0.01, divided by the f32 difference actually taken (so values
@@ -17,4 +18,13 @@ pub fn central(v: &[f32], loss: impl Fn(&[f32]) -> f64) -> Vec<f64> {
             (lu - ld) / (f64::from(up) - f64::from(down))
         })
         .collect()
+}
+
+/// Largest error relative to the reference's largest magnitude.
+pub fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(1e-30_f64, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (f64::from(*g) - w).abs() / scale)
+        .fold(0.0, f64::max)
 }

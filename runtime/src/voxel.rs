@@ -8,9 +8,10 @@
 //!   lexicographic `(batch, z, y, x)` order) and, per output site and
 //!   kernel offset, the input row it reads (or none). Sites are looked up
 //!   in a dense index grid (one cell per voxel of every sample) that lives
-//!   in the rule book's buffer and is all zero between steps: a step sets
-//!   the cells of its sites and clears them again before it returns, so
-//!   no step pays for clearing the whole grid.
+//!   in the rule book's buffer, with one occupancy bit per cell that is
+//!   tested first (the bits fit in cache). Grid and bits are all zero
+//!   between steps: a step sets the cells of its sites and clears them
+//!   again before it returns, so no step pays for clearing the whole grid.
 //! - [`VoxelConv`] computes the output features row by row: per output
 //!   row, the sum over kernel offsets of its neighbour's features times
 //!   that offset's `[in, out]` weight block (AVX-512 for output widths
@@ -82,14 +83,19 @@ impl Geometry {
         Some((((s[0] * grid[0] + s[1]) * grid[1] + s[2]) * grid[2] + s[3]) as usize)
     }
 
-    /// The kernel offset `kf` as (kz, ky, kx).
-    fn offset(&self, kf: usize) -> [i64; 3] {
-        let k = self.kernel;
-        [
-            (kf / (k[1] * k[2])) as i64,
-            (kf / k[2] % k[1]) as i64,
-            (kf % k[2]) as i64,
-        ]
+    /// The output coordinates along dim `d` that input coordinate `p`
+    /// reaches: the `o` inside the output grid with `o·stride + k·dilation
+    /// = p + pad` for a tap `k` of the kernel.
+    fn reach(&self, d: usize, p: i64) -> impl Iterator<Item = i64> {
+        let (s, dil) = (self.stride[d], self.dilation[d]);
+        let top = p + self.pad[d];
+        let lo = (top - (self.kernel[d] as i64 - 1) * dil).max(0);
+        let last = if top < 0 {
+            -1
+        } else {
+            (top / s).min(self.out_grid[d] - 1)
+        };
+        ((lo + s - 1) / s..=last).filter(move |o| (top - o * s) % dil == 0)
     }
 }
 
@@ -142,9 +148,16 @@ impl Layout {
         self.pairs_at() + align16(self.bound * self.volume)
     }
 
+    /// Where the grid's occupancy bits start (one per cell, 32 per
+    /// element): a lookup tests them first, and they fit in cache where
+    /// the grid does not.
+    pub fn bits_at(&self) -> usize {
+        self.grid_at() + align16(self.cells)
+    }
+
     /// Elements of the whole rule book.
     pub fn elements(&self) -> usize {
-        self.grid_at() + self.cells
+        self.bits_at() + self.cells.div_ceil(32)
     }
 }
 
@@ -236,17 +249,24 @@ impl RowKernel for BuildRuleBook {
         }
         let (head, rest) = out.split_at_mut(COORDS_AT);
         let (out_coords, rest) = rest.split_at_mut(l.pairs_at() - COORDS_AT);
-        let (pairs, grid) = rest.split_at_mut(l.grid_at() - l.pairs_at());
-        let grid = &mut grid[..l.cells];
+        let (pairs, rest) = rest.split_at_mut(l.grid_at() - l.pairs_at());
+        let (grid, bits) = rest.split_at_mut(l.bits_at() - l.grid_at());
+        let (grid, bits) = (&mut grid[..l.cells], &mut bits[..l.cells.div_ceil(32)]);
         let n_out = if g.subm {
             n_in
         } else {
             output_sites(g, l.bound, coords, n_in, grid, out_coords)?
         };
-        fill(g, coords, n_in, grid)?;
+        fill(g, coords, n_in, grid, bits)?;
         let sites: &[f32] = if g.subm { coords } else { out_coords };
-        neighbours(g, &sites[..n_out * 4], grid, &mut pairs[..n_out * l.volume]);
-        clear(g, coords, n_in, grid);
+        neighbours(
+            g,
+            &sites[..n_out * 4],
+            grid,
+            bits,
+            &mut pairs[..n_out * l.volume],
+        );
+        clear(g, coords, n_in, grid, bits);
         head[0] = f32::from_bits(n_out as u32);
         Ok(())
     }
@@ -270,18 +290,12 @@ fn output_sites(
     let mark = f32::from_bits(1);
     for i in 0..n_in {
         let s = site(inputs, i)?;
-        'offsets: for kf in 0..g.volume() {
-            let k = g.offset(kf);
-            let mut o = [s[0], 0, 0, 0];
-            for d in 0..3 {
-                let num = s[d + 1] + g.pad[d] - k[d] * g.dilation[d];
-                if num < 0 || num % g.stride[d] != 0 {
-                    continue 'offsets;
+        for z in g.reach(0, s[1]) {
+            for y in g.reach(1, s[2]) {
+                for x in g.reach(2, s[3]) {
+                    let c = ((s[0] * g.out_grid[0] + z) * g.out_grid[1] + y) * g.out_grid[2] + x;
+                    grid[c as usize] = mark;
                 }
-                o[d + 1] = num / g.stride[d];
-            }
-            if let Some(c) = g.cell(&o, &g.out_grid) {
-                grid[c] = mark;
             }
         }
     }
@@ -318,41 +332,69 @@ fn output_sites(
 
 /// Sets the grid cell of every input site to its row + 1, refusing a
 /// site that appears twice (the grid is cleared again then).
-fn fill(g: &Geometry, coords: &[f32], n: usize, grid: &mut [f32]) -> Result<(), String> {
+fn fill(
+    g: &Geometry,
+    coords: &[f32],
+    n: usize,
+    grid: &mut [f32],
+    bits: &mut [f32],
+) -> Result<(), String> {
     for i in 0..n {
         let s = site(coords, i)?;
         let c = g.cell(&s, &g.in_grid).expect("checked before");
         if grid[c].to_bits() != 0 {
-            clear(g, coords, i, grid);
+            clear(g, coords, i, grid, bits);
             return Err(format!("site {s:?} appears twice"));
         }
         grid[c] = f32::from_bits(i as u32 + 1);
+        bits[c / 32] = f32::from_bits(bits[c / 32].to_bits() | 1 << (c % 32));
     }
     Ok(())
 }
 
-/// Clears the grid cells of the first `n` input sites.
-fn clear(g: &Geometry, coords: &[f32], n: usize, grid: &mut [f32]) {
+/// Clears the grid cells (and bits) of the first `n` input sites.
+fn clear(g: &Geometry, coords: &[f32], n: usize, grid: &mut [f32], bits: &mut [f32]) {
     for i in 0..n {
         if let Some(c) = site(coords, i).ok().and_then(|s| g.cell(&s, &g.in_grid)) {
             grid[c] = 0.0;
+            bits[c / 32] = 0.0;
         }
     }
 }
 
 /// The neighbour table of the output sites `sites` (`[n, 4]`): per site
-/// and kernel offset, the grid's entry for the input site it reads.
-fn neighbours(g: &Geometry, sites: &[f32], grid: &[f32], pairs: &mut [f32]) {
+/// and kernel offset (z, then y, then x), the grid's entry for the input
+/// site it reads, looked up only where `bits` marks an active site.
+fn neighbours(g: &Geometry, sites: &[f32], grid: &[f32], bits: &[f32], pairs: &mut [f32]) {
     let volume = g.volume();
+    let [d, h, w] = g.in_grid;
+    let tap = |dim: usize, o: f32, k: usize| -> Option<i64> {
+        let p = o as i64 * g.stride[dim] - g.pad[dim] + k as i64 * g.dilation[dim];
+        (0..g.in_grid[dim]).contains(&p).then_some(p)
+    };
     let one = |o: &[f32], row: &mut [f32]| {
-        let o = [o[0] as i64, o[1] as i64, o[2] as i64, o[3] as i64];
-        for (kf, slot) in row.iter_mut().enumerate() {
-            let k = g.offset(kf);
-            let mut p = [o[0], 0, 0, 0];
-            for d in 0..3 {
-                p[d + 1] = o[d + 1] * g.stride[d] - g.pad[d] + k[d] * g.dilation[d];
+        let b = o[0] as i64;
+        let mut slots = row.iter_mut();
+        for kz in 0..g.kernel[0] {
+            let z = tap(0, o[1], kz);
+            for ky in 0..g.kernel[1] {
+                let y = tap(1, o[2], ky);
+                for kx in 0..g.kernel[2] {
+                    let x = tap(2, o[3], kx);
+                    let slot = slots.next().expect("one slot per offset");
+                    *slot = match (z, y, x) {
+                        (Some(z), Some(y), Some(x)) => {
+                            let c = (((b * d + z) * h + y) * w + x) as usize;
+                            if bits[c / 32].to_bits() >> (c % 32) & 1 == 1 {
+                                grid[c]
+                            } else {
+                                0.0
+                            }
+                        }
+                        _ => 0.0,
+                    };
+                }
             }
-            *slot = g.cell(&p, &g.in_grid).map_or(0.0, |c| grid[c]);
         }
     };
     if volume == 0 {
@@ -488,6 +530,30 @@ impl VoxelConv {
                 *v = v.max(0.0);
             }
         }
+    }
+}
+
+/// Copies the first `count` rows of `width` elements of input 0, `count`
+/// being the site count of the rule book in input 1: a model output whose
+/// row count is known only after the run. The rest of the output is not
+/// touched (nor, for a fresh buffer, paged in).
+#[derive(Clone, Debug)]
+pub struct CopyRows {
+    /// Elements per row.
+    pub width: usize,
+}
+
+impl RowKernel for CopyRows {
+    fn rows(&self, _: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        let [src, book, ..] = inputs else {
+            return Err("a row copy reads 2 buffers".into());
+        };
+        let len = site_count(book)? * self.width;
+        let (Some(src), Some(dst)) = (src.get(..len), out.get_mut(..len)) else {
+            return Err(format!("{len} elements are past the buffers"));
+        };
+        dst.copy_from_slice(src);
+        Ok(())
     }
 }
 

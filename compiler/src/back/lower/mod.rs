@@ -333,7 +333,9 @@ pub fn lower_with(
         };
         let src = cx.buf(*v)?;
         let n = cx.numel(*v)?;
-        cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
+        if !voxel::copy_output(&mut cx, &counts, *v, src, Buf::Output(k), n) {
+            cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
+        }
         outputs.push((name.clone(), n));
         output_bufs.push(Buf::Output(k));
     }

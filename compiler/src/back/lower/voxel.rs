@@ -25,7 +25,7 @@ use super::{align, LowerCx, StepLabel};
 use crate::back::BackError;
 use crate::ir::{Attr, Node, SymId, ValueId};
 use netc_runtime::plan::Buf;
-use netc_runtime::voxel::{BuildRuleBook, Geometry, Layout, VoxelConv, COORDS_AT};
+use netc_runtime::voxel::{BuildRuleBook, CopyRows, Geometry, Layout, VoxelConv, COORDS_AT};
 use std::collections::HashSet;
 
 /// A rule book in the arena.
@@ -93,6 +93,41 @@ pub fn counts(cx: &LowerCx, nodes: &[&Node]) -> Result<Vec<(SymId, usize)>, Back
         }
     }
     Ok(out)
+}
+
+/// Pushes the copy of output `v` (in `src`, `n` elements) to `out` when
+/// its row count is one of `counts`: only the rows the run computed are
+/// copied. Returns whether it did.
+pub fn copy_output(
+    cx: &mut LowerCx,
+    counts: &[(SymId, usize)],
+    v: ValueId,
+    src: Buf,
+    out: Buf,
+    n: usize,
+) -> bool {
+    let shape = &cx.g.ty(v).shape;
+    let Some((&[(s, 1)], 0)) = shape.first().map(|d| (d.terms(), d.constant())) else {
+        return false;
+    };
+    let Some(&(_, at)) = counts.iter().find(|(c, _)| *c == s) else {
+        return false;
+    };
+    let width = n / cx
+        .sizes(v)
+        .and_then(|s| s.first().copied())
+        .unwrap_or(1)
+        .max(1);
+    let count = Buf::Arena { offset: at, len: 1 };
+    push_rows(
+        cx,
+        CopyRows { width },
+        vec![src, count],
+        vec![n, 1],
+        out,
+        (1, n, 1),
+    );
+    true
 }
 
 /// The node's `rulebook` key.

@@ -1,7 +1,9 @@
 //! The lowered sparse convs against the f64 interpreter (itself checked
 //! against dense `conv3d`): rule books shared per key, a strided conv's
 //! sites feeding a chained rule book, a bias, the site count read back
-//! from the arena, an empty input and bad sites.
+//! from the arena, an empty input and bad sites; and against the PyTorch
+//! fixture of the interpreter's own test (dense `conv3d` masked to the
+//! active sites) through the host API.
 
 use super::super::{lower, Lowered};
 use crate::back::jit::Jit;
@@ -30,7 +32,7 @@ fn params(g: &Graph) -> Vec<(String, Vec<f32>)> {
         .map(|p| {
             let n: i64 = p.ty.known_shape().unwrap().iter().product();
             let v = (0..n)
-                .map(|i| ((i as f32 * 0.61 + p.path.len() as f32).sin() * 0.4))
+                .map(|i| (i as f32 * 0.61 + p.path.len() as f32).sin() * 0.4)
                 .collect();
             (p.path.clone(), v)
         })
@@ -137,20 +139,105 @@ fn lowered_convs_match_the_interpreter() {
     }
 }
 
+/// Duplicate sites, sites outside the grid and batch indices past the
+/// batch stop the run with the error the interpreter gives.
 #[test]
 fn bad_sites_stop_the_run_with_the_interpreters_message() {
     let g = program(MODEL).unwrap();
-    let mut coords = sites(4);
-    coords[12..16].copy_from_slice(&coords[0..4].to_vec());
-    let (_, r) = run(&g, &coords, &[0.5; 12], 2);
-    let e = r.unwrap_err();
-    assert!(e.contains("appears twice"), "{e}");
-    let mut coords = sites(4);
-    coords[6] = 6.0;
-    let e = run(&g, &coords, &[0.5; 12], 1).1.unwrap_err();
-    assert!(e.contains("outside the grid [5, 6, 7]"), "{e}");
-    coords[6] = 0.0;
-    coords[4] = 2.0;
-    let e = run(&g, &coords, &[0.5; 12], 1).1.unwrap_err();
-    assert!(e.contains("batch index 2"), "{e}");
+    let interp_error = |coords: &[f32]| {
+        let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        let named: HashMap<String, Array> = params(&g)
+            .into_iter()
+            .zip(&g.params)
+            .map(|((path, v), p)| {
+                let shape: Vec<usize> =
+                    p.ty.known_shape()
+                        .unwrap()
+                        .iter()
+                        .map(|&d| d as usize)
+                        .collect();
+                (path, Array::new(&shape, f64s(&v)))
+            })
+            .collect();
+        let ins = [
+            ("f", Array::new(&[4, 3], vec![0.5; 12])),
+            ("c", Array::new(&[4, 4], f64s(coords))),
+        ];
+        interp::run(&g, &ins, &named).unwrap_err()
+    };
+    let mut dup = sites(4);
+    dup.copy_within(0..4, 12);
+    let mut outside = sites(4);
+    outside[6] = 6.0;
+    let mut batch = sites(4);
+    batch[4] = 2.0;
+    for (coords, want) in [
+        (dup, "appears twice"),
+        (outside, "outside the grid [5, 6, 7]"),
+        (batch, "batch index 2, the tensor holds 2 samples"),
+    ] {
+        for threads in [1, 2] {
+            let e = run(&g, &coords, &[0.5; 12], threads).1.unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let e = interp_error(&coords);
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+/// `tests/fixtures/reference/sparse.net` (dilation 2, a `[3, 1, 3]`
+/// kernel, a stride-1 `sparse_conv3d`, biases, two data-dependent counts)
+/// compiled and run through `CompiledModel` against PyTorch's float64
+/// results: coordinates exact, features within 1e-5 of the largest.
+#[test]
+fn lowered_convs_match_the_pytorch_fixture() {
+    use crate::session::{load_model, CompiledModel};
+    use netc_runtime::weights::read_safetensors;
+    use netc_runtime::{Storage, Tensor};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/reference");
+    let g = load_model(&root.join("sparse.net"), None, &[]).unwrap();
+    let t: HashMap<String, Tensor> = read_safetensors(&root.join("sparse.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let values = |t: &Tensor| -> Vec<f64> {
+        match t.storage() {
+            Storage::F64(v) => v.clone(),
+            Storage::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Storage::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let f32s = |t: &Tensor| {
+        Tensor::from_f32(t.shape(), values(t).iter().map(|&x| x as f32).collect()).unwrap()
+    };
+    let feats = f32s(&t["input.feats"]);
+    let coords = t["input.coords"].clone();
+    let shapes = [("feats", feats.shape()), ("coords", coords.shape())];
+    for threads in [1, 2] {
+        let options = CompileOptions {
+            threads,
+            ..Default::default()
+        };
+        let mut model = CompiledModel::new(g.clone(), &shapes, options).unwrap();
+        let weights = model
+            .weight_specs()
+            .iter()
+            .map(|s| f32s(&t[&s.name]))
+            .collect();
+        model.set_weights(weights).unwrap();
+        let got = model
+            .run(&[("feats", &feats), ("coords", &coords)])
+            .unwrap();
+        assert_eq!(got.len(), 6);
+        for (name, y) in &got {
+            let want = &t[&format!("expected.{name}")];
+            assert_eq!(y.shape(), want.shape(), "{name}");
+            let (y, want) = (values(y), values(want));
+            let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+            for (a, e) in y.iter().zip(&want) {
+                assert!((a - e).abs() <= 1e-5 * scale, "{name}: {a} vs {e}");
+            }
+        }
+    }
 }

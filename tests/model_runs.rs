@@ -659,9 +659,7 @@ fn spconv_encoder_matches_the_interpreter() {
         }
     }
     let m = m as usize;
-    let feats: Vec<f32> = (0..m * 4)
-        .map(|i| ((i as f32 * 0.37).sin() * 1.5))
-        .collect();
+    let feats: Vec<f32> = (0..m * 4).map(|i| (i as f32 * 0.37).sin() * 1.5).collect();
     let features = Tensor::from_f32(&[m, 4], feats).unwrap();
     let coords = Tensor::new(&[m, 4], Storage::I32(coords)).unwrap();
     let inputs = [("features", &features), ("coords", &coords)];

@@ -6,6 +6,10 @@
 use super::*;
 use crate::counter::splitmix64;
 
+/// What one run of a rule book and a conv gives: the site count, the
+/// output coordinates, the features and the rule book.
+type Ran = (usize, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// A conv of `cin -> cout` channels over `batch` samples of `grid`.
 struct Case {
     g: Geometry,
@@ -39,13 +43,7 @@ impl Case {
     /// Runs the rule book and the conv (with ReLU) on `coords`/`feats`
     /// and weight `w` (`[cout, volume, cin]`), inside a pool of
     /// `threads`; returns (count, coords, features, the rule book).
-    fn run(
-        &self,
-        coords: &[f32],
-        feats: &[f32],
-        w: &[f32],
-        threads: usize,
-    ) -> Result<(usize, Vec<f32>, Vec<f32>, Vec<f32>), String> {
+    fn run(&self, coords: &[f32], feats: &[f32], w: &[f32], threads: usize) -> Result<Ran, String> {
         let (vol, m) = (self.g.volume(), coords.len() / 4);
         let bound = if self.g.subm {
             m

@@ -51,6 +51,11 @@ MODELS = {
     "fcos": ("models/fcos.net", "fcos_resnet50_fpn", "fcos_backbone_head", "image", 2),
     # The peers' small diffusers config (needs `pip install diffusers`).
     "unet": ("models/sd_unet.net", "sd_unet_small", "unet", "sample", 2),
+    # spconv 2.3.x on CPU (`pip install spconv`), batch 1 only: 20000 random
+    # distinct voxels of the 40x200x200 grid on both sides. netc's FLOP count
+    # is the shape rule's upper bound on the rule-book pairs, far above the
+    # pairs of such inputs, so the "% of peak" column overstates.
+    "spconv": ("models/spconv.net", "spconv_encoder", "spconv_net", "features", 1, ["--set", "M=20000"]),
 }
 
 
@@ -193,7 +198,7 @@ def main() -> None:
     extra = args.netc_args.split()
     rows = []
     for name in args.models.split(","):
-        batches = [int(b) for b in args.batches.split(",") if b] or [1, MODELS[name][4]]
+        batches = [int(b) for b in args.batches.split(",") if b] or sorted({1, MODELS[name][4]})
         for batch in batches:
             runners, compile_s = peer_runners(name, batch, args.compile, args.ort)
             pooled = {k: [] for k in ["netc", *runners]}

@@ -73,8 +73,11 @@ pub struct CompiledModel {
     params: Vec<Tensor>,
     /// The input shapes the plan was compiled for, in executor order.
     input_shapes: Vec<Vec<usize>>,
-    /// The output shapes those inputs give, in executor order.
+    /// The output shapes those inputs give, in executor order (a
+    /// data-dependent size, known only after a run, as 0).
     output_shapes: Vec<Vec<usize>>,
+    /// The values of the input symbols.
+    symbols: HashMap<SymId, i64>,
 }
 
 impl CompiledModel {
@@ -94,18 +97,11 @@ impl CompiledModel {
             .iter()
             .map(|(s, v)| (graph.sym_name(*s), *v))
             .collect();
-        let shape_of = |v: ValueId| -> Vec<usize> {
-            graph
-                .ty(v)
-                .shape
-                .iter()
-                .map(|d| d.eval(&|s| bound.get(&s).copied()).as_known().unwrap_or(0) as usize)
-                .collect()
-        };
+        let shape_of = |v: ValueId| shape_at(&graph, v, &bound);
         let input_shapes = graph.inputs.iter().map(|(_, v)| shape_of(*v)).collect();
-        let output_shapes = graph.outputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let mut jit = Jit::new()?;
         let lowered = lower(&graph, &symbols, options, &mut jit)?;
+        let output_shapes = graph.outputs.iter().map(|(_, v)| shape_of(*v)).collect();
         let mut executor =
             Executor::new(lowered.plan.clone(), options.threads)?.inline_when_small();
         if options.team {
@@ -129,6 +125,7 @@ impl CompiledModel {
             params,
             input_shapes,
             output_shapes,
+            symbols: bound,
         };
         model.prepare()?;
         Ok(model)
@@ -278,22 +275,49 @@ impl CompiledModel {
         let mut outs = self.output_buffers();
         let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
         self.executor.run(&slices, &params, &mut out_refs)?;
+        let shapes = self.run_shapes();
         let mut result = Vec::with_capacity(outs.len());
-        for (((name, v), shape), data) in
-            self.graph.outputs.iter().zip(&self.output_shapes).zip(outs)
+        for (((name, v), shape), mut data) in self.graph.outputs.iter().zip(shapes.iter()).zip(outs)
         {
+            data.truncate(shape.iter().product());
             // The arena holds every value as f32; a u8 output (`quantize_u8`)
-            // holds integers 0..=255 and is handed out as u8.
+            // holds integers 0..=255 and is handed out as u8, i32 voxel
+            // coordinates as i32.
             let t = match self.graph.ty(*v).dtype {
                 DType::U8 => {
                     Tensor::new(shape, Storage::U8(data.iter().map(|&x| x as u8).collect()))
                 }
+                DType::I32 => Tensor::new(
+                    shape,
+                    Storage::I32(data.iter().map(|&x| x as i32).collect()),
+                ),
                 _ => Tensor::from_f32(shape, data),
             }
             .ok_or_else(|| RunError::Inputs(format!("output `{name}` has an unexpected size")))?;
             result.push((name.clone(), t));
         }
         Ok(result)
+    }
+
+    /// The output shapes of the last run: with data-dependent sizes (the
+    /// site counts of sparse convs) read from where the run left them
+    /// ([`Lowered::counts`]); otherwise the compiled shapes.
+    fn run_shapes(&self) -> Cow<'_, [Vec<usize>]> {
+        if self.lowered.counts.is_empty() {
+            return Cow::Borrowed(&self.output_shapes);
+        }
+        let arena = self.executor.arena();
+        let mut values = self.symbols.clone();
+        for &(s, at) in &self.lowered.counts {
+            values.insert(s, i64::from(arena[at].to_bits()));
+        }
+        let shapes = self
+            .graph
+            .outputs
+            .iter()
+            .map(|(_, v)| shape_at(&self.graph, *v, &values))
+            .collect();
+        Cow::Owned(shapes)
     }
 
     /// Times the forward pass per layer: one warm-up run, then `reps`
@@ -410,6 +434,20 @@ pub fn load_model(
 /// `num_batches_tracked`, are never read by a plan and pass as empty).
 fn param_slices(params: &[Tensor]) -> Vec<&[f32]> {
     params.iter().map(|t| t.as_f32().unwrap_or(&[])).collect()
+}
+
+/// The shape of `v` at the symbol values `values` (an unknown size: 0).
+fn shape_at(g: &Graph, v: ValueId, values: &HashMap<SymId, i64>) -> Vec<usize> {
+    g.ty(v)
+        .shape
+        .iter()
+        .map(|d| {
+            d.eval(&|s| values.get(&s).copied())
+                .as_known()
+                .unwrap_or(0)
+                .max(0) as usize
+        })
+        .collect()
 }
 
 fn known_shape(dims: &[i64]) -> Vec<usize> {

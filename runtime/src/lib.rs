@@ -32,6 +32,7 @@ pub mod text;
 pub mod text_grad;
 pub mod timestep;
 pub mod train;
+pub mod voxel;
 pub mod weights;
 
 pub use dtype::DType;

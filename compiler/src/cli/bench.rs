@@ -335,6 +335,10 @@ pub(super) fn model_inputs(g: &Graph, shapes: &[(String, Vec<usize>)]) -> Vec<(S
                 format!("{name}.values"),
                 tensor(Storage::F32(values), rows * nnz),
             ));
+        } else if let Some(conv) = g.nodes.iter().find(|n| {
+            matches!(n.op.name, "subm_conv3d" | "sparse_conv3d") && n.inputs.get(1) == Some(v)
+        }) {
+            out.push((name.clone(), voxel_coords(conv, shape[0])));
         } else if ty.dtype == DType::I64 {
             let table = reader
                 .and_then(|n| n.inputs.get(1))
@@ -353,6 +357,44 @@ pub(super) fn model_inputs(g: &Graph, shapes: &[(String, Vec<usize>)]) -> Vec<(S
         }
     }
     out
+}
+
+/// `m` distinct seeded voxel coordinates `[m, 4]` (batch, z, y, x) in
+/// random order over the input grid of the sparse conv `conv` (its
+/// `in_shape` and `batch`), as spconv's benchmark draws them; capped at
+/// the grid's voxel count.
+fn voxel_coords(conv: &netc::ir::Node, m: usize) -> Tensor {
+    use netc::ir::Attr;
+    let grid = match conv.op.attr("in_shape") {
+        Some(Attr::Ints(v)) => v.iter().map(|&n| n.max(1) as u64).collect(),
+        _ => vec![1],
+    };
+    let batch = match conv.op.attr("batch") {
+        Some(Attr::Dims(d)) => d.first().and_then(|d| d.as_known()).unwrap_or(1).max(1) as u64,
+        _ => 1,
+    };
+    let plane: u64 = grid.iter().product();
+    let m = m.min((plane * batch) as usize);
+    let mut taken = std::collections::HashSet::with_capacity(m);
+    let mut coords = Vec::with_capacity(m * 4);
+    let mut k = 0u64;
+    while taken.len() < m {
+        k += 1;
+        let cell = netc_runtime::counter::splitmix64(k) % (plane * batch);
+        if !taken.insert(cell) {
+            continue;
+        }
+        let mut rest = cell % plane;
+        let mut site = vec![(cell / plane) as i32];
+        for d in 0..grid.len() {
+            let inner: u64 = grid[d + 1..].iter().product();
+            site.push((rest / inner) as i32);
+            rest %= inner;
+        }
+        coords.extend(site);
+    }
+    Tensor::new(&[m, 1 + grid.len()], Storage::I32(coords))
+        .expect("the data has the shape's element count")
 }
 
 /// Seeded inputs in [-1, 1) (a fixed linear congruential sequence: the

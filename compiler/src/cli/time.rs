@@ -42,7 +42,9 @@ pub fn time(args: &TimeArgs) -> Result<(), Failure> {
     }
     let loaded = super::options::load(&args.model)?;
     let mut sizes = loaded.sizes.clone();
-    sizes.push(("N".into(), args.batch as i64));
+    if loaded.graph.find_symbol("N").is_some() || args.batch != 1 {
+        sizes.push(("N".into(), args.batch as i64));
+    }
     let shapes = input_shapes(&loaded.graph, &sizes)?;
     let name = loaded.graph.name.clone();
     let reps = args.reps.max(1);

@@ -9,10 +9,12 @@
 //! k * dilation` of the same batch. `subm_conv3d` computes at the input
 //! sites (same order); `sparse_conv3d` at every output site such a `p`
 //! exists for, in lexicographic `(batch, z, y, x)` order, and also returns
-//! those coordinates.
+//! those coordinates. A site outside the grid or the batch, or one given
+//! twice, is an error.
 
 use super::array::{unravel, Array};
 use super::dense::Attrs;
+use crate::ir::Attr;
 use std::collections::{BTreeSet, HashMap};
 
 /// The result of one family op, or `None` if `name` is not in the family.
@@ -46,8 +48,18 @@ fn conv(x: &[&Array], a: &Attrs, subm: bool) -> Result<Vec<Array>, String> {
         .chunks(4)
         .map(|c| [c[0] as i64, c[1] as i64, c[2] as i64, c[3] as i64])
         .collect();
+    let batch = a.0.iter().find_map(|(n, v)| match v {
+        Attr::Dims(d) if *n == "batch" => d.first().and_then(|d| d.as_known()),
+        _ => None,
+    });
     let mut index: HashMap<Site, usize> = HashMap::new();
     for (i, s) in sites.iter().enumerate() {
+        if let Some(b) = batch.filter(|b| !(0..*b).contains(&s[0])) {
+            return Err(format!(
+                "site {s:?} has batch index {}, the tensor holds {b} samples",
+                s[0]
+            ));
+        }
         if (0..3).any(|d| s[d + 1] < 0 || s[d + 1] >= in_shape[d]) {
             return Err(format!("site {s:?} is outside the grid {in_shape:?}"));
         }

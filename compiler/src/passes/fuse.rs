@@ -26,7 +26,8 @@
 //! A training `batch_norm_train` and a `group_norm` take the `relu`
 //! reading their normalised result ([`norm_relu`]): the norm's apply
 //! kernel writes the relu's result, and the normalised values are never
-//! stored.
+//! stored. The sparse convs take the `relu` of their features
+//! (`sparse_relu`) the same way.
 
 use super::rewrite;
 use crate::back::clif::{node_kernel, unary_of};
@@ -61,7 +62,10 @@ pub fn run(g: &mut Graph) -> FuseStats {
         if taken.contains(&h) || head.train_only {
             continue;
         }
-        if matches!(head.op.name, "batch_norm_train" | "group_norm") {
+        if matches!(
+            head.op.name,
+            "batch_norm_train" | "group_norm" | "subm_conv3d" | "sparse_conv3d"
+        ) {
             if let Some(f) = norm_relu(g, h, &readers, &taken) {
                 g.nodes[f].fused_into = Some(g.nodes[h].outputs[0]);
                 taken.insert(f);
@@ -179,7 +183,8 @@ fn concat_norm_group(
 }
 
 /// The `relu` reading the normalised result of the norm at `h` (a
-/// training batch norm or a group norm), when it is that result's only
+/// training batch norm or a group norm; or the features of a sparse
+/// conv), when it is that result's only
 /// reader and neither is a graph output (the norm's apply kernel then
 /// writes `max(y, 0)` straight into the relu's result; a training norm's
 /// backward reads the norm's input, not `y`).

@@ -30,7 +30,9 @@
 //! - [`sparse`]: ops over sparse bag inputs and the DSSM scoring ops (row
 //!   steps); a sparse input is three executor inputs;
 //! - [`rnn`]: `embedding`, `lstm` and their gradients (row steps);
-//! - [`amax`]: `amax` over adjacent dims and its gradient (row steps).
+//! - [`amax`]: `amax` over adjacent dims and its gradient (row steps);
+//! - [`voxel`]: the sparse 3D convolutions (a rule-book step per
+//!   `rulebook` key, a row step per conv).
 
 pub mod amax;
 pub mod attention;
@@ -57,11 +59,12 @@ pub mod sparse;
 mod text_grad;
 #[cfg(test)]
 mod train_oracle;
+pub mod voxel;
 
 use super::elementwise::{Bcast, Chain, Domain};
 use super::jit::Jit;
 use super::BackError;
-use crate::ir::{Dim, Graph, Node, SymId, ValueDef, ValueId};
+use crate::ir::{Dim, Graph, Node, SymId, SymKind, ValueDef, ValueId};
 use crate::options::CompileOptions;
 use crate::passes::memplan;
 use netc_runtime::plan::{Buf, Plan, Step, Work};
@@ -86,6 +89,11 @@ pub struct Lowered {
     pub output_bufs: Vec<Buf>,
     /// Which layer each run step belongs to, parallel to `plan.steps`.
     pub labels: Vec<StepLabel>,
+    /// The data-dependent sizes a run computes (the site counts of sparse
+    /// convs): each symbol with the arena element that holds its value
+    /// as a `u32` bit pattern after a run ([`voxel::counts`]). Buffers are
+    /// sized for the symbols' bounds; outputs hold the actual sizes.
+    pub counts: Vec<(SymId, usize)>,
 }
 
 /// The layer a run step computes part of, for per-layer profiles.
@@ -137,6 +145,11 @@ pub struct LowerCx<'a> {
     gemm_packed: HashMap<ValueId, Buf>,
     /// Whether the node being lowered is parameter-derived.
     in_prepare: bool,
+    /// The rule books built so far, by `rulebook` key ([`voxel`]).
+    rule_books: HashMap<String, voxel::Book>,
+    /// The rule book whose output sites each strided conv's coordinates
+    /// value holds ([`voxel`]).
+    books_of: HashMap<ValueId, voxel::Book>,
     /// Per fusion head (its first output), the positions in `g.nodes` of
     /// the nodes fused into it, in execution order.
     fused: HashMap<ValueId, Vec<usize>>,
@@ -180,6 +193,7 @@ pub fn lower_with(
     let unstored = pointwise::unstored_links(&nodes);
     let mut skip: HashSet<ValueId> = derived.union(&unstored).copied().collect();
     skip.extend(sparse::persistent_values(&nodes));
+    skip.extend(voxel::book_values(&nodes));
     let mem = memplan::plan_skipping(g, symbols, &skip, options.reuse_arena);
     let transient: HashMap<ValueId, usize> = mem
         .placements
@@ -211,6 +225,8 @@ pub fn lower_with(
         packed: HashMap::new(),
         gemm_packed: HashMap::new(),
         in_prepare: false,
+        rule_books: HashMap::new(),
+        books_of: HashMap::new(),
         fused: pointwise::fusion_groups(g),
         training: mode == OutputMode::InPlace,
     };
@@ -224,6 +240,7 @@ pub fn lower_with(
         .map(|v| cx.numel(*v).map(align))
         .chain(nodes.iter().map(|n| norm::persistent_len(&cx, n)))
         .chain([sparse::persistent_len(&cx, &nodes)])
+        .chain([voxel::persistent_len(&cx, &nodes)])
         .chain([rnn::persistent_len(&cx, &nodes)])
         .chain([Ok(contract::persistent_len(&cx, &nodes))])
         .sum::<Result<usize, _>>()?;
@@ -241,7 +258,7 @@ pub fn lower_with(
             .push(c.data.iter().map(|&x| x as f32).collect());
         cx.bufs.insert(c.value, Buf::Const(k));
     }
-    for node in nodes {
+    for &node in &nodes {
         if node.fused_into.is_some() {
             continue;
         }
@@ -282,10 +299,12 @@ pub fn lower_with(
             .or_else(|| rnn::try_lower(&mut cx, node))
             .or_else(|| text_grad::try_lower(&mut cx, node))
             .or_else(|| amax::try_lower(&mut cx, node))
+            .or_else(|| voxel::try_lower(&mut cx, node))
             .unwrap_or_else(|| Err(cx.unsupported(node)));
         lowered?;
     }
     cx.in_prepare = false;
+    let counts = voxel::counts(&cx, &nodes)?;
     let identity = Chain {
         inputs: vec![Bcast::Full],
         domain: Domain::Flat,
@@ -314,7 +333,9 @@ pub fn lower_with(
         };
         let src = cx.buf(*v)?;
         let n = cx.numel(*v)?;
-        cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
+        if !voxel::copy_output(&mut cx, &counts, *v, src, Buf::Output(k), n) {
+            cx.kernel(&identity, vec![src], Buf::Output(k), n)?;
+        }
         outputs.push((name.clone(), n));
         output_bufs.push(Buf::Output(k));
     }
@@ -330,6 +351,7 @@ pub fn lower_with(
         outputs,
         output_bufs,
         labels: cx.labels,
+        counts,
     })
 }
 
@@ -469,11 +491,12 @@ impl<'a> LowerCx<'a> {
         }
     }
 
-    /// The concrete shape of `v` (dense f32 values, and the u8 results of
-    /// `quantize_u8`, which the arena holds as f32).
+    /// The concrete shape of `v` (dense f32 values, the u8 results of
+    /// `quantize_u8` and i32 voxel coordinates, which the arena holds as
+    /// f32 values).
     pub fn shape(&self, v: ValueId) -> Result<Vec<usize>, BackError> {
         let ty = self.g.ty(v);
-        if !matches!(ty.dtype, DType::F32 | DType::U8) || ty.sparse {
+        if !matches!(ty.dtype, DType::F32 | DType::U8 | DType::I32) || ty.sparse {
             return Err(BackError(format!(
                 "value %{} is {}; this back end runs dense f32 only",
                 v.0,
@@ -508,13 +531,23 @@ impl<'a> LowerCx<'a> {
 
     /// The value of a size expression at the bound symbols, if known.
     fn eval(&self, d: &Dim) -> Option<i64> {
-        let value_of = |s: SymId| {
-            self.symbols
-                .iter()
-                .find(|(n, _)| *n == self.g.sym_name(s))
-                .map(|(_, v)| *v)
-        };
-        d.eval(&value_of).as_known()
+        d.eval(&|s| self.symbol(s, 0)).as_known()
+    }
+
+    /// The value of symbol `s`: as given, or for a data-dependent size
+    /// (known only when the model runs) its bound, which buffers are
+    /// planned for (as the memory planner does).
+    fn symbol(&self, s: SymId, depth: usize) -> Option<i64> {
+        let name = self.g.sym_name(s);
+        if let Some((_, v)) = self.symbols.iter().find(|(n, _)| *n == name) {
+            return Some(*v);
+        }
+        match &self.g.symbols[s.0 as usize].kind {
+            SymKind::DataDependent { bound, .. } if depth < 16 => {
+                bound.eval(&|t| self.symbol(t, depth + 1)).as_known()
+            }
+            _ => None,
+        }
     }
 
     /// The nodes fused into `head`, in execution order.

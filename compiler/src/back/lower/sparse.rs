@@ -257,7 +257,7 @@ fn bag_grain(node: &Node, width: usize) -> usize {
 
 /// The transposed copy (`[cols, rows]`) of weight `w` viewed as
 /// `[rows, cols]`, made by a prepare step the first time a node asks for it.
-fn packed_weight(
+pub(super) fn packed_weight(
     cx: &mut LowerCx,
     node: &Node,
     w: ValueId,

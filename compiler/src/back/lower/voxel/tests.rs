@@ -41,6 +41,28 @@ fn params(g: &Graph) -> Vec<(String, Vec<f32>)> {
 
 /// Lowers `g` for `m` sites and runs it on `threads`; the outputs cut to
 /// the site count the run left in the arena, or the run's error.
+/// The values of [`params`] as the interpreter's f64 arrays, by path.
+fn named_params(g: &Graph) -> HashMap<String, Array> {
+    params(g)
+        .into_iter()
+        .zip(&g.params)
+        .map(|((path, v), p)| {
+            let shape: Vec<usize> =
+                p.ty.known_shape()
+                    .unwrap()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect();
+            (path, Array::new(&shape, f64s(&v)))
+        })
+        .collect()
+}
+
+/// `v` widened to f64.
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
 fn run(
     g: &Graph,
     coords: &[f32],
@@ -94,20 +116,7 @@ fn lowered_convs_match_the_interpreter() {
     for m in [0, 1, 60] {
         let coords = sites(m);
         let feats: Vec<f32> = (0..m * 3).map(|i| (i as f32 * 0.37).cos()).collect();
-        let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-        let named: HashMap<String, Array> = params(&g)
-            .into_iter()
-            .zip(&g.params)
-            .map(|((path, v), p)| {
-                let shape: Vec<usize> =
-                    p.ty.known_shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| d as usize)
-                        .collect();
-                (path, Array::new(&shape, f64s(&v)))
-            })
-            .collect();
+        let named = named_params(&g);
         let want = interp::run(
             &g,
             &[
@@ -145,20 +154,7 @@ fn lowered_convs_match_the_interpreter() {
 fn bad_sites_stop_the_run_with_the_interpreters_message() {
     let g = program(MODEL).unwrap();
     let interp_error = |coords: &[f32]| {
-        let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-        let named: HashMap<String, Array> = params(&g)
-            .into_iter()
-            .zip(&g.params)
-            .map(|((path, v), p)| {
-                let shape: Vec<usize> =
-                    p.ty.known_shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| d as usize)
-                        .collect();
-                (path, Array::new(&shape, f64s(&v)))
-            })
-            .collect();
+        let named = named_params(&g);
         let ins = [
             ("f", Array::new(&[4, 3], vec![0.5; 12])),
             ("c", Array::new(&[4, 4], f64s(coords))),

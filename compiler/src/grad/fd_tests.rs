@@ -226,6 +226,19 @@ fn group_and_layer_norms() {
     }
 }
 
+/// Multi-head attention as the UNet's transformer blocks use it: self-
+/// attention with 2 heads, and cross-attention to a context of another
+/// length.
+#[test]
+fn attention() {
+    let body = "input x: f32[N, 5, 8]\n input ctx: f32[N, 3, 6]\n \
+                q = x |> wq: linear(8)\n k = x |> wk: linear(8)\n v = x |> wv: linear(8)\n \
+                h = attention(q, k, v, heads = 2) |> o: linear(8)\n \
+                k2 = ctx |> ck: linear(8)\n v2 = ctx |> cv: linear(4)\n \
+                output y = attention(h |> cq: linear(8), k2, v2, heads = 2)";
+    check("attention", &weighted_sum(body, "[N, 5, 4]"), 3);
+}
+
 /// The FPN's and the UNet's nearest upsampling, by a factor and to a
 /// size that is not a multiple of the input's.
 #[test]

@@ -1,5 +1,6 @@
 //! Reference semantics of the sequence and image-model ops without a dense
-//! core counterpart: multi-head attention, diffusers' timestep embedding,
+//! core counterpart: multi-head attention and its gradient, diffusers'
+//! timestep embedding,
 //! nearest-neighbour resizing and the (peephole) LSTM.
 
 use super::array::{unravel, Array};
@@ -21,6 +22,16 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
         "timestep_embedding" => timestep_embedding(x[0], a),
         "upsample_nearest" | "resize_nearest" => resize_nearest(x[0], &out[0]),
         "resize_nearest_grad" => resize_nearest_grad(x[0], &out[0]),
+        "attention_grad" => {
+            return Some(Ok(attention_grad(
+                x[0],
+                x[1],
+                x[2],
+                x[3],
+                a.int("heads") as usize,
+                a.float("scale", 1.0),
+            )))
+        }
         "lstm" => return Some(lstm(x, a)),
         _ => return None,
     };
@@ -32,39 +43,134 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
 /// channels `h*C/heads ..` of `q`, `k` and `h*Cv/heads ..` of `v`, as
 /// `F.scaled_dot_product_attention` on the split heads.
 fn attention(q: &Array, k: &Array, v: &Array, heads: usize, scale: f64) -> Array {
-    let r = q.shape.len();
-    let (l, c) = (q.shape[r - 2], q.shape[r - 1]);
-    let (s, cv) = (k.shape[r - 2], v.shape[r - 1]);
-    let batch: usize = q.shape[..r - 2].iter().product();
-    let heads = heads.max(1);
-    let (dh, dv) = (c / heads, cv / heads);
+    let g = AttentionShape::of(q, k, v, heads);
     let mut shape = q.shape.clone();
-    shape[r - 1] = cv;
+    shape[q.shape.len() - 1] = g.cv;
     let mut out = Array::zeros(&shape);
-    for n in 0..batch {
-        for h in 0..heads {
-            for i in 0..l {
-                let logits: Vec<f64> = (0..s)
-                    .map(|j| {
-                        (0..dh)
-                            .map(|d| {
-                                q.data[(n * l + i) * c + h * dh + d]
-                                    * k.data[(n * s + j) * c + h * dh + d]
-                            })
-                            .sum::<f64>()
-                            * scale
-                    })
-                    .collect();
-                let p: Vec<f64> = log_softmax(&logits).into_iter().map(f64::exp).collect();
-                for e in 0..dv {
-                    out.data[(n * l + i) * cv + h * dv + e] = (0..s)
-                        .map(|j| p[j] * v.data[(n * s + j) * cv + h * dv + e])
-                        .sum();
-                }
-            }
+    for (n, h, i) in g.rows() {
+        let p = g.probabilities(q, k, scale, n, h, i);
+        for e in 0..g.dv {
+            out.data[g.v_at(n, i, h, e, g.l)] = (0..g.s)
+                .map(|j| p[j] * v.data[g.v_at(n, j, h, e, g.s)])
+                .sum();
         }
     }
     out
+}
+
+/// The gradients of [`attention`] with respect to `q`, `k` and `v` for the
+/// output gradient `dout`: per query row with probabilities `p`,
+/// `dv_j += p_j·dout`, `dp_j = dout·v_j`, `ds_j = p_j·(dp_j − Σ p·dp)`,
+/// `dq = scale·Σ ds_j·k_j` and `dk_j += scale·ds_j·q`.
+fn attention_grad(
+    dout: &Array,
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    heads: usize,
+    scale: f64,
+) -> Vec<Array> {
+    let g = AttentionShape::of(q, k, v, heads);
+    let (mut dq, mut dk, mut dv) = (
+        Array::zeros(&q.shape),
+        Array::zeros(&k.shape),
+        Array::zeros(&v.shape),
+    );
+    for (n, h, i) in g.rows() {
+        let p = g.probabilities(q, k, scale, n, h, i);
+        let dp: Vec<f64> = (0..g.s)
+            .map(|j| {
+                (0..g.dv)
+                    .map(|e| dout.data[g.v_at(n, i, h, e, g.l)] * v.data[g.v_at(n, j, h, e, g.s)])
+                    .sum()
+            })
+            .collect();
+        let mean: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+        for j in 0..g.s {
+            for e in 0..g.dv {
+                dv.data[g.v_at(n, j, h, e, g.s)] += p[j] * dout.data[g.v_at(n, i, h, e, g.l)];
+            }
+            let ds = p[j] * (dp[j] - mean) * scale;
+            for d in 0..g.dh {
+                dq.data[g.qk_at(n, i, h, d, g.l)] += ds * k.data[g.qk_at(n, j, h, d, g.s)];
+                dk.data[g.qk_at(n, j, h, d, g.s)] += ds * q.data[g.qk_at(n, i, h, d, g.l)];
+            }
+        }
+    }
+    vec![dq, dk, dv]
+}
+
+/// The sizes of one attention call.
+struct AttentionShape {
+    batch: usize,
+    l: usize,
+    s: usize,
+    c: usize,
+    cv: usize,
+    heads: usize,
+    dh: usize,
+    dv: usize,
+}
+
+impl AttentionShape {
+    fn of(q: &Array, k: &Array, v: &Array, heads: usize) -> Self {
+        let r = q.shape.len();
+        let (l, c) = (q.shape[r - 2], q.shape[r - 1]);
+        let (s, cv) = (k.shape[r - 2], v.shape[r - 1]);
+        let heads = heads.max(1);
+        AttentionShape {
+            batch: q.shape[..r - 2].iter().product(),
+            l,
+            s,
+            c,
+            cv,
+            heads,
+            dh: c / heads,
+            dv: cv / heads,
+        }
+    }
+
+    /// Every (batch item, head, query row).
+    fn rows(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.batch).flat_map(move |n| {
+            (0..self.heads).flat_map(move |h| (0..self.l).map(move |i| (n, h, i)))
+        })
+    }
+
+    /// Flat index of channel `d` of head `h` in row `i` of a q or k
+    /// tensor of `len` rows per item.
+    fn qk_at(&self, n: usize, i: usize, h: usize, d: usize, len: usize) -> usize {
+        (n * len + i) * self.c + h * self.dh + d
+    }
+
+    /// The same for a v or output tensor.
+    fn v_at(&self, n: usize, i: usize, h: usize, e: usize, len: usize) -> usize {
+        (n * len + i) * self.cv + h * self.dv + e
+    }
+
+    /// The softmax over the keys of query row `i` of head `h`.
+    fn probabilities(
+        &self,
+        q: &Array,
+        k: &Array,
+        scale: f64,
+        n: usize,
+        h: usize,
+        i: usize,
+    ) -> Vec<f64> {
+        let logits: Vec<f64> = (0..self.s)
+            .map(|j| {
+                (0..self.dh)
+                    .map(|d| {
+                        q.data[self.qk_at(n, i, h, d, self.l)]
+                            * k.data[self.qk_at(n, j, h, d, self.s)]
+                    })
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        log_softmax(&logits).into_iter().map(f64::exp).collect()
+    }
 }
 
 /// diffusers' `get_timestep_embedding`: `t [N]` -> `[N, dim]`.

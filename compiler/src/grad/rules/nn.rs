@@ -1,6 +1,6 @@
 //! Backward rules of the layers: linear and convolutions (gradient
 //! contractions), training-mode batch norm, group and layer norm, dropout,
-//! pools, nearest resizing and reductions.
+//! pools, attention, nearest resizing and reductions.
 
 use super::{only, GradCx, GradError, Rule};
 use crate::ir::{Attr, Dim, Node, Op, TensorType, ValueId};
@@ -27,6 +27,7 @@ pub const RULES: &[(&str, Rule)] = &[
         pool_with_shape(cx, n, d, "adaptive_avg_pool2d_grad", false)
     }),
     ("global_avg_pool", global_avg_pool),
+    ("attention", attention),
     ("resize_nearest", resize_nearest),
     ("upsample_nearest", resize_nearest),
     ("sum", |cx, n, d, _| reduce(cx, n, d, false)),
@@ -180,6 +181,21 @@ fn pool_with_shape(
     let op = op.with("input_shape", Attr::Dims(tx.shape.clone()));
     let flops = per_element(&tx);
     Ok(vec![Some(cx.emit1(op, vec![dy], tx, flops))])
+}
+
+/// Attention: `attention_grad(dout, q, k, v) -> dq, dk, dv` with the
+/// forward's `heads` and `scale` (the probabilities recomputed).
+fn attention(cx: &mut GradCx, n: &Node, d: &[Option<ValueId>], _: &[bool]) -> Grads {
+    let dy = only(cx, d)?;
+    let [q, k, v] = n.inputs[..] else {
+        return Err(cx.error("expects q, k and v"));
+    };
+    let mut op = Op::new("attention_grad");
+    op.attrs = n.op.attrs.clone();
+    let types = vec![cx.ty(q), cx.ty(k), cx.ty(v)];
+    let flops = n.flops.scale(2);
+    let r = cx.emit(op, vec![dy, q, k, v], types, flops);
+    Ok(r.into_iter().map(Some).collect())
 }
 
 /// A nearest resize (or upsampling): `resize_nearest_grad(dy)` adds each

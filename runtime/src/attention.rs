@@ -304,6 +304,7 @@ impl Attention {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod grad;
 
 #[cfg(test)]
 mod tests;

@@ -2,11 +2,13 @@
 //! transformer blocks and first step) to row steps: kernels
 //! [`netc_runtime::attention::Attention`] (a row per query token) and
 //! [`netc_runtime::timestep::TimestepEmbedding`] (a row per timestep; an
-//! integer input arrives as f32 values, as ids do).
+//! integer input arrives as f32 values, as ids do). `attention_grad`
+//! (training plans) lowers to [`netc_runtime::attention::grad`]'s steps.
 
 use super::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
+use netc_runtime::attention::grad::{AttentionGrad, Unpack};
 use netc_runtime::attention::Attention;
 use netc_runtime::plan::{RowKernel, Rows, Step, Work};
 use netc_runtime::timestep::TimestepEmbedding;
@@ -19,6 +21,7 @@ const GRAIN_WORK: usize = 1 << 15;
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
     match node.op.name {
         "attention" => Some(attention(cx, node)),
+        "attention_grad" => Some(backward(cx, node)),
         "timestep_embedding" => Some(timestep_embedding(cx, node)),
         _ => None,
     }
@@ -76,6 +79,87 @@ fn attention(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let [q, k, v] = node.inputs[..] else {
         return Err(fail(node, format!("{} operands, not 3", node.inputs.len())));
     };
+    let (kernel, batch) = describe(cx, node, [q, k, v])?;
+    let (l, c, s, cv) = (kernel.queries, kernel.dim, kernel.keys, kernel.value_dim);
+    let extents = vec![batch * l * c, batch * s * c, batch * s * cv, batch * l * cv];
+    push_rows(
+        cx,
+        Arc::new(kernel),
+        batch * l,
+        cv,
+        s * (c + cv),
+        &[q, k, v],
+        extents,
+        node.outputs[0],
+    )
+}
+
+/// `attention_grad(dout, q, k, v) -> dq, dk, dv`: one row per batch item
+/// of all three into a scratch buffer, then each copied out.
+fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
+    let [_, q, k, v] = node.inputs[..] else {
+        return Err(fail(node, format!("{} operands, not 4", node.inputs.len())));
+    };
+    let (attention, batch) = describe(cx, node, [q, k, v])?;
+    let (l, c, s, cv) = (
+        attention.queries,
+        attention.dim,
+        attention.keys,
+        attention.value_dim,
+    );
+    let inputs = cx.buf_list(&node.inputs)?;
+    let outputs = cx.output_list(&node.outputs)?;
+    let kernel = AttentionGrad { attention };
+    let row = kernel.row_len();
+    if batch * row == 0 || outputs.len() != 3 {
+        return Ok(());
+    }
+    let scratch = cx.scratch(batch * row);
+    let rows = |kernel: Arc<dyn RowKernel>, width: usize| {
+        Work::Rows(Rows {
+            kernel,
+            rows: batch,
+            width,
+            grain: 1,
+        })
+    };
+    cx.push(Step {
+        work: rows(Arc::new(kernel), row),
+        inputs,
+        output: scratch,
+        extents: vec![
+            batch * l * cv,
+            batch * l * c,
+            batch * s * c,
+            batch * s * cv,
+            batch * row,
+        ],
+    });
+    let mut offset = 0;
+    for (width, output) in [l * c, s * c, s * cv].into_iter().zip(outputs) {
+        let unpack = Unpack {
+            stride: row,
+            offset,
+            width,
+        };
+        cx.push(Step {
+            work: rows(Arc::new(unpack), width),
+            inputs: vec![scratch],
+            output,
+            extents: vec![batch * row, batch * width],
+        });
+        offset += width;
+    }
+    Ok(())
+}
+
+/// The forward kernel's description of the call on `q`, `k`, `v` (shapes
+/// checked) and the number of batch items.
+fn describe(
+    cx: &LowerCx,
+    node: &Node,
+    [q, k, v]: [ValueId; 3],
+) -> Result<(Attention, usize), BackError> {
     let (qs, ks, vs) = (cx.shape(q)?, cx.shape(k)?, cx.shape(v)?);
     let r = qs.len();
     if r < 2
@@ -103,17 +187,7 @@ fn attention(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         heads,
         scale: float(node, "scale", 1.0) as f32,
     };
-    let extents = vec![batch * l * c, batch * s * c, batch * s * cv, batch * l * cv];
-    push_rows(
-        cx,
-        Arc::new(kernel),
-        batch * l,
-        cv,
-        s * (c + cv),
-        &[q, k, v],
-        extents,
-        node.outputs[0],
-    )
+    Ok((kernel, batch))
 }
 
 /// `timestep_embedding(t, dim, ...)`: `t [N]` → `[N, dim]`.

@@ -2,9 +2,12 @@
 //! against the reference interpreter (f64), on 1 and 2 threads:
 //! self-attention, cross-attention through projections with a scale,
 //! embeddings of integer timesteps both ways round, layer norms over one
-//! and two trailing dims with and without the affine terms.
+//! and two trailing dims with and without the affine terms; and the
+//! attention's gradient.
 
 use super::super::oracle::{check, data};
+use super::super::train_oracle::{append, check_rel};
+use crate::ir::{Attr, Op};
 use crate::testing::model;
 
 #[test]
@@ -31,4 +34,36 @@ fn transformer_ops_equal_the_interpreter() {
         ],
         2e-5,
     );
+}
+
+/// `attention_grad` (training plans) against the interpreter's
+/// definition, itself checked by finite differences: self-attention with
+/// 2 heads, and cross-attention with a value width other than the keys'
+/// and more keys than queries.
+#[test]
+fn attention_grads_equal_the_interpreter() {
+    for (l, s, c, cv, heads) in [(6, 6, 8, 8, 2), (5, 9, 8, 4, 4)] {
+        let mut g = model(&format!(
+            "input dout: f32[2, {l}, {cv}]\ninput q: f32[2, {l}, {c}]\n\
+             input k: f32[2, {s}, {c}]\ninput v: f32[2, {s}, {cv}]\noutput y = relu(q)"
+        ))
+        .unwrap();
+        let ins: Vec<_> = g.inputs.iter().map(|(_, v)| *v).collect();
+        let op = Op::new("attention_grad")
+            .with("heads", Attr::Int(heads))
+            .with("scale", Attr::Float(0.4));
+        append(
+            &mut g,
+            op,
+            ins,
+            &[vec![2, l, c], vec![2, s, c], vec![2, s, cv]],
+        );
+        let inputs = vec![
+            ("dout", vec![2, l, cv], data(2 * l * cv, 0.5, 1.0)),
+            ("q", vec![2, l, c], data(2 * l * c, 1.5, 1.5)),
+            ("k", vec![2, s, c], data(2 * s * c, 2.5, 1.5)),
+            ("v", vec![2, s, cv], data(2 * s * cv, 3.5, 1.0)),
+        ];
+        check_rel(&g, &inputs, 1e-5, &format!("L {l} S {s} C {c} Cv {cv}"));
+    }
 }

@@ -5,7 +5,7 @@
 //! integer input arrives as f32 values, as ids do). `attention_grad`
 //! (training plans) lowers to [`netc_runtime::attention::grad`]'s steps.
 
-use super::LowerCx;
+use super::{sparse, LowerCx};
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
 use netc_runtime::attention::grad::{AttentionGrad, Unpack};
@@ -39,11 +39,13 @@ fn float(node: &Node, key: &str, default: f64) -> f64 {
     }
 }
 
-/// Appends one row step of `kernel` over `rows` rows of `width`.
+/// Appends one row step of `kernel` over `rows` rows of `width`, each
+/// row `work_per_row` units of work, reading `inputs` (`extents` of each)
+/// into `out`.
 #[allow(clippy::too_many_arguments)]
 fn push_rows(
     cx: &mut LowerCx,
-    kernel: Arc<dyn RowKernel>,
+    kernel: impl RowKernel + 'static,
     rows: usize,
     width: usize,
     work_per_row: usize,
@@ -51,25 +53,12 @@ fn push_rows(
     extents: Vec<usize>,
     out: ValueId,
 ) -> Result<(), BackError> {
-    let inputs = inputs
-        .iter()
-        .map(|v| cx.buf(*v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = cx.buf_list(inputs)?;
     let output = cx.output(out)?;
-    if rows * width == 0 {
-        return Ok(());
+    if rows * width > 0 {
+        let grain = (GRAIN_WORK / work_per_row.max(1)).max(1);
+        sparse::push_rows(cx, kernel, inputs, extents, output, (rows, width, grain));
     }
-    cx.push(Step {
-        work: Work::Rows(Rows {
-            kernel,
-            rows,
-            width,
-            grain: (GRAIN_WORK / work_per_row.max(1)).max(1),
-        }),
-        inputs,
-        output,
-        extents,
-    });
     Ok(())
 }
 
@@ -81,10 +70,10 @@ fn attention(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let (kernel, batch) = describe(cx, node, [q, k, v])?;
     let (l, c, s, cv) = (kernel.queries, kernel.dim, kernel.keys, kernel.value_dim);
-    let extents = vec![batch * l * c, batch * s * c, batch * s * cv, batch * l * cv];
+    let extents = vec![batch * l * c, batch * s * c, batch * s * cv];
     push_rows(
         cx,
-        Arc::new(kernel),
+        kernel,
         batch * l,
         cv,
         s * (c + cv),
@@ -209,16 +198,7 @@ fn timestep_embedding(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         max_period: float(node, "max_period", 10000.0),
         scale: float(node, "scale", 1.0),
     };
-    push_rows(
-        cx,
-        Arc::new(kernel),
-        n,
-        dim,
-        dim * 16,
-        &[t],
-        vec![n, n * dim],
-        node.outputs[0],
-    )
+    push_rows(cx, kernel, n, dim, dim * 16, &[t], vec![n], node.outputs[0])
 }
 
 #[cfg(test)]

@@ -7,13 +7,12 @@
 //! lowers channels first ([`netc_runtime::resize::ResizeNearestGrad`]).
 
 use super::norm::channels_last;
-use super::LowerCx;
+use super::{sparse, LowerCx};
 use crate::back::BackError;
 use crate::ir::Node;
 use netc_runtime::group_norm::ChannelAxis;
-use netc_runtime::plan::{RowKernel, Rows, Step, Work};
+use netc_runtime::plan::RowKernel;
 use netc_runtime::resize::{ResizeNearest, ResizeNearestGrad};
-use std::sync::Arc;
 
 /// Elements worth giving a thread.
 const GRAIN_ELEMS: usize = 1 << 14;
@@ -40,13 +39,7 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     }
     let kernel = ResizeNearestGrad::new(&xs[2..], &dys[2..]);
     let (rows, width) = (xs[0] * xs[1], kernel.in_positions());
-    push_rows(
-        cx,
-        node,
-        Arc::new(kernel),
-        (rows, width),
-        dys.iter().product(),
-    )
+    push_rows(cx, node, kernel, (rows, width), dys.iter().product())
 }
 
 /// Pushes the row step of a one-operand node: `rows × width` results from
@@ -54,26 +47,23 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 fn push_rows(
     cx: &mut LowerCx,
     node: &Node,
-    kernel: Arc<dyn RowKernel>,
+    kernel: impl RowKernel + 'static,
     (rows, width): (usize, usize),
     in_len: usize,
 ) -> Result<(), BackError> {
     let input = cx.buf(node.inputs[0])?;
     let output = cx.output(node.outputs[0])?;
-    if rows * width == 0 {
-        return Ok(());
-    }
-    cx.push(Step {
-        work: Work::Rows(Rows {
+    if rows * width > 0 {
+        let grain = (GRAIN_ELEMS / width).max(1);
+        sparse::push_rows(
+            cx,
             kernel,
-            rows,
-            width,
-            grain: (GRAIN_ELEMS / width).max(1),
-        }),
-        inputs: vec![input],
-        output,
-        extents: vec![in_len, rows * width],
-    });
+            vec![input],
+            vec![in_len],
+            output,
+            (rows, width, grain),
+        );
+    }
     Ok(())
 }
 
@@ -99,7 +89,7 @@ fn resize(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let kernel = ResizeNearest::new(&xs[spatial.clone()], &ys[spatial], channels, axis);
     let shape = kernel.shape(xs[0]);
-    push_rows(cx, node, Arc::new(kernel), shape, xs.iter().product())
+    push_rows(cx, node, kernel, shape, xs.iter().product())
 }
 
 #[cfg(test)]

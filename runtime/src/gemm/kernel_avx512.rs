@@ -178,6 +178,15 @@ unsafe fn kernel<const M: usize, const V: usize, const RAW: bool>(
                     *x = _mm512_fmadd_ps(av, bx, *x);
                 }
             }
+            // The next B panel follows this one in memory (a pre-packed
+            // weight's next panel of the K block, or a narrow product's
+            // next K block): fetch it into L2 while this one computes. A
+            // linear layer with few rows (vggish's embeddings at batch 32)
+            // streams its weight from DRAM once, and the hardware
+            // prefetcher stops at every 4 KiB page.
+            for v in 0..V {
+                _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(NR * kc + 16 * v) as *const i8);
+            }
             // SAFETY: one past the last step at most.
             b = unsafe { b.add(NR) };
         }

@@ -311,6 +311,58 @@ fn one_sgd_and_one_adam_step_give_pytorch_weights() {
     }
 }
 
+/// `multi_step_lr` in a `.net` train section reaches the trainer: its rate
+/// over 12 epochs is PyTorch's `SequentialLR(LinearLR, MultiStepLR)` from
+/// the optimizer fixture (`tests/fixtures/optim/make_optim_reference.py`).
+#[test]
+fn a_multi_step_schedule_gives_pytorch_rates() {
+    let dir = std::env::temp_dir().join(format!("netc-multistep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.net");
+    std::fs::write(
+        &file,
+        "model m { input x: f32[N, 3]  output logits = x |> fc: linear(2) }
+         train m { label y: i64[N]
+                   loss = cross_entropy(logits, y)
+                   optimizer = sgd(lr = 0.1)
+                   schedule = multi_step_lr([1, 5], gamma = 0.5, warmup = 3) }",
+    )
+    .unwrap();
+    let g = load_model(&file, Some("m"), &[]).unwrap();
+    let config = TrainConfig {
+        options: CompileOptions::default(),
+        batch: 4,
+        seed: 1,
+        lr: None,
+    };
+    let mut t = Trainer::new(g, config).unwrap();
+    let (tensors, meta) = netc_runtime::weights::read_safetensors_meta(
+        &repo().join("tests/fixtures/optim/optim_reference.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(
+        meta.get("schedule.multi_step_warm.spec")
+            .map(String::as_str),
+        Some("multi_step_lr;milestones=1|5,gamma=0.5,warmup=3"),
+        "the fixture's case is the schedule above"
+    );
+    let want = tensors
+        .iter()
+        .find(|(n, _)| n == "schedule.multi_step_warm")
+        .map(|(_, t)| f64s(t))
+        .unwrap();
+    assert_eq!(want.len(), 12);
+    for (epoch, w) in want.iter().enumerate() {
+        t.epoch = epoch as u64;
+        assert!(
+            (t.lr() - w).abs() < 1e-12,
+            "epoch {epoch}: netc {}, PyTorch {w}",
+            t.lr()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A small synthetic classification set for eeg_mlp (4 bands, 9x9 grid).
 fn synthetic(samples: usize) -> DataSet {
     let n = samples * 324;

@@ -132,6 +132,17 @@ impl<'a> Elaborator<'a> {
                         Value::Float(f) => Attr::Float(*f),
                         Value::Bool(b) => Attr::Bool(*b),
                         Value::Str(s) => Attr::Str(s.to_string()),
+                        Value::List(items) if items.iter().all(|v| matches!(v, Value::Int(_))) => {
+                            Attr::Ints(
+                                items
+                                    .iter()
+                                    .filter_map(|v| match v {
+                                        Value::Int(n) => Some(*n),
+                                        _ => None,
+                                    })
+                                    .collect(),
+                            )
+                        }
                         other => Attr::Str(other.display(&self.g)),
                     };
                     values.push((k.clone(), attr));
@@ -153,7 +164,7 @@ impl<'a> Elaborator<'a> {
                     .hint(if what == "optimizer" {
                         "use sgd(...), adam(...) or adamw(...)"
                     } else {
-                        "use step_lr(...), cosine(...) or warmup(...)"
+                        "use step_lr(...), multi_step_lr(...), cosine(...) or warmup(...)"
                     }),
                 );
                 None

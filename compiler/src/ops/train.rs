@@ -26,6 +26,10 @@ pub const BUILTINS: &[Builtin] = &[
         build: step_lr,
     },
     Builtin {
+        name: "multi_step_lr",
+        build: multi_step_lr,
+    },
+    Builtin {
         name: "cosine",
         build: cosine,
     },
@@ -112,6 +116,37 @@ fn step_lr(c: &mut CallCtx) -> OpResult {
         "step_lr",
         vec![
             ("step_size", Value::Int(step)),
+            ("gamma", Value::Float(gamma)),
+            ("warmup", Value::Int(warm)),
+        ],
+    ))
+}
+
+/// `multi_step_lr(milestones, gamma = 0.1, warmup = 0)`: multiply the rate
+/// by `gamma` at each milestone epoch (counted after the warm-up), as
+/// PyTorch's `MultiStepLR`; the milestones must increase.
+fn multi_step_lr(c: &mut CallCtx) -> OpResult {
+    let milestones = c.int_list(Some(0), "milestones", None)?;
+    let gamma = c.float(None, "gamma", Some(0.1))?;
+    let warm = c.int(None, "warmup", Some(0))?;
+    super::util::at_least(c, Some(0), "milestones", &milestones, 1)?;
+    super::util::at_least(c, None, "warmup", &[warm], 0)?;
+    if milestones.is_empty() || milestones.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(c.arg_error(
+            Some(0),
+            "milestones",
+            format!("`milestones` of `multi_step_lr` must be a non-empty, increasing list of epochs, got {milestones:?}"),
+            "list each epoch once, in order, e.g. `[16, 22]`",
+        ));
+    }
+    Ok(record(
+        "schedule_kind",
+        "multi_step_lr",
+        vec![
+            (
+                "milestones",
+                Value::list(milestones.into_iter().map(Value::Int).collect()),
+            ),
             ("gamma", Value::Float(gamma)),
             ("warmup", Value::Int(warm)),
         ],

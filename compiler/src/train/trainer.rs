@@ -15,7 +15,7 @@ use netc_runtime::counter::splitmix64;
 use netc_runtime::sparse::CsrBuffers;
 use netc_runtime::train::data::DataSet;
 use netc_runtime::train::optim::{Hyper, Optimizer, OptimizerSpec};
-use netc_runtime::train::schedule::Schedule;
+use netc_runtime::train::schedule::{Field, Schedule};
 use netc_runtime::{DType, Initializer, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -155,12 +155,16 @@ impl Trainer {
             .map_err(|e| bad(e.to_string()))?;
         let schedule = match &section.schedule {
             Some(h) => {
-                let fields: Vec<(&str, f64)> = h
+                let fields: Vec<(&str, Field)> = h
                     .values
                     .iter()
                     .filter_map(|(k, v)| match v {
-                        Attr::Float(f) => Some((k.as_str(), *f)),
-                        Attr::Int(i) => Some((k.as_str(), *i as f64)),
+                        Attr::Float(f) => Some((k.as_str(), Field::Number(*f))),
+                        Attr::Int(i) => Some((k.as_str(), Field::Number(*i as f64))),
+                        Attr::Ints(l) => Some((
+                            k.as_str(),
+                            Field::List(l.iter().map(|&i| i as f64).collect()),
+                        )),
                         _ => None,
                     })
                     .collect();

@@ -67,12 +67,7 @@ fn reference(file: &str, x: &Array, seed: u64) -> Vec<(String, Array)> {
         .params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap();
             let t = init.tensor(p.ty.dtype, &shape, &p.init);
             let data = t.as_f32().unwrap().iter().map(|&v| f64::from(v)).collect();
             (p.path.clone(), Array::new(&shape, data))

@@ -343,12 +343,7 @@ fn generated_params(graph: &Graph) -> HashMap<String, Array> {
         .params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap_or_default();
             let t = counter::tensor(SEED, &p.path, p.ty.dtype, &shape);
             (p.path.clone(), Array::new(t.shape(), to_f64(&t)))
         })

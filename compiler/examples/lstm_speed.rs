@@ -60,12 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .params
         .iter()
         .map(|p| {
-            let s: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let s: Vec<usize> = p.ty.known_dims().unwrap_or_default();
             init.tensor(p.ty.dtype, &s, &p.init)
         })
         .collect();

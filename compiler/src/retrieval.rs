@@ -301,8 +301,7 @@ mod tests {
             .params
             .iter()
             .map(|p| {
-                let shape = p.ty.known_shape().unwrap();
-                let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                let shape = p.ty.known_dims().unwrap();
                 let t = init.tensor(p.ty.dtype, &shape, &p.init);
                 let data = t.as_f32().unwrap().iter().map(|&x| f64::from(x)).collect();
                 (p.path.clone(), Array::new(&shape, data))

@@ -9,12 +9,7 @@ pub fn counter_params(g: &Graph) -> Vec<Tensor> {
     g.params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap();
             counter::tensor(0, &p.path, p.ty.dtype, &shape)
         })
         .collect()

@@ -54,12 +54,7 @@ fn params(g: &Graph) -> HashMap<String, Array> {
     g.params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap();
             let n = shape.iter().product();
             let (lo, hi) = if p.path.ends_with("running_var") {
                 (0.5, 1.5)

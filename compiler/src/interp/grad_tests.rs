@@ -141,13 +141,7 @@ fn batch_norm_train_statistics_match_a_hand_computation() {
 fn forward(body: &str) -> (Vec<(&'static str, Attr)>, &'static str, Vec<usize>) {
     let g = model(body).unwrap();
     let node = g.nodes.last().unwrap();
-    let shape = g
-        .ty(node.outputs[0])
-        .known_shape()
-        .unwrap()
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+    let shape = g.ty(node.outputs[0]).known_dims().unwrap();
     (node.op.attrs.clone(), node.op.name, shape)
 }
 

@@ -48,6 +48,14 @@ impl TensorType {
         self.shape.iter().map(Dim::as_known).collect()
     }
 
+    /// The known dims as sizes, or `None` if any is symbolic (or negative).
+    pub fn known_dims(&self) -> Option<Vec<usize>> {
+        self.shape
+            .iter()
+            .map(|d| d.as_known().and_then(|v| usize::try_from(v).ok()))
+            .collect()
+    }
+
     /// The element count as a linear form, if it is one (at most one
     /// symbolic dim).
     pub fn numel(&self) -> Option<Dim> {

@@ -36,12 +36,7 @@ fn random_params(g: &Graph, seed: u64) -> HashMap<String, Array> {
     g.params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap();
             let mut a = rng.array(&shape);
             if p.path.ends_with("running_var") {
                 a.data.iter_mut().for_each(|v| *v = 1.0 + *v / 2.0);

@@ -711,12 +711,7 @@ mod tests {
             .params
             .iter()
             .map(|p| {
-                let shape: Vec<usize> =
-                    p.ty.known_shape()
-                        .unwrap()
-                        .iter()
-                        .map(|&d| d as usize)
-                        .collect();
+                let shape: Vec<usize> = p.ty.known_dims().unwrap();
                 init.tensor(p.ty.dtype, &shape, &p.init)
             })
             .collect();

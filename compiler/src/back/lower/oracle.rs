@@ -24,12 +24,7 @@ pub fn params(g: &Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .iter()
         .enumerate()
         .map(|(k, p)| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap_or_default();
             let n = shape.iter().product();
             let mut v = data(n, k as f32 * 1.9 + 0.3, 1.5);
             if p.path.ends_with("running_var") {

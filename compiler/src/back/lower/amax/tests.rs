@@ -50,13 +50,7 @@ fn maximum_gradients_equal_the_interpreter() {
             .join(", ");
         let f = model(&format!("input x: f32[{dims}]\noutput y = {call}")).unwrap();
         let fwd = f.nodes.last().unwrap().clone();
-        let ys: Vec<usize> = f
-            .ty(fwd.outputs[0])
-            .known_shape()
-            .unwrap()
-            .iter()
-            .map(|&d| d as usize)
-            .collect();
+        let ys: Vec<usize> = f.ty(fwd.outputs[0]).known_dims().unwrap();
         let ydims = ys
             .iter()
             .map(|d| d.to_string())

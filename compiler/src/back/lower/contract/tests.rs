@@ -324,13 +324,7 @@ fn to_nhwc(g: &Graph) -> Graph {
 /// Deterministic data for every parameter of `g` (parameter `i` from
 /// seed `seed + i`), and the same values by path for the interpreter.
 fn param_data(g: &Graph, seed: f32) -> (Vec<Vec<f32>>, HashMap<String, Array>) {
-    let shape = |p: &Param| -> Vec<usize> {
-        p.ty.known_shape()
-            .unwrap()
-            .iter()
-            .map(|&d| d as usize)
-            .collect()
-    };
+    let shape = |p: &Param| -> Vec<usize> { p.ty.known_dims().unwrap() };
     let params: Vec<Vec<f32>> = g
         .params
         .iter()
@@ -384,13 +378,7 @@ fn convolutions_match_the_interpreter() {
             let to_nhwc_data = |v: &[f32], s: &[usize]| permute(v, s, &[0, 2, 3, 1]);
             let xh = to_nhwc_data(&x, &xs);
             let rh = to_nhwc_data(&r, &ys);
-            let ws: Vec<usize> = g.params[0]
-                .ty
-                .known_shape()
-                .unwrap()
-                .iter()
-                .map(|&d| d as usize)
-                .collect();
+            let ws: Vec<usize> = g.params[0].ty.known_dims().unwrap();
             let wh = to_nhwc_data(&params[0], &ws);
             let mut hparams = param_refs.clone();
             hparams[0] = &wh;

@@ -33,13 +33,7 @@ fn check_pool(shape: [usize; 4], pool: &str, values: &dyn Fn(usize) -> Vec<f32>)
     let dims = shape.map(|d| d.to_string()).join(", ");
     let f = model(&format!("input x: f32[{dims}]\noutput y = x |> {pool}")).unwrap();
     let fwd = f.nodes.last().unwrap();
-    let ys: Vec<usize> = f
-        .ty(fwd.outputs[0])
-        .known_shape()
-        .unwrap()
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+    let ys: Vec<usize> = f.ty(fwd.outputs[0]).known_dims().unwrap();
     let ydims = ys
         .iter()
         .map(|d| d.to_string())

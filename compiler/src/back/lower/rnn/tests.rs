@@ -88,12 +88,7 @@ fn lstm_dssm_equals_the_interpreter() {
                 .params
                 .iter()
                 .map(|p| {
-                    let s: Vec<usize> =
-                        p.ty.known_shape()
-                            .unwrap()
-                            .iter()
-                            .map(|&d| d as usize)
-                            .collect();
+                    let s: Vec<usize> = p.ty.known_dims().unwrap();
                     init.tensor(p.ty.dtype, &s, &p.init)
                 })
                 .collect();

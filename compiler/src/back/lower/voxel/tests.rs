@@ -47,12 +47,7 @@ fn named_params(g: &Graph) -> HashMap<String, Array> {
         .into_iter()
         .zip(&g.params)
         .map(|((path, v), p)| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap();
             (path, Array::new(&shape, f64s(&v)))
         })
         .collect()

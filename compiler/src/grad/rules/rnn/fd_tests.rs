@@ -68,12 +68,7 @@ fn check(name: &str, body: &str, y_shape: &str) {
         .params
         .iter()
         .map(|p| {
-            let s: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let s: Vec<usize> = p.ty.known_dims().unwrap();
             let len = s.iter().product();
             (p.path.clone(), Array::new(&s, random(&p.path, len)))
         })
@@ -156,12 +151,7 @@ fn the_padding_row_gets_no_gradient() {
         .params
         .iter()
         .map(|p| {
-            let s: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let s: Vec<usize> = p.ty.known_dims().unwrap();
             let len = s.iter().product();
             (p.path.clone(), Array::new(&s, random(&p.path, len)))
         })

@@ -59,12 +59,7 @@ fn params(g: &Graph) -> HashMap<String, Array> {
     g.params
         .iter()
         .map(|p| {
-            let shape: Vec<usize> =
-                p.ty.known_shape()
-                    .unwrap()
-                    .iter()
-                    .map(|&d| d as usize)
-                    .collect();
+            let shape: Vec<usize> = p.ty.known_dims().unwrap();
             let n = shape.iter().product::<usize>();
             let data = (0..n)
                 .map(|i| 2.0 * unit(3, &p.path, i as u64) - 1.0)

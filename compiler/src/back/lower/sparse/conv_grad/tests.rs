@@ -42,20 +42,8 @@ fn check_grad_weight(shape: &[usize], conv: &str, seed: u64) {
     ))
     .unwrap();
     let fwd = f.nodes.last().unwrap().clone();
-    let ys: Vec<usize> = f
-        .ty(fwd.outputs[0])
-        .known_shape()
-        .unwrap()
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
-    let ws: Vec<usize> = f
-        .ty(fwd.inputs[1])
-        .known_shape()
-        .unwrap()
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+    let ys: Vec<usize> = f.ty(fwd.outputs[0]).known_dims().unwrap();
+    let ws: Vec<usize> = f.ty(fwd.inputs[1]).known_dims().unwrap();
     let mut g = program(&format!(
         "model m() {{ input q: sparse f32[{}]  input dy: f32[{}]  output y = q |> conv: {conv} }}",
         dims(shape),

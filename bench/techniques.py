@@ -32,6 +32,7 @@ NETC = ROOT / "target" / "release" / "netc"
 DENSENET = ["models/densenet.net", "--model", "densenet121"]
 VGGISH = ["models/vggish.net", "--model", "vggish"]
 EEG_MLP = ["models/eeg_mlp.net", "--model", "eeg_mlp"]
+UNET = ["models/sd_unet.net", "--model", "sd_unet_small"]
 
 # name -> (what, model args, batch, flags with the technique, flags without it)
 # The two fusion rows separate what `--no-fuse` switches off together:
@@ -48,6 +49,7 @@ TECHNIQUES = {
     "threads_b1": ("both cores at batch 1 (2 threads vs 1)", DENSENET, 1, [], ["--threads", "1"]),
     "team": ("spinning helper splitting a small model's GEMMs (vs the calling thread alone)", EEG_MLP, 1, [], ["--no-team"]),
     "arena": ("arena reuse (memory)", DENSENET, 8, [], ["--no-arena-reuse"]),
+    "wide_pointwise": ("GELU/SiLU chains on AVX-512 (vs the JIT's 4-lane kernels)", UNET, 1, [], ["--no-wide-pointwise"]),
     "fuse_train": ("fusion in the training step (norm+relu, gradient epilogues)", DENSENET, 4, ["--train"], ["--train", "--no-fuse"]),
 }
 

@@ -65,6 +65,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         reuse_arena: true,
         layout: LayoutChoice::Auto,
         team: true,
+        wide_pointwise: true,
     };
     let t0 = Instant::now();
     let mut model = CompiledModel::new(graph, &shapes, options)?;

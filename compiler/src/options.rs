@@ -55,6 +55,11 @@ pub struct CompileOptions {
     /// between the calling thread and spinning helpers
     /// (`Executor::with_team`); off, such a plan runs on one thread.
     pub team: bool,
+    /// Run flat elementwise chains with transcendental steps (GELU, SiLU,
+    /// sigmoid, `exp`) on the runtime's AVX-512 kernel
+    /// (`netc_runtime::pointwise`) instead of the JIT's 4-lane one, on
+    /// CPUs that have AVX-512F.
+    pub wide_pointwise: bool,
 }
 
 impl Default for CompileOptions {
@@ -68,6 +73,7 @@ impl Default for CompileOptions {
             reuse_arena: true,
             layout: LayoutChoice::Auto,
             team: true,
+            wide_pointwise: true,
         }
     }
 }

@@ -21,6 +21,7 @@ mod init;
 pub mod layer_norm;
 pub mod npy;
 pub mod plan;
+pub mod pointwise;
 pub mod resize;
 pub mod rnn;
 pub mod similarity;

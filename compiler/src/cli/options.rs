@@ -63,6 +63,10 @@ pub struct CompileFlags {
     /// alone, without spinning helpers splitting its larger products.
     #[arg(long)]
     pub no_team: bool,
+    /// Run elementwise chains with GELU, SiLU, sigmoid or exp in the JIT's
+    /// 4-lane kernels instead of the runtime's AVX-512 one.
+    #[arg(long)]
+    pub no_wide_pointwise: bool,
 }
 
 /// `--gemm` values.
@@ -112,6 +116,7 @@ impl CompileFlags {
                 LayoutArg::Nchw => LayoutChoice::Nchw,
             },
             team: !self.no_team,
+            wide_pointwise: !self.no_wide_pointwise,
         })
     }
 }

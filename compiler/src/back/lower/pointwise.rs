@@ -7,12 +7,13 @@
 //! registers and stores only the last link; the inner links are never
 //! stored ([`unstored_links`]).
 
-use super::LowerCx;
+use super::{sparse, LowerCx};
 use crate::back::clif::{binary_node, classify, node_kernel, unary_of};
 use crate::back::elementwise::{Bcast, Chain, Domain, Operand, Step};
 use crate::back::BackError;
 use crate::ir::{Graph, Node, ValueId};
 use netc_runtime::plan::Buf;
+use netc_runtime::pointwise::{self as wide, PointwiseChain};
 use std::collections::{HashMap, HashSet};
 
 /// Lowers views and elementwise heads; `None` for other ops.
@@ -42,7 +43,76 @@ fn lower_chain(
         .map(|v| cx.buf(*v))
         .collect::<Result<Vec<Buf>, _>>()?;
     let elems = cx.numel(last)?;
-    cx.kernel(&chain, inputs, out, elems)
+    match wide_chain(&chain) {
+        Some(wide) if cx.options.wide_pointwise && wide::available() && elems > 0 => {
+            let extents = wide
+                .scalar
+                .iter()
+                .map(|&s| if s { 1 } else { elems })
+                .collect();
+            sparse::push_rows(cx, wide, inputs, extents, out, (elems, 1, WIDE_GRAIN));
+            Ok(())
+        }
+        _ => cx.kernel(&chain, inputs, out, elems),
+    }
+}
+
+/// The fewest elements worth giving a thread in a [`PointwiseChain`]
+/// (a few microseconds of GELU).
+const WIDE_GRAIN: usize = 8192;
+
+/// `chain` as the runtime's AVX-512 [`PointwiseChain`], when it is flat,
+/// reads every input whole or as one broadcast value, has only steps that
+/// kernel runs, and at least one of them is transcendental (a chain of
+/// cheap steps is bound by memory, where the JIT's kernel is as fast).
+fn wide_chain(chain: &Chain) -> Option<PointwiseChain> {
+    use crate::back::elementwise::{Binary, Unary};
+    if chain.domain != Domain::Flat {
+        return None;
+    }
+    let scalar = chain
+        .inputs
+        .iter()
+        .map(|b| match b {
+            Bcast::Full => Some(false),
+            Bcast::Scalar => Some(true),
+            _ => None,
+        })
+        .collect::<Option<Vec<bool>>>()?;
+    let steps = chain
+        .steps
+        .iter()
+        .map(|s| {
+            Some(match *s {
+                Step::Unary(u) => wide::Step::Unary(match u {
+                    Unary::Neg => wide::Unary::Neg,
+                    Unary::Exp => wide::Unary::Exp,
+                    Unary::Sigmoid => wide::Unary::Sigmoid,
+                    Unary::Silu => wide::Unary::Silu,
+                    Unary::Gelu => wide::Unary::Gelu,
+                    _ => return None,
+                }),
+                Step::Binary { op, rhs, swap } => wide::Step::Binary {
+                    op: match op {
+                        Binary::Add => wide::Binary::Add,
+                        Binary::Sub => wide::Binary::Sub,
+                        Binary::Mul => wide::Binary::Mul,
+                        Binary::Div => wide::Binary::Div,
+                        _ => return None,
+                    },
+                    rhs: match rhs {
+                        Operand::Input(k) => wide::Operand::Input(k),
+                        Operand::Const(c) => wide::Operand::Const(c),
+                    },
+                    swap,
+                },
+            })
+        })
+        .collect::<Option<Vec<wide::Step>>>()?;
+    let costly = steps
+        .iter()
+        .any(|s| matches!(s, wide::Step::Unary(u) if u.is_transcendental()));
+    costly.then_some(PointwiseChain { scalar, steps })
 }
 
 /// Per fusion head (its first output), the positions in `g.nodes` of the

@@ -3,7 +3,7 @@
 //! right operand), heading a chain, and in the epilogue of a linear and a
 //! conv; odd sizes, batch 1 and 3, 1 and 2 threads (relative L2 <= 1e-5).
 
-use super::super::oracle::{compiled, data, params, reference};
+use super::super::oracle::{assert_close, compiled, data, params, reference};
 use crate::ir::{Attr, Dim, Graph, Op, TensorType, ValueId};
 use crate::passes::{fuse, rewrite};
 use crate::testing::program;
@@ -183,5 +183,83 @@ fn activation_grads_head_chains_and_join_contraction_epilogues() {
             "{stats:?}"
         );
         check(&g, &format!("{} after conv2d", op.name));
+    }
+}
+
+/// Runs `g` for `N = n` lowered with `options`; returns the outputs and
+/// how many of the plan's steps are row steps (the runtime's kernels).
+fn compiled_with(
+    g: &Graph,
+    n: usize,
+    ins: &[&[f32]],
+    threads: usize,
+    options: crate::options::CompileOptions,
+) -> (Vec<Vec<f32>>, usize) {
+    let mut jit = crate::back::jit::Jit::new().unwrap();
+    let lowered = super::super::lower(g, &[("N".into(), n as i64)], options, &mut jit).unwrap();
+    let rows = lowered
+        .plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.work, netc_runtime::plan::Work::Rows(_)))
+        .count();
+    let mut ex = netc_runtime::plan::Executor::new(lowered.plan, threads).unwrap();
+    ex.prepare(&[]).unwrap();
+    let mut outs: Vec<Vec<f32>> = lowered
+        .outputs
+        .iter()
+        .map(|(_, len)| vec![f32::NAN; *len])
+        .collect();
+    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    ex.run(ins, &[], &mut refs).unwrap();
+    (outs, rows)
+}
+
+/// Chains whose cost is a GELU, SiLU, sigmoid or `exp` run on the
+/// runtime's AVX-512 kernel (one row step each, on CPUs with AVX-512F)
+/// and match the interpreter's f64 definitions element by element, over
+/// x in [-12, 12] and sizes that end in partial vectors and blocks; with
+/// `wide_pointwise` off they stay JIT kernels (no row step) and match too.
+#[test]
+fn transcendental_chains_run_wide_and_match_the_interpreter() {
+    let cases = [
+        "gelu(x)",
+        "y * gelu(x)",
+        "2.0 - sigmoid(x) / y",
+        "silu(x) + y",
+        "exp(x * 0.5) - 1.0",
+        "-sigmoid(x) * 3.0",
+    ];
+    for case in cases {
+        let g = program(&format!(
+            "model m() {{ input x: f32[N, 7, 301]  input y: f32[N, 7, 301]  output z = {case} }}"
+        ))
+        .unwrap();
+        let n = 3;
+        let len = n * 7 * 301;
+        let x: Vec<f32> = (0..len)
+            .map(|i| -12.0 + 24.0 * i as f32 / len as f32)
+            .collect();
+        let y: Vec<f32> = (0..len).map(|i| 1.5 + (i as f32 * 0.37).sin()).collect();
+        let shape = vec![n, 7, 301];
+        let inputs = [("x", shape.clone(), x.clone()), ("y", shape, y.clone())];
+        let want = reference(&g, &inputs, &[]);
+        for wide in [true, false] {
+            for threads in [1, 2] {
+                let options = crate::options::CompileOptions {
+                    wide_pointwise: wide,
+                    ..Default::default()
+                };
+                let (got, rows) = compiled_with(&g, n, &[&x, &y], threads, options);
+                let expect_rows = usize::from(wide && netc_runtime::pointwise::available());
+                assert_eq!(rows, expect_rows, "{case}: row steps with wide = {wide}");
+                assert_close(
+                    &got[0],
+                    &want[0],
+                    5e-7,
+                    &format!("{case}, wide {wide}, {threads} threads"),
+                );
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Flat elementwise chains whose cost is transcendental math (GELU, SiLU,
-//! sigmoid, `exp`), run on AVX-512 in 16 lanes.
+//! sigmoid, `exp`, and the GELU and SiLU gradients), run on AVX-512 in 16
+//! lanes.
 //!
 //! The JIT's elementwise kernels are Cranelift code, which on x86-64 is
 //! limited to 128-bit vectors: fine for chains bound by memory traffic
@@ -59,6 +60,12 @@ pub enum Binary {
     Mul,
     /// `x / y`.
     Div,
+    /// `silu_grad(dy, v) = dy·s·(1 + v·(1 − s))`, `s = σ(v)`, `v` the
+    /// SiLU's input (`compiler/src/back/elementwise/grad.rs`).
+    SiluGrad,
+    /// `gelu_grad(dy, v) = dy·(Φ(v) + v·φ(v))`, erf form, `v` the GELU's
+    /// input.
+    GeluGrad,
 }
 
 /// The other operand of a binary step.
@@ -176,6 +183,8 @@ impl PointwiseChain {
                         Binary::Sub => _mm512_sub_ps(l, r),
                         Binary::Mul => _mm512_mul_ps(l, r),
                         Binary::Div => _mm512_div_ps(l, r),
+                        Binary::SiluGrad => silu_grad(l, r),
+                        Binary::GeluGrad => gelu_grad(l, r),
                     }
                 };
                 match rhs {
@@ -274,13 +283,53 @@ fn over_one_plus_exp_neg(num: __m512, x: __m512) -> __m512 {
     _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0), e))
 }
 
-/// GELU, erf form, as `math::gelu_erf`: `x·Φ(x)`, `Φ(x) = ½·erfc(|x|/√2)`
-/// for `x < 0` and `1 − ½·erfc(|x|/√2)` otherwise, `erfc(a) =
-/// t·e^{−a² + P(t)}`, `t = 1/(1 + a/2)` (Numerical Recipes' `erfcc`).
+/// GELU, erf form, as `math::gelu_erf`: `x·Φ(x)`, `Φ(x)` the lower half
+/// of [`normal_cdf`] for `x < 0`, the upper half otherwise.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn gelu(x: __m512) -> __m512 {
+    let (lo, hi) = normal_cdf(x);
+    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+    _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, hi, lo))
+}
+
+/// `gelu_grad(dy, v)` as the JIT's: `dy·(Φ(v) + v·e^{−v²/2}/√(2π))`, `Φ`
+/// the upper half of [`normal_cdf`] for `v > 0`, the lower otherwise.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn gelu_grad(dy: __m512, v: __m512) -> __m512 {
+    let (lo, hi) = normal_cdf(v);
+    let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps());
+    let cdf = _mm512_mask_blend_ps(positive, lo, hi);
+    let arg = _mm512_mul_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(-0.5));
+    let pdf = _mm512_mul_ps(
+        exp(arg),
+        _mm512_set1_ps((1.0 / (2.0 * std::f64::consts::PI).sqrt()) as f32),
+    );
+    _mm512_mul_ps(dy, _mm512_add_ps(cdf, _mm512_mul_ps(v, pdf)))
+}
+
+/// `silu_grad(dy, v)` as the JIT's: `dy·s·(1 + v·(1 − s))`, `s = σ(v)`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn silu_grad(dy: __m512, v: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    let s = over_one_plus_exp_neg(one, v);
+    let k = _mm512_add_ps(one, _mm512_mul_ps(v, _mm512_sub_ps(one, s)));
+    _mm512_mul_ps(_mm512_mul_ps(dy, s), k)
+}
+
+/// The two halves of the standard normal CDF at `x`: `(½·erfc(a),
+/// 1 − ½·erfc(a))` with `a = |x|/√2`, `erfc(a) = t·e^{−a² + P(t)}`, `t =
+/// 1/(1 + a/2)` (Numerical Recipes' `erfcc`, as `math::erfc_pos`): `Φ(x)`
+/// is the first for negative `x`, the second for positive.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn normal_cdf(x: __m512) -> (__m512, __m512) {
     let one = _mm512_set1_ps(1.0);
     let half = _mm512_set1_ps(0.5);
     let a = _mm512_mul_ps(
@@ -304,9 +353,7 @@ fn gelu(x: __m512) -> __m512 {
     }
     let erfc = _mm512_mul_ps(t, exp(_mm512_fnmadd_ps(a, a, p)));
     let lo = _mm512_mul_ps(erfc, half);
-    let hi = _mm512_sub_ps(one, lo);
-    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
-    _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, hi, lo))
+    (lo, _mm512_sub_ps(one, lo))
 }
 
 #[cfg(test)]

@@ -63,10 +63,11 @@ const WIDE_GRAIN: usize = 8192;
 
 /// `chain` as the runtime's AVX-512 [`PointwiseChain`], when it is flat,
 /// reads every input whole or as one broadcast value, has only steps that
-/// kernel runs, and at least one of them is transcendental (a chain of
+/// kernel runs, and at least one of them is transcendental (an
+/// activation, or the GELU or SiLU gradient) (a chain of
 /// cheap steps is bound by memory, where the JIT's kernel is as fast).
 fn wide_chain(chain: &Chain) -> Option<PointwiseChain> {
-    use crate::back::elementwise::{Binary, Unary};
+    use crate::back::elementwise::{Binary, Grad, Unary};
     if chain.domain != Domain::Flat {
         return None;
     }
@@ -98,6 +99,8 @@ fn wide_chain(chain: &Chain) -> Option<PointwiseChain> {
                         Binary::Sub => wide::Binary::Sub,
                         Binary::Mul => wide::Binary::Mul,
                         Binary::Div => wide::Binary::Div,
+                        Binary::Grad(Grad::Silu) => wide::Binary::SiluGrad,
+                        Binary::Grad(Grad::Gelu) => wide::Binary::GeluGrad,
                         _ => return None,
                     },
                     rhs: match rhs {
@@ -109,9 +112,12 @@ fn wide_chain(chain: &Chain) -> Option<PointwiseChain> {
             })
         })
         .collect::<Option<Vec<wide::Step>>>()?;
-    let costly = steps
-        .iter()
-        .any(|s| matches!(s, wide::Step::Unary(u) if u.is_transcendental()));
+    let costly = steps.iter().any(|s| match s {
+        wide::Step::Unary(u) => u.is_transcendental(),
+        wide::Step::Binary { op, .. } => {
+            matches!(op, wide::Binary::SiluGrad | wide::Binary::GeluGrad)
+        }
+    });
     costly.then_some(PointwiseChain { scalar, steps })
 }
 

@@ -7,7 +7,7 @@ optimizer update on seeded random data). PyTorch: the peer definitions of
 /work/shared/peers (models.py, TRAIN_SPECS: same loss, optimizer and
 batch), `opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()`.
 
-    /work/venv/bin/python bench/train_compare.py [--threads 2] [--rounds 2] [--cases eeg_ccnn,densenet121,densenet121_me,vggish]
+    /work/venv/bin/python bench/train_compare.py [--threads 2] [--rounds 2] [--cases eeg_ccnn,densenet121,densenet121_me,vggish] [--netc BINARY]
 """
 
 import argparse
@@ -25,12 +25,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEP_TARGET = 1.3
 RSS_TARGET = 0.8
 PEERS = pathlib.Path("/work/shared/peers")
+# The load average at the start of every measurement (the machine is shared).
+LOADS = []
 
 # case -> (netc file, model, batch, memory-efficient, peer model name, extra netc args)
 # The DSSMs: netc reads sparse CSR bags (random, the peers' 20 and 8 ids per
 # bag), PyTorch the peers' dense inputs; lstm_dssm without peepholes, as
 # nn.LSTM, and with the netc train section's Adam 1e-3 (the peers' spec
-# covers dssm only: SGD 0.1; cnn_dssm uses the same).
+# covers dssm only: SGD 0.1; cnn_dssm uses the same). unet: sd_unet_small
+# (32 x 32 latents, a 77-token context) against the peers' diffusers
+# UNet2DConditionModel, noise prediction as the netc train section has it:
+# mse(out, noise) against a fixed random target, Adam 1e-4.
 CASES = {
     "eeg_ccnn": ("eeg_ccnn.net", "eeg_ccnn", 256, False, "eeg_ccnn", []),
     "densenet121": ("densenet.net", "densenet121", 8, False, "densenet121", []),
@@ -39,6 +44,7 @@ CASES = {
     "dssm": ("dssm.net", "dssm", 64, False, "dssm", []),
     "cnn_dssm": ("dssm.net", "cnn_dssm", 64, False, "cnn_dssm", []),
     "lstm_dssm": ("dssm.net", "lstm_dssm", 64, False, "lstm_dssm", ["--set", "peephole=false"]),
+    "unet": ("sd_unet.net", "sd_unet_small", 2, False, "unet", []),
 }
 
 TORCH_STEP = r"""
@@ -51,6 +57,10 @@ name, batch, me, seconds = {name!r}, {batch}, {me}, {seconds}
 spec = dict(models.TRAIN_SPECS.get(name, models.TRAIN_SPECS["dssm"]))
 if name == "lstm_dssm":
     spec["optim"] = lambda p: torch.optim.Adam(p, lr=1e-3)
+if name == "unet":
+    noise = torch.randn(batch, 4, 32, 32, generator=torch.Generator().manual_seed(5))
+    spec = dict(loss=torch.nn.functional.mse_loss, target=lambda b: noise,
+                optim=lambda p: torch.optim.Adam(p, lr=1e-4))
 model, build = models.densenet121(memory_efficient=True) if me else models.MODELS[name]()
 model.train()
 x = build(batch)
@@ -71,7 +81,9 @@ print(json.dumps({{"median_ms": statistics.median(times), "min_ms": min(times)}}
 
 
 def child(cmd):
-    """Runs cmd; returns (stdout, that child's peak RSS in KB)."""
+    """Runs cmd; returns (stdout, that child's peak RSS in KB). Notes the
+    1-minute load average at its start in LOADS."""
+    LOADS.append(os.getloadavg()[0])
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = p.stdout.read()
     _, status, usage = os.wait4(p.pid, 0)
@@ -87,8 +99,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--netc", default=str(ROOT / "target" / "release" / "netc"),
+                    help="the netc binary (e.g. an older build, for an A/B)")
     args = ap.parse_args()
-    netc = ROOT / "target" / "release" / "netc"
+    netc = args.netc
     rows = []
     for case in args.cases.split(","):
         file, model, batch, me, peer, extra = CASES[case]
@@ -118,7 +132,8 @@ def main():
                 if line.startswith("model name")), "unknown CPU")
     print(f"Run {datetime.date.today()} on {platform.node()}: {cpu}, {os.cpu_count()} CPUs; "
           f"{args.threads} threads, {args.rounds} alternating rounds of >= {args.seconds} s, "
-          f"the faster round's median; command: `python bench/train_compare.py {' '.join(sys.argv[1:])}`\n")
+          f"the faster round's median; load average {min(LOADS):.1f}-{max(LOADS):.1f} at the "
+          f"measurements' starts; command: `python bench/train_compare.py {' '.join(sys.argv[1:])}`\n")
     print(f"Targets: eager/netc >= {STEP_TARGET}; the memory-efficient DenseNet's peak RSS "
           f"<= {RSS_TARGET} x PyTorch's memory-efficient mode (RSS ratio = netc / PyTorch, lowest round each).\n")
     print("| model | batch | netc step ms | PyTorch eager step ms | eager/netc | step target met "

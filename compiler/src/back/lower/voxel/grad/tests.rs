@@ -3,7 +3,9 @@
 //! conv of a small encoder (submanifold convs sharing a rule book, a
 //! dilated one, a biased strided conv, a strided conv on a strided conv's
 //! run-time sites), its input, weight and bias gradients for the upstream
-//! gradient `y²` are graph outputs; compiled on 1 and 2 threads they equal
+//! gradient `y²` are graph outputs, and so are `sparse_global_avg_pool`
+//! and its gradient on the input sites and on the last conv's run-time
+//! sites; compiled on 1 and 2 threads they equal
 //! the interpreter's, for no sites, one site and 60 sites over two
 //! samples (relative L2 error at most 1e-5 per output: the upstream
 //! gradient is computed in f32, so single elements of sums that cancel
@@ -15,11 +17,12 @@ use super::super::super::oracle::params;
 use super::super::super::train_oracle::rel_l2;
 use crate::back::jit::Jit;
 use crate::interp::{self, Array};
-use crate::ir::{Attr, Graph, Op, ValueId};
+use crate::ir::{Attr, Dim, Graph, Op, TensorType, ValueId};
 use crate::options::CompileOptions;
 use crate::passes::rewrite::{new_node, set_nodes};
 use crate::testing::program;
 use netc_runtime::plan::Executor;
+use netc_runtime::DType;
 use std::collections::HashMap;
 
 const MODEL: &str = "model m {
@@ -79,6 +82,36 @@ fn with_gradients(mut g: Graph) -> Graph {
             add(&mut g, "sparse_conv3d_grad_bias", vec![dyv, coords], b);
         }
     }
+    // The per-sample pool and its gradient on the input sites (a count
+    // given with the inputs) and on the last conv's run-time sites.
+    for path in ["a", "e"] {
+        let n = g.nodes.iter().find(|n| n.path == path).unwrap().clone();
+        let (y, coords) = (n.outputs[0], *n.outputs.get(1).unwrap_or(&n.inputs[1]));
+        let width = g.ty(y).shape[1].clone();
+        let pooled = TensorType::new(DType::F32, vec![Dim::known(2), width]);
+        let op = |name| Op::new(name).with("batch", Attr::Int(2));
+        let p = new_node(
+            &mut g,
+            op("sparse_global_avg_pool"),
+            vec![y, coords],
+            pooled,
+            y_flops(),
+            &n,
+        );
+        let ty = g.ty(y).clone();
+        let pv = p.outputs[0];
+        let pg = new_node(
+            &mut g,
+            op("sparse_global_avg_pool_grad"),
+            vec![pv, coords],
+            ty,
+            y_flops(),
+            &n,
+        );
+        outputs.push((format!("{path}.pool"), pv));
+        outputs.push((format!("{path}.pool_grad"), pg.outputs[0]));
+        nodes.extend([p, pg]);
+    }
     set_nodes(&mut g, nodes);
     g.outputs = outputs;
     g
@@ -136,7 +169,11 @@ fn sparse_conv_gradients_equal_the_interpreter() {
                 .collect();
             let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
             ex.run(&[&feats, &coords], &pv, &mut refs).unwrap();
-            assert_eq!(want.len(), 12, "5 input, 5 weight and 2 bias gradients");
+            assert_eq!(
+                want.len(),
+                16,
+                "5 input, 5 weight and 2 bias gradients, 2 pools"
+            );
             for ((name, w), got) in want.iter().zip(&outs) {
                 let err = rel_l2(&got[..w.data.len()], &w.data);
                 assert!(

@@ -80,7 +80,7 @@ pub fn measure_training(
 
 /// Calls `f` `config.warmup` times untimed, then times calls until both
 /// `config.min_reps` calls and `config.min_time` are reached.
-fn time_calls(
+pub fn time_calls(
     config: BenchConfig,
     mut f: impl FnMut() -> Result<(), RunError>,
 ) -> Result<Timing, RunError> {

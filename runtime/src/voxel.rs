@@ -18,6 +18,8 @@
 //!   that are multiples of 16). Rows are split between threads, each row
 //!   written by one thread only, so results do not depend on the split.
 //!
+//! The backward steps ([`grad`]) reuse the forward's rule books.
+//!
 //! The number of output sites is known only when the rule book is built;
 //! buffers are sized for its compile-time bound and the count sits in the
 //! rule book's first element ([`site_count`]), where the convs, the next
@@ -29,7 +31,8 @@ use crate::plan::RowKernel;
 use rayon::prelude::*;
 
 /// Where the output coordinates start in a rule book (element 0 is the
-/// site count; the rest of the first 64 bytes is padding).
+/// site count, element 1 the input-site count; the rest of the first 64
+/// bytes is padding).
 pub const COORDS_AT: usize = 16;
 
 /// Output rows a thread computes at a time ([`VoxelConv`]), and the
@@ -268,6 +271,7 @@ impl RowKernel for BuildRuleBook {
         );
         clear(g, coords, n_in, grid, bits);
         head[0] = f32::from_bits(n_out as u32);
+        head[1] = f32::from_bits(n_in as u32);
         Ok(())
     }
 
@@ -625,6 +629,9 @@ mod avx512 {
         }
     }
 }
+
+pub mod grad;
+pub mod pool;
 
 #[cfg(test)]
 mod tests;

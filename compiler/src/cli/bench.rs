@@ -8,7 +8,7 @@
 
 use super::options::{input_sizes, CompileFlags, ModelArgs};
 use super::Failure;
-use netc::bench::{forward_flops, measure, measure_training, BenchConfig};
+use netc::bench::{forward_flops, measure, measure_training, BenchConfig, Timing};
 use netc::ir::Graph;
 use netc::session::CompiledModel;
 use netc::source::SourceMap;
@@ -88,7 +88,21 @@ pub fn bench(args: &BenchArgs) -> Result<(), Failure> {
                     t.recompute.clear();
                 }
             }
-            train_row(args, graph, &loaded.sources, batch, config, i == 0)?;
+            if super::bench_voxel::is_voxel_model(&graph) {
+                let options = args.flags.options()?;
+                let sources = &loaded.sources;
+                super::bench_voxel::train_row(
+                    args,
+                    options,
+                    graph,
+                    sources,
+                    &shapes,
+                    config,
+                    i == 0,
+                )?;
+            } else {
+                train_row(args, graph, &loaded.sources, batch, config, i == 0)?;
+            }
             continue;
         }
         let flops = forward_flops(&loaded.graph, &shape_refs(&shapes)).map_err(Failure::error)?;
@@ -161,11 +175,27 @@ fn train_row(
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let (kernels, arena) = trainer.compiled_size();
     let t = measure_training(&mut trainer, &data, batch, config).map_err(Failure::error)?;
+    let sizes = (compile_ms, kernels, arena);
+    print_train_row(args, &name, (batch, options.threads), &t, sizes, first);
+    Ok(())
+}
+
+/// Prints one `--train` row (a table row, with the header when `first`,
+/// or a JSON object): batch and threads, the step timing `t`, the time to
+/// the end of the first step, and the plan's kernels and arena elements.
+pub(super) fn print_train_row(
+    args: &BenchArgs,
+    name: &str,
+    (batch, threads): (usize, usize),
+    t: &Timing,
+    (compile_ms, kernels, arena): (f64, usize, usize),
+    first: bool,
+) {
     let arena_mb = arena as f64 * 4.0 / 1e6;
     if args.json {
         println!(
             "{{\"model\": \"{name}\", \"batch\": {batch}, \"threads\": {}, \"train\": true, \"median_ms\": {:.6}, \"min_ms\": {:.6}, \"max_ms\": {:.6}, \"samples_per_s\": {:.3}, \"compile_ms\": {compile_ms:.3}, \"kernels\": {kernels}, \"arena_mb\": {arena_mb:.3}, \"times_ms\": [{}]}}",
-            options.threads,
+            threads,
             t.median_ms,
             t.min_ms,
             t.max_ms,
@@ -189,7 +219,6 @@ fn train_row(
             arena_mb
         );
     }
-    Ok(())
 }
 
 /// Seeded data for `trainer`: model inputs as [`model_inputs`] (sparse

@@ -10,6 +10,7 @@
 //! - [`time`]: `netc time`, forward time per layer.
 
 pub mod bench;
+mod bench_voxel;
 pub mod check;
 pub mod compile;
 pub mod options;

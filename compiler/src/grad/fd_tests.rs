@@ -88,9 +88,15 @@ fn run(
 /// section) against central differences at a few elements of every
 /// trained parameter.
 fn check(name: &str, src: &str, classes: usize) {
+    check_with(name, src, |g| inputs(g, classes));
+}
+
+/// [`check`] with the inputs (and labels) `make` gives for the training
+/// graph.
+fn check_with(name: &str, src: &str, make: impl Fn(&Graph) -> Vec<(String, Array)>) {
     let g = crate::testing::program(src).unwrap_or_else(|e| panic!("{name}: {e}"));
     let t = training_graph(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs = inputs(&t.graph, classes);
+    let inputs = make(&t.graph);
     let mut params = params(&t.graph);
     let outs = run(&t.graph, &inputs, &params);
     let h = 1e-5;
@@ -219,6 +225,63 @@ fn group_and_layer_norms() {
         );
         check(name, &weighted_sum(&body, "[N, 3, 2]"), 3);
     }
+}
+
+/// The sparse convs of the spconv encoder: submanifold and strided, with
+/// and without bias, a dilated kernel and a strided conv reading a strided
+/// conv's sites; 14 sites over two samples of a 3x4x5 grid (some lone, so
+/// some kernel offsets find nothing). `tanh` between the layers keeps the
+/// loss smooth; the features' gradient reaches `a` through three
+/// transposed rule books. Then the same encoder under the per-sample
+/// mean head with an MSE loss.
+#[test]
+fn sparse_convs() {
+    let body = "input f: f32[M, 3]\n input c: i32[M, 4]\n \
+                s = sparse_tensor(f, c, shape = [3, 4, 5], batch = 2)\n \
+                s = s |> a: subm_conv3d(4, bias = true) |> sparse_relu\n \
+                s = with_features(s, s.features |> tanh) |> b: subm_conv3d(3, dilation = 2)\n \
+                s = with_features(s, s.features |> tanh) |> d: sparse_conv3d(4, stride = 2, bias = true)\n \
+                s = with_features(s, s.features |> tanh) |> e: sparse_conv3d(2, k = 2, stride = 1, pad = 0)\n \
+                output y = s.features";
+    let pooled = body.replace(
+        "output y = s.features",
+        "output y = sparse_global_avg_pool(s)",
+    );
+    for (name, src) in [
+        (
+            "sparse convs",
+            program(body, "sum(square(y) * r)", "label r: f32[2]"),
+        ),
+        (
+            "pooled head",
+            program(&pooled, "mse(y, t)", "label t: f32[2, 2]"),
+        ),
+    ] {
+        check_with(name, &src, sparse_inputs);
+    }
+}
+
+/// 14 sites over two samples of a 3x4x5 grid, their features, and the
+/// labels of [`sparse_convs`].
+fn sparse_inputs(g: &Graph) -> Vec<(String, Array)> {
+    let cells: Vec<i64> = (0..14).map(|i| (i * 37 + 5) % 120).collect();
+    let coords = cells
+        .iter()
+        .flat_map(|c| [c / 60, c / 20 % 3, c / 5 % 4, c % 5])
+        .map(|v| v as f64)
+        .collect();
+    vec![
+        (
+            "f".into(),
+            Array::new(&[14, 3], random(11, "f", 42, -1.0, 1.0)),
+        ),
+        ("c".into(), Array::new(&[14, 4], coords)),
+        ("r".into(), Array::new(&[2], vec![0.7, -1.3])),
+        ("t".into(), Array::new(&[2, 2], vec![0.7, -1.3, 0.2, 0.4])),
+    ]
+    .into_iter()
+    .filter(|(n, _)| g.inputs.iter().any(|(m, _)| m == n))
+    .collect()
 }
 
 /// Multi-head attention as the UNet's transformer blocks use it: self-

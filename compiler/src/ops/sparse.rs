@@ -46,6 +46,10 @@ pub const BUILTINS: &[Builtin] = &[
         name: "with_features",
         build: with_features,
     },
+    Builtin {
+        name: "sparse_global_avg_pool",
+        build: global_avg_pool,
+    },
 ];
 
 /// A sparse tensor record, unpacked.
@@ -384,6 +388,30 @@ fn sparse_relu(c: &mut CallCtx) -> OpResult {
     };
     let shape = s.shape.clone();
     Ok(record(&s, f, s.coords, shape))
+}
+
+/// `sparse_global_avg_pool(s)`: per sample (the coordinates' batch
+/// index), the mean of the features of its active sites: `[batch, C]`, a
+/// sample without sites giving zeros (`torch_scatter.scatter_mean(x.features,
+/// x.indices[:, 0])` in spconv code; a classification or regression head
+/// reads it). The batch must be known at compile time.
+fn global_avg_pool(c: &mut CallCtx) -> OpResult {
+    let s = sparse_arg(c)?;
+    let Value::Int(batch) = s.batch else {
+        return Err(c.arg_error(
+            Some(0),
+            "s",
+            "`sparse_global_avg_pool` needs a sparse tensor whose `batch` is a known size",
+            "give `batch = B` to `sparse_tensor` as an integer or a model parameter",
+        ));
+    };
+    let tf = c.ty(s.features);
+    let ch = c.known(s.features, 1, "channel count")?;
+    let flops = flops_scale(&tf.shape[0], ch);
+    let op = Op::new("sparse_global_avg_pool").with("batch", Attr::Int(batch));
+    let out = TensorType::new(tf.dtype, vec![Dim::known(batch), Dim::known(ch)]);
+    let outs = c.emit(op, &[s.features, s.coords], vec![out], flops)?;
+    Ok(Value::Tensor(outs[0]))
 }
 
 /// `with_features(s, f)`: the sparse tensor `s` with its features replaced by

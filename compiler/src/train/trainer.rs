@@ -8,7 +8,7 @@ use super::rows::{rows_layout, RowParam};
 use super::slices::{ReadList, WriteList};
 use super::step::TrainStep;
 use crate::grad::{evaluation_graph, training_graph, TrainingGraph, SEED_INPUT};
-use crate::ir::{Attr, Graph};
+use crate::ir::{Attr, Graph, TrainSpec};
 use crate::options::CompileOptions;
 use crate::session::{LayerTime, RunError};
 use netc_runtime::counter::splitmix64;
@@ -20,6 +20,26 @@ use netc_runtime::{DType, Initializer, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
+
+/// The optimizer a `train` section asks for.
+pub fn optimizer_spec(section: &TrainSpec) -> Result<OptimizerSpec, RunError> {
+    let hypers: Vec<(&str, Hyper)> = section
+        .optimizer
+        .values
+        .iter()
+        .filter_map(|(k, v)| {
+            let h = match v {
+                Attr::Float(f) => Hyper::Float(*f),
+                Attr::Int(i) => Hyper::Float(*i as f64),
+                Attr::Bool(b) => Hyper::Bool(*b),
+                _ => return None,
+            };
+            Some((k.as_str(), h))
+        })
+        .collect();
+    OptimizerSpec::from_params(&section.optimizer.kind, &hypers)
+        .map_err(|e| RunError::Inputs(e.to_string()))
+}
 
 /// How to train.
 #[derive(Clone, Debug)]
@@ -137,22 +157,7 @@ impl Trainer {
             .train
             .clone()
             .ok_or_else(|| bad(format!("model `{}` has no `train` section", graph.name)))?;
-        let hypers: Vec<(&str, Hyper)> = section
-            .optimizer
-            .values
-            .iter()
-            .filter_map(|(k, v)| {
-                let h = match v {
-                    Attr::Float(f) => Hyper::Float(*f),
-                    Attr::Int(i) => Hyper::Float(*i as f64),
-                    Attr::Bool(b) => Hyper::Bool(*b),
-                    _ => return None,
-                };
-                Some((k.as_str(), h))
-            })
-            .collect();
-        let spec = OptimizerSpec::from_params(&section.optimizer.kind, &hypers)
-            .map_err(|e| bad(e.to_string()))?;
+        let spec = optimizer_spec(&section)?;
         let schedule = match &section.schedule {
             Some(h) => {
                 let fields: Vec<(&str, Field)> = h

@@ -150,6 +150,8 @@ pub struct LowerCx<'a> {
     /// The rule book whose output sites each strided conv's coordinates
     /// value holds ([`voxel`]).
     books_of: HashMap<ValueId, voxel::Book>,
+    /// The sparse convs' gradient tables and transposed weights.
+    voxel_grad: voxel::grad::GradBufs,
     /// Per fusion head (its first output), the positions in `g.nodes` of
     /// the nodes fused into it, in execution order.
     fused: HashMap<ValueId, Vec<usize>>,
@@ -227,6 +229,7 @@ pub fn lower_with(
         in_prepare: false,
         rule_books: HashMap::new(),
         books_of: HashMap::new(),
+        voxel_grad: Default::default(),
         fused: pointwise::fusion_groups(g),
         training: mode == OutputMode::InPlace,
     };

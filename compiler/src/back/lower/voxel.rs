@@ -19,6 +19,9 @@
 //! out]` in a prepare step, so each input channel of a neighbour adds one
 //! contiguous weight row. A `relu` the fusion pass attached to the conv
 //! (`sparse_relu`) is applied by the conv kernel.
+//!
+//! The convs' gradients ([`grad`]) run on the same rule books; the
+//! per-sample pool of a head ([`pool`]) reads their site counts.
 
 use super::sparse::{fail, packed_weight, push_rows};
 use super::{align, LowerCx, StepLabel};
@@ -42,9 +45,13 @@ fn is_conv(node: &Node) -> bool {
     matches!(node.op.name, "subm_conv3d" | "sparse_conv3d")
 }
 
-/// Lowers the sparse convs; `None` for other ops.
+/// Lowers the sparse convs and their gradients ([`grad`]); `None` for
+/// other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
-    is_conv(node).then(|| conv(cx, node))
+    if is_conv(node) {
+        return Some(conv(cx, node));
+    }
+    grad::try_lower(cx, node).or_else(|| pool::try_lower(cx, node))
 }
 
 /// The values the rule books hold rather than the memory plan: the output
@@ -57,8 +64,8 @@ pub fn book_values(nodes: &[&Node]) -> HashSet<ValueId> {
         .collect()
 }
 
-/// Persistent elements the rule books (one per key) and the packed
-/// weights (one per distinct weight) need.
+/// Persistent elements the rule books (one per key), the packed
+/// weights (one per distinct weight) and the gradients' tables need.
 pub fn persistent_len(cx: &LowerCx, nodes: &[&Node]) -> Result<usize, BackError> {
     let (mut keys, mut weights) = (HashSet::new(), HashSet::new());
     let mut len = 0;
@@ -71,7 +78,7 @@ pub fn persistent_len(cx: &LowerCx, nodes: &[&Node]) -> Result<usize, BackError>
             len += align(cx.numel(w)?);
         }
     }
-    Ok(len)
+    Ok(len + grad::persistent_len(cx, nodes)?)
 }
 
 /// Where each data-dependent count lives after a run: the count symbol
@@ -131,7 +138,7 @@ pub fn copy_output(
 }
 
 /// The node's `rulebook` key.
-fn key(node: &Node) -> Result<String, BackError> {
+pub(super) fn key(node: &Node) -> Result<String, BackError> {
     match node.op.attr("rulebook") {
         Some(Attr::Str(k)) => Ok(k.clone()),
         _ => Err(fail(node, "has no `rulebook` attribute".into())),
@@ -139,7 +146,7 @@ fn key(node: &Node) -> Result<String, BackError> {
 }
 
 /// Three integers of attribute `name`.
-fn three(node: &Node, name: &str) -> Result<[i64; 3], BackError> {
+pub(super) fn three(node: &Node, name: &str) -> Result<[i64; 3], BackError> {
     match node.op.attr(name) {
         Some(Attr::Ints(v)) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
         other => Err(fail(node, format!("bad `{name}` {other:?}"))),
@@ -306,5 +313,7 @@ fn build(
     Ok(book)
 }
 
+pub mod grad;
+pub mod pool;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ mod nn;
 mod rnn;
 mod shape;
 mod text;
+mod voxel;
 
 use super::{GradCx, GradError};
 use crate::ir::{Node, ValueId};
@@ -27,6 +28,7 @@ const FAMILIES: &[&[(&str, Rule)]] = &[
     rnn::RULES,
     text::RULES,
     bags::RULES,
+    voxel::RULES,
 ];
 
 /// The rule of op `name`.

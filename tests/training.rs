@@ -54,6 +54,7 @@ fn f64s(t: &Tensor) -> Vec<f64> {
         Storage::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
         Storage::F64(v) => v.clone(),
         Storage::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        Storage::Bool(v) => v.iter().map(|&x| f64::from(x)).collect(),
         other => panic!("unexpected storage {other:?}"),
     }
 }
@@ -512,6 +513,74 @@ fn sd_unet_small_fits_a_fixed_batch() {
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(
         losses[5] < 0.9 * losses[0],
+        "the loss does not fall: {losses:?}"
+    );
+}
+
+/// FCOS at 64 x 80, batch 2: the natively compiled training step's loss
+/// and gradients (focal loss, GIoU over the decoded boxes of the 30
+/// foreground locations, a run-time count, BCE over their centerness,
+/// back through the heads, the FPN and the frozen-norm ResNet-50) against
+/// torchvision's own `FCOS.compute_loss` in float64
+/// (`tests/fixtures/grads/make_fcos_grad_reference.py`).
+#[test]
+fn fcos_gradients_match_pytorch() {
+    let g = graph(
+        "fcos.net",
+        "fcos_resnet50_fpn",
+        &[("height", 64), ("width", 80)],
+    );
+    let c = check_gradients(&g, &fixture("fcos_resnet50_fpn"));
+    report("fcos_resnet50_fpn", &c);
+    assert!(c.loss_error < 1e-5, "loss differs by {:.2e}", c.loss_error);
+    assert!(c.whole < 1e-4, "whole-gradient error {:.2e}", c.whole);
+    assert!(
+        c.worst.1 < 1e-3,
+        "gradient of {} differs by {:.2e}",
+        c.worst.0,
+        c.worst.1
+    );
+}
+
+/// FCOS trains natively: SGD (momentum 0.9) on the fixture's batch of two
+/// images with their FCOS targets lowers the loss step after step.
+#[test]
+fn fcos_fits_a_fixed_batch() {
+    let g = graph(
+        "fcos.net",
+        "fcos_resnet50_fpn",
+        &[("height", 64), ("width", 80)],
+    );
+    let config = TrainConfig {
+        options: CompileOptions {
+            threads: 2,
+            ..Default::default()
+        },
+        batch: 2,
+        seed: 1,
+        lr: Some(1e-3),
+    };
+    let mut t = Trainer::new(g, config).unwrap();
+    let fix = fixture("fcos_resnet50_fpn");
+    let column = |name: &str, key: &str| (name.to_string(), fix[key].clone());
+    let data = DataSet::from_tensors(
+        "fcos batch",
+        vec![
+            column("image", "input.image"),
+            column("cls_target", "label.cls_target"),
+            column("box_target", "label.box_target"),
+            column("foreground", "label.foreground"),
+        ],
+        &["image", "cls_target", "box_target", "foreground"],
+    )
+    .unwrap();
+    let losses: Vec<f64> = (0..4)
+        .map(|_| t.step(&data, &[0, 1], &mut |_| {}).unwrap().loss_sum / 2.0)
+        .collect();
+    println!("fcos losses: {losses:?}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        losses.windows(2).all(|w| w[1] < w[0]) && losses[3] < 0.9 * losses[0],
         "the loss does not fall: {losses:?}"
     );
 }

@@ -5,6 +5,7 @@
 //! emit ordinary IR nodes through [`GradCx`].
 
 mod bags;
+mod detect;
 mod elementwise;
 mod loss;
 mod nn;
@@ -27,6 +28,7 @@ const FAMILIES: &[&[(&str, Rule)]] = &[
     rnn::RULES,
     text::RULES,
     bags::RULES,
+    detect::RULES,
 ];
 
 /// The rule of op `name`.

@@ -92,13 +92,15 @@ pub fn iou_loss(p: &[f64], t: &[f64], kind: IouKind, eps: f64) -> (f64, [f64; 4]
     let union = area(p) + area(t) - inter;
     let du: [f64; 4] = std::array::from_fn(|k| darea[k] - dinter[k]);
     let iou = inter / (union + eps);
-    let diou: [f64; 4] =
-        std::array::from_fn(|k| (dinter[k] - iou * du[k]) / (union + eps));
+    let diou: [f64; 4] = std::array::from_fn(|k| (dinter[k] - iou * du[k]) / (union + eps));
     match kind {
         IouKind::Iou => (1.0 - iou, diou.map(|d| -d)),
         IouKind::LogIou => (-iou.ln(), diou.map(|d| -d / iou)),
         IouKind::Giou => {
-            let (cw, ch) = (p[2].max(t[2]) - p[0].min(t[0]), p[3].max(t[3]) - p[1].min(t[1]));
+            let (cw, ch) = (
+                p[2].max(t[2]) - p[0].min(t[0]),
+                p[3].max(t[3]) - p[1].min(t[1]),
+            );
             let c = cw * ch;
             let dc = [
                 -ch * picks(p[0], t[0], false),
@@ -108,7 +110,8 @@ pub fn iou_loss(p: &[f64], t: &[f64], kind: IouKind, eps: f64) -> (f64, [f64; 4]
             ];
             let term = (c - union) / (c + eps);
             let grad = std::array::from_fn(|k| {
-                let dterm = (dc[k] - du[k]) / (c + eps) - (c - union) * dc[k] / ((c + eps) * (c + eps));
+                let dterm =
+                    (dc[k] - du[k]) / (c + eps) - (c - union) * dc[k] / ((c + eps) * (c + eps));
                 -diou[k] + dterm
             });
             (1.0 - iou + term, grad)

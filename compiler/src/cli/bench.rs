@@ -229,7 +229,9 @@ pub(super) fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Fa
         let n: usize = shape.iter().product();
         let storage = match ty.dtype {
             DType::I64 => Some(Storage::I64((0..n).map(|i| (i % classes) as i64).collect())),
-            DType::Bool => Some(Storage::Bool((0..n).map(|i| u8::from(i % 3 == 0)).collect())),
+            DType::Bool => Some(Storage::Bool(
+                (0..n).map(|i| u8::from(i % 3 == 0)).collect(),
+            )),
             _ => None,
         };
         let t = if let Some(storage) = storage {

@@ -41,7 +41,9 @@ fn inputs(g: &Graph, classes: usize) -> Vec<(String, Array)> {
             let data = if name == super::SEED_INPUT {
                 vec![f64::from(f32::from_bits(7)), 0.0]
             } else if g.ty(*v).dtype == DType::Bool {
-                (0..n).map(|i| f64::from(u8::from(unit(13, name, i as u64) < 0.5))).collect()
+                (0..n)
+                    .map(|i| f64::from(u8::from(unit(13, name, i as u64) < 0.5)))
+                    .collect()
             } else if g.ty(*v).dtype == DType::I64 {
                 (0..n).map(|i| ((i * 7 + 1) % classes) as f64).collect()
             } else {
@@ -209,7 +211,11 @@ fn detection_losses() {
                 output reg = x |> lr: linear(4) |> exp\n output ctr = x |> lz: linear(1)";
     let cases = [
         ("giou sum", "iou_loss(p, b, kind = \"giou\")", "sum"),
-        ("iou mean", "iou_loss(p, b, kind = \"iou\", reduction = \"mean\")", "mean"),
+        (
+            "iou mean",
+            "iou_loss(p, b, kind = \"iou\", reduction = \"mean\")",
+            "mean",
+        ),
         (
             "log_iou none",
             "sum(iou_loss(p, b, kind = \"log_iou\", reduction = \"none\") * 0.7)",

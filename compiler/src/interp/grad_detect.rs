@@ -17,7 +17,9 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
     let r = match name {
         "sigmoid_focal_grad" => {
             let (alpha, gamma) = (a.float("alpha", 0.25), a.float("gamma", 2.0));
-            pair_grad(a, x, 1, |p, t| [focal(p[0], t[0], alpha, gamma).1, 0.0, 0.0, 0.0])
+            pair_grad(a, x, 1, |p, t| {
+                [focal(p[0], t[0], alpha, gamma).1, 0.0, 0.0, 0.0]
+            })
         }
         "iou_loss_grad" => match IouKind::parse(a.str("kind")) {
             Some(kind) => {
@@ -44,14 +46,24 @@ fn pair_grad(
     d: impl Fn(&[f64], &[f64]) -> [f64; 4],
 ) -> Result<Array, String> {
     let [p, t, dloss] = x[..] else {
-        return Err(format!("takes (input, target, dloss), got {} operands", x.len()));
+        return Err(format!(
+            "takes (input, target, dloss), got {} operands",
+            x.len()
+        ));
     };
     if p.shape != t.shape {
-        return Err(format!("input {:?} and target {:?} differ", p.shape, t.shape));
+        return Err(format!(
+            "input {:?} and target {:?} differ",
+            p.shape, t.shape
+        ));
     }
     let items = p.data.len() / w;
     let red = a.str("reduction");
-    let per: &[usize] = if w == 1 { &p.shape } else { &p.shape[..p.shape.len() - 1] };
+    let per: &[usize] = if w == 1 {
+        &p.shape
+    } else {
+        &p.shape[..p.shape.len() - 1]
+    };
     let want: &[usize] = if red == "none" { per } else { &[] };
     if dloss.shape != want {
         return Err(format!(
@@ -98,7 +110,9 @@ fn decode_grad(reference: &Array, dy: &Array, norm: bool) -> Array {
 /// `mask` in a zero tensor of shape `out`.
 fn boolean_mask_grad(dy: &Array, mask: &Array, out: &[usize]) -> Result<Array, String> {
     let inner: usize = out[mask.shape.len()..].iter().product();
-    let set: Vec<usize> = (0..mask.data.len()).filter(|&i| mask.data[i] != 0.0).collect();
+    let set: Vec<usize> = (0..mask.data.len())
+        .filter(|&i| mask.data[i] != 0.0)
+        .collect();
     if dy.data.len() != set.len() * inner {
         return Err(format!(
             "the gradient has shape {:?}, the mask keeps {} rows of {inner}",

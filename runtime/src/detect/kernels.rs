@@ -227,7 +227,12 @@ impl RowKernel for BoxCoder {
             let a = &r[(b % self.ref_rows) * self.ref_width..][..self.ref_width];
             let v = &o[(b % self.other_rows) * 4..][..4];
             let (cx, cy, w, h) = if self.ref_width == 4 {
-                (0.5 * (a[0] + a[2]), 0.5 * (a[1] + a[3]), a[2] - a[0], a[3] - a[1])
+                (
+                    0.5 * (a[0] + a[2]),
+                    0.5 * (a[1] + a[3]),
+                    a[2] - a[0],
+                    a[3] - a[1],
+                )
             } else {
                 (a[0], a[1], 1.0, 1.0)
             };

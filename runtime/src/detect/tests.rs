@@ -24,7 +24,11 @@ fn focal_derivative_matches_finite_differences() {
             for &z in &[-6.0, -1.2, 0.0, 0.7, 4.5] {
                 let (_, d) = focal(z, y, alpha, gamma);
                 let fd = central(|v| focal(v, y, alpha, gamma).0, z);
-                close(d, fd, &format!("focal z {z} y {y} alpha {alpha} gamma {gamma}"));
+                close(
+                    d,
+                    fd,
+                    &format!("focal z {z} y {y} alpha {alpha} gamma {gamma}"),
+                );
             }
         }
     }
@@ -65,14 +69,18 @@ fn iou_loss_gradient_matches_finite_differences() {
 #[test]
 fn counted_items_follow_the_mask() {
     let mask = [0.0, 1.0, 0.0, 1.0];
-    let boxes = [0.0f32, 0.0, 2.0, 2.0, 1.0, 1.0, 3.0, 4.0, 5.0, 5.0, 6.0, 6.0, 0.0, 1.0, 2.0, 2.0];
+    let boxes = [
+        0.0f32, 0.0, 2.0, 2.0, 1.0, 1.0, 3.0, 4.0, 5.0, 5.0, 6.0, 6.0, 0.0, 1.0, 2.0, 2.0,
+    ];
     let mut kept = [f32::NAN; 16];
     BooleanMask { inner: 4 }
         .rows(0, &[&boxes, &mask], &mut kept)
         .unwrap();
     assert_eq!(&kept[..8], &[1.0, 1.0, 3.0, 4.0, 0.0, 1.0, 2.0, 2.0]);
     assert!(kept[8..].iter().all(|&v| v == 0.0));
-    let target = [0.5f32, 0.5, 3.0, 3.0, 0.0, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+    let target = [
+        0.5f32, 0.5, 3.0, 3.0, 0.0, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+    ];
     let op = PairOp::Iou {
         kind: IouKind::Giou,
         eps: 1e-7,
@@ -93,7 +101,11 @@ fn counted_items_follow_the_mask() {
             iou_loss(&p, &t, IouKind::Giou, 1e-7).0
         })
         .sum();
-    assert!((f64::from(sum[0]) - want).abs() < 1e-6, "{} vs {want}", sum[0]);
+    assert!(
+        (f64::from(sum[0]) - want).abs() < 1e-6,
+        "{} vs {want}",
+        sum[0]
+    );
     let mut grad = [f32::NAN; 16];
     PairLoss { grad: true, ..loss }
         .rows(0, &[&kept, &target, &[2.0], &mask], &mut grad)

@@ -16,7 +16,8 @@ use super::{sparse, LowerCx};
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
 use netc_runtime::detect::kernels::{
-    BooleanMask, BooleanMaskGrad, BoxCoder, Centerness, CoderMode, CastCopy, PairLoss, PairOp, Reduction,
+    BooleanMask, BooleanMaskGrad, BoxCoder, CastCopy, Centerness, CoderMode, PairLoss, PairOp,
+    Reduction,
 };
 use netc_runtime::detect::IouKind;
 use netc_runtime::plan::RowKernel;
@@ -72,7 +73,10 @@ fn path_of(node: &Node) -> &str {
 /// as exact f32 values already, so the cast is a copy (`num_fg`'s cast of
 /// the foreground mask).
 fn stored_exactly(cx: &LowerCx, node: &Node) -> bool {
-    let (from, to) = (cx.g.ty(node.inputs[0]).dtype, cx.g.ty(node.outputs[0]).dtype);
+    let (from, to) = (
+        cx.g.ty(node.inputs[0]).dtype,
+        cx.g.ty(node.outputs[0]).dtype,
+    );
     to == DType::F32 && !from.is_float()
 }
 
@@ -122,8 +126,11 @@ fn coder(cx: &mut LowerCx, node: &Node, mode: CoderMode) -> Result<(), BackError
         lead.len() <= out.len() && out.ends_with(lead)
     };
     let ref_width = *rs.last().unwrap_or(&0);
-    if ys.last() != Some(&4) || os.last() != Some(&4) || !matches!(ref_width, 2 | 4)
-        || !suffix(&rs) || !suffix(&os)
+    if ys.last() != Some(&4)
+        || os.last() != Some(&4)
+        || !matches!(ref_width, 2 | 4)
+        || !suffix(&rs)
+        || !suffix(&os)
     {
         return Err(fail(
             node,
@@ -173,7 +180,13 @@ fn boolean_mask_grad(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     };
     let len = cx.numel(node.outputs[0])?;
     let inner = len / cx.numel(mask)?.max(1);
-    push(cx, node, BooleanMaskGrad { inner }, &[dy, mask], (1, len, 1))
+    push(
+        cx,
+        node,
+        BooleanMaskGrad { inner },
+        &[dy, mask],
+        (1, len, 1),
+    )
 }
 
 fn float(node: &Node, key: &str, default: f64) -> f64 {
@@ -209,7 +222,10 @@ fn pair_loss(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let x = node.inputs[0];
     let numel = cx.numel(x)?;
     if cx.numel(node.inputs[1])? != numel || node.inputs.len() != 2 + usize::from(grad) {
-        return Err(fail(node, "expects (input, target[, dloss]) of one shape".into()));
+        return Err(fail(
+            node,
+            "expects (input, target[, dloss]) of one shape".into(),
+        ));
     }
     let items = numel / op.width();
     let mask = count_mask(cx, x);
@@ -218,7 +234,10 @@ fn pair_loss(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             let bound = cx.shape(x)?.first().copied().unwrap_or(0).max(1);
             let set = cx.numel(m)?;
             if bound != set {
-                return Err(fail(node, format!("{bound} rows planned for a mask of {set}")));
+                return Err(fail(
+                    node,
+                    format!("{bound} rows planned for a mask of {set}"),
+                ));
             }
             Some(items / bound)
         }

@@ -40,7 +40,10 @@ fn source(box_loss: &str, focal: &str) -> String {
 #[test]
 fn detection_training_tail_equals_the_interpreter() {
     let cases = [
-        ("iou_loss(p, b, kind = \"giou\")", "sigmoid_focal(cls, cls_t)"),
+        (
+            "iou_loss(p, b, kind = \"giou\")",
+            "sigmoid_focal(cls, cls_t)",
+        ),
         (
             "iou_loss(p, b, kind = \"iou\", reduction = \"mean\")",
             "sigmoid_focal(cls, cls_t, alpha = -1.0, reduction = \"mean\")",
@@ -90,8 +93,10 @@ fn detection_training_tail_equals_the_interpreter() {
             .unwrap()
             .into_iter()
             .collect();
-        let shapes: Vec<(&str, &[usize])> =
-            inputs.iter().map(|(name, s, _)| (*name, s.as_slice())).collect();
+        let shapes: Vec<(&str, &[usize])> = inputs
+            .iter()
+            .map(|(name, s, _)| (*name, s.as_slice()))
+            .collect();
         for threads in [1, 2] {
             let options = CompileOptions {
                 threads,

@@ -13,6 +13,7 @@ pub mod amax;
 pub mod attention;
 pub mod counter;
 pub mod deap;
+pub mod detect;
 mod dtype;
 pub mod fsutil;
 pub mod gemm;

@@ -223,7 +223,8 @@ pub(super) fn print_train_row(
 
 /// Seeded data for `trainer`: model inputs as [`model_inputs`] (sparse
 /// inputs as CSR bags), class labels cycling through the classes (taken
-/// from the first model output's last dim, or 2).
+/// from the first model output's last dim, or 2), masks (bool labels) set
+/// at every third element.
 pub(super) fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Failure> {
     let g = &trainer.training_graph().graph;
     let model = trainer.graph();
@@ -254,13 +255,17 @@ pub(super) fn random_data(trainer: &Trainer, batch: usize) -> Result<DataSet, Fa
         }
         let ty = g.ty(*v);
         let shape = shape_of(ty);
-        let t = if ty.dtype == DType::I64 {
-            let n: usize = shape.iter().product();
-            Tensor::new(
-                &shape,
-                Storage::I64((0..n).map(|i| (i % classes) as i64).collect()),
-            )
-            .ok_or_else(|| Failure::Error(format!("cannot build label `{name}`")))?
+        let n: usize = shape.iter().product();
+        let storage = match ty.dtype {
+            DType::I64 => Some(Storage::I64((0..n).map(|i| (i % classes) as i64).collect())),
+            DType::Bool => Some(Storage::Bool(
+                (0..n).map(|i| u8::from(i % 3 == 0)).collect(),
+            )),
+            _ => None,
+        };
+        let t = if let Some(storage) = storage {
+            Tensor::new(&shape, storage)
+                .ok_or_else(|| Failure::Error(format!("cannot build label `{name}`")))?
         } else {
             random_inputs(&[(name.clone(), shape)]).remove(0).1
         };

@@ -31,7 +31,7 @@ fn random(seed: u64, key: &str, n: usize, lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// Deterministic inputs: f32 in [-1, 1), i64 class indices below `classes`,
-/// and the step seed.
+/// masks set with probability ½, and the step seed.
 fn inputs(g: &Graph, classes: usize) -> Vec<(String, Array)> {
     g.inputs
         .iter()
@@ -40,6 +40,10 @@ fn inputs(g: &Graph, classes: usize) -> Vec<(String, Array)> {
             let n: usize = shape.iter().product();
             let data = if name == super::SEED_INPUT {
                 vec![f64::from(f32::from_bits(7)), 0.0]
+            } else if g.ty(*v).dtype == DType::Bool {
+                (0..n)
+                    .map(|i| f64::from(u8::from(unit(13, name, i as u64) < 0.5)))
+                    .collect()
             } else if g.ty(*v).dtype == DType::I64 {
                 (0..n).map(|i| ((i * 7 + 1) % classes) as f64).collect()
             } else {
@@ -186,6 +190,54 @@ fn convolutions() {
     }
     let body = "input x: f32[N, 3, 11]\n output y = x |> c0: conv1d(4, k = 3, pad = 1) |> tanh |> c1: conv1d(2, k = 3, stride = 2) |> flatten";
     check("conv1d", &weighted_sum(body, "[N, 10]"), 3);
+}
+
+/// The frozen batch norm of FCOS's pretrained-backbone setting (fixed
+/// statistics and affine terms: the conv before it is what trains).
+#[test]
+fn frozen_batch_norm() {
+    let body = "input x: f32[N, 2, 5, 4]\n output y = x |> c: conv2d(3, k = 3, pad = 1) |> f: frozen_batch_norm |> relu |> c2: conv2d(2, k = 1) |> flatten";
+    check("frozen_batch_norm", &weighted_sum(body, "[N, 40]"), 3);
+}
+
+/// FCOS's training tail on 6 locations (a 2 x 3 level): focal loss over
+/// the logits, decoded boxes and centerness masked by the foreground
+/// label (a run-time count), an IoU loss of every kind and reduction and
+/// a BCE over the kept centerness logits. The targets are boxes around
+/// the anchors (`exp` of a label), so they are well formed, and soft
+/// classes in (0, 1).
+#[test]
+fn detection_losses() {
+    let body = "input x: f32[N, 6, 5]\n output cls = x |> lc: linear(3)\n \
+                output reg = x |> lr: linear(4) |> exp\n output ctr = x |> lz: linear(1)";
+    let cases = [
+        ("giou sum", "iou_loss(p, b, kind = \"giou\")", "sum"),
+        (
+            "iou mean",
+            "iou_loss(p, b, kind = \"iou\", reduction = \"mean\")",
+            "mean",
+        ),
+        (
+            "log_iou none",
+            "sum(iou_loss(p, b, kind = \"log_iou\", reduction = \"none\") * 0.7)",
+            "none",
+        ),
+    ];
+    for (name, box_loss, focal_reduction) in cases {
+        let focal = match focal_reduction {
+            "none" => "sum(sigmoid_focal(cls, ct, reduction = \"none\"))".to_string(),
+            r => format!("sigmoid_focal(cls, ct, gamma = 1.5, reduction = \"{r}\")"),
+        };
+        let src = format!(
+            "model m {{\n{body}\n}}\ntrain m {{\n label cls_t: f32[N, 6, 3]\n label box_t: f32[N, 6, 4]\n \
+             label fg: bool[N, 6]\n anchors = fcos_anchors([[2, 3]], strides = [8])\n \
+             tb = decode_boxes(anchors, exp(box_t))\n ct = sigmoid(cls_t * 4.0)\n ctr_t = centerness(encode_boxes(anchors, tb))\n \
+             p, b, z, zt = boolean_mask([decode_boxes(anchors, reg), tb, squeeze(ctr, 2), ctr_t], fg)\n \
+             loss = {focal} + {box_loss} + bce_with_logits(z, zt, reduction = \"sum\")\n \
+             optimizer = sgd(lr = 0.1)\n}}\n"
+        );
+        check(name, &src, 3);
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 use super::array::{broadcast_index, unravel, Array};
 use super::dense::Attrs;
+use netc_runtime::detect::{focal, iou_loss as box_loss, IouKind};
 
 /// The result of one family op, or `None` if `name` is not in the family.
 type Eval = Option<Result<Vec<Array>, String>>;
@@ -33,7 +34,7 @@ pub fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Eval {
         "unravel_index" => Some(Ok(unravel_index(x[0], &a.ints("shape")))),
         "nms" | "batched_nms" => one(nms(x[0], x[1], x.get(2).copied(), a)),
         "sigmoid_focal" => one(sigmoid_focal(x[0], x[1], a)),
-        "iou_loss" => one(iou_loss(x[0], x[1], a)),
+        "iou_loss" => Some(iou_loss(x[0], x[1], a).map(|r| vec![r])),
         _ => None,
     }
 }
@@ -251,62 +252,35 @@ fn nms(boxes: &Array, scores: &Array, labels: Option<&Array>, a: &Attrs) -> Arra
     Array::new(&[keep.len()], keep.iter().map(|&i| i as f64).collect())
 }
 
-/// `torchvision.ops.sigmoid_focal_loss`.
+/// `torchvision.ops.sigmoid_focal_loss` (the per-element definition of
+/// `netc_runtime::detect::focal`).
 fn sigmoid_focal(x: &Array, t: &Array, a: &Attrs) -> Array {
     let (alpha, gamma) = (a.float("alpha", 0.25), a.float("gamma", 2.0));
     let data = x
         .data
         .iter()
         .zip(&t.data)
-        .map(|(&z, &y)| {
-            let p = 1.0 / (1.0 + (-z).exp());
-            let ce = (1.0 - y) * z + (-z.abs()).exp().ln_1p() + (-z).max(0.0);
-            let p_t = p * y + (1.0 - p) * (1.0 - y);
-            let mut loss = ce * (1.0 - p_t).powf(gamma);
-            if alpha >= 0.0 {
-                loss *= alpha * y + (1.0 - alpha) * (1.0 - y);
-            }
-            loss
-        })
+        .map(|(&z, &y)| focal(z, y, alpha, gamma).0)
         .collect();
     reduce(Array::new(&x.shape, data), a.str("reduction"))
 }
 
 /// IoU losses of `[.., 4]` box pairs: `1 - IoU`, `-ln IoU` or `1 - GIoU`
 /// with `IoU = inter / (union + eps)` and, for GIoU, the enclosing box term
-/// `(C - union) / (C + eps)` (torchvision `generalized_box_iou_loss`).
-fn iou_loss(p: &Array, t: &Array, a: &Attrs) -> Array {
+/// `(C - union) / (C + eps)` (torchvision `generalized_box_iou_loss`; the
+/// per-box definition of `netc_runtime::detect::iou_loss`).
+fn iou_loss(p: &Array, t: &Array, a: &Attrs) -> Result<Array, String> {
     let eps = a.float("eps", 1e-7);
-    let kind = a.str("kind");
+    let kind = IouKind::parse(a.str("kind"))
+        .ok_or_else(|| format!("unknown IoU loss kind `{}`", a.str("kind")))?;
     let data = p
         .data
         .chunks(4)
         .zip(t.data.chunks(4))
-        .map(|(b1, b2)| {
-            let area = |r: &[f64]| (r[2] - r[0]) * (r[3] - r[1]);
-            let (xi1, yi1) = (b1[0].max(b2[0]), b1[1].max(b2[1]));
-            let (xi2, yi2) = (b1[2].min(b2[2]), b1[3].min(b2[3]));
-            let inter = if xi2 > xi1 && yi2 > yi1 {
-                (xi2 - xi1) * (yi2 - yi1)
-            } else {
-                0.0
-            };
-            let union = area(b1) + area(b2) - inter;
-            let iou = inter / (union + eps);
-            match kind {
-                "log_iou" => -iou.ln(),
-                "giou" => {
-                    let cw = b1[2].max(b2[2]) - b1[0].min(b2[0]);
-                    let ch = b1[3].max(b2[3]) - b1[1].min(b2[1]);
-                    let c = cw * ch;
-                    1.0 - (iou - (c - union) / (c + eps))
-                }
-                _ => 1.0 - iou,
-            }
-        })
+        .map(|(b1, b2)| box_loss(b1, b2, kind, eps).0)
         .collect();
-    reduce(
+    Ok(reduce(
         Array::new(&p.shape[..p.shape.len() - 1], data),
         a.str("reduction"),
-    )
+    ))
 }

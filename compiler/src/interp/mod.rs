@@ -9,6 +9,7 @@ mod dense;
 mod detect;
 mod grad_bags;
 mod grad_conv;
+mod grad_detect;
 mod grad_elementwise;
 mod grad_loss;
 mod grad_norm;
@@ -198,6 +199,7 @@ fn eval(name: &str, a: &Attrs, x: &[&Array], out: &[Vec<usize>]) -> Result<Vec<A
         detect::eval,
         sparse::eval,
         grad_conv::eval,
+        grad_detect::eval,
         grad_norm::eval,
         grad_pool::eval,
         grad_elementwise::eval,

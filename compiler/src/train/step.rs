@@ -129,7 +129,8 @@ impl TrainStep {
 
 /// Binds the input symbols from the given shapes (a sparse input by its
 /// logical shape `[..., V]`); the seed input is implied. Inputs may be
-/// f32, sparse f32, i32 (voxel coordinates) or (labels) i64.
+/// f32, sparse f32, i32 (voxel coordinates), (labels) i64 or bool (masks,
+/// as 0/1 f32 values).
 fn bind(g: &Graph, shapes: &[(&str, &[usize])]) -> Result<HashMap<SymId, i64>, RunError> {
     let mut values = HashMap::new();
     for (name, v) in &g.inputs {
@@ -142,11 +143,11 @@ fn bind(g: &Graph, shapes: &[(&str, &[usize])]) -> Result<HashMap<SymId, i64>, R
             .find(|(n, _)| n == name)
             .map(|(_, s)| *s)
             .ok_or_else(|| RunError::Inputs(format!("`{name}` is not given")))?;
-        if !matches!(ty.dtype, DType::F32 | DType::I64 | DType::I32)
+        if !matches!(ty.dtype, DType::F32 | DType::I64 | DType::I32 | DType::Bool)
             || (ty.sparse && ty.dtype != DType::F32)
         {
             return Err(RunError::Inputs(format!(
-                "`{name}` is {}; training runs f32 inputs (dense or sparse), i32 voxel coordinates and i64 class labels",
+                "`{name}` is {}; training runs f32 inputs (dense or sparse), i32 voxel coordinates, i64 class labels and bool masks",
                 g.type_text(ty)
             )));
         }

@@ -232,9 +232,10 @@ fn dense_column(name: &str, tensors: &mut Vec<(String, Tensor)>) -> Result<Colum
             }
             v.iter().map(|&x| x as f32).collect()
         }
+        Storage::Bool(v) => v.iter().map(|&b| f32::from(b)).collect(),
         _ => {
             return Err(format!(
-                "tensor `{name}` is {}; data tensors must be f32 or i64",
+                "tensor `{name}` is {}; data tensors must be f32, i64 or bool",
                 t.dtype()
             ))
         }
@@ -735,7 +736,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "data toy: tensor `notes` is f64; data tensors must be f32 or i64"
+            "data toy: tensor `notes` is f64; data tensors must be f32, i64 or bool"
         );
         let e = DataSet::from_tensors("toy", toy(), &["x", "label"])
             .unwrap_err()

@@ -26,6 +26,9 @@
 //!   backward), [`reduce`] (`sum`, `mean`), [`broadcast`] (`expand`),
 //!   [`dropout`] (`dropout_train`), [`pool_grad`] (pooling gradients).
 //! - [`loss`]: the losses and their gradients;
+//! - [`detect`]: FCOS's training tail (box coder, centerness,
+//!   `boolean_mask` with its run-time count, focal, IoU and counted BCE
+//!   losses, their gradients; row steps);
 //! - [`signal`]: `differential_entropy` and `grid_map`;
 //! - [`sparse`]: ops over sparse bag inputs and the DSSM scoring ops (row
 //!   steps); a sparse input is three executor inputs;
@@ -39,6 +42,7 @@ pub mod attention;
 pub mod broadcast;
 pub mod contract;
 pub mod data;
+pub mod detect;
 pub mod dropout;
 pub mod group_norm;
 pub mod layer_norm;
@@ -296,6 +300,7 @@ pub fn lower_with(
             .or_else(|| pool_grad::try_lower(&mut cx, node))
             .or_else(|| pool::try_lower(&mut cx, node))
             .or_else(|| data::try_lower(&mut cx, node))
+            .or_else(|| detect::try_lower(&mut cx, node))
             .or_else(|| loss::try_lower(&mut cx, node))
             .or_else(|| signal::try_lower(&mut cx, node))
             .or_else(|| sparse::try_lower(&mut cx, node))
@@ -495,11 +500,11 @@ impl<'a> LowerCx<'a> {
     }
 
     /// The concrete shape of `v` (dense f32 values, the u8 results of
-    /// `quantize_u8` and i32 voxel coordinates, which the arena holds as
-    /// f32 values).
+    /// `quantize_u8`, i32 voxel coordinates and bool masks, which the
+    /// arena holds as f32 values).
     pub fn shape(&self, v: ValueId) -> Result<Vec<usize>, BackError> {
         let ty = self.g.ty(v);
-        if !matches!(ty.dtype, DType::F32 | DType::U8 | DType::I32) || ty.sparse {
+        if !matches!(ty.dtype, DType::F32 | DType::U8 | DType::I32 | DType::Bool) || ty.sparse {
             return Err(BackError(format!(
                 "value %{} is {}; this back end runs dense f32 only",
                 v.0,

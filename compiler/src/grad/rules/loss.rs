@@ -22,7 +22,7 @@ pub const RULES: &[(&str, Rule)] = &[
 ];
 
 /// `<loss>_grad(prediction, target, dloss[, weight...])`.
-fn loss(
+pub(super) fn loss(
     cx: &mut GradCx,
     n: &Node,
     d: &[Option<ValueId>],

@@ -5,6 +5,7 @@
 //! emit ordinary IR nodes through [`GradCx`].
 
 mod bags;
+mod detect;
 mod elementwise;
 mod loss;
 mod nn;
@@ -29,6 +30,7 @@ const FAMILIES: &[&[(&str, Rule)]] = &[
     text::RULES,
     bags::RULES,
     voxel::RULES,
+    detect::RULES,
 ];
 
 /// The rule of op `name`.

@@ -541,17 +541,22 @@ fn synthetic(samples: usize) -> DataSet {
     .unwrap()
 }
 
-fn ccnn_trainer(batch: usize) -> Trainer {
+/// A trainer of `g` on two threads.
+fn trainer(g: Graph, batch: usize, seed: u64, lr: Option<f64>) -> Trainer {
     let config = TrainConfig {
         options: CompileOptions {
             threads: 2,
             ..Default::default()
         },
         batch,
-        seed: 3,
-        lr: None,
+        seed,
+        lr,
     };
-    Trainer::new(graph("eeg_ccnn.net", "eeg_ccnn", &[]), config).unwrap()
+    Trainer::new(g, config).unwrap()
+}
+
+fn ccnn_trainer(batch: usize) -> Trainer {
+    trainer(graph("eeg_ccnn.net", "eeg_ccnn", &[]), batch, 3, None)
 }
 
 #[test]
@@ -672,16 +677,7 @@ fn sd_unet_small_fits_a_fixed_batch() {
         "sd_unet_small",
         &[("size", 8), ("context_len", 5)],
     );
-    let config = TrainConfig {
-        options: CompileOptions {
-            threads: 2,
-            ..Default::default()
-        },
-        batch: 2,
-        seed: 1,
-        lr: Some(1e-3),
-    };
-    let mut t = Trainer::new(g, config).unwrap();
+    let mut t = trainer(g, 2, 1, Some(1e-3));
     let values = |key: &str, n: usize, scale: f64| -> Vec<f32> {
         (0..n)
             .map(|i| ((unit(9, key, i as u64) * 2.0 - 1.0) * scale) as f32)
@@ -851,16 +847,7 @@ fn fcos_fits_a_fixed_batch() {
         "fcos_resnet50_fpn",
         &[("height", 64), ("width", 80)],
     );
-    let config = TrainConfig {
-        options: CompileOptions {
-            threads: 2,
-            ..Default::default()
-        },
-        batch: 2,
-        seed: 1,
-        lr: Some(1e-3),
-    };
-    let mut t = Trainer::new(g, config).unwrap();
+    let mut t = trainer(g, 2, 1, Some(1e-3));
     let fix = fixture("fcos_resnet50_fpn");
     let column = |name: &str, key: &str| (name.to_string(), fix[key].clone());
     let data = DataSet::from_tensors(

@@ -1,7 +1,9 @@
 //! Effective weight bandwidth (GB/s of `W` read) of the batch-1 `linear`
 //! product: the GEMV ([`gemv::gemv`], `W` read in place) against the
 //! packed GEMM with `W` pre-packed (the path before it), on 1 and 2
-//! threads, at the linear shapes of vggish, eeg_ccnn and eeg_mlp.
+//! threads, at the linear shapes of vggish, eeg_ccnn and eeg_mlp (and
+//! vggish's first at batch 32, where the packed GEMM streams the weight
+//! once and prefetches its next panel).
 //!
 //! `cargo run --release -p netc-runtime --example gemv_speed`
 //! (a measurement, not a test).
@@ -32,6 +34,7 @@ fn main() -> Result<(), String> {
         ("vggish embeddings.0", 1, 4096, 12288),
         ("vggish embeddings.2", 1, 4096, 4096),
         ("vggish embeddings.0 m=4", 4, 4096, 12288),
+        ("vggish embeddings.0 m=32", 32, 4096, 12288),
         ("eeg_ccnn fc", 1, 1024, 5184),
         ("eeg_mlp fc1", 1, 512, 324),
         ("eeg_mlp fc2", 1, 256, 512),

@@ -12,8 +12,6 @@
 //! runs only the products of eeg_ccnn's training step that the `gemm`
 //! crate computes (fc and its gradients, the per-image convolution weight
 //! gradients) against the packed GEMM with both operands packed per call.
-//! `-- linear [THREADS]` runs only linear layers (weights pre-packed as
-//! B) on THREADS threads, with the weight's read rate.
 //! `PACKED_SPEED_CPU=1` times one thread by its CPU time (steadier on a
 //! loaded machine).
 
@@ -101,13 +99,6 @@ fn main() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         return pool.install(|| convs(&mut work, threads));
     }
-    if std::env::args().nth(1).as_deref() == Some("linear") {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| e.to_string())?;
-        return pool.install(|| linears(&mut work, threads));
-    }
     if std::env::args().nth(1).as_deref() == Some("train") {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -173,60 +164,6 @@ fn main() -> Result<(), String> {
         );
     }
     convs(&mut work, 1)
-}
-
-/// The linear layers of vggish (batch 32 and 1) and eeg_ccnn's fc (batch
-/// 256), `y = x·Wᵀ` with W pre-packed, on `threads` threads of the
-/// current pool, in GFLOP/s and in GB/s of weight read.
-fn linears(work: &mut [TileWork], threads: usize) -> Result<(), String> {
-    // (name, rows, outputs, inputs)
-    let shapes = [
-        ("vggish embeddings.0 b32", 32, 4096, 12288),
-        ("vggish embeddings.2 b32", 32, 4096, 4096),
-        ("vggish embeddings.0 b8", 8, 4096, 12288),
-        ("eeg_ccnn fc b256", 256, 1024, 5184),
-    ];
-    println!("linear layers, {threads} thread(s), median of 7");
-    for (name, m, n, k) in shapes {
-        let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-        let wt: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
-        let pack = PackPanels {
-            side: Prepacked::B,
-            dim: n,
-            k,
-            strides: Strides::transposed(k),
-            group_stride: 0,
-            groups: 1,
-        };
-        let mut wp = vec![0.0; pack.group_len()];
-        pack.rows(0, &[&wt], &mut wp)?;
-        let mut y = vec![0.0f32; m * n];
-        let secs = median_secs(7, || {
-            // SAFETY: x, the packed weight and y are sized above; one work
-            // buffer per thread.
-            unsafe {
-                packed::gemm(
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    Side::Raw(x.as_ptr(), Strides::row_major(k)),
-                    Side::Packed(wp.as_ptr()),
-                    0.0,
-                    y.as_mut_ptr(),
-                    n,
-                    threads,
-                    work.as_mut_ptr(),
-                )
-            }
-        });
-        println!(
-            "{name:24} {m:4}x{n:5}x{k:5}: {:6.1} GFLOP/s, weight read at {:5.1} GB/s",
-            2.0 * (m * n * k) as f64 / secs / 1e9,
-            (wp.len() * 4) as f64 / secs / 1e9
-        );
-    }
-    Ok(())
 }
 
 /// The explicit im2col panel of image `img` (`[OH·OW][KH·KW·C]`).

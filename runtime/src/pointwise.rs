@@ -26,6 +26,36 @@ use std::arch::x86_64::*;
 /// Elements per block: four KiB of the output, in L1 across the steps.
 pub const BLOCK: usize = 1024;
 
+/// `e^r` for `|r| ≤ 0.347` (after the Cody-Waite reduction): the Taylor
+/// polynomial to degree 7, highest coefficient first (Horner order);
+/// shared with the JIT's `math::exp`.
+pub const EXP_TAYLOR: [f32; 8] = [
+    1.0 / 5040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+
+/// `P(t)` of Numerical Recipes' `erfcc` (`erfc(a) = t·e^{−a² + P(t)}`, `t
+/// = 1/(1 + a/2)`, fractional error < 1.2e-7), highest coefficient first;
+/// shared with the JIT's `math::erfc_pos`.
+pub const ERFCC: [f32; 10] = [
+    0.170_872_77,
+    -0.822_152_23,
+    1.488_515_9,
+    -1.135_204,
+    0.278_868_07,
+    -0.186_288_06,
+    0.096_784_18,
+    0.374_091_96,
+    1.000_023_7,
+    -1.265_512_2,
+];
+
 /// A unary step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unary {
@@ -259,16 +289,8 @@ fn exp(x: __m512) -> __m512 {
     );
     let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
     let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    let mut p = _mm512_set1_ps(EXP_TAYLOR[0]);
+    for &c in &EXP_TAYLOR[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)
@@ -337,18 +359,8 @@ fn normal_cdf(x: __m512) -> (__m512, __m512) {
         _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
     );
     let t = _mm512_div_ps(one, _mm512_fmadd_ps(a, half, one));
-    let mut p = _mm512_set1_ps(0.170_872_77);
-    for c in [
-        -0.822_152_23,
-        1.488_515_9,
-        -1.135_204,
-        0.278_868_07,
-        -0.186_288_06,
-        0.096_784_18,
-        0.374_091_96,
-        1.000_023_7,
-        -1.265_512_2,
-    ] {
+    let mut p = _mm512_set1_ps(ERFCC[0]);
+    for &c in &ERFCC[1..] {
         p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));
     }
     let erfc = _mm512_mul_ps(t, exp(_mm512_fnmadd_ps(a, a, p)));

@@ -25,6 +25,7 @@
 
 use cranelift_codegen::ir::{condcodes::FloatCC, types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
+use netc_runtime::pointwise;
 
 /// Emits math on one lane shape: `ty` is `F32X4` or `F32`.
 pub struct Math<'a, 'f> {
@@ -133,19 +134,7 @@ pub fn exp(m: &mut Math, x: Value) -> Value {
     let r = m.fma(nf, nln2_hi, x);
     let r = m.fma(nf, nln2_lo, r);
     // e^r, |r| <= 0.347: Taylor to degree 7 (truncation < 5e-9 relative).
-    let p = m.poly(
-        r,
-        &[
-            1.0 / 5040.0,
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ],
-    );
+    let p = m.poly(r, &pointwise::EXP_TAYLOR);
     // 2^n = 2^n1 · 2^n2 with both halves in the normal exponent range, so
     // results that are denormal or overflow round once, in the last multiply.
     let ity = m.ity();
@@ -308,21 +297,7 @@ pub fn erfc_pos(m: &mut Math, a: Value) -> Value {
     let half = m.c(0.5);
     let d = m.fma(a, half, one);
     let t = m.b.ins().fdiv(one, d);
-    let p = m.poly(
-        t,
-        &[
-            0.170_872_77,
-            -0.822_152_23,
-            1.488_515_9,
-            -1.135_204,
-            0.278_868_07,
-            -0.186_288_06,
-            0.096_784_18,
-            0.374_091_96,
-            1.000_023_7,
-            -1.265_512_2,
-        ],
-    );
+    let p = m.poly(t, &pointwise::ERFCC);
     let na = m.b.ins().fneg(a);
     let arg = m.fma(na, a, p);
     let e = exp(m, arg);

@@ -72,16 +72,27 @@ pub fn compiled(
     let symbols: Vec<(String, i64)> = symbols.iter().map(|(n, v)| (n.to_string(), *v)).collect();
     let mut jit = Jit::new().unwrap();
     let lowered = lower(g, &symbols, CompileOptions::default(), &mut jit).unwrap();
-    let mut ex = Executor::new(lowered.plan, threads).unwrap();
     let ps: Vec<&[f32]> = params.iter().map(|(_, _, v)| v.as_slice()).collect();
-    ex.prepare(&ps).unwrap();
+    run_lowered(lowered, inputs, &ps, threads)
+}
+
+/// Runs a lowered plan on `threads` threads (parameters prepared first)
+/// and returns its outputs.
+pub fn run_lowered(
+    lowered: super::Lowered,
+    inputs: &[&[f32]],
+    params: &[&[f32]],
+    threads: usize,
+) -> Vec<Vec<f32>> {
+    let mut ex = Executor::new(lowered.plan, threads).unwrap();
+    ex.prepare(params).unwrap();
     let mut outs: Vec<Vec<f32>> = lowered
         .outputs
         .iter()
         .map(|(_, n)| vec![f32::NAN; *n])
         .collect();
     let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-    ex.run(inputs, &ps, &mut refs).unwrap();
+    ex.run(inputs, params, &mut refs).unwrap();
     outs
 }
 

@@ -3,7 +3,7 @@
 //! right operand), heading a chain, and in the epilogue of a linear and a
 //! conv; odd sizes, batch 1 and 3, 1 and 2 threads (relative L2 <= 1e-5).
 
-use super::super::oracle::{assert_close, compiled, data, params, reference};
+use super::super::oracle::{assert_close, compiled, data, params, reference, run_lowered};
 use crate::ir::{Attr, Dim, Graph, Op, TensorType, ValueId};
 use crate::passes::{fuse, rewrite};
 use crate::testing::program;
@@ -203,16 +203,7 @@ fn compiled_with(
         .iter()
         .filter(|s| matches!(s.work, netc_runtime::plan::Work::Rows(_)))
         .count();
-    let mut ex = netc_runtime::plan::Executor::new(lowered.plan, threads).unwrap();
-    ex.prepare(&[]).unwrap();
-    let mut outs: Vec<Vec<f32>> = lowered
-        .outputs
-        .iter()
-        .map(|(_, len)| vec![f32::NAN; *len])
-        .collect();
-    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-    ex.run(ins, &[], &mut refs).unwrap();
-    (outs, rows)
+    (run_lowered(lowered, ins, &[], threads), rows)
 }
 
 /// Chains whose cost is a GELU, SiLU, sigmoid or `exp` run on the

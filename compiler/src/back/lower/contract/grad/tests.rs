@@ -11,7 +11,7 @@
 //! release-mode timing of two real layers.
 
 use crate::back::jit::Jit;
-use crate::back::lower::oracle::{data, params, reference};
+use crate::back::lower::oracle::{data, params, reference, run_lowered};
 use crate::back::lower::{lower, lower_with, OutputMode};
 use crate::ir::{Attr, Dim, Graph, Op};
 use crate::options::{CompileOptions, GemmChoice};
@@ -189,16 +189,7 @@ fn compiled(
 ) -> Vec<Vec<f32>> {
     let mut jit = Jit::new().unwrap();
     let lowered = lower(g, &[("N".to_string(), n as i64)], options, &mut jit).unwrap();
-    let mut ex = Executor::new(lowered.plan, threads).unwrap();
-    ex.prepare(params).unwrap();
-    let mut outs: Vec<Vec<f32>> = lowered
-        .outputs
-        .iter()
-        .map(|(_, len)| vec![f32::NAN; *len])
-        .collect();
-    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-    ex.run(inputs, params, &mut refs).unwrap();
-    outs
+    run_lowered(lowered, inputs, params, threads)
 }
 
 /// `‖got − want‖ / ‖want‖`.

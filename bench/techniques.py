@@ -50,6 +50,7 @@ TECHNIQUES = {
     "team": ("spinning helper splitting a small model's GEMMs (vs the calling thread alone)", EEG_MLP, 1, [], ["--no-team"]),
     "arena": ("arena reuse (memory)", DENSENET, 8, [], ["--no-arena-reuse"]),
     "wide_pointwise": ("GELU/SiLU chains on AVX-512 (vs the JIT's 4-lane kernels)", UNET, 1, [], ["--no-wide-pointwise"]),
+    "thin_linear": ("small-batch linear products with the weight read in place (training)", VGGISH, 32, ["--train"], ["--train", "--no-thin-linear"]),
     "fuse_train": ("fusion in the training step (norm+relu, gradient epilogues)", DENSENET, 4, ["--train"], ["--train", "--no-fuse"]),
 }
 

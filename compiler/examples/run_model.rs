@@ -66,6 +66,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         layout: LayoutChoice::Auto,
         team: true,
         wide_pointwise: true,
+        thin_linear: true,
     };
     let t0 = Instant::now();
     let mut model = CompiledModel::new(graph, &shapes, options)?;

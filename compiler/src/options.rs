@@ -60,6 +60,11 @@ pub struct CompileOptions {
     /// (`netc_runtime::pointwise`) instead of the JIT's 4-lane one, on
     /// CPUs that have AVX-512F.
     pub wide_pointwise: bool,
+    /// Run a training step's `linear` products with few rows and a large
+    /// weight (and their input gradients) on the runtime's thin products
+    /// (`netc_runtime::gemm::thin`, the weight read in place) instead of
+    /// a general GEMM that packs the weight on every call.
+    pub thin_linear: bool,
 }
 
 impl Default for CompileOptions {
@@ -74,6 +79,7 @@ impl Default for CompileOptions {
             layout: LayoutChoice::Auto,
             team: true,
             wide_pointwise: true,
+            thin_linear: true,
         }
     }
 }

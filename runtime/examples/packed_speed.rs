@@ -11,13 +11,15 @@
 //! FILTER, and with `new` only the implicit GEMM. `-- train [THREADS]`
 //! runs only the products of eeg_ccnn's training step that the `gemm`
 //! crate computes (fc and its gradients, the per-image convolution weight
-//! gradients) against the packed GEMM with both operands packed per call.
+//! gradients) and vggish's batch-32 `linear` products, against the packed
+//! GEMM with both operands packed per call and the thin products
+//! ([`thin::gemm`], or the crate where no thin form fits).
 //! `PACKED_SPEED_CPU=1` times one thread by its CPU time (steadier on a
 //! loaded machine).
 
 use netc_runtime::gemm::conv::{self, ConvGeom};
 use netc_runtime::gemm::packed::{self, PackPanels, Prepacked, Side};
-use netc_runtime::gemm::{sgemm, Strides, TileWork};
+use netc_runtime::gemm::{sgemm, thin, Strides, TileWork};
 use netc_runtime::plan::RowKernel;
 use std::time::Instant;
 
@@ -306,9 +308,10 @@ fn convs(work: &mut [TileWork], threads: usize) -> Result<(), String> {
 }
 
 /// The products of eeg_ccnn's training step at batch 256 that run on the
-/// `gemm` crate (`compiler/src/back/lower/contract/grad.rs`), with the
-/// strides the plan reads them through, against [`packed::gemm`] with
-/// both operands [`Side::Raw`], on `threads` threads of the current pool.
+/// `gemm` crate (`compiler/src/back/lower/contract/grad.rs`) and vggish's
+/// `linear` products at batch 32, with the strides the plan reads them
+/// through, against [`packed::gemm`] with both operands [`Side::Raw`] and
+/// [`thin::gemm`], on `threads` threads of the current pool.
 fn train(work: &mut [TileWork], threads: usize) {
     // (name, [m, n, k], whether A and B are read transposed, calls per
     // timed run): the per-image weight gradients accumulate (beta 1).
@@ -319,6 +322,9 @@ fn train(work: &mut [TileWork], threads: usize) {
         ("conv2 dWᵀ/image", [576, 128, 81], [false, true], 32),
         ("conv3 dWᵀ/image", [1152, 256, 81], [false, true], 32),
         ("conv4 dWᵀ/image", [2304, 64, 81], [false, true], 32),
+        ("vggish e0 x·Wᵀ", [32, 4096, 12288], [false, true], 1),
+        ("vggish e0 dx", [32, 12288, 4096], [false, false], 1),
+        ("vggish e2 x·Wᵀ", [32, 4096, 4096], [false, true], 1),
     ];
     println!("{threads} thread(s), median of 7");
     for (name, [m, n, k], [a_t, b_t], calls) in shapes {
@@ -363,10 +369,32 @@ fn train(work: &mut [TileWork], threads: usize) {
                 }
             }
         });
+        let thin = thin::Form::of((m, n, k), sa, sb).is_some();
+        let t_thin = median_secs(7, || {
+            for _ in 0..calls {
+                // SAFETY: operands sized above.
+                unsafe {
+                    thin::gemm(
+                        (m, n, k),
+                        a.as_ptr(),
+                        sa,
+                        b.as_ptr(),
+                        sb,
+                        beta,
+                        c.as_mut_ptr(),
+                        n,
+                        threads,
+                        &mut work[0],
+                    )
+                }
+            }
+        });
         println!(
-            "{name:16} {m:4}x{n:4}x{k:4}: gemm crate {:6.1} GFLOP/s | packed (raw) {:6.1} GFLOP/s",
+            "{name:16} {m:4}x{n:4}x{k:5}: gemm crate {:6.1} GFLOP/s | packed (raw) {:6.1} GFLOP/s | thin{} {:6.1} GFLOP/s",
             flop / t_crate / 1e9,
-            flop / t_packed / 1e9
+            flop / t_packed / 1e9,
+            if thin { "" } else { " (crate)" },
+            flop / t_thin / 1e9
         );
     }
 }

@@ -25,7 +25,7 @@ pub use rows::{RowKernel, Rows, MAX_ROW_INPUTS};
 use team::Team;
 
 use crate::gemm::packed::{self, Prepacked};
-use crate::gemm::{conv, gemv};
+use crate::gemm::{conv, gemv, thin};
 use crate::gemm::{sgemm_unchecked, split_product, tile_sgemm_unchecked, Gemm, Strides, TileWork};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -393,6 +393,13 @@ impl Contraction {
         if matches!(self.gemm, Gemm::Gemv) && !gemv_shaped {
             return Err(bad("GEMV A and B", self.m, 0));
         }
+        let thin_shaped = thin::Form::of((self.m, self.n, self.k), self.a.strides, self.b.strides)
+            .is_some()
+            && !self.a.packed
+            && !self.b.packed;
+        if matches!(self.gemm, Gemm::Thin) && !thin_shaped {
+            return Err(bad("thin A and B", self.m, 0));
+        }
         let c = Operand {
             input: 0,
             packed: false,
@@ -743,6 +750,28 @@ impl Contracting<'_> {
                     c.m, c.n, c.k, a, sa.row, b, sb.col, beta, out, c.ldc, threads,
                 )
             },
+            // SAFETY: forwarded; `validate` checked that a thin form fits
+            // the strides; `work[slice]` (or the first, outside the pool's
+            // tasks) is this call's alone.
+            Gemm::Thin => unsafe {
+                let work = if threads <= 1 {
+                    self.work.add(slice)
+                } else {
+                    self.work
+                };
+                thin::gemm(
+                    (c.m, c.n, c.k),
+                    a,
+                    sa,
+                    b,
+                    sb,
+                    beta,
+                    out,
+                    c.ldc,
+                    threads,
+                    &mut *work,
+                )
+            },
             Gemm::Tile(tile) if threads <= 1 => {
                 // SAFETY: `work[slice]` belongs to this task alone.
                 let w = unsafe { &mut *self.work.add(slice) };
@@ -911,7 +940,7 @@ impl Executor {
                 });
             }
         }
-        let (mut tile, mut packed, mut partial) = ((0, 0), false, 0);
+        let (mut tile, mut packed, mut thin, mut partial) = ((0, 0), false, Vec::new(), 0);
         for (i, s) in plan.prepare.iter().chain(&plan.steps).enumerate() {
             if let Work::Contraction(c) = &s.work {
                 c.validate(i, &s.extents)?;
@@ -920,16 +949,24 @@ impl Executor {
                     tile = (tile.0.max(t.mr), tile.1.max(t.nr));
                 }
                 packed |= matches!(c.gemm, Gemm::Packed(_) | Gemm::Implicit(_));
+                if matches!(c.gemm, Gemm::Thin) {
+                    thin.push(((c.m, c.n, c.k), c.a.strides, c.b.strides));
+                }
             }
             if let Work::Rows(r) = &s.work {
                 validate_rows(i, r, s)?;
             }
         }
-        let tile_work = if tile.0 > 0 || packed {
+        let tile_work = if tile.0 > 0 || packed || !thin.is_empty() {
             (0..threads)
-                .map(|_| match packed {
-                    true => TileWork::new(tile.0.max(1), tile.1.max(1)).with_packed(),
-                    false => TileWork::new(tile.0, tile.1),
+                .map(|_| {
+                    let work = match (packed, tile.0 > 0) {
+                        (true, _) => TileWork::new(tile.0.max(1), tile.1.max(1)).with_packed(),
+                        (false, true) => TileWork::new(tile.0, tile.1),
+                        (false, false) => TileWork::default(),
+                    };
+                    thin.iter()
+                        .fold(work, |w, &(dims, sa, sb)| w.with_thin(dims, sa, sb))
                 })
                 .collect()
         } else {

@@ -67,6 +67,10 @@ pub struct CompileFlags {
     /// 4-lane kernels instead of the runtime's AVX-512 one.
     #[arg(long)]
     pub no_wide_pointwise: bool,
+    /// Run a training step's small-batch `linear` products on the general
+    /// GEMM (the weight packed per call) instead of the thin products.
+    #[arg(long)]
+    pub no_thin_linear: bool,
 }
 
 /// `--gemm` values.
@@ -117,6 +121,7 @@ impl CompileFlags {
             },
             team: !self.no_team,
             wide_pointwise: !self.no_wide_pointwise,
+            thin_linear: !self.no_thin_linear,
         })
     }
 }

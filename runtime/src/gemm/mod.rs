@@ -24,6 +24,7 @@ pub mod gemv;
 pub mod kernel_avx512;
 pub mod packed;
 pub mod skinny;
+pub mod thin;
 
 use gemm::Parallelism;
 
@@ -309,6 +310,10 @@ pub enum Gemm {
     /// A row-major and B the weight `[n, k]` read in place (transposed
     /// strides), streamed once over the threads.
     Gemv,
+    /// [`thin::gemm`]: a `linear` product of a training step with at most
+    /// [`thin::MAX_THIN`] rows, the weight read in place (a [`thin::Form`]
+    /// fits its strides).
+    Thin,
 }
 
 /// K block of the tile driver: a packed B micro-panel (`KC·nr` floats)

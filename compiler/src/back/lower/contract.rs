@@ -11,7 +11,9 @@
 //! followers is a row step of the skinny-N kernel instead (under
 //! `--gemm auto`); one with at most `netc_runtime::gemm::gemv::MAX_ROWS`
 //! rows of input (batch 1) and a large weight runs the GEMV over its unpacked weight
-//! ([`gemv_linear`]). The epilogue's iteration space is
+//! ([`gemv_linear`]), and one of a training step (or its input gradient)
+//! with at most `netc_runtime::gemm::thin::MAX_THIN` rows and a large
+//! weight the thin product ([`thin_linear`]). The epilogue's iteration space is
 //! [`epilogue_domain`], which the fusion pass also asks before fusing a
 //! follower.
 
@@ -31,9 +33,9 @@ use crate::back::BackError;
 use crate::ir::{Attr, Graph, Node, ValueId};
 use crate::options::GemmChoice;
 use netc_runtime::gemm::conv::ConvGeom;
-use netc_runtime::gemm::gemv;
 use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::skinny::{self, SkinnyLinear};
+use netc_runtime::gemm::{gemv, thin};
 use netc_runtime::gemm::{Gemm, Strides};
 use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Rows, Step, Unpack, Work};
 use std::sync::Arc;
@@ -199,6 +201,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
             )))
         }
         (Prepacked::Neither, _) if gemv_linear(cx, node) => Gemm::Gemv,
+        (Prepacked::Neither, _) if thin_linear(cx, node, &spec) => Gemm::Thin,
         (Prepacked::Neither, _) => gemm_choice(cx)?,
         (side, _) => Gemm::Packed(side),
     };
@@ -403,6 +406,26 @@ pub(super) fn gemv_linear(cx: &LowerCx, node: &Node) -> bool {
         && (1..=gemv::MAX_ROWS).contains(&m)
         && n * k >= GEMV_MIN_WEIGHTS
         && !skinny_takes(cx, node, n)
+}
+
+/// Whether the contraction `spec` of `node` runs as a thin product
+/// ([`netc_runtime::gemm::thin`], under `--gemm auto` with
+/// `thin_linear` on a CPU with AVX-512F): a `linear` or its input gradient, one product of at most
+/// `thin::MAX_THIN` rows whose strides fit a thin form, over a weight of
+/// at least [`GEMV_MIN_WEIGHTS`] read in place. A general GEMM packs such
+/// a weight into panels on every call (training plans pack nothing
+/// ahead, the weight changes every step).
+fn thin_linear(cx: &LowerCx, node: &Node, spec: &Spec) -> bool {
+    matches!(node.op.name, "linear" | "linear_grad_input")
+        && cx.options.thin_linear
+        && cx.options.gemm == GemmChoice::Auto
+        && netc_runtime::gemm::kernel_avx512::available()
+        && spec.items == 1
+        && spec.groups == 1
+        && spec.pack.is_none()
+        && spec.unpack.is_none()
+        && spec.n * spec.k >= GEMV_MIN_WEIGHTS
+        && thin::Form::of((spec.m, spec.n, spec.k), spec.a.strides, spec.b.strides).is_some()
 }
 
 /// The fewest weights (2 MiB of f32, one core's L2) for which a batch-1

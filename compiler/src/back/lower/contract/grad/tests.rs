@@ -7,7 +7,8 @@
 //! beyond the kernel's reach) and direct (1x1) schemes; linear with rank-2 and rank-3 inputs; on
 //! both GEMMs, lowered for and run on 1 and 2 threads. The forward and
 //! input-gradient convolutions of a training plan (outputs in place) on
-//! batches large enough for their implicit-GEMM path. Plus an ignored
+//! batches large enough for their implicit-GEMM path, and a training
+//! plan's `linear` and input gradient as thin products. Plus an ignored
 //! release-mode timing of two real layers.
 
 use crate::back::jit::Jit;
@@ -142,8 +143,9 @@ fn conv_graph(case: Case, wanted: &[&str]) -> (Graph, Vec<usize>, Vec<usize>) {
 }
 
 /// The graph `dx = linear_grad_input(dy, W)`, `dW = linear_grad_weight(dy, x)`
-/// for `x: [N, rest..]` through `linear(out)`.
-fn linear_graph(rest: &[usize], out: usize) -> Graph {
+/// for `x: [N, rest..]` through `linear(out)`; with `forward` the
+/// `linear` itself too (output `y`).
+fn linear_graph(rest: &[usize], out: usize, forward: bool) -> Graph {
     let mut ys = rest.to_vec();
     *ys.last_mut().unwrap() = out;
     let src = format!(
@@ -174,7 +176,12 @@ fn linear_graph(rest: &[usize], out: usize) -> Graph {
         &lin,
     );
     graph.outputs = vec![("dx".into(), gi.outputs[0]), ("dw".into(), gw.outputs[0])];
-    set_nodes(&mut graph, vec![gi, gw]);
+    let mut nodes = vec![gi, gw];
+    if forward {
+        graph.outputs.push(("y".into(), lin.outputs[0]));
+        nodes.insert(0, lin);
+    }
+    set_nodes(&mut graph, nodes);
     graph
 }
 
@@ -252,7 +259,7 @@ fn conv_gradients_match_the_interpreter() {
 #[test]
 fn linear_gradients_match_the_interpreter() {
     for (n, rest, out) in [(5, &[7usize][..], 3), (3, &[4, 6], 5), (1, &[9], 4)] {
-        let g = linear_graph(rest, out);
+        let g = linear_graph(rest, out, false);
         let mut xs = vec![n];
         xs.extend_from_slice(rest);
         let mut ys = xs.clone();
@@ -308,6 +315,77 @@ fn check_training_plan(case: Case) {
             }
         }
     }
+}
+
+/// A training plan's `linear`, input gradient and weight gradient for `x:
+/// [n, rest..]` through `linear(out)` (a weight of at least 2 MiB), with
+/// and without the thin products, lowered for and run on 1 and 2 threads,
+/// against the interpreter; with them (on AVX-512F) the forward and the
+/// input gradient must run as thin products.
+fn check_thin_training_plan(n: usize, rest: &[usize], out: usize) {
+    let g = linear_graph(rest, out, true);
+    let xs: Vec<usize> = [n].iter().chain(rest).copied().collect();
+    let mut ys = xs.clone();
+    *ys.last_mut().unwrap() = out;
+    let x = data(xs.iter().product(), 0.4, 1.0);
+    let dy = data(ys.iter().product(), 1.3, 1.0);
+    let ps = params(&g);
+    let want = reference(&g, &[("x", xs, x.clone()), ("dy", ys, dy.clone())], &ps);
+    let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
+    for thin in [true, false] {
+        for lowered in [1, 2] {
+            for threads in [1, 2] {
+                let options = CompileOptions {
+                    threads: lowered,
+                    thin_linear: thin,
+                    ..CompileOptions::default()
+                };
+                let mut jit = Jit::new().unwrap();
+                let symbols = [("N".to_string(), n as i64)];
+                let l = lower_with(&g, &symbols, options, &mut jit, OutputMode::InPlace).unwrap();
+                let thin_steps = l
+                    .plan
+                    .steps
+                    .iter()
+                    .filter(
+                        |s| matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Thin)),
+                    )
+                    .count();
+                let expected = if thin && netc_runtime::gemm::kernel_avx512::available() {
+                    2
+                } else {
+                    0
+                };
+                assert_eq!(
+                    thin_steps, expected,
+                    "[{n}, {rest:?}] -> {out}, thin {thin}"
+                );
+                let bufs = l.output_bufs.clone();
+                let mut ex = Executor::new(l.plan, threads).unwrap();
+                ex.prepare(&p).unwrap();
+                ex.run(&[&x, &dy], &p, &mut []).unwrap();
+                for (((name, _), buf), e) in g.outputs.iter().zip(&bufs).zip(&want) {
+                    let Buf::Arena { offset, len } = *buf else {
+                        panic!("{name} is not in the arena: {buf:?}");
+                    };
+                    let err = rel_l2(&ex.arena()[offset..offset + len], e);
+                    assert!(
+                        err <= 1e-5,
+                        "[{n}, {rest:?}] -> {out} {name}: thin {thin}, lowered for {lowered}, \
+                         run on {threads}: rel L2 {err:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn thin_training_linears_match_the_interpreter() {
+    // vggish's embeddings at a smaller scale: 8 rows of 1024 into 512
+    // outputs; a rank-3 input (32 rows of 256) into 2048 outputs.
+    check_thin_training_plan(8, &[1024], 512);
+    check_thin_training_plan(8, &[4, 256], 2048);
 }
 
 #[test]

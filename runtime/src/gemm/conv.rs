@@ -772,11 +772,18 @@ unsafe fn gemm_with(
     let m = geom.rows();
     let mr = if wide { avx::raw_rows(n) } else { avx::MR };
     let threads = threads.max(1);
-    // Blocks of about MC rows, smaller when that leaves a task idle.
-    let block = geom
-        .block_rows(mr)
-        .min(m.div_ceil(threads).div_ceil(mr) * mr)
-        .max(mr);
+    // Near-equal blocks of at most about MC rows, a whole number per task
+    // (three blocks of a 32×32 map on two tasks left one task a third of
+    // the time idle), each a whole number of output rows when tiles follow
+    // them.
+    let most = geom.block_rows(mr);
+    let unit = if most % geom.ow.max(1) == 0 && geom.row_tiles(mr) {
+        geom.ow
+    } else {
+        mr
+    };
+    let count = m.div_ceil(most).next_multiple_of(threads);
+    let block = m.div_ceil(count).next_multiple_of(unit).max(mr);
     let blocks = m.div_ceil(block);
     if threads == 1 || blocks == 1 {
         // SAFETY: forwarded; works[0] is ours.

@@ -777,7 +777,7 @@ unsafe fn gemm_with(
     // the time idle), each a whole number of output rows when tiles follow
     // them.
     let most = geom.block_rows(mr);
-    let unit = if most % geom.ow.max(1) == 0 && geom.row_tiles(mr) {
+    let unit = if most.is_multiple_of(geom.ow.max(1)) && geom.row_tiles(mr) {
         geom.ow
     } else {
         mr

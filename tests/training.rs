@@ -739,9 +739,10 @@ fn spconv_gradients_match_pytorch() {
 
 /// Six Adam steps (the train section's optimizer, netc's update, at a
 /// learning rate of 1e-2 instead of the section's 1e-3) of the compiled
-/// spconv training step on the fixture's batch lower the loss. The `Trainer` gathers samples by the first dim of every column,
-/// which a voxel model's sites and per-sample labels do not share, so the
-/// step and the optimizer are driven directly.
+/// spconv training step on the fixture's batch lower the loss. The step
+/// and the optimizer are driven directly, on the fixture's site list as it
+/// is (the `Trainer` takes point clouds from a point-cloud data set,
+/// `tests/cli.rs::train_feeds_point_clouds_to_a_sparse_conv_model`).
 #[test]
 fn spconv_fits_a_fixed_batch() {
     use netc_runtime::train::optim::{Hyper as OptHyper, Optimizer, OptimizerSpec};

@@ -547,14 +547,14 @@ impl DataSet {
         let err = |message: String| self.invalid(message);
         let c = self.column(k)?;
         if c.bags.is_some() || c.sites.is_some() {
+            let (what, with) = if c.bags.is_some() {
+                ("sparse bags", "gather_bags")
+            } else {
+                ("point-cloud sites", "gather_sites")
+            };
             return Err(err(format!(
-                "tensor `{}` is not one row per sample: gather it with `{}`",
-                c.name,
-                if c.bags.is_some() {
-                    "gather_bags"
-                } else {
-                    "gather_sites"
-                }
+                "tensor `{}` holds {what}: gather it with `{with}`",
+                c.name
             )));
         }
         if out.len() != indices.len() * c.row {

@@ -725,6 +725,35 @@ fn spconv_graph() -> Graph {
     )
 }
 
+/// Point clouds through the `Trainer`: a batch's plan is compiled per site
+/// count and reused when the count comes back; at most `POINT_PLANS` are
+/// kept (the tiny generated set, pairs of its 8 clouds: 17 distinct
+/// counts). A repeated batch compiles nothing.
+#[test]
+fn point_cloud_plans_are_cached_per_site_count_and_bounded() {
+    use netc::train::trainer::POINT_PLANS;
+    let mut t = trainer(spconv_graph(), 2, 0, None);
+    let spec = t.point_spec().expect("spconv reads point clouds").clone();
+    let names = t.data_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let path = repo().join("tests/fixtures/points/spconv_tiny.safetensors");
+    let data = DataSet::load_points(&path, &spec, &names).unwrap();
+    let mut counts = std::collections::HashSet::new();
+    let mut sites = Vec::new();
+    for i in 0..8 {
+        for j in i + 1..8 {
+            t.step(&data, &[i, j], &mut |_| {}).unwrap();
+            let k = names.iter().position(|n| *n == spec.coords).unwrap();
+            counts.insert(data.gather_sites(k, &[i, j], &mut sites).unwrap());
+            assert!(t.compiled().0 <= POINT_PLANS, "{:?}", t.compiled());
+        }
+    }
+    assert!(counts.len() > POINT_PLANS, "{} site counts", counts.len());
+    let before = t.compiled();
+    t.step(&data, &[6, 7], &mut |_| {}).unwrap();
+    assert_eq!(t.compiled(), before, "the last pair's plan is cached");
+}
+
 /// The spconv encoder's train section (per-sample mean of the output
 /// features, MSE) against PyTorch's float64 gradients, computed with dense
 /// `conv3d` over the grids at the active sites

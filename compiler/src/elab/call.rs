@@ -577,6 +577,8 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     /// An upper bound of a size: every data-dependent symbol is replaced by
     /// its declared bound (repeatedly, as bounds may mention other
     /// data-dependent symbols); input symbols such as the batch `N` stay.
+    /// Caps are left out (a linear form has no `min`), so the result may
+    /// exceed [`crate::ir::SymKind::planned_bound`]; it is still a bound.
     /// `None` when a data-dependent symbol appears with a negative
     /// coefficient (no upper bound follows).
     pub fn upper_bound(&self, d: &Dim) -> Option<Dim> {

@@ -725,6 +725,35 @@ fn spconv_graph() -> Graph {
     )
 }
 
+/// Point clouds through the `Trainer`: a batch's plan is compiled per site
+/// count and reused when the count comes back; at most `POINT_PLANS` are
+/// kept (the tiny generated set, pairs of its 8 clouds: 17 distinct
+/// counts). A repeated batch compiles nothing.
+#[test]
+fn point_cloud_plans_are_cached_per_site_count_and_bounded() {
+    use netc::train::trainer::POINT_PLANS;
+    let mut t = trainer(spconv_graph(), 2, 0, None);
+    let spec = t.point_spec().expect("spconv reads point clouds").clone();
+    let names = t.data_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let path = repo().join("tests/fixtures/points/spconv_tiny.safetensors");
+    let data = DataSet::load_points(&path, &spec, &names).unwrap();
+    let mut counts = std::collections::HashSet::new();
+    let mut sites = Vec::new();
+    for i in 0..8 {
+        for j in i + 1..8 {
+            t.step(&data, &[i, j], &mut |_| {}).unwrap();
+            let k = names.iter().position(|n| *n == spec.coords).unwrap();
+            counts.insert(data.gather_sites(k, &[i, j], &mut sites).unwrap());
+            assert!(t.compiled().0 <= POINT_PLANS, "{:?}", t.compiled());
+        }
+    }
+    assert!(counts.len() > POINT_PLANS, "{} site counts", counts.len());
+    let before = t.compiled();
+    t.step(&data, &[6, 7], &mut |_| {}).unwrap();
+    assert_eq!(t.compiled(), before, "the last pair's plan is cached");
+}
+
 /// The spconv encoder's train section (per-sample mean of the output
 /// features, MSE) against PyTorch's float64 gradients, computed with dense
 /// `conv3d` over the grids at the active sites
@@ -739,9 +768,10 @@ fn spconv_gradients_match_pytorch() {
 
 /// Six Adam steps (the train section's optimizer, netc's update, at a
 /// learning rate of 1e-2 instead of the section's 1e-3) of the compiled
-/// spconv training step on the fixture's batch lower the loss. The `Trainer` gathers samples by the first dim of every column,
-/// which a voxel model's sites and per-sample labels do not share, so the
-/// step and the optimizer are driven directly.
+/// spconv training step on the fixture's batch lower the loss. The step
+/// and the optimizer are driven directly, on the fixture's site list as it
+/// is (the `Trainer` takes point clouds from a point-cloud data set,
+/// `tests/cli.rs::train_feeds_point_clouds_to_a_sparse_conv_model`).
 #[test]
 fn spconv_fits_a_fixed_batch() {
     use netc_runtime::train::optim::{Hyper as OptHyper, Optimizer, OptimizerSpec};

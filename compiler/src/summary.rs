@@ -27,7 +27,9 @@ impl<'g> SymbolValues<'g> {
         }
         match &sym.kind {
             SymKind::Input => 1,
-            SymKind::DataDependent { bound, .. } if depth < 8 => self.eval_at(bound, depth + 1),
+            kind if depth < 8 => kind
+                .planned_bound(&|t| Some(self.value(t, depth + 1)))
+                .unwrap_or(0),
             SymKind::DataDependent { .. } => 0,
         }
     }

@@ -1,9 +1,8 @@
 //! `netc bench --train` for a model over voxel sets (sparse 3D convs): one
 //! step is one batch of point clouds, `--set M=...` active sites drawn as
 //! `netc bench` draws them for inference, labels seeded at the shapes the
-//! `train` section declares. The `Trainer` gathers samples by the first
-//! dim of every data column, which sites (`[M, ...]`) and per-sample
-//! labels (`[batch, ...]`) do not share, so the compiled step and the
+//! `train` section declares. The random site list is not a point-cloud
+//! data set (`netc train`'s input), so the compiled step and the
 //! section's optimizer are driven directly: forward, loss, backward and
 //! the optimizer update, as `Trainer::step` times them.
 

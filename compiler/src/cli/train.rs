@@ -109,8 +109,12 @@ pub fn train(args: &TrainArgs) -> Result<(), Failure> {
         ));
     }
     let vocab_beside = if args.vocab { &args.out } else { &args.weights };
+    let names = trainer.data_names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let load = |path: &std::path::Path, build: bool| {
-        if text_data::is_tsv(path) {
+        if let Some(spec) = trainer.point_spec() {
+            DataSet::load_points(path, spec, &names).map_err(Failure::error)
+        } else if text_data::is_tsv(path) {
             text_data::load(&trainer, path, vocab_beside.as_deref(), build, args.seed)
         } else {
             DataSet::load_columns(path, &specs).map_err(Failure::error)

@@ -556,8 +556,9 @@ impl<'e, 'a> CallCtx<'e, 'a> {
     }
 
     /// Adds a data-dependent symbol (a size known only at run time) with an
-    /// upper bound.
-    pub fn data_dependent(&mut self, hint: &str, bound: Dim) -> SymId {
+    /// upper bound and optionally a second one (`cap`; planning takes the
+    /// smaller).
+    pub fn data_dependent(&mut self, hint: &str, bound: Dim, cap: Option<Dim>) -> SymId {
         let g = &mut self.el.g;
         let mut k = 1;
         let mut name = hint.to_string();
@@ -570,12 +571,14 @@ impl<'e, 'a> CallCtx<'e, 'a> {
             self.op_name,
             self.el.program.sources.location(self.span)
         );
-        g.add_symbol(name, SymKind::DataDependent { bound, origin })
+        g.add_symbol(name, SymKind::DataDependent { bound, cap, origin })
     }
 
     /// An upper bound of a size: every data-dependent symbol is replaced by
     /// its declared bound (repeatedly, as bounds may mention other
     /// data-dependent symbols); input symbols such as the batch `N` stay.
+    /// Caps are left out (a linear form has no `min`), so the result may
+    /// exceed [`crate::ir::SymKind::planned_bound`]; it is still a bound.
     /// `None` when a data-dependent symbol appears with a negative
     /// coefficient (no upper bound follows).
     pub fn upper_bound(&self, d: &Dim) -> Option<Dim> {

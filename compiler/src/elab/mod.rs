@@ -653,6 +653,7 @@ impl<'a> Elaborator<'a> {
                                     })?;
                                     SymKind::DataDependent {
                                         bound: bd,
+                                        cap: None,
                                         origin: "declared input size".into(),
                                     }
                                 }

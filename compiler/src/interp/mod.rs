@@ -140,10 +140,11 @@ fn bind_data_dependent(
         if d.constant() != 0 || syms.contains_key(s) {
             continue;
         }
-        let SymKind::DataDependent { bound, .. } = &g.symbols[s.0 as usize].kind else {
+        let kind = &g.symbols[s.0 as usize].kind;
+        let SymKind::DataDependent { bound, .. } = kind else {
             continue;
         };
-        let limit = bound.eval(&|x| syms.get(&x).copied()).as_known();
+        let limit = kind.planned_bound(&|x| syms.get(&x).copied());
         match limit {
             Some(b) if n as i64 > b => {
                 return Err(format!(

@@ -116,6 +116,14 @@ impl Dim {
         out
     }
 
+    /// The value with every symbol valued by `value_of`, saturating at the
+    /// `i64` range; `None` when a symbol has no value.
+    pub fn eval_saturating(&self, value_of: &dyn Fn(SymId) -> Option<i64>) -> Option<i64> {
+        self.terms.iter().try_fold(self.constant, |acc, &(s, k)| {
+            Some(acc.saturating_add(k.saturating_mul(value_of(s)?)))
+        })
+    }
+
     /// Writes the form using `name` to print symbols.
     pub fn display<'a>(&'a self, name: &'a dyn Fn(SymId) -> String) -> impl fmt::Display + 'a {
         DimDisplay { dim: self, name }

@@ -221,13 +221,35 @@ pub struct ConstTensor {
 pub enum SymKind {
     /// A size given with the inputs (the batch `N`, a sequence length).
     Input,
-    /// A size known only when the model runs, never above `bound`.
+    /// A size known only when the model runs, never above `bound` nor
+    /// above `cap`.
     DataDependent {
         /// The upper bound used for memory planning.
         bound: Dim,
+        /// A second upper bound the linear `bound` cannot express with it
+        /// (sizes are linear forms, without `min`): e.g. the cells of a
+        /// sparse conv's output grid times the batch, while `bound` counts
+        /// the sites its inputs can reach. Planning takes the smaller.
+        cap: Option<Dim>,
         /// Which op produces it.
         origin: String,
     },
+}
+
+impl SymKind {
+    /// The planning bound of a data-dependent size with its symbols valued
+    /// by `value_of`: the smaller of `bound` and `cap` where they evaluate
+    /// (saturating); `None` for an input size or when neither does.
+    pub fn planned_bound(&self, value_of: &dyn Fn(SymId) -> Option<i64>) -> Option<i64> {
+        let SymKind::DataDependent { bound, cap, .. } = self else {
+            return None;
+        };
+        let cap = cap.as_ref().and_then(|c| c.eval_saturating(value_of));
+        match (bound.eval_saturating(value_of), cap) {
+            (Some(b), Some(c)) => Some(b.min(c)),
+            (b, c) => b.or(c),
+        }
+    }
 }
 
 /// A symbolic size.

@@ -15,12 +15,15 @@ pub fn print_graph(g: &Graph) -> String {
             SymKind::Input => {
                 let _ = writeln!(out, "  symbol {}", s.name);
             }
-            SymKind::DataDependent { bound, origin } => {
+            SymKind::DataDependent { bound, cap, origin } => {
+                let bound = match cap {
+                    Some(cap) => format!("min({}, {})", g.dim_text(bound), g.dim_text(cap)),
+                    None => g.dim_text(bound),
+                };
                 let _ = writeln!(
                     out,
-                    "  symbol {} <= {}  (data-dependent: {origin})",
-                    s.name,
-                    g.dim_text(bound)
+                    "  symbol {} <= {bound}  (data-dependent: {origin})",
+                    s.name
                 );
             }
         }

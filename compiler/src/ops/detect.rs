@@ -311,7 +311,7 @@ fn clip_boxes(c: &mut CallCtx) -> OpResult {
 
 /// A new data-dependent size "at most `bound`", named after `hint`.
 fn run_time_size(c: &mut CallCtx, hint: &str, bound: Dim) -> Dim {
-    Dim::sym(c.data_dependent(hint, bound))
+    Dim::sym(c.data_dependent(hint, bound, None))
 }
 
 /// `min(n, k)` as a size: `k` when `n` is known (callers check `n >= k`),

@@ -325,15 +325,22 @@ fn conv3d(c: &mut CallCtx, subm: bool) -> OpResult {
     let (m_out, coords_out) = if subm {
         (m_in.clone(), None)
     } else {
+        // The output grid's cells over the batch: a second bound, which the
+        // linear one (the sites the inputs reach) exceeds after a strided
+        // conv whose input count is itself a run-time bound.
         let grid = sat_product(&out_shape);
-        let bound = match (m_in.as_known(), &s.batch) {
-            (Some(m), Value::Int(b)) => Dim::known(
-                m.saturating_mul(pairs_per_site)
-                    .min(grid.saturating_mul(*b)),
-            ),
-            _ => pairs.clone(),
+        let cells = match &s.batch {
+            Value::Int(b) => Some(Dim::known(grid.saturating_mul(*b))),
+            other => other.as_dim().map(|b| b.scale(grid)),
         };
-        let sym = c.data_dependent("M", bound);
+        let (bound, cap) = match (m_in.as_known(), cells.as_ref().and_then(Dim::as_known)) {
+            (Some(m), Some(cells)) => (
+                Dim::known(m.saturating_mul(pairs_per_site).min(cells)),
+                None,
+            ),
+            _ => (pairs.clone(), cells),
+        };
+        let sym = c.data_dependent("M", bound, cap);
         (Dim::sym(sym), Some(()))
     };
     let fan_in = in_ch.saturating_mul(volume);
@@ -441,7 +448,7 @@ fn with_features(c: &mut CallCtx) -> OpResult {
 
 #[cfg(test)]
 mod tests {
-    use crate::ir::{Attr, SymKind};
+    use crate::ir::{Attr, Graph, SymId, SymKind};
 
     use crate::testing::{model as run, out_type};
 
@@ -509,6 +516,41 @@ mod tests {
             .collect();
         assert_eq!(keys.len(), 3);
         assert!(keys[0] != keys[1] && keys[1] != keys[2]);
+    }
+
+    /// The second stride-2 conv's site count: linear in the first one's
+    /// (`8*M2`, itself `8*M`), so without the grid's cells as a cap it is
+    /// planned for 64 M rows; at M = 20000 that is 1.28 M rows for a grid of
+    /// 10 x 50 x 50 = 25000 cells.
+    #[test]
+    fn strided_after_strided_is_capped_by_the_grid() {
+        let g = run(&format!(
+            "{INPUTS}s = s |> d1: sparse_conv3d(8, k = 3, stride = 2, pad = 1) |> d2: sparse_conv3d(8, k = 3, stride = 2, pad = 1)\noutput f = s.features"
+        ))
+        .unwrap();
+        /// A symbol's planned value with the input count `M` at `m`.
+        fn planned(g: &Graph, s: SymId, m: i64) -> Option<i64> {
+            if g.sym_name(s) == "M" {
+                return Some(m);
+            }
+            g.symbols[s.0 as usize]
+                .kind
+                .planned_bound(&|t| planned(g, t, m))
+        }
+        let m3 = g.find_symbol("M3").expect("M3");
+        let at = |m| planned(&g, m3, m);
+        assert_eq!(at(20000), Some(10 * 50 * 50), "the second grid's cells");
+        assert_eq!(at(100), Some(8 * 8 * 100), "the sites 100 inputs reach");
+        // Between: the first level's cap (20 x 100 x 100) times 8 would be
+        // 1.6 M; the second level's cells are fewer.
+        assert_eq!(at(30000), Some(25000));
+        match &g.symbols[m3.0 as usize].kind {
+            SymKind::DataDependent { bound, cap, .. } => {
+                assert_eq!(g.dim_text(bound), "8*M2");
+                assert_eq!(cap.as_ref().map(|c| g.dim_text(c)), Some("25000".into()));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

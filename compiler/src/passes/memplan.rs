@@ -213,11 +213,9 @@ fn symbol_value(g: &Graph, s: SymId, given: &[(String, i64)], depth: usize) -> i
     }
     match &symbol.kind {
         SymKind::Input => 1,
-        SymKind::DataDependent { bound, .. } if depth < 16 => {
-            bound.terms().iter().fold(bound.constant(), |acc, &(t, k)| {
-                acc.saturating_add(k.saturating_mul(symbol_value(g, t, given, depth + 1)))
-            })
-        }
+        kind if depth < 16 => kind
+            .planned_bound(&|t| Some(symbol_value(g, t, given, depth + 1)))
+            .unwrap_or(0),
         SymKind::DataDependent { .. } => 0,
     }
 }
@@ -291,6 +289,35 @@ mod tests {
         for w in spans.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0, "{spans:?}");
         }
+    }
+
+    /// A stride-2 sparse conv after another: the second one's features are
+    /// planned for at most its grid's cells (the run-time site count's cap),
+    /// not for 8 times the first one's bound.
+    #[test]
+    fn strided_sparse_convs_are_planned_for_at_most_their_grid() {
+        let g = program(
+            "model m() { input f: f32[M, 4]
+                         input c: i32[M, 4]
+                         s = sparse_tensor(f, c, shape = [40, 200, 200], batch = 2)
+                         s = s |> a: sparse_conv3d(8, k = 3, stride = 2, pad = 1)
+                               |> b: sparse_conv3d(16, k = 3, stride = 2, pad = 1)
+                         output y = s.features }",
+        )
+        .unwrap();
+        let p = plan(&g, &[("M".into(), 20000)]);
+        assert_valid(&p);
+        let size = |value| p.placements.iter().find(|q| q.value == value).unwrap().size;
+        let cells = 2 * 10 * 50 * 50;
+        assert!(size(g.outputs[0].1) <= cells * 16 * 4);
+        // The first conv's rows: 8 per input site (160000), below its
+        // grid's 2 x 20 x 100 x 100.
+        let first = g
+            .nodes
+            .iter()
+            .find(|n| n.op.name == "sparse_conv3d")
+            .unwrap();
+        assert!(size(first.outputs[0]) <= 160_000 * 8 * 4);
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub fn fit(
             Event::Step(t) => report(Progress::Step(t)),
         };
         while let Some(indices) = sampler.next_batch() {
+            if skipped(trainer, indices) {
+                continue;
+            }
             let t = trainer.step(train, indices, &mut forward)?;
             fresh += t.samples;
             tally.add(t);
@@ -160,6 +163,12 @@ pub fn fit(
     Ok(Outcome::Completed)
 }
 
+/// Whether the batch `indices` is left out: a partial batch of a model that
+/// takes full batches only (point clouds: PyTorch's `drop_last`).
+fn skipped(trainer: &Trainer, indices: &[usize]) -> bool {
+    trainer.full_batches_only() && indices.len() < trainer.config().batch
+}
+
 /// Loss and accuracy over a whole data set, in inference semantics.
 pub fn evaluate(
     trainer: &mut Trainer,
@@ -169,7 +178,9 @@ pub fn evaluate(
     let mut sampler = Sampler::sequential(data.len(), trainer.config().batch);
     let mut tally = Tally::default();
     while let Some(indices) = sampler.next_batch() {
-        tally.add(trainer.evaluate(data, indices, report)?);
+        if !skipped(trainer, indices) {
+            tally.add(trainer.evaluate(data, indices, report)?);
+        }
     }
     Ok(tally)
 }

@@ -29,7 +29,13 @@
 //! in the plan encoding ([`crate::sparse::encode`]); [`DataSet::gather_bags`]
 //! copies a batch's bags into a reusable [`CsrBuffers`] (no allocation once
 //! its vectors have grown to the largest batch).
+//!
+//! **Point clouds.** A voxel model's per-site inputs (coordinates and
+//! features, one row per active site) are loaded with [`DataSet::load_points`]
+//! from the format of [`super::points`]; [`DataSet::gather_sites`] builds a
+//! batch's site list.
 
+use super::points::{self, PointSpec, Sites};
 use crate::sparse::{encode, CsrBuffers};
 use crate::text::bags::SparseBags;
 use crate::weights::{read_safetensors_meta, WeightError};
@@ -66,6 +72,8 @@ struct Column {
     count: usize,
     data: Vec<f32>,
     bags: Option<BagColumn>,
+    /// A point cloud's per-site column: rows per sample.
+    sites: Option<Sites>,
     /// Set by [`DataSet::with_in_batch_negatives`].
     in_batch: Option<InBatch>,
 }
@@ -149,32 +157,104 @@ impl DataSet {
             message,
         };
         let mut tensors = tensors;
-        let mut samples = 0;
         let mut out: Vec<Column> = Vec::with_capacity(columns.len());
         for &(name, sparse) in columns {
-            let column = match sparse {
+            out.push(match sparse {
                 Some(shape) => bag_column(name, shape, &tensors).map_err(&err)?,
                 None => dense_column(name, &mut tensors).map_err(&err)?,
-            };
-            let count = column.count;
-            match out.first() {
-                None => samples = count,
-                Some(first) if count != samples => {
-                    return Err(err(format!(
-                        "tensor `{name}` has {count} samples but `{}` has {samples}",
-                        first.name
-                    )))
+            });
+        }
+        DataSet::assemble(origin, out)
+    }
+
+    /// Loads a point-cloud data set (the format of [`super::points`]):
+    /// `names` are the model's data tensors in step order; those `spec`
+    /// names are per-site columns, the others per-sample labels.
+    pub fn load_points(
+        path: &Path,
+        spec: &PointSpec,
+        names: &[&str],
+    ) -> Result<DataSet, DataError> {
+        let (tensors, _) = read_safetensors_meta(path)?;
+        DataSet::from_points(&path.display().to_string(), tensors, spec, names)
+    }
+
+    /// [`DataSet::load_points`] from tensors in memory (`origin` names them
+    /// in errors).
+    pub fn from_points(
+        origin: &str,
+        tensors: Vec<(String, Tensor)>,
+        spec: &PointSpec,
+        names: &[&str],
+    ) -> Result<DataSet, DataError> {
+        let err = |message: String| DataError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut tensors = tensors;
+        let coords = &tensors[position(&spec.coords, &tensors).map_err(&err)?].1;
+        let total = coords.shape().first().copied().unwrap_or(0);
+        let at = position(&spec.offsets_name(), &tensors).map_err(&err)?;
+        let sites = points::offsets(spec, &tensors[at].1, total).map_err(&err)?;
+        let coords = points::coords(spec, coords, &sites).map_err(&err)?;
+        let mut out: Vec<Column> = Vec::with_capacity(names.len());
+        for &name in names {
+            let width = spec.features.iter().find(|(n, _)| n == name).map(|f| f.1);
+            let (row, data, is_coords) = match width {
+                _ if name == spec.coords => (3, coords.clone(), true),
+                Some(w) => {
+                    let t = &tensors[position(name, &tensors).map_err(&err)?].1;
+                    (w, points::features(name, w, t, total).map_err(&err)?, false)
                 }
-                Some(_) => {}
-            }
-            out.push(column);
+                None => {
+                    out.push(dense_column(name, &mut tensors).map_err(&err)?);
+                    continue;
+                }
+            };
+            out.push(Column {
+                name: name.to_string(),
+                stored: if is_coords { DType::I32 } else { DType::F32 },
+                sample_shape: vec![row],
+                row,
+                count: sites.samples(),
+                data,
+                bags: None,
+                sites: Some(Sites {
+                    coords: is_coords,
+                    ..sites.clone()
+                }),
+                in_batch: None,
+            });
+        }
+        DataSet::assemble(origin, out)
+    }
+
+    /// A data set of `columns`, which must hold the same sample count.
+    fn assemble(origin: &str, columns: Vec<Column>) -> Result<DataSet, DataError> {
+        let samples = columns.first().map_or(0, |c| c.count);
+        if let Some(c) = columns.iter().find(|c| c.count != samples) {
+            return Err(DataError::Invalid {
+                origin: origin.to_string(),
+                message: format!(
+                    "tensor `{}` has {} samples but `{}` has {samples}",
+                    c.name, c.count, columns[0].name
+                ),
+            });
         }
         Ok(DataSet {
             origin: origin.to_string(),
             samples,
-            columns: out,
+            columns,
         })
     }
+}
+
+/// Where tensor `name` is in `tensors`, or an error listing what there is.
+fn position(name: &str, tensors: &[(String, Tensor)]) -> Result<usize, String> {
+    tensors.iter().position(|(n, _)| n == name).ok_or_else(|| {
+        let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        format!("no tensor `{name}` (the file has: {})", have.join(", "))
+    })
 }
 
 /// Reads sparse column `name` with sample shape `shape` (`[..., V]`).
@@ -200,6 +280,7 @@ fn bag_column(name: &str, shape: &[usize], tensors: &[(String, Tensor)]) -> Resu
         count: bags.rows() / per_sample,
         data: Vec::new(),
         in_batch: None,
+        sites: None,
         bags: Some(BagColumn {
             per_sample,
             csr: encode(name, &bags)?,
@@ -209,14 +290,7 @@ fn bag_column(name: &str, shape: &[usize], tensors: &[(String, Tensor)]) -> Resu
 
 /// Takes dense column `name` out of `tensors`.
 fn dense_column(name: &str, tensors: &mut Vec<(String, Tensor)>) -> Result<Column, String> {
-    let Some(at) = tensors.iter().position(|(n, _)| n == name) else {
-        let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
-        return Err(format!(
-            "no tensor `{name}` (the file has: {})",
-            have.join(", ")
-        ));
-    };
-    let (_, t) = tensors.swap_remove(at);
+    let (_, t) = tensors.swap_remove(position(name, tensors)?);
     let Some((&count, sample_shape)) = t.shape().split_first() else {
         return Err(format!(
             "tensor `{name}` is a scalar; its first dimension must be the sample count"
@@ -248,6 +322,7 @@ fn dense_column(name: &str, tensors: &mut Vec<(String, Tensor)>) -> Result<Colum
         count,
         data,
         bags: None,
+        sites: None,
         in_batch: None,
     })
 }
@@ -289,6 +364,42 @@ impl DataSet {
     /// [`DataSet::gather_bags`]).
     pub fn is_sparse(&self, k: usize) -> bool {
         self.columns.get(k).is_some_and(|c| c.bags.is_some())
+    }
+
+    /// Whether column `k` is a point cloud's per-site column (read it with
+    /// [`DataSet::gather_sites`]).
+    pub fn is_sites(&self, k: usize) -> bool {
+        self.columns.get(k).is_some_and(|c| c.sites.is_some())
+    }
+
+    /// Copies the site rows of samples `indices` of per-site column `k`, in
+    /// that order, into `out` (cleared first; coordinate rows gain the
+    /// sample's position in the batch as their batch index) and returns the
+    /// batch's site count. Allocates nothing once `out` has grown to the
+    /// largest batch.
+    pub fn gather_sites(
+        &self,
+        k: usize,
+        indices: &[usize],
+        out: &mut Vec<f32>,
+    ) -> Result<usize, DataError> {
+        let c = self.column(k)?;
+        let Some(sites) = &c.sites else {
+            return Err(self.invalid(format!("tensor `{}` is not a per-site column", c.name)));
+        };
+        self.check_indices(c, indices)?;
+        Ok(sites.gather(&c.data, c.row, indices, out))
+    }
+
+    /// Refuses sample indices past the data set's end.
+    fn check_indices(&self, c: &Column, indices: &[usize]) -> Result<(), DataError> {
+        match indices.iter().find(|&&i| i >= self.samples) {
+            Some(bad) => Err(self.invalid(format!(
+                "sample {bad} of `{}` requested, the data set has {}",
+                c.name, self.samples
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The error for column `k`, or the column.
@@ -404,12 +515,7 @@ impl DataSet {
         let Some(b) = &c.bags else {
             return Err(self.invalid(format!("tensor `{}` is dense, not sparse bags", c.name)));
         };
-        if let Some(bad) = indices.iter().find(|&&i| i >= self.samples) {
-            return Err(self.invalid(format!(
-                "sample {bad} of `{}` requested, the data set has {}",
-                c.name, self.samples
-            )));
-        }
+        self.check_indices(c, indices)?;
         let at = |w: f32| w.to_bits() as usize;
         out.indices.clear();
         out.values.clear();
@@ -440,9 +546,14 @@ impl DataSet {
     pub fn gather(&self, k: usize, indices: &[usize], out: &mut [f32]) -> Result<(), DataError> {
         let err = |message: String| self.invalid(message);
         let c = self.column(k)?;
-        if c.bags.is_some() {
+        if c.bags.is_some() || c.sites.is_some() {
+            let (what, with) = if c.bags.is_some() {
+                ("sparse bags", "gather_bags")
+            } else {
+                ("point-cloud sites", "gather_sites")
+            };
             return Err(err(format!(
-                "tensor `{}` holds sparse bags: gather it with `gather_bags`",
+                "tensor `{}` holds {what}: gather it with `{with}`",
                 c.name
             )));
         }
@@ -456,12 +567,7 @@ impl DataSet {
                 indices.len() * c.row
             )));
         }
-        if let Some(bad) = indices.iter().find(|&&i| i >= self.samples) {
-            return Err(err(format!(
-                "sample {bad} of `{}` requested, the data set has {}",
-                c.name, self.samples
-            )));
-        }
+        self.check_indices(c, indices)?;
         if c.row == 0 {
             return Ok(());
         }

@@ -68,7 +68,7 @@ pub mod voxel;
 use super::elementwise::{Bcast, Chain, Domain};
 use super::jit::Jit;
 use super::BackError;
-use crate::ir::{Dim, Graph, Node, SymId, SymKind, ValueDef, ValueId};
+use crate::ir::{Dim, Graph, Node, SymId, ValueDef, ValueId};
 use crate::options::CompileOptions;
 use crate::passes::memplan;
 use netc_runtime::plan::{Buf, Plan, Step, Work};
@@ -550,12 +550,12 @@ impl<'a> LowerCx<'a> {
         if let Some((_, v)) = self.symbols.iter().find(|(n, _)| *n == name) {
             return Some(*v);
         }
-        match &self.g.symbols[s.0 as usize].kind {
-            SymKind::DataDependent { bound, .. } if depth < 16 => {
-                bound.eval(&|t| self.symbol(t, depth + 1)).as_known()
-            }
-            _ => None,
+        if depth >= 16 {
+            return None;
         }
+        self.g.symbols[s.0 as usize]
+            .kind
+            .planned_bound(&|t| self.symbol(t, depth + 1))
     }
 
     /// The nodes fused into `head`, in execution order.

@@ -268,6 +268,45 @@ fn linear_gradients_match_the_interpreter() {
     }
 }
 
+/// `g` lowered as a training step (outputs left in the arena) with
+/// `options` at batch `n` and run on `threads`: how many of its
+/// contractions run a GEMM `counted` picks, and every output.
+fn training_plan(
+    g: &Graph,
+    n: usize,
+    options: CompileOptions,
+    threads: usize,
+    inputs: &[&[f32]],
+    params: &[&[f32]],
+    counted: impl Fn(&Gemm) -> bool,
+) -> (usize, Vec<Vec<f32>>) {
+    let mut jit = Jit::new().unwrap();
+    let symbols = [("N".to_string(), n as i64)];
+    let l = lower_with(g, &symbols, options, &mut jit, OutputMode::InPlace).unwrap();
+    let count = l
+        .plan
+        .steps
+        .iter()
+        .filter(|s| matches!(&s.work, Work::Contraction(c) if counted(&c.gemm)))
+        .count();
+    let bufs = l.output_bufs.clone();
+    let mut ex = Executor::new(l.plan, threads).unwrap();
+    ex.prepare(params).unwrap();
+    ex.run(inputs, params, &mut []).unwrap();
+    let outputs = g
+        .outputs
+        .iter()
+        .zip(&bufs)
+        .map(|((name, _), buf)| {
+            let Buf::Arena { offset, len } = *buf else {
+                panic!("{name} is not in the arena: {buf:?}");
+            };
+            ex.arena()[offset..offset + len].to_vec()
+        })
+        .collect();
+    (count, outputs)
+}
+
 /// A training plan's lowering of `case`'s forward, input-gradient and
 /// weight-gradient convolutions (outputs left in the arena), lowered for
 /// and run on 1 and 2 threads, against the interpreter; the forward and
@@ -286,28 +325,16 @@ fn check_training_plan(case: Case) {
                 gemm: GemmChoice::Packed,
                 ..CompileOptions::default()
             };
-            let mut jit = Jit::new().unwrap();
-            let symbols = [("N".to_string(), case.1 as i64)];
-            let l = lower_with(&g, &symbols, options, &mut jit, OutputMode::InPlace).unwrap();
-            let implicit = l
-                .plan
-                .steps
-                .iter()
-                .filter(|s| matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Implicit(_))))
-                .count();
+            let (implicit, got) =
+                training_plan(&g, case.1, options, threads, &[&x, &dy], &p, |g| {
+                    matches!(g, Gemm::Implicit(_))
+                });
             assert_eq!(
                 implicit, 2,
                 "{case:?}: forward and input gradient as implicit GEMMs"
             );
-            let bufs = l.output_bufs.clone();
-            let mut ex = Executor::new(l.plan, threads).unwrap();
-            ex.prepare(&p).unwrap();
-            ex.run(&[&x, &dy], &p, &mut []).unwrap();
-            for (((name, _), buf), e) in g.outputs.iter().zip(&bufs).zip(&want) {
-                let Buf::Arena { offset, len } = *buf else {
-                    panic!("{name} is not in the arena: {buf:?}");
-                };
-                let err = rel_l2(&ex.arena()[offset..offset + len], e);
+            for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
+                let err = rel_l2(a, e);
                 assert!(
                     err <= 1e-5,
                     "{case:?} {name}: lowered for {lowered}, run on {threads}: rel L2 {err:e}"
@@ -340,17 +367,10 @@ fn check_thin_training_plan(n: usize, rest: &[usize], out: usize) {
                     thin_linear: thin,
                     ..CompileOptions::default()
                 };
-                let mut jit = Jit::new().unwrap();
-                let symbols = [("N".to_string(), n as i64)];
-                let l = lower_with(&g, &symbols, options, &mut jit, OutputMode::InPlace).unwrap();
-                let thin_steps = l
-                    .plan
-                    .steps
-                    .iter()
-                    .filter(
-                        |s| matches!(&s.work, Work::Contraction(c) if matches!(c.gemm, Gemm::Thin)),
-                    )
-                    .count();
+                let (thin_steps, got) =
+                    training_plan(&g, n, options, threads, &[&x, &dy], &p, |g| {
+                        matches!(g, Gemm::Thin)
+                    });
                 let expected = if thin && netc_runtime::gemm::kernel_avx512::available() {
                     2
                 } else {
@@ -360,15 +380,8 @@ fn check_thin_training_plan(n: usize, rest: &[usize], out: usize) {
                     thin_steps, expected,
                     "[{n}, {rest:?}] -> {out}, thin {thin}"
                 );
-                let bufs = l.output_bufs.clone();
-                let mut ex = Executor::new(l.plan, threads).unwrap();
-                ex.prepare(&p).unwrap();
-                ex.run(&[&x, &dy], &p, &mut []).unwrap();
-                for (((name, _), buf), e) in g.outputs.iter().zip(&bufs).zip(&want) {
-                    let Buf::Arena { offset, len } = *buf else {
-                        panic!("{name} is not in the arena: {buf:?}");
-                    };
-                    let err = rel_l2(&ex.arena()[offset..offset + len], e);
+                for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
+                    let err = rel_l2(a, e);
                     assert!(
                         err <= 1e-5,
                         "[{n}, {rest:?}] -> {out} {name}: thin {thin}, lowered for {lowered}, \

@@ -142,7 +142,7 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     // A query row's work: its logits, dp and dq against every key; a key
     // row's: its logits, dp, dk and dv against every query.
     let grain = |others: usize| (GRAIN_WORK / (others * (2 * c + 2 * cv)).max(1)).max(1);
-    let extents = vec![batch * l * cv, batch * l * c, batch * s * c, batch * s * cv];
+    let extents = [batch * l * cv, batch * l * c, batch * s * c, batch * s * cv];
     cx.push(Step {
         work: rows(Arc::new(queries), batch * l, qw, grain(s)),
         inputs: inputs.clone(),

@@ -201,10 +201,6 @@ unsafe fn scores<const R: usize>(
     dd
 }
 
-/// The most accumulator vectors ([`key_block`]'s `dk` and `dv` of one
-/// head) kept on the stack; wider heads accumulate on the heap.
-const STACK_ACC: usize = 64;
-
 /// [`super::KeyGrad`] rows into `out` for the call's `keys` (`out.len() /
 /// (C + Cv)` of them) against one batch item's queries: `q` (`[L, C]`),
 /// `dout` (`[L, Cv]`) and their [`super::QueryGrad`] rows.
@@ -248,15 +244,9 @@ unsafe fn key_rows_of<const DH: usize, const DV: usize>(
     assert!(keys.block == LANES);
     assert!(keys.kt.len() >= chunks * c * LANES && keys.vt.len() >= chunks * cv * LANES);
     assert!(q.len() >= l * c && dout.len() >= l * cv && qrows.len() >= l * (c + STATS * a.heads));
-    let mut stack = [_mm512_setzero_ps(); STACK_ACC];
-    let mut heap = Vec::new();
-    let acc = if dh + dv <= STACK_ACC {
-        &mut stack[..dh + dv]
-    } else {
-        heap.resize(dh + dv, _mm512_setzero_ps());
-        &mut heap[..]
-    };
-    let mut lanes = [0f32; LANES];
+    // The queries scaled once, as the logits use them.
+    let qs: Vec<f32> = q[..l * c].iter().map(|x| x * a.scale).collect();
+    let mut sums = vec![0f32; (dh + dv) * LANES];
     for t in 0..chunks {
         let valid = if t + 1 == chunks { tail_mask(n) } else { !0 };
         for h in 0..a.heads {
@@ -265,11 +255,9 @@ unsafe fn key_rows_of<const DH: usize, const DV: usize>(
             unsafe {
                 let kt = keys.kt.as_ptr().add((t * c + h * dh) * LANES);
                 let vt = keys.vt.as_ptr().add((t * cv + h * dv) * LANES);
-                key_block::<DH, DV>(a, h, (q, dout, qrows), (kt, vt), valid, acc);
+                key_block::<DH, DV>(a, h, (&qs, dout, qrows), (kt, vt), valid, &mut sums);
             }
-            for (d, x) in acc.iter().enumerate() {
-                // SAFETY: 16 floats.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *x) };
+            for (d, lanes) in sums.chunks_exact(LANES).enumerate() {
                 let col = if d < dh {
                     h * dh + d
                 } else {
@@ -283,37 +271,75 @@ unsafe fn key_rows_of<const DH: usize, const DV: usize>(
     }
 }
 
-/// `acc` (`dh + dv` vectors) = `[dk | dv]` of head `h`, channel-major,
-/// for the 16 keys `kt`, `vt` (`valid` of them real): a sum over the
-/// item's query rows.
+/// `sums` (`dh + dv` vectors) = `[dk | dv]` of head `h`, channel-major,
+/// for the 16 keys `kt`, `vt` (`valid` of them real): sums over the
+/// item's query rows (`qs` scaled), accumulated in registers for the
+/// unrolled widths, on the heap for others.
 ///
 /// # Safety
 /// AVX-512F; `kt` and `vt` point at head `h`'s channels of one 16-key
-/// block; the queries hold `L` rows.
-#[inline]
+/// block; the queries hold `L` rows; `sums` `(dh + dv)·16` floats.
 #[target_feature(enable = "avx512f")]
 unsafe fn key_block<const DH: usize, const DV: usize>(
     a: &Attention,
     h: usize,
-    (q, dout, qrows): (&[f32], &[f32], &[f32]),
+    queries: (&[f32], &[f32], &[f32]),
+    keys: (*const f32, *const f32),
+    valid: __mmask16,
+    sums: &mut [f32],
+) {
+    let store = |acc: &[__m512], sums: &mut [f32]| {
+        assert!(sums.len() >= acc.len() * LANES);
+        for (d, x) in acc.iter().enumerate() {
+            // SAFETY: vector d of `sums` (asserted).
+            unsafe { _mm512_storeu_ps(sums.as_mut_ptr().add(d * LANES), *x) };
+        }
+    };
+    // SAFETY: forwarded.
+    unsafe {
+        if DH > 0 && DV > 0 {
+            let (mut ak, mut av) = ([_mm512_setzero_ps(); DH], [_mm512_setzero_ps(); DV]);
+            sweep(a, h, queries, keys, valid, (&mut ak, &mut av));
+            store(&ak, sums);
+            store(&av, &mut sums[DH * LANES..]);
+        } else {
+            let (dh, dv) = (a.dim / a.heads, a.value_dim / a.heads);
+            let (mut ak, mut av) = (vec![_mm512_setzero_ps(); dh], vec![_mm512_setzero_ps(); dv]);
+            sweep(a, h, queries, keys, valid, (&mut ak, &mut av));
+            store(&ak, sums);
+            store(&av, &mut sums[dh * LANES..]);
+        }
+    }
+}
+
+/// Adds each query row's terms to `dk` (`dh` vectors) and `dv` (`dv`
+/// vectors) of head `h`'s 16 keys: the logits `s` (the first step's, bit
+/// for bit), `p = e^(s − m)/Σ`, `dp = dout·v`, `dv += p·dout` and `dk +=
+/// p·(dp − D)·scale·q`.
+///
+/// # Safety
+/// As [`key_block`]'s.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn sweep(
+    a: &Attention,
+    h: usize,
+    (qs, dout, qrows): (&[f32], &[f32], &[f32]),
     (kt, vt): (*const f32, *const f32),
     valid: __mmask16,
-    acc: &mut [__m512],
+    (dk, dv): (&mut [__m512], &mut [__m512]),
 ) {
     let (c, cv) = (a.dim, a.value_dim);
-    let dh = if DH > 0 { DH } else { c / a.heads };
-    let dv = if DV > 0 { DV } else { cv / a.heads };
+    let (wk, wv) = (dk.len(), dv.len());
     let w = c + STATS * a.heads;
-    acc.fill(_mm512_setzero_ps());
-    let (acc_k, acc_v) = acc.split_at_mut(dh);
     for i in 0..a.queries {
-        let (qi, oi) = (&q[i * c + h * dh..][..dh], &dout[i * cv + h * dv..][..dv]);
+        let (qi, oi) = (&qs[i * c + h * wk..][..wk], &dout[i * cv + h * wv..][..wv]);
         let st = &qrows[i * w + c + STATS * h..][..STATS];
         let (mut s, mut dp) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for (d, x) in qi.iter().enumerate() {
             // SAFETY: channel d < dh of the block.
             let kv = unsafe { _mm512_loadu_ps(kt.add(d * LANES)) };
-            s = _mm512_fmadd_ps(_mm512_set1_ps(x * a.scale), kv, s);
+            s = _mm512_fmadd_ps(_mm512_set1_ps(*x), kv, s);
         }
         for (d, y) in oi.iter().enumerate() {
             // SAFETY: channel d < dv of the block.
@@ -323,11 +349,11 @@ unsafe fn key_block<const DH: usize, const DV: usize>(
         let e = _mm512_maskz_mov_ps(valid, exp(_mm512_sub_ps(s, _mm512_set1_ps(st[0]))));
         let p = _mm512_mul_ps(e, _mm512_set1_ps(st[1]));
         let g = _mm512_mul_ps(p, _mm512_sub_ps(dp, _mm512_set1_ps(st[2])));
-        for (x, y) in acc_v.iter_mut().zip(oi) {
+        for (x, y) in dv.iter_mut().zip(oi) {
             *x = _mm512_fmadd_ps(p, _mm512_set1_ps(*y), *x);
         }
-        for (x, qv) in acc_k.iter_mut().zip(qi) {
-            *x = _mm512_fmadd_ps(g, _mm512_set1_ps(qv * a.scale), *x);
+        for (x, y) in dk.iter_mut().zip(qi) {
+            *x = _mm512_fmadd_ps(g, _mm512_set1_ps(*y), *x);
         }
     }
 }

@@ -57,6 +57,22 @@ fn channel_major(x: &[f32], c: usize, block: usize) -> Vec<f32> {
     out
 }
 
+/// `f` on the keys `k` (`[n, c]`) and values `v` (`[n, cv]`) laid out by
+/// [`channel_major`] in blocks of `block` keys.
+fn blocked<T>(
+    k: &[f32],
+    v: &[f32],
+    (c, cv): (usize, usize),
+    block: usize,
+    f: impl FnOnce(&Keys) -> T,
+) -> T {
+    f(&Keys {
+        kt: &channel_major(k, c, block),
+        vt: &channel_major(v, cv, block),
+        block,
+    })
+}
+
 /// One batch item's keys and values laid out by [`channel_major`] in
 /// blocks of `block` keys.
 struct Keys<'a> {
@@ -270,21 +286,20 @@ impl Attention {
         // The AVX-512 path walks whole 16-key vectors.
         let block = if avx512 { 16 } else { s.max(1) };
         by_item(first, l, cv, &mut out[..rows * cv], |b, r, o| {
-            let keys = Keys {
-                kt: &channel_major(&k[b * s * c..(b + 1) * s * c], c, block),
-                vt: &channel_major(&v[b * s * cv..(b + 1) * s * cv], cv, block),
-                block,
-            };
+            let (k, v) = (
+                &k[b * s * c..(b + 1) * s * c],
+                &v[b * s * cv..(b + 1) * s * cv],
+            );
             let qb = &q[(b * l + r.start) * c..(b * l + r.end) * c];
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                // SAFETY: the CPU has AVX-512F.
-                unsafe { avx512::item_rows(self, qb, &keys, o) };
-            } else {
-                self.item_rows(qb, &keys, o);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            self.item_rows(qb, &keys, o);
+            blocked(k, v, (c, cv), block, |keys| {
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { avx512::item_rows(self, qb, keys, o) };
+                    return;
+                }
+                self.item_rows(qb, keys, o);
+            });
         });
         Ok(())
     }

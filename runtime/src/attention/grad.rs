@@ -20,7 +20,7 @@
 //! step recomputes the first's `p` bit for bit); elsewhere as the scalar
 //! loops of `portable`.
 
-use super::{by_item, channel_major, check_lengths, wants_avx512, Attention, Keys};
+use super::{blocked, by_item, check_lengths, wants_avx512, Attention};
 use crate::plan::RowKernel;
 
 #[cfg(target_arch = "x86_64")]
@@ -83,13 +83,10 @@ impl QueryGrad {
             );
             #[cfg(target_arch = "x86_64")]
             if avx512 {
-                let keys = Keys {
-                    kt: &channel_major(k, c, 16),
-                    vt: &channel_major(v, cv, 16),
-                    block: 16,
-                };
                 // SAFETY: the CPU has AVX-512F.
-                unsafe { avx512::query_rows(a, q, dout, &keys, o) };
+                blocked(k, v, (c, cv), 16, |keys| unsafe {
+                    avx512::query_rows(a, q, dout, keys, o)
+                });
                 return;
             }
             portable::query_rows(a, q, dout, (k, v), o);
@@ -162,13 +159,10 @@ impl KeyGrad {
             );
             #[cfg(target_arch = "x86_64")]
             if avx512 {
-                let keys = Keys {
-                    kt: &channel_major(k, c, 16),
-                    vt: &channel_major(v, cv, 16),
-                    block: 16,
-                };
                 // SAFETY: the CPU has AVX-512F.
-                unsafe { avx512::key_rows(a, queries, &keys, o) };
+                blocked(k, v, (c, cv), 16, |keys| unsafe {
+                    avx512::key_rows(a, queries, keys, o)
+                });
                 return;
             }
             portable::key_rows(a, queries, (k, v), o);

@@ -3,8 +3,8 @@
 //! it) and the portable one, with the rows of both steps split over two
 //! calls at odd places (two threads' way, a key split inside a 16-key
 //! block): the UNet's head widths 8, 16 and 32 (self-attention and its
-//! cross-attention over 77 tokens), other widths (narrow, wider than the
-//! stack accumulators, values narrower than keys), key counts below,
+//! cross-attention over 77 tokens), other widths (narrow, 40 and 80,
+//! values narrower than keys), key counts below,
 //! across and past the 16-key blocks, several batch items, and logits in
 //! the tens.
 
@@ -149,9 +149,10 @@ fn attention_gradients_equal_the_definition() {
         (1, 64, 64, 256, 256, 8, 32f32.powf(-0.5), 1.0),
         (1, 13, 77, 256, 256, 8, 32f32.powf(-0.5), 1.0),
         // Other widths: narrow heads, values narrower than keys, heads
-        // wider than the stack's accumulators, one head.
+        // of 40 channels (accumulated in memory, not registers), one head.
         (2, 7, 20, 12, 6, 3, 0.3, 1.0),
         (1, 9, 33, 80, 80, 2, 0.15, 1.0),
+        (2, 11, 19, 40, 40, 1, 0.15, 1.0),
         (1, 6, 40, 10, 14, 2, 0.4, 1.0),
         // One key, exactly one 16-key block, logits in the tens.
         (2, 5, 1, 8, 8, 1, 0.5, 1.0),

@@ -57,6 +57,22 @@ fn channel_major(x: &[f32], c: usize, block: usize) -> Vec<f32> {
     out
 }
 
+/// `f` on the keys `k` (`[n, c]`) and values `v` (`[n, cv]`) laid out by
+/// [`channel_major`] in blocks of `block` keys.
+fn blocked<T>(
+    k: &[f32],
+    v: &[f32],
+    (c, cv): (usize, usize),
+    block: usize,
+    f: impl FnOnce(&Keys) -> T,
+) -> T {
+    f(&Keys {
+        kt: &channel_major(k, c, block),
+        vt: &channel_major(v, cv, block),
+        block,
+    })
+}
+
 /// One batch item's keys and values laid out by [`channel_major`] in
 /// blocks of `block` keys.
 struct Keys<'a> {
@@ -237,6 +253,16 @@ impl RowKernel for Attention {
 }
 
 impl Attention {
+    /// The channels of one head of the queries and keys, and of the
+    /// values; an error unless the heads divide both widths.
+    fn head_widths(&self) -> Result<(usize, usize), String> {
+        let (c, cv, heads) = (self.dim, self.value_dim, self.heads);
+        if heads == 0 || !c.is_multiple_of(heads) || !cv.is_multiple_of(heads) {
+            return Err(format!("{heads} heads do not divide {c} and {cv} channels"));
+        }
+        Ok((c / heads, cv / heads))
+    }
+
     /// [`RowKernel::rows`] on the AVX-512 path where `avx512` asks for it
     /// and the CPU has it, else on the portable one.
     fn rows_on(
@@ -246,59 +272,82 @@ impl Attention {
         inputs: &[&[f32]],
         out: &mut [f32],
     ) -> Result<(), String> {
-        let (l, s, c, cv, heads) = (
-            self.queries,
-            self.keys,
-            self.dim,
-            self.value_dim,
-            self.heads,
-        );
-        if heads == 0 || !c.is_multiple_of(heads) || !cv.is_multiple_of(heads) {
-            return Err(format!("{heads} heads do not divide {c} and {cv} channels"));
-        }
-        if inputs.len() < 3 {
-            return Err("expects q, k and v".into());
-        }
+        let (l, s, c, cv) = (self.queries, self.keys, self.dim, self.value_dim);
+        self.head_widths()?;
         if cv == 0 || l == 0 {
             return Ok(());
         }
         let rows = out.len() / cv;
         let batches = (first + rows).div_ceil(l);
         let need = [(first + rows) * c, batches * s * c, batches * s * cv];
-        for ((name, x), n) in ["q", "k", "v"].iter().zip(inputs).zip(need) {
-            if x.len() < n {
-                return Err(format!("`{name}` holds {} elements, {n} needed", x.len()));
-            }
-        }
+        check_lengths(&["q", "k", "v"], inputs, &need)?;
         let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-        let avx512 = avx512 && s > 0 && crate::gemm::kernel_avx512::available();
+        let avx512 = wants_avx512(avx512, s);
         // The AVX-512 path walks whole 16-key vectors.
         let block = if avx512 { 16 } else { s.max(1) };
-        let mut r = first;
-        let mut rest = &mut out[..rows * cv];
-        while !rest.is_empty() {
-            let b = r / l;
-            let end = ((b + 1) * l).min(first + rows);
-            let (o, tail) = rest.split_at_mut((end - r) * cv);
-            let keys = Keys {
-                kt: &channel_major(&k[b * s * c..(b + 1) * s * c], c, block),
-                vt: &channel_major(&v[b * s * cv..(b + 1) * s * cv], cv, block),
-                block,
-            };
-            let qb = &q[r * c..end * c];
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                // SAFETY: the CPU has AVX-512F.
-                unsafe { avx512::item_rows(self, qb, &keys, o) };
-            } else {
-                self.item_rows(qb, &keys, o);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            self.item_rows(qb, &keys, o);
-            rest = tail;
-            r = end;
-        }
+        by_item(first, l, cv, &mut out[..rows * cv], |b, r, o| {
+            let (k, v) = (
+                &k[b * s * c..(b + 1) * s * c],
+                &v[b * s * cv..(b + 1) * s * cv],
+            );
+            let qb = &q[(b * l + r.start) * c..(b * l + r.end) * c];
+            blocked(k, v, (c, cv), block, |keys| {
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { avx512::item_rows(self, qb, keys, o) };
+                    return;
+                }
+                self.item_rows(qb, keys, o);
+            });
+        });
         Ok(())
+    }
+}
+
+/// Whether a call over `keys` keys runs on the AVX-512 path: asked for
+/// (`avx512`), some keys, and the CPU has it.
+fn wants_avx512(avx512: bool, keys: usize) -> bool {
+    cfg!(target_arch = "x86_64") && avx512 && keys > 0 && crate::gemm::kernel_avx512::available()
+}
+
+/// An error naming the first of the `inputs` shorter than its `need`
+/// (or missing).
+fn check_lengths(names: &[&str], inputs: &[&[f32]], need: &[usize]) -> Result<(), String> {
+    for (i, (name, n)) in names.iter().zip(need).enumerate() {
+        match inputs.get(i) {
+            None => return Err(format!("expects {}", names.join(", "))),
+            Some(x) if x.len() < *n => {
+                return Err(format!("`{name}` holds {} elements, {n} needed", x.len()))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Splits the rows `first..` of `out` (`width` floats each; batch items
+/// of `per_item` rows) at the items' boundaries and calls `f(item, its
+/// rows in the item, their part of out)` on each piece in order.
+fn by_item(
+    first: usize,
+    per_item: usize,
+    width: usize,
+    out: &mut [f32],
+    mut f: impl FnMut(usize, std::ops::Range<usize>, &mut [f32]),
+) {
+    if per_item == 0 || width == 0 {
+        return;
+    }
+    let mut r = first;
+    let mut rest = out;
+    while rest.len() >= width {
+        let b = r / per_item;
+        let end = ((b + 1) * per_item).min(r + rest.len() / width);
+        let (o, tail) = rest.split_at_mut((end - r) * width);
+        f(b, r - b * per_item..end - b * per_item, o);
+        rest = tail;
+        r = end;
     }
 }
 

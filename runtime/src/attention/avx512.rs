@@ -21,13 +21,13 @@ use std::arch::x86_64::*;
 
 /// Query rows per block: each loaded key or value vector serves this many
 /// rows.
-const ROWS: usize = 4;
+pub(super) const ROWS: usize = 4;
 
 /// Value channels per sweep of the output pass.
-const GROUP: usize = 4;
+pub(super) const GROUP: usize = 4;
 
 /// Keys per vector.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// `e^x` for `x <= 0` in 16 lanes, as [`super::exp_nonpositive`] computes
 /// it (the same reduction and polynomial) but with `2^n` applied by
@@ -46,6 +46,16 @@ pub(super) fn exp(x: __m512) -> __m512 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)
+}
+
+/// The keys valid in the last 16-key vector of `s` keys: all but its
+/// padding.
+pub(super) fn tail_mask(s: usize) -> __mmask16 {
+    if s.is_multiple_of(LANES) {
+        !0
+    } else {
+        (1u16 << (s % LANES)) - 1
+    }
 }
 
 /// The query rows `q` (`[rows, C]`) of one batch item into `out`
@@ -116,56 +126,52 @@ unsafe fn block<const R: usize, const DH: usize>(
     let dh = if DH > 0 { DH } else { c / a.heads };
     let dv = cv / a.heads;
     let chunks = s.div_ceil(LANES);
-    // Keys valid in the last chunk: all but its padding.
-    let tail_valid: __mmask16 = if s.is_multiple_of(LANES) {
-        !0
-    } else {
-        (1u16 << (s % LANES)) - 1
-    };
+    let tail_valid = tail_mask(s);
     for h in 0..a.heads {
         for r in 0..R {
             for d in 0..dh {
                 qs[r * dh + d] = q[r * c + h * dh + d] * a.scale;
             }
         }
+        let ch = (h * dh, dh, c);
         // SAFETY: as this function's promise.
         let inv = unsafe {
-            let mx = logits::<R, DH>(keys, h * dh, dh, c, chunks, tail_valid, qs, p);
+            let mx = logits::<R, DH>(keys.kt, ch, chunks, tail_valid, f32::NEG_INFINITY, qs, p);
             weights::<R>(&mx, chunks, tail_valid, p)
         };
         // Pass 3: outputs, GROUP value channels at a time, then one at a time.
         let mut e = h * dv;
         while e + GROUP <= (h + 1) * dv {
             // SAFETY: channels e..e + GROUP ≤ Cv of `vt`; `p` as in pass 1.
-            unsafe { outputs::<R, GROUP>(p, keys, chunks, cv, e, &inv, o) };
+            unsafe { outputs::<R, GROUP>(p, (keys.vt, cv), chunks, e, &inv, (o, cv)) };
             e += GROUP;
         }
         for e in e..(h + 1) * dv {
             // SAFETY: as above.
-            unsafe { outputs::<R, 1>(p, keys, chunks, cv, e, &inv, o) };
+            unsafe { outputs::<R, 1>(p, (keys.vt, cv), chunks, e, &inv, (o, cv)) };
         }
     }
 }
 
 /// Pass 1: the logits of the `R` rows' scaled query heads `qs` (`[R, dh]`)
-/// against the keys' channels `ch..ch + dh` into `p` (`R` rows of
-/// `chunks` key vectors; padding keys −∞); returns their lane-wise maxima.
-/// Not inlined (nor are the other passes), so that each gets all vector
+/// against channels `ch..ch + dh` of the channel-major blocks `kt` (`c`
+/// channels each; `(ch, dh, c)` = `chans`) into `p` (`R` rows of `chunks`
+/// key vectors; padding keys `padding`); returns their lane-wise maxima.
+/// The backward runs it on the values too (`dout·v`, padding 0). Not
+/// inlined (nor are the other passes), so that each gets all vector
 /// registers to itself.
 ///
 /// # Safety
-/// AVX-512F; `keys.kt` holds `chunks` blocks of `c ≥ ch + dh` channels,
-/// `qs` `R·dh` floats, `p` `R·chunks·16`.
+/// AVX-512F; `kt` holds `chunks` blocks of `c ≥ ch + dh` channels, `qs`
+/// `R·dh` floats, `p` `R·chunks·16`.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn logits<const R: usize, const DH: usize>(
-    keys: &Keys,
-    ch: usize,
-    dh: usize,
-    c: usize,
+pub(super) unsafe fn logits<const R: usize, const DH: usize>(
+    kt: &[f32],
+    (ch, dh, c): (usize, usize, usize),
     chunks: usize,
     tail_valid: __mmask16,
+    padding: f32,
     qs: &[f32],
     p: &mut [f32],
 ) -> [__m512; R] {
@@ -175,7 +181,7 @@ unsafe fn logits<const R: usize, const DH: usize>(
     let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); R];
     for t in 0..chunks {
         // SAFETY: chunk t < chunks of `kt`, channels ch.. of it.
-        let kh = unsafe { keys.kt.as_ptr().add((t * c + ch) * LANES) };
+        let kh = unsafe { kt.as_ptr().add((t * c + ch) * LANES) };
         let mut acc = [_mm512_setzero_ps(); R];
         for d in 0..dh {
             // SAFETY: channel ch + d < c of the chunk.
@@ -188,7 +194,7 @@ unsafe fn logits<const R: usize, const DH: usize>(
         }
         let valid = if t + 1 == chunks { tail_valid } else { !0 };
         for (r, x) in acc.iter().enumerate() {
-            let x = _mm512_mask_mov_ps(_mm512_set1_ps(f32::NEG_INFINITY), valid, *x);
+            let x = _mm512_mask_mov_ps(_mm512_set1_ps(padding), valid, *x);
             mx[r] = _mm512_max_ps(mx[r], x);
             // SAFETY: row r < R of `p` holds `sp` floats.
             unsafe { _mm512_storeu_ps(pp.add(r * sp + t * LANES), x) };
@@ -204,7 +210,7 @@ unsafe fn logits<const R: usize, const DH: usize>(
 /// AVX-512F; `p` holds `R·chunks·16` floats.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
-unsafe fn weights<const R: usize>(
+pub(super) unsafe fn weights<const R: usize>(
     mx: &[__m512; R],
     chunks: usize,
     tail_valid: __mmask16,
@@ -232,29 +238,30 @@ unsafe fn weights<const R: usize>(
     inv
 }
 
-/// `o[r·cv + e + g] = inv[r] · Σ_j p[r][j] · v[j][e + g]` for the `R`
-/// rows and `G` value channels from `e`.
+/// `o[r·stride + e + g] = inv[r] · Σ_j p[r][j] · v[j][e + g]` for the
+/// `R` rows and `G` channels from `e` of the channel-major blocks `vt`
+/// (`cv` channels each; `(vt, cv)` = `values`, `(o, stride)` = `out`). The
+/// backward runs it on the keys too (`dq = Σ_j ds_j·k_j`).
 ///
 /// # Safety
-/// AVX-512F; `p` holds `R` rows of `chunks` key vectors, `keys.vt`
-/// `chunks` blocks of `cv` channels; `o` holds `R` rows of `cv ≥ e + G`.
+/// AVX-512F; `p` holds `R` rows of `chunks` key vectors, `vt` `chunks`
+/// blocks of `cv ≥ e + G` channels; `o` holds `R` rows of `stride ≥ e + G`.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
-unsafe fn outputs<const R: usize, const G: usize>(
+pub(super) unsafe fn outputs<const R: usize, const G: usize>(
     p: &[f32],
-    keys: &Keys,
+    (vt, cv): (&[f32], usize),
     chunks: usize,
-    cv: usize,
     e: usize,
     inv: &[f32; R],
-    o: &mut [f32],
+    (o, stride): (&mut [f32], usize),
 ) {
     let sp = chunks * LANES;
     let pp = p.as_ptr();
     let mut acc = [[_mm512_setzero_ps(); G]; R];
     for t in 0..chunks {
         // SAFETY: chunk t of `vt`, channels e.. of it.
-        let vp = unsafe { keys.vt.as_ptr().add((t * cv + e) * LANES) };
+        let vp = unsafe { vt.as_ptr().add((t * cv + e) * LANES) };
         let mut v = [_mm512_setzero_ps(); G];
         for (g, x) in v.iter_mut().enumerate() {
             // SAFETY: channel e + g < cv (the caller's promise).
@@ -270,7 +277,7 @@ unsafe fn outputs<const R: usize, const G: usize>(
     }
     for (r, row) in acc.iter().enumerate() {
         for (g, x) in row.iter().enumerate() {
-            o[r * cv + e + g] = _mm512_reduce_add_ps(*x) * inv[r];
+            o[r * stride + e + g] = _mm512_reduce_add_ps(*x) * inv[r];
         }
     }
 }

@@ -8,9 +8,9 @@
 use super::{sparse, LowerCx};
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
-use netc_runtime::attention::grad::{AttentionGrad, Unpack};
+use netc_runtime::attention::grad::{KeyGrad, QueryGrad, Unpack};
 use netc_runtime::attention::Attention;
-use netc_runtime::plan::{RowKernel, Rows, Step, Work};
+use netc_runtime::plan::{Buf, RowKernel, Rows, Step, Work};
 use netc_runtime::timestep::TimestepEmbedding;
 use std::sync::Arc;
 
@@ -83,8 +83,11 @@ fn attention(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     )
 }
 
-/// `attention_grad(dout, q, k, v) -> dq, dk, dv`: one row per batch item
-/// of all three into a scratch buffer, then each copied out.
+/// `attention_grad(dout, q, k, v) -> dq, dk, dv` in two row steps of
+/// [`netc_runtime::attention::grad`] into two scratch regions (a row per
+/// query token of `dq` and its softmax statistics, then a row per key
+/// token of `dk | dv`), each split over threads by tokens, then the three
+/// gradients copied out of their rows.
 fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let [_, q, k, v] = node.inputs[..] else {
         return Err(fail(node, format!("{} operands, not 4", node.inputs.len())));
@@ -98,46 +101,77 @@ fn backward(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     );
     let inputs = cx.buf_list(&node.inputs)?;
     let outputs = cx.output_list(&node.outputs)?;
-    let kernel = AttentionGrad { attention };
-    let row = kernel.row_len();
-    if batch * row == 0 || outputs.len() != 3 {
+    let queries = QueryGrad {
+        attention: attention.clone(),
+    };
+    let keys = KeyGrad { attention };
+    let (qw, kw) = (queries.width(), keys.width());
+    if batch * l * s == 0 || outputs.len() != 3 {
         return Ok(());
     }
-    let scratch = cx.scratch(batch * row);
-    let rows = |kernel: Arc<dyn RowKernel>, width: usize| {
+    let (qlen, klen) = (batch * l * qw, batch * s * kw);
+    // Two regions of the scratch: the key step reads the query step's rows.
+    let at = qlen.div_ceil(16) * 16;
+    let base = match cx.scratch(at + klen) {
+        Buf::Arena { offset, .. } => offset,
+        other => {
+            return Err(fail(
+                node,
+                format!("the scratch region is {other:?}, not in the arena"),
+            ))
+        }
+    };
+    let (qrows, krows) = (
+        Buf::Arena {
+            offset: base,
+            len: qlen,
+        },
+        Buf::Arena {
+            offset: base + at,
+            len: klen,
+        },
+    );
+    let rows = |kernel: Arc<dyn RowKernel>, rows: usize, width: usize, grain: usize| {
         Work::Rows(Rows {
             kernel,
-            rows: batch,
+            rows,
             width,
-            grain: 1,
+            grain,
         })
     };
+    // A query row's work: its logits, dp and dq against every key; a key
+    // row's: its logits, dp, dk and dv against every query.
+    let grain = |others: usize| (GRAIN_WORK / (others * (2 * c + 2 * cv)).max(1)).max(1);
+    let extents = [batch * l * cv, batch * l * c, batch * s * c, batch * s * cv];
     cx.push(Step {
-        work: rows(Arc::new(kernel), row),
-        inputs,
-        output: scratch,
-        extents: vec![
-            batch * l * cv,
-            batch * l * c,
-            batch * s * c,
-            batch * s * cv,
-            batch * row,
-        ],
+        work: rows(Arc::new(queries), batch * l, qw, grain(s)),
+        inputs: inputs.clone(),
+        output: qrows,
+        extents: [&extents[..], &[qlen]].concat(),
     });
-    let mut offset = 0;
-    for (width, output) in [l * c, s * c, s * cv].into_iter().zip(outputs) {
+    cx.push(Step {
+        work: rows(Arc::new(keys), batch * s, kw, grain(l)),
+        inputs: [&inputs[..], &[qrows]].concat(),
+        output: krows,
+        extents: [&extents[..], &[qlen, klen]].concat(),
+    });
+    let copies = [
+        (qrows, qw, 0, l, c),
+        (krows, kw, 0, s, c),
+        (krows, kw, c, s, cv),
+    ];
+    for ((src, stride, offset, per_item, width), output) in copies.into_iter().zip(outputs) {
         let unpack = Unpack {
-            stride: row,
+            stride,
             offset,
             width,
         };
         cx.push(Step {
-            work: rows(Arc::new(unpack), width),
-            inputs: vec![scratch],
+            work: rows(Arc::new(unpack), batch * per_item, width, 1),
+            inputs: vec![src],
             output,
-            extents: vec![batch * row, batch * width],
+            extents: vec![batch * per_item * stride, batch * per_item * width],
         });
-        offset += width;
     }
     Ok(())
 }

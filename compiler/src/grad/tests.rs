@@ -82,6 +82,38 @@ fn batch_norm_state_and_dropout_seed_are_wired() {
         .all(|k| *k == Some(crate::ir::Attr::Str("dropout0".into()))));
 }
 
+/// A `dropout(0.0)` keeps every element: the training graph has no
+/// dropout kernel for it (the SD UNet has 13 such calls) and needs no
+/// seed, while a later dropout keeps the key its position gives it.
+#[test]
+fn a_dropout_of_zero_is_the_identity_in_training() {
+    let g = crate::testing::program(
+        "model m { input x: f32[N, 3]\n output y = x |> a: linear(4) |> dropout(0.0) \
+         |> b: linear(2) }\n\
+         train m { label t: f32[N, 2]\n loss = mse(y, t)\n optimizer = sgd(lr = 0.1) }",
+    )
+    .unwrap();
+    let t = training_graph(&g).unwrap();
+    assert!(!t.uses_seed);
+    assert!(t.graph.nodes.iter().all(|n| n.op.name != "dropout_train"));
+    assert_eq!(t.grads.len(), 4, "both layers' weights and biases");
+    let g = crate::testing::program(
+        "model m { input x: f32[N, 3]\n output y = x |> a: linear(4) |> dropout(0.0) \
+         |> b: linear(2) |> dropout(0.5) }\n\
+         train m { label t: f32[N, 2]\n loss = mse(y, t)\n optimizer = sgd(lr = 0.1) }",
+    )
+    .unwrap();
+    let t = training_graph(&g).unwrap();
+    let keys: Vec<_> = t
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op.name == "dropout_train")
+        .map(|n| n.op.attr("key").cloned())
+        .collect();
+    assert_eq!(keys, vec![Some(crate::ir::Attr::Str("dropout1".into())); 2]);
+}
+
 #[test]
 fn a_model_without_train_section_is_an_error() {
     let g = crate::testing::model("input x: f32[N, 3]\noutput y = x |> l: linear(2)").unwrap();

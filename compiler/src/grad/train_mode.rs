@@ -8,7 +8,9 @@
 //!   `w` and `b` are constant ones and zeros.
 //! - `dropout(x) {p}` becomes `dropout_train(x, seed) {p, key}`, whose
 //!   mask is a counter-based hash of the step seed, the key `dropout{k}`
-//!   (the k-th dropout of the model) and the element index.
+//!   (the k-th dropout of the model) and the element index; with `p = 0`
+//!   (the SD UNet's) it keeps every element, so it becomes the identity
+//!   (a reshape to its own shape) and costs nothing in either direction.
 
 use super::{GradError, Moded, SEED_INPUT};
 use crate::ir::{Attr, ConstId, ConstTensor, Dim, Graph, Node, Op, TensorType, ValueDef, ValueId};
@@ -41,11 +43,20 @@ pub(crate) fn rewrite(g: &mut Graph) -> Result<Moded, GradError> {
                     Some(Attr::Float(p)) => *p,
                     _ => 0.5,
                 };
+                dropouts += 1;
+                if p == 0.0 {
+                    // Keeps every element unscaled: the identity, as a
+                    // reshape to its own shape (an alias, no kernel in
+                    // either direction).
+                    let shape = g.ty(node.outputs[0]).shape.clone();
+                    node.op = Op::new("reshape").with("shape", Attr::Dims(shape));
+                    out.push(node);
+                    continue;
+                }
                 node.op = Op::new("dropout_train")
                     .with("p", Attr::Float(p))
-                    .with("key", Attr::Str(format!("dropout{dropouts}")));
+                    .with("key", Attr::Str(format!("dropout{}", dropouts - 1)));
                 node.inputs.push(seed);
-                dropouts += 1;
                 moded.uses_seed = true;
                 out.push(node);
             }

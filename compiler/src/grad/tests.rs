@@ -69,13 +69,7 @@ fn batch_norm_state_and_dropout_seed_are_wired() {
     let t = training_graph(&g).unwrap();
     assert!(t.uses_seed);
     assert!(t.graph.inputs.iter().any(|(n, _)| n == SEED_INPUT));
-    let keys: Vec<_> = t
-        .graph
-        .nodes
-        .iter()
-        .filter(|n| n.op.name == "dropout_train")
-        .map(|n| n.op.attr("key").cloned())
-        .collect();
+    let keys = dropout_keys(&t.graph);
     assert_eq!(keys.len(), 2, "the forward dropout and its backward");
     assert!(keys
         .iter()
@@ -104,14 +98,19 @@ fn a_dropout_of_zero_is_the_identity_in_training() {
     )
     .unwrap();
     let t = training_graph(&g).unwrap();
-    let keys: Vec<_> = t
-        .graph
-        .nodes
+    assert_eq!(
+        dropout_keys(&t.graph),
+        vec![Some(crate::ir::Attr::Str("dropout1".into())); 2]
+    );
+}
+
+/// The mask keys of `g`'s `dropout_train` nodes, in node order.
+fn dropout_keys(g: &Graph) -> Vec<Option<crate::ir::Attr>> {
+    g.nodes
         .iter()
         .filter(|n| n.op.name == "dropout_train")
         .map(|n| n.op.attr("key").cloned())
-        .collect();
-    assert_eq!(keys, vec![Some(crate::ir::Attr::Str("dropout1".into())); 2]);
+        .collect()
 }
 
 #[test]

@@ -135,9 +135,7 @@ pub unsafe fn gemm(
 unsafe fn dot((m, n, k): (usize, usize, usize), p: Product, threads: usize, work: &mut TileWork) {
     // SAFETY: A is m rows of k (the caller's promise).
     let at = unsafe { transposed(p.a, p.sa.row, (m, k), &mut work.b) };
-    if work.c.len() < n * m {
-        work.c.resize(n * m, 0.0);
-    }
+    grow(&mut work.c, n * m);
     let t = Product {
         a: p.b,
         sa: Strides::row_major(p.sb.col),
@@ -174,12 +172,17 @@ impl TileWork {
             Some(Form::Axpy) => (k * m, 0),
             None => (0, 0),
         };
-        for (buf, len) in [(&mut self.b, b), (&mut self.c, c)] {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
+        grow(&mut self.b, b);
+        grow(&mut self.c, c);
         self
+    }
+}
+
+/// Grows `buf` to at least `len` floats (a no-op once the executor has
+/// sized it by [`TileWork::with_thin`]).
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
     }
 }
 
@@ -194,9 +197,7 @@ unsafe fn transposed(
     (m, k): (usize, usize),
     buf: &mut Vec<f32>,
 ) -> *const f32 {
-    if buf.len() < k * m {
-        buf.resize(k * m, 0.0);
-    }
+    grow(buf, k * m);
     for (q, row) in buf[..k * m].chunks_exact_mut(m).enumerate() {
         for (r, v) in row.iter_mut().enumerate() {
             // SAFETY: a(r, q) exists (the caller's promise).

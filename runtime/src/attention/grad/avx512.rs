@@ -247,6 +247,9 @@ unsafe fn key_rows_of<const DH: usize, const DV: usize>(
     // The queries scaled once, as the logits use them.
     let qs: Vec<f32> = q[..l * c].iter().map(|x| x * a.scale).collect();
     let mut sums = vec![0f32; (dh + dv) * LANES];
+    // The accumulators of widths not unrolled, reused by every block.
+    let generic = if DH > 0 && DV > 0 { 0 } else { dh + dv };
+    let mut wide = vec![_mm512_setzero_ps(); generic];
     for t in 0..chunks {
         let valid = if t + 1 == chunks { tail_mask(n) } else { !0 };
         for h in 0..a.heads {
@@ -255,7 +258,8 @@ unsafe fn key_rows_of<const DH: usize, const DV: usize>(
             unsafe {
                 let kt = keys.kt.as_ptr().add((t * c + h * dh) * LANES);
                 let vt = keys.vt.as_ptr().add((t * cv + h * dv) * LANES);
-                key_block::<DH, DV>(a, h, (&qs, dout, qrows), (kt, vt), valid, &mut sums);
+                let queries = (qs.as_slice(), dout, qrows);
+                key_block::<DH, DV>(a, h, queries, (kt, vt), valid, (&mut sums, &mut wide));
             }
             for (d, lanes) in sums.chunks_exact(LANES).enumerate() {
                 let col = if d < dh {
@@ -274,7 +278,7 @@ unsafe fn key_rows_of<const DH: usize, const DV: usize>(
 /// `sums` (`dh + dv` vectors) = `[dk | dv]` of head `h`, channel-major,
 /// for the 16 keys `kt`, `vt` (`valid` of them real): sums over the
 /// item's query rows (`qs` scaled), accumulated in registers for the
-/// unrolled widths, on the heap for others.
+/// unrolled widths, in `wide` (`dh + dv` vectors) for others.
 ///
 /// # Safety
 /// AVX-512F; `kt` and `vt` point at head `h`'s channels of one 16-key
@@ -286,7 +290,7 @@ unsafe fn key_block<const DH: usize, const DV: usize>(
     queries: (&[f32], &[f32], &[f32]),
     keys: (*const f32, *const f32),
     valid: __mmask16,
-    sums: &mut [f32],
+    (sums, wide): (&mut [f32], &mut [__m512]),
 ) {
     let store = |acc: &[__m512], sums: &mut [f32]| {
         assert!(sums.len() >= acc.len() * LANES);
@@ -303,11 +307,12 @@ unsafe fn key_block<const DH: usize, const DV: usize>(
             store(&ak, sums);
             store(&av, &mut sums[DH * LANES..]);
         } else {
-            let (dh, dv) = (a.dim / a.heads, a.value_dim / a.heads);
-            let (mut ak, mut av) = (vec![_mm512_setzero_ps(); dh], vec![_mm512_setzero_ps(); dv]);
-            sweep(a, h, queries, keys, valid, (&mut ak, &mut av));
-            store(&ak, sums);
-            store(&av, &mut sums[dh * LANES..]);
+            let dh = a.dim / a.heads;
+            wide.fill(_mm512_setzero_ps());
+            let (ak, av) = wide.split_at_mut(dh);
+            sweep(a, h, queries, keys, valid, (ak, av));
+            store(ak, sums);
+            store(av, &mut sums[dh * LANES..]);
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod kernel_avx512;
 pub mod packed;
 pub mod skinny;
 pub mod thin;
+pub mod wgrad;
 
 use gemm::Parallelism;
 

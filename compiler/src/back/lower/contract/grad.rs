@@ -462,6 +462,9 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
             ));
         }
     }
+    if wgrad::applies(cx, node, &g) {
+        return wgrad::emit(cx, node, &g);
+    }
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());
     // The panel `col_g[C/g·KH·KW, OH·OW]` (or x itself for 1x1 stride-1
@@ -665,3 +668,4 @@ fn linear_gemm(
 mod implicit;
 #[cfg(test)]
 mod tests;
+mod wgrad;

@@ -317,7 +317,7 @@ pub(super) fn emit(
 
 /// A row step of `rows` rows of `width` elements from one input (buffer
 /// and extent) into `output`.
-fn rows_step(
+pub(super) fn rows_step(
     kernel: Arc<dyn RowKernel>,
     rows: usize,
     width: usize,

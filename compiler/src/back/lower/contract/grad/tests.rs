@@ -269,8 +269,8 @@ fn linear_gradients_match_the_interpreter() {
 }
 
 /// `g` lowered as a training step (outputs left in the arena) with
-/// `options` at batch `n` and run on `threads`: how many of its
-/// contractions run a GEMM `counted` picks, and every output.
+/// `options` at batch `n` and run on `threads`: how many of its steps
+/// `counted` picks, and every output.
 fn training_plan(
     g: &Graph,
     n: usize,
@@ -278,17 +278,12 @@ fn training_plan(
     threads: usize,
     inputs: &[&[f32]],
     params: &[&[f32]],
-    counted: impl Fn(&Gemm) -> bool,
+    counted: impl Fn(&Work) -> bool,
 ) -> (usize, Vec<Vec<f32>>) {
     let mut jit = Jit::new().unwrap();
     let symbols = [("N".to_string(), n as i64)];
     let l = lower_with(g, &symbols, options, &mut jit, OutputMode::InPlace).unwrap();
-    let count = l
-        .plan
-        .steps
-        .iter()
-        .filter(|s| matches!(&s.work, Work::Contraction(c) if counted(&c.gemm)))
-        .count();
+    let count = l.plan.steps.iter().filter(|s| counted(&s.work)).count();
     let bufs = l.output_bufs.clone();
     let mut ex = Executor::new(l.plan, threads).unwrap();
     ex.prepare(params).unwrap();
@@ -325,10 +320,15 @@ fn check_training_plan(case: Case) {
                 gemm: GemmChoice::Packed,
                 ..CompileOptions::default()
             };
-            let (implicit, got) =
-                training_plan(&g, case.1, options, threads, &[&x, &dy], &p, |g| {
-                    matches!(g, Gemm::Implicit(_))
-                });
+            let (implicit, got) = training_plan(
+                &g,
+                case.1,
+                options,
+                threads,
+                &[&x, &dy],
+                &p,
+                |w| matches!(w, Work::Contraction(c) if matches!(c.gemm, Gemm::Implicit(_))),
+            );
             assert_eq!(
                 implicit, 2,
                 "{case:?}: forward and input gradient as implicit GEMMs"
@@ -367,10 +367,15 @@ fn check_thin_training_plan(n: usize, rest: &[usize], out: usize) {
                     thin_linear: thin,
                     ..CompileOptions::default()
                 };
-                let (thin_steps, got) =
-                    training_plan(&g, n, options, threads, &[&x, &dy], &p, |g| {
-                        matches!(g, Gemm::Thin)
-                    });
+                let (thin_steps, got) = training_plan(
+                    &g,
+                    n,
+                    options,
+                    threads,
+                    &[&x, &dy],
+                    &p,
+                    |w| matches!(w, Work::Contraction(c) if matches!(c.gemm, Gemm::Thin)),
+                );
                 let expected = if thin && netc_runtime::gemm::kernel_avx512::available() {
                     2
                 } else {
@@ -399,6 +404,57 @@ fn thin_training_linears_match_the_interpreter() {
     // outputs; a rank-3 input (32 rows of 256) into 2048 outputs.
     check_thin_training_plan(8, &[1024], 512);
     check_thin_training_plan(8, &[4, 256], 2048);
+}
+
+/// A training plan's weight gradient of `case` (dW left in the arena),
+/// lowered for and run on 1 and 2 threads, against the interpreter; on
+/// AVX-512F it must run as one pass over the batch.
+fn check_one_pass_weight_gradient(case: Case) {
+    let (g, xs, ys) = conv_graph(case, &["weight"]);
+    let x = data(xs.iter().product(), 0.4, 1.0);
+    let dy = data(ys.iter().product(), 1.3, 1.0);
+    let ps = params(&g);
+    let want = reference(&g, &[("x", xs, x.clone()), ("dy", ys, dy.clone())], &ps);
+    let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
+    let expected = usize::from(netc_runtime::gemm::kernel_avx512::available());
+    for lowered in [1, 2] {
+        for threads in [1, 2] {
+            let options = CompileOptions {
+                threads: lowered,
+                ..CompileOptions::default()
+            };
+            let (passes, got) = training_plan(
+                &g,
+                case.1,
+                options,
+                threads,
+                &[&x, &dy],
+                &p,
+                |w| matches!(w, Work::Rows(r) if format!("{:?}", r.kernel).starts_with("ConvWeightGrad")),
+            );
+            assert_eq!(
+                passes, expected,
+                "{case:?}: the weight gradient in one pass"
+            );
+            for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
+                let err = rel_l2(a, e);
+                assert!(
+                    err <= 1e-5,
+                    "{case:?} {name}: lowered for {lowered}, run on {threads}: rel L2 {err:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn one_pass_weight_gradients_match_the_interpreter() {
+    // Small maps, 8–256 channels, at least 256 output pixels over the
+    // batch: eeg_ccnn's 3x3 padding 1; stride 2 with more output
+    // channels than a tile's 48; a dilated 1-D convolution.
+    check_one_pass_weight_gradient((2, 8, 9, &[9, 9], 20, 3, 1, 1, 1, 1));
+    check_one_pass_weight_gradient((2, 10, 12, &[11, 10], 50, 3, 2, 1, 1, 1));
+    check_one_pass_weight_gradient((1, 16, 8, &[40], 16, 5, 1, 2, 2, 1));
 }
 
 #[test]

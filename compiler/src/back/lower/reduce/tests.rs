@@ -4,6 +4,7 @@
 
 use super::super::oracle::data;
 use super::super::train_oracle::{append, check_rel};
+use super::ReduceKernel;
 use crate::ir::{Attr, Dim, Op};
 use crate::testing::model;
 
@@ -25,6 +26,8 @@ fn sums_and_means_match_the_interpreter() {
         (vec![2, 5, 3, 8], "0"),
         (vec![5, 4, 6], "1"),
         (vec![5, 4, 3], "1"),
+        (vec![5, 8, 9], "[0, 2]"),
+        (vec![2, 4, 3, 3], "[0, 2, 3]"),
     ] {
         let dimsz = shape
             .iter()
@@ -77,4 +80,16 @@ fn expand_matches_the_interpreter() {
             &format!("{from:?} -> {to:?}"),
         );
     }
+}
+
+#[test]
+fn per_channel_sums_run_in_two_kernels() {
+    let two = |shape: &[usize], dims: &[usize]| ReduceKernel::new(shape, dims, None).around_kept();
+    assert_eq!(two(&[8, 16, 5, 7], &[0, 2, 3]), Some([8, 16, 35]));
+    assert_eq!(two(&[5, 8, 9], &[0, 2]), Some([5, 8, 9]));
+    // Too few channels for columns mode, one image, other dims.
+    assert_eq!(two(&[8, 3, 5, 7], &[0, 2, 3]), None);
+    assert_eq!(two(&[1, 16, 5, 7], &[0, 2, 3]), None);
+    assert_eq!(two(&[2, 3, 4, 5], &[1, 3]), None);
+    assert_eq!(two(&[6, 10], &[0]), None);
 }

@@ -37,6 +37,15 @@ use std::ops::Range;
 /// Output pixels of the batch per chunk (see the module docs).
 pub const CHUNK_PIXELS: usize = 256;
 
+thread_local! {
+    /// A thread's runs of one chunk, a slot of [`ConvWeightGrad::chunk_rows`]
+    /// per tap, and how many each slot holds (see
+    /// [`ConvWeightGrad::accumulate`]).
+    static RUNS: std::cell::RefCell<(Vec<Run>, Vec<usize>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// Columns of the result a thread goes over a chunk with at a time: one
 /// tile wide.
 const STRIPE: usize = 48;
@@ -55,7 +64,7 @@ pub struct ConvWeightGrad {
 /// A run of output pixels of one output row whose tap lies inside the
 /// input: element offsets of its first `x` value (channel 0) and first
 /// `dy` value (channel 0), and its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Run {
     pub x: usize,
     pub dy: usize,
@@ -80,74 +89,88 @@ impl ConvWeightGrad {
         g.n * g.oh * g.ow * self.oc
     }
 
+    /// Output rows `(n, oy)` per chunk.
+    fn chunk_rows(&self) -> usize {
+        (CHUNK_PIXELS / self.geom.ow.max(1)).max(1)
+    }
+
     /// The output rows `(n, oy)` of one chunk: `[first, end)` of `N·OH`.
     fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
-        let g = self.geom;
-        let total = g.n * g.oh;
-        let per = (CHUNK_PIXELS / g.ow.max(1)).max(1);
+        let total = self.geom.n * self.geom.oh;
+        let per = self.chunk_rows();
         (0..total)
             .step_by(per)
             .map(move |first| (first, (first + per).min(total)))
     }
 
     /// The runs of tap `(ty, tx)` over output rows `rows` (of `N·OH`),
-    /// into `runs` (cleared first).
-    fn runs(&self, ty: usize, tx: usize, rows: (usize, usize), runs: &mut Vec<Run>) {
-        runs.clear();
+    /// into the start of `runs` (at least as long as the rows); returns
+    /// how many.
+    fn runs(&self, ty: usize, tx: usize, rows: (usize, usize), runs: &mut [Run]) -> usize {
         let g = &self.geom;
         let (lo, hi) = valid(g.ow, g.w, g.stride[1], tx * g.dilation[1], g.pad[1]);
         if lo >= hi {
-            return;
+            return 0;
         }
         let ix0 = lo * g.stride[1] + tx * g.dilation[1] - g.pad[1];
+        let mut count = 0;
         for q in rows.0..rows.1 {
             let (img, oy) = (q / g.oh, q % g.oh);
             let iy = (oy * g.stride[0] + ty * g.dilation[0]).checked_sub(g.pad[0]);
             let Some(iy) = iy.filter(|&iy| iy < g.h) else {
                 continue;
             };
-            runs.push(Run {
+            runs[count] = Run {
                 x: ((img * g.h + iy) * g.w + ix0) * g.c,
                 dy: (q * g.ow + lo) * self.oc,
                 len: hi - lo,
-            });
+            };
+            count += 1;
         }
+        count
     }
 
     /// Rows `first..` of the result into `out` (whole rows), from `x` and
     /// `dy`: zeroes them, then adds every chunk's runs, through the
-    /// AVX-512 tile when `vector` (the caller has checked the CPU).
+    /// AVX-512 tile when `vector` (the caller has checked the CPU). The
+    /// runs go into the thread's [`RUNS`], which grows on a thread's first
+    /// call and is reused after.
     fn accumulate(&self, first: usize, x: &[f32], dy: &[f32], out: &mut [f32], vector: bool) {
         out.fill(0.0);
         let g = &self.geom;
-        let taps = g.kh * g.kw;
+        let (taps, slot) = (g.kh * g.kw, self.chunk_rows());
         let end = first + out.len() / self.oc.max(1);
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); taps];
-        for chunk in self.chunks() {
-            for (tap, tap_runs) in runs.iter_mut().enumerate() {
-                self.runs(tap / g.kw, tap % g.kw, chunk, tap_runs);
-            }
-            // A stripe of columns at a time, so that its part of the
-            // chunk's `dy` stays in L1 across the row blocks.
-            for o0 in (0..self.oc).step_by(STRIPE) {
-                let cols = o0..(o0 + STRIPE).min(self.oc);
-                for (tap, tap_runs) in runs.iter().enumerate() {
-                    // The channels whose row `c·taps + tap` is in range.
-                    let lo = first.saturating_sub(tap).div_ceil(taps);
-                    let hi = end.saturating_sub(tap).div_ceil(taps).min(g.c);
-                    for c0 in (lo..hi).step_by(8) {
-                        let block = Block {
-                            c0,
-                            rows: (hi - c0).min(8),
-                            at: (c0 * taps + tap - first) * self.oc,
-                            ldc: taps * self.oc,
-                            cols: cols.clone(),
-                        };
-                        self.block(x, dy, tap_runs, out, block, vector);
+        RUNS.with_borrow_mut(|(runs, counts)| {
+            runs.resize(taps * slot, Run::default());
+            counts.resize(taps, 0);
+            for chunk in self.chunks() {
+                for (tap, count) in counts.iter_mut().enumerate() {
+                    let slot = &mut runs[tap * slot..(tap + 1) * slot];
+                    *count = self.runs(tap / g.kw, tap % g.kw, chunk, slot);
+                }
+                // A stripe of columns at a time, so that its part of the
+                // chunk's `dy` stays in L1 across the row blocks.
+                for o0 in (0..self.oc).step_by(STRIPE) {
+                    let cols = o0..(o0 + STRIPE).min(self.oc);
+                    for (tap, &count) in counts.iter().enumerate() {
+                        let tap_runs = &runs[tap * slot..tap * slot + count];
+                        // The channels whose row `c·taps + tap` is in range.
+                        let lo = first.saturating_sub(tap).div_ceil(taps);
+                        let hi = end.saturating_sub(tap).div_ceil(taps).min(g.c);
+                        for c0 in (lo..hi).step_by(8) {
+                            let block = Block {
+                                c0,
+                                rows: (hi - c0).min(8),
+                                at: (c0 * taps + tap - first) * self.oc,
+                                ldc: taps * self.oc,
+                                cols: cols.clone(),
+                            };
+                            self.block(x, dy, tap_runs, out, block, vector);
+                        }
                     }
                 }
             }
-        }
+        });
     }
 
     /// Adds the runs' products into `block` of `out`, through the AVX-512

@@ -275,7 +275,7 @@ pub(super) fn implicit_forward(cx: &mut LowerCx, node: &Node) -> Option<Result<(
         shape(node.outputs[0])?,
     );
     let g = geometry(node, &y, &x, &w).ok()?;
-    if !implicit::applies(cx, &g) {
+    if !implicit::applies_forward(cx, &g) {
         return None;
     }
     let role = implicit::Role::Forward(node.inputs.get(2).copied());

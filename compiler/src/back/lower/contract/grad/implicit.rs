@@ -70,6 +70,27 @@ pub(super) fn applies(cx: &LowerCx, g: &Geometry) -> bool {
         && g.n * g.spatial().min(g.h * g.w) >= MIN_ROWS
 }
 
+/// The most output channels for which a forward convolution runs as an
+/// implicit GEMM whatever its map size: products this narrow take the
+/// GEMM's 14×32 tall tiles, where a per-image GEMM of `OC` rows leaves
+/// most of the `gemm` crate's tile idle (densenet121's 32-channel 3×3
+/// convolutions on 56×56 maps ran at 55 GFLOP/s per image).
+const NARROW_OUTPUTS: usize = netc_runtime::gemm::kernel_avx512::NARROW;
+
+/// Whether the forward convolution of `g` runs as an implicit GEMM:
+/// [`applies`], or a narrow product ([`NARROW_OUTPUTS`]) of any map size
+/// with the other conditions of [`applies`].
+pub(super) fn applies_forward(cx: &LowerCx, g: &Geometry) -> bool {
+    applies(cx, g)
+        || (cx.training
+            && !cx.in_prepare
+            && prepack::enabled(cx)
+            && g.groups == 1
+            && g.kh * g.kw > 1
+            && g.oc <= NARROW_OUTPUTS
+            && g.n * g.spatial() >= MIN_ROWS)
+}
+
 /// Which convolution of `g` to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {

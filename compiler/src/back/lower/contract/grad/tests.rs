@@ -466,4 +466,6 @@ fn implicit_training_convolutions_match_the_interpreter() {
     // convolutions on 56x56 maps), stride 1 and stride 2.
     check_training_plan((2, 3, 8, &[40, 36], 16, 3, 1, 1, 1, 1), 1);
     check_training_plan((2, 3, 5, &[70, 60], 32, 3, 2, 1, 1, 1), 1);
+    // Fewer rows than the other implicit convolutions need (800).
+    check_training_plan((2, 2, 8, &[20, 20], 32, 3, 1, 1, 1, 1), 1);
 }

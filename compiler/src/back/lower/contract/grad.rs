@@ -43,6 +43,7 @@ use crate::back::lower::data;
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
+use netc_runtime::gemm::conv::ConvGeom;
 use netc_runtime::gemm::Strides;
 use netc_runtime::plan::Buf;
 
@@ -94,6 +95,15 @@ impl Geometry {
     /// Output pixels per image.
     fn spatial(&self) -> usize {
         self.oh * self.ow
+    }
+
+    /// The window of the forward convolution over an NHWC `x` (one
+    /// group: `cg = c`).
+    fn forward_geom(&self) -> ConvGeom {
+        ConvGeom {
+            cg: self.c,
+            ..self.im2col().conv_geom(self.n)
+        }
     }
 
     /// Whether the panel is `x` itself (1x1, stride 1, no padding).

@@ -119,20 +119,7 @@ pub(super) fn emit(
 ) -> Result<(), BackError> {
     let (geom, weight, bias) = match role {
         Role::Forward(bias) => (
-            ConvGeom {
-                n: g.n,
-                h: g.h,
-                w: g.w,
-                c: g.c,
-                cg: g.c,
-                kh: g.kh,
-                kw: g.kw,
-                stride: g.stride,
-                pad: g.pad,
-                dilation: g.dilation,
-                oh: g.oh,
-                ow: g.ow,
-            },
+            g.forward_geom(),
             ConvWeightRows {
                 oc: g.oc,
                 c: g.c,
@@ -177,25 +164,7 @@ pub(super) fn emit(
         packed_b_len(depth, cols),
         rows * cols,
     ];
-    let mut at = [0; 4];
-    let mut total = 0;
-    for (a, len) in at.iter_mut().zip(lens) {
-        *a = total;
-        total += len.div_ceil(16) * 16;
-    }
-    let base = match cx.scratch(total) {
-        Buf::Arena { offset, .. } => offset,
-        other => {
-            return Err(BackError(format!(
-                "`{}` at {}: the scratch region is {other:?}, not in the arena",
-                node.op.name, node.path
-            )))
-        }
-    };
-    let [xs, wr, wp, cs] = [0, 1, 2, 3].map(|i| Buf::Arena {
-        offset: base + at[i],
-        len: lens[i],
-    });
+    let [xs, wr, wp, cs] = scratch_regions(cx, node, lens)?;
     // The weight as B, then packed.
     let (wbuf, wlen) = (cx.buf(w)?, cx.numel(w)?);
     cx.push(rows_step(Arc::new(weight), depth, cols, (wbuf, wlen), wr));
@@ -340,6 +309,34 @@ pub(super) fn emit(
         cx.kernel(&chain, bufs, out, geom.n * cols * out_p)?;
     }
     Ok(())
+}
+
+/// Consecutive regions of the scratch region of `lens` elements each,
+/// every one starting on a 16-element boundary.
+pub(super) fn scratch_regions<const K: usize>(
+    cx: &mut LowerCx,
+    node: &Node,
+    lens: [usize; K],
+) -> Result<[Buf; K], BackError> {
+    let mut at = [0; K];
+    let mut total = 0;
+    for (a, len) in at.iter_mut().zip(lens) {
+        *a = total;
+        total += len.div_ceil(16) * 16;
+    }
+    let base = match cx.scratch(total) {
+        Buf::Arena { offset, .. } => offset,
+        other => {
+            return Err(BackError(format!(
+                "`{}` at {}: the scratch region is {other:?}, not in the arena",
+                node.op.name, node.path
+            )))
+        }
+    };
+    Ok(std::array::from_fn(|i| Buf::Arena {
+        offset: base + at[i],
+        len: lens[i],
+    }))
 }
 
 /// A row step of `rows` rows of `width` elements from one input (buffer

@@ -199,6 +199,21 @@ fn compiled(
     run_lowered(lowered, inputs, params, threads)
 }
 
+/// Asserts every output in `got` within 1e-5 relative L2 of `want`,
+/// naming `what`, the output and the `how` of the run in a failure.
+fn assert_outputs_close(
+    outputs: &[(String, crate::ir::ValueId)],
+    got: &[Vec<f32>],
+    want: &[Vec<f64>],
+    what: &str,
+    how: &str,
+) {
+    for ((name, _), (a, e)) in outputs.iter().zip(got.iter().zip(want)) {
+        let err = rel_l2(a, e);
+        assert!(err <= 1e-5, "{what} {name}: {how}: rel L2 {err:e}");
+    }
+}
+
 /// `‖got − want‖ / ‖want‖`.
 fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
@@ -236,13 +251,13 @@ fn check(g: &Graph, n: usize, x_shape: Vec<usize>, y_shape: Vec<usize>, what: &s
                     ..CompileOptions::default()
                 };
                 let got = compiled(g, n, options, threads, &[&x, &dy], &p);
-                for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
-                    let err = rel_l2(a, e);
-                    assert!(
-                        err <= 1e-5,
-                        "{what} {name}: {gemm:?} lowered for {lowered}, run on {threads}: rel L2 {err:e}"
-                    );
-                }
+                assert_outputs_close(
+                    &g.outputs,
+                    &got,
+                    &want,
+                    what,
+                    &format!("{gemm:?} lowered for {lowered}, run on {threads}"),
+                );
             }
         }
     }
@@ -302,12 +317,17 @@ fn training_plan(
     (count, outputs)
 }
 
-/// A training plan's lowering of `case`'s forward, input-gradient and
-/// weight-gradient convolutions (outputs left in the arena), lowered for
-/// and run on 1 and 2 threads, against the interpreter; `implicit` of
-/// them must run as implicit GEMMs.
-fn check_training_plan(case: Case, implicit_steps: usize) {
-    let (g, xs, ys) = conv_graph(case, &["forward", "input", "weight"]);
+/// A training plan's lowering of `case`'s `ops` (outputs left in the
+/// arena) on `gemm`, lowered for and run on 1 and 2 threads, against the
+/// interpreter; `expected` of its steps must be ones `counted` picks.
+fn check_training_steps(
+    case: Case,
+    ops: &[&str],
+    gemm: GemmChoice,
+    expected: usize,
+    counted: impl Fn(&Work) -> bool + Copy,
+) {
+    let (g, xs, ys) = conv_graph(case, ops);
     let x = data(xs.iter().product(), 0.4, 1.0);
     let dy = data(ys.iter().product(), 1.3, 1.0);
     let ps = params(&g);
@@ -317,28 +337,28 @@ fn check_training_plan(case: Case, implicit_steps: usize) {
         for threads in [1, 2] {
             let options = CompileOptions {
                 threads: lowered,
-                gemm: GemmChoice::Packed,
+                gemm,
                 ..CompileOptions::default()
             };
-            let (implicit, got) = training_plan(
-                &g,
-                case.1,
-                options,
-                threads,
-                &[&x, &dy],
-                &p,
-                |w| matches!(w, Work::Contraction(c) if matches!(c.gemm, Gemm::Implicit(_))),
-            );
-            assert_eq!(implicit, implicit_steps, "{case:?}: implicit GEMMs");
-            for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
-                let err = rel_l2(a, e);
-                assert!(
-                    err <= 1e-5,
-                    "{case:?} {name}: lowered for {lowered}, run on {threads}: rel L2 {err:e}"
-                );
-            }
+            let (steps, got) = training_plan(&g, case.1, options, threads, &[&x, &dy], &p, counted);
+            assert_eq!(steps, expected, "{case:?}: steps of the kind asked for");
+            let how = format!("lowered for {lowered}, run on {threads}");
+            assert_outputs_close(&g.outputs, &got, &want, &format!("{case:?}"), &how);
         }
     }
+}
+
+/// [`check_training_steps`] of the forward, input-gradient and
+/// weight-gradient convolutions on the packed GEMM, `implicit_steps` of
+/// them as implicit GEMMs.
+fn check_training_plan(case: Case, implicit_steps: usize) {
+    check_training_steps(
+        case,
+        &["forward", "input", "weight"],
+        GemmChoice::Packed,
+        implicit_steps,
+        |w| matches!(w, Work::Contraction(c) if matches!(c.gemm, Gemm::Implicit(_))),
+    );
 }
 
 /// A training plan's `linear`, input gradient and weight gradient for `x:
@@ -382,14 +402,13 @@ fn check_thin_training_plan(n: usize, rest: &[usize], out: usize) {
                     thin_steps, expected,
                     "[{n}, {rest:?}] -> {out}, thin {thin}"
                 );
-                for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
-                    let err = rel_l2(a, e);
-                    assert!(
-                        err <= 1e-5,
-                        "[{n}, {rest:?}] -> {out} {name}: thin {thin}, lowered for {lowered}, \
-                         run on {threads}: rel L2 {err:e}"
-                    );
-                }
+                assert_outputs_close(
+                    &g.outputs,
+                    &got,
+                    &want,
+                    &format!("[{n}, {rest:?}] -> {out}"),
+                    &format!("thin {thin}, lowered for {lowered}, run on {threads}"),
+                );
             }
         }
     }
@@ -403,45 +422,16 @@ fn thin_training_linears_match_the_interpreter() {
     check_thin_training_plan(8, &[4, 256], 2048);
 }
 
-/// A training plan's weight gradient of `case` (dW left in the arena),
-/// lowered for and run on 1 and 2 threads, against the interpreter; on
-/// AVX-512F it must run as one pass over the batch.
+/// [`check_training_steps`] of the weight gradient on the default GEMM
+/// choice: on AVX-512F it must run as one pass over the batch.
 fn check_one_pass_weight_gradient(case: Case) {
-    let (g, xs, ys) = conv_graph(case, &["weight"]);
-    let x = data(xs.iter().product(), 0.4, 1.0);
-    let dy = data(ys.iter().product(), 1.3, 1.0);
-    let ps = params(&g);
-    let want = reference(&g, &[("x", xs, x.clone()), ("dy", ys, dy.clone())], &ps);
-    let p: Vec<&[f32]> = ps.iter().map(|(_, _, v)| v.as_slice()).collect();
-    let expected = usize::from(netc_runtime::gemm::kernel_avx512::available());
-    for lowered in [1, 2] {
-        for threads in [1, 2] {
-            let options = CompileOptions {
-                threads: lowered,
-                ..CompileOptions::default()
-            };
-            let (passes, got) = training_plan(
-                &g,
-                case.1,
-                options,
-                threads,
-                &[&x, &dy],
-                &p,
-                |w| matches!(w, Work::Rows(r) if format!("{:?}", r.kernel).starts_with("ConvWeightGrad")),
-            );
-            assert_eq!(
-                passes, expected,
-                "{case:?}: the weight gradient in one pass"
-            );
-            for ((name, _), (a, e)) in g.outputs.iter().zip(got.iter().zip(&want)) {
-                let err = rel_l2(a, e);
-                assert!(
-                    err <= 1e-5,
-                    "{case:?} {name}: lowered for {lowered}, run on {threads}: rel L2 {err:e}"
-                );
-            }
-        }
-    }
+    check_training_steps(
+        case,
+        &["weight"],
+        GemmChoice::Auto,
+        usize::from(netc_runtime::gemm::kernel_avx512::available()),
+        |w| matches!(w, Work::Rows(r) if format!("{:?}", r.kernel).starts_with("ConvWeightGrad")),
+    );
 }
 
 #[test]

@@ -13,15 +13,14 @@
 //! packs both operands again; the kernel keeps its tiles in registers over
 //! the runs of a chunk of images and reads `x` and `dy` in place.
 
-use super::implicit::rows_step;
-use super::{bad, Geometry};
+use super::implicit::{rows_step, scratch_regions};
+use super::Geometry;
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::Node;
-use netc_runtime::gemm::conv::ConvGeom;
 use netc_runtime::gemm::kernel_avx512;
 use netc_runtime::gemm::wgrad::ConvWeightGrad;
-use netc_runtime::plan::{Buf, Rows, Step, Work};
+use netc_runtime::plan::{Rows, Step, Work};
 use netc_runtime::train::layout::ChannelsLast;
 use std::sync::Arc;
 
@@ -72,44 +71,13 @@ pub(super) fn applies(cx: &LowerCx, node: &Node, g: &Geometry) -> bool {
 pub(super) fn emit(cx: &mut LowerCx, node: &Node, g: &Geometry) -> Result<(), BackError> {
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let kernel = ConvWeightGrad {
-        geom: ConvGeom {
-            n: g.n,
-            h: g.h,
-            w: g.w,
-            c: g.c,
-            cg: g.c,
-            kh: g.kh,
-            kw: g.kw,
-            stride: g.stride,
-            pad: g.pad,
-            dilation: g.dilation,
-            oh: g.oh,
-            ow: g.ow,
-        },
+        geom: g.forward_geom(),
         oc: g.oc,
     };
     let rows = kernel.result_rows();
     // Scratch: [x as NHWC | dy as NHWC | dWᵀ].
     let lens = [kernel.x_len(), kernel.dy_len(), rows * g.oc];
-    let mut at = [0; 3];
-    let mut total = 0;
-    for (a, len) in at.iter_mut().zip(lens) {
-        *a = total;
-        total += len.div_ceil(16) * 16;
-    }
-    let base = match cx.scratch(total) {
-        Buf::Arena { offset, .. } => offset,
-        other => {
-            return Err(bad(
-                node,
-                format!("the scratch region is {other:?}, not in the arena"),
-            ))
-        }
-    };
-    let [xs, dys, dwt] = [0, 1, 2].map(|i| Buf::Arena {
-        offset: base + at[i],
-        len: lens[i],
-    });
+    let [xs, dys, dwt] = scratch_regions(cx, node, lens)?;
     for (value, (c, p), out) in [(x, (g.c, g.h * g.w), xs), (dy, (g.oc, g.oh * g.ow), dys)] {
         let to_nhwc = ChannelsLast {
             c,

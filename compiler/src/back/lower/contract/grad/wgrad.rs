@@ -25,10 +25,19 @@ use netc_runtime::train::layout::ChannelsLast;
 use std::sync::Arc;
 
 /// The largest output map (pixels per image) whose weight gradient runs
-/// as one pass. Larger maps give the per-image GEMMs depth enough: vggish
-/// at batch 32 (maps of 96×64 down to 24×16) took 1.12–1.19× longer per
-/// convolution in one pass.
+/// as one pass unless it is narrow ([`NARROW_OUTPUTS`]). Larger maps give
+/// the per-image GEMMs depth enough: vggish at batch 32 (maps of 96×64
+/// down to 24×16) took 1.12–1.19× longer per convolution in one pass, its
+/// 128 → 256 convolutions on 24×16 maps 1.4× longer (session 22).
 const MAX_PIXELS: usize = 256;
+
+/// The most output channels whose weight gradient runs as one pass
+/// whatever the map size: the per-image product `dW[OC, C·KH·KW]` has
+/// only `OC` rows, and its im2col panel (14 MB per image for a 128-channel
+/// 3×3 on 56×56) is written and read once per image. densenet121's
+/// 32-channel 3×3 convolutions at batch 8 ran 1.26–1.34× faster in one
+/// pass on 56×56 maps and 1.29–1.45× on 28×28 (session 22).
+const NARROW_OUTPUTS: usize = kernel_avx512::NARROW;
 
 /// The most input or output channels a pass serves. Wider convolutions
 /// ran slower in one pass than per image: vggish's 256 → 512 on 12×8 maps
@@ -52,7 +61,7 @@ const MIN_BATCH_PIXELS: usize = 256;
 /// per-image GEMMs read `x` itself: no im2col to save; 1.3–2× faster than
 /// a pass on the SD UNet's), no follower fused into dW (the transpose
 /// writes dW last), and maps and channels in the ranges measured faster
-/// ([`MAX_PIXELS`], [`MIN_BATCH_PIXELS`], [`MIN_CHANNELS`],
+/// ([`MAX_PIXELS`] or [`NARROW_OUTPUTS`], [`MIN_BATCH_PIXELS`], [`MIN_CHANNELS`],
 /// [`MAX_CHANNELS`]).
 pub(super) fn applies(cx: &LowerCx, node: &Node, g: &Geometry) -> bool {
     cx.training
@@ -60,7 +69,7 @@ pub(super) fn applies(cx: &LowerCx, node: &Node, g: &Geometry) -> bool {
         && kernel_avx512::available()
         && g.groups == 1
         && g.kh * g.kw > 1
-        && g.spatial() <= MAX_PIXELS
+        && (g.spatial() <= MAX_PIXELS || g.oc <= NARROW_OUTPUTS)
         && g.n * g.spatial() >= MIN_BATCH_PIXELS
         && (MIN_CHANNELS..=MAX_CHANNELS).contains(&g.c)
         && g.oc <= MAX_CHANNELS

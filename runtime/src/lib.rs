@@ -20,6 +20,7 @@ pub mod gemm;
 pub mod group_norm;
 mod init;
 pub mod layer_norm;
+pub mod maxpool;
 pub mod npy;
 pub mod plan;
 pub mod pointwise;

@@ -5,11 +5,19 @@
 //!
 //! Channels first `[N, C, (H,) W]` by default; with `layout = "nhwc"` the
 //! 2-D pools take and give `[N, H, W, C]` (the layout pass's form).
+//!
+//! Channels-first max pooling over strided windows (other than 2×2 at
+//! stride 2) runs as the runtime's [`MaxPool2d`] row step instead
+//! (separable: window rows reduced column by column, then each output's
+//! taps of that row, vectorised; see its module).
 
 use super::{data::call, norm::channels_last, LowerCx};
 use crate::back::pool::{Axis, PoolKernel, PoolLayout, PoolOp, Window};
 use crate::back::BackError;
 use crate::ir::{Attr, Node};
+use netc_runtime::maxpool::{MaxPool2d, PoolAxis};
+use netc_runtime::plan::{Rows, Step, Work};
+use std::sync::Arc;
 
 /// Lowers the pooling ops; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -99,6 +107,10 @@ fn pool(cx: &mut LowerCx, node: &Node, op: PoolOp) -> Result<(), BackError> {
     } else {
         (axis(0), axis(1))
     };
+    if let (PoolOp::Max, PoolLayout::Nchw, Some(pool)) = (op, layout, max_pool(h, w)) {
+        pool.validate().map_err(|e| bad(&e))?;
+        return max_pool_rows(cx, node, outer, pool);
+    }
     let kernel = PoolKernel { op, layout, h, w };
     kernel.validate().map_err(|e| bad(&e.0))?;
     let units = kernel.units(outer);
@@ -119,6 +131,78 @@ fn pool(cx: &mut LowerCx, node: &Node, op: PoolOp) -> Result<(), BackError> {
         vec![outer * kernel.in_block(), units * kernel.row_len()],
         out,
     )
+}
+
+/// The runtime's form of a channels-first max pool over axes `h`, `w`:
+/// both strided (or `h` the unit axis of a 1-D pool); `None` for
+/// adaptive windows and for W windows that are unpadded pairs at stride
+/// 2 (VGG's `k = 2, stride = 2`), which the generated kernels' pair
+/// loads serve faster (vggish at batch 32: 1.7× forward, 1.9× backward).
+pub(super) fn max_pool(h: Axis, w: Axis) -> Option<MaxPool2d> {
+    let pair = Window::Strided {
+        k: 2,
+        stride: 2,
+        pad: 0,
+        dilation: 1,
+    };
+    if w.window == pair {
+        return None;
+    }
+    let axis = |a: Axis| match a.window {
+        Window::Strided {
+            k,
+            stride,
+            pad,
+            dilation,
+        } => Some(PoolAxis {
+            input: a.input as usize,
+            output: a.output as usize,
+            k: k as usize,
+            stride: stride as usize,
+            pad: pad as usize,
+            dilation: dilation as usize,
+        }),
+        Window::Adaptive if a.input == 1 && a.output == 1 => Some(PoolAxis {
+            input: 1,
+            output: 1,
+            k: 1,
+            stride: 1,
+            pad: 0,
+            dilation: 1,
+        }),
+        Window::Adaptive => None,
+    };
+    Some(MaxPool2d {
+        h: axis(h)?,
+        w: axis(w)?,
+    })
+}
+
+/// `pool` over `planes` planes as one row step: a row per output row.
+fn max_pool_rows(
+    cx: &mut LowerCx,
+    node: &Node,
+    planes: usize,
+    pool: MaxPool2d,
+) -> Result<(), BackError> {
+    let (rows, width) = (planes * pool.h.output, pool.w.output);
+    let input = cx.buf(node.inputs[0])?;
+    let output = cx.output(node.outputs[0])?;
+    if rows * width == 0 {
+        return Ok(());
+    }
+    cx.push(Step {
+        work: Work::Rows(Rows {
+            kernel: Arc::new(pool),
+            rows,
+            width,
+            grain: (2048 / width).max(1),
+        }),
+        inputs: vec![input],
+        output,
+        extents: vec![planes * pool.plane(), rows * width],
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Lowering of the 2-D pooling gradients (NCHW): `max_pool2d_grad(dy, x)`,
 //! `avg_pool2d_grad(dy)` and `adaptive_avg_pool2d_grad(dy)` to one
-//! `PoolGradKernel` call each.
+//! `PoolGradKernel` call each, except max pooling's over windows the
+//! forward runs in the runtime ([`super::pool::max_pool`]: all but VGG's
+//! 2×2 at stride 2), which runs as its [`MaxPool2dGrad`] row step (a row
+//! per plane, the taps picked by vector selects; see its module).
 //!
 //! A work unit is one `(n, c)` plane, so threads write disjoint planes:
 //! the kernel zeroes the plane of `dx`, then visits the output windows in
@@ -35,6 +38,9 @@ use cranelift_codegen::ir::{
     types, Block, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::FunctionBuilder;
+use netc_runtime::maxpool::MaxPool2dGrad;
+use netc_runtime::plan::{Rows, Step, Work};
+use std::sync::Arc;
 
 /// Lowers the 2-D pooling gradients; `None` for other ops.
 pub fn try_lower(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
@@ -477,8 +483,22 @@ fn pool_grad(cx: &mut LowerCx, node: &Node, op: PoolOp) -> Result<(), BackError>
             return Err(bad("a window lies entirely in the padding"));
         }
     }
-    let id = cx.jit.kernel(&kernel)?;
     let grain = (4096 / (h * w)).max(1);
+    if let (PoolOp::Max, Some(pool)) = (op, super::pool::max_pool(kernel.h, kernel.w)) {
+        cx.push(Step {
+            work: Work::Rows(Rows {
+                kernel: Arc::new(MaxPool2dGrad { pool }),
+                rows: n * c,
+                width: h * w,
+                grain,
+            }),
+            inputs,
+            output: out,
+            extents,
+        });
+        return Ok(());
+    }
+    let id = cx.jit.kernel(&kernel)?;
     call(cx, id, n * c, grain, inputs, extents, out)
 }
 

@@ -463,6 +463,8 @@ fn implicit_training_convolutions_match_the_interpreter() {
     // convolutions on 56x56 maps), stride 1 and stride 2.
     check_training_plan((2, 3, 8, &[40, 36], 16, 3, 1, 1, 1, 1), 1);
     check_training_plan((2, 3, 5, &[70, 60], 32, 3, 2, 1, 1, 1), 1);
-    // Fewer rows than the other implicit convolutions need (800).
+    // Fewer rows than the other implicit convolutions need (800, and
+    // 288 for a 12x12 map).
     check_training_plan((2, 2, 8, &[20, 20], 32, 3, 1, 1, 1, 1), 1);
+    check_training_plan((2, 2, 8, &[12, 12], 32, 3, 1, 1, 1, 1), 1);
 }

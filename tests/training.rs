@@ -281,6 +281,59 @@ fn eeg_gradients_match_pytorch() {
     }
 }
 
+/// A chain of three 3×3 convolutions on eeg_ccnn's 9×9 maps, narrower.
+const CONV_CHAIN: &str = "model chain() {
+    input x: f32[N, 4, 9, 9]
+    h = x |> conv1: conv2d(16, k = 3, pad = 1) |> relu
+          |> conv2: conv2d(24, k = 3, pad = 1) |> relu
+          |> conv3: conv2d(16, k = 3, pad = 1) |> relu
+          |> flatten |> dropout(0.25)
+    output logits = h |> out: linear(2)
+}
+train chain {
+    label y: i64[N]
+    loss = cross_entropy(logits, y)
+    optimizer = sgd(lr = 0.1)
+}";
+
+/// At batch 40 (3240 output pixels per convolution) conv2 and conv3, their
+/// input and weight gradients, the ReLUs around them and their bias
+/// gradients run channels last (`passes::layout`'s training chains, on
+/// AVX-512 CPUs), conv1 NCHW: the compiled step's loss and gradients
+/// against the f64 interpreter on the NCHW training graph.
+#[test]
+fn channels_last_training_step_matches_the_interpreter() {
+    let file = std::env::temp_dir().join(format!("netc-conv-chain-{}.net", std::process::id()));
+    std::fs::write(&file, CONV_CHAIN).unwrap();
+    let g = load_model(&file, Some("chain"), &[]).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let n = 40;
+    let x: Vec<f32> = (0..n * 4 * 81)
+        .map(|i| ((i * 7919 + 17) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| (i * 5 + 1) % 3 % 2).collect();
+    let fix: HashMap<String, Tensor> = [
+        (
+            "input.x".to_string(),
+            Tensor::from_f32(&[n, 4, 9, 9], x).unwrap(),
+        ),
+        (
+            "label.y".to_string(),
+            Tensor::new(&[n], Storage::I64(y)).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let (got, want) = (native_gradients(&g, &fix), interpreter_gradients(&g, &fix));
+    let loss_error = (got.loss - want.loss).abs() / want.loss.abs();
+    assert!(loss_error < 1e-5, "loss differs by {loss_error:.2e}");
+    assert_eq!(got.grads.len(), 8);
+    for ((path, a), (_, b)) in got.grads.iter().zip(&want.grads) {
+        let e = rel_l2(a, b);
+        assert!(e < 1e-4, "gradient of {path} differs by {e:.2e}");
+    }
+}
+
 #[test]
 fn vggish_gradients_match_pytorch() {
     let g = graph("vggish.net", "vggish", &[]);

@@ -19,9 +19,23 @@
 //!   leaves it (a node outside the chain, a model output);
 //! - finally, pairs of permutes that invert each other cancel (VGGish's
 //!   channels-last flatten meets the chain's exit transform and both go).
+//!
+//! [`run_training`] does the same on a training graph (forward, loss and
+//! backward) with the members a training plan can run channels last: the
+//! convolutions, input gradients and weight gradients that the caller
+//! finds a channels-last path for (the implicit GEMMs and the one-pass
+//! weight gradient), and elementwise ops (`relu`, `relu_grad`, `add`,
+//! ...). Their convolutions get `act_layout = "nhwc"`: channels-last
+//! activations, the weight (and weight gradient) still `[OC, C, KH, KW]`,
+//! since the optimizer owns it. A weight gradient and a per-channel `sum`
+//! over `[0, 2, 3]` (a bias gradient, which becomes a sum over `[0, 1,
+//! 2]`) are *sinks*: they read the chain's activations, and their results
+//! are not activations. Why: each such convolution otherwise transposes
+//! its activations in and its result out (`docs/training.md`), and a
+//! chain of them transposed every activation twice per step.
 
 use super::rewrite::{self, new_node};
-use crate::back::clif::{binary_of, unary_of};
+use crate::back::clif::{binary_node, binary_of, unary_of};
 use crate::ir::{Attr, Dim, Graph, Node, Op, TensorType, ValueId};
 use netc_runtime::DType;
 use std::collections::{HashMap, HashSet};
@@ -50,7 +64,6 @@ pub struct LayoutStats {
 
 /// Runs the layout pass on `g`.
 pub fn run(g: &mut Graph) -> LayoutStats {
-    let mut stats = LayoutStats::default();
     let derived = rewrite::param_derived(g);
     let slots: Vec<Option<Vec<usize>>> = g
         .nodes
@@ -62,6 +75,54 @@ pub fn run(g: &mut Graph) -> LayoutStats {
                 .flatten()
         })
         .collect();
+    let sinks = vec![false; g.nodes.len()];
+    rewrite_chains(g, slots, sinks, false)
+}
+
+/// Runs the layout pass on the training graph `g` (see the module docs):
+/// `ready(g, node)` says whether a convolution or gradient of it runs
+/// channels last in the plan being built.
+pub fn run_training(g: &mut Graph, ready: &dyn Fn(&Graph, &Node) -> bool) -> LayoutStats {
+    let derived = rewrite::param_derived(g);
+    // A layer's convolution, input gradient and weight gradient go
+    // channels last together or not at all: one of them NCHW would put
+    // transforms on both sides of it (densenet121 at batch 8, whose
+    // input gradients on 56×56 maps have no channels-last path, took
+    // 1.18× longer per step with its forwards and weight gradients
+    // channels last alone).
+    let mut layer_ready: HashMap<String, bool> = HashMap::new();
+    for n in g.nodes.iter().filter(|n| is_conv_family(n)) {
+        let ok = ready(g, n);
+        *layer_ready.entry(n.path.clone()).or_insert(true) &= ok;
+    }
+    let ready =
+        |g: &Graph, n: &Node| layer_ready.get(n.path.as_str()) == Some(&true) && ready(g, n);
+    let mut sinks = vec![false; g.nodes.len()];
+    let slots: Vec<Option<Vec<usize>>> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let prepared = n.outputs.iter().all(|v| derived.contains(v));
+            let (slots, sink) = training_slots(g, n, &ready)?;
+            sinks[i] = sink;
+            (!prepared).then_some(slots)
+        })
+        .collect();
+    rewrite_chains(g, slots, sinks, true)
+}
+
+/// Turns NHWC the chains of the nodes with `slots` (their activation
+/// operands; `sinks` mark the nodes whose results are not activations)
+/// that hold a wide `conv2d`, inserting the transforms where layouts
+/// meet.
+fn rewrite_chains(
+    g: &mut Graph,
+    slots: Vec<Option<Vec<usize>>>,
+    sinks: Vec<bool>,
+    training: bool,
+) -> LayoutStats {
+    let mut stats = LayoutStats::default();
     let producer: HashMap<ValueId, usize> = g
         .nodes
         .iter()
@@ -100,7 +161,12 @@ pub fn run(g: &mut Graph) -> LayoutStats {
     }
     // Retype the chain's values, remembering their NCHW types for exits.
     let mut nchw_ty: HashMap<ValueId, TensorType> = HashMap::new();
-    for (_, n) in g.nodes.iter().enumerate().filter(|(i, _)| nhwc[*i]) {
+    for (_, n) in g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| nhwc[*i] && !sinks[*i])
+    {
         for v in &n.outputs {
             nchw_ty.insert(*v, g.ty(*v).clone());
         }
@@ -128,7 +194,9 @@ pub fn run(g: &mut Graph) -> LayoutStats {
                 node.inputs[k] = t.convert(g, v, &TO_NCHW, nchw_ty[&v].clone(), &node);
             }
         }
-        if nhwc[i] {
+        if nhwc[i] && training {
+            to_nhwc_training_op(&mut node);
+        } else if nhwc[i] {
             to_nhwc_op(g, &mut node, &mut t);
         }
         t.nodes.push(node);
@@ -185,20 +253,84 @@ fn activation_slots(g: &Graph, node: &Node) -> Option<Vec<usize>> {
         }
         "dropout" if image(x) => Some(vec![0]),
         _ if unary_of(node).is_some() && node.inputs.len() == 1 && image(x) => Some(vec![0]),
-        name if binary_of(name).is_some() && node.inputs.len() == 2 => {
-            let out_shape = &g.ty(out).shape;
-            let mut slots = Vec::new();
-            for (k, v) in node.inputs.iter().enumerate() {
-                let s = &g.ty(*v).shape;
-                if s == out_shape && image(v) {
-                    slots.push(k);
-                } else if !s.iter().all(|d| d.as_known() == Some(1)) {
-                    return None;
+        name if binary_of(name).is_some() && node.inputs.len() == 2 => binary_slots(g, node),
+        _ => None,
+    }
+}
+
+/// The operands of a two-operand elementwise `node` with a 4-D result
+/// that have its shape; `None` if another operand is not a size-1
+/// broadcast.
+fn binary_slots(g: &Graph, node: &Node) -> Option<Vec<usize>> {
+    let out = g.ty(node.outputs[0]);
+    let mut slots = Vec::new();
+    for (k, v) in node.inputs.iter().enumerate() {
+        let t = g.ty(*v);
+        if t.shape == out.shape && t.rank() == 4 && t.dtype == DType::F32 && !t.sparse {
+            slots.push(k);
+        } else if !t.shape.iter().all(|d| d.as_known() == Some(1)) {
+            return None;
+        }
+    }
+    (!slots.is_empty()).then_some(slots)
+}
+
+/// The activation operands of a training graph's `node` that can work
+/// channels last, and whether it is a sink (its results are not
+/// activations); `None` if it cannot.
+fn training_slots(
+    g: &Graph,
+    node: &Node,
+    ready: &dyn Fn(&Graph, &Node) -> bool,
+) -> Option<(Vec<usize>, bool)> {
+    let image = |v: &ValueId| {
+        let t = g.ty(*v);
+        t.rank() == 4 && t.dtype == DType::F32 && !t.sparse
+    };
+    let x = node.inputs.first()?;
+    match node.op.name {
+        "conv2d" | "conv2d_grad_input" if ready(g, node) => Some((vec![0], false)),
+        "conv2d_grad_weight" if ready(g, node) => Some((vec![0, 1], true)),
+        "sum"
+            if image(x)
+                && matches!(node.op.attr("dims"), Some(Attr::Ints(d)) if d[..] == [0, 2, 3])
+                && !matches!(node.op.attr("keepdim"), Some(Attr::Bool(true))) =>
+        {
+            Some((vec![0], true))
+        }
+        "conv2d" | "conv2d_grad_input" | "conv2d_grad_weight" | "sum" => None,
+        // Activation gradients (`relu_grad(dy, y)`) and arithmetic.
+        _ if binary_node(node).is_some() && node.inputs.len() == 2 && image(&node.outputs[0]) => {
+            binary_slots(g, node).map(|s| (s, false))
+        }
+        _ => activation_slots(g, node)
+            .filter(|_| unary_of(node).is_some() || binary_of(node.op.name).is_some())
+            .map(|s| (s, false)),
+    }
+}
+
+/// Whether `node` is a 2-D convolution or one of its gradients.
+fn is_conv_family(node: &Node) -> bool {
+    matches!(
+        node.op.name,
+        "conv2d" | "conv2d_grad_input" | "conv2d_grad_weight"
+    )
+}
+
+/// Rewrites a training chain's node into its channels-last form.
+fn to_nhwc_training_op(node: &mut Node) {
+    match node.op.name {
+        "conv2d" | "conv2d_grad_input" | "conv2d_grad_weight" => {
+            node.op.attrs.push(("act_layout", Attr::Str("nhwc".into())));
+        }
+        "sum" => {
+            for (k, a) in &mut node.op.attrs {
+                if *k == "dims" {
+                    *a = Attr::Ints(vec![0, 1, 2]);
                 }
             }
-            (!slots.is_empty()).then_some(slots)
         }
-        _ => None,
+        _ => {}
     }
 }
 

@@ -613,3 +613,69 @@ fn compiled_model_with_folded_batch_norm_matches_the_reference() {
     assert_f32_close(&got, &want, "folded");
     assert_eq!(fused, 2, "each relu runs in its convolution's epilogue");
 }
+
+/// Three 3×3 convolutions on 9×9 maps (eeg_ccnn's shape, narrower): at
+/// batch 40 (3240 output pixels) conv2 and conv3 have channels-last paths
+/// for all three of their ops; conv1 (4 input channels) has none for its
+/// weight gradient.
+const TRAIN_CHAIN: &str = "model m() {
+    input x: f32[N, 4, 9, 9]
+    h = x |> conv1: conv2d(16, k = 3, pad = 1) |> relu
+          |> conv2: conv2d(24, k = 3, pad = 1) |> relu
+          |> conv3: conv2d(16, k = 3, pad = 1) |> relu
+          |> flatten
+    output logits = h |> out: linear(2)
+}
+train m {
+    label y: i64[N]
+    loss = cross_entropy(logits, y)
+    optimizer = sgd(lr = 0.1)
+}";
+
+#[test]
+fn training_chains_go_channels_last_and_keep_loss_and_gradients() {
+    let g = program(TRAIN_CHAIN).unwrap();
+    let tg = crate::grad::training_graph(&g).unwrap();
+    let mut after = tg.graph.clone();
+    let bound: HashMap<_, _> = (0..after.symbols.len())
+        .map(|s| (crate::ir::SymId(s as u32), 40))
+        .collect();
+    let stats = crate::train::step::training_layout(&mut after, &bound, &CompileOptions::default());
+    super::rewrite::verify(&after).unwrap();
+    if netc_runtime::gemm::kernel_avx512::available() {
+        let last = |n: &crate::ir::Node| matches!(n.op.attr("act_layout"), Some(Attr::Str(s)) if s == "nhwc");
+        for n in after
+            .nodes
+            .iter()
+            .filter(|n| n.op.name.starts_with("conv2d"))
+        {
+            let want = n.path != "conv1";
+            assert_eq!(last(n), want, "{} at {}", n.op.name, n.path);
+        }
+        for n in after
+            .nodes
+            .iter()
+            .filter(|n| n.op.name == "sum" && n.path != "out")
+        {
+            let dims = n.op.attr("dims");
+            assert_eq!(dims, Some(&Attr::Ints(vec![0, 1, 2])), "sum at {}", n.path);
+        }
+        // In: conv1's output and the flatten's gradient; out: the flatten's
+        // input and conv1's gradient.
+        let permutes = after.nodes.iter().filter(|n| n.op.name == "permute");
+        assert_eq!(permutes.count(), 4, "{}", print_graph(&after));
+        assert_eq!(stats.nhwc_chains, 1);
+    }
+    // The semantics do not depend on the batch the pass decided for.
+    let mut rng = Rng(5);
+    let inputs = vec![
+        ("x".to_string(), rng.array(&[2, 4, 9, 9])),
+        ("y".to_string(), Array::new(&[2], vec![1.0, 0.0])),
+    ];
+    let params = random_params(&g, 6);
+    assert_close(
+        &run(&after, &inputs, &params),
+        &run(&tg.graph, &inputs, &params),
+        "training layout",
+    );
+}

@@ -5,14 +5,41 @@
 //! nothing and compiles nothing.
 
 use crate::back::jit::Jit;
+use crate::back::lower::contract::runs_channels_last;
 use crate::back::lower::{lower_with, Lowered, OutputMode};
 use crate::grad::TrainingGraph;
-use crate::ir::{Graph, SymId};
+use crate::ir::{Graph, Node, SymId, ValueId};
 use crate::options::{CompileOptions, LayoutChoice};
 use crate::session::{layer_times, LayerTime, RunError};
 use netc_runtime::plan::{Buf, Executor};
 use netc_runtime::DType;
 use std::collections::HashMap;
+
+/// Runs the training layout pass (`passes::layout::run_training`) on
+/// `graph` for the symbol values `bound`: a convolution or gradient goes
+/// channels last when, at these sizes and under `options`, the lowering
+/// has a channels-last path for it.
+pub(crate) fn training_layout(
+    graph: &mut Graph,
+    bound: &HashMap<SymId, i64>,
+    options: &CompileOptions,
+) -> crate::passes::layout::LayoutStats {
+    let sizes = |g: &Graph, v: ValueId| -> Option<Vec<usize>> {
+        g.ty(v)
+            .shape
+            .iter()
+            .map(|d| usize::try_from(d.eval(&|s| bound.get(&s).copied()).as_known()?).ok())
+            .collect()
+    };
+    let ready = |g: &Graph, n: &Node| {
+        let operand = |k: usize| n.inputs.get(k).and_then(|v| sizes(g, *v));
+        match (sizes(g, n.outputs[0]), operand(0), operand(1)) {
+            (Some(out), Some(a), Some(b)) => runs_channels_last(n, (&out, &a, &b), options),
+            _ => false,
+        }
+    };
+    crate::passes::layout::run_training(graph, &ready)
+}
 
 /// The training plan of one batch shape.
 pub struct TrainStep {
@@ -26,19 +53,31 @@ pub struct TrainStep {
 impl TrainStep {
     /// Compiles `tg` for inputs and labels of the given shapes (by name;
     /// the seed input, when the graph has one, is `[2]` and implied).
-    /// The training graph keeps NCHW activations (`docs/training.md`).
+    /// The inference passes run up to the layout pass; then, with
+    /// `layout = auto`, the training layout pass (convolution chains
+    /// that run channels last at these sizes, `passes::layout`), then
+    /// fusion.
     pub fn compile(
         tg: &TrainingGraph,
         shapes: &[(&str, &[usize])],
         options: CompileOptions,
     ) -> Result<TrainStep, RunError> {
+        let channels_last = options.layout == LayoutChoice::Auto;
         let options = CompileOptions {
             layout: LayoutChoice::Nchw,
             ..options
         };
-        let graph = crate::passes::pipeline::optimize(tg.graph.clone(), &options, None)
-            .map_err(RunError::Inputs)?;
+        let mut graph =
+            crate::passes::pipeline::optimize(tg.graph.clone(), &options, Some("layout"))
+                .map_err(RunError::Inputs)?;
         let bound = bind(&graph, shapes)?;
+        if channels_last {
+            training_layout(&mut graph, &bound, &options);
+        }
+        if options.fuse {
+            crate::passes::fuse::run(&mut graph);
+        }
+        crate::passes::rewrite::verify(&graph).map_err(RunError::Inputs)?;
         let symbols: Vec<(String, i64)> = bound
             .iter()
             .map(|(s, v)| (graph.sym_name(*s), *v))

@@ -19,6 +19,7 @@
 
 mod conv;
 mod grad;
+pub(crate) use grad::runs_channels_last;
 mod prepack;
 
 pub use prepack::persistent_len;

@@ -218,8 +218,14 @@ fn geometry(
             _ => None,
         }
     };
+    // Channels-last activations `[N, H, W, C]`, read as NCHW sizes.
+    let last = channels_last(node) && nd == 2;
+    let act = |s: &[usize]| match (last, two_d(s)) {
+        (true, Some([n, h, w, c])) => Some([n, c, h, w]),
+        (_, d) => d,
+    };
     let shapes = || format!("dy {dy_shape:?}, input {x_shape:?}, weight {w_shape:?}");
-    let (Some(dy), Some(x), Some(w)) = (two_d(dy_shape), two_d(x_shape), two_d(w_shape)) else {
+    let (Some(dy), Some(x), Some(w)) = (act(dy_shape), act(x_shape), two_d(w_shape)) else {
         return Err(bad(
             node,
             format!("{} are not all rank {}", shapes(), nd + 2),
@@ -265,10 +271,49 @@ fn geometry(
     Ok(g)
 }
 
+/// Whether `node` (a convolution or its gradient in a training graph)
+/// has channels-last activations and an NCHW weight: `act_layout =
+/// "nhwc"`, set by the training layout pass (`passes::layout`).
+pub(crate) fn channels_last(node: &Node) -> bool {
+    matches!(node.op.attr("act_layout"), Some(Attr::Str(s)) if s == "nhwc")
+}
+
+/// Whether a training graph's `conv2d`, `conv2d_grad_input` or
+/// `conv2d_grad_weight` `node`, of result shape `out` and first two
+/// input shapes `in0`, `in1` (all NCHW), would run on a path that reads
+/// and writes channels-last activations directly under `options`: the
+/// implicit GEMM (forward; input gradient at stride 1) or the one-pass
+/// weight gradient. The training layout pass keeps every other
+/// convolution, and the activations around it, NCHW.
+pub(crate) fn runs_channels_last(
+    node: &Node,
+    (out, in0, in1): (&[usize], &[usize], &[usize]),
+    options: &crate::options::CompileOptions,
+) -> bool {
+    use crate::options::GemmChoice;
+    let packed = match options.gemm {
+        GemmChoice::Packed => true,
+        GemmChoice::Auto => netc_runtime::gemm::kernel_avx512::available(),
+        GemmChoice::Native | GemmChoice::Cranelift => false,
+    };
+    node.op.attr("layout").is_none()
+        && match node.op.name {
+            // (dy, x, w) of each.
+            "conv2d" => {
+                geometry(node, out, in0, in1).is_ok_and(|g| packed && implicit::fits_forward(&g))
+            }
+            "conv2d_grad_input" => geometry(node, in0, out, in1)
+                .is_ok_and(|g| packed && g.flipped_pad().is_some() && implicit::fits(&g)),
+            "conv2d_grad_weight" => geometry(node, in0, in1, out).is_ok_and(|g| wgrad::fits(&g)),
+            _ => false,
+        }
+}
+
 /// The forward `conv2d` of a training plan as one implicit GEMM over
 /// the batch ([`implicit`]); `None` when that does not apply (an
 /// inference plan, NHWC, groups, a 1-D convolution), and the caller
-/// lowers it per image.
+/// lowers it per image. Channels-last activations always take it (or
+/// fail).
 pub(super) fn implicit_forward(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
     let nchw = match node.op.attr("layout") {
         None => true,
@@ -278,35 +323,49 @@ pub(super) fn implicit_forward(cx: &mut LowerCx, node: &Node) -> Option<Result<(
     if node.op.name != "conv2d" || !nchw || !cx.training {
         return None;
     }
+    let last = channels_last(node);
     let shape = |v| cx.shape(v).ok();
     let (x, w, y) = (
         shape(node.inputs[0])?,
         shape(*node.inputs.get(1)?)?,
         shape(node.outputs[0])?,
     );
-    let g = geometry(node, &y, &x, &w).ok()?;
+    let g = match geometry(node, &y, &x, &w) {
+        Ok(g) => g,
+        Err(e) if last => return Some(Err(e)),
+        Err(_) => return None,
+    };
     if !implicit::applies_forward(cx, &g) {
-        return None;
+        return last.then(|| Err(not_channels_last(node)));
     }
     let role = implicit::Role::Forward(node.inputs.get(2).copied());
-    Some(implicit::emit(
-        cx,
+    let operands = (node.inputs[0], node.inputs[1]);
+    Some(implicit::emit(cx, node, &g, operands, role, last))
+}
+
+/// The error of a channels-last convolution that no channels-last path
+/// takes (the training layout pass and the lowering disagree).
+fn not_channels_last(node: &Node) -> BackError {
+    bad(
         node,
-        &g,
-        node.inputs[0],
-        node.inputs[1],
-        role,
-    ))
+        "has channels-last activations (act_layout \"nhwc\") but no channels-last path takes it"
+            .into(),
+    )
 }
 
 /// `dx = col2im(Wᵀ·dy)` per image and group.
 fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (x_shape, w_shape) = (cx.shape(node.outputs[0])?, cx.shape(node.inputs[1])?);
     if let Some(Attr::Dims(dims)) = node.op.attr("input_shape") {
-        let same = dims.len() == x_shape.len()
+        // The attribute is NCHW.
+        let nchw = match (channels_last(node), &x_shape[..]) {
+            (true, &[n, h, w, c]) => vec![n, c, h, w],
+            _ => x_shape.clone(),
+        };
+        let same = dims.len() == nchw.len()
             && dims
                 .iter()
-                .zip(&x_shape)
+                .zip(&nchw)
                 .all(|(d, &s)| d.as_known().is_none_or(|v| v == s as i64));
         if !same {
             return Err(bad(
@@ -321,7 +380,11 @@ fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());
     let direct = g.pointwise();
     if let (Some(pad), true) = (g.flipped_pad(), implicit::applies(cx, &g)) {
-        return implicit::emit(cx, node, &g, dy, wt, implicit::Role::GradInput(pad));
+        let role = implicit::Role::GradInput(pad);
+        return implicit::emit(cx, node, &g, (dy, wt), role, channels_last(node));
+    }
+    if channels_last(node) {
+        return Err(not_channels_last(node));
     }
     if let (Some(pad), false) = (g.flipped_pad(), direct) {
         return conv_grad_input_flipped(cx, node, &g, pad);
@@ -473,7 +536,10 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
         }
     }
     if wgrad::applies(cx, node, &g) {
-        return wgrad::emit(cx, node, &g);
+        return wgrad::emit(cx, node, &g, channels_last(node));
+    }
+    if channels_last(node) {
+        return Err(not_channels_last(node));
     }
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());

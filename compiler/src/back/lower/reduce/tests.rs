@@ -28,6 +28,9 @@ fn sums_and_means_match_the_interpreter() {
         (vec![5, 4, 3], "1"),
         (vec![5, 8, 9], "[0, 2]"),
         (vec![2, 4, 3, 3], "[0, 2, 3]"),
+        // Channels-last bias gradients: blocks of 64 and of 50 rows.
+        (vec![4, 8, 8, 20], "[0, 1, 2]"),
+        (vec![2, 10, 25, 17], "[0, 1, 2]"),
     ] {
         let dimsz = shape
             .iter()
@@ -92,4 +95,16 @@ fn per_channel_sums_run_in_two_kernels() {
     assert_eq!(two(&[1, 16, 5, 7], &[0, 2, 3]), None);
     assert_eq!(two(&[2, 3, 4, 5], &[1, 3]), None);
     assert_eq!(two(&[6, 10], &[0]), None);
+}
+
+#[test]
+fn long_leading_sums_run_over_blocks_of_rows() {
+    let blocks =
+        |shape: &[usize], dims: &[usize]| ReduceKernel::new(shape, dims, None).row_blocks();
+    assert_eq!(blocks(&[4, 8, 8, 20], &[0, 1, 2]), Some([256, 20, 64]));
+    assert_eq!(blocks(&[2, 10, 25, 17], &[0, 1, 2]), Some([500, 17, 50]));
+    // Few rows, narrow rows, no divisor between 16 and 64 (509 is prime).
+    assert_eq!(blocks(&[100, 20], &[0]), None);
+    assert_eq!(blocks(&[512, 8], &[0]), None);
+    assert_eq!(blocks(&[509, 32], &[0]), None);
 }

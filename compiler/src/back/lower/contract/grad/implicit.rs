@@ -61,10 +61,18 @@ const MIN_ROWS: usize = 8 * netc_runtime::gemm::packed::MC;
 /// the GEMM operand directly, no im2col to save), maps of at most
 /// [`MAX_PIXELS`] and at least [`MIN_ROWS`] rows over the batch.
 pub(super) fn applies(cx: &LowerCx, g: &Geometry) -> bool {
-    cx.training
-        && !cx.in_prepare
-        && prepack::enabled(cx)
-        && g.groups == 1
+    packs_per_step(cx) && fits(g)
+}
+
+/// Whether this plan can pack a weight in a run step for an implicit
+/// GEMM: a training plan outside the prepare steps, on the packed GEMM.
+fn packs_per_step(cx: &LowerCx) -> bool {
+    cx.training && !cx.in_prepare && prepack::enabled(cx)
+}
+
+/// The geometric conditions of [`applies`].
+pub(super) fn fits(g: &Geometry) -> bool {
+    g.groups == 1
         && g.kh * g.kw > 1
         && g.spatial().max(g.h * g.w) <= MAX_PIXELS
         && g.n * g.spatial().min(g.h * g.w) >= MIN_ROWS
@@ -89,11 +97,13 @@ const MIN_NARROW_ROWS: usize = 256;
 /// [`applies`] (densenet121's 14×14 block at batch 8, 1568 rows: 2.1×
 /// faster than per image).
 pub(super) fn applies_forward(cx: &LowerCx, g: &Geometry) -> bool {
-    applies(cx, g)
-        || (cx.training
-            && !cx.in_prepare
-            && prepack::enabled(cx)
-            && g.groups == 1
+    packs_per_step(cx) && fits_forward(g)
+}
+
+/// The geometric conditions of [`applies_forward`].
+pub(super) fn fits_forward(g: &Geometry) -> bool {
+    fits(g)
+        || (g.groups == 1
             && g.kh * g.kw > 1
             && g.oc <= NARROW_OUTPUTS
             && g.n * g.spatial() >= MIN_NARROW_ROWS)
@@ -110,14 +120,16 @@ pub(super) enum Role {
 }
 
 /// Emits `node` (reading `input` and weight `w`) as the steps of the
-/// module docs.
+/// module docs; with `channels_last`, `input` and the result are NHWC
+/// already (`act_layout = "nhwc"`): no transposes, the GEMM writes the
+/// result and runs every follower in its hook.
 pub(super) fn emit(
     cx: &mut LowerCx,
     node: &Node,
     g: &Geometry,
-    input: ValueId,
-    w: ValueId,
+    (input, w): (ValueId, ValueId),
     role: Role,
+    channels_last: bool,
 ) -> Result<(), BackError> {
     let (geom, weight, bias) = match role {
         Role::Forward(bias) => (
@@ -159,14 +171,15 @@ pub(super) fn emit(
     let (depth, cols) = (weight.depth(), weight.width());
     let (rows, in_c, in_p) = (geom.rows(), geom.c, geom.h * geom.w);
     let out_p = geom.oh * geom.ow;
-    // Scratch: [x as NHWC | W as B | B packed | C as NHWC].
+    // Scratch: [x as NHWC | W as B | B packed | C as NHWC] (x and C are
+    // the node's own buffers when channels last).
     let lens = [
         geom.n * in_p * in_c,
         depth * cols,
         packed_b_len(depth, cols),
         rows * cols,
     ];
-    let [xs, wr, wp, cs] = scratch_regions(cx, node, lens)?;
+    let [mut xs, wr, wp, mut cs] = scratch_regions(cx, node, lens)?;
     // The weight as B, then packed.
     let (wbuf, wlen) = (cx.buf(w)?, cx.numel(w)?);
     cx.push(rows_step(Arc::new(weight), depth, cols, (wbuf, wlen), wr));
@@ -186,23 +199,31 @@ pub(super) fn emit(
         wp,
     ));
     // The input as NHWC.
-    let to_nhwc = ChannelsLast {
-        c: in_c,
-        p: in_p,
-        channels_last: true,
-    };
     let (ibuf, ilen) = (cx.buf(input)?, cx.numel(input)?);
-    cx.push(rows_step(
-        Arc::new(to_nhwc),
-        geom.n,
-        to_nhwc.width(),
-        (ibuf, ilen),
-        xs,
-    ));
+    if channels_last {
+        xs = ibuf;
+    } else {
+        let to_nhwc = ChannelsLast {
+            c: in_c,
+            p: in_p,
+            channels_last: true,
+        };
+        cx.push(rows_step(
+            Arc::new(to_nhwc),
+            geom.n,
+            to_nhwc.width(),
+            (ibuf, ilen),
+            xs,
+        ));
+    }
     // The epilogue: in the GEMM's hook on the NHWC rows when it reads no
-    // other tensor, else after the transpose on the NCHW output.
+    // other tensor (any when channels last: the others are NHWC too),
+    // else after the transpose on the NCHW output.
     let followers = cx.followers(node);
     let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
+    if channels_last {
+        cs = cx.output(last)?;
+    }
     let nhwc = epilogue_chain(
         cx.g,
         node,
@@ -214,10 +235,13 @@ pub(super) fn emit(
         bias.map(|b| (b, Bcast::PerColumn)),
     );
     let (fused, after) = match nhwc {
-        Ok(Some((chain, values))) if values.len() == usize::from(bias.is_some()) => {
+        Ok(Some((chain, values)))
+            if channels_last || values.len() == usize::from(bias.is_some()) =>
+        {
             (Some((chain, values)), None)
         }
         Ok(None) => (None, None),
+        Err(e) if channels_last => return Err(e),
         _ => {
             let nchw = epilogue_chain(
                 cx.g,
@@ -289,6 +313,9 @@ pub(super) fn emit(
         output: cs,
         extents,
     });
+    if channels_last {
+        return Ok(());
+    }
     // The result back to NCHW.
     let out = cx.output(last)?;
     let to_nchw = ChannelsLast {

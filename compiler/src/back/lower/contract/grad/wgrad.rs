@@ -64,20 +64,29 @@ const MIN_BATCH_PIXELS: usize = 256;
 /// ([`MAX_PIXELS`] or [`NARROW_OUTPUTS`], [`MIN_BATCH_PIXELS`], [`MIN_CHANNELS`],
 /// [`MAX_CHANNELS`]).
 pub(super) fn applies(cx: &LowerCx, node: &Node, g: &Geometry) -> bool {
-    cx.training
-        && !cx.in_prepare
-        && kernel_avx512::available()
+    cx.training && !cx.in_prepare && fits(g) && cx.followers(node).is_empty()
+}
+
+/// The conditions of [`applies`] on the CPU and the geometry.
+pub(super) fn fits(g: &Geometry) -> bool {
+    kernel_avx512::available()
         && g.groups == 1
         && g.kh * g.kw > 1
         && (g.spatial() <= MAX_PIXELS || g.oc <= NARROW_OUTPUTS)
         && g.n * g.spatial() >= MIN_BATCH_PIXELS
         && (MIN_CHANNELS..=MAX_CHANNELS).contains(&g.c)
         && g.oc <= MAX_CHANNELS
-        && cx.followers(node).is_empty()
 }
 
-/// Emits the weight gradient `node` of `g` as the module docs describe.
-pub(super) fn emit(cx: &mut LowerCx, node: &Node, g: &Geometry) -> Result<(), BackError> {
+/// Emits the weight gradient `node` of `g` as the module docs describe;
+/// with `channels_last`, `x` and `dy` are NHWC already (`act_layout =
+/// "nhwc"`) and step 1 is left out.
+pub(super) fn emit(
+    cx: &mut LowerCx,
+    node: &Node,
+    g: &Geometry,
+    channels_last: bool,
+) -> Result<(), BackError> {
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let kernel = ConvWeightGrad {
         geom: g.forward_geom(),
@@ -86,8 +95,16 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, g: &Geometry) -> Result<(), Ba
     let rows = kernel.result_rows();
     // Scratch: [x as NHWC | dy as NHWC | dWᵀ].
     let lens = [kernel.x_len(), kernel.dy_len(), rows * g.oc];
-    let [xs, dys, dwt] = scratch_regions(cx, node, lens)?;
-    for (value, (c, p), out) in [(x, (g.c, g.h * g.w), xs), (dy, (g.oc, g.oh * g.ow), dys)] {
+    let [mut xs, mut dys, dwt] = scratch_regions(cx, node, lens)?;
+    if channels_last {
+        (xs, dys) = (cx.buf(x)?, cx.buf(dy)?);
+    }
+    let transposes = if channels_last {
+        vec![]
+    } else {
+        vec![(x, (g.c, g.h * g.w), xs), (dy, (g.oc, g.oh * g.ow), dys)]
+    };
+    for (value, (c, p), out) in transposes {
         let to_nhwc = ChannelsLast {
             c,
             p,

@@ -281,21 +281,6 @@ fn eeg_gradients_match_pytorch() {
     }
 }
 
-/// A chain of three 3×3 convolutions on eeg_ccnn's 9×9 maps, narrower.
-const CONV_CHAIN: &str = "model chain() {
-    input x: f32[N, 4, 9, 9]
-    h = x |> conv1: conv2d(16, k = 3, pad = 1) |> relu
-          |> conv2: conv2d(24, k = 3, pad = 1) |> relu
-          |> conv3: conv2d(16, k = 3, pad = 1) |> relu
-          |> flatten |> dropout(0.25)
-    output logits = h |> out: linear(2)
-}
-train chain {
-    label y: i64[N]
-    loss = cross_entropy(logits, y)
-    optimizer = sgd(lr = 0.1)
-}";
-
 /// At batch 40 (3240 output pixels per convolution) conv2 and conv3, their
 /// input and weight gradients, the ReLUs around them and their bias
 /// gradients run channels last (`passes::layout`'s training chains, on
@@ -303,10 +288,8 @@ train chain {
 /// against the f64 interpreter on the NCHW training graph.
 #[test]
 fn channels_last_training_step_matches_the_interpreter() {
-    let file = std::env::temp_dir().join(format!("netc-conv-chain-{}.net", std::process::id()));
-    std::fs::write(&file, CONV_CHAIN).unwrap();
+    let file = repo().join("tests/fixtures/conv_chain.net");
     let g = load_model(&file, Some("chain"), &[]).unwrap();
-    std::fs::remove_file(&file).unwrap();
     let n = 40;
     let x: Vec<f32> = (0..n * 4 * 81)
         .map(|i| ((i * 7919 + 17) % 1000) as f32 / 500.0 - 1.0)

@@ -57,11 +57,7 @@ pub fn eval(
             _ => return Some(Err("conv2d in NHWC needs a 4-D weight".into())),
         }
     }
-    let attrs: Vec<_> =
-        a.0.iter()
-            .filter(|(k, _)| *k != "layout")
-            .cloned()
-            .collect();
+    let attrs = without(a, "layout");
     let refs: Vec<&Array> = args.iter().collect();
     let shape = to(&out[0], &TO_NCHW);
     Some(nchw(name, &Attrs(&attrs), &refs, &[shape]).map(|rs| {
@@ -104,11 +100,7 @@ fn activations(
     for &k in inputs {
         args[k] = permute(x[k], &TO_NCHW, &to(&x[k].shape, &TO_NCHW));
     }
-    let attrs: Vec<_> =
-        a.0.iter()
-            .filter(|(k, _)| *k != "act_layout")
-            .cloned()
-            .collect();
+    let attrs = without(a, "act_layout");
     let refs: Vec<&Array> = args.iter().collect();
     let shape = if result {
         to(&out[0], &TO_NCHW)
@@ -126,4 +118,9 @@ fn activations(
             }
         })
         .collect())
+}
+
+/// The attributes of `a` other than `key`.
+fn without(a: &Attrs, key: &str) -> Vec<(&'static str, crate::ir::Attr)> {
+    a.0.iter().filter(|(k, _)| *k != key).cloned().collect()
 }

@@ -386,7 +386,14 @@ pub struct MaxPool2dGrad {
 impl MaxPool2dGrad {
     /// Adds output row `oy`'s gradients `dy` into the plane `dx`, each to
     /// its window's tap in the plane `x`.
-    fn row(&self, x: &[f32], dy: &[f32], oy: usize, dx: &mut [f32], s: &mut Scratch) {
+    fn row(
+        &self,
+        (x, dy): (&[f32], &[f32]),
+        oy: usize,
+        dx: &mut [f32],
+        s: &mut Scratch,
+        selects: Selects,
+    ) {
         let p = &self.pool;
         let w = p.w.input;
         let (iy, hc) = p.h.taps(oy);
@@ -415,7 +422,6 @@ impl MaxPool2dGrad {
         if inner.is_empty() {
             return;
         }
-        let selects = Selects::new();
         let n = inner.len();
         s.cols.clear();
         s.cols.resize(n, f32::NEG_INFINITY);
@@ -461,6 +467,7 @@ impl RowKernel for MaxPool2dGrad {
                 "max_pool2d_grad: planes of {plane} elements are too large"
             ));
         }
+        let selects = Selects::new();
         SCRATCH.with_borrow_mut(|s| {
             for (r, dx) in out.chunks_exact_mut(plane).enumerate() {
                 dx.fill(0.0);
@@ -468,7 +475,7 @@ impl RowKernel for MaxPool2dGrad {
                 let x = &x[pl * plane..][..plane];
                 for oy in 0..oh {
                     let dy = &dy[(pl * oh + oy) * ow..][..ow];
-                    self.row(x, dy, oy, dx, s);
+                    self.row((x, dy), oy, dx, s, selects);
                 }
             }
         });

@@ -290,12 +290,7 @@ pub(crate) fn runs_channels_last(
     (out, in0, in1): (&[usize], &[usize], &[usize]),
     options: &crate::options::CompileOptions,
 ) -> bool {
-    use crate::options::GemmChoice;
-    let packed = match options.gemm {
-        GemmChoice::Packed => true,
-        GemmChoice::Auto => netc_runtime::gemm::kernel_avx512::available(),
-        GemmChoice::Native | GemmChoice::Cranelift => false,
-    };
+    let packed = super::prepack::enabled_for(options);
     node.op.attr("layout").is_none()
         && match node.op.name {
             // (dy, x, w) of each.

@@ -17,7 +17,7 @@ use super::{conv, Side, Spec, Src};
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
 use crate::ir::{Attr, Node, ValueId};
-use crate::options::GemmChoice;
+use crate::options::{CompileOptions, GemmChoice};
 use netc_runtime::gemm::kernel_avx512;
 use netc_runtime::gemm::packed::{PackPanels, Prepacked};
 use netc_runtime::gemm::Strides;
@@ -28,7 +28,12 @@ use std::sync::Arc;
 /// Whether contractions with a constant weight pack it once: the
 /// `packed` GEMM, or `auto` on a CPU with AVX-512F (the micro-kernel's).
 pub fn enabled(cx: &LowerCx) -> bool {
-    match cx.options.gemm {
+    enabled_for(&cx.options)
+}
+
+/// [`enabled`] for plans built with `options`.
+pub fn enabled_for(options: &CompileOptions) -> bool {
+    match options.gemm {
         GemmChoice::Packed => true,
         GemmChoice::Auto => kernel_avx512::available(),
         GemmChoice::Native | GemmChoice::Cranelift => false,

@@ -46,9 +46,19 @@ thread_local! {
     };
 }
 
-/// Columns of the result a thread goes over a chunk with at a time: one
-/// tile wide.
-const STRIPE: usize = 48;
+/// The tile's rows and columns, which are also the channels a block
+/// covers and the stripe of result columns a thread goes over a chunk
+/// with: `6×64` (four vectors) when the output channels are a multiple of
+/// 64, so that no stripe is a 16-column remainder paying a broadcast of
+/// `x` per vector (eeg_ccnn's 64- and 256-channel layers); `8×48`
+/// otherwise.
+fn tiling(oc: usize) -> (usize, usize) {
+    if oc.is_multiple_of(64) {
+        (6, 64)
+    } else {
+        (8, 48)
+    }
+}
 
 /// The weight gradient of a one-group convolution: [`RowKernel`] over the
 /// rows `(c, ty, tx)` of `dWᵀ`, `oc` wide; input 0 is `x` as NHWC
@@ -150,17 +160,18 @@ impl ConvWeightGrad {
                 }
                 // A stripe of columns at a time, so that its part of the
                 // chunk's `dy` stays in L1 across the row blocks.
-                for o0 in (0..self.oc).step_by(STRIPE) {
-                    let cols = o0..(o0 + STRIPE).min(self.oc);
+                let (mr, stripe) = tiling(self.oc);
+                for o0 in (0..self.oc).step_by(stripe) {
+                    let cols = o0..(o0 + stripe).min(self.oc);
                     for (tap, &count) in counts.iter().enumerate() {
                         let tap_runs = &runs[tap * slot..tap * slot + count];
                         // The channels whose row `c·taps + tap` is in range.
                         let lo = first.saturating_sub(tap).div_ceil(taps);
                         let hi = end.saturating_sub(tap).div_ceil(taps).min(g.c);
-                        for c0 in (lo..hi).step_by(8) {
+                        for c0 in (lo..hi).step_by(mr) {
                             let block = Block {
                                 c0,
-                                rows: (hi - c0).min(8),
+                                rows: (hi - c0).min(mr),
                                 at: (c0 * taps + tap - first) * self.oc,
                                 ldc: taps * self.oc,
                                 cols: cols.clone(),
@@ -217,7 +228,7 @@ impl ConvWeightGrad {
     }
 }
 
-/// A block of the result one tile pass covers: `rows` (at most 8)
+/// A block of the result one tile pass covers: `rows` (at most the tile's)
 /// channels from `c0` of one tap, their columns `cols`; row `i` starts at
 /// element `at + i·ldc` of the thread's output.
 #[derive(Debug, Clone)]

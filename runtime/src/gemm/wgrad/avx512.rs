@@ -1,5 +1,6 @@
 //! The AVX-512 tile of the weight gradient: `MR ≤ 8` rows (input
-//! channels of one tap) by `16·NV ≤ 48` output channels, accumulators in
+//! channels of one tap) by `16·NV ≤ 48` output channels, or `MR ≤ 6` by
+//! 64 (four vectors: 24 accumulators, as the 8×48 tile), accumulators in
 //! zmm registers over every run of a chunk, loaded from and stored to the
 //! result once per chunk. The last column vector goes through a mask, so
 //! an edge tile neither reads nor writes past its columns.
@@ -8,7 +9,7 @@ use super::{Block, ConvWeightGrad, Run};
 use std::arch::x86_64::*;
 
 /// Columns of the widest tile.
-const NR: usize = 48;
+const NR: usize = 64;
 
 /// One tile's arguments: where its rows start in `x` (channel offset) and
 /// `dy` (column offset), the result rows and their stride, and the mask of
@@ -45,6 +46,10 @@ pub(super) unsafe fn block(
         let cols = (block.cols.end - o0).min(NR);
         let nv = cols.div_ceil(16);
         let tail = cols - (nv - 1) * 16;
+        debug_assert!(
+            nv <= 3 || block.rows <= 6,
+            "a 64-column tile has at most 6 rows"
+        );
         let t = Tile {
             x: x.as_ptr().wrapping_add(block.c0),
             dy: dy.as_ptr().wrapping_add(o0),
@@ -63,15 +68,23 @@ pub(super) unsafe fn block(
 /// A tile instance: `(tile, runs)`.
 type TileFn = unsafe fn(Tile, &[Run]);
 
-/// The instance for `rows` (`1..=8`) rows and `nv` (`1..=3`) vectors.
+/// The instance for `rows` (`1..=8`) rows and `nv` (`1..=3`) vectors,
+/// or `rows ≤ 6` and 4 vectors.
 fn instance(rows: usize, nv: usize) -> TileFn {
     macro_rules! by_rows {
         ($($m:literal),*) => {
-            [$([tile::<$m, 1>, tile::<$m, 2>, tile::<$m, 3>]),*]
+            [$([tile::<$m, 1>, tile::<$m, 2>, tile::<$m, 3>, tile::<$m, 4>]),*]
         };
     }
-    static TABLE: [[TileFn; 3]; 8] = by_rows!(1, 2, 3, 4, 5, 6, 7, 8);
-    TABLE[rows.clamp(1, 8) - 1][nv.clamp(1, 3) - 1]
+    static TABLE: [[TileFn; 4]; 6] = by_rows!(1, 2, 3, 4, 5, 6);
+    static TALL: [[TileFn; 3]; 2] = [
+        [tile::<7, 1>, tile::<7, 2>, tile::<7, 3>],
+        [tile::<8, 1>, tile::<8, 2>, tile::<8, 3>],
+    ];
+    match rows {
+        7 | 8 => TALL[rows - 7][nv.clamp(1, 3) - 1],
+        _ => TABLE[rows.clamp(1, 6) - 1][nv.clamp(1, 4) - 1],
+    }
 }
 
 /// `C[MR × 16·NV] += Σ_runs Σ_p x[run.x + p·x_step + i] · dy[run.dy +

@@ -110,7 +110,7 @@ fn weight_gradients_match_the_definition() {
     for case in [
         // eeg_ccnn-like: 3×3, pad 1, a map smaller than a chunk.
         (3, [9, 9], 16, 64, [3, 3], 1, 1, 1),
-        // Tile edges: 1..8 rows and 1..3 vectors with masked tails.
+        // 8×48 tile edges: 1..8 rows and 1..3 vectors with masked tails.
         (2, [5, 6], 13, 50, [3, 3], 1, 1, 1),
         (2, [5, 6], 7, 17, [3, 3], 1, 1, 1),
         (1, [4, 4], 3, 1, [2, 2], 1, 0, 1),
@@ -118,6 +118,9 @@ fn weight_gradients_match_the_definition() {
         (2, [11, 10], 9, 33, [3, 2], 2, 1, 1),
         (2, [12, 12], 8, 48, [3, 3], 1, 2, 2),
         (1, [7, 7], 5, 96, [7, 7], 2, 3, 1),
+        // Multiples of 64 output channels: 6×64 tiles, 1..6 rows.
+        (2, [5, 6], 13, 192, [3, 3], 1, 1, 1),
+        (1, [7, 7], 5, 64, [7, 7], 2, 3, 1),
         // A 1×1 convolution, and maps wider than a chunk.
         (2, [6, 6], 24, 40, [1, 1], 1, 0, 1),
         (2, [3, 300], 4, 20, [1, 3], 1, 1, 1),

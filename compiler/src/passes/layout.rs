@@ -95,8 +95,9 @@ pub fn run_training(g: &mut Graph, ready: &dyn Fn(&Graph, &Node) -> bool) -> Lay
         let ok = ready(g, n);
         *layer_ready.entry(n.path.clone()).or_insert(true) &= ok;
     }
-    let ready =
-        |g: &Graph, n: &Node| layer_ready.get(n.path.as_str()) == Some(&true) && ready(g, n);
+    // Only convolution-family nodes ask, so their layer's verdict covers
+    // them.
+    let ready = |n: &Node| layer_ready.get(n.path.as_str()) == Some(&true);
     let mut sinks = vec![false; g.nodes.len()];
     let slots: Vec<Option<Vec<usize>>> = g
         .nodes
@@ -277,11 +278,12 @@ fn binary_slots(g: &Graph, node: &Node) -> Option<Vec<usize>> {
 
 /// The activation operands of a training graph's `node` that can work
 /// channels last, and whether it is a sink (its results are not
-/// activations); `None` if it cannot.
+/// activations); `None` if it cannot. `ready` says whether a convolution
+/// or gradient belongs to a layer that runs channels last.
 fn training_slots(
     g: &Graph,
     node: &Node,
-    ready: &dyn Fn(&Graph, &Node) -> bool,
+    ready: &dyn Fn(&Node) -> bool,
 ) -> Option<(Vec<usize>, bool)> {
     let image = |v: &ValueId| {
         let t = g.ty(*v);
@@ -289,8 +291,8 @@ fn training_slots(
     };
     let x = node.inputs.first()?;
     match node.op.name {
-        "conv2d" | "conv2d_grad_input" if ready(g, node) => Some((vec![0], false)),
-        "conv2d_grad_weight" if ready(g, node) => Some((vec![0, 1], true)),
+        "conv2d" | "conv2d_grad_input" if ready(node) => Some((vec![0], false)),
+        "conv2d_grad_weight" if ready(node) => Some((vec![0, 1], true)),
         "sum"
             if image(x)
                 && matches!(node.op.attr("dims"), Some(Attr::Ints(d)) if d[..] == [0, 2, 3])

@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         team: true,
         wide_pointwise: true,
         thin_linear: true,
+        winograd: true,
     };
     let t0 = Instant::now();
     let mut model = CompiledModel::new(graph, &shapes, options)?;

@@ -65,6 +65,11 @@ pub struct CompileOptions {
     /// (`netc_runtime::gemm::thin`, the weight read in place) instead of
     /// a general GEMM that packs the weight on every call.
     pub thin_linear: bool,
+    /// Run 3×3 stride-1 convolutions of training steps (forward, input
+    /// and weight gradients) as Winograd `F(m×m, 3×3)` transforms around
+    /// batched GEMMs (`netc_runtime::winograd`) where they fit, on CPUs
+    /// with AVX-512F.
+    pub winograd: bool,
 }
 
 impl Default for CompileOptions {
@@ -80,6 +85,7 @@ impl Default for CompileOptions {
             team: true,
             wide_pointwise: true,
             thin_linear: true,
+            winograd: true,
         }
     }
 }

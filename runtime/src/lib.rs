@@ -37,6 +37,7 @@ pub mod timestep;
 pub mod train;
 pub mod voxel;
 pub mod weights;
+pub mod winograd;
 
 pub use dtype::DType;
 pub use init::{Init, Initializer};

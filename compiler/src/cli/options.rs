@@ -71,6 +71,10 @@ pub struct CompileFlags {
     /// GEMM (the weight packed per call) instead of the thin products.
     #[arg(long)]
     pub no_thin_linear: bool,
+    /// Run a training step's 3×3 stride-1 convolutions on their other
+    /// paths instead of as Winograd transforms around batched GEMMs.
+    #[arg(long)]
+    pub no_winograd: bool,
 }
 
 /// `--gemm` values.
@@ -122,6 +126,7 @@ impl CompileFlags {
             team: !self.no_team,
             wide_pointwise: !self.no_wide_pointwise,
             thin_linear: !self.no_thin_linear,
+            winograd: !self.no_winograd,
         })
     }
 }

@@ -291,15 +291,18 @@ pub(crate) fn runs_channels_last(
     options: &crate::options::CompileOptions,
 ) -> bool {
     let packed = super::prepack::enabled_for(options);
+    let winograd = |g: &Geometry| options.winograd && winograd::fits(g);
     node.op.attr("layout").is_none()
         && match node.op.name {
             // (dy, x, w) of each.
-            "conv2d" => {
-                geometry(node, out, in0, in1).is_ok_and(|g| packed && implicit::fits_forward(&g))
+            "conv2d" => geometry(node, out, in0, in1)
+                .is_ok_and(|g| winograd(&g) || packed && implicit::fits_forward(&g)),
+            "conv2d_grad_input" => geometry(node, in0, out, in1).is_ok_and(|g| {
+                g.flipped_pad().is_some() && (winograd(&g) || packed && implicit::fits(&g))
+            }),
+            "conv2d_grad_weight" => {
+                geometry(node, in0, in1, out).is_ok_and(|g| winograd(&g) || wgrad::fits(&g))
             }
-            "conv2d_grad_input" => geometry(node, in0, out, in1)
-                .is_ok_and(|g| packed && g.flipped_pad().is_some() && implicit::fits(&g)),
-            "conv2d_grad_weight" => geometry(node, in0, in1, out).is_ok_and(|g| wgrad::fits(&g)),
             _ => false,
         }
 }
@@ -330,11 +333,14 @@ pub(super) fn implicit_forward(cx: &mut LowerCx, node: &Node) -> Option<Result<(
         Err(e) if last => return Some(Err(e)),
         Err(_) => return None,
     };
+    let role = implicit::Role::Forward(node.inputs.get(2).copied());
+    let operands = (node.inputs[0], node.inputs[1]);
+    if winograd::applies(cx, node, &g) {
+        return Some(winograd::emit(cx, node, &g, operands, role, last));
+    }
     if !implicit::applies_forward(cx, &g) {
         return last.then(|| Err(not_channels_last(node)));
     }
-    let role = implicit::Role::Forward(node.inputs.get(2).copied());
-    let operands = (node.inputs[0], node.inputs[1]);
     Some(implicit::emit(cx, node, &g, operands, role, last))
 }
 
@@ -374,6 +380,10 @@ fn conv_grad_input(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     let (dy, wt) = (node.inputs[0], node.inputs[1]);
     let (og, kg, spatial) = (g.og(), g.kg(), g.spatial());
     let direct = g.pointwise();
+    if let (Some(pad), true) = (g.flipped_pad(), winograd::applies(cx, node, &g)) {
+        let role = implicit::Role::GradInput(pad);
+        return winograd::emit(cx, node, &g, (dy, wt), role, channels_last(node));
+    }
     if let (Some(pad), true) = (g.flipped_pad(), implicit::applies(cx, &g)) {
         let role = implicit::Role::GradInput(pad);
         return implicit::emit(cx, node, &g, (dy, wt), role, channels_last(node));
@@ -529,6 +539,9 @@ fn conv_grad_weight(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
                 format!("attribute kernel {k:?} disagrees with the result {w_shape:?}"),
             ));
         }
+    }
+    if winograd::applies(cx, node, &g) {
+        return winograd::emit_weight_grad(cx, node, &g, channels_last(node));
     }
     if wgrad::applies(cx, node, &g) {
         return wgrad::emit(cx, node, &g, channels_last(node));
@@ -740,3 +753,4 @@ mod implicit;
 #[cfg(test)]
 mod tests;
 mod wgrad;
+mod winograd;

@@ -468,3 +468,27 @@ fn implicit_training_convolutions_match_the_interpreter() {
     check_training_plan((2, 2, 8, &[20, 20], 32, 3, 1, 1, 1, 1), 1);
     check_training_plan((2, 2, 8, &[12, 12], 32, 3, 1, 1, 1, 1), 1);
 }
+
+#[test]
+fn winograd_training_convolutions_match_the_interpreter() {
+    // 3x3 stride-1 convolutions of at least 16 channels each side:
+    // eeg_ccnn's 9x9 maps (3x3 tiles), an unpadded odd map (partial
+    // 4x4 tiles) and padding 2 (the input gradient unpadded).
+    let cases: [Case; 4] = [
+        (2, 4, 64, &[9, 9], 32, 3, 1, 1, 1, 1),
+        (2, 3, 16, &[9, 9], 40, 3, 1, 1, 1, 1),
+        (2, 2, 16, &[9, 8], 24, 3, 1, 0, 1, 1),
+        (2, 1, 20, &[6, 7], 16, 3, 1, 2, 1, 1),
+    ];
+    let on = netc_runtime::gemm::kernel_avx512::available();
+    for case in cases {
+        // One input transform per op: forward, input and weight gradient.
+        check_training_steps(
+            case,
+            &["forward", "input", "weight"],
+            GemmChoice::Auto,
+            if on { 3 } else { 0 },
+            |w| matches!(w, Work::Rows(r) if format!("{:?}", r.kernel).starts_with("InputTransform")),
+        );
+    }
+}

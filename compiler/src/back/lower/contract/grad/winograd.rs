@@ -1,0 +1,336 @@
+//! The 3×3 stride-1 convolutions of training plans as Winograd
+//! transforms around `α²` batched GEMMs ([`netc_runtime::winograd`]):
+//!
+//! - forward `conv2d` and the input gradient (the forward convolution of
+//!   `dy` with the flipped kernel, padding `2 − pad`): the weight
+//!   transformed (`U`, every step: the weights change), the input
+//!   transposed to NHWC unless it is channels last already, its tiles
+//!   transformed (`V`, one matrix per position), one contraction step of
+//!   `α²` GEMMs
+//!   `M_ξ[T, N] = V_ξ[T, K]·U_ξ[K, N]`, and the output transform (plus the
+//!   bias) into NHWC rows, transposed back to NCHW unless channels last;
+//!   fused followers then run as one elementwise step over the result;
+//! - `conv2d_grad_weight`: `x` and `dy` transposed to NHWC unless channels
+//!   last, their tiles transformed (`V` of `x`, `Ŷ = A dY Aᵀ` of `dy`), the
+//!   `α²` GEMMs `∂U_ξ[OC, C] = Ŷ_ξᵀ·V_ξ` over the tiles, and `Gᵀ ∂U G`
+//!   into dW.
+//!
+//! All intermediates live in the scratch region. The tile side is the one
+//! with the least transformed work for the map
+//! ([`netc_runtime::winograd::best_tile`]).
+//!
+//! Why: `F(3×3, 3×3)` on eeg_ccnn's 9×9 maps multiplies 25 times per 81
+//! taps·pixels where the implicit GEMM multiplies 81 times, and those
+//! convolutions were most of its training step, already at the machine's
+//! GEMM speed.
+
+use super::super::epilogue_chain;
+use super::implicit::{rows_step, scratch_regions, Role};
+use super::Geometry;
+use crate::back::elementwise::Domain;
+use crate::back::lower::LowerCx;
+use crate::back::BackError;
+use crate::ir::{Node, ValueId};
+use netc_runtime::gemm::kernel_avx512;
+use netc_runtime::gemm::packed::Prepacked;
+use netc_runtime::gemm::{Gemm, Strides};
+use netc_runtime::plan::{Buf, Contraction, Operand, Rows, Step, Work};
+use netc_runtime::train::layout::ChannelsLast;
+use netc_runtime::winograd::{
+    best_tile, GradOutputTransform, InputTransform, OutputTransform, Tiling, Transforms,
+    WeightGradTransform, WeightTransform,
+};
+use std::sync::Arc;
+
+/// The fewest input and output channels: the transforms cost `O(α³)`
+/// per tile and channel against the GEMMs' `O(α²·channels)`.
+const MIN_CHANNELS: usize = 16;
+
+/// Whether the convolution, input gradient or weight gradient of `g`
+/// runs as Winograd transforms in this plan: a training plan with
+/// `winograd` on, outside the prepare steps, and [`fits`]; a weight
+/// gradient only without followers fused into dW (the transform writes
+/// dW last).
+pub(super) fn applies(cx: &LowerCx, node: &Node, g: &Geometry) -> bool {
+    cx.training
+        && !cx.in_prepare
+        && cx.options.winograd
+        && fits(g)
+        && (node.op.name != "conv2d_grad_weight" || cx.followers(node).is_empty())
+}
+
+/// The geometric conditions of [`applies`]: a CPU with AVX-512F, one
+/// group, a 3×3 kernel at stride 1 and dilation 1, padding at most 2, and
+/// at least [`MIN_CHANNELS`] channels on each side.
+pub(super) fn fits(g: &Geometry) -> bool {
+    kernel_avx512::available()
+        && g.groups == 1
+        && (g.kh, g.kw) == (3, 3)
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && g.pad.iter().all(|&p| p <= 2)
+        && g.c.min(g.oc) >= MIN_CHANNELS
+}
+
+/// The tiling of a convolution of `[n, h, w]` maps with `pad`, with the
+/// best tile for its output map.
+fn tiling(
+    n: usize,
+    (h, w): (usize, usize),
+    pad: [usize; 2],
+) -> Result<(Tiling, Transforms), BackError> {
+    let mut t = Tiling { n, h, w, pad, m: 2 };
+    t.m = best_tile(t.oh(), t.ow());
+    let transforms = Transforms::new(t.m).map_err(BackError)?;
+    Ok((t, transforms))
+}
+
+/// A row step of `kernel` (`rows` rows of `width`) reading `inputs`
+/// (buffer and extent each) into `output`.
+fn rows(
+    kernel: Arc<dyn netc_runtime::plan::RowKernel>,
+    (rows, width): (usize, usize),
+    inputs: &[(Buf, usize)],
+    output: Buf,
+) -> Step {
+    let mut extents: Vec<usize> = inputs.iter().map(|&(_, len)| len).collect();
+    extents.push(rows * width);
+    Step {
+        work: Work::Rows(Rows {
+            kernel,
+            rows,
+            width,
+            grain: 1,
+        }),
+        inputs: inputs.iter().map(|&(b, _)| b).collect(),
+        output,
+        extents,
+    }
+}
+
+/// The contraction step of `groups` GEMMs `C_g[m×n] = A_g·B_g`, both
+/// operands packed per call: A (input 0) and B (input 1) read through
+/// their strides from group offsets `a.0`, `b.0` apart, C written with
+/// leading dimension `ldc`, groups `c_group` apart.
+#[allow(clippy::too_many_arguments)]
+fn batched(
+    (groups, m, n, k): (usize, usize, usize, usize),
+    a: (usize, Strides, Buf, usize),
+    b: (usize, Strides, Buf, usize),
+    (c_group, ldc): (usize, usize),
+    (out, out_len): (Buf, usize),
+) -> Step {
+    let operand = |input, group_stride, strides| Operand {
+        input,
+        packed: false,
+        offset: 0,
+        item_stride: 0,
+        group_stride,
+        strides,
+    };
+    Step {
+        work: Work::Contraction(Box::new(Contraction {
+            items: 1,
+            groups,
+            m,
+            n,
+            k,
+            a: operand(0, a.0, a.1),
+            b: operand(1, b.0, b.1),
+            c_item: 0,
+            c_group,
+            ldc,
+            pack: None,
+            epilogue: None,
+            unpack: None,
+            accumulate: false,
+            gemm: Gemm::Packed(Prepacked::Neither),
+        })),
+        inputs: vec![a.2, b.2],
+        output: out,
+        extents: vec![a.3, b.3, out_len],
+    }
+}
+
+/// `value` (`[n, c, p]` NCHW) transposed into `dst` as NHWC.
+fn to_nhwc(
+    cx: &mut LowerCx,
+    value: ValueId,
+    (n, c, p): (usize, usize, usize),
+    dst: Buf,
+) -> Result<(), BackError> {
+    let kernel = ChannelsLast {
+        c,
+        p,
+        channels_last: true,
+    };
+    let src = (cx.buf(value)?, cx.numel(value)?);
+    cx.push(rows_step(Arc::new(kernel), n, kernel.width(), src, dst));
+    Ok(())
+}
+
+/// Emits the forward convolution or input gradient `node` of `g`
+/// (reading `input` and the weight `w`) as the module docs describe; with
+/// `channels_last`, `input` and the result are NHWC already.
+pub(super) fn emit(
+    cx: &mut LowerCx,
+    node: &Node,
+    g: &Geometry,
+    (input, w): (ValueId, ValueId),
+    role: Role,
+    channels_last: bool,
+) -> Result<(), BackError> {
+    let (map, pad, flip, bias) = match role {
+        Role::Forward(bias) => ((g.h, g.w), g.pad, false, bias),
+        Role::GradInput(pad) => ((g.oh, g.ow), pad, true, None),
+    };
+    let (tiling, transforms) = tiling(g.n, map, pad)?;
+    let weights = WeightTransform {
+        transforms: transforms.clone(),
+        oc: g.oc,
+        c: g.c,
+        flip,
+    };
+    let (k, n, p) = (weights.k(), weights.n(), tiling.positions());
+    let (tiles, oh, ow) = (tiling.tiles(), tiling.oh(), tiling.ow());
+    let out_len = g.n * oh * ow * n;
+    // Scratch: [input as NHWC | U | V | M | result as NHWC].
+    let lens = [
+        g.n * map.0 * map.1 * k,
+        k * p * n,
+        tiles * p * k,
+        tiles * p * n,
+        out_len,
+    ];
+    let [mut xs, u, v, mm, mut ys] = scratch_regions(cx, node, lens)?;
+    let (wbuf, wlen) = (cx.buf(w)?, cx.numel(w)?);
+    let shape = (k, weights.width());
+    cx.push(rows(Arc::new(weights), shape, &[(wbuf, wlen)], u));
+    if channels_last {
+        xs = cx.buf(input)?;
+    } else {
+        to_nhwc(cx, input, (g.n, k, map.0 * map.1), xs)?;
+    }
+    let input_transform = InputTransform {
+        transforms: transforms.clone(),
+        tiling,
+        c: k,
+    };
+    let shape = (input_transform.rows(), k);
+    cx.push(rows(Arc::new(input_transform), shape, &[(xs, lens[0])], v));
+    cx.push(batched(
+        (p, tiles, n, k),
+        (tiles * k, Strides::row_major(k), v, lens[2]),
+        (n, Strides::row_major(p * n), u, lens[1]),
+        (tiles * n, n),
+        (mm, lens[3]),
+    ));
+    let followers = cx.followers(node);
+    let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
+    let out = cx.output(last)?;
+    if channels_last {
+        ys = out;
+    }
+    let output_transform = OutputTransform {
+        transforms,
+        tiling,
+        oc: n,
+        bias: bias.is_some(),
+    };
+    let mut inputs = vec![(mm, lens[3])];
+    if let Some(b) = bias {
+        inputs.push((cx.buf(b)?, cx.numel(b)?));
+    }
+    let shape = (output_transform.rows(), output_transform.width());
+    cx.push(rows(Arc::new(output_transform), shape, &inputs, ys));
+    let domain = if channels_last {
+        Domain::Rows {
+            channels: 1,
+            inner: n as u64,
+        }
+    } else {
+        let back = ChannelsLast {
+            c: n,
+            p: oh * ow,
+            channels_last: false,
+        };
+        cx.push(rows_step(
+            Arc::new(back),
+            g.n,
+            back.width(),
+            (ys, out_len),
+            out,
+        ));
+        Domain::Rows {
+            channels: n as u64,
+            inner: (oh * ow) as u64,
+        }
+    };
+    if let Some((chain, values)) = epilogue_chain(cx.g, node, &followers, domain, None)? {
+        let mut bufs = vec![out];
+        for v in values {
+            bufs.push(cx.buf(v)?);
+        }
+        cx.kernel(&chain, bufs, out, out_len)?;
+    }
+    Ok(())
+}
+
+/// Emits the weight gradient `node` of `g` as the module docs describe;
+/// with `channels_last`, `x` and `dy` are NHWC already.
+pub(super) fn emit_weight_grad(
+    cx: &mut LowerCx,
+    node: &Node,
+    g: &Geometry,
+    channels_last: bool,
+) -> Result<(), BackError> {
+    let (dy, x) = (node.inputs[0], node.inputs[1]);
+    let (tiling, transforms) = tiling(g.n, (g.h, g.w), g.pad)?;
+    let (tiles, p) = (tiling.tiles(), tiling.positions());
+    // Scratch: [x as NHWC | dy as NHWC | V | Ŷ | ∂U].
+    let lens = [
+        g.n * g.h * g.w * g.c,
+        g.n * g.oh * g.ow * g.oc,
+        tiles * p * g.c,
+        tiles * p * g.oc,
+        p * g.oc * g.c,
+    ];
+    let [mut xs, mut dys, v, yh, du] = scratch_regions(cx, node, lens)?;
+    if channels_last {
+        (xs, dys) = (cx.buf(x)?, cx.buf(dy)?);
+    } else {
+        to_nhwc(cx, x, (g.n, g.c, g.h * g.w), xs)?;
+        to_nhwc(cx, dy, (g.n, g.oc, g.oh * g.ow), dys)?;
+    }
+    let input_transform = InputTransform {
+        transforms: transforms.clone(),
+        tiling,
+        c: g.c,
+    };
+    let shape = (input_transform.rows(), g.c);
+    cx.push(rows(Arc::new(input_transform), shape, &[(xs, lens[0])], v));
+    let grad_transform = GradOutputTransform {
+        transforms: transforms.clone(),
+        tiling,
+        oc: g.oc,
+    };
+    let shape = (grad_transform.rows(), g.oc);
+    cx.push(rows(Arc::new(grad_transform), shape, &[(dys, lens[1])], yh));
+    // ∂U_ξ[OC, C] = Ŷ_ξᵀ · V_ξ over the tiles.
+    cx.push(batched(
+        (p, g.oc, g.c, tiles),
+        (tiles * g.oc, Strides::transposed(g.oc), yh, lens[3]),
+        (tiles * g.c, Strides::row_major(g.c), v, lens[2]),
+        (g.oc * g.c, g.c),
+        (du, lens[4]),
+    ));
+    let back = WeightGradTransform {
+        transforms,
+        oc: g.oc,
+        c: g.c,
+    };
+    let dw = cx.output(node.outputs[0])?;
+    let width = back.width();
+    cx.push(rows(Arc::new(back), (g.oc, width), &[(du, lens[4])], dw));
+    Ok(())
+}

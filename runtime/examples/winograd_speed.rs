@@ -11,8 +11,8 @@ use netc_runtime::gemm::packed::{self, Prepacked};
 use netc_runtime::gemm::Strides;
 use netc_runtime::plan::RowKernel;
 use netc_runtime::winograd::{
-    best_tile, GradOutputTransform, InputTransform, OutputTransform, Tiling, Transforms,
-    WeightGradTransform, WeightTransform,
+    best_tile, GradOutputTransform, InputTransform, OutputTransform, PadTiles, TiledConv, Tiling,
+    Transforms, WeightGradTransform, WeightTransform,
 };
 use std::time::Instant;
 
@@ -63,7 +63,9 @@ fn main() {
             tiling,
             c,
         };
-        let (ms_in, v) = rows(&it, it.rows(), c, &[&x]);
+        let pt = PadTiles { tiling, c };
+        let (ms_pad, xp) = rows(&pt, pt.rows(), pt.width(), &[&x]);
+        let (ms_in, v) = rows(&it, it.rows(), c, &[&xp]);
         let mut mm = vec![0.0f32; tiles * p * oc];
         let ms_gemm = best_ms(|| {
             for xi in 0..p {
@@ -85,6 +87,21 @@ fn main() {
                 .unwrap();
             }
         });
+        let conv = TiledConv {
+            transforms: t.clone(),
+            tiling,
+            k: c,
+            n: oc,
+            bias: false,
+        };
+        let panels = conv.panels();
+        let (_, packed_u) = rows(
+            &panels,
+            panels.groups * panels.blocks(),
+            panels.row_len(),
+            &[&u],
+        );
+        let (ms_fused, _) = rows(&conv, conv.rows(), conv.width(), &[&xp, &packed_u]);
         let ot = OutputTransform {
             transforms: t.clone(),
             tiling,
@@ -127,7 +144,7 @@ fn main() {
         let (ms_back, _) = rows(&back, oc, back.width(), &[&du]);
         let gf = |ms: f64| 2.0 * (p * tiles * c * oc) as f64 / ms / 1e6;
         println!(
-            "{name} ({c}->{oc}, F({m}x{m})): weights {ms_w:.2} | input {ms_in:.2} | GEMMs {ms_gemm:.2} ({:.0} GFLOP/s) | output {ms_out:.2} | grad tiles {ms_gy:.2} | wgrad GEMMs {ms_wg:.2} ({:.0} GFLOP/s) | dW {ms_back:.2} ms",
+            "{name} ({c}->{oc}, F({m}x{m})): weights {ms_w:.2} | pad {ms_pad:.2} | input {ms_in:.2} | GEMMs {ms_gemm:.2} ({:.0} GFLOP/s) | output {ms_out:.2} | grad tiles {ms_gy:.2} | wgrad GEMMs {ms_wg:.2} ({:.0} GFLOP/s) | dW {ms_back:.2} ms | fused forward {ms_fused:.2} ms",
             gf(ms_gemm), gf(ms_wg)
         );
     }

@@ -12,8 +12,14 @@
 //! row steps (the GEMMs are ordinary contraction steps):
 //!
 //! - [`WeightTransform`]: `U = G g Gᵀ` of every weight, as `[K][α²][N]`;
+//! - [`PadTiles`]: the input map copied into a zero-bordered one that
+//!   holds every tile's window, so that the input transform reads them in
+//!   place;
 //! - [`InputTransform`]: `V = Bᵀ d B` of every input tile, `[α²][T][K]`;
 //! - [`OutputTransform`]: `Y = Aᵀ M A` (plus the bias) into NHWC rows;
+//! - [`TiledConv`]: the input transform, the GEMMs and the output
+//!   transform fused per block of tiles (the forward convolution and the
+//!   input gradient);
 //! - [`GradOutputTransform`] and [`WeightGradTransform`]: the weight
 //!   gradient. With `Ŷ_t = A dY_t Aᵀ` for each output tile,
 //!   `∂L/∂U_ξ = Σ_t V_t,ξᵀ · Ŷ_t,ξ` (again `α²` GEMMs, over the tiles) and
@@ -30,12 +36,15 @@
 //! taps·pixel instead of 81, and its convolutions were most of a training
 //! step already running at the machine's GEMM speed.
 
+mod fused;
 mod kernels;
 #[cfg(test)]
 mod tests;
 
+pub use fused::TiledConv;
 pub use kernels::{
-    GradOutputTransform, InputTransform, OutputTransform, WeightGradTransform, WeightTransform,
+    GradOutputTransform, InputTransform, OutputTransform, PadTiles, WeightGradTransform,
+    WeightTransform,
 };
 
 /// Taps of the filter along each axis.
@@ -213,6 +222,17 @@ impl Tiling {
     /// Tiles of the batch (`T`).
     pub fn tiles(&self) -> usize {
         self.n * self.tiles_y() * self.tiles_x()
+    }
+
+    /// Height of the padded map the tiles read: every tile's window
+    /// inside it (the padding, plus zeros under partial tiles).
+    pub fn padded_h(&self) -> usize {
+        self.tiles_y() * self.m + R - 1
+    }
+
+    /// Width of the padded map the tiles read.
+    pub fn padded_w(&self) -> usize {
+        self.tiles_x() * self.m + R - 1
     }
 
     /// Transformed positions per tile (`α²`).

@@ -138,6 +138,18 @@ unsafe fn pack_a(
             };
             continue;
         }
+        if mv == MR && sa.row == 1 {
+            // A read transposed: each depth's MR rows are contiguous.
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                // SAFETY: rows i0..i0+MR of column ks.start+p are inside A.
+                let src =
+                    unsafe { std::slice::from_raw_parts(a.add(i0 + (ks.start + p) * sa.col), MR) };
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = alpha * v;
+                }
+            }
+            continue;
+        }
         if mv < MR {
             panel.fill(0.0);
         }

@@ -21,20 +21,32 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// `out = Σ a·x` over `terms`, skipping zero coefficients.
+/// `out = Σ a·x` over `terms`, skipping zero coefficients (the first
+/// term written, not added).
 #[inline(always)]
 fn combine<'a>(out: &mut [f32], terms: impl Iterator<Item = (f32, &'a [f32])>) {
-    out.fill(0.0);
+    let mut first = true;
     for (a, x) in terms {
-        if a != 0.0 {
+        if a == 0.0 {
+            continue;
+        }
+        if first {
+            for (y, &x) in out.iter_mut().zip(x) {
+                *y = a * x;
+            }
+            first = false;
+        } else {
             axpy(out, a, x);
         }
+    }
+    if first {
+        out.fill(0.0);
     }
 }
 
 /// A kernel's loops, compiled for AVX-512F where the CPU has it
 /// ([`fast`]).
-trait Body {
+pub(super) trait Body {
     /// The rows `first..` of the step into `out`, the inputs checked.
     fn body(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]);
 }
@@ -42,7 +54,7 @@ trait Body {
 /// Runs `kernel`'s body compiled for AVX-512F when the CPU has it (its
 /// loops, inlined into [`with_avx512`], are then vectorised 16 wide),
 /// else as is.
-fn fast<K: Body>(kernel: &K, first: usize, inputs: &[&[f32]], out: &mut [f32]) {
+pub(super) fn fast<K: Body>(kernel: &K, first: usize, inputs: &[&[f32]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::gemm::kernel_avx512::available() {
         // SAFETY: the CPU has AVX-512F.
@@ -75,7 +87,7 @@ fn positions_of(t: usize, tiles: usize, (first, rows): (usize, usize)) -> std::o
 }
 
 /// An error unless `buf` (input `what`) holds at least `need` elements.
-fn need(what: &str, buf: &[f32], need: usize) -> Result<(), String> {
+pub(super) fn need(what: &str, buf: &[f32], need: usize) -> Result<(), String> {
     if buf.len() < need {
         return Err(format!(
             "Winograd transform: {what} holds {} elements, fewer than the {need} it needs",
@@ -86,7 +98,7 @@ fn need(what: &str, buf: &[f32], need: usize) -> Result<(), String> {
 }
 
 /// The input `i` of a row step, or an error naming it.
-fn input<'a>(inputs: &[&'a [f32]], i: usize, what: &str) -> Result<&'a [f32], String> {
+pub(super) fn input<'a>(inputs: &[&'a [f32]], i: usize, what: &str) -> Result<&'a [f32], String> {
     inputs
         .get(i)
         .copied()
@@ -187,9 +199,57 @@ impl RowKernel for WeightTransform {
     }
 }
 
-/// `V = Bᵀ d B` of every `α×α` input tile of an NHWC map `[n, h, w, K]`
-/// (zeros outside it), laid out `[α²][T][K]`: a row is one position of
-/// one tile (`K` wide).
+/// An NHWC map `[n, h, w, K]` copied into the zero-bordered
+/// `[n, padded_h, padded_w, K]` that [`InputTransform`] reads: `pad`
+/// zeros before each row and column, zeros after up to the padded size.
+/// A row is one padded image row (`padded_w·K` wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PadTiles {
+    /// The tiles.
+    pub tiling: Tiling,
+    /// Channels `K`.
+    pub c: usize,
+}
+
+impl PadTiles {
+    /// Rows: padded image rows over the batch.
+    pub fn rows(&self) -> usize {
+        self.tiling.n * self.tiling.padded_h()
+    }
+
+    /// Elements of a row.
+    pub fn width(&self) -> usize {
+        self.tiling.padded_w() * self.c
+    }
+}
+
+impl RowKernel for PadTiles {
+    fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
+        let x = input(inputs, 0, "the input map")?;
+        let Tiling { n, h, w, pad, .. } = self.tiling;
+        let c = self.c;
+        need("the input map", x, n * h * w * c)?;
+        let ph = self.tiling.padded_h();
+        for (i, row) in out.chunks_mut(self.width()).enumerate() {
+            let (img, py) = ((first + i) / ph, (first + i) % ph);
+            let inside = py.checked_sub(pad[0]).filter(|&y| y < h);
+            let Some(y) = inside else {
+                row.fill(0.0);
+                continue;
+            };
+            let (before, rest) = row.split_at_mut(pad[1] * c);
+            let (body, after) = rest.split_at_mut(w * c);
+            before.fill(0.0);
+            body.copy_from_slice(&x[(img * h + y) * w * c..][..w * c]);
+            after.fill(0.0);
+        }
+        Ok(())
+    }
+}
+
+/// `V = Bᵀ d B` of every `α×α` input tile of a padded NHWC map `[n,
+/// padded_h, padded_w, K]` ([`PadTiles`]), laid out `[α²][T][K]`: a row is
+/// one position of one tile (`K` wide).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputTransform {
     /// The transforms.
@@ -207,64 +267,62 @@ impl InputTransform {
     }
 }
 
+impl InputTransform {
+    /// Positions `wanted` of tile `tile` of the padded map `x`, position
+    /// `ξ` into `out[(ξ·stride + offset)·K..]` (`half` is `α²·K` floats of
+    /// work space).
+    #[inline(always)]
+    pub(super) fn tile(
+        &self,
+        x: &[f32],
+        (tile, wanted): (usize, std::ops::Range<usize>),
+        half: &mut [f32],
+        (out, stride, offset): (&mut [f32], usize, usize),
+    ) {
+        let (a, c, m) = (self.transforms.alpha(), self.c, self.transforms.m);
+        let (ph, pw) = (self.tiling.padded_h(), self.tiling.padded_w());
+        let (tiles_y, tiles_x) = (self.tiling.tiles_y(), self.tiling.tiles_x());
+        let bt = &self.transforms.bt;
+        let (img, ty, tx) = (
+            tile / (tiles_y * tiles_x),
+            tile / tiles_x % tiles_y,
+            tile % tiles_x,
+        );
+        // Element (r, b) of the tile's window, a run of `c` channels.
+        let at = |r: usize, b: usize| &x[((img * ph + ty * m + r) * pw + tx * m + b) * c..][..c];
+        // half[i][b] = Σ_r Bᵀ[i][r]·d[r][b], for the rows i wanted.
+        for bi in wanted.start / a..(wanted.end - 1) / a + 1 {
+            for b in 0..a {
+                combine(
+                    &mut half[(bi * a + b) * c..][..c],
+                    (0..a).map(|r| (bt[bi * a + r], at(r, b))),
+                );
+            }
+        }
+        // V[i][j] = Σ_b half[i][b]·Bᵀ[j][b]
+        for xi in wanted {
+            let (bi, bj) = (xi / a, xi % a);
+            combine(
+                &mut out[(xi * stride + offset) * c..][..c],
+                (0..a).map(|b| (bt[bj * a + b], &half[(bi * a + b) * c..][..c])),
+            );
+        }
+    }
+}
+
 impl Body for InputTransform {
     #[inline(always)]
     fn body(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) {
-        let x = inputs[0];
-        let (a, c, m) = (self.transforms.alpha(), self.c, self.transforms.m);
-        let Tiling { h, w, pad, .. } = self.tiling;
-        let (tiles_y, tiles_x, tiles) = (
-            self.tiling.tiles_y(),
-            self.tiling.tiles_x(),
-            self.tiling.tiles(),
-        );
-        let bt = &self.transforms.bt;
-        let mut d = vec![0.0; a * a * c];
+        let (a, c, tiles) = (self.transforms.alpha(), self.c, self.tiling.tiles());
         let mut half = vec![0.0; a * a * c];
         for tile in 0..tiles {
             let wanted = positions_of(tile, tiles, (first, out.len() / c));
-            if wanted.is_empty() {
-                continue;
-            }
-            let (img, ty, tx) = (
-                tile / (tiles_y * tiles_x),
-                tile / tiles_x % tiles_y,
-                tile % tiles_x,
-            );
-            // The tile's window starts at (y0, x0) of the unpadded map.
-            let (y0, x0) = (
-                (ty * m) as isize - pad[0] as isize,
-                (tx * m) as isize - pad[1] as isize,
-            );
-            d.fill(0.0);
-            let xs = x0.max(0) as usize;
-            let xe = (x0 + a as isize).clamp(0, w as isize) as usize;
-            for r in 0..a {
-                let y = y0 + r as isize;
-                if y < 0 || y >= h as isize || xs >= xe {
-                    continue;
-                }
-                let src = ((img * h + y as usize) * w + xs) * c;
-                let dst = (r * a + (xs as isize - x0) as usize) * c;
-                let len = (xe - xs) * c;
-                d[dst..dst + len].copy_from_slice(&x[src..src + len]);
-            }
-            // half[i][b] = Σ_r Bᵀ[i][r]·d[r][b], for the rows i wanted.
-            let rows_i = wanted.start / a..(wanted.end - 1) / a + 1;
-            for bi in rows_i {
-                for b in 0..a {
-                    combine(
-                        &mut half[(bi * a + b) * c..][..c],
-                        (0..a).map(|r| (bt[bi * a + r], &d[(r * a + b) * c..][..c])),
-                    );
-                }
-            }
-            // V[i][j] = Σ_b half[i][b]·Bᵀ[j][b]
-            for xi in wanted {
-                let (bi, bj) = (xi / a, xi % a);
-                combine(
-                    &mut out[(xi * tiles + tile - first) * c..][..c],
-                    (0..a).map(|b| (bt[bj * a + b], &half[(bi * a + b) * c..][..c])),
+            if !wanted.is_empty() {
+                self.tile(
+                    inputs[0],
+                    (tile, wanted),
+                    &mut half,
+                    (out, tiles, tile - first),
                 );
             }
         }
@@ -273,9 +331,13 @@ impl Body for InputTransform {
 
 impl RowKernel for InputTransform {
     fn rows(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) -> Result<(), String> {
-        let x = input(inputs, 0, "the input map")?;
+        let x = input(inputs, 0, "the padded input map")?;
         let t = self.tiling;
-        need("the input map", x, t.n * t.h * t.w * self.c)?;
+        need(
+            "the padded input map",
+            x,
+            t.n * t.padded_h() * t.padded_w() * self.c,
+        )?;
         fast(self, first, &[x], out);
         Ok(())
     }
@@ -309,45 +371,65 @@ impl OutputTransform {
     }
 }
 
+impl OutputTransform {
+    /// Output row `r` of tile column `tx` from the tile's GEMM results at
+    /// `mm[(ξ·stride + index)·N..]`, plus the bias, into the output row
+    /// `row` (`ow·N`; `s` is `α·N` floats of work space).
+    #[inline(always)]
+    pub(super) fn tile_row(
+        &self,
+        (mm, stride, index): (&[f32], usize, usize),
+        (r, tx): (usize, usize),
+        bias: Option<&[f32]>,
+        s: &mut [f32],
+        row: &mut [f32],
+    ) {
+        let (a, n, m) = (self.transforms.alpha(), self.oc, self.transforms.m);
+        let at = &self.transforms.at;
+        // s[j] = Σ_i Aᵀ[r][i]·M[i][j]
+        for (j, dst) in s.chunks_mut(n).enumerate() {
+            combine(
+                dst,
+                (0..a).map(|i| {
+                    (
+                        at[r * a + i],
+                        &mm[((i * a + j) * stride + index) * n..][..n],
+                    )
+                }),
+            );
+        }
+        for q in 0..m.min(self.tiling.ow() - tx * m) {
+            let dst = &mut row[(tx * m + q) * n..][..n];
+            match bias {
+                Some(b) => dst.copy_from_slice(&b[..n]),
+                None => dst.fill(0.0),
+            }
+            for j in 0..a {
+                let coeff = at[q * a + j];
+                if coeff != 0.0 {
+                    axpy(dst, coeff, &s[j * n..][..n]);
+                }
+            }
+        }
+    }
+}
+
 impl Body for OutputTransform {
     #[inline(always)]
     fn body(&self, first: usize, inputs: &[&[f32]], out: &mut [f32]) {
-        let (mm, bias) = (inputs[0], inputs.get(1));
-        let (a, n, m) = (self.transforms.alpha(), self.oc, self.transforms.m);
-        let (oh, ow) = (self.tiling.oh(), self.tiling.ow());
+        let (mm, bias) = (inputs[0], inputs.get(1).copied());
+        let (a, m, oh) = (self.transforms.alpha(), self.transforms.m, self.tiling.oh());
         let (tiles_y, tiles_x, tiles) = (
             self.tiling.tiles_y(),
             self.tiling.tiles_x(),
             self.tiling.tiles(),
         );
-        let at = &self.transforms.at;
-        let mut s = vec![0.0; a * n];
+        let mut s = vec![0.0; a * self.oc];
         for (i, row) in out.chunks_mut(self.width()).enumerate() {
             let (img, oy) = ((first + i) / oh, (first + i) % oh);
-            let r = oy % m;
             for tx in 0..tiles_x {
                 let tile = (img * tiles_y + oy / m) * tiles_x + tx;
-                // s[j] = Σ_i Aᵀ[r][i]·M[i][j]
-                for (j, dst) in s.chunks_mut(n).enumerate() {
-                    combine(
-                        dst,
-                        (0..a)
-                            .map(|i| (at[r * a + i], &mm[((i * a + j) * tiles + tile) * n..][..n])),
-                    );
-                }
-                for q in 0..m.min(ow - tx * m) {
-                    let dst = &mut row[(tx * m + q) * n..][..n];
-                    match bias {
-                        Some(b) => dst.copy_from_slice(&b[..n]),
-                        None => dst.fill(0.0),
-                    }
-                    for j in 0..a {
-                        let coeff = at[q * a + j];
-                        if coeff != 0.0 {
-                            axpy(dst, coeff, &s[j * n..][..n]);
-                        }
-                    }
-                }
+                self.tile_row((mm, tiles, tile), (oy % m, tx), bias, &mut s, row);
             }
         }
     }
@@ -416,18 +498,26 @@ impl Body for GradOutputTransform {
                 tile / tiles_x % tiles_y,
                 tile % tiles_x,
             );
-            let cols = m.min(ow - tx * m);
-            d.fill(0.0);
-            for p in 0..m.min(oh - ty * m) {
-                let src = ((img * oh + ty * m + p) * ow + tx * m) * n;
-                d[p * m * n..][..cols * n].copy_from_slice(&dy[src..src + cols * n]);
-            }
+            let (rows, cols) = (m.min(oh - ty * m), m.min(ow - tx * m));
+            let corner = ((img * oh + ty * m) * ow + tx * m) * n;
+            // A full tile is read in place (row p at `corner + p·ow·n`); a
+            // partial one through a zero-filled copy.
+            let (src, row_len): (&[f32], usize) = if (rows, cols) == (m, m) {
+                (&dy[corner..], ow * n)
+            } else {
+                d.fill(0.0);
+                for p in 0..rows {
+                    let from = corner + p * ow * n;
+                    d[p * m * n..][..cols * n].copy_from_slice(&dy[from..from + cols * n]);
+                }
+                (&d, m * n)
+            };
             // half[i][q] = Σ_p Aᵀ[p][i]·dY[p][q], for the rows i wanted.
             for ai in wanted.start / a..(wanted.end - 1) / a + 1 {
                 for q in 0..m {
                     combine(
                         &mut half[(ai * m + q) * n..][..n],
-                        (0..m).map(|p| (at[p * a + ai], &d[(p * m + q) * n..][..n])),
+                        (0..m).map(|p| (at[p * a + ai], &src[p * row_len + q * n..][..n])),
                     );
                 }
             }

@@ -151,7 +151,8 @@ fn winograd(
         tiling,
         c: k,
     };
-    let v = run(&input, input.rows(), k, input.rows() / 2 + 1, &[x]);
+    let padded = padded(x, tiling, k);
+    let v = run(&input, input.rows(), k, input.rows() / 2 + 1, &[&padded]);
     let mm = gemm_tiles(&v, weights, (tiling.tiles(), tiling.positions(), k, n));
     let output = OutputTransform {
         transforms: t,
@@ -162,6 +163,18 @@ fn winograd(
     let mut inputs: Vec<&[f32]> = vec![&mm];
     inputs.extend(bias);
     run(&output, output.rows(), output.width(), 3, &inputs)
+}
+
+/// NHWC `x` with `c` channels padded for `tiling` ([`PadTiles`]).
+fn padded(x: &[f32], tiling: Tiling, c: usize) -> Vec<f32> {
+    let kernel = PadTiles { tiling, c };
+    run(
+        &kernel,
+        kernel.rows(),
+        kernel.width(),
+        kernel.rows() / 3,
+        &[x],
+    )
 }
 
 /// (images, h, w, c, oc, pad)
@@ -311,7 +324,8 @@ fn weight_gradient_matches_the_direct_sum() {
                 tiling,
                 c,
             };
-            let v = run(&input, input.rows(), c, 1, &[&x]);
+            let padded = padded(&x, tiling, c);
+            let v = run(&input, input.rows(), c, 1, &[&padded]);
             let grad = GradOutputTransform {
                 transforms: t.clone(),
                 tiling,
@@ -359,6 +373,13 @@ fn short_inputs_are_errors_not_panics() {
     };
     let mut out = vec![0.0; 2];
     let err = RowKernel::rows(&input, 0, &[&[0.0; 5]], &mut out).unwrap_err();
+    assert!(
+        err.contains("the padded input map holds 5 elements"),
+        "{err}"
+    );
+    let padding = PadTiles { tiling, c: 2 };
+    let mut out = vec![0.0; padding.width()];
+    let err = RowKernel::rows(&padding, 0, &[&[0.0; 5]], &mut out).unwrap_err();
     assert!(err.contains("the input map holds 5 elements"), "{err}");
     let w = WeightTransform {
         transforms: t,
@@ -368,4 +389,68 @@ fn short_inputs_are_errors_not_panics() {
     };
     let mut out = vec![0.0; w.width()];
     assert!(w.rows(0, &[], &mut out).unwrap_err().contains("missing"));
+}
+
+#[test]
+fn fused_forward_matches_the_direct_convolution() {
+    // The cases above, plus 108 tiles of 64 → 64 channels: two blocks.
+    let mut cases = CASES.to_vec();
+    cases.push((12, 9, 9, 64, 64, 1));
+    for (case, &(n, h, w, c, oc, pad)) in cases.iter().enumerate() {
+        let seed = 300 + 10 * case as u64;
+        let (x, wt, bias) = (
+            values(n * h * w * c, seed),
+            values(oc * c * 9, seed + 1),
+            values(oc, seed + 2),
+        );
+        let want = direct(&x, &wt, &bias, (n, h, w, c, oc), pad);
+        for m in TILES {
+            let transforms = Transforms::new(m).unwrap();
+            let tiling = Tiling {
+                n,
+                h,
+                w,
+                pad: [pad, pad],
+                m,
+            };
+            let weights = WeightTransform {
+                transforms: transforms.clone(),
+                oc,
+                c,
+                flip: false,
+            };
+            let u = run(&weights, c, weights.width(), 1, &[&wt]);
+            let conv = TiledConv {
+                transforms,
+                tiling,
+                k: c,
+                n: oc,
+                bias: true,
+            };
+            let panels = conv.panels();
+            let packed = run(
+                &panels,
+                panels.groups * panels.blocks(),
+                panels.row_len(),
+                1,
+                &[&u],
+            );
+            let xp = padded(&x, tiling, c);
+            // Splits inside a tile row (computed twice) and at the ends.
+            for split in [1, conv.rows() / 2, conv.rows() - 1] {
+                let got = run(
+                    &conv,
+                    conv.rows(),
+                    conv.width(),
+                    split,
+                    &[&xp, &packed, &bias],
+                );
+                let err = rel_err(&got, &want);
+                assert!(
+                    err < 1e-5,
+                    "case {case} tile {m} split {split}: error {err}"
+                );
+            }
+        }
+    }
 }

@@ -291,7 +291,7 @@ pub(crate) fn runs_channels_last(
     options: &crate::options::CompileOptions,
 ) -> bool {
     let packed = super::prepack::enabled_for(options);
-    let winograd = |g: &Geometry| options.winograd && winograd::fits(g);
+    let winograd = |g: &Geometry| options.winograd && winograd::fits(node.op.name, g);
     node.op.attr("layout").is_none()
         && match node.op.name {
             // (dy, x, w) of each.

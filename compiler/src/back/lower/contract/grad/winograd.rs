@@ -37,14 +37,23 @@ use netc_runtime::gemm::{Gemm, Strides};
 use netc_runtime::plan::{Buf, Contraction, Operand, Rows, Step, Work};
 use netc_runtime::train::layout::ChannelsLast;
 use netc_runtime::winograd::{
-    best_tile, GradOutputTransform, InputTransform, OutputTransform, Tiling, Transforms,
+    best_tile, GradOutputTransform, InputTransform, PadTiles, TiledConv, Tiling, Transforms,
     WeightGradTransform, WeightTransform,
 };
 use std::sync::Arc;
 
-/// The fewest input and output channels: the transforms cost `O(α³)`
-/// per tile and channel against the GEMMs' `O(α²·channels)`.
-const MIN_CHANNELS: usize = 16;
+/// The smallest `C·OC/(C + OC)` (half the harmonic mean of the channel
+/// counts) of a forward convolution or input gradient: per tile and
+/// position the GEMMs cost `C·OC` multiply-adds, the transforms about
+/// `C + OC` times a constant. eeg_ccnn's 64 → 128 (43) ran level with
+/// the implicit GEMM, 128 → 256 (85) 1.26–1.45× faster, 256 → 64 (51)
+/// 1.08–1.14× (session 23).
+const MIN_CHANNEL_RATIO: usize = 32;
+
+/// The same bound for a weight gradient, whose other path (the one-pass
+/// kernel) is the faster one below it: eeg_ccnn's 64 → 128 and 256 → 64
+/// ran 0.81–0.91× as fast as Winograd transforms, 128 → 256 1.31–1.41×.
+const MIN_WEIGHT_GRAD_RATIO: usize = 64;
 
 /// Whether the convolution, input gradient or weight gradient of `g`
 /// runs as Winograd transforms in this plan: a training plan with
@@ -55,21 +64,27 @@ pub(super) fn applies(cx: &LowerCx, node: &Node, g: &Geometry) -> bool {
     cx.training
         && !cx.in_prepare
         && cx.options.winograd
-        && fits(g)
+        && fits(node.op.name, g)
         && (node.op.name != "conv2d_grad_weight" || cx.followers(node).is_empty())
 }
 
-/// The geometric conditions of [`applies`]: a CPU with AVX-512F, one
-/// group, a 3×3 kernel at stride 1 and dilation 1, padding at most 2, and
-/// at least [`MIN_CHANNELS`] channels on each side.
-pub(super) fn fits(g: &Geometry) -> bool {
+/// The geometric conditions of [`applies`] for the op named `op`: a CPU
+/// with AVX-512F, one group, a 3×3 kernel at stride 1 and dilation 1,
+/// padding at most 2, and channels enough ([`MIN_CHANNEL_RATIO`],
+/// [`MIN_WEIGHT_GRAD_RATIO`]).
+pub(super) fn fits(op: &str, g: &Geometry) -> bool {
+    let bound = if op == "conv2d_grad_weight" {
+        MIN_WEIGHT_GRAD_RATIO
+    } else {
+        MIN_CHANNEL_RATIO
+    };
     kernel_avx512::available()
         && g.groups == 1
         && (g.kh, g.kw) == (3, 3)
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
         && g.pad.iter().all(|&p| p <= 2)
-        && g.c.min(g.oc) >= MIN_CHANNELS
+        && g.c * g.oc >= bound * (g.c + g.oc)
 }
 
 /// The tiling of a convolution of `[n, h, w]` maps with `pad`, with the
@@ -108,11 +123,11 @@ fn rows(
     }
 }
 
-/// The contraction step of `groups` GEMMs `C_g[m×n] = A_g·B_g`, both
-/// operands packed per call: A (input 0) and B (input 1) read through
-/// their strides from group offsets `a.0`, `b.0` apart, C written with
-/// leading dimension `ldc`, groups `c_group` apart.
-#[allow(clippy::too_many_arguments)]
+/// The contraction step of `groups` GEMMs `C_g[m×n] = A_g·B_g` on the
+/// packed GEMM, both operands packed per call: A (input 0) and B (the
+/// step's input 1) read through their strides from group offsets `a.0`,
+/// `b.0` apart, C written with leading dimension `ldc`, groups `c_group`
+/// apart.
 fn batched(
     (groups, m, n, k): (usize, usize, usize, usize),
     a: (usize, Strides, Buf, usize),
@@ -169,6 +184,36 @@ fn to_nhwc(
     Ok(())
 }
 
+/// The NHWC map `src` (`k` channels) padded into `padded` and its tiles
+/// transformed into `v`.
+fn pad_and_transform(
+    cx: &mut LowerCx,
+    (tiling, transforms, k): (Tiling, &Transforms, usize),
+    src: (Buf, usize),
+    (padded, padded_len): (Buf, usize),
+    v: Buf,
+) {
+    let pad = PadTiles { tiling, c: k };
+    cx.push(rows(
+        Arc::new(pad),
+        (pad.rows(), pad.width()),
+        &[src],
+        padded,
+    ));
+    let input_transform = InputTransform {
+        transforms: transforms.clone(),
+        tiling,
+        c: k,
+    };
+    let shape = (input_transform.rows(), k);
+    cx.push(rows(
+        Arc::new(input_transform),
+        shape,
+        &[(padded, padded_len)],
+        v,
+    ));
+}
+
 /// Emits the forward convolution or input gradient `node` of `g`
 /// (reading `input` and the weight `w`) as the module docs describe; with
 /// `channels_last`, `input` and the result are NHWC already.
@@ -191,39 +236,42 @@ pub(super) fn emit(
         c: g.c,
         flip,
     };
-    let (k, n, p) = (weights.k(), weights.n(), tiling.positions());
-    let (tiles, oh, ow) = (tiling.tiles(), tiling.oh(), tiling.ow());
+    let (k, n) = (weights.k(), weights.n());
+    let (oh, ow) = (tiling.oh(), tiling.ow());
     let out_len = g.n * oh * ow * n;
-    // Scratch: [input as NHWC | U | V | M | result as NHWC].
+    let conv = TiledConv {
+        transforms,
+        tiling,
+        k,
+        n,
+        bias: bias.is_some(),
+    };
+    let panels = conv.panels();
+    // Scratch: [input as NHWC | padded | U | U packed | result as NHWC].
     let lens = [
         g.n * map.0 * map.1 * k,
-        k * p * n,
-        tiles * p * k,
-        tiles * p * n,
+        g.n * tiling.padded_h() * tiling.padded_w() * k,
+        k * weights.width(),
+        panels.groups * panels.group_len(),
         out_len,
     ];
-    let [mut xs, u, v, mm, mut ys] = scratch_regions(cx, node, lens)?;
+    let [mut xs, xp, u, up, mut ys] = scratch_regions(cx, node, lens)?;
     let (wbuf, wlen) = (cx.buf(w)?, cx.numel(w)?);
     let shape = (k, weights.width());
     cx.push(rows(Arc::new(weights), shape, &[(wbuf, wlen)], u));
+    let shape = (panels.groups * panels.blocks(), panels.row_len());
+    cx.push(rows(Arc::new(panels), shape, &[(u, lens[2])], up));
     if channels_last {
         xs = cx.buf(input)?;
     } else {
         to_nhwc(cx, input, (g.n, k, map.0 * map.1), xs)?;
     }
-    let input_transform = InputTransform {
-        transforms: transforms.clone(),
-        tiling,
-        c: k,
-    };
-    let shape = (input_transform.rows(), k);
-    cx.push(rows(Arc::new(input_transform), shape, &[(xs, lens[0])], v));
-    cx.push(batched(
-        (p, tiles, n, k),
-        (tiles * k, Strides::row_major(k), v, lens[2]),
-        (n, Strides::row_major(p * n), u, lens[1]),
-        (tiles * n, n),
-        (mm, lens[3]),
+    let pad = PadTiles { tiling, c: k };
+    cx.push(rows(
+        Arc::new(pad),
+        (pad.rows(), pad.width()),
+        &[(xs, lens[0])],
+        xp,
     ));
     let followers = cx.followers(node);
     let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
@@ -231,18 +279,12 @@ pub(super) fn emit(
     if channels_last {
         ys = out;
     }
-    let output_transform = OutputTransform {
-        transforms,
-        tiling,
-        oc: n,
-        bias: bias.is_some(),
-    };
-    let mut inputs = vec![(mm, lens[3])];
+    let mut inputs = vec![(xp, lens[1]), (up, lens[3])];
     if let Some(b) = bias {
         inputs.push((cx.buf(b)?, cx.numel(b)?));
     }
-    let shape = (output_transform.rows(), output_transform.width());
-    cx.push(rows(Arc::new(output_transform), shape, &inputs, ys));
+    let shape = (conv.rows(), conv.width());
+    cx.push(rows(Arc::new(conv), shape, &inputs, ys));
     let domain = if channels_last {
         Domain::Rows {
             channels: 1,
@@ -287,28 +329,29 @@ pub(super) fn emit_weight_grad(
     let (dy, x) = (node.inputs[0], node.inputs[1]);
     let (tiling, transforms) = tiling(g.n, (g.h, g.w), g.pad)?;
     let (tiles, p) = (tiling.tiles(), tiling.positions());
-    // Scratch: [x as NHWC | dy as NHWC | V | Ŷ | ∂U].
+    // Scratch: [x as NHWC | dy as NHWC | x padded | V | Ŷ | ∂U].
     let lens = [
         g.n * g.h * g.w * g.c,
         g.n * g.oh * g.ow * g.oc,
+        g.n * tiling.padded_h() * tiling.padded_w() * g.c,
         tiles * p * g.c,
         tiles * p * g.oc,
         p * g.oc * g.c,
     ];
-    let [mut xs, mut dys, v, yh, du] = scratch_regions(cx, node, lens)?;
+    let [mut xs, mut dys, xp, v, yh, du] = scratch_regions(cx, node, lens)?;
     if channels_last {
         (xs, dys) = (cx.buf(x)?, cx.buf(dy)?);
     } else {
         to_nhwc(cx, x, (g.n, g.c, g.h * g.w), xs)?;
         to_nhwc(cx, dy, (g.n, g.oc, g.oh * g.ow), dys)?;
     }
-    let input_transform = InputTransform {
-        transforms: transforms.clone(),
-        tiling,
-        c: g.c,
-    };
-    let shape = (input_transform.rows(), g.c);
-    cx.push(rows(Arc::new(input_transform), shape, &[(xs, lens[0])], v));
+    pad_and_transform(
+        cx,
+        (tiling, &transforms, g.c),
+        (xs, lens[0]),
+        (xp, lens[2]),
+        v,
+    );
     let grad_transform = GradOutputTransform {
         transforms: transforms.clone(),
         tiling,
@@ -319,10 +362,10 @@ pub(super) fn emit_weight_grad(
     // ∂U_ξ[OC, C] = Ŷ_ξᵀ · V_ξ over the tiles.
     cx.push(batched(
         (p, g.oc, g.c, tiles),
-        (tiles * g.oc, Strides::transposed(g.oc), yh, lens[3]),
-        (tiles * g.c, Strides::row_major(g.c), v, lens[2]),
+        (tiles * g.oc, Strides::transposed(g.oc), yh, lens[4]),
+        (tiles * g.c, Strides::row_major(g.c), v, lens[3]),
         (g.oc * g.c, g.c),
-        (du, lens[4]),
+        (du, lens[5]),
     ));
     let back = WeightGradTransform {
         transforms,
@@ -331,6 +374,6 @@ pub(super) fn emit_weight_grad(
     };
     let dw = cx.output(node.outputs[0])?;
     let width = back.width();
-    cx.push(rows(Arc::new(back), (g.oc, width), &[(du, lens[4])], dw));
+    cx.push(rows(Arc::new(back), (g.oc, width), &[(du, lens[5])], dw));
     Ok(())
 }

@@ -56,6 +56,7 @@ fn main() {
             oc,
             c,
             flip: false,
+            taps_first: false,
         };
         let (ms_w, u) = rows(&wt, c, wt.width(), &[&w]);
         let it = InputTransform {

@@ -105,7 +105,8 @@ pub(super) fn input<'a>(inputs: &[&'a [f32]], i: usize, what: &str) -> Result<&'
         .ok_or_else(|| format!("Winograd transform: input {i} ({what}) is missing"))
 }
 
-/// `U = G g Gᵀ` of every 3×3 filter of a weight `[OC, C, 3, 3]`, as the
+/// `U = G g Gᵀ` of every 3×3 filter of a weight `[OC, C, 3, 3]` (or
+/// `[OC, 3, 3, C]`, [`WeightTransform::taps_first`]), as the
 /// `α²` GEMM operands `U_ξ[K, N]` laid out `[K][α²][N]`. A row is one
 /// contracted channel `k` (`α²·N` wide).
 ///
@@ -122,6 +123,8 @@ pub struct WeightTransform {
     pub c: usize,
     /// Whether to swap the channel dims and rotate the filter.
     pub flip: bool,
+    /// Whether the weight is `[OC, 3, 3, C]` (an NHWC plan's) instead.
+    pub taps_first: bool,
 }
 
 impl WeightTransform {
@@ -160,14 +163,15 @@ impl Body for WeightTransform {
         for (i, row) in out.chunks_mut(self.width()).enumerate() {
             let k = first + i;
             for col in 0..n {
-                let base = if self.flip {
-                    (k * self.c + col) * taps
-                } else {
-                    (col * self.c + k) * taps
-                };
+                let (o, ci) = if self.flip { (k, col) } else { (col, k) };
                 for t in 0..taps {
-                    let src = if self.flip { taps - 1 - t } else { t };
-                    filters[t * n + col] = w[base + src];
+                    let tap = if self.flip { taps - 1 - t } else { t };
+                    let at = if self.taps_first {
+                        (o * taps + tap) * self.c + ci
+                    } else {
+                        (o * self.c + ci) * taps + tap
+                    };
+                    filters[t * n + col] = w[at];
                 }
             }
             // half[i][b] = Σ_r G[i][r]·g[r][b]

@@ -209,6 +209,7 @@ fn forward_matches_the_direct_convolution() {
                 oc,
                 c,
                 flip: false,
+                taps_first: false,
             };
             let u = run(&transform, c, transform.width(), c / 2, &[&wt]);
             let got = winograd(&x, &u, Some(&bias), tiling, (c, oc));
@@ -264,6 +265,7 @@ fn flipped_weights_give_the_input_gradient() {
                 oc,
                 c,
                 flip: true,
+                taps_first: false,
             };
             let u = run(&transform, oc, transform.width(), 1, &[&wt]);
             let got = winograd(&dy, &u, None, tiling, (oc, c));
@@ -386,6 +388,7 @@ fn short_inputs_are_errors_not_panics() {
         oc: 2,
         c: 2,
         flip: false,
+        taps_first: false,
     };
     let mut out = vec![0.0; w.width()];
     assert!(w.rows(0, &[], &mut out).unwrap_err().contains("missing"));
@@ -418,8 +421,24 @@ fn fused_forward_matches_the_direct_convolution() {
                 oc,
                 c,
                 flip: false,
+                taps_first: false,
             };
             let u = run(&weights, c, weights.width(), 1, &[&wt]);
+            // The same weight laid out [OC, 3, 3, C] (an NHWC plan's)
+            // transforms to the same U.
+            let mut hwc = vec![0.0; wt.len()];
+            for o in 0..oc {
+                for ci in 0..c {
+                    for t in 0..9 {
+                        hwc[(o * 9 + t) * c + ci] = wt[(o * c + ci) * 9 + t];
+                    }
+                }
+            }
+            let taps_first = WeightTransform {
+                taps_first: true,
+                ..weights.clone()
+            };
+            assert_eq!(run(&taps_first, c, taps_first.width(), 1, &[&hwc]), u);
             let conv = TiledConv {
                 transforms,
                 tiling,

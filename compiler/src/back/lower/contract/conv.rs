@@ -38,6 +38,9 @@ pub(super) fn lower(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
     if let Some(done) = super::grad::implicit_forward(cx, node) {
         return done;
     }
+    if let Some(done) = super::grad::winograd_inference(cx, node) {
+        return done;
+    }
     let nd = if node.op.name == "conv1d" { 1 } else { 2 };
     let bad = |what: String| {
         BackError(format!(

@@ -344,6 +344,22 @@ pub(super) fn implicit_forward(cx: &mut LowerCx, node: &Node) -> Option<Result<(
     Some(implicit::emit(cx, node, &g, operands, role, last))
 }
 
+/// An inference plan's NHWC `conv2d` as Winograd transforms
+/// ([`winograd`]); `None` when it does not take them.
+pub(super) fn winograd_inference(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    winograd::emit_inference(cx, node)
+}
+
+/// Whether an inference plan runs `node` as Winograd transforms.
+pub(super) fn runs_winograd_inference(cx: &LowerCx, node: &Node) -> bool {
+    winograd::runs_inference(cx, node)
+}
+
+/// Persistent elements the Winograd weight transforms of `nodes` take.
+pub(super) fn winograd_persistent_len(cx: &LowerCx, nodes: &[&Node]) -> usize {
+    winograd::persistent_len(cx, nodes)
+}
+
 /// The error of a channels-last convolution that no channels-last path
 /// takes (the training layout pass and the lowering disagree).
 fn not_channels_last(node: &Node) -> BackError {

@@ -60,6 +60,10 @@ pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)>
     if !cx.is_derived(w) || cx.training {
         return None;
     }
+    // A Winograd convolution packs its weight's transform instead.
+    if super::grad::runs_winograd_inference(cx, node) {
+        return None;
+    }
     let ws = cx.shape(w).ok()?;
     let (oc, k) = (*ws.first()?, ws.get(1..)?.iter().product::<usize>());
     let panels = match node.op.name {
@@ -109,15 +113,17 @@ pub fn weight_panels(cx: &LowerCx, node: &Node) -> Option<(ValueId, PackPanels)>
 }
 
 /// Persistent elements the packed weights of `nodes` take (one copy per
-/// distinct weight).
+/// distinct weight), and their Winograd weight transforms (one per
+/// convolution).
 pub fn persistent_len(cx: &LowerCx, nodes: &[&Node]) -> usize {
     let mut seen = HashSet::new();
-    nodes
-        .iter()
-        .filter_map(|n| weight_panels(cx, n))
-        .filter(|(w, _)| seen.insert(*w))
-        .map(|(_, p)| align(p.groups * p.group_len()))
-        .sum()
+    super::grad::winograd_persistent_len(cx, nodes)
+        + nodes
+            .iter()
+            .filter_map(|n| weight_panels(cx, n))
+            .filter(|(w, _)| seen.insert(*w))
+            .map(|(_, p)| align(p.groups * p.group_len()))
+            .sum::<usize>()
 }
 
 /// Rounds up to the arena alignment (16 floats), as the persistent

@@ -15,6 +15,12 @@
 //!   `α²` GEMMs `∂U_ξ[OC, C] = Ŷ_ξᵀ·V_ξ` over the tiles, and `Gᵀ ∂U G`
 //!   into dW.
 //!
+//! - an inference plan's NHWC `conv2d` with a parameter-derived weight:
+//!   its transform packed once by prepare steps into the persistent region
+//!   ([`persistent_len`]), then per run the padding and the fused
+//!   convolution straight into the output, fused followers as one
+//!   elementwise step over it.
+//!
 //! All intermediates live in the scratch region. The tile side is the one
 //! with the least transformed work for the map
 //! ([`netc_runtime::winograd::best_tile`]).
@@ -24,7 +30,7 @@
 //! convolutions were most of its training step, already at the machine's
 //! GEMM speed.
 
-use super::super::epilogue_chain;
+use super::super::{epilogue_chain, ints, prepack};
 use super::implicit::{rows_step, scratch_regions, Role};
 use super::Geometry;
 use crate::back::elementwise::Domain;
@@ -235,6 +241,7 @@ pub(super) fn emit(
         oc: g.oc,
         c: g.c,
         flip,
+        taps_first: false,
     };
     let (k, n) = (weights.k(), weights.n());
     let (oh, ow) = (tiling.oh(), tiling.ow());
@@ -375,5 +382,161 @@ pub(super) fn emit_weight_grad(
     let dw = cx.output(node.outputs[0])?;
     let width = back.width();
     cx.push(rows(Arc::new(back), (g.oc, width), &[(du, lens[5])], dw));
+    Ok(())
+}
+
+/// The fewest tiles of an inference convolution: below, the transforms
+/// and the `α²` short GEMMs cost more than they save (eeg_ccnn at batch 1
+/// has 9 per convolution).
+const MIN_INFERENCE_TILES: usize = 64;
+
+/// An inference convolution that runs as Winograd transforms: its fused
+/// kernel and how its weight is transformed.
+struct Inference {
+    conv: TiledConv,
+    weights: WeightTransform,
+}
+
+/// The Winograd form of an inference plan's `conv2d` `node`, if it takes
+/// one: NHWC (`layout = "nhwc"`, weight `[OC, 3, 3, C]`), a
+/// parameter-derived weight packed once (the packed GEMM, AVX-512F),
+/// `winograd` on, the geometry of [`fits`] and at least
+/// [`MIN_INFERENCE_TILES`] tiles.
+fn inference(cx: &LowerCx, node: &Node) -> Option<Inference> {
+    let nhwc = matches!(node.op.attr("layout"), Some(crate::ir::Attr::Str(s)) if s == "nhwc");
+    if node.op.name != "conv2d" || cx.training || !nhwc || !cx.options.winograd {
+        return None;
+    }
+    if !prepack::enabled(cx) || !cx.is_derived(*node.inputs.get(1)?) {
+        return None;
+    }
+    let (x, w) = (
+        cx.shape(node.inputs[0]).ok()?,
+        cx.shape(node.inputs[1]).ok()?,
+    );
+    let (&[n, h, wd, c], &[oc, kh, kw, wc]) = (&x[..], &w[..]) else {
+        return None;
+    };
+    let pair = |what: &str| -> Option<[usize; 2]> {
+        match ints(node, what).ok()?[..] {
+            [a, b] => Some([usize::try_from(a).ok()?, usize::try_from(b).ok()?]),
+            _ => None,
+        }
+    };
+    let groups = match node.op.attr("groups") {
+        None => 1,
+        Some(crate::ir::Attr::Int(g)) => *g,
+        Some(_) => return None,
+    };
+    let g = Geometry {
+        n,
+        c,
+        h,
+        w: wd,
+        oc,
+        kh,
+        kw,
+        oh: 0,
+        ow: 0,
+        groups: usize::try_from(groups).ok()?,
+        stride: pair("stride")?,
+        pad: pair("pad")?,
+        dilation: pair("dilation")?,
+    };
+    if wc != c || !fits(node.op.name, &g) {
+        return None;
+    }
+    let (tiling, transforms) = tiling(n, (h, wd), g.pad).ok()?;
+    if tiling.tiles() < MIN_INFERENCE_TILES {
+        return None;
+    }
+    let weights = WeightTransform {
+        transforms: transforms.clone(),
+        oc,
+        c,
+        flip: false,
+        taps_first: true,
+    };
+    let conv = TiledConv {
+        transforms,
+        tiling,
+        k: c,
+        n: oc,
+        bias: node.inputs.len() > 2,
+    };
+    Some(Inference { conv, weights })
+}
+
+/// Whether an inference plan runs `node` as Winograd transforms (its
+/// weight then needs no GEMM panels of its own).
+pub(super) fn runs_inference(cx: &LowerCx, node: &Node) -> bool {
+    inference(cx, node).is_some()
+}
+
+/// Persistent elements the packed weight transforms of `nodes` take (one
+/// per convolution).
+pub(super) fn persistent_len(cx: &LowerCx, nodes: &[&Node]) -> usize {
+    nodes
+        .iter()
+        .filter_map(|n| inference(cx, n))
+        .map(|i| {
+            let p = i.conv.panels();
+            (p.groups * p.group_len()).div_ceil(16) * 16
+        })
+        .sum()
+}
+
+/// Emits an inference plan's `conv2d` `node` as Winograd transforms (see
+/// the module docs); `None` when it does not take them.
+pub(super) fn emit_inference(cx: &mut LowerCx, node: &Node) -> Option<Result<(), BackError>> {
+    let Inference { conv, weights } = inference(cx, node)?;
+    Some(emit_inference_steps(cx, node, conv, weights))
+}
+
+fn emit_inference_steps(
+    cx: &mut LowerCx,
+    node: &Node,
+    conv: TiledConv,
+    weights: WeightTransform,
+) -> Result<(), BackError> {
+    let (x, w) = (node.inputs[0], node.inputs[1]);
+    let panels = conv.panels();
+    let packed_len = panels.groups * panels.group_len();
+    let packed = cx.persistent(packed_len);
+    let (wbuf, wlen) = (cx.buf(w)?, cx.numel(w)?);
+    let u_len = weights.k() * weights.width();
+    let [u] = scratch_regions(cx, node, [u_len])?;
+    cx.preparing(|cx| {
+        let shape = (weights.k(), weights.width());
+        cx.push(rows(Arc::new(weights), shape, &[(wbuf, wlen)], u));
+        let shape = (panels.groups * panels.blocks(), panels.row_len());
+        cx.push(rows(Arc::new(panels), shape, &[(u, u_len)], packed));
+    });
+    let tiling = conv.tiling;
+    let pad = PadTiles { tiling, c: conv.k };
+    let padded_len = pad.rows() * pad.width();
+    let [xp] = scratch_regions(cx, node, [padded_len])?;
+    let src = (cx.buf(x)?, cx.numel(x)?);
+    cx.push(rows(Arc::new(pad), (pad.rows(), pad.width()), &[src], xp));
+    let followers = cx.followers(node);
+    let last = followers.last().map_or(node.outputs[0], |f| f.outputs[0]);
+    let out = cx.output(last)?;
+    let mut inputs = vec![(xp, padded_len), (packed, packed_len)];
+    if let Some(&b) = node.inputs.get(2) {
+        inputs.push((cx.buf(b)?, cx.numel(b)?));
+    }
+    let (out_rows, width, n) = (conv.rows(), conv.width(), conv.n);
+    cx.push(rows(Arc::new(conv), (out_rows, width), &inputs, out));
+    let domain = Domain::Rows {
+        channels: 1,
+        inner: n as u64,
+    };
+    if let Some((chain, values)) = epilogue_chain(cx.g, node, &followers, domain, None)? {
+        let mut bufs = vec![out];
+        for v in values {
+            bufs.push(cx.buf(v)?);
+        }
+        cx.kernel(&chain, bufs, out, out_rows * width)?;
+    }
     Ok(())
 }

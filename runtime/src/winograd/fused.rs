@@ -128,62 +128,62 @@ impl Body for TiledConv {
         let (input, output) = (self.input(), self.output());
         let group_len = self.panels().group_len();
         let block = self.block();
-        WORK.with(|work| {
-            let mut guard = work.borrow_mut();
-            let w = &mut *guard;
-            w.v.resize(p * block * self.k, 0.0);
-            w.m.resize(p * block * self.n, 0.0);
-            w.half.resize(p * self.k, 0.0);
-            w.s.resize(a * self.n, 0.0);
-            // Sized once per thread (the buffers only grow).
-            w.gemm = std::mem::take(&mut w.gemm).with_packed();
-            for start in (t0..t1).step_by(block) {
-                let len = block.min(t1 - start);
-                for tile in start..start + len {
-                    input.tile(x, (tile, 0..p), &mut w.half, (&mut w.v, len, tile - start));
-                }
-                for xi in 0..p {
-                    // SAFETY: V_ξ is `len×K` at `xi·len·K` of `v`, U_ξ group
-                    // `xi` of the validated panels, M_ξ `len×N` of `m`; one
-                    // thread, with this thread's packing buffers.
-                    unsafe {
-                        packed::gemm(
-                            len,
-                            self.n,
-                            self.k,
-                            1.0,
-                            Side::Raw(
-                                w.v.as_ptr().add(xi * len * self.k),
-                                Strides::row_major(self.k),
-                            ),
-                            Side::Packed(u.as_ptr().add(xi * group_len)),
-                            0.0,
-                            w.m.as_mut_ptr().add(xi * len * self.n),
-                            self.n,
-                            1,
-                            &mut w.gemm as *mut TileWork,
-                        )
+        // The work space leaves the thread-local for the call, so that this
+        // code stays in the body compiled for AVX-512F (not in a closure).
+        let mut w = WORK.with(RefCell::take);
+        w.v.resize(p * block * self.k, 0.0);
+        w.m.resize(p * block * self.n, 0.0);
+        w.half.resize(p * self.k, 0.0);
+        w.s.resize(a * self.n, 0.0);
+        // Sized once per thread (the buffers only grow).
+        w.gemm = std::mem::take(&mut w.gemm).with_packed();
+        for start in (t0..t1).step_by(block) {
+            let len = block.min(t1 - start);
+            for tile in start..start + len {
+                input.tile(x, (tile, 0..p), &mut w.half, (&mut w.v, len, tile - start));
+            }
+            for xi in 0..p {
+                // SAFETY: V_ξ is `len×K` at `xi·len·K` of `v`, U_ξ group
+                // `xi` of the validated panels, M_ξ `len×N` of `m`; one
+                // thread, with this thread's packing buffers.
+                unsafe {
+                    packed::gemm(
+                        len,
+                        self.n,
+                        self.k,
+                        1.0,
+                        Side::Raw(
+                            w.v.as_ptr().add(xi * len * self.k),
+                            Strides::row_major(self.k),
+                        ),
+                        Side::Packed(u.as_ptr().add(xi * group_len)),
+                        0.0,
+                        w.m.as_mut_ptr().add(xi * len * self.n),
+                        self.n,
+                        1,
+                        &mut w.gemm as *mut TileWork,
+                    )
+                };
+            }
+            for tile in start..start + len {
+                let (img, ty, tx) = (
+                    tile / (tiles_y * tiles_x),
+                    tile / tiles_x % tiles_y,
+                    tile % tiles_x,
+                );
+                for r in 0..m {
+                    let Some(row) = (img * oh + ty * m + r).checked_sub(first) else {
+                        continue;
                     };
-                }
-                for tile in start..start + len {
-                    let (img, ty, tx) = (
-                        tile / (tiles_y * tiles_x),
-                        tile / tiles_x % tiles_y,
-                        tile % tiles_x,
-                    );
-                    for r in 0..m {
-                        let Some(row) = (img * oh + ty * m + r).checked_sub(first) else {
-                            continue;
-                        };
-                        if ty * m + r >= oh || row >= rows {
-                            continue;
-                        }
-                        let dst = &mut out[row * width..][..width];
-                        output.tile_row((&w.m, len, tile - start), (r, tx), bias, &mut w.s, dst);
+                    if ty * m + r >= oh || row >= rows {
+                        continue;
                     }
+                    let dst = &mut out[row * width..][..width];
+                    output.tile_row((&w.m, len, tile - start), (r, tx), bias, &mut w.s, dst);
                 }
             }
-        });
+        }
+        WORK.with(|cell| cell.replace(w));
     }
 }
 

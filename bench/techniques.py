@@ -51,6 +51,8 @@ TECHNIQUES = {
     "arena": ("arena reuse (memory)", DENSENET, 8, [], ["--no-arena-reuse"]),
     "wide_pointwise": ("GELU/SiLU chains on AVX-512 (vs the JIT's 4-lane kernels)", UNET, 1, [], ["--no-wide-pointwise"]),
     "thin_linear": ("small-batch linear products with the weight read in place (training)", VGGISH, 32, ["--train"], ["--train", "--no-thin-linear"]),
+    "winograd": ("3x3 convolutions as Winograd transforms (inference)", VGGISH, 32, [], ["--no-winograd"]),
+    "winograd_train": ("3x3 convolutions as Winograd transforms (training)", VGGISH, 32, ["--train"], ["--train", "--no-winograd"]),
     "fuse_train": ("fusion in the training step (norm+relu, gradient epilogues)", DENSENET, 4, ["--train"], ["--train", "--no-fuse"]),
 }
 

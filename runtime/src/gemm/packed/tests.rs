@@ -365,3 +365,51 @@ fn whole_rows_split_is_even_and_bounded() {
     assert!(whole_rows((1, 512, 324), true, 1));
     assert_eq!(share_of((256, 1024, 5184), true, (1, 2)).1, 528..1024);
 }
+
+/// A read transposed (stored `k×m`, the weight-gradient form `dyᵀ·x`):
+/// whole `MR`-row panels take the contiguous-column packing, the tail rows
+/// the general one; against a plain triple loop.
+#[test]
+fn transposed_a_is_packed_column_by_column() {
+    for (m, n, k, alpha) in [(2 * MR, 19, KC + 5, 1.0), (3 * MR + 5, NR + 3, 9, -0.5)] {
+        let ld = m + 3;
+        let a: Vec<f32> = (0..k * ld)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        for threads in [1, 2] {
+            let mut c = vec![f32::NAN; m * n];
+            sgemm(
+                m,
+                n,
+                k,
+                alpha,
+                &a,
+                Strides::transposed(ld),
+                &b,
+                Strides::row_major(n),
+                0.0,
+                &mut c,
+                n,
+                Prepacked::Neither,
+                threads,
+            )
+            .unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| f64::from(a[p * ld + i]) * f64::from(b[p * n + j]))
+                        .sum::<f64>()
+                        * alpha as f64;
+                    let got = f64::from(c[i * n + j]);
+                    assert!(
+                        (got - want).abs() < 1e-4 * want.abs().max(1.0),
+                        "{m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -282,8 +282,8 @@ pub(crate) fn channels_last(node: &Node) -> bool {
 /// `conv2d_grad_weight` `node`, of result shape `out` and first two
 /// input shapes `in0`, `in1` (all NCHW), would run on a path that reads
 /// and writes channels-last activations directly under `options`: the
-/// implicit GEMM (forward; input gradient at stride 1) or the one-pass
-/// weight gradient. The training layout pass keeps every other
+/// Winograd transforms, the implicit GEMM (forward; input gradient at
+/// stride 1) or the one-pass weight gradient. The training layout pass keeps every other
 /// convolution, and the activations around it, NCHW.
 pub(crate) fn runs_channels_last(
     node: &Node,

@@ -177,6 +177,20 @@ fn padded(x: &[f32], tiling: Tiling, c: usize) -> Vec<f32> {
     )
 }
 
+/// The transform of the weight `wt` (`[oc, c, 3, 3]`) for tiles of side
+/// `m` ([`WeightTransform`]), its rows split in two.
+fn transformed(wt: &[f32], m: usize, (oc, c): (usize, usize), flip: bool) -> Vec<f32> {
+    let kernel = WeightTransform {
+        transforms: Transforms::new(m).unwrap(),
+        oc,
+        c,
+        flip,
+        taps_first: false,
+    };
+    let rows = kernel.k();
+    run(&kernel, rows, kernel.width(), rows / 2, &[wt])
+}
+
 /// (images, h, w, c, oc, pad)
 const CASES: [(usize, usize, usize, usize, usize, usize); 5] = [
     (2, 9, 9, 5, 7, 1),
@@ -204,14 +218,7 @@ fn forward_matches_the_direct_convolution() {
                 pad: [pad, pad],
                 m,
             };
-            let transform = WeightTransform {
-                transforms: Transforms::new(m).unwrap(),
-                oc,
-                c,
-                flip: false,
-                taps_first: false,
-            };
-            let u = run(&transform, c, transform.width(), c / 2, &[&wt]);
+            let u = transformed(&wt, m, (oc, c), false);
             let got = winograd(&x, &u, Some(&bias), tiling, (c, oc));
             let err = rel_err(&got, &want);
             assert!(err < 1e-5, "case {case} tile {m}: error {err}");
@@ -260,14 +267,7 @@ fn flipped_weights_give_the_input_gradient() {
                 m,
             };
             assert_eq!((tiling.oh(), tiling.ow()), (h, w));
-            let transform = WeightTransform {
-                transforms: Transforms::new(m).unwrap(),
-                oc,
-                c,
-                flip: true,
-                taps_first: false,
-            };
-            let u = run(&transform, oc, transform.width(), 1, &[&wt]);
+            let u = transformed(&wt, m, (oc, c), true);
             let got = winograd(&dy, &u, None, tiling, (oc, c));
             let err = rel_err(&got, &want);
             assert!(err < 1e-5, "case {case} tile {m}: error {err}");

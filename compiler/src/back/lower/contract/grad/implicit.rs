@@ -199,22 +199,10 @@ pub(super) fn emit(
         wp,
     ));
     // The input as NHWC.
-    let (ibuf, ilen) = (cx.buf(input)?, cx.numel(input)?);
     if channels_last {
-        xs = ibuf;
+        xs = cx.buf(input)?;
     } else {
-        let to_nhwc = ChannelsLast {
-            c: in_c,
-            p: in_p,
-            channels_last: true,
-        };
-        cx.push(rows_step(
-            Arc::new(to_nhwc),
-            geom.n,
-            to_nhwc.width(),
-            (ibuf, ilen),
-            xs,
-        ));
+        to_nhwc(cx, input, (geom.n, in_c, in_p), xs)?;
     }
     // The epilogue: in the GEMM's hook on the NHWC rows when it reads no
     // other tensor (any when channels last: the others are NHWC too),
@@ -388,4 +376,21 @@ pub(super) fn rows_step(
         output,
         extents: vec![src_len, rows * width],
     }
+}
+
+/// `value` (`[n, c, p]` NCHW) transposed into `dst` as NHWC.
+pub(super) fn to_nhwc(
+    cx: &mut LowerCx,
+    value: ValueId,
+    (n, c, p): (usize, usize, usize),
+    dst: Buf,
+) -> Result<(), BackError> {
+    let kernel = ChannelsLast {
+        c,
+        p,
+        channels_last: true,
+    };
+    let src = (cx.buf(value)?, cx.numel(value)?);
+    cx.push(rows_step(Arc::new(kernel), n, kernel.width(), src, dst));
+    Ok(())
 }

@@ -13,7 +13,7 @@
 //! packs both operands again; the kernel keeps its tiles in registers over
 //! the runs of a chunk of images and reads `x` and `dy` in place.
 
-use super::implicit::{rows_step, scratch_regions};
+use super::implicit::{rows_step, scratch_regions, to_nhwc};
 use super::Geometry;
 use crate::back::lower::LowerCx;
 use crate::back::BackError;
@@ -98,20 +98,9 @@ pub(super) fn emit(
     let [mut xs, mut dys, dwt] = scratch_regions(cx, node, lens)?;
     if channels_last {
         (xs, dys) = (cx.buf(x)?, cx.buf(dy)?);
-    }
-    let transposes = if channels_last {
-        vec![]
     } else {
-        vec![(x, (g.c, g.h * g.w), xs), (dy, (g.oc, g.oh * g.ow), dys)]
-    };
-    for (value, (c, p), out) in transposes {
-        let to_nhwc = ChannelsLast {
-            c,
-            p,
-            channels_last: true,
-        };
-        let src = (cx.buf(value)?, cx.numel(value)?);
-        cx.push(rows_step(Arc::new(to_nhwc), g.n, to_nhwc.width(), src, out));
+        to_nhwc(cx, x, (g.n, g.c, g.h * g.w), xs)?;
+        to_nhwc(cx, dy, (g.n, g.oc, g.oh * g.ow), dys)?;
     }
     cx.push(Step {
         work: Work::Rows(Rows {

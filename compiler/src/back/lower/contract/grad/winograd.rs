@@ -31,7 +31,7 @@
 //! GEMM speed.
 
 use super::super::{epilogue_chain, ints, prepack};
-use super::implicit::{rows_step, scratch_regions, Role};
+use super::implicit::{rows_step, scratch_regions, to_nhwc, Role};
 use super::Geometry;
 use crate::back::elementwise::Domain;
 use crate::back::lower::LowerCx;
@@ -171,23 +171,6 @@ fn batched(
         output: out,
         extents: vec![a.3, b.3, out_len],
     }
-}
-
-/// `value` (`[n, c, p]` NCHW) transposed into `dst` as NHWC.
-fn to_nhwc(
-    cx: &mut LowerCx,
-    value: ValueId,
-    (n, c, p): (usize, usize, usize),
-    dst: Buf,
-) -> Result<(), BackError> {
-    let kernel = ChannelsLast {
-        c,
-        p,
-        channels_last: true,
-    };
-    let src = (cx.buf(value)?, cx.numel(value)?);
-    cx.push(rows_step(Arc::new(kernel), n, kernel.width(), src, dst));
-    Ok(())
 }
 
 /// The NHWC map `src` (`k` channels) padded into `padded` and its tiles

@@ -140,7 +140,12 @@ impl Body for TiledConv {
         for start in (t0..t1).step_by(block) {
             let len = block.min(t1 - start);
             for tile in start..start + len {
-                input.tile(x, (tile, 0..p), &mut w.half, (&mut w.v, len, tile - start));
+                input.tile(
+                    x,
+                    (tile, 0..p),
+                    &mut w.half,
+                    (&mut w.v, len, tile - start, 0),
+                );
             }
             for xi in 0..p {
                 // SAFETY: V_ξ is `len×K` at `xi·len·K` of `v`, U_ξ group

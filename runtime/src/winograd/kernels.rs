@@ -273,15 +273,15 @@ impl InputTransform {
 
 impl InputTransform {
     /// Positions `wanted` of tile `tile` of the padded map `x`, position
-    /// `ξ` into `out[(ξ·stride + offset)·K..]` (`half` is `α²·K` floats of
-    /// work space).
+    /// `ξ` into `out[(ξ·stride + offset − origin)·K..]` (`half` is `α²·K`
+    /// floats of work space).
     #[inline(always)]
     pub(super) fn tile(
         &self,
         x: &[f32],
         (tile, wanted): (usize, std::ops::Range<usize>),
         half: &mut [f32],
-        (out, stride, offset): (&mut [f32], usize, usize),
+        (out, stride, offset, origin): (&mut [f32], usize, usize, usize),
     ) {
         let (a, c, m) = (self.transforms.alpha(), self.c, self.transforms.m);
         let (ph, pw) = (self.tiling.padded_h(), self.tiling.padded_w());
@@ -307,7 +307,7 @@ impl InputTransform {
         for xi in wanted {
             let (bi, bj) = (xi / a, xi % a);
             combine(
-                &mut out[(xi * stride + offset) * c..][..c],
+                &mut out[(xi * stride + offset - origin) * c..][..c],
                 (0..a).map(|b| (bt[bj * a + b], &half[(bi * a + b) * c..][..c])),
             );
         }
@@ -326,7 +326,7 @@ impl Body for InputTransform {
                     inputs[0],
                     (tile, wanted),
                     &mut half,
-                    (out, tiles, tile - first),
+                    (out, tiles, tile, first),
                 );
             }
         }

@@ -368,10 +368,12 @@ pub(super) fn emit_weight_grad(
     Ok(())
 }
 
-/// The fewest tiles of an inference convolution: below, the transforms
-/// and the `α²` short GEMMs cost more than they save (eeg_ccnn at batch 1
-/// has 9 per convolution).
-const MIN_INFERENCE_TILES: usize = 64;
+/// The fewest tiles of an inference convolution: vggish's 512-channel
+/// convolutions at batch 1 (6 tiles of 4×4 on 12×8 maps) ran 0.71–0.75×
+/// as fast as Winograd transforms, its 256-channel ones (24 tiles)
+/// 1.67–1.76× faster, eeg_ccnn's at batch 1 (9 tiles of 3×3) level to
+/// 1.07× (session 23, 3 rounds each).
+const MIN_INFERENCE_TILES: usize = 8;
 
 /// An inference convolution that runs as Winograd transforms: its fused
 /// kernel and how its weight is transformed.

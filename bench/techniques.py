@@ -53,6 +53,7 @@ TECHNIQUES = {
     "thin_linear": ("small-batch linear products with the weight read in place (training)", VGGISH, 32, ["--train"], ["--train", "--no-thin-linear"]),
     "winograd": ("3x3 convolutions as Winograd transforms (inference)", VGGISH, 32, [], ["--no-winograd"]),
     "winograd_train": ("3x3 convolutions as Winograd transforms (training)", VGGISH, 32, ["--train"], ["--train", "--no-winograd"]),
+    "norm_prologue": ("concat+norm+relu gathered by the 1x1 convolution reading it (vs stored)", DENSENET, 8, [], ["--no-norm-prologue"]),
     "fuse_train": ("fusion in the training step (norm+relu, gradient epilogues)", DENSENET, 4, ["--train"], ["--train", "--no-fuse"]),
 }
 

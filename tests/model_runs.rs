@@ -490,6 +490,25 @@ fn densenet121_matches_pytorch() {
     check_compiled(&DENSENET121, default_options());
 }
 
+/// The normalised concatenations that DenseNet's 1×1 convolutions read,
+/// on their other paths: stored in the scratch region for a GEMM that
+/// cannot gather through the norm (the native one), and stored as their
+/// own tensors (`norm_prologue` off). The default path gathers them in
+/// the implicit GEMM (`densenet121_matches_pytorch`).
+#[test]
+fn densenet121_stored_prologues_match_pytorch() {
+    for (gemm, norm_prologue) in [(GemmChoice::Native, true), (GemmChoice::Auto, false)] {
+        check_compiled(
+            &DENSENET121,
+            CompileOptions {
+                gemm,
+                norm_prologue,
+                ..default_options()
+            },
+        );
+    }
+}
+
 #[test]
 fn densenet121_unfused_matches_pytorch() {
     check_compiled(&DENSENET121, unfused_options());

@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         wide_pointwise: true,
         thin_linear: true,
         winograd: true,
+        norm_prologue: true,
     };
     let t0 = Instant::now();
     let mut model = CompiledModel::new(graph, &shapes, options)?;

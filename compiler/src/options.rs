@@ -70,6 +70,12 @@ pub struct CompileOptions {
     /// batched GEMMs (`netc_runtime::winograd`) where they fit, on CPUs
     /// with AVX-512F.
     pub winograd: bool,
+    /// Fuse a channels-last `concat → batch norm → relu` read only by a
+    /// 1×1 convolution into that convolution (with `fuse`): its implicit
+    /// GEMM gathers A through the normalisation from the concatenated
+    /// tensors, and the normalised concatenation is never stored
+    /// (DenseNet's bottlenecks and transitions, inference plans).
+    pub norm_prologue: bool,
 }
 
 impl Default for CompileOptions {
@@ -86,6 +92,7 @@ impl Default for CompileOptions {
             wide_pointwise: true,
             thin_linear: true,
             winograd: true,
+            norm_prologue: true,
         }
     }
 }

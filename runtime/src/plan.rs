@@ -223,6 +223,27 @@ pub struct Contraction {
     pub accumulate: bool,
     /// The GEMM.
     pub gemm: Gemm,
+    /// A normalised concatenation read as A (with [`Gemm::Implicit`]
+    /// over a 1×1 geometry only), in place of the A operand's buffer.
+    pub prologue: Option<Prologue>,
+}
+
+/// The A of an implicit 1×1 convolution read through a per-channel
+/// normalisation from a channel concatenation (`netc_runtime::gemm::conv::Normed`):
+/// step inputs `first..first + parts` are the concatenated tensors, each
+/// `m` rows of `extent / m` channels.
+#[derive(Clone, Copy, Debug)]
+pub struct Prologue {
+    /// The first concatenated tensor: an index into the step's inputs.
+    pub first: usize,
+    /// How many tensors are concatenated (consecutive step inputs).
+    pub parts: usize,
+    /// The per-channel scale: an index into the step's inputs.
+    pub scale: usize,
+    /// The per-channel shift: an index into the step's inputs.
+    pub shift: usize,
+    /// Whether negative results are set to zero.
+    pub relu: bool,
 }
 
 /// One step of a plan.
@@ -416,8 +437,16 @@ impl Contraction {
             Some(u) => u.len,
             None => *extents.last().unwrap_or(&0),
         };
+        let a_check = match self.prologue {
+            Some(p) => (
+                0,
+                self.prologue_extents(p, extents)
+                    .ok_or_else(|| over("prologue"))?,
+            ),
+            None => reach(&self.a, self.m, self.k, "A")?,
+        };
         let checks = [
-            ("A", reach(&self.a, self.m, self.k, "A")?),
+            ("A", a_check),
             ("B", reach(&self.b, self.k, self.n, "B")?),
             ("C", (reach(&c, self.m, self.n, "C")?.0, c_have)),
         ];
@@ -456,6 +485,8 @@ struct Contracting<'c> {
     /// The executor's team, when the plan runs on the calling thread with
     /// helpers ([`Executor::with_team`]); `work` then has an entry per part.
     team: Option<&'c Team>,
+    /// The step's declared extents (a prologue's parts' channels).
+    extents: &'c [usize],
 }
 
 // SAFETY: items write disjoint parts of C and of the scratch (one slice per
@@ -465,6 +496,31 @@ unsafe impl Send for Contracting<'_> {}
 unsafe impl Sync for Contracting<'_> {}
 
 impl Contraction {
+    /// Checks a prologue against the step's extents: an implicit 1×1,
+    /// stride-1, unpadded geometry over the concatenation's channels,
+    /// every part whole rows of `m`, scale and shift one per channel.
+    /// Returns the A operand's extent on success (it is not read).
+    fn prologue_extents(&self, p: Prologue, extents: &[usize]) -> Option<usize> {
+        let Gemm::Implicit(geom) = self.gemm else {
+            return None;
+        };
+        let one_by_one = geom.kh == 1
+            && geom.kw == 1
+            && geom.stride == [1, 1]
+            && geom.pad == [0, 0]
+            && geom.c == geom.cg
+            && geom.depth() == self.k
+            && self.m > 0;
+        let parts = extents.get(p.first..p.first.checked_add(p.parts)?)?;
+        let channels = parts.iter().try_fold(0usize, |sum, &e| {
+            e.is_multiple_of(self.m).then_some(sum + e / self.m)
+        })?;
+        let per_channel = |i: usize| extents.get(i).is_some_and(|&e| e >= self.k);
+        (one_by_one && channels == self.k && per_channel(p.scale) && per_channel(p.shift))
+            .then(|| extents.get(self.a.input).copied())
+            .flatten()
+    }
+
     /// Whether a [`Team`] splits this contraction's GEMMs: packed GEMMs
     /// of at least [`TEAM_MIN_MACS`] multiply-adds.
     fn team_splits(&self) -> bool {
@@ -739,6 +795,21 @@ impl Contracting<'_> {
                 } else {
                     self.work
                 };
+                if let Some(p) = c.prologue {
+                    let slot = |i: usize| *self.slots.add(i);
+                    let normed = conv::Normed {
+                        parts: (p.first..p.first + p.parts)
+                            .map(|i| (slot(i), self.extents[i] / c.m))
+                            .collect(),
+                        scale: slot(p.scale),
+                        shift: slot(p.shift),
+                        relu: p.relu,
+                    };
+                    conv::gemm_normed(
+                        &geom, &normed, b, c.n, beta, out, c.ldc, threads, works, rows_done,
+                    );
+                    return;
+                }
                 conv::gemm(
                     &geom, a, b, c.n, beta, out, c.ldc, threads, works, rows_done,
                 )
@@ -1180,6 +1251,7 @@ impl Executor {
                         work,
                         partials,
                         team: team.as_ref(),
+                        extents: &step.extents,
                     };
                     // SAFETY: `check` verified every buffer covers its
                     // declared extent and `Executor::new` that the
@@ -1456,6 +1528,7 @@ mod tests {
                 unpack: None,
                 accumulate: false,
                 gemm: Gemm::Native,
+                prologue: None,
             })),
             inputs: vec![Buf::Param(0), Buf::Input(0)],
             output: Buf::Output(0),
@@ -1542,6 +1615,7 @@ mod tests {
                 unpack,
                 accumulate,
                 gemm: Gemm::Native,
+                prologue: None,
             })),
             inputs: vec![
                 Buf::Input(0),

@@ -75,6 +75,10 @@ pub struct CompileFlags {
     /// paths instead of as Winograd transforms around batched GEMMs.
     #[arg(long)]
     pub no_winograd: bool,
+    /// Store each normalised concatenation that a 1×1 convolution reads
+    /// (DenseNet) instead of normalising it inside the convolution.
+    #[arg(long)]
+    pub no_norm_prologue: bool,
 }
 
 /// `--gemm` values.
@@ -127,6 +131,7 @@ impl CompileFlags {
             wide_pointwise: !self.no_wide_pointwise,
             thin_linear: !self.no_thin_linear,
             winograd: !self.no_winograd,
+            norm_prologue: !self.no_norm_prologue,
         })
     }
 }

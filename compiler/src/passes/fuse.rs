@@ -45,8 +45,10 @@ pub struct FuseStats {
     pub fused: usize,
 }
 
-/// Runs the fusion pass on `g`.
-pub fn run(g: &mut Graph) -> FuseStats {
+/// Runs the fusion pass on `g`; with `prologues`, a concat → norm → relu
+/// group read only by a 1×1 convolution is fused into that convolution
+/// ([`prologue_reader`]).
+pub fn run(g: &mut Graph, prologues: bool) -> FuseStats {
     let mut stats = FuseStats::default();
     let readers = rewrite::readers(g);
     let derived = rewrite::param_derived(g);
@@ -82,7 +84,18 @@ pub fn run(g: &mut Graph) -> FuseStats {
         }
         if head.op.name == "concat" {
             let followers = concat_norm_group(g, h, &readers, &taken);
-            if !followers.is_empty() {
+            let reader = prologues
+                .then(|| prologue_reader(g, &followers, &readers, &derived))
+                .flatten();
+            if let Some(conv) = reader {
+                let key = g.nodes[conv].outputs[0];
+                for f in std::iter::once(h).chain(followers.iter().copied()) {
+                    g.nodes[f].fused_into = Some(key);
+                    taken.insert(f);
+                }
+                stats.groups += 1;
+                stats.fused += 1 + followers.len();
+            } else if !followers.is_empty() {
                 let key = g.nodes[h].outputs[0];
                 for f in &followers {
                     g.nodes[*f].fused_into = Some(key);
@@ -180,6 +193,52 @@ fn concat_norm_group(
         running = node.outputs[0];
     }
     followers
+}
+
+/// The 1×1 convolution that can take a concat → norm group (`followers`
+/// of the concat: the norm, then at most a `relu`) as its prologue: the
+/// only reader of the group's result, an NHWC `conv2d` reading it as its
+/// input, 1×1 with stride 1, no padding, one group and a
+/// parameter-derived weight (inference plans pack it, so the convolution
+/// runs as an implicit GEMM that gathers its A through the norm). The
+/// concat, the norm and the relu are then marked `fused_into` the
+/// convolution, which comes after them: a head's prologue.
+fn prologue_reader(
+    g: &Graph,
+    followers: &[usize],
+    readers: &HashMap<ValueId, Vec<usize>>,
+    derived: &HashSet<ValueId>,
+) -> Option<usize> {
+    let (&last, tail) = followers.split_last()?;
+    let shape_ok = match tail {
+        [] => true,
+        [_] => g.nodes[last].op.name == "relu",
+        _ => false,
+    };
+    let y = g.nodes[last].outputs[0];
+    let &[c] = readers.get(&y)?.as_slice() else {
+        return None;
+    };
+    let conv = &g.nodes[c];
+    let ints = |name: &str| match conv.op.attr(name) {
+        Some(Attr::Ints(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let one_by_one = matches!(&g.ty(*conv.inputs.get(1)?).shape[..], [_, kh, kw, _]
+        if kh.as_known() == Some(1) && kw.as_known() == Some(1));
+    let fits = shape_ok
+        && conv.op.name == "conv2d"
+        && is_nhwc(conv)
+        && !conv.train_only
+        && conv.inputs[0] == y
+        && derived.contains(&conv.inputs[1])
+        && one_by_one
+        && ints("stride")? == [1, 1]
+        && ints("pad")? == [0, 0]
+        && ints("dilation")? == [1, 1]
+        && matches!(conv.op.attr("groups"), None | Some(Attr::Int(1)))
+        && !rewrite::is_output(g, y);
+    fits.then_some(c)
 }
 
 /// The `relu` reading the normalised result of the norm at `h` (a

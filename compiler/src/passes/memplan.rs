@@ -81,7 +81,8 @@ pub fn plan(g: &Graph, symbols: &[(String, i64)]) -> MemoryPlan {
 /// [`plan`], leaving out the values in `skip` (they are never stored: the
 /// inner links of fused kernels, or tensors kept outside the transient
 /// arena). A node fused into another (`fused_into`) is computed by its
-/// head's kernel, so its results are live from the head's position on.
+/// head's kernel, so its results are live from the head's position on,
+/// and the inputs of one fused into a later head (a prologue) up to it.
 /// With `reuse` false no two intermediates share bytes (the arena is the
 /// sum of their sizes): the switch that measures what reuse saves.
 pub fn plan_skipping(
@@ -102,10 +103,16 @@ pub fn plan_skipping(
     let mut first: HashMap<ValueId, usize> = HashMap::new();
     let mut last: HashMap<ValueId, usize> = HashMap::new();
     for (pos, n) in nodes.iter().enumerate() {
+        // A node fused into a later head (its prologue) reads its inputs
+        // when the head runs.
+        let read_at = n
+            .fused_into
+            .and_then(|h| produced_at.get(&h).copied())
+            .map_or(pos, |h| h.max(pos));
         for v in &n.inputs {
             let r = *root.get(v).unwrap_or(v);
             if let Some(l) = last.get_mut(&r) {
-                *l = (*l).max(pos);
+                *l = (*l).max(read_at);
             }
         }
         for (i, v) in n.outputs.iter().enumerate() {

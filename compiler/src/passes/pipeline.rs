@@ -60,7 +60,7 @@ pub fn optimize_with_report(
             "fold_bn" if options.fuse && options.fold_bn => report.folded = fold_bn::run(&mut g),
             "pool_first" if options.pool_first => report.pools_moved = pool_first::run(&mut g),
             "layout" if options.layout == LayoutChoice::Auto => report.layout = layout::run(&mut g),
-            "fuse" if options.fuse => report.fuse = fuse::run(&mut g),
+            "fuse" if options.fuse => report.fuse = fuse::run(&mut g, options.norm_prologue),
             _ => {}
         }
         rewrite::verify(&g).map_err(|e| format!("after pass `{pass}`: {e}"))?;

@@ -128,7 +128,8 @@ pub fn replace_uses(g: &mut Graph, old: ValueId, new: ValueId) {
 /// Checks that the graph is well formed after a rewrite: every operand is
 /// defined before it is read, every result's definition names its node,
 /// every output is defined, and every `fused_into` names the first result
-/// of an earlier inference node. The error names the node and the value.
+/// of an inference node (an earlier one, or a later one whose prologue the
+/// node is). The error names the node and the value.
 pub fn verify(g: &Graph) -> Result<(), String> {
     let defined_outside = |v: ValueId| {
         matches!(
@@ -138,6 +139,8 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     };
     let mut produced: HashSet<ValueId> = HashSet::new();
     let mut heads: HashSet<ValueId> = HashSet::new();
+    // Nodes fused into a head computed after them (a prologue).
+    let mut prologues: Vec<(ValueId, String)> = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         let at = || format!("`{}` (node {i}) at {}", n.op.name, n.path);
         for v in &n.inputs {
@@ -146,12 +149,11 @@ pub fn verify(g: &Graph) -> Result<(), String> {
             }
         }
         if let Some(h) = n.fused_into {
-            if !heads.contains(&h) || n.train_only {
-                return Err(format!(
-                    "{} is fused into %{}, which no earlier inference node computes first",
-                    at(),
-                    h.0
-                ));
+            if n.train_only {
+                return Err(format!("{} is a training node fused into %{}", at(), h.0));
+            }
+            if !heads.contains(&h) {
+                prologues.push((h, at()));
             }
         }
         for (k, v) in n.outputs.iter().enumerate() {
@@ -167,6 +169,14 @@ pub fn verify(g: &Graph) -> Result<(), String> {
         }
         if !n.train_only {
             heads.extend(n.outputs.first().copied());
+        }
+    }
+    for (h, at) in prologues {
+        if !heads.contains(&h) {
+            return Err(format!(
+                "{at} is fused into %{}, which no inference node computes first",
+                h.0
+            ));
         }
     }
     for (name, v) in &g.outputs {

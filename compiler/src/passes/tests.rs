@@ -402,11 +402,82 @@ fn densenet121_passes() {
         .iter()
         .filter(|n| n.op.name == "conv2d")
         .all(|n| n.op.attr("layout") == Some(&Attr::Str("nhwc".into()))));
+    // Every dense layer's bottleneck convolution (58) takes its concat →
+    // norm → relu as a prologue; the transitions' (whose pool now comes
+    // first) and the last block's concat → norm5 → relu, read by pools,
+    // stay concat groups.
+    let prologues = |g: &Graph| {
+        let convs: std::collections::HashSet<_> = g
+            .nodes
+            .iter()
+            .filter(|n| n.op.name == "conv2d")
+            .map(|n| n.outputs[0])
+            .collect();
+        let concats = g.nodes.iter().filter(|n| n.op.name == "concat");
+        concats
+            .filter(|n| n.fused_into.is_some_and(|h| convs.contains(&h)))
+            .count()
+    };
+    assert_eq!(prologues(&after), 58);
+    let stored = CompileOptions {
+        norm_prologue: false,
+        ..CompileOptions::default()
+    };
+    assert_eq!(prologues(&optimize(g.clone(), &stored, None).unwrap()), 0);
     eprintln!(
         "densenet121: (nodes, run-time nodes) {:?} -> {:?}; {r:?}",
         inference_nodes(&g),
         inference_nodes(&after)
     );
+}
+
+/// A convolution's prologue (concat → norm → relu fused into the 1×1
+/// convolution after them) is never stored, and the concatenated maps
+/// stay live until the convolution runs, even where the concat was their
+/// last reader; a 3×3 convolution takes no prologue.
+#[test]
+fn prologue_inputs_live_until_their_convolution() {
+    let src = |k: usize| {
+        format!(
+            "model m() {{ input x: f32[N, 16, 6, 5]
+                         a = x |> c0: conv2d(24, k = 3, pad = 1) |> relu
+                         output y = concat([x, a], dim = 1) |> bn: batch_norm |> relu
+                                    |> c1: conv2d(40, k = {k}, pad = {}, bias = false) }}",
+            k / 2
+        )
+    };
+    let after = optimize(program(&src(1)).unwrap(), &CompileOptions::default(), None).unwrap();
+    let position =
+        |pred: &dyn Fn(&crate::ir::Node) -> bool| after.nodes.iter().position(pred).unwrap();
+    let concat = position(&|n| n.op.name == "concat");
+    let conv = position(&|n| n.path == "c1" && n.op.name == "conv2d");
+    assert_eq!(
+        after.nodes[concat].fused_into,
+        Some(after.nodes[conv].outputs[0])
+    );
+    let nodes: Vec<_> = after.nodes.iter().collect();
+    let skip = crate::back::lower::pointwise::unstored_links(&nodes);
+    let a = after.nodes[concat].inputs[1];
+    let plan = super::memplan::plan_skipping(&after, &[("N".into(), 2)], &skip, true);
+    let live = plan.placements.iter().find(|p| p.value == a).unwrap();
+    assert!(
+        live.last >= conv,
+        "the concat input dies at {} before the conv at {conv}",
+        live.last
+    );
+    let mut prologue_values = after.nodes[concat..conv]
+        .iter()
+        .filter(|n| n.fused_into.is_some())
+        .flat_map(|n| n.outputs.iter());
+    assert!(prologue_values.all(|v| plan.placements.iter().all(|p| p.value != *v)));
+    let three = optimize(program(&src(3)).unwrap(), &CompileOptions::default(), None).unwrap();
+    let concat = three.nodes.iter().find(|n| n.op.name == "concat").unwrap();
+    let conv = three
+        .nodes
+        .iter()
+        .find(|n| n.path == "c1" && n.op.name == "conv2d")
+        .unwrap();
+    assert_ne!(concat.fused_into, Some(conv.outputs[0]));
 }
 
 /// VGGish: the conv stack runs NHWC and its channels-last flatten permute

@@ -75,7 +75,7 @@ impl TrainStep {
             training_layout(&mut graph, &bound, &options);
         }
         if options.fuse {
-            crate::passes::fuse::run(&mut graph);
+            crate::passes::fuse::run(&mut graph, false);
         }
         crate::passes::rewrite::verify(&graph).map_err(RunError::Inputs)?;
         let symbols: Vec<(String, i64)> = bound

@@ -22,6 +22,11 @@
 //! across the slices, and a caller's hook runs on them (the epilogue) as
 //! soon as they are final.
 //!
+//! A 1×1 convolution may instead read a **normalised concatenation**
+//! ([`Normed`], [`gemm_normed`]: DenseNet's `concat → norm → relu`): then
+//! every tile is gathered, through the per-channel map, from the
+//! concatenated tensors.
+//!
 //! Tiles are `8×48`, or `14×32` for products at most 32 columns wide
 //! ([`super::kernel_avx512::raw_rows`]). Without AVX-512F the portable
 //! kernel ([`super::packed`]'s, A through strides) runs.
@@ -494,7 +499,7 @@ pub unsafe fn gemm_part(
         part(
             avx::available(),
             geom,
-            x,
+            Source::Input(x),
             b,
             n,
             beta,
@@ -516,7 +521,7 @@ pub unsafe fn gemm_part(
 unsafe fn part(
     wide: bool,
     geom: &ConvGeom,
-    x: *const f32,
+    source: Source,
     b: *const f32,
     n: usize,
     beta: f32,
@@ -549,15 +554,28 @@ unsafe fn part(
             a_at.clear();
             segs.clear();
             for (&(r0, mv), started) in tiles.iter().zip(&mut started) {
-                let (a, lda, part, seg) = match geom.in_place(r0, mv, slice, mr, &mut segs) {
+                let direct = match source {
+                    Source::Input(x) => geom.in_place(r0, mv, slice, mr, &mut segs).map(|d| (x, d)),
+                    Source::Normed(_) => None,
+                };
+                let (a, lda, part, seg) = match direct {
                     // SAFETY: the rows lie inside x (checked against the
                     // input's bounds).
-                    Some(d) => (unsafe { x.add(d.at) }, d.lda, d.rows, d.segs),
+                    Some((x, d)) => (unsafe { x.add(d.at) }, d.lda, d.rows, d.segs),
                     None => {
                         // SAFETY: the tile is inside A and the block; the
                         // buffer holds MC·KC ≥ mb·kb floats.
                         let dst = unsafe { abuf.add((r0 - ic) * kb) };
-                        unsafe { geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst) };
+                        match source {
+                            // SAFETY: rows and depth inside A (above).
+                            Source::Input(x) => unsafe {
+                                geom.pack_rows(x, r0..r0 + mv, ks.clone(), dst)
+                            },
+                            // SAFETY: as above; the parts hold A's rows.
+                            Source::Normed(normed) => unsafe {
+                                normed.pack_rows(r0..r0 + mv, ks.clone(), dst)
+                            },
+                        }
                         segs.push(Seg {
                             off: 0,
                             step: 0,
@@ -738,7 +756,7 @@ pub unsafe fn gemm(
         gemm_with(
             avx::available(),
             geom,
-            x,
+            Source::Input(x),
             b,
             n,
             beta,
@@ -751,6 +769,62 @@ pub unsafe fn gemm(
     }
 }
 
+/// [`gemm`] with A the normalised concatenation `normed` instead of a
+/// window over one input: a 1×1, stride-1, unpadded `geom` whose
+/// channels are `normed`'s; every tile of A is gathered through the
+/// normalisation ([`Normed::pack_rows`]) into the thread's A buffer.
+///
+/// # Safety
+/// As [`gemm`], with `normed`'s parts (each `geom.rows()` rows of its
+/// channels), scale and shift in place of `x`; `geom` is such a 1×1
+/// geometry with `geom.c == geom.cg == normed.channels()`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_normed(
+    geom: &ConvGeom,
+    normed: &Normed,
+    b: *const f32,
+    n: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    works: *mut TileWork,
+    done: &(dyn Fn(Range<usize>) + Sync),
+) {
+    debug_assert!(geom.depth() == normed.channels() && geom.c == geom.cg);
+    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
+    unsafe {
+        gemm_with(
+            avx::available(),
+            geom,
+            Source::Normed(normed),
+            b,
+            n,
+            beta,
+            c,
+            ldc,
+            threads,
+            works,
+            done,
+        )
+    }
+}
+
+/// Where the rows of an implicit A are read from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The window of the geometry over the convolution's input.
+    Input(*const f32),
+    /// A normalised concatenation (1×1 geometry), always gathered.
+    Normed(&'a Normed),
+}
+
+// SAFETY: the GEMM only reads through the input pointer (which outlives
+// the call that shares it over the pool's threads).
+unsafe impl Send for Source<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Source<'_> {}
+
 /// [`gemm`] on the AVX-512 micro-kernels (`wide`) or the portable one.
 ///
 /// # Safety
@@ -759,7 +833,7 @@ pub unsafe fn gemm(
 unsafe fn gemm_with(
     wide: bool,
     geom: &ConvGeom,
-    x: *const f32,
+    source: Source,
     b: *const f32,
     n: usize,
     beta: f32,
@@ -787,12 +861,26 @@ unsafe fn gemm_with(
     let blocks = m.div_ceil(block);
     if threads == 1 || blocks == 1 {
         // SAFETY: forwarded; works[0] is ours.
-        unsafe { part(wide, geom, x, b, n, beta, c, ldc, 0..m, &mut *works, done) };
+        unsafe {
+            part(
+                wide,
+                geom,
+                source,
+                b,
+                n,
+                beta,
+                c,
+                ldc,
+                0..m,
+                &mut *works,
+                done,
+            )
+        };
         return;
     }
     let next = AtomicUsize::new(0);
     // Pointers cross to the pool's threads as integers.
-    let (x, b, c, works) = (x as usize, b as usize, c as usize, works as usize);
+    let (b, c, works) = (b as usize, c as usize, works as usize);
     (0..threads.min(blocks)).into_par_iter().for_each(|t| loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= blocks {
@@ -805,7 +893,7 @@ unsafe fn gemm_with(
             part(
                 wide,
                 geom,
-                x as *const f32,
+                source,
                 b as *const f32,
                 n,
                 beta,
@@ -820,5 +908,8 @@ unsafe fn gemm_with(
 }
 
 mod kernel;
+mod normed;
 #[cfg(test)]
 mod tests;
+
+pub use normed::Normed;

@@ -176,6 +176,7 @@ mod tests {
                 unpack: None,
                 accumulate: true,
                 gemm,
+                prologue: None,
             })),
             inputs: vec![
                 Buf::Input(0),

@@ -38,7 +38,9 @@ use netc_runtime::gemm::packed::Prepacked;
 use netc_runtime::gemm::skinny::{self, SkinnyLinear};
 use netc_runtime::gemm::{gemv, thin};
 use netc_runtime::gemm::{Gemm, Strides};
-use netc_runtime::plan::{Buf, Contraction, Epilogue, Operand, Pack, Rows, Step, Unpack, Work};
+use netc_runtime::plan::{
+    Buf, Contraction, Epilogue, Operand, Pack, Prologue, Rows, Step, Unpack, Work,
+};
 use std::sync::Arc;
 
 /// Lowers `linear`, `matmul`, `conv1d` and `conv2d`; `None` for other ops.
@@ -206,6 +208,18 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
         (Prepacked::Neither, _) => gemm_choice(cx)?,
         (side, _) => Gemm::Packed(side),
     };
+    // A prologue (a normalised concatenation, see the fusion pass) is
+    // gathered through the norm by an implicit GEMM; any other GEMM reads
+    // it stored in the scratch region first.
+    let prologue_nodes = cx.prologue(node);
+    let normed = match gemm {
+        _ if prologue_nodes.is_empty() => None,
+        Gemm::Implicit(_) => Some(super::norm::prologue(cx, &prologue_nodes)?),
+        _ => {
+            super::norm::concat_norm_scratch(cx, &prologue_nodes)?;
+            None
+        }
+    };
     let mut inputs: Vec<Buf> = Vec::new();
     let mut extents: Vec<usize> = Vec::new();
     let mut add = |buf: Buf, len: usize| {
@@ -232,6 +246,23 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
         }
         None => None,
     };
+    let prologue = match normed {
+        Some(p) => {
+            let mut first = None;
+            for &v in &p.parts {
+                let at = add(cx.buf(v)?, cx.numel(v)?);
+                first.get_or_insert(at);
+            }
+            Some(Prologue {
+                first: first.unwrap_or(0),
+                parts: p.parts.len(),
+                scale: add(p.scale, p.channels),
+                shift: add(p.shift, p.channels),
+                relu: p.relu,
+            })
+        }
+        None => None,
+    };
     let mut side = |s: &Side| -> Result<Operand, BackError> {
         let (input, packed) = match (s.src, pack) {
             (Src::Packed, Some(p)) => (p.scratch, true),
@@ -253,7 +284,20 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
             strides: s.strides,
         })
     };
-    let (a, b) = (side(&spec.a)?, side(&spec.b)?);
+    let a = match prologue {
+        // The implicit A is read through the prologue, never from its
+        // operand (the first part stands in for it).
+        Some(p) => Operand {
+            input: p.first,
+            packed: false,
+            offset: 0,
+            item_stride: 0,
+            group_stride: 0,
+            strides: spec.a.strides,
+        },
+        None => side(&spec.a)?,
+    };
+    let b = side(&spec.b)?;
     let unpack = match spec.unpack {
         Some(col2im) => {
             let id = cx.jit.kernel(&col2im)?;
@@ -314,6 +358,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
             unpack,
             accumulate: spec.accumulate,
             gemm,
+            prologue,
         })),
         inputs,
         output: out,

@@ -158,7 +158,7 @@ pub struct LowerCx<'a> {
     voxel_grad: voxel::grad::GradBufs,
     /// Per fusion head (its first output), the positions in `g.nodes` of
     /// the nodes fused into it, in execution order.
-    fused: HashMap<ValueId, Vec<usize>>,
+    fused: HashMap<ValueId, pointwise::Fused>,
     /// Whether the plan is a training step (outputs left in place, weights
     /// updated between runs).
     pub training: bool,
@@ -558,13 +558,19 @@ impl<'a> LowerCx<'a> {
             .planned_bound(&|t| self.symbol(t, depth + 1))
     }
 
-    /// The nodes fused into `head`, in execution order.
+    /// The nodes fused into `head` after it, in execution order.
     pub fn followers(&self, head: &Node) -> Vec<&'a Node> {
-        self.fused
-            .get(&head.outputs[0])
-            .map_or_else(Vec::new, |at| {
-                at.iter().map(|&i| &self.g.nodes[i]).collect()
-            })
+        self.fused.get(&head.outputs[0]).map_or_else(Vec::new, |f| {
+            f.followers.iter().map(|&i| &self.g.nodes[i]).collect()
+        })
+    }
+
+    /// The nodes fused into `head` before it (its prologue), in execution
+    /// order.
+    pub fn prologue(&self, head: &Node) -> Vec<&'a Node> {
+        self.fused.get(&head.outputs[0]).map_or_else(Vec::new, |f| {
+            f.prologue.iter().map(|&i| &self.g.nodes[i]).collect()
+        })
     }
 
     /// The element count of `v`.

@@ -209,6 +209,86 @@ fn batch_norm(cx: &mut LowerCx, node: &Node) -> Result<(), BackError> {
 /// `scale` and `shift` from `at` on, storing row `r` at `at + r·C` of the
 /// result.
 pub fn concat_norm(cx: &mut LowerCx, concat: &Node, followers: &[&Node]) -> Result<(), BackError> {
+    let result = followers.last().map_or(concat.outputs[0], |n| n.outputs[0]);
+    let out = cx.output(result)?;
+    concat_norm_into(cx, concat, followers, out)
+}
+
+/// The prologue of a 1×1 convolution (`nodes`: a channels-last concat,
+/// its batch norm and at most a `relu`; see the fusion pass) stored into
+/// the scratch region, where the convolution (on a GEMM that cannot
+/// gather through the norm) then reads it as its input.
+pub fn concat_norm_scratch(cx: &mut LowerCx, nodes: &[&Node]) -> Result<(), BackError> {
+    let (concat, followers) = split_prologue(nodes)?;
+    let result = followers.last().map_or(concat.outputs[0], |n| n.outputs[0]);
+    let out = cx.scratch(cx.numel(result)?);
+    concat_norm_into(cx, concat, followers, out)?;
+    cx.place(result, out);
+    Ok(())
+}
+
+/// What a 1×1 convolution's implicit GEMM reads through its prologue
+/// (`netc_runtime::gemm::conv::Normed`): the concatenated values in
+/// channel order, the norm's folded scale and shift (prepare steps), the
+/// channel count and whether a `relu` follows the norm.
+pub struct Prologue {
+    /// The concatenated values.
+    pub parts: Vec<ValueId>,
+    /// The folded per-channel scale.
+    pub scale: Buf,
+    /// The folded per-channel shift.
+    pub shift: Buf,
+    /// Channels of the concatenation.
+    pub channels: usize,
+    /// Whether a `relu` follows the norm.
+    pub relu: bool,
+}
+
+/// The operands of a convolution's prologue `nodes` (a channels-last
+/// concat, its batch norm, at most a `relu`), folding the norm.
+pub fn prologue(cx: &mut LowerCx, nodes: &[&Node]) -> Result<Prologue, BackError> {
+    let (concat, followers) = split_prologue(nodes)?;
+    let f = folded(cx, followers[0])?;
+    if !f.last || f.x != concat.outputs[0] || f.shape.len() != 4 {
+        return Err(BackError(format!(
+            "`concat` at {}: its norm does not read its [N, H, W, C] result",
+            concat.path
+        )));
+    }
+    Ok(Prologue {
+        parts: concat.inputs.clone(),
+        scale: f.scale,
+        shift: f.shift,
+        channels: f.channels,
+        relu: followers.len() == 2,
+    })
+}
+
+/// A prologue's concat and its followers (the norm, then at most a
+/// `relu`), checked.
+fn split_prologue<'n>(nodes: &'n [&'n Node]) -> Result<(&'n Node, &'n [&'n Node]), BackError> {
+    match nodes {
+        [concat, rest @ ..]
+            if concat.op.name == "concat"
+                && matches!(rest.first(), Some(n) if is_norm(n))
+                && (rest.len() == 1 || rest.len() == 2 && rest[1].op.name == "relu") =>
+        {
+            Ok((concat, rest))
+        }
+        _ => Err(BackError(format!(
+            "a convolution's prologue is not concat → batch norm [→ relu]: {:?}",
+            nodes.iter().map(|n| n.op.name).collect::<Vec<_>>()
+        ))),
+    }
+}
+
+/// [`concat_norm`] into `out` (the group's result).
+fn concat_norm_into(
+    cx: &mut LowerCx,
+    concat: &Node,
+    followers: &[&Node],
+    out: Buf,
+) -> Result<(), BackError> {
     let bad = |why: String| {
         BackError(format!(
             "`concat` at {} fused with its batch norm: {why}",
@@ -224,8 +304,7 @@ pub fn concat_norm(cx: &mut LowerCx, concat: &Node, followers: &[&Node]) -> Resu
         )));
     }
     let c = f.channels;
-    let result = followers.last().map_or(norm.outputs[0], |n| n.outputs[0]);
-    let Buf::Arena { offset, len } = cx.output(result)? else {
+    let Buf::Arena { offset, len } = out else {
         return Err(bad("its result is not an arena value".into()));
     };
     let slice = |b: Buf, at: usize| match b {

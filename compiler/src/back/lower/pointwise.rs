@@ -121,26 +121,51 @@ fn wide_chain(chain: &Chain) -> Option<PointwiseChain> {
     costly.then_some(PointwiseChain { scalar, steps })
 }
 
-/// Per fusion head (its first output), the positions in `g.nodes` of the
-/// nodes fused into it, in execution order: one pass over the graph, so
-/// lowering finds a head's followers without scanning every node for each
-/// head (which was quadratic in the depth of the model).
-pub fn fusion_groups(g: &Graph) -> HashMap<ValueId, Vec<usize>> {
-    let mut groups: HashMap<ValueId, Vec<usize>> = HashMap::new();
+/// The nodes fused into one head: positions in `g.nodes`, in execution
+/// order.
+#[derive(Clone, Debug, Default)]
+pub struct Fused {
+    /// Those before the head (its prologue: a normalised concatenation
+    /// that a 1×1 convolution reads).
+    pub prologue: Vec<usize>,
+    /// Those after it (an epilogue or the rest of a chain).
+    pub followers: Vec<usize>,
+}
+
+/// Per fusion head (its first output), the nodes fused into it: one pass
+/// over the graph, so lowering finds a head's followers without scanning
+/// every node for each head (which was quadratic in the depth of the
+/// model).
+pub fn fusion_groups(g: &Graph) -> HashMap<ValueId, Fused> {
+    let mut groups: HashMap<ValueId, Fused> = HashMap::new();
+    let mut produced: HashSet<ValueId> = HashSet::new();
     for (i, n) in g.nodes.iter().enumerate() {
+        produced.extend(n.outputs.iter().copied());
         if let (false, Some(head)) = (n.train_only, n.fused_into) {
-            groups.entry(head).or_default().push(i);
+            let group = groups.entry(head).or_default();
+            if produced.contains(&head) {
+                group.followers.push(i);
+            } else {
+                group.prologue.push(i);
+            }
         }
     }
     groups
 }
 
 /// Values that fused kernels never store: the results of heads that have
-/// followers and of every follower but the last.
+/// followers, of every follower but the last, and of every node of a
+/// head's prologue (nodes fused into a head that comes after them).
 pub fn unstored_links(nodes: &[&Node]) -> HashSet<ValueId> {
     let mut last_of: std::collections::HashMap<ValueId, ValueId> = Default::default();
     let mut links: HashSet<ValueId> = HashSet::new();
+    let mut seen: HashSet<ValueId> = HashSet::new();
     for n in nodes {
+        seen.extend(n.outputs.iter().copied());
+        if n.fused_into.is_some_and(|h| !seen.contains(&h)) {
+            links.extend(n.outputs.iter().copied());
+            continue;
+        }
         if let Some(h) = n.fused_into {
             links.insert(h);
             if let Some(prev) = last_of.insert(h, n.outputs[0]) {

@@ -142,7 +142,7 @@ fn check(case: Case, threads: usize, beta_one: bool, wide: bool) -> Result<(), S
                 gemm_with(
                     wide,
                     &g,
-                    x.as_ptr().add(grp * g.cg),
+                    Source::Input(x.as_ptr().add(grp * g.cg)),
                     packed.as_ptr().add(grp * pack.group_len()),
                     og,
                     beta,
@@ -447,4 +447,113 @@ fn stem_tiles_read_in_place_by_stretches() {
     segs.clear();
     assert_eq!(g.in_place(3 * ow, 6, &slices[0], mr, &mut segs), None);
     assert!(segs.is_empty());
+}
+
+/// A 1×1 convolution over a normalised concatenation ([`Normed`]: parts
+/// of 5, 16 and 37 channels, 3 images of 9×7, on 1 and 2 threads, the
+/// AVX-512 and the portable kernels, with and without the ReLU) against
+/// the definition evaluated in f64: concatenate, scale and shift per
+/// channel, clamp, multiply by the weight.
+#[test]
+fn normalised_concatenations_match_the_definition() {
+    let widths = [5usize, 16, 37];
+    let (n, h, w, og) = (3usize, 9usize, 7usize, 50usize);
+    let (rows, c) = (n * h * w, widths.iter().sum::<usize>());
+    let parts: Vec<Vec<f32>> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, &cw)| data(rows * cw, 11 + i as u64))
+        .collect();
+    let scale = data(c, 21);
+    let shift = data(c, 22);
+    let wt = data(og * c, 23);
+    let geom = ConvGeom {
+        n,
+        h,
+        w,
+        c,
+        cg: c,
+        kh: 1,
+        kw: 1,
+        stride: [1, 1],
+        pad: [0, 0],
+        dilation: [1, 1],
+        oh: h,
+        ow: w,
+    };
+    let pack = PackPanels {
+        side: Prepacked::B,
+        dim: og,
+        k: c,
+        strides: Strides::transposed(c),
+        group_stride: og * c,
+        groups: 1,
+    };
+    let mut packed = vec![0.0; pack.group_len()];
+    pack.rows(0, &[&wt], &mut packed).unwrap();
+    for relu in [true, false] {
+        let mut want = vec![0.0f64; rows * og];
+        for r in 0..rows {
+            let mut a = Vec::with_capacity(c);
+            for (p, &cw) in parts.iter().zip(&widths) {
+                a.extend(p[r * cw..(r + 1) * cw].iter().map(|&v| f64::from(v)));
+            }
+            for (k, v) in a.iter_mut().enumerate() {
+                *v = *v * f64::from(scale[k]) + f64::from(shift[k]);
+                if relu {
+                    *v = v.max(0.0);
+                }
+            }
+            for j in 0..og {
+                want[r * og + j] = (0..c).map(|k| a[k] * f64::from(wt[j * c + k])).sum();
+            }
+        }
+        let normed = Normed {
+            parts: parts
+                .iter()
+                .zip(&widths)
+                .map(|(p, &cw)| (p.as_ptr(), cw))
+                .collect(),
+            scale: scale.as_ptr(),
+            shift: shift.as_ptr(),
+            relu,
+        };
+        for threads in [1, 2] {
+            for wide in [avx::available(), false] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut works: Vec<TileWork> = (0..threads)
+                    .map(|_| TileWork::default().with_packed())
+                    .collect();
+                let mut got = vec![f32::NAN; rows * og];
+                // SAFETY: the parts hold `rows` rows of their channels, the
+                // packed weight spans c × og, C has rows × og floats.
+                pool.install(|| unsafe {
+                    gemm_with(
+                        wide,
+                        &geom,
+                        Source::Normed(&normed),
+                        packed.as_ptr(),
+                        og,
+                        0.0,
+                        got.as_mut_ptr(),
+                        og,
+                        threads,
+                        works.as_mut_ptr(),
+                        &|_| {},
+                    )
+                });
+                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(g) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                        "relu {relu}, {threads} threads, wide {wide}: C[{}][{}] = {g}, want {e}",
+                        i / og,
+                        i % og
+                    );
+                }
+            }
+        }
+    }
 }

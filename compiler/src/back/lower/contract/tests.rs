@@ -781,3 +781,65 @@ fn fitting_nhwc_convolutions_run_as_winograd_transforms() {
         assert_eq!(fused, usize::from(on), "winograd {winograd}");
     }
 }
+
+/// DenseNet's bottleneck: a concat of three maps → batch norm → relu read
+/// by a 1×1 convolution, after the passes (the layout pass makes it
+/// channels last; the fusion pass makes the concat, norm and relu the
+/// convolution's prologue). The compiled model matches the interpreter
+/// with the prologue gathered by the implicit GEMM (packed weights),
+/// stored in the scratch region for the native GEMM, and stored as its
+/// own tensor with `norm_prologue` off, on one and two threads; the
+/// first runs one contraction with a prologue, the others none.
+#[test]
+fn normalised_concatenations_read_by_1x1_convolutions_match_the_interpreter() {
+    let g = program(
+        "model m() { input x: f32[N, 16, 6, 5]
+                     a = x |> c0: conv2d(24, k = 3, pad = 1) |> relu
+                     b = a |> c1: conv2d(32, k = 3, pad = 1) |> relu
+                     output y = concat([x, a, b], dim = 1) |> bn: batch_norm |> relu
+                                |> c2: conv2d(40, k = 1, bias = false) |> relu }",
+    )
+    .unwrap();
+    let params = super::super::oracle::params(&g);
+    let n = 3;
+    let x = data(n * 16 * 6 * 5, 0.4);
+    let want = super::super::oracle::reference(&g, &[("x", vec![n, 16, 6, 5], x.clone())], &params);
+    assert!(want[0].contains(&0.0) && want[0].iter().any(|v| *v > 0.0));
+    let ps: Vec<&[f32]> = params.iter().map(|(_, _, v)| v.as_slice()).collect();
+    for (gemm, norm_prologue) in [
+        (GemmChoice::Packed, true),
+        (GemmChoice::Native, true),
+        (GemmChoice::Packed, false),
+    ] {
+        let options = CompileOptions {
+            gemm,
+            norm_prologue,
+            ..CompileOptions::default()
+        };
+        let opt = crate::passes::pipeline::optimize(g.clone(), &options, None).unwrap();
+        let fused = opt.nodes.iter().filter(|n| n.fused_into.is_some()).count();
+        for threads in [1, 2] {
+            let mut jit = Jit::new().unwrap();
+            let lowered = lower(&opt, &[("N".into(), n as i64)], options, &mut jit).unwrap();
+            let prologues = lowered
+                .plan
+                .steps
+                .iter()
+                .filter(|s| matches!(&s.work, Work::Contraction(c) if c.prologue.is_some()))
+                .count();
+            let gathered = gemm == GemmChoice::Packed && norm_prologue;
+            assert_eq!(
+                prologues,
+                usize::from(gathered),
+                "{options:?} ({fused} fused)"
+            );
+            let got = super::super::oracle::run_lowered(lowered, &[&x], &ps, threads);
+            super::super::oracle::assert_close(
+                &got[0],
+                &want[0],
+                5e-5,
+                &format!("{gemm:?}, prologue {norm_prologue}, {threads} threads"),
+            );
+        }
+    }
+}

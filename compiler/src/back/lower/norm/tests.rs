@@ -149,7 +149,7 @@ fn a_concat_fused_with_its_norm_matches_the_interpreter() {
     let relu = g.nodes.iter().position(|n| n.op.name == "relu").unwrap();
     let bn_out = g.nodes[relu].inputs[0];
     g.values[g.nodes[relu].outputs[0].0 as usize].ty = g.ty(bn_out).clone();
-    let stats = crate::passes::fuse::run(&mut g);
+    let stats = crate::passes::fuse::run(&mut g, true);
     assert_eq!(stats.fused, 2, "the norm and the relu join the concat");
     let head = g.nodes[concat].outputs[0];
     assert!(g.nodes[relu].fused_into == Some(head));

@@ -124,7 +124,7 @@ fn batch_norm_train_with_a_fused_relu_matches_the_interpreter() {
             .enumerate()
             .map(|(k, v)| (format!("r{k}"), v))
             .collect();
-        let stats = crate::passes::fuse::run(&mut g);
+        let stats = crate::passes::fuse::run(&mut g, true);
         assert_eq!(stats.fused, 1, "{shape:?}: the relu is fused");
         assert!(g.nodes.iter().any(|n| n.fused_into == Some(f[0])));
         let n: usize = shape.iter().product();

@@ -127,7 +127,7 @@ fn activation_grads_alone_and_fused_after_the_activation() {
             let (h, x, dy) = (g.nodes[0].outputs[0], input(&g, "x"), input(&g, "dy"));
             let v = if reads_output { h } else { x };
             append(&mut g, op.clone(), dy, v, "dx", true);
-            let stats = fuse::run(&mut g);
+            let stats = fuse::run(&mut g, true);
             let want = usize::from(fused && reads_output);
             assert_eq!(stats.fused, want, "{act}: {stats:?}");
             check(&g, &format!("{} after {act}, fused {fused}", op.name));
@@ -147,7 +147,7 @@ fn activation_grads_head_chains_and_join_contraction_epilogues() {
         let a = append(&mut g, op.clone(), dy, x, "a", false);
         let y = node_value(&g, "relu");
         append(&mut g, Op::new("relu_grad"), a, y, "dx", true);
-        assert_eq!(fuse::run(&mut g).fused, 1, "{}", op.name);
+        assert_eq!(fuse::run(&mut g, true).fused, 1, "{}", op.name);
         check(&g, &format!("{} heading a chain", op.name));
 
         // The epilogue of a linear (e.g. linear_grad_input's result).
@@ -158,7 +158,7 @@ fn activation_grads_head_chains_and_join_contraction_epilogues() {
         g.outputs.clear();
         let (h, r) = (node_value(&g, "fc"), input(&g, "r"));
         append(&mut g, op.clone(), h, r, "dx", true);
-        let stats = fuse::run(&mut g);
+        let stats = fuse::run(&mut g, true);
         assert!(stats.fused >= 1, "{} after linear: {stats:?}", op.name);
         assert!(g
             .nodes
@@ -175,7 +175,7 @@ fn activation_grads_head_chains_and_join_contraction_epilogues() {
         g.outputs.clear();
         let (h, r) = (node_value(&g, "c"), input(&g, "r"));
         append(&mut g, op.clone(), h, r, "dx", true);
-        let stats = fuse::run(&mut g);
+        let stats = fuse::run(&mut g, true);
         assert!(
             g.nodes
                 .iter()

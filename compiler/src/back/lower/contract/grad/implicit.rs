@@ -296,6 +296,7 @@ pub(super) fn emit(
             unpack: None,
             accumulate: false,
             gemm: Gemm::Implicit(geom),
+            prologue: None,
         })),
         inputs,
         output: cs,

@@ -166,6 +166,7 @@ fn batched(
             unpack: None,
             accumulate: false,
             gemm: Gemm::Native,
+            prologue: None,
         })),
         inputs: vec![a.2, b.2],
         output: out,

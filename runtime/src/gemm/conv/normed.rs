@@ -1,0 +1,117 @@
+//! The A operand of a 1×1 convolution whose input is a **normalised
+//! channel concatenation** (DenseNet's `concat → batch norm → relu →
+//! conv 1×1`): row `r`, depth `k` of A is
+//! `max(x_p[r, k − at_p]·scale[k] + shift[k], 0)` (the `max` only with
+//! `relu`), where part `p` of the concatenation holds channels
+//! `at_p..at_p + C_p` as its own `[rows, C_p]` NHWC tensor. The
+//! concatenation and the normalised map are never stored: the implicit
+//! GEMM ([`super::gemm_normed`]) gathers each tile of A through this map
+//! into its thread's A buffer, where the micro-kernel reads it while it
+//! is in L1.
+
+use std::ops::Range;
+
+/// A normalised concatenation of NHWC tensors read as the A operand of a
+/// 1×1, stride-1, unpadded convolution (see the module doc).
+#[derive(Debug, Clone)]
+pub struct Normed {
+    /// Each concatenated tensor's first element and its channels, in
+    /// channel order (every tensor has the same rows).
+    pub parts: Vec<(*const f32, usize)>,
+    /// Per-channel scale (one per channel of the concatenation).
+    pub scale: *const f32,
+    /// Per-channel shift.
+    pub shift: *const f32,
+    /// Whether negative results are set to zero.
+    pub relu: bool,
+}
+
+// SAFETY: `Normed` only reads through its pointers (tensors that outlive
+// the GEMM call that shares it over threads).
+unsafe impl Send for Normed {}
+// SAFETY: as above; nothing is written through them.
+unsafe impl Sync for Normed {}
+
+impl Normed {
+    /// Channels of the concatenation (the depth of A).
+    pub fn channels(&self) -> usize {
+        self.parts.iter().map(|p| p.1).sum()
+    }
+
+    /// Writes rows `rows` × depth `ks` of A row-major at `dst` (row
+    /// stride `ks.len()`), each part's channels in the slice read from
+    /// its tensor and mapped.
+    ///
+    /// # Safety
+    /// Every part holds `rows.end` rows of its channels; `scale` and
+    /// `shift` hold [`Normed::channels`] floats; `ks` ⊆ `0..channels()`;
+    /// `dst` holds `rows.len()·ks.len()` floats.
+    pub unsafe fn pack_rows(&self, rows: Range<usize>, ks: Range<usize>, dst: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: forwarded; the CPU has AVX-512F.
+            unsafe { self.pack_rows_avx512(rows, ks, dst) };
+            return;
+        }
+        // SAFETY: forwarded.
+        unsafe { self.pack_rows_body(rows, ks, dst) };
+    }
+
+    /// [`Normed::pack_rows`] compiled for AVX-512F (its loops vectorised
+    /// 16 floats wide).
+    ///
+    /// # Safety
+    /// As [`Normed::pack_rows`]; the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_rows_avx512(&self, rows: Range<usize>, ks: Range<usize>, dst: *mut f32) {
+        // SAFETY: forwarded.
+        unsafe { self.pack_rows_body(rows, ks, dst) };
+    }
+
+    /// The loops of [`Normed::pack_rows`].
+    ///
+    /// # Safety
+    /// As [`Normed::pack_rows`].
+    #[inline(always)]
+    unsafe fn pack_rows_body(&self, rows: Range<usize>, ks: Range<usize>, dst: *mut f32) {
+        let kb = ks.len();
+        let mut at = 0;
+        for &(x, width) in &self.parts {
+            let (lo, hi) = (at.max(ks.start), (at + width).min(ks.end));
+            at += width;
+            if lo >= hi {
+                continue;
+            }
+            let len = hi - lo;
+            // SAFETY: channels lo..hi of the concatenation (caller's
+            // guarantee on scale and shift).
+            let (scale, shift) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.scale.add(lo), len),
+                    std::slice::from_raw_parts(self.shift.add(lo), len),
+                )
+            };
+            let first = lo - (at - width);
+            for (i, r) in rows.clone().enumerate() {
+                // SAFETY: row r of this part and row i of the destination,
+                // the slice's columns (caller's guarantee).
+                let (src, out) = unsafe {
+                    (
+                        std::slice::from_raw_parts(x.add(r * width + first), len),
+                        std::slice::from_raw_parts_mut(dst.add(i * kb + lo - ks.start), len),
+                    )
+                };
+                if self.relu {
+                    for (((d, &v), &s), &t) in out.iter_mut().zip(src).zip(scale).zip(shift) {
+                        *d = (v * s + t).max(0.0);
+                    }
+                } else {
+                    for (((d, &v), &s), &t) in out.iter_mut().zip(src).zip(scale).zip(shift) {
+                        *d = v * s + t;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -573,7 +573,7 @@ unsafe fn part(
                             },
                             // SAFETY: as above; the parts hold A's rows.
                             Source::Normed(normed) => unsafe {
-                                normed.pack_rows(r0..r0 + mv, ks.clone(), dst)
+                                normed.pack_rows(wide, r0..r0 + mv, ks.clone(), dst)
                             },
                         }
                         segs.push(Seg {

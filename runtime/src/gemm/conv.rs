@@ -235,6 +235,18 @@ impl ConvGeom {
             .collect()
     }
 
+    /// Whether the geometry is 1×1, stride 1, unpadded and undilated: row
+    /// `r` of A is channels `0..cg` of pixel `r`, so any run of rows is
+    /// read in place and tiles of `mr` rows may cross the map's rows (a
+    /// 7×7 map no longer runs 7-row tiles on the 8-row kernel).
+    fn pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && self.dilation == [1, 1]
+    }
+
     /// Whether tiles follow the output rows (each a run of output pixels
     /// that can be read in place) rather than run `mr` rows across them
     /// (always gathered): when the runs are whole kernel rows or long
@@ -250,7 +262,7 @@ impl ConvGeom {
     /// rounded down to `mr`.
     fn block_rows(&self, mr: usize) -> usize {
         let mc = (MC / mr) * mr;
-        if self.row_tiles(mr) && self.ow <= mc {
+        if self.row_tiles(mr) && self.ow <= mc && !self.pointwise() {
             (mc / self.ow) * self.ow
         } else {
             mc
@@ -264,7 +276,7 @@ impl ConvGeom {
         out.clear();
         let ow = self.ow.max(1);
         let per_row = ow.div_ceil(mr);
-        let along = self.row_tiles(mr);
+        let along = self.row_tiles(mr) && !self.pointwise();
         let mut r = rows.start;
         while r < rows.end {
             let end = if along {
@@ -298,7 +310,8 @@ impl ConvGeom {
     /// its taps of the slice in the padding (zero: it adds
     /// nothing); `None` (and `segs` unchanged) when the tile must be
     /// gathered. Nothing is read in place unless tiles of `mr` rows
-    /// follow the output rows.
+    /// follow the output rows, or the geometry is pointwise (then every
+    /// tile is: its rows are consecutive pixels).
     fn in_place(
         &self,
         row: usize,
@@ -307,7 +320,23 @@ impl ConvGeom {
         mr: usize,
         segs: &mut Vec<Seg>,
     ) -> Option<Direct> {
-        if !self.row_tiles(mr) || slice.ks.is_empty() {
+        if slice.ks.is_empty() {
+            return None;
+        }
+        if self.pointwise() {
+            segs.push(Seg {
+                off: 0,
+                step: 0,
+                len: slice.ks.len(),
+            });
+            return Some(Direct {
+                rows: 0..mv,
+                at: row * self.c + slice.ks.start,
+                lda: self.c,
+                segs: segs.len() - 1..segs.len(),
+            });
+        }
+        if !self.row_tiles(mr) {
             return None;
         }
         let plane = self.oh * self.ow;
@@ -851,7 +880,7 @@ unsafe fn gemm_with(
     // the time idle), each a whole number of output rows when tiles follow
     // them.
     let most = geom.block_rows(mr);
-    let unit = if most.is_multiple_of(geom.ow.max(1)) && geom.row_tiles(mr) {
+    let unit = if most.is_multiple_of(geom.ow.max(1)) && geom.row_tiles(mr) && !geom.pointwise() {
         geom.ow
     } else {
         mr

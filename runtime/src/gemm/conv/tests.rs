@@ -557,3 +557,35 @@ fn normalised_concatenations_match_the_definition() {
         }
     }
 }
+
+/// A 1×1 convolution on maps narrower than a tile (7×7, and 5×3 with 40
+/// output columns): its tiles are whole `mr`-row tiles across the map's
+/// rows (read in place), and the product matches the reference on 1 and
+/// 2 threads, with both kernels.
+#[test]
+fn pointwise_tiles_cross_the_map_rows() {
+    for (hw, og) in [([7, 7], 36), ([5, 3], 40), ([7, 7], 24)] {
+        let case = Case {
+            n: 3,
+            hw,
+            cg: 40,
+            groups: 1,
+            og,
+            k: [1, 1],
+            stride: 1,
+            pad: 0,
+            dilation: 1,
+        };
+        let g = case.geom();
+        let mr = avx::raw_rows(og);
+        let mut tiles = Vec::new();
+        g.tiles(0..g.rows(), mr, &mut tiles);
+        let full = tiles.iter().filter(|t| t.1 == mr).count();
+        assert_eq!(full, g.rows() / mr, "{case:?}: {tiles:?}");
+        for threads in [1, 2] {
+            for wide in [avx::available(), false] {
+                check(case, threads, false, wide).unwrap();
+            }
+        }
+    }
+}

@@ -286,7 +286,7 @@ fn convs(work: &mut [TileWork], threads: usize) -> Result<(), String> {
             unsafe {
                 conv::gemm(
                     &g,
-                    x.as_ptr(),
+                    conv::Source::Input(x.as_ptr()),
                     wp.as_ptr(),
                     oc,
                     0.0,

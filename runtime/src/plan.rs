@@ -795,23 +795,23 @@ impl Contracting<'_> {
                 } else {
                     self.work
                 };
-                if let Some(p) = c.prologue {
-                    let slot = |i: usize| *self.slots.add(i);
-                    let normed = conv::Normed {
-                        parts: (p.first..p.first + p.parts)
-                            .map(|i| (slot(i), self.extents[i] / c.m))
-                            .collect(),
-                        scale: slot(p.scale),
-                        shift: slot(p.shift),
-                        relu: p.relu,
-                    };
-                    conv::gemm_normed(
-                        &geom, &normed, b, c.n, beta, out, c.ldc, threads, works, rows_done,
-                    );
-                    return;
-                }
+                let slot = |i: usize| *self.slots.add(i);
+                // A prologue's parts, scale and shift (validated against
+                // the step's extents) stand in for A.
+                let normed = c.prologue.map(|p| conv::Normed {
+                    parts: (p.first..p.first + p.parts)
+                        .map(|i| (slot(i), self.extents[i] / c.m))
+                        .collect(),
+                    scale: slot(p.scale),
+                    shift: slot(p.shift),
+                    relu: p.relu,
+                });
+                let source = match &normed {
+                    Some(normed) => conv::Source::Normed(normed),
+                    None => conv::Source::Input(a),
+                };
                 conv::gemm(
-                    &geom, a, b, c.n, beta, out, c.ldc, threads, works, rows_done,
+                    &geom, source, b, c.n, beta, out, c.ldc, threads, works, rows_done,
                 )
             },
             // SAFETY: forwarded; `validate` checked that A has unit

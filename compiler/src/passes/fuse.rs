@@ -21,7 +21,12 @@
 //! norm heads a group too ([`concat_norm_group`]: DenseNet's concat →
 //! norm → relu): the norm and its unary followers are computed piece by
 //! piece, each concat input written straight into its columns of the
-//! result, so the concatenation itself is never stored.
+//! result, so the concatenation itself is never stored. When that group
+//! (norm, at most a `relu`) is read only by a 1×1 convolution of an
+//! inference graph, it becomes the convolution's **prologue** instead
+//! (`prologue_reader`): marked `fused_into` the convolution after it,
+//! whose implicit GEMM gathers A through the norm, so not even the
+//! normalised concatenation is stored.
 //!
 //! A training `batch_norm_train` and a `group_norm` take the `relu`
 //! reading their normalised result ([`norm_relu`]): the norm's apply
@@ -47,7 +52,7 @@ pub struct FuseStats {
 
 /// Runs the fusion pass on `g`; with `prologues`, a concat → norm → relu
 /// group read only by a 1×1 convolution is fused into that convolution
-/// ([`prologue_reader`]).
+/// (`prologue_reader`).
 pub fn run(g: &mut Graph, prologues: bool) -> FuseStats {
     let mut stats = FuseStats::default();
     let readers = rewrite::readers(g);

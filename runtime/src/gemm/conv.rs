@@ -23,7 +23,7 @@
 //! soon as they are final.
 //!
 //! A 1×1 convolution may instead read a **normalised concatenation**
-//! ([`Normed`], [`gemm_normed`]: DenseNet's `concat → norm → relu`): then
+//! ([`Normed`], [`Source::Normed`]: DenseNet's `concat → norm → relu`): then
 //! every tile is gathered, through the per-channel map, from the
 //! concatenated tensors.
 //!
@@ -765,12 +765,14 @@ unsafe fn zero_rows(
 /// task, once per block.
 ///
 /// # Safety
-/// As [`gemm_part`] for rows `0..geom.rows()`; `works` has
-/// `threads.max(1)` entries, each used by no one else during the call.
+/// As [`gemm_part`] for rows `0..geom.rows()`, with `source`'s input
+/// (or a normalised concatenation's parts, scale and shift) in place of
+/// `x`; `works` has `threads.max(1)` entries, each used by no one else
+/// during the call.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     geom: &ConvGeom,
-    x: *const f32,
+    source: Source,
     b: *const f32,
     n: usize,
     beta: f32,
@@ -780,53 +782,15 @@ pub unsafe fn gemm(
     works: *mut TileWork,
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
-    // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
-    unsafe {
-        gemm_with(
-            avx::available(),
-            geom,
-            Source::Input(x),
-            b,
-            n,
-            beta,
-            c,
-            ldc,
-            threads,
-            works,
-            done,
-        )
+    if let Source::Normed(normed) = source {
+        debug_assert!(geom.depth() == normed.channels() && geom.c == geom.cg);
     }
-}
-
-/// [`gemm`] with A the normalised concatenation `normed` instead of a
-/// window over one input: a 1×1, stride-1, unpadded `geom` whose
-/// channels are `normed`'s; every tile of A is gathered through the
-/// normalisation ([`Normed::pack_rows`]) into the thread's A buffer.
-///
-/// # Safety
-/// As [`gemm`], with `normed`'s parts (each `geom.rows()` rows of its
-/// channels), scale and shift in place of `x`; `geom` is such a 1×1
-/// geometry with `geom.c == geom.cg == normed.channels()`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_normed(
-    geom: &ConvGeom,
-    normed: &Normed,
-    b: *const f32,
-    n: usize,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-    threads: usize,
-    works: *mut TileWork,
-    done: &(dyn Fn(Range<usize>) + Sync),
-) {
-    debug_assert!(geom.depth() == normed.channels() && geom.c == geom.cg);
     // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
     unsafe {
         gemm_with(
             avx::available(),
             geom,
-            Source::Normed(normed),
+            source,
             b,
             n,
             beta,
@@ -841,10 +805,13 @@ pub unsafe fn gemm_normed(
 
 /// Where the rows of an implicit A are read from.
 #[derive(Clone, Copy)]
-enum Source<'a> {
-    /// The window of the geometry over the convolution's input.
+pub enum Source<'a> {
+    /// The window of the geometry over the convolution's input `x`.
     Input(*const f32),
-    /// A normalised concatenation (1×1 geometry), always gathered.
+    /// A normalised concatenation, for a 1×1, stride-1, unpadded
+    /// geometry whose channels are its own (`geom.c == geom.cg ==
+    /// Normed::channels`): every tile of A is gathered through the
+    /// normalisation ([`Normed::pack_rows`]) into the thread's A buffer.
     Normed(&'a Normed),
 }
 

@@ -20,7 +20,11 @@
 //! input's channels, with the matching slice of `scale` and `shift`,
 //! storing each row into its columns of the result. The concatenation is
 //! never stored: DenseNet saves a write and a read of every block's
-//! growing feature map per layer.
+//! growing feature map per layer. Such a group fused into the 1×1
+//! convolution that reads it (a prologue, see the fusion pass) is folded
+//! here ([`prologue`]) and gathered by the convolution's GEMM, or stored
+//! in the scratch region for a GEMM that cannot gather
+//! ([`concat_norm_scratch`]).
 
 use super::{align, pointwise, LowerCx};
 use crate::back::elementwise::{Bcast, Binary, Chain, Domain, Operand, OutStrided, Step, Unary};

@@ -5,7 +5,7 @@
 //! `relu`), where part `p` of the concatenation holds channels
 //! `at_p..at_p + C_p` as its own `[rows, C_p]` NHWC tensor. The
 //! concatenation and the normalised map are never stored: the implicit
-//! GEMM ([`super::gemm_normed`]) gathers each tile of A through this map
+//! GEMM ([`super::gemm`] with [`super::Source::Normed`]) gathers each tile of A through this map
 //! into its thread's A buffer, where the micro-kernel reads it while it
 //! is in L1.
 

@@ -189,7 +189,7 @@ pub struct Unpack {
 /// same C: its items are split over the threads, each summing into its own
 /// partial C that are then added up (see `plan/accumulate.rs`), or, with
 /// a per-item epilogue or unpacking, run one at a time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Contraction {
     /// Items.
     pub items: usize,
@@ -230,14 +230,14 @@ pub struct Contraction {
 
 /// The A of an implicit 1×1 convolution read through a per-channel
 /// normalisation from a channel concatenation (`netc_runtime::gemm::conv::Normed`):
-/// step inputs `first..first + parts` are the concatenated tensors, each
-/// `m` rows of `extent / m` channels.
-#[derive(Clone, Copy, Debug)]
+/// step inputs `first..first + channels.len()` are the concatenated
+/// tensors, input `first + i` holding `m` rows of `channels[i]`.
+#[derive(Clone, Debug)]
 pub struct Prologue {
     /// The first concatenated tensor: an index into the step's inputs.
     pub first: usize,
-    /// How many tensors are concatenated (consecutive step inputs).
-    pub parts: usize,
+    /// The channels of each concatenated tensor (consecutive step inputs).
+    pub channels: Vec<usize>,
     /// The per-channel scale: an index into the step's inputs.
     pub scale: usize,
     /// The per-channel shift: an index into the step's inputs.
@@ -437,7 +437,7 @@ impl Contraction {
             Some(u) => u.len,
             None => *extents.last().unwrap_or(&0),
         };
-        let a_check = match self.prologue {
+        let a_check = match &self.prologue {
             Some(p) => (
                 0,
                 self.prologue_extents(p, extents)
@@ -485,8 +485,6 @@ struct Contracting<'c> {
     /// The executor's team, when the plan runs on the calling thread with
     /// helpers ([`Executor::with_team`]); `work` then has an entry per part.
     team: Option<&'c Team>,
-    /// The step's declared extents (a prologue's parts' channels).
-    extents: &'c [usize],
 }
 
 // SAFETY: items write disjoint parts of C and of the scratch (one slice per
@@ -498,9 +496,9 @@ unsafe impl Sync for Contracting<'_> {}
 impl Contraction {
     /// Checks a prologue against the step's extents: an implicit 1×1,
     /// stride-1, unpadded geometry over the concatenation's channels,
-    /// every part whole rows of `m`, scale and shift one per channel.
-    /// Returns the A operand's extent on success (it is not read).
-    fn prologue_extents(&self, p: Prologue, extents: &[usize]) -> Option<usize> {
+    /// every part `m` rows of its channels, scale and shift one per
+    /// channel. Returns the A operand's extent on success (it is not read).
+    fn prologue_extents(&self, p: &Prologue, extents: &[usize]) -> Option<usize> {
         let Gemm::Implicit(geom) = self.gemm else {
             return None;
         };
@@ -509,16 +507,20 @@ impl Contraction {
             && geom.stride == [1, 1]
             && geom.pad == [0, 0]
             && geom.c == geom.cg
-            && geom.depth() == self.k
-            && self.m > 0;
-        let parts = extents.get(p.first..p.first.checked_add(p.parts)?)?;
-        let channels = parts.iter().try_fold(0usize, |sum, &e| {
-            e.is_multiple_of(self.m).then_some(sum + e / self.m)
-        })?;
+            && geom.depth() == self.k;
+        let parts = extents.get(p.first..p.first.checked_add(p.channels.len())?)?;
+        let fits = parts
+            .iter()
+            .zip(&p.channels)
+            .all(|(&e, &c)| c.checked_mul(self.m).is_some_and(|need| e >= need));
         let per_channel = |i: usize| extents.get(i).is_some_and(|&e| e >= self.k);
-        (one_by_one && channels == self.k && per_channel(p.scale) && per_channel(p.shift))
-            .then(|| extents.get(self.a.input).copied())
-            .flatten()
+        (one_by_one
+            && fits
+            && p.channels.iter().sum::<usize>() == self.k
+            && per_channel(p.scale)
+            && per_channel(p.shift))
+        .then(|| extents.get(self.a.input).copied())
+        .flatten()
     }
 
     /// Whether a [`Team`] splits this contraction's GEMMs: packed GEMMs
@@ -795,19 +797,20 @@ impl Contracting<'_> {
                 } else {
                     self.work
                 };
-                let slot = |i: usize| *self.slots.add(i);
-                // A prologue's parts, scale and shift (validated against
-                // the step's extents) stand in for A.
-                let normed = c.prologue.map(|p| conv::Normed {
-                    parts: (p.first..p.first + p.parts)
-                        .map(|i| (slot(i), self.extents[i] / c.m))
-                        .collect(),
-                    scale: slot(p.scale),
-                    shift: slot(p.shift),
-                    relu: p.relu,
-                });
-                let source = match &normed {
-                    Some(normed) => conv::Source::Normed(normed),
+                // A prologue's parts (consecutive step inputs), scale and
+                // shift, validated against the step's extents, stand in
+                // for A.
+                let source = match &c.prologue {
+                    Some(p) => conv::Source::Normed(conv::Normed {
+                        parts: std::slice::from_raw_parts(
+                            self.slots.add(p.first),
+                            p.channels.len(),
+                        ),
+                        channels: &p.channels,
+                        scale: *self.slots.add(p.scale),
+                        shift: *self.slots.add(p.shift),
+                        relu: p.relu,
+                    }),
                     None => conv::Source::Input(a),
                 };
                 conv::gemm(
@@ -1251,7 +1254,6 @@ impl Executor {
                         work,
                         partials,
                         team: team.as_ref(),
-                        extents: &step.extents,
                     };
                     // SAFETY: `check` verified every buffer covers its
                     // declared extent and `Executor::new` that the

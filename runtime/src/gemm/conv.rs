@@ -783,7 +783,7 @@ pub unsafe fn gemm(
     done: &(dyn Fn(Range<usize>) + Sync),
 ) {
     if let Source::Normed(normed) = source {
-        debug_assert!(geom.depth() == normed.channels() && geom.c == geom.cg);
+        debug_assert!(geom.depth() == normed.depth() && geom.c == geom.cg);
     }
     // SAFETY: forwarded; `wide` only where the CPU has AVX-512F.
     unsafe {
@@ -810,9 +810,9 @@ pub enum Source<'a> {
     Input(*const f32),
     /// A normalised concatenation, for a 1×1, stride-1, unpadded
     /// geometry whose channels are its own (`geom.c == geom.cg ==
-    /// Normed::channels`): every tile of A is gathered through the
+    /// Normed::depth`): every tile of A is gathered through the
     /// normalisation ([`Normed::pack_rows`]) into the thread's A buffer.
-    Normed(&'a Normed),
+    Normed(Normed<'a>),
 }
 
 // SAFETY: the GEMM only reads through the input pointer (which outlives

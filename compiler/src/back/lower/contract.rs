@@ -248,14 +248,15 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
     };
     let prologue = match normed {
         Some(p) => {
-            let mut first = None;
+            let (mut first, mut channels) = (None, Vec::new());
             for &v in &p.parts {
                 let at = add(cx.buf(v)?, cx.numel(v)?);
                 first.get_or_insert(at);
+                channels.push(cx.shape(v)?.last().copied().unwrap_or(0));
             }
             Some(Prologue {
                 first: first.unwrap_or(0),
-                parts: p.parts.len(),
+                channels,
                 scale: add(p.scale, p.channels),
                 shift: add(p.shift, p.channels),
                 relu: p.relu,
@@ -284,7 +285,7 @@ pub(super) fn emit(cx: &mut LowerCx, node: &Node, mut spec: Spec) -> Result<(), 
             strides: s.strides,
         })
     };
-    let a = match prologue {
+    let a = match &prologue {
         // The implicit A is read through the prologue, never from its
         // operand (the first part stands in for it).
         Some(p) => Operand {

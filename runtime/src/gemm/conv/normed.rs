@@ -13,11 +13,13 @@ use std::ops::Range;
 
 /// A normalised concatenation of NHWC tensors read as the A operand of a
 /// 1×1, stride-1, unpadded convolution (see the module doc).
-#[derive(Debug, Clone)]
-pub struct Normed {
-    /// Each concatenated tensor's first element and its channels, in
-    /// channel order (every tensor has the same rows).
-    pub parts: Vec<(*const f32, usize)>,
+#[derive(Debug, Clone, Copy)]
+pub struct Normed<'a> {
+    /// Each concatenated tensor's first element, in channel order (every
+    /// tensor has the same rows).
+    pub parts: &'a [*const f32],
+    /// Each tensor's channels (as many as `parts`).
+    pub channels: &'a [usize],
     /// Per-channel scale (one per channel of the concatenation).
     pub scale: *const f32,
     /// Per-channel shift.
@@ -28,14 +30,14 @@ pub struct Normed {
 
 // SAFETY: `Normed` only reads through its pointers (tensors that outlive
 // the GEMM call that shares it over threads).
-unsafe impl Send for Normed {}
+unsafe impl Send for Normed<'_> {}
 // SAFETY: as above; nothing is written through them.
-unsafe impl Sync for Normed {}
+unsafe impl Sync for Normed<'_> {}
 
-impl Normed {
+impl Normed<'_> {
     /// Channels of the concatenation (the depth of A).
-    pub fn channels(&self) -> usize {
-        self.parts.iter().map(|p| p.1).sum()
+    pub fn depth(&self) -> usize {
+        self.channels.iter().sum()
     }
 
     /// Writes rows `rows` × depth `ks` of A row-major at `dst` (row
@@ -44,7 +46,7 @@ impl Normed {
     ///
     /// # Safety
     /// Every part holds `rows.end` rows of its channels; `scale` and
-    /// `shift` hold [`Normed::channels`] floats; `ks` ⊆ `0..channels()`;
+    /// `shift` hold [`Normed::depth`] floats; `ks` ⊆ `0..depth()`;
     /// `dst` holds `rows.len()·ks.len()` floats; `wide` only if the CPU
     /// has AVX-512F.
     pub unsafe fn pack_rows(
@@ -87,7 +89,7 @@ impl Normed {
     unsafe fn pack_rows_body(&self, rows: Range<usize>, ks: Range<usize>, dst: *mut f32) {
         let kb = ks.len();
         let mut at = 0;
-        for &(x, width) in &self.parts {
+        for (&x, &width) in self.parts.iter().zip(self.channels) {
             let (lo, hi) = (at.max(ks.start), (at + width).min(ks.end));
             at += width;
             if lo >= hi {

@@ -77,6 +77,22 @@ fn im2col(g: &ConvGeom, x: &[f32], grp: usize) -> Vec<f32> {
     col
 }
 
+/// The weight `wt` (`[groups·og][k]`) packed as B for `groups` products
+/// of `og` columns each, and one group's packed length.
+fn pack_weight(wt: &[f32], og: usize, k: usize, groups: usize) -> (Vec<f32>, usize) {
+    let pack = PackPanels {
+        side: Prepacked::B,
+        dim: og,
+        k,
+        strides: Strides::transposed(k),
+        group_stride: og * k,
+        groups,
+    };
+    let mut packed = vec![0.0; groups * pack.group_len()];
+    pack.rows(0, &[wt], &mut packed).unwrap();
+    (packed, pack.group_len())
+}
+
 /// Runs the implicit GEMM of every group (output `[rows][groups·og]`,
 /// beta 0 then, when `beta_one`, once more adding) and compares with the
 /// reference; checks `done` covered every row exactly once per call.
@@ -87,16 +103,7 @@ fn check(case: Case, threads: usize, beta_one: bool, wide: bool) -> Result<(), S
     let x = data(g.n * g.h * g.w * g.c, 1 + m as u64);
     // Weight [oc][k], group grp's rows grp·og.., read as B = Wᵀ.
     let wt = data(oc * k, 7 + k as u64);
-    let pack = PackPanels {
-        side: Prepacked::B,
-        dim: og,
-        k,
-        strides: Strides::transposed(k),
-        group_stride: og * k,
-        groups: case.groups,
-    };
-    let mut packed = vec![0.0; case.groups * pack.group_len()];
-    pack.rows(0, &[&wt], &mut packed)?;
+    let (packed, group_len) = pack_weight(&wt, og, k, case.groups);
     let ldc = oc + 3;
     let mut want = data(m * ldc, 3);
     let mut got = want.clone();
@@ -143,7 +150,7 @@ fn check(case: Case, threads: usize, beta_one: bool, wide: bool) -> Result<(), S
                     wide,
                     &g,
                     Source::Input(x.as_ptr().add(grp * g.cg)),
-                    packed.as_ptr().add(grp * pack.group_len()),
+                    packed.as_ptr().add(grp * group_len),
                     og,
                     beta,
                     got.as_mut_ptr().add(grp * og),
@@ -467,30 +474,19 @@ fn normalised_concatenations_match_the_definition() {
     let scale = data(c, 21);
     let shift = data(c, 22);
     let wt = data(og * c, 23);
-    let geom = ConvGeom {
+    let geom = Case {
         n,
-        h,
-        w,
-        c,
+        hw: [h, w],
         cg: c,
-        kh: 1,
-        kw: 1,
-        stride: [1, 1],
-        pad: [0, 0],
-        dilation: [1, 1],
-        oh: h,
-        ow: w,
-    };
-    let pack = PackPanels {
-        side: Prepacked::B,
-        dim: og,
-        k: c,
-        strides: Strides::transposed(c),
-        group_stride: og * c,
         groups: 1,
-    };
-    let mut packed = vec![0.0; pack.group_len()];
-    pack.rows(0, &[&wt], &mut packed).unwrap();
+        og,
+        k: [1, 1],
+        stride: 1,
+        pad: 0,
+        dilation: 1,
+    }
+    .geom();
+    let (packed, _) = pack_weight(&wt, og, c, 1);
     for relu in [true, false] {
         let mut want = vec![0.0f64; rows * og];
         for r in 0..rows {
@@ -508,12 +504,10 @@ fn normalised_concatenations_match_the_definition() {
                 want[r * og + j] = (0..c).map(|k| a[k] * f64::from(wt[j * c + k])).sum();
             }
         }
+        let pointers: Vec<*const f32> = parts.iter().map(|p| p.as_ptr()).collect();
         let normed = Normed {
-            parts: parts
-                .iter()
-                .zip(&widths)
-                .map(|(p, &cw)| (p.as_ptr(), cw))
-                .collect(),
+            parts: &pointers,
+            channels: &widths,
             scale: scale.as_ptr(),
             shift: shift.as_ptr(),
             relu,
@@ -534,7 +528,7 @@ fn normalised_concatenations_match_the_definition() {
                     gemm_with(
                         wide,
                         &geom,
-                        Source::Normed(&normed),
+                        Source::Normed(normed),
                         packed.as_ptr(),
                         og,
                         0.0,
